@@ -1,0 +1,372 @@
+"""A userspace delay line on NFQUEUE: the link emulator for kernels without sch_netem.
+
+The kernel keeps every packet; this process only learns its id (metadata-only copy mode,
+GSO packets whole) and hands back verdicts when the packet is due. Accepts go out as batch
+verdicts, so one syscall releases every packet that fell due together.
+
+Run inside a site's network namespace, one process per site, one queue per egress link:
+
+    python -m pytest_overlay.delayline CONFIG_JSON
+
+CONFIG_JSON: {"control": "/path/to/unix.sock", "seed": 1,
+              "queues": [{"num": 0, "delay_ms": 18.0, "jitter_ms": 0.1, "loss_pct": 0}]}
+
+It prints ``ready`` once every queue is bound. A datagram ``stats`` on the control socket
+is answered with the counters as JSON. SIGTERM or SIGINT ends it.
+"""
+
+from __future__ import annotations
+
+import collections
+import ctypes
+import errno
+import json
+import os
+import random
+import select
+import signal
+import socket
+import struct
+import sys
+import time
+from dataclasses import dataclass, field
+
+NETLINK_NETFILTER = 12
+NFNL_SUBSYS_QUEUE = 3
+NFQNL_MSG_PACKET = 0
+NFQNL_MSG_VERDICT = 1
+NFQNL_MSG_CONFIG = 2
+NFQNL_MSG_VERDICT_BATCH = 3
+NFQA_PACKET_HDR = 1
+NFQA_VERDICT_HDR = 2
+NFQA_TIMESTAMP = 4
+NFQA_CFG_CMD = 1
+NFQA_CFG_PARAMS = 2
+NFQA_CFG_QUEUE_MAXLEN = 3
+NFQA_CFG_MASK = 4
+NFQA_CFG_FLAGS = 5
+NFQNL_CFG_CMD_BIND = 1
+NFQNL_COPY_META = 1
+NFQA_CFG_F_GSO = 4
+NF_DROP = 0
+NF_ACCEPT = 1
+NLM_F_REQUEST = 1
+NLM_F_ACK = 4
+NLMSG_ERROR = 2
+
+QUEUE_MAXLEN = 65536
+SOCKET_BUFFER = 64 << 20
+# A packet released this much after it was due counts as late.
+LATE_LIMIT_S = 0.001
+CALIBRATION_ROUNDS = 40
+MAX_SPIN_S = 0.0003
+# Spin only under light traffic (probes of latency); under load arrivals keep the loop busy.
+SPIN_MAX_PENDING = 256
+PR_SET_TIMERSLACK = 29
+SO_TIMESTAMPNS = 35
+
+
+@dataclass
+class Queue:
+    """One egress direction of one link."""
+
+    num: int
+    delay_s: float
+    jitter_s: float
+    loss: float
+    pending: collections.deque = field(default_factory=collections.deque)
+    last_due: float = 0.0
+    queued: int = 0
+    released: int = 0
+    lost: int = 0
+    late: int = 0
+    max_late_s: float = 0.0
+    total_late_s: float = 0.0
+
+    def counters(self) -> dict:
+        return {
+            "queued": self.queued,
+            "released": self.released,
+            "lost": self.lost,
+            "late": self.late,
+            "max_late_us": round(self.max_late_s * 1e6, 1),
+            "mean_late_us": round(self.total_late_s * 1e6 / max(1, self.released), 1),
+            "pending": len(self.pending),
+        }
+
+
+def _attr(kind: int, payload: bytes) -> bytes:
+    length = 4 + len(payload)
+    return struct.pack("=HH", length, kind) + payload + b"\0" * (-length % 4)
+
+
+def _message(msg: int, res_id: int, attrs: bytes, flags: int = NLM_F_REQUEST, seq: int = 0) -> bytes:
+    body = struct.pack("=BB", socket.AF_UNSPEC, 0) + struct.pack("!H", res_id) + attrs
+    return struct.pack("=IHHII", 16 + len(body), (NFNL_SUBSYS_QUEUE << 8) | msg, flags, seq, 0) + body
+
+
+def kernel_queue_counters() -> dict[int, dict]:
+    """The kernel's own per-queue counters, for this process's network namespace."""
+    counters = {}
+    try:
+        with open("/proc/self/net/netfilter/nfnetlink_queue") as f:
+            for line in f:
+                cols = line.split()
+                counters[int(cols[0])] = {
+                    "kernel_total": int(cols[2]),
+                    "kernel_dropped": int(cols[5]),
+                    "kernel_user_dropped": int(cols[6]),
+                }
+    except FileNotFoundError:
+        pass
+    return counters
+
+
+class DelayLine:
+    def __init__(self, queues: list[Queue], seed: int | None = None) -> None:
+        self.queues = {q.num: q for q in queues}
+        self.random = random.Random(seed)
+        self.enobufs = 0
+        self.stamped = 0
+        self.wake_lag = 0.0
+        self.wall_offset = time.time() - time.monotonic()
+        # Any socket asking for receive timestamps makes the kernel stamp every packet.
+        self.stamp_request = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.stamp_request.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        self.sock = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER)
+        for opt in (33, 32):  # SO_RCVBUFFORCE, SO_SNDBUFFORCE: root may exceed rmem_max
+            self.sock.setsockopt(socket.SOL_SOCKET, opt, SOCKET_BUFFER)
+        self.sock.bind((0, 0))
+        self.seq = 0
+
+    def _request(self, msg: int, res_id: int, attrs: bytes) -> None:
+        """Send a config request and wait for its acknowledgement."""
+        self.seq += 1
+        self.sock.send(_message(msg, res_id, attrs, NLM_F_REQUEST | NLM_F_ACK, self.seq))
+        while True:
+            data = self.sock.recv(65536)
+            length, kind, _, seq, _ = struct.unpack_from("=IHHII", data)
+            if kind == NLMSG_ERROR and seq == self.seq:
+                code = struct.unpack_from("=i", data, 16)[0]
+                if code:
+                    raise OSError(-code, f"NFQUEUE config of queue {res_id}: {os.strerror(-code)}")
+                return
+
+    def bind(self) -> None:
+        for num in self.queues:
+            self._request(NFQNL_MSG_CONFIG, num, _attr(NFQA_CFG_CMD, struct.pack("!BxH", NFQNL_CFG_CMD_BIND, 0)))
+            self._request(
+                NFQNL_MSG_CONFIG,
+                num,
+                _attr(NFQA_CFG_PARAMS, struct.pack("!IB", 0, NFQNL_COPY_META))
+                + _attr(NFQA_CFG_QUEUE_MAXLEN, struct.pack("!I", QUEUE_MAXLEN))
+                + _attr(NFQA_CFG_MASK, struct.pack("!I", NFQA_CFG_F_GSO))
+                + _attr(NFQA_CFG_FLAGS, struct.pack("!I", NFQA_CFG_F_GSO)),
+            )
+        self.sock.setblocking(False)
+
+    def _verdict(self, msg: int, num: int, verdict: int, packet_id: int) -> None:
+        self.sock.send(_message(msg, num, _attr(NFQA_VERDICT_HDR, struct.pack("!II", verdict, packet_id))))
+
+    def _arrival(self, data: bytes, now: float) -> float:
+        """When the packet reached the wan namespace, on the monotonic clock.
+
+        The kernel stamps it on receive (NFQA_TIMESTAMP, wall clock) while any socket asks
+        for timestamps, which this process does; without a stamp, the time it was read.
+        """
+        offset, end = 20, len(data)
+        while offset + 4 <= end:
+            length, kind = struct.unpack_from("=HH", data, offset)
+            if length < 4:
+                break
+            if kind & 0x7FFF == NFQA_TIMESTAMP and length >= 20:
+                sec, usec = struct.unpack_from("!QQ", data, offset + 4)
+                if sec:
+                    self.stamped += 1
+                    return sec + usec / 1e6 - self.wall_offset
+                break
+            offset += (length + 3) & ~3
+        return now
+
+    def _receive(self, now: float, budget: int = 512) -> None:
+        """Take up to `budget` queued packets off the socket and schedule them."""
+        recv = self.sock.recv
+        queues = self.queues
+        rnd = self.random.random
+        self.wall_offset = time.time() - time.monotonic()
+        for _ in range(budget):
+            try:
+                data = recv(512)
+            except BlockingIOError:
+                return
+            except OSError as e:
+                if e.errno != errno.ENOBUFS:
+                    raise
+                self.enobufs += 1
+                continue
+            if len(data) < 28 or data[4] != NFQNL_MSG_PACKET or data[5] != NFNL_SUBSYS_QUEUE:
+                continue
+            queue = queues.get(struct.unpack_from("!H", data, 18)[0])
+            if queue is None or struct.unpack_from("=H", data, 22)[0] & 0x7FFF != NFQA_PACKET_HDR:
+                continue
+            packet_id = struct.unpack_from("!I", data, 24)[0]
+            queue.queued += 1
+            if queue.loss and rnd() < queue.loss:
+                queue.lost += 1
+                self._verdict(NFQNL_MSG_VERDICT, queue.num, NF_DROP, packet_id)
+                continue
+            due = self._arrival(data, now) + queue.delay_s
+            if queue.jitter_s:
+                due += (2 * rnd() - 1) * queue.jitter_s
+            # Never reorder: a packet leaves no earlier than the one before it.
+            if due < queue.last_due:
+                due = queue.last_due
+            queue.last_due = due
+            queue.pending.append((due, packet_id))
+
+    def calibrate(self) -> float:
+        """How late this process wakes from a timed sleep: the median over short sleeps.
+
+        The loop sleeps until that long before a deadline and spins the rest.
+        """
+        lags = []
+        for _ in range(CALIBRATION_ROUNDS):
+            start = time.monotonic()
+            select.select([], [], [], 0.0005)
+            lags.append(time.monotonic() - start - 0.0005)
+        self.wake_lag = min(MAX_SPIN_S, 2 * max(0.0, sorted(lags)[len(lags) * 3 // 4]) + 0.00005)
+        return self.wake_lag
+
+    def _release(self, now: float) -> float:
+        """Accept every packet due by now; return the next deadline (inf if none)."""
+        next_due = float("inf")
+        for queue in self.queues.values():
+            pending = queue.pending
+            last = None
+            while pending and pending[0][0] <= now:
+                due, last = pending.popleft()
+                queue.released += 1
+                late = now - due
+                queue.total_late_s += late
+                if late > queue.max_late_s:
+                    queue.max_late_s = late
+                if late > LATE_LIMIT_S:
+                    queue.late += 1
+            if last is not None:
+                self._verdict(NFQNL_MSG_VERDICT_BATCH, queue.num, NF_ACCEPT, last)
+            if pending and pending[0][0] < next_due:
+                next_due = pending[0][0]
+        return next_due
+
+    def pending(self) -> int:
+        return sum(len(q.pending) for q in self.queues.values())
+
+    def _spin(self, due: float) -> None:
+        """Busy-wait the last stretch to a deadline, taking packets as they come."""
+        clock = time.monotonic
+        while clock() < due:
+            self._receive(clock(), budget=8)
+
+    def stats(self) -> dict:
+        kernel = kernel_queue_counters()
+        return {
+            "pid": os.getpid(),
+            "enobufs": self.enobufs,
+            "wake_lag_us": round(self.wake_lag * 1e6, 1),
+            "kernel_stamped": self.stamped,
+            "queues": {str(n): {**q.counters(), **kernel.get(n, {})} for n, q in self.queues.items()},
+        }
+
+    def run(self, control: socket.socket | None) -> None:
+        fds = [self.sock] + ([control] if control else [])
+        clock = time.monotonic
+        while True:
+            next_due = self._release(clock())
+            timeout = None if next_due == float("inf") else next_due - clock() - self.wake_lag
+            if timeout is not None and timeout <= 0 and self.pending() <= SPIN_MAX_PENDING:
+                self._spin(next_due)
+                continue
+            readable, _, _ = select.select(fds, [], [], None if timeout is None else max(0.0, timeout))
+            if self.sock in readable:
+                self._receive(clock())
+            if control is not None and control in readable:
+                request, peer = control.recvfrom(64)
+                if request.strip() == b"stats" and peer:
+                    control.sendto(json.dumps(self.stats()).encode(), peer)
+
+
+def _tune_process() -> None:
+    """Wake on time: 1 ns timer slack, and a real-time priority where allowed."""
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_TIMERSLACK, 1, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(20))
+    except (OSError, AttributeError):
+        pass
+
+
+def query_stats(control_path: str, timeout: float = 2.0) -> dict:
+    """Ask a running delay line for its counters."""
+    client = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    reply_path = f"{control_path}.{os.getpid()}.{time.monotonic_ns()}"
+    try:
+        client.bind(reply_path)
+        client.settimeout(timeout)
+        client.sendto(b"stats", control_path)
+        return json.loads(client.recv(1 << 20))
+    finally:
+        client.close()
+        try:
+            os.unlink(reply_path)
+        except FileNotFoundError:
+            pass
+
+
+class _Stop(Exception):
+    pass
+
+
+def _stop(signum, frame):
+    raise _Stop()
+
+
+def main(argv: list[str]) -> int:
+    config = json.loads(argv[0])
+    queues = [
+        Queue(
+            num=q["num"],
+            delay_s=q["delay_ms"] / 1e3,
+            jitter_s=q.get("jitter_ms", 0.0) / 1e3,
+            loss=q.get("loss_pct", 0.0) / 100.0,
+        )
+        for q in config["queues"]
+    ]
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    control = None
+    try:
+        line = DelayLine(queues, config.get("seed"))
+        line.bind()
+        if config.get("control"):
+            control = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+            control.bind(config["control"])
+        _tune_process()
+        line.calibrate()
+        print("ready", flush=True)
+        line.run(control)
+    except _Stop:
+        return 0
+    finally:
+        if control is not None:
+            control.close()
+            try:
+                os.unlink(config["control"])
+            except FileNotFoundError:
+                pass
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,174 @@
+"""Commands and daemons inside network namespaces, with results that show what went wrong.
+
+Every daemon is a child of this process, in its own session (so a terminal's Ctrl-C reaches
+pytest, which then tears down in order), and is ended by its pid and waited for.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+def in_netns(netns: str | None, command: list[str]) -> list[str]:
+    """Prefix a command so it runs in a named network namespace.
+
+    nsenter, not `ip netns exec`: the latter remounts /sys, which dockerd cannot live with.
+    """
+    return ["nsenter", f"--net=/run/netns/{netns}", *command] if netns else list(command)
+
+
+@dataclass(frozen=True)
+class CommandResult:
+    command: list[str]
+    rc: int
+    stdout: str
+    stderr: str
+
+    @property
+    def ok(self) -> bool:
+        return self.rc == 0
+
+    def check(self) -> "CommandResult":
+        if self.rc != 0:
+            raise CommandError(self)
+        return self
+
+
+class CommandError(RuntimeError):
+    def __init__(self, result: CommandResult) -> None:
+        self.result = result
+        output = "\n".join(s for s in (result.stderr.strip(), result.stdout.strip()) if s)
+        super().__init__(
+            f"command failed (exit {result.rc}): {shlex.join(result.command)}"
+            + (f"\n{_tail(output, 20)}" if output else "")
+        )
+
+
+def _tail(text: str, lines: int) -> str:
+    return "\n".join(text.splitlines()[-lines:])
+
+
+def run(command: list[str], netns: str | None = None, timeout: float | None = 60, input: str | None = None) -> CommandResult:
+    full = in_netns(netns, command)
+    try:
+        done = subprocess.run(full, capture_output=True, text=True, timeout=timeout, input=input)
+    except subprocess.TimeoutExpired as e:
+        return CommandResult(full, -1, _text(e.stdout), _text(e.stderr) + f"\ntimed out after {timeout} s")
+    except FileNotFoundError as e:
+        return CommandResult(full, 127, "", str(e))
+    return CommandResult(full, done.returncode, done.stdout, done.stderr)
+
+
+def _text(data: bytes | str | None) -> str:
+    if isinstance(data, bytes):
+        return data.decode(errors="replace")
+    return data or ""
+
+
+def start_time(pid: int) -> int | None:
+    """The kernel's start time of a process: with the pid, it names one process for good."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return int(f.read().rsplit(")", 1)[1].split()[19])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+@dataclass
+class Daemon:
+    """A long-running child process: its pid, start time and log file."""
+
+    name: str
+    command: list[str]
+    log: Path
+    popen: subprocess.Popen = field(repr=False)
+    started: int | None = None
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return _tail(self.log.read_text(errors="replace"), lines)
+        except OSError:
+            return ""
+
+    def stop(self, timeout: float = 5.0) -> int | None:
+        """SIGTERM, wait, SIGKILL if it must: the process is reaped either way."""
+        if self.popen.poll() is None:
+            try:
+                self.popen.send_signal(signal.SIGTERM)
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.popen.kill()
+                self.popen.wait()
+        if self.popen.stdout:
+            self.popen.stdout.close()
+        return self.popen.returncode
+
+    def record(self) -> dict:
+        return {"name": self.name, "pid": self.pid, "start_time": self.started}
+
+
+class DaemonError(RuntimeError):
+    pass
+
+
+def start(name: str, command: list[str], log: Path, netns: str | None = None,
+          ready: str | None = None, timeout: float = 10.0) -> Daemon:
+    """Start a daemon; with `ready`, wait until it prints that line on stdout."""
+    full = in_netns(netns, command)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "ab") as log_file:
+        popen = subprocess.Popen(
+            full,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.PIPE if ready else log_file,
+            stderr=log_file,
+            start_new_session=True,
+        )
+    daemon = Daemon(name, full, log, popen, start_time(popen.pid))
+    if ready:
+        _wait_ready(daemon, ready, timeout)
+    return daemon
+
+
+def _wait_ready(daemon: Daemon, ready: str, timeout: float) -> None:
+    import selectors
+
+    deadline = time.monotonic() + timeout
+    with selectors.DefaultSelector() as sel:
+        sel.register(daemon.popen.stdout, selectors.EVENT_READ)
+        while time.monotonic() < deadline:
+            if sel.select(max(0.0, deadline - time.monotonic())):
+                line = daemon.popen.stdout.readline().decode(errors="replace").strip()
+                if line == ready:
+                    return
+                if not line and daemon.popen.poll() is not None:
+                    break
+    rc = daemon.stop()
+    raise DaemonError(
+        f"{daemon.name} did not become ready within {timeout:g} s (exit {rc}): {shlex.join(daemon.command)}\n"
+        f"{daemon.log_tail()}"
+    )
+
+
+def kill_recorded(pid: int, started: int | None) -> bool:
+    """Kill a process recorded by an earlier run, only if it is still that very process."""
+    if started is None or start_time(pid) != started:
+        return False
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        return False
+    return True

@@ -1,0 +1,318 @@
+"""The embedded testbed: one network namespace per site, plus a `wan` namespace that joins them.
+
+Each topology link is a pair of veths from the two sites into the wan namespace, where
+policy routing sends whatever enters from one site straight out to the other, and the link
+emulator delays, drops and shapes it. Sites hold their address (in 198.18.0.0/15, the
+benchmarking range) on loopback, route to every other site over their topology's path and
+have no route anywhere else.
+
+Everything carries the run id: namespaces are ``ovl<run>-<site>`` and ``ovl<run>-wan``, the
+run's state lives in ``/run/pytest-overlay/<run>/`` with the pids it started, and
+:func:`sweep` removes what a killed run left, and nothing else.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import ipaddress
+import json
+import os
+import re
+import secrets
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from pyroute2 import IPRoute, netns
+
+from . import emulator as emu
+from . import procs
+from .topology import Circuit, Topology
+
+STATE_ROOT = Path(os.environ.get("PYTEST_OVERLAY_STATE", "/run/pytest-overlay"))
+NETNS_DIR = Path("/run/netns")
+RUN_ID = re.compile(r"^[0-9a-f]{6}$")
+OUR_NETNS = re.compile(r"^ovl([0-9a-f]{6})-")
+BASE_ADDRESS = ipaddress.IPv4Address("198.18.0.0")
+DEFAULT_TCP_MEM = (4096, 131072, 6291456)
+
+
+def new_run_id() -> str:
+    return secrets.token_hex(3)
+
+
+def tcp_buffer_max(rtt_ms: float, rate_mbit: float | None) -> int:
+    """twice the bandwidth-delay product, never below the kernel's default, at most 512 MB."""
+    bdp = (rate_mbit or emu.DEFAULT_RATE_MBIT) * 1e6 / 8 * rtt_ms / 1e3
+    return int(min(512 << 20, max(DEFAULT_TCP_MEM[2], 2 * bdp)))
+
+
+@dataclass
+class SiteHandle:
+    name: str
+    netns: str
+    address: str
+    sysctls: dict[str, str] = field(default_factory=dict)
+
+
+class TestbedError(RuntimeError):
+    pass
+
+
+class EmulatedTestbed:
+    """Sites as namespaces, links through an emulated WAN. Use as a context manager."""
+
+    kind = "emulated"
+
+    def __init__(self, topology: Topology, emulator: str = "auto", run_id: str | None = None,
+                 progress: Callable[[str], None] | None = None, state_root: Path | None = None) -> None:
+        self.topology = topology
+        self.emulator_choice = emulator
+        self.run_id = run_id or new_run_id()
+        self.prefix = f"ovl{self.run_id}"
+        self.run_dir = (state_root or STATE_ROOT) / self.run_id
+        self.progress = progress or (lambda message: None)
+        self.wan = f"{self.prefix}-wan"
+        self.sites = {
+            name: SiteHandle(name, f"{self.prefix}-{name}", str(BASE_ADDRESS + site.index + 1))
+            for name, site in topology.sites.items()
+        }
+        self.emulator: emu.Emulator | None = None
+        self.emulator_reason = ""
+        self.created: list[str] = []
+        self.timings: dict[str, float] = {}
+
+    # --- state on disk, for the sweep of a killed run -------------------------------------
+    def _save_state(self) -> None:
+        state = {
+            "run_id": self.run_id,
+            "owner": {"pid": os.getpid(), "start_time": procs.start_time(os.getpid())},
+            "namespaces": self.created,
+            "daemons": [d.record() for d in (self.emulator.daemons if self.emulator else [])],
+        }
+        tmp = self.run_dir / "state.json.tmp"
+        tmp.write_text(json.dumps(state))
+        tmp.replace(self.run_dir / "state.json")
+
+    # --- bring-up -------------------------------------------------------------------------
+    def __enter__(self) -> "EmulatedTestbed":
+        try:
+            self.up()
+        except BaseException:
+            self.down()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.down()
+
+    def up(self) -> None:
+        started = time.monotonic()
+        self.run_dir.mkdir(parents=True, exist_ok=False)
+        self._save_state()
+        self.progress(f"testbed {self.run_id}: {len(self.sites)} site namespaces and the WAN")
+        for name in [self.wan] + [s.netns for s in self.sites.values()]:
+            netns.create(name)
+            self.created.append(name)
+        self._save_state()
+        kind, self.emulator_reason = emu.choose(self.emulator_choice, self.wan)
+        ports = self._wire()
+        self._set_sysctls()
+        self.progress(f"testbed {self.run_id}: link emulator {kind.kind} ({self.emulator_reason})")
+        self.emulator = kind(self.wan, ports, self.run_dir)
+        self.emulator.start()
+        self._save_state()
+        self.timings["up_s"] = time.monotonic() - started
+
+    def _wire(self) -> list[emu.Port]:
+        topo = self.topology
+        ports: list[emu.Port] = []
+        site_ifs: dict[tuple[str, str], tuple[str, str]] = {}  # (site, peer) -> (site if, its MAC)
+        wan_ifs: dict[tuple[str, str], tuple[str, str]] = {}   # (site, peer) -> (wan if facing site, MAC)
+        with IPRoute(netns=self.wan) as wan:
+            wan.link("set", index=wan.link_lookup(ifname="lo")[0], state="up")
+            for link in topo.links:
+                for site, peer in ((link.a, link.b), (link.b, link.a)):
+                    end = "a" if site == link.a else "b"
+                    wan_if, site_if = f"{self.prefix}w{link.index}{end}", f"{self.prefix}s{link.index}"
+                    wan.link("add", ifname=wan_if, kind="veth",
+                             peer={"ifname": site_if, "net_ns_fd": self.sites[site].netns})
+                    index = wan.link_lookup(ifname=wan_if)[0]
+                    wan.link("set", index=index, state="up")
+                    wan_ifs[(site, peer)] = (wan_if, wan.get_links(index)[0].get_attr("IFLA_ADDRESS"))
+                    site_ifs[(site, peer)] = (site_if, "")
+            for link in topo.links:
+                for n, (src, dst) in enumerate(((link.a, link.b), (link.b, link.a))):
+                    ports.append(emu.Port(link.direction(src), 2 * link.index + n,
+                                          wan_ifs[(src, dst)][0], wan_ifs[(dst, src)][0]))
+        for name, handle in self.sites.items():
+            with IPRoute(netns=handle.netns) as ipr:
+                lo = ipr.link_lookup(ifname="lo")[0]
+                ipr.link("set", index=lo, state="up")
+                ipr.addr("add", index=lo, address=handle.address, prefixlen=32)
+                for (site, peer), (ifname, _) in list(site_ifs.items()):
+                    if site != name:
+                        continue
+                    index = ipr.link_lookup(ifname=ifname)[0]
+                    ipr.link("set", index=index, state="up")
+                    site_ifs[(site, peer)] = (ifname, ipr.get_links(index)[0].get_attr("IFLA_ADDRESS"))
+                    # The wan end answers for the peer: no ARP on emulated links.
+                    ipr.neigh("add", dst=self.sites[peer].address, lladdr=wan_ifs[(site, peer)][1],
+                              ifindex=index, state="permanent")
+                for other in self.sites:
+                    if other == name:
+                        continue
+                    hops = topo.path_between(name, other)
+                    ifname = site_ifs[(name, hops[1])][0]
+                    ipr.route("add", dst=f"{self.sites[other].address}/32", gateway=self.sites[hops[1]].address,
+                              oif=ipr.link_lookup(ifname=ifname)[0], flags=4, prefsrc=handle.address)  # 4: onlink
+        with IPRoute(netns=self.wan) as wan:
+            for (site, peer), (wan_if, _) in wan_ifs.items():
+                # Whatever enters from `site` on this link leaves toward `peer`.
+                out_if = wan_ifs[(peer, site)][0]
+                out_index = wan.link_lookup(ifname=out_if)[0]
+                table = 1000 + wan.link_lookup(ifname=wan_if)[0]
+                wan.route("add", dst="0.0.0.0/0", gateway=self.sites[peer].address, oif=out_index, flags=4, table=table)
+                wan.neigh("add", dst=self.sites[peer].address, lladdr=site_ifs[(peer, site)][1],
+                          ifindex=out_index, state="permanent")
+                wan.rule("add", iifname=wan_if, table=table, priority=100)
+        return ports
+
+    def _set_sysctls(self) -> None:
+        wan = {"net.ipv4.ip_forward": "1", "net.ipv4.conf.all.rp_filter": "0",
+               "net.ipv4.conf.default.rp_filter": "0", "net.ipv6.conf.all.disable_ipv6": "1"}
+        jobs = {self.wan: wan}
+        for name, handle in self.sites.items():
+            worst = max(
+                (self.topology.expected(c) for c in _pairs(self.topology, name)),
+                key=lambda e: tcp_buffer_max(e["rtt_ms"], e["rate_mbit"]),
+            )
+            size = tcp_buffer_max(worst["rtt_ms"], worst["rate_mbit"])
+            handle.sysctls = {
+                "net.ipv4.ip_forward": "1",
+                "net.ipv4.conf.all.rp_filter": "0",
+                "net.ipv6.conf.all.disable_ipv6": "1",
+                "net.ipv4.tcp_rmem": f"{DEFAULT_TCP_MEM[0]} {DEFAULT_TCP_MEM[1]} {size}",
+                "net.ipv4.tcp_wmem": f"{DEFAULT_TCP_MEM[0]} 16384 {size}",
+            }
+            jobs[handle.netns] = handle.sysctls
+        with concurrent.futures.ThreadPoolExecutor(len(jobs)) as pool:
+            for result in pool.map(
+                lambda item: procs.run(["sysctl", "-q", "-w", *(f"{k}={v}" for k, v in item[1].items())], item[0]),
+                jobs.items(),
+            ):
+                result.check()
+
+    # --- use --------------------------------------------------------------------------------
+    def address(self, site: str) -> str:
+        return self.sites[site].address
+
+    def netns_of(self, site: str) -> str:
+        return self.sites[site].netns
+
+    def run(self, site: str, command: list[str], timeout: float | None = 60) -> procs.CommandResult:
+        return procs.run(command, self.netns_of(site), timeout)
+
+    def start(self, site: str, name: str, command: list[str], ready: str | None = None) -> procs.Daemon:
+        return procs.start(name, command, self.run_dir / f"{site}-{name}.log", self.netns_of(site), ready)
+
+    def emulator_counters(self) -> dict[str, dict]:
+        return self.emulator.counters() if self.emulator else {}
+
+    def describe(self) -> dict:
+        return {
+            "kind": self.kind,
+            "run_id": self.run_id,
+            "emulator": {**(self.emulator.describe() if self.emulator else {}), "reason": self.emulator_reason},
+            "sites": {n: {"address": h.address, "netns": h.netns, "sysctls": h.sysctls} for n, h in self.sites.items()},
+            "timings": self.timings,
+        }
+
+    # --- teardown ---------------------------------------------------------------------------
+    def down(self) -> None:
+        """Remove everything this run made. Safe to call twice, and after a partial bring-up."""
+        started = time.monotonic()
+        if self.emulator:
+            self.emulator.stop()
+        for name in reversed(self.created):
+            _remove_netns(name)
+        self.created.clear()
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+        self.timings["down_s"] = time.monotonic() - started
+
+
+def _pairs(topology: Topology, site: str) -> list[Circuit]:
+    return [Circuit(site, other) for other in topology.sites if other != site]
+
+
+def _remove_netns(name: str) -> None:
+    try:
+        netns.remove(name)
+    except FileNotFoundError:
+        pass
+    except OSError as e:
+        if e.errno not in (2,):  # ENOENT: already gone
+            raise
+
+
+def _netns_inode(name: str) -> int | None:
+    try:
+        return os.stat(NETNS_DIR / name).st_ino
+    except OSError:
+        return None
+
+
+def _pids_in_netns(inode: int) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if os.stat(entry / "ns/net").st_ino == inode:
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+def _owner_alive(state: dict) -> bool:
+    owner = state.get("owner", {})
+    return bool(owner.get("pid")) and procs.start_time(owner["pid"]) == owner.get("start_time")
+
+
+def sweep(state_root: Path | None = None, report: Callable[[str], None] = print) -> int:
+    """Remove what killed runs left: their daemons, namespaces and state. Live runs are kept."""
+    root = state_root or STATE_ROOT
+    live: set[str] = set()
+    removed = 0
+    for run_dir in sorted(root.glob("*")) if root.exists() else []:
+        if not RUN_ID.match(run_dir.name):
+            continue
+        try:
+            state = json.loads((run_dir / "state.json").read_text())
+        except (OSError, ValueError):
+            state = {}
+        if state and _owner_alive(state):
+            live.add(run_dir.name)
+            continue
+        for daemon in state.get("daemons", []):
+            if procs.kill_recorded(daemon["pid"], daemon.get("start_time")):
+                report(f"killed {daemon['name']} (pid {daemon['pid']}) of run {run_dir.name}")
+        shutil.rmtree(run_dir, ignore_errors=True)
+    names = [p.name for p in NETNS_DIR.iterdir()] if NETNS_DIR.exists() else []
+    for name in sorted(names):
+        match = OUR_NETNS.match(name)
+        if not match or match.group(1) in live:
+            continue
+        inode = _netns_inode(name)
+        for pid in _pids_in_netns(inode) if inode else []:
+            try:
+                os.kill(pid, 9)
+                report(f"killed pid {pid} left in namespace {name}")
+            except ProcessLookupError:
+                pass
+        _remove_netns(name)
+        report(f"removed namespace {name}")
+        removed += 1
+    return removed

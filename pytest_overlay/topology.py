@@ -1,0 +1,409 @@
+"""Topology files: sites, WAN links and the circuits to measure, validated before anything runs.
+
+A topology is YAML::
+
+    name: geant
+    sites:
+      AMS: {location: Amsterdam}
+      MIL: {location: Milan}
+    links:
+      - {between: [AMS, MIL], rtt_ms: 36.5, jitter_ms: 0.1, loss_pct: 0, rate_mbit: 1000}
+    circuits: [[AMS, MIL]]          # optional; default: every linked pair
+
+A ``between`` link is symmetric: ``rtt_ms`` is split evenly (or give ``delay_ms``, one way),
+and jitter, loss and rate apply to each direction. A link given as ``{from: A, to: B,
+delay_ms: ...}`` is one direction; its reverse must be given the same way. Every error names
+the file, the line and the field.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+TOPOLOGY_DIR = Path(__file__).resolve().parent.parent / "topologies"
+SITE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,11}$")
+
+
+class InputError(ValueError):
+    """Bad input, located: file, line and field."""
+
+    def __init__(self, path: str | Path, line: int | None, field_name: str, message: str) -> None:
+        self.path, self.line, self.field, self.message = str(path), line, field_name, message
+        where = f"{path}:{line}" if line else str(path)
+        super().__init__(f"{where}: {field_name}: {message}" if field_name else f"{where}: {message}")
+
+
+class _LineLoader(yaml.SafeLoader):
+    """A YAML loader whose mappings remember the line of every key."""
+
+
+class LineDict(dict):
+    line: int = 0
+    key_lines: dict
+
+
+class LineList(list):
+    line: int = 0
+
+
+def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> LineDict:
+    result = LineDict()
+    result.line = node.start_mark.line + 1
+    result.key_lines = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        if key in result:
+            raise InputError(loader.name, key_node.start_mark.line + 1, str(key), "duplicate key")
+        result[key] = loader.construct_object(value_node, deep=True)
+        result.key_lines[key] = key_node.start_mark.line + 1
+    return result
+
+
+def _construct_sequence(loader: _LineLoader, node: yaml.SequenceNode) -> LineList:
+    result = LineList(loader.construct_object(child, deep=True) for child in node.value)
+    result.line = node.start_mark.line + 1
+    return result
+
+
+_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+_LineLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _construct_sequence)
+
+
+def load_yaml(path: str | Path) -> Any:
+    """Parse a YAML file into dicts and lists that know their line numbers."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as e:
+        raise InputError(path, None, "", f"cannot read: {e.strerror}") from None
+    loader = _LineLoader(text)
+    loader.name = str(path)
+    try:
+        return loader.get_single_data()
+    except yaml.MarkedYAMLError as e:
+        mark = e.problem_mark or e.context_mark
+        raise InputError(path, mark.line + 1 if mark else None, "", f"malformed YAML: {e.problem}") from None
+    finally:
+        loader.dispose()
+
+
+def line_of(container: Any, key: Any = None) -> int | None:
+    if key is not None and isinstance(container, LineDict):
+        return container.key_lines.get(key, container.line)
+    return getattr(container, "line", None)
+
+
+class Checker:
+    """Reads typed fields out of a LineDict, raising InputError on the first bad one."""
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = path
+
+    def fail(self, container: Any, key: Any, field_name: str, message: str) -> InputError:
+        return InputError(self.path, line_of(container, key), field_name, message)
+
+    def mapping(self, value: Any, field_name: str, parent: Any = None, key: Any = None) -> LineDict:
+        if not isinstance(value, dict):
+            raise self.fail(parent if parent is not None else value, key, field_name, f"must be a mapping, got {_kind(value)}")
+        return value
+
+    def keys(self, data: LineDict, allowed: set[str], field_name: str) -> None:
+        for key in data:
+            if key not in allowed:
+                raise self.fail(data, key, f"{field_name}.{key}" if field_name else str(key),
+                                f"unknown key; allowed: {', '.join(sorted(allowed))}")
+
+    def number(self, data: LineDict, key: str, field_name: str, default: float | None = None,
+               minimum: float = 0.0, maximum: float = math.inf, positive: bool = False) -> float | None:
+        if key not in data:
+            return default
+        value = data[key]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
+            raise self.fail(data, key, field_name, f"must be a number, got {value!r}")
+        if value < minimum or (positive and value <= 0) or value > maximum:
+            bound = f"> {minimum:g}" if positive else f">= {minimum:g}"
+            if maximum != math.inf:
+                bound += f" and <= {maximum:g}"
+            raise self.fail(data, key, field_name, f"must be {bound}, got {value!r}")
+        return float(value)
+
+
+def _kind(value: Any) -> str:
+    return {dict: "a mapping", list: "a list", str: "a string", type(None): "nothing"}.get(type(value), type(value).__name__)
+
+
+@dataclass(frozen=True)
+class Site:
+    name: str
+    index: int
+    location: str = ""
+
+
+@dataclass(frozen=True)
+class Direction:
+    """What one direction of a link does to packets."""
+
+    src: str
+    dst: str
+    delay_ms: float
+    jitter_ms: float = 0.0
+    loss_pct: float = 0.0
+    rate_mbit: float | None = None
+
+
+@dataclass(frozen=True)
+class Link:
+    index: int
+    a: str
+    b: str
+    forward: Direction  # a -> b
+    reverse: Direction  # b -> a
+
+    @property
+    def rtt_ms(self) -> float:
+        return self.forward.delay_ms + self.reverse.delay_ms
+
+    def direction(self, src: str) -> Direction:
+        return self.forward if src == self.a else self.reverse
+
+
+@dataclass(frozen=True)
+class Circuit:
+    src: str
+    dst: str
+
+    @property
+    def id(self) -> str:
+        return f"{self.src}-{self.dst}"
+
+
+@dataclass
+class Topology:
+    name: str
+    path: str
+    sites: dict[str, Site]
+    links: list[Link]
+    circuits: list[Circuit]
+    hub: str | None = None
+    manager: str | None = None
+    _routes: dict = field(default_factory=dict, repr=False)
+
+    def link_between(self, a: str, b: str) -> Link | None:
+        for link in self.links:
+            if {link.a, link.b} == {a, b}:
+                return link
+        return None
+
+    def path_between(self, src: str, dst: str) -> list[str]:
+        """Sites from src to dst (both included) on the fewest hops, then the lowest delay.
+
+        As on a real WAN, linked sites talk over their own link even where a detour is faster.
+        """
+        key = (src, dst)
+        if key not in self._routes:
+            self._routes[key] = self._shortest(src, dst)
+        return self._routes[key]
+
+    def _shortest(self, src: str, dst: str) -> list[str]:
+        best: dict[str, tuple[int, float]] = {src: (0, 0.0)}
+        previous: dict[str, str] = {}
+        heap = [((0, 0.0), src)]
+        while heap:
+            cost, site = heapq.heappop(heap)
+            if site == dst:
+                break
+            if cost > best[site]:
+                continue
+            for link in self.links:
+                if site not in (link.a, link.b):
+                    continue
+                peer = link.b if site == link.a else link.a
+                new = (cost[0] + 1, cost[1] + link.direction(site).delay_ms)
+                if new < best.get(peer, (math.inf, math.inf)):
+                    best[peer], previous[peer] = new, site
+                    heapq.heappush(heap, (new, peer))
+        if dst not in best:
+            return []
+        hops = [dst]
+        while hops[-1] != src:
+            hops.append(previous[hops[-1]])
+        return hops[::-1]
+
+    def expected(self, circuit: Circuit) -> dict[str, float | None]:
+        """What the emulated WAN should show on a circuit: RTT, jitter, loss and rate."""
+        hops = self.path_between(circuit.src, circuit.dst)
+        there = [self.link_between(a, b).direction(a) for a, b in zip(hops, hops[1:])]
+        back = [self.link_between(a, b).direction(a) for a, b in zip(hops[::-1], hops[::-1][1:])]
+        rates = [d.rate_mbit for d in there if d.rate_mbit]
+        delivered = 1.0
+        for d in there:
+            delivered *= 1 - d.loss_pct / 100
+        return {
+            "rtt_ms": sum(d.delay_ms for d in there + back),
+            "jitter_ms": sum(d.jitter_ms for d in there + back),
+            "loss_pct": (1 - delivered) * 100,
+            "rate_mbit": min(rates) if rates else None,
+        }
+
+
+TOP_KEYS = {"name", "sites", "links", "circuits", "hub", "manager", "description"}
+SITE_KEYS = {"location", "host"}
+LINK_KEYS = {"between", "from", "to", "rtt_ms", "delay_ms", "jitter_ms", "loss_pct", "rate_mbit"}
+
+
+def resolve_path(spec: str) -> Path:
+    """A topology given by path, or by the name of a file in topologies/."""
+    path = Path(spec)
+    if path.suffix in (".yaml", ".yml") or path.exists() or "/" in spec:
+        return path
+    return TOPOLOGY_DIR / f"{spec}.yaml"
+
+
+def available() -> list[str]:
+    return sorted(p.stem for p in TOPOLOGY_DIR.glob("*.yaml"))
+
+
+def load(spec: str | Path) -> Topology:
+    path = resolve_path(str(spec))
+    if not path.exists():
+        raise InputError(path, None, "", f"no such topology file; bundled topologies: {', '.join(available())}")
+    return parse(load_yaml(path), path)
+
+
+def parse(data: Any, path: str | Path) -> Topology:
+    check = Checker(path)
+    if not isinstance(data, dict):
+        raise InputError(path, line_of(data), "", f"a topology must be a mapping, got {_kind(data)}")
+    check.keys(data, TOP_KEYS, "")
+    name = data.get("name", Path(path).stem)
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+        raise check.fail(data, "name", "name", f"must be a word of letters, digits, '_', '.', '-', got {name!r}")
+
+    raw_sites = check.mapping(data.get("sites"), "sites", data, "sites")
+    if len(raw_sites) < 2:
+        raise check.fail(data, "sites", "sites", "a topology needs at least two sites")
+    if len(raw_sites) > 200:
+        raise check.fail(data, "sites", "sites", "at most 200 sites")
+    sites: dict[str, Site] = {}
+    for index, (site_name, spec) in enumerate(raw_sites.items()):
+        if not isinstance(site_name, str) or not SITE_NAME.match(site_name):
+            raise check.fail(raw_sites, site_name, f"sites.{site_name}",
+                             "a site name is a letter then up to 11 letters, digits or '_'")
+        spec = spec if spec is not None else LineDict()
+        check.mapping(spec, f"sites.{site_name}", raw_sites, site_name)
+        check.keys(spec, SITE_KEYS, f"sites.{site_name}")
+        sites[site_name] = Site(site_name, index, str(spec.get("location", "")))
+
+    raw_links = data.get("links")
+    if not isinstance(raw_links, list) or not raw_links:
+        raise check.fail(data, "links", "links", "must be a non-empty list of links")
+    directions: dict[tuple[str, str], tuple[Direction, int]] = {}
+    pairs_seen: dict[frozenset, int] = {}
+    for i, item in enumerate(raw_links):
+        where = f"links[{i}]"
+        check.mapping(item, where, raw_links)
+        check.keys(item, LINK_KEYS, where)
+        parsed = _parse_link(check, item, where, sites)
+        for d, line in parsed:
+            pair = frozenset((d.src, d.dst))
+            if (d.src, d.dst) in directions or ("between" in item and pair in pairs_seen):
+                first = directions[(d.src, d.dst)][1] if (d.src, d.dst) in directions else pairs_seen[pair]
+                raise check.fail(item, None, where, f"duplicate link {d.src}->{d.dst} (first given on line {first})")
+        for d, line in parsed:
+            directions[(d.src, d.dst)] = (d, line)
+            pairs_seen.setdefault(frozenset((d.src, d.dst)), line)
+
+    links: list[Link] = []
+    linked: set[frozenset] = set()
+    for (src, dst), (d, line) in directions.items():
+        if (dst, src) not in directions:
+            raise InputError(path, line, "links", f"link {src}->{dst} has no reverse direction: add {{from: {dst}, to: {src}, ...}}")
+        if frozenset((src, dst)) not in linked:
+            linked.add(frozenset((src, dst)))
+            links.append(Link(len(links), src, dst, d, directions[(dst, src)][0]))
+
+    topo = Topology(name=name, path=str(path), sites=sites, links=links, circuits=[])
+    for key in ("hub", "manager"):
+        if key in data:
+            if data[key] not in sites:
+                raise check.fail(data, key, key, f"unknown site {data[key]!r}; sites: {', '.join(sites)}")
+            setattr(topo, key, data[key])
+    topo.circuits = _parse_circuits(check, data, topo)
+    return topo
+
+
+def _parse_link(check: Checker, item: LineDict, where: str, sites: dict[str, Site]) -> list[tuple[Direction, int]]:
+    def site(value: Any, key: str) -> str:
+        if value not in sites:
+            raise check.fail(item, key, f"{where}.{key}", f"unknown site {value!r}; sites: {', '.join(sites)}")
+        return value
+
+    common = dict(
+        jitter_ms=check.number(item, "jitter_ms", f"{where}.jitter_ms", 0.0, maximum=10_000),
+        loss_pct=check.number(item, "loss_pct", f"{where}.loss_pct", 0.0, maximum=100),
+        rate_mbit=check.number(item, "rate_mbit", f"{where}.rate_mbit", None, positive=True),
+    )
+    line = line_of(item)
+    if "between" in item:
+        if "from" in item or "to" in item:
+            raise check.fail(item, "between", f"{where}.between", "give either between or from/to, not both")
+        ends = item["between"]
+        if not isinstance(ends, list) or len(ends) != 2:
+            raise check.fail(item, "between", f"{where}.between", f"must be a list of two sites, got {ends!r}")
+        a, b = site(ends[0], "between"), site(ends[1], "between")
+        if a == b:
+            raise check.fail(item, "between", f"{where}.between", f"a link joins two different sites, got {a} twice")
+        if ("rtt_ms" in item) == ("delay_ms" in item):
+            raise check.fail(item, None, where, "give exactly one of rtt_ms (round trip) or delay_ms (one way)")
+        if "rtt_ms" in item:
+            one_way = check.number(item, "rtt_ms", f"{where}.rtt_ms", maximum=60_000) / 2
+        else:
+            one_way = check.number(item, "delay_ms", f"{where}.delay_ms", maximum=30_000)
+        return [(Direction(a, b, one_way, **common), line), (Direction(b, a, one_way, **common), line)]
+    if "from" not in item or "to" not in item:
+        raise check.fail(item, None, where, "a link needs between: [A, B], or from: A and to: B")
+    if "rtt_ms" in item:
+        raise check.fail(item, "rtt_ms", f"{where}.rtt_ms", "a from/to link is one direction: give delay_ms")
+    a, b = site(item["from"], "from"), site(item["to"], "to")
+    if a == b:
+        raise check.fail(item, "to", f"{where}.to", f"a link joins two different sites, got {a} twice")
+    if "delay_ms" not in item:
+        raise check.fail(item, None, where, "a from/to link needs delay_ms (one way)")
+    delay = check.number(item, "delay_ms", f"{where}.delay_ms", maximum=30_000)
+    return [(Direction(a, b, delay, **common), line)]
+
+
+def _parse_circuits(check: Checker, data: LineDict, topo: Topology) -> list[Circuit]:
+    if "circuits" not in data:
+        return [Circuit(link.a, link.b) for link in topo.links]
+    raw = data["circuits"]
+    if not isinstance(raw, list) or not raw:
+        raise check.fail(data, "circuits", "circuits", "must be a non-empty list of [SRC, DST] pairs")
+    circuits: list[Circuit] = []
+    for i, pair in enumerate(raw):
+        where = f"circuits[{i}]"
+        line = line_of(pair) or line_of(raw)
+        if isinstance(pair, dict):
+            check.keys(pair, {"src", "dst"}, where)
+            pair = [pair.get("src"), pair.get("dst")]
+        if not isinstance(pair, list) or len(pair) != 2:
+            raise InputError(topo.path, line, where, f"must be [SRC, DST], got {pair!r}")
+        for end in pair:
+            if end not in topo.sites:
+                raise InputError(topo.path, line, where, f"unknown site {end!r}; sites: {', '.join(topo.sites)}")
+        if pair[0] == pair[1]:
+            raise InputError(topo.path, line, where, f"a circuit joins two different sites, got {pair[0]} twice")
+        circuit = Circuit(pair[0], pair[1])
+        if circuit in circuits:
+            raise InputError(topo.path, line, where, f"duplicate circuit {circuit.id}")
+        if not topo.path_between(circuit.src, circuit.dst):
+            raise InputError(topo.path, line, where, f"no path from {circuit.src} to {circuit.dst} over the links")
+        circuits.append(circuit)
+    return circuits
