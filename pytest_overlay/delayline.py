@@ -9,7 +9,7 @@ Run inside a site's network namespace, one process per site, one queue per egres
     python -m pytest_overlay.delayline CONFIG_JSON
 
 CONFIG_JSON: {"control": "/path/to/unix.sock", "seed": 1,
-              "queues": [{"num": 0, "delay_ms": 18.0, "jitter_ms": 0.1, "loss_pct": 0}]}
+              "queues": [{"num": 0, "delay_ms": 18.0, "jitter_ms": 0.1, "loss_pct": 0, "maxlen": 4096}]}
 
 It prints ``ready`` once every queue is bound. A datagram ``stats`` on the control socket
 is answered with the counters as JSON. SIGTERM or SIGINT ends it.
@@ -54,7 +54,7 @@ NLM_F_REQUEST = 1
 NLM_F_ACK = 4
 NLMSG_ERROR = 2
 
-QUEUE_MAXLEN = 65536
+DEFAULT_MAXLEN = 65536
 SOCKET_BUFFER = 64 << 20
 # A packet released this much after it was due counts as late.
 LATE_LIMIT_S = 0.001
@@ -74,6 +74,7 @@ class Queue:
     delay_s: float
     jitter_s: float
     loss: float
+    maxlen: int = DEFAULT_MAXLEN
     pending: collections.deque = field(default_factory=collections.deque)
     last_due: float = 0.0
     queued: int = 0
@@ -153,13 +154,13 @@ class DelayLine:
                 return
 
     def bind(self) -> None:
-        for num in self.queues:
+        for num, queue in self.queues.items():
             self._request(NFQNL_MSG_CONFIG, num, _attr(NFQA_CFG_CMD, struct.pack("!BxH", NFQNL_CFG_CMD_BIND, 0)))
             self._request(
                 NFQNL_MSG_CONFIG,
                 num,
                 _attr(NFQA_CFG_PARAMS, struct.pack("!IB", 0, NFQNL_COPY_META))
-                + _attr(NFQA_CFG_QUEUE_MAXLEN, struct.pack("!I", QUEUE_MAXLEN))
+                + _attr(NFQA_CFG_QUEUE_MAXLEN, struct.pack("!I", queue.maxlen))
                 + _attr(NFQA_CFG_MASK, struct.pack("!I", NFQA_CFG_F_GSO))
                 + _attr(NFQA_CFG_FLAGS, struct.pack("!I", NFQA_CFG_F_GSO)),
             )
@@ -340,6 +341,7 @@ def main(argv: list[str]) -> int:
             delay_s=q["delay_ms"] / 1e3,
             jitter_s=q.get("jitter_ms", 0.0) / 1e3,
             loss=q.get("loss_pct", 0.0) / 100.0,
+            maxlen=q.get("maxlen", DEFAULT_MAXLEN),
         )
         for q in config["queues"]
     ]

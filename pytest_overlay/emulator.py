@@ -51,7 +51,7 @@ def _rate_bytes(direction: Direction) -> float:
     return (direction.rate_mbit or DEFAULT_RATE_MBIT) * 1e6 / 8
 
 
-def _queue_packets(direction: Direction) -> int:
+def queue_packets(direction: Direction) -> int:
     """Enough room for twice the bandwidth-delay product of full-size packets."""
     bdp = _rate_bytes(direction) * (direction.delay_ms + 2 * direction.jitter_ms) / 1e3
     return int(min(1_000_000, max(1000, math.ceil(2 * bdp / MTU))))
@@ -94,7 +94,7 @@ class Netem(Emulator):
         for port in self.ports:
             d = port.direction
             command = ["tc", "qdisc", "replace", "dev", port.egress, "root", "netem",
-                       "limit", str(_queue_packets(d)), "delay", f"{d.delay_ms}ms"]
+                       "limit", str(queue_packets(d)), "delay", f"{d.delay_ms}ms"]
             if d.jitter_ms:
                 command += [f"{d.jitter_ms}ms"]
             if d.loss_pct:
@@ -136,7 +136,7 @@ class DelayLine(Emulator):
             "seed": 1,
             "queues": [
                 {"num": p.queue, "delay_ms": p.direction.delay_ms, "jitter_ms": p.direction.jitter_ms,
-                 "loss_pct": p.direction.loss_pct}
+                 "loss_pct": p.direction.loss_pct, "maxlen": queue_packets(p.direction)}
                 for p in self.ports
             ],
         }

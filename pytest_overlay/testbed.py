@@ -25,8 +25,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from pyroute2 import IPRoute, netns
-
 from . import emulator as emu
 from . import procs
 from .topology import Circuit, Topology
@@ -82,6 +80,7 @@ class EmulatedTestbed:
         self.emulator: emu.Emulator | None = None
         self.emulator_reason = ""
         self.created: list[str] = []
+        self.owner = os.getpid()
         self.timings: dict[str, float] = {}
 
     # --- state on disk, for the sweep of a killed run -------------------------------------
@@ -114,8 +113,8 @@ class EmulatedTestbed:
         self._save_state()
         self.progress(f"testbed {self.run_id}: {len(self.sites)} site namespaces and the WAN")
         for name in [self.wan] + [s.netns for s in self.sites.values()]:
-            netns.create(name)
             self.created.append(name)
+            procs.run(["ip", "netns", "add", name]).check()
         self._save_state()
         kind, self.emulator_reason = emu.choose(self.emulator_choice, self.wan)
         ports = self._wire()
@@ -126,59 +125,61 @@ class EmulatedTestbed:
         self._save_state()
         self.timings["up_s"] = time.monotonic() - started
 
+    def _mac(self, link: int, end: int) -> str:
+        """A locally administered MAC that names the run, the link and the end."""
+        return "02:{}:{}:{}:{:02x}:{:02x}".format(self.run_id[0:2], self.run_id[2:4], self.run_id[4:6], link, end)
+
     def _wire(self) -> list[emu.Port]:
+        """Links, addresses, static neighbours and routes, one `ip -batch` per namespace.
+
+        iproute2 rather than a netlink library in this process: creating devices in other
+        namespaces from here would need setns or forked helpers, and a forked helper that
+        unwinds the parent's stack would run this testbed's teardown.
+        """
         topo = self.topology
         ports: list[emu.Port] = []
-        site_ifs: dict[tuple[str, str], tuple[str, str]] = {}  # (site, peer) -> (site if, its MAC)
-        wan_ifs: dict[tuple[str, str], tuple[str, str]] = {}   # (site, peer) -> (wan if facing site, MAC)
-        with IPRoute(netns=self.wan) as wan:
-            wan.link("set", index=wan.link_lookup(ifname="lo")[0], state="up")
-            for link in topo.links:
-                for site, peer in ((link.a, link.b), (link.b, link.a)):
-                    end = "a" if site == link.a else "b"
-                    wan_if, site_if = f"{self.prefix}w{link.index}{end}", f"{self.prefix}s{link.index}"
-                    wan.link("add", ifname=wan_if, kind="veth",
-                             peer={"ifname": site_if, "net_ns_fd": self.sites[site].netns})
-                    index = wan.link_lookup(ifname=wan_if)[0]
-                    wan.link("set", index=index, state="up")
-                    wan_ifs[(site, peer)] = (wan_if, wan.get_links(index)[0].get_attr("IFLA_ADDRESS"))
-                    site_ifs[(site, peer)] = (site_if, "")
-            for link in topo.links:
-                for n, (src, dst) in enumerate(((link.a, link.b), (link.b, link.a))):
-                    ports.append(emu.Port(link.direction(src), 2 * link.index + n,
-                                          wan_ifs[(src, dst)][0], wan_ifs[(dst, src)][0]))
+        wan_cmds = ["link set lo up"]
+        site_cmds = {name: ["link set lo up", f"address add {h.address}/32 dev lo"] for name, h in self.sites.items()}
+        # (site, peer) -> (site-side ifname, its MAC, wan-side ifname facing site, its MAC)
+        ends: dict[tuple[str, str], tuple[str, str, str, str]] = {}
+        for link in topo.links:
+            for n, (site, peer) in enumerate(((link.a, link.b), (link.b, link.a))):
+                tag = "ab"[n]
+                wan_if, site_if = f"{self.prefix}w{link.index}{tag}", f"{self.prefix}s{link.index}"
+                wan_mac, site_mac = self._mac(link.index, 2 * n), self._mac(link.index, 2 * n + 1)
+                ends[(site, peer)] = (site_if, site_mac, wan_if, wan_mac)
+                wan_cmds += [f"link add {wan_if} address {wan_mac} type veth peer name {site_if} "
+                             f"netns {self.sites[site].netns} address {site_mac}",
+                             f"link set {wan_if} up"]
+            for n, (src, dst) in enumerate(((link.a, link.b), (link.b, link.a))):
+                ports.append(emu.Port(link.direction(src), 2 * link.index + n, ends[(src, dst)][2], ends[(dst, src)][2]))
+        for (site, peer), (site_if, _, wan_if, wan_mac) in ends.items():
+            peer_address = self.sites[peer].address
+            # The wan end answers for the peer: no ARP on emulated links.
+            site_cmds[site] += [f"link set {site_if} up",
+                                f"neigh add {peer_address} lladdr {wan_mac} dev {site_if} nud permanent"]
+            # Whatever enters the wan from `site` on this link leaves toward `peer`.
+            out_if, out_mac = ends[(peer, site)][2], ends[(peer, site)][1]
+            table = 1000 + len(wan_cmds)
+            wan_cmds += [f"route add default via {peer_address} dev {out_if} onlink table {table}",
+                         f"neigh replace {peer_address} lladdr {out_mac} dev {out_if} nud permanent",
+                         f"rule add iif {wan_if} table {table} pref 100"]
         for name, handle in self.sites.items():
-            with IPRoute(netns=handle.netns) as ipr:
-                lo = ipr.link_lookup(ifname="lo")[0]
-                ipr.link("set", index=lo, state="up")
-                ipr.addr("add", index=lo, address=handle.address, prefixlen=32)
-                for (site, peer), (ifname, _) in list(site_ifs.items()):
-                    if site != name:
-                        continue
-                    index = ipr.link_lookup(ifname=ifname)[0]
-                    ipr.link("set", index=index, state="up")
-                    site_ifs[(site, peer)] = (ifname, ipr.get_links(index)[0].get_attr("IFLA_ADDRESS"))
-                    # The wan end answers for the peer: no ARP on emulated links.
-                    ipr.neigh("add", dst=self.sites[peer].address, lladdr=wan_ifs[(site, peer)][1],
-                              ifindex=index, state="permanent")
-                for other in self.sites:
-                    if other == name:
-                        continue
-                    hops = topo.path_between(name, other)
-                    ifname = site_ifs[(name, hops[1])][0]
-                    ipr.route("add", dst=f"{self.sites[other].address}/32", gateway=self.sites[hops[1]].address,
-                              oif=ipr.link_lookup(ifname=ifname)[0], flags=4, prefsrc=handle.address)  # 4: onlink
-        with IPRoute(netns=self.wan) as wan:
-            for (site, peer), (wan_if, _) in wan_ifs.items():
-                # Whatever enters from `site` on this link leaves toward `peer`.
-                out_if = wan_ifs[(peer, site)][0]
-                out_index = wan.link_lookup(ifname=out_if)[0]
-                table = 1000 + wan.link_lookup(ifname=wan_if)[0]
-                wan.route("add", dst="0.0.0.0/0", gateway=self.sites[peer].address, oif=out_index, flags=4, table=table)
-                wan.neigh("add", dst=self.sites[peer].address, lladdr=site_ifs[(peer, site)][1],
-                          ifindex=out_index, state="permanent")
-                wan.rule("add", iifname=wan_if, table=table, priority=100)
+            for other, other_handle in self.sites.items():
+                if other != name:
+                    hop = topo.path_between(name, other)[1]
+                    site_cmds[name].append(f"route add {other_handle.address}/32 via {self.sites[hop].address} "
+                                           f"dev {ends[(name, hop)][0]} onlink src {handle.address}")
+        self._batch(self.wan, wan_cmds[:1] + [c for c in wan_cmds if c.startswith("link")])
+        with concurrent.futures.ThreadPoolExecutor(len(self.sites) + 1) as pool:
+            jobs = [(self.wan, [c for c in wan_cmds if not c.startswith("link")])]
+            jobs += [(self.sites[n].netns, cmds) for n, cmds in site_cmds.items()]
+            list(pool.map(lambda job: self._batch(*job), jobs))
         return ports
+
+    @staticmethod
+    def _batch(netns: str, commands: list[str]) -> None:
+        procs.run(["ip", "-n", netns, "-batch", "-"], input="\n".join(commands) + "\n").check()
 
     def _set_sysctls(self) -> None:
         wan = {"net.ipv4.ip_forward": "1", "net.ipv4.conf.all.rp_filter": "0",
@@ -232,7 +233,13 @@ class EmulatedTestbed:
 
     # --- teardown ---------------------------------------------------------------------------
     def down(self) -> None:
-        """Remove everything this run made. Safe to call twice, and after a partial bring-up."""
+        """Remove everything this run made. Safe to call twice, and after a partial bring-up.
+
+        Only the process that built the testbed tears it down: a forked child unwinding a
+        copy of the stack must not.
+        """
+        if os.getpid() != self.owner:
+            return
         started = time.monotonic()
         if self.emulator:
             self.emulator.stop()
@@ -248,13 +255,8 @@ def _pairs(topology: Topology, site: str) -> list[Circuit]:
 
 
 def _remove_netns(name: str) -> None:
-    try:
-        netns.remove(name)
-    except FileNotFoundError:
-        pass
-    except OSError as e:
-        if e.errno not in (2,):  # ENOENT: already gone
-            raise
+    if (NETNS_DIR / name).exists():
+        procs.run(["ip", "netns", "delete", name]).check()
 
 
 def _netns_inode(name: str) -> int | None:

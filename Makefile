@@ -1,0 +1,35 @@
+# pytest-overlay: `make bench` measures the GÉANT mesh on the underlay; `make test` runs the
+# project's own tests. Both install what they need and are safe to run again (as root).
+
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+APT_PACKAGES := iperf3 irtt iptables iproute2 iputils-ping util-linux procps python3-venv python3-pip
+BENCH_ARGS ?= --topology=geant --overlay=host --overlay-json=results/bench.json
+
+.PHONY: bench test deps venv clean-testbeds
+
+bench: venv
+	$(PY) -m pytest suites/ $(BENCH_ARGS) -p no:cacheprovider
+
+test: venv
+	$(PY) -m pytest tests/ -p no:cacheprovider
+
+deps:
+	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+		echo "installing Debian packages:" $$missing; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
+	fi
+
+$(VENV)/.installed: setup.cfg pyproject.toml
+	$(MAKE) deps
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e .
+	touch $@
+
+venv: deps $(VENV)/.installed
+
+clean-testbeds: venv
+	$(PY) -m pytest_overlay clean

@@ -1,0 +1,61 @@
+"""Helpers for the project's own tests: run pytest on the suites in a child process, and
+see what a run leaves on the machine."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+QUICK = ["--topology=local", "--overlay-samples=60", "--overlay-interval=5", "--overlay-duration=1"]
+
+
+@dataclass
+class Run:
+    rc: int
+    output: str
+
+
+def run_suites(*args: str, timeout: float = 300) -> Run:
+    done = subprocess.run(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args],
+        cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+    )
+    return Run(done.returncode, done.stdout + done.stderr)
+
+
+def ours(name: str) -> bool:
+    return name.startswith("ovl")
+
+
+def machine_state() -> dict:
+    """Namespaces and root-namespace links of this tool, and every process living in one."""
+    names = sorted(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else []
+    links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
+    inodes = {os.stat(f"/run/netns/{n}").st_ino for n in names if ours(n)}
+    procs = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if os.stat(f"/proc/{pid}/ns/net").st_ino in inodes:
+                procs.append(int(pid))
+        except OSError:
+            pass
+    return {
+        "netns": [n for n in names if ours(n)],
+        "links": [line.split(":")[1].strip() for line in links.splitlines() if "ovl" in line],
+        "processes": procs,
+    }
+
+
+@pytest.fixture
+def clean_machine():
+    """Name: clean_machine. Scope: function. Asserts the test left no namespace, link or
+    process of this tool behind."""
+    before = machine_state()
+    yield before
+    assert machine_state() == before

@@ -1,0 +1,121 @@
+"""The emulated testbed on this machine's real kernel: namespaces, routes, the link
+emulator's delay, loss, rate and counters, and a teardown that leaves nothing."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from pytest_overlay import emulator, probes, procs, topology
+from pytest_overlay.overlays import HostOverlay
+from pytest_overlay.results import Stats
+from pytest_overlay.testbed import EmulatedTestbed
+
+
+def two_sites(**link) -> topology.Topology:
+    return topology.parse({"name": "pair", "sites": {"A": {}, "B": {}},
+                           "links": [{"between": ["A", "B"], **link}]}, "<test>")
+
+
+def ping_avg(bed: EmulatedTestbed, src: str, dst: str, count: int = 5) -> float:
+    out = bed.run(src, ["ping", "-q", "-n", "-c", str(count), "-i", "0.05", bed.address(dst)]).check().stdout
+    return float(re.search(r"= [\d.]+/([\d.]+)/", out).group(1))
+
+
+def test_geant_comes_up_sealed_and_goes_away(clean_machine):
+    geant = topology.load("geant")
+    bed = EmulatedTestbed(geant)
+    with bed:
+        assert sorted(bed.created) == sorted([f"ovl{bed.run_id}-{s}" for s in geant.sites] + [f"ovl{bed.run_id}-wan"])
+        for circuit in geant.circuits:
+            rtt = geant.expected(circuit)["rtt_ms"]
+            assert ping_avg(bed, circuit.src, circuit.dst) == pytest.approx(rtt, abs=1.0), circuit
+        for site in geant.sites:
+            # No route out: the testbed can only reach itself.
+            assert not bed.run(site, ["ip", "route", "get", "192.0.2.1"]).ok
+            sysctls = bed.sites[site].sysctls
+            worst_rtt_s = max(geant.expected(topology.Circuit(site, o))["rtt_ms"] for o in geant.sites if o != site) / 1e3
+            assert int(sysctls["net.ipv4.tcp_rmem"].split()[2]) >= 2 * 1000e6 / 8 * worst_rtt_s  # 2 × BDP
+            shown = bed.run(site, ["sysctl", "-n", "net.ipv4.tcp_rmem"]).check().stdout.split()
+            assert shown == sysctls["net.ipv4.tcp_rmem"].split()
+    bed.down()  # twice is safe
+
+
+def test_unlinked_sites_route_through_the_hub(clean_machine):
+    star = topology.load("geant-star")
+    with EmulatedTestbed(star) as bed:
+        assert ping_avg(bed, "AMS", "MIL") == pytest.approx(17.7 + 13.0, abs=1.0)
+
+
+def test_loss_is_emulated_counted_and_not_a_fault(clean_machine):
+    with EmulatedTestbed(two_sites(rtt_ms=2, loss_pct=20)) as bed:
+        a, b = HostOverlay(bed).endpoints(["A", "B"])
+        before = bed.emulator_counters()
+        samples = probes.latency(a, b, 300, 2)
+        accrued = emulator.delta(before, bed.emulator_counters())
+    # Each round trip crosses two lossy directions: 1 - 0.8 ** 2 = 36 % lost.
+    assert 0.25 < samples.lost / samples.sent < 0.47
+    assert accrued["A->B"]["lost"] > 0 and accrued["B->A"]["lost"] > 0
+    assert emulator.faults(accrued) == []
+
+
+def test_rate_is_shaped(clean_machine):
+    with EmulatedTestbed(two_sites(rtt_ms=4, rate_mbit=50)) as bed:
+        a, b = HostOverlay(bed).endpoints(["A", "B"])
+        tcp = probes.throughput(a, b, "tcp", 2)
+    assert 35 < tcp.total_mbit < 52
+
+
+def test_jitter_spreads_rtt_without_reordering(clean_machine):
+    with EmulatedTestbed(two_sites(rtt_ms=10, jitter_ms=2)) as bed:
+        a, b = HostOverlay(bed).endpoints(["A", "B"])
+        stats = Stats.of(probes.latency(a, b, 300, 2).rtt_ms)
+    assert stats.stdev > 0.5
+    assert stats.mean == pytest.approx(10, abs=1.0)
+
+
+def test_overflow_is_counted_and_makes_the_measurement_invalid(clean_machine, monkeypatch):
+    monkeypatch.setattr(emulator, "queue_packets", lambda direction: 32)
+    with EmulatedTestbed(two_sites(rtt_ms=40), emulator="delayline") as bed:
+        a, b = HostOverlay(bed).endpoints(["A", "B"])
+        before = bed.emulator_counters()
+        probes.throughput(a, b, "udp", 1, udp_rate_mbit=200)
+        accrued = emulator.delta(before, bed.emulator_counters())
+    assert accrued["A->B"]["dropped"] > 0
+    assert any("queue overflow" in fault for fault in emulator.faults(accrued))
+
+
+def test_netem_where_the_kernel_has_it(clean_machine):
+    with EmulatedTestbed(two_sites(rtt_ms=10), emulator="none") as bed:
+        has_netem, why = emulator.netem_available(bed.wan)
+    if has_netem:
+        with EmulatedTestbed(two_sites(rtt_ms=10), emulator="netem") as bed:
+            assert bed.emulator.kind == "netem"
+            assert ping_avg(bed, "A", "B") == pytest.approx(10, abs=1.0)
+    else:
+        assert why.startswith("kernel lacks sch_netem")
+        with pytest.raises(RuntimeError, match="--overlay-emulator=netem, but the kernel lacks sch_netem"):
+            EmulatedTestbed(two_sites(rtt_ms=10), emulator="netem").__enter__()
+        with EmulatedTestbed(two_sites(rtt_ms=10)) as bed:
+            assert bed.emulator.kind == "delayline"
+
+
+def test_no_emulation_is_plain_forwarding(clean_machine):
+    with EmulatedTestbed(two_sites(rtt_ms=50), emulator="none") as bed:
+        assert ping_avg(bed, "A", "B") < 5
+
+
+def test_faults_from_counters():
+    assert emulator.faults({"A->B": {"packets": 1000, "dropped": 0, "late": 10}}) == []
+    assert emulator.faults({"A->B": {"packets": 1000, "dropped": 0, "late": 11}}) == [
+        "emulator released 11 of 1000 packets on A->B over 1 ms late"]
+    assert emulator.faults({"_enobufs": {"dropped": 2}}) == ["emulator dropped 2 packets on enobufs (queue overflow)"]
+
+
+def test_failed_command_shows_command_exit_code_and_output():
+    result = procs.run(["ip", "link", "show", "no-such-device-here"])
+    with pytest.raises(procs.CommandError) as error:
+        result.check()
+    message = str(error.value)
+    assert "exit 1" in message and "ip link show no-such-device-here" in message and "does not exist" in message

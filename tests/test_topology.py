@@ -1,0 +1,100 @@
+"""Topology files: the bundled ones load, and every kind of bad input is refused with its
+file, line and field, before anything is created."""
+
+from __future__ import annotations
+
+import textwrap
+
+import pytest
+
+from pytest_overlay import topology
+from pytest_overlay.topology import Circuit, InputError
+
+from .conftest import run_suites
+
+
+def write(tmp_path, text: str):
+    path = tmp_path / "t.yaml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+GOOD = """\
+name: t
+sites:
+  A: {location: here}
+  B: {location: there}
+  C: {}
+links:
+  - {between: [A, B], rtt_ms: 20, jitter_ms: 0.5, loss_pct: 1, rate_mbit: 100}
+  - {from: B, to: C, delay_ms: 5}
+  - {from: C, to: B, delay_ms: 7, loss_pct: 2}
+"""
+
+
+def test_bundled_topologies_load():
+    geant = topology.load("geant")
+    assert sorted(geant.sites) == ["AMS", "BRA", "LJU", "MIL"]
+    assert {c.id: geant.expected(c)["rtt_ms"] for c in geant.circuits} == {
+        "AMS-MIL": 36.5, "AMS-LJU": 30.3, "AMS-BRA": 17.7, "MIL-LJU": 62.1, "MIL-BRA": 13.0, "BRA-LJU": 47.4}
+    star = topology.load("geant-star")
+    assert star.hub == "BRA" and [c.id for c in star.circuits] == ["BRA-AMS", "BRA-LJU", "BRA-MIL"]
+    assert len(topology.load("local").circuits) == 1
+
+
+def test_symmetric_and_directed_links(tmp_path):
+    topo = topology.load(write(tmp_path, GOOD))
+    ab = topo.link_between("A", "B")
+    assert ab.forward.delay_ms == ab.reverse.delay_ms == 10
+    assert ab.forward.loss_pct == 1 and ab.reverse.rate_mbit == 100
+    bc = topo.link_between("C", "B")
+    assert (bc.forward.delay_ms, bc.reverse.delay_ms) == (5, 7)
+    assert [c.id for c in topo.circuits] == ["A-B", "B-C"]
+
+
+def test_unlinked_circuit_routes_over_the_fewest_hops(tmp_path):
+    topo = topology.load(write(tmp_path, GOOD + "circuits: [[A, C]]\n"))
+    assert topo.path_between("A", "C") == ["A", "B", "C"]
+    expected = topo.expected(Circuit("A", "C"))
+    assert expected["rtt_ms"] == 10 + 5 + 7 + 10
+    assert expected["rate_mbit"] == 100
+    assert expected["loss_pct"] == pytest.approx(1.0)  # forward: A->B loses 1 %, B->C none
+
+
+BAD = [
+    ("malformed", "sites: {A: {}\nlinks: []\n", 2, "", "malformed YAML"),
+    ("unknown top key", GOOD + "colour: blue\n", 10, "colour", "unknown key"),
+    ("unknown link key", GOOD.replace("rate_mbit: 100", "speed: 100"), 7, "links[0].speed", "unknown key"),
+    ("unknown site", GOOD.replace("between: [A, B]", "between: [A, Z]"), 7, "links[0].between", "unknown site 'Z'"),
+    ("negative delay", GOOD.replace("delay_ms: 5", "delay_ms: -5"), 8, "links[1].delay_ms", "must be >= 0"),
+    ("non-numeric rtt", GOOD.replace("rtt_ms: 20", "rtt_ms: fast"), 7, "links[0].rtt_ms", "must be a number"),
+    ("duplicate link", GOOD + "  - {between: [B, A], rtt_ms: 3}\n", 10, "links[3]", "duplicate link"),
+    ("missing reverse", GOOD.replace("  - {from: C, to: B, delay_ms: 7, loss_pct: 2}\n", ""), 8, "links",
+     "no reverse direction"),
+    ("loss over 100", GOOD.replace("loss_pct: 1,", "loss_pct: 101,"), 7, "links[0].loss_pct", "<= 100"),
+    ("duplicate key", GOOD.replace("  C: {}\n", "  C: {}\n  C: {}\n"), 6, "C", "duplicate key"),
+    ("circuit to unknown site", GOOD + "circuits: [[A, Q]]\n", 10, "circuits[0]", "unknown site 'Q'"),
+    ("bad hub", GOOD + "hub: Q\n", 10, "hub", "unknown site"),
+]
+
+
+@pytest.mark.parametrize("text, line, field, message", [b[1:] for b in BAD], ids=[b[0] for b in BAD])
+def test_bad_topology_names_file_line_and_field(tmp_path, text, line, field, message):
+    path = write(tmp_path, text)
+    with pytest.raises(InputError) as error:
+        topology.load(path)
+    assert (error.value.path, error.value.line, error.value.field) == (str(path), line, field)
+    assert message in error.value.message
+    assert str(error.value).startswith(f"{path}:{line}: ")
+
+
+def test_missing_topology_lists_bundled_ones():
+    with pytest.raises(InputError, match="bundled topologies: geant, geant-star, local"):
+        topology.load("atlantis")
+
+
+def test_bad_topology_is_a_usage_error_before_anything_is_created(tmp_path, clean_machine):
+    path = write(tmp_path, GOOD.replace("delay_ms: 5", "delay_ms: -5"))
+    run = run_suites("suites/", f"--topology={path}")
+    assert run.rc == 4, run.output  # pytest's exit status for a usage error
+    assert f"{path}:8: links[1].delay_ms: must be >= 0 and <= 30000, got -5" in run.output
