@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import procs
-from .delayline import query_stats
+from .delayline import LATE_LIMIT_S, query_stats
 from .topology import Direction
 
 KINDS = ("auto", "netem", "delayline", "none")
@@ -198,17 +198,20 @@ def delta(before: dict[str, dict], after: dict[str, dict]) -> dict[str, dict]:
     return out
 
 
-def faults(accrued: dict[str, dict], late_fraction: float = 0.01) -> list[str]:
+def faults(accrued: dict[str, dict], late_fraction: float = 0.01, late_floor: int = 3) -> list[str]:
     """Why a measurement over these counters cannot be trusted (empty if it can).
 
     Any packet the emulator dropped by accident spoils it; so do late releases once they
-    are over 1 % of packets, since the 99th percentile would then be the emulator's.
+    are over 1 % of packets (and more than a stray two), since the 99th percentile would
+    then be the emulator's.
     """
     problems = []
     for name, c in accrued.items():
         if c.get("dropped"):
             problems.append(f"emulator dropped {c['dropped']} packets on {name.strip('_')} (queue overflow)")
         packets = c.get("packets", 0)
-        if packets and c.get("late", 0) > late_fraction * packets:
-            problems.append(f"emulator released {c['late']} of {packets} packets on {name} over 1 ms late")
+        late = c.get("late", 0)
+        if packets and late > late_fraction * packets and late >= late_floor:
+            problems.append(f"emulator released {late} of {packets} packets on {name} over "
+                            f"{LATE_LIMIT_S * 1e3:g} ms late")
     return problems

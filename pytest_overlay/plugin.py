@@ -248,6 +248,10 @@ class OverlayPath:
         offered = self.state.option("overlay_udp_rate")
         return min(offered, self.expected["rate_mbit"]) if self.expected["rate_mbit"] else offered
 
+    # Share of packets the emulator may release over a millisecond late before a measurement
+    # is invalid: latency's 99th percentile cannot hide 1 %; throughput barely feels 5 %.
+    LATE_TOLERANCE = {"latency": 0.01, "tcp": 0.05, "udp": 0.05}
+
     def _measure(self, kind: str, probe: Callable[[], object]):
         """Run a probe once per session, with the emulator's counters around it."""
         key = (self.overlay.name, self.circuit, kind)
@@ -256,7 +260,7 @@ class OverlayPath:
             before = testbed.emulator_counters()
             samples = probe()
             accrued = emu.delta(before, testbed.emulator_counters())
-            self.state.cache[key] = (samples, emu.faults(accrued), accrued)
+            self.state.cache[key] = (samples, emu.faults(accrued, self.LATE_TOLERANCE[kind]), accrued)
         return self.state.cache[key]
 
     def _latency(self):

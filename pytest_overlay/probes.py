@@ -19,6 +19,18 @@ from . import procs
 TOOLS = {"irtt": "irtt", "iperf3": "iperf3", "nsenter": "util-linux", "tc": "iproute2",
          "iptables-restore": "iptables", "sysctl": "procps"}
 _ports = itertools.count(20000)
+INTERVAL_S = 0.5
+
+
+def _udp_buffer() -> int:
+    try:
+        with open("/proc/sys/net/core/rmem_max") as f:
+            return max(212992, min(int(f.read()), 64 << 20))
+    except (OSError, ValueError):
+        return 212992
+
+
+UDP_BUFFER = _udp_buffer()
 
 
 class Endpoint(Protocol):
@@ -111,13 +123,15 @@ def throughput(src: Endpoint, dst: Endpoint, protocol: str, duration: float,
                udp_rate_mbit: float | None = None, omit: float = 1.0) -> ThroughputSamples:
     """iperf3 from src to dst for `duration` seconds after `omit` seconds of warm-up."""
     port = next(_ports)
-    server = dst.start(f"iperf3-{port}", ["iperf3", "-s", "-1", "-B", dst.address, "-p", str(port)])
+    server = dst.start(f"iperf3-{port}", ["iperf3", "-s", "-J", "-1", "-i", str(INTERVAL_S), "-B", dst.address, "-p", str(port)])
     try:
         _wait_listening(dst, port, "tcp")
-        command = ["iperf3", "-c", dst.address, "-B", src.address, "-p", str(port), "-J",
-                   "-t", str(duration), "-O", str(omit), "-i", "0.5"]
+        command = ["iperf3", "-c", dst.address, "-B", src.address, "-p", str(port), "-J", "--get-server-output",
+                   "-t", str(duration), "-O", str(omit), "-i", str(INTERVAL_S)]
         if protocol == "udp":
-            command += ["-u", "-b", f"{udp_rate_mbit}M", "-l", "1400"]
+            # A receive buffer the size of the kernel's cap: at hundreds of Mbit/s the
+            # default one overflows whenever iperf3 is not scheduled for a few ms.
+            command += ["-u", "-b", f"{udp_rate_mbit}M", "-l", "1400", "-w", str(UDP_BUFFER)]
         result = src.run(command, timeout=duration + omit + 30)
     finally:
         server.stop()
@@ -128,23 +142,25 @@ def throughput(src: Endpoint, dst: Endpoint, protocol: str, duration: float,
     if not result.ok or "error" in data:
         raise ProbeError(f"iperf3 {protocol} {src.name} -> {dst.name} failed (exit {result.rc}): "
                          f"{data.get('error') or (result.stderr or result.stdout).strip()[-500:]}")
-    intervals = [i["sum"] for i in data["intervals"] if not i["sum"].get("omitted")]
+    # The receiver's intervals: what arrived, not what was sent. They lag the sender's by
+    # the path's delay, which leaves a stub at the end; a stub's rate says nothing.
+    received = data.get("server_output_json", {}).get("intervals") or data["intervals"]
+    intervals = [i["sum"] for i in received
+                 if not i["sum"].get("omitted") and i["sum"]["seconds"] >= 0.8 * INTERVAL_S]
     end = data["end"]
     if protocol == "tcp":
         return ThroughputSamples(
             "tcp", [i["bits_per_second"] / 1e6 for i in intervals],
-            end["sum_received"]["bits_per_second"] / 1e6, 0.5,
+            end["sum_received"]["bits_per_second"] / 1e6, INTERVAL_S,
             retransmits=end["sum_sent"].get("retransmits"),
         )
     total = end.get("sum_received", end["sum"])
-    # The client's intervals count what was sent; scale them by what arrived overall.
-    delivered = 1 - total.get("lost_percent", 0.0) / 100
     return ThroughputSamples(
-        "udp", [i["bits_per_second"] / 1e6 * delivered for i in intervals],
-        total["bits_per_second"] / 1e6, 0.5,
+        "udp", [i["bits_per_second"] / 1e6 for i in intervals],
+        total["bits_per_second"] / 1e6, INTERVAL_S,
         lost_pct=total.get("lost_percent", 0.0), jitter_ms=total.get("jitter_ms"),
         offered_mbit=udp_rate_mbit,
-        extra={"packets": total.get("packets"), "lost_packets": total.get("lost_packets")},
+        extra={"packets": total.get("packets"), "lost_packets": total.get("lost_packets"), "socket_buffer": UDP_BUFFER},
     )
 
 

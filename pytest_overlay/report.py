@@ -74,15 +74,17 @@ def tables(records: list[Record], topology: Topology) -> str:
         rows = []
         for r in by_metric["tcp_throughput"]:
             base = _baseline(records, r)
-            row = [circuit_name(r), r.overlay, _f(r.stats.min, 0), _f(r.stats.mean, 0), _f(r.stats.ci95, 0),
-                   _f(r.stats.max, 0), r.stats.n, r.extra.get("retransmits"), _f(r.extra["expected"]["rate_mbit"], 0)]
+            row = [circuit_name(r), r.overlay, _f(r.extra.get("total_mbit"), 0), _f(r.stats.min, 0),
+                   _f(r.stats.mean, 0), _f(r.stats.ci95, 0), _f(r.stats.max, 0), r.stats.n,
+                   r.extra.get("retransmits"), _f(r.extra["expected"]["rate_mbit"], 0)]
             if compare:
-                row.append("" if r.overlay == BASELINE or base is None or not base.stats.mean
-                           else f"{r.stats.mean / base.stats.mean:.2f}")
+                row.append("" if r.overlay == BASELINE or base is None or not base.extra.get("total_mbit")
+                           else f"{r.extra['total_mbit'] / base.extra['total_mbit']:.2f}")
             rows.append(row + [_status(r, notes)])
-        head = ["Circuit", "Overlay", "Min", "Mean", "±95% CI", "Max", "n", "Retransmits", "Link rate"]
+        head = ["Circuit", "Overlay", "Total", "Min", "Mean", "±95% CI", "Max", "n", "Retransmits", "Link rate"]
         head += ["× host"] if compare else []
-        out.append(_table("TCP throughput in Mbit/s (iperf3; n = 0.5 s intervals after 1 s warm-up)",
+        out.append(_table("TCP throughput in Mbit/s received (iperf3; Total = the whole run; "
+                          "Min to Max over n = 0.5 s intervals after 1 s warm-up)",
                           head + ["Verdict"], rows))
 
     if "udp_throughput" in by_metric:
@@ -90,12 +92,16 @@ def tables(records: list[Record], topology: Topology) -> str:
         rows = []
         for r in by_metric["udp_throughput"]:
             loss = losses.get((r.overlay, r.circuit))
-            rows.append([circuit_name(r), r.overlay, _f(r.extra.get("offered_mbit"), 0), _f(r.stats.mean, 0),
-                         _f(r.stats.ci95, 0), r.stats.n, _f(loss.stats.mean, 3) if loss else "-",
-                         r.extra.get("packets"), _status(r, notes)])
+            status = _status(r, notes)
+            if loss and r.valid and loss.verdict != "pass":
+                status = f"{status} (loss: {loss.verdict})"
+            rows.append([circuit_name(r), r.overlay, _f(r.extra.get("offered_mbit"), 0), _f(r.extra.get("total_mbit"), 0),
+                         _f(r.stats.mean, 0), _f(r.stats.ci95, 0), r.stats.n, _f(loss.stats.mean, 3) if loss else "-",
+                         r.extra.get("packets"), status])
         out.append(_table("UDP throughput in Mbit/s received, and loss in % of packets sent "
-                          "(iperf3; n = 0.5 s intervals after 1 s warm-up)",
-                          ["Circuit", "Overlay", "Offered", "Mean", "±95% CI", "n", "Loss %", "Packets", "Verdict"], rows))
+                          "(iperf3; Total = the whole run; Mean over n = 0.5 s intervals after 1 s warm-up)",
+                          ["Circuit", "Overlay", "Offered", "Total", "Mean", "±95% CI", "n", "Loss %", "Packets", "Verdict"],
+                          rows))
     if notes:
         out.append("\n".join(notes))
     return "\n\n".join(out)

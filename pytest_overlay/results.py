@@ -77,7 +77,7 @@ class Record:
     valid: bool = True
     invalid_reasons: list[str] = field(default_factory=list)
     threshold: dict | None = None
-    verdict: str = "pass"
+    verdict: str = "not judged"
     test: str = ""
     extra: dict = field(default_factory=dict)
 

@@ -1,7 +1,7 @@
 """Threshold files: the limits each metric's test asserts, per metric, overlay and circuit.
 
-The bundled ``thresholds.yaml`` holds the defaults; ``--overlay-thresholds FILE`` replaces
-it. Limits are relative to what the topology promises (its RTT, jitter and rate), so one
+The bundled ``thresholds.yaml`` holds the defaults; a file given with ``--overlay-thresholds``
+replaces any of them it sets, and the rest stay. Limits are relative to what the topology promises (its RTT, jitter and rate), so one
 file serves every topology. Errors name the file, line and field.
 """
 
@@ -59,13 +59,10 @@ def load(path: str | Path | None = None) -> Thresholds:
     if not isinstance(data, dict):
         raise InputError(path, line_of(data), "", "a thresholds file must be a mapping of metric names")
     check.keys(data, TOP_KEYS, "")
-    defaults = {}
+    defaults = {} if path == DEFAULT_PATH else {m: dict(v) for m, v in load(DEFAULT_PATH).defaults.items()}
     for metric in SETTINGS:
         if metric in data:
-            defaults[metric] = _settings(check, data, metric, metric)
-    missing = [m for m in SETTINGS if m not in defaults and path == DEFAULT_PATH]
-    if missing:
-        raise InputError(path, None, missing[0], "missing from the bundled defaults")
+            defaults.setdefault(metric, {}).update(_settings(check, data, metric, metric))
     overrides = []
     raw = data.get("overrides", [])
     if not isinstance(raw, list):

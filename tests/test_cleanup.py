@@ -1,0 +1,64 @@
+"""Nothing is left behind: after Ctrl-C, SIGTERM and SIGKILL mid-run (with `clean`), and a
+live run is never touched by another run's sweep."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from pytest_overlay import topology
+from pytest_overlay.testbed import EmulatedTestbed
+
+from .conftest import QUICK, ROOT, machine_state
+
+
+def start_run() -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "suites/", *QUICK, "--overlay-duration=30"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )
+
+
+def wait_for_traffic(before: dict, timeout: float = 30) -> dict:
+    """Wait until the run has its namespaces and a probe running in them."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = machine_state()
+        if len(state["netns"]) > len(before["netns"]) and len(state["processes"]) >= 3:
+            return state
+        time.sleep(0.1)
+    raise AssertionError(f"the run never got going: {machine_state()}")
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM], ids=["ctrl-c", "sigterm"])
+def test_interrupt_mid_run_leaves_nothing(clean_machine, signum):
+    run = start_run()
+    wait_for_traffic(clean_machine)
+    run.send_signal(signum)
+    output, _ = run.communicate(timeout=60)
+    assert run.returncode in (1, 2), output  # interrupted, not crashed
+    assert "Interrupted" in output or "KeyboardInterrupt" in output
+
+
+def test_sigkill_mid_run_then_clean_removes_only_the_dead_run(clean_machine):
+    with EmulatedTestbed(topology.load("local")) as live:
+        run = start_run()
+        during = wait_for_traffic(machine_state())
+        run.kill()
+        run.communicate(timeout=30)
+        left = machine_state()
+        assert set(left["netns"]) > set(live.created)
+        assert left["processes"]  # the dead run's emulator and probe servers
+        swept = subprocess.run([sys.executable, "-m", "pytest_overlay", "clean"], cwd=ROOT,
+                               capture_output=True, text=True, timeout=60)
+        assert swept.returncode == 0, swept.stderr
+        assert "namespace(s) of dead runs removed" in swept.stdout
+        after = machine_state()
+        assert sorted(after["netns"]) == sorted(live.created)  # the live run is untouched
+        assert live.run("A", ["ping", "-c", "1", "-W", "2", live.address("B")]).ok
+        assert set(after["processes"]) <= set(during["processes"]) - set(left["processes"]) | set(
+            p for p in after["processes"] if p in left["processes"] and p in [d.pid for d in live.emulator.daemons])

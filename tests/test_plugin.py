@@ -1,0 +1,83 @@
+"""The plugin as users drive it: options, markers, test ids, the JSON and the tables, all
+through a real pytest run of the suites on the emulated testbed."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from .conftest import QUICK, run_suites
+
+
+def test_suites_pass_on_local_and_report(tmp_path, clean_machine):
+    out = tmp_path / "results.json"
+    run = run_suites("suites/", *QUICK, f"--overlay-json={out}", "-v")
+    assert run.rc == 0, run.output
+    for test_id in ("test_latency[host-A-B]", "test_jitter[host-A-B]",
+                    "test_tcp_throughput[host-A-B]", "test_udp_throughput[host-A-B]"):
+        assert f"{test_id} PASSED" in run.output
+    assert "Latency: round-trip time in ms (irtt request/response; n = round trips)" in run.output
+    assert "TCP throughput in Mbit/s received (iperf3; Total = the whole run;" in run.output
+    assert "| Circuit   | Overlay   | Min   | Mean   | 99th %" in run.output
+
+    document = json.loads(out.read_text())
+    assert (document["schema"], document["version"]) == ("pytest-overlay/results", 1)
+    run_meta = document["run"]
+    assert run_meta["topology"]["name"] == "local"
+    assert run_meta["testbed"]["emulator"]["kind"] in ("netem", "delayline")
+    assert "net.ipv4.tcp_rmem" in run_meta["testbed"]["sites"]["A"]["sysctls"]
+    assert run_meta["tools"]["iperf3"].startswith("iperf 3")
+    metrics = {r["metric"]: r for r in document["results"]}
+    assert set(metrics) == {"latency", "jitter", "tcp_throughput", "udp_throughput", "udp_loss"}
+    latency = metrics["latency"]
+    assert {k: latency[k] for k in ("overlay", "src", "dst", "unit", "valid", "verdict")} == {
+        "overlay": "host", "src": "A", "dst": "B", "unit": "ms", "valid": True, "verdict": "pass"}
+    assert set(latency["stats"]) >= {"min", "mean", "p50", "p99", "max", "stdev", "n"}
+    assert latency["stats"]["n"] >= 55  # 60 requests; a few may be lost
+    assert latency["stats"]["mean"] == pytest.approx(20, abs=1)
+    assert latency["threshold"]["expected_ms"] == 20
+
+
+def test_marker_selects_a_metric():
+    run = run_suites("suites/", "--topology=geant", "-m", "latency", "--collect-only", "-q")
+    assert run.rc == 0, run.output
+    collected = [line for line in run.output.splitlines() if "::" in line]
+    assert len(collected) == 6
+    assert all("test_latency[host-" in line for line in collected)
+    assert "suites/test_latency.py::test_latency[host-AMS-MIL]" in collected
+
+
+@pytest.mark.parametrize("option, message", [
+    ("--overlay=foo", "unknown overlay 'foo'; allowed: host, libnetwork, weave, flannel, calico"),
+    ("--overlay=host,host", "overlay named twice"),
+    ("--overlay-emulator=magic", "'magic'; allowed: auto, netem, delayline, none"),
+    ("--overlay-samples=3", "'3' is out of range; allowed: 10 to 1e+06"),
+    ("--overlay-duration=soon", "'soon' is not a number"),
+])
+def test_bad_option_is_a_usage_error(option, message):
+    run = run_suites("suites/", "--collect-only", option)
+    assert run.rc == 4, run.output
+    assert message in run.output
+
+
+def test_bad_thresholds_file_names_file_line_and_field(tmp_path):
+    path = tmp_path / "limits.yaml"
+    path.write_text("latency:\n  mean_tolerance_ms: 1\n  p99_over_rtt: 3\n")
+    run = run_suites("suites/", "--collect-only", f"--overlay-thresholds={path}")
+    assert run.rc == 4, run.output
+    assert f"{path}:3: latency.p99_over_rtt: unknown setting; allowed: mean_tolerance_ms" in run.output
+
+
+def test_threshold_failure_fails_the_test_and_is_recorded(tmp_path, clean_machine):
+    limits = tmp_path / "limits.yaml"
+    limits.write_text("tcp_throughput:\n  min_fraction_of_rate: 5\n"
+                      "overrides:\n  - {metric: latency, circuit: A-B, p99_over_rtt_ms: 0}\n")
+    out = tmp_path / "results.json"
+    run = run_suites("suites/", *QUICK, "-m", "tcp or latency", f"--overlay-thresholds={limits}",
+                     f"--overlay-json={out}")
+    assert run.rc == 1, run.output
+    assert "below 5000 Mbit/s" in run.output
+    assert "exceeds 20 ms" in run.output
+    verdicts = {r["metric"]: r["verdict"] for r in json.loads(out.read_text())["results"]}
+    assert verdicts == {"latency": "fail", "tcp_throughput": "fail"}
