@@ -1,15 +1,17 @@
-"""Emulator fidelity and throughput, as the issue's benchmark asks: configured vs measured RTT
-on idle links, and TCP/UDP throughput with and without emulation on the same path, in one run.
+"""The link emulator measured, in one run: configured vs measured RTT on idle links, TCP and
+UDP throughput with and without emulation on the same path, and the GÉANT testbed's
+bring-up and teardown times.
 
-    python benchmarks/fidelity.py [--samples N] [--duration S]
+    python benchmarks/fidelity.py [--samples N] [--duration S] [--udp-rate MBIT]
 """
 
 from __future__ import annotations
 
 import argparse
+import re
 import statistics
 
-from pytest_overlay import probes, topology
+from pytest_overlay import emulator, probes, topology
 from pytest_overlay.overlays import HostOverlay
 from pytest_overlay.results import Stats
 from pytest_overlay.testbed import EmulatedTestbed
@@ -22,31 +24,72 @@ def two_sites(rtt_ms: float) -> topology.Topology:
     )
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--samples", type=int, default=1000)
-    parser.add_argument("--duration", type=float, default=8)
-    parser.add_argument("--udp-rate", type=float, default=500)
-    args = parser.parse_args()
-    print(f"{'configured RTT ms':>18} {'n':>5} {'min':>8} {'mean':>8} {'p99':>8} {'mean err':>9} {'p99-min':>8}")
+def ping_mean(bed: EmulatedTestbed, count: int) -> tuple[float, int]:
+    out = bed.run("A", ["ping", "-q", "-n", "-c", str(count), "-i", "0.005", bed.address("B")]).check().stdout
+    received = int(re.search(r"(\d+) received", out).group(1))
+    return float(re.search(r"= [\d.]+/([\d.]+)/", out).group(1)), received
+
+
+def latency(args) -> None:
+    with EmulatedTestbed(two_sites(0), emulator="none") as bed:
+        a, b = HostOverlay(bed).endpoints(["A", "B"])
+        base = Stats.of(probes.latency(a, b, args.samples, 5).rtt_ms)
+        base_ping, _ = ping_mean(bed, args.samples)
+    print(f"path with no emulator: irtt mean {base.mean:.3f} ms, p99-min {base.p99 - base.min:.3f} ms (n={base.n}); "
+          f"ping mean {base_ping:.3f} ms (n={args.samples})")
+    print(f"{'configured':>10} {'n':>5} {'min':>8} {'mean':>8} {'p99':>8} {'mean err':>9} "
+          f"{'err - path':>10} {'p99-min':>8} {'ping n':>6} {'ping err':>9}   (ms; irtt unless marked ping)")
     for rtt in (5, 20, 60, 150):
         with EmulatedTestbed(two_sites(rtt)) as bed:
             a, b = HostOverlay(bed).endpoints(["A", "B"])
             s = Stats.of(probes.latency(a, b, args.samples, 5).rtt_ms)
-            print(f"{rtt:>18} {s.n:>5} {s.min:8.3f} {s.mean:8.3f} {s.p99:8.3f} {s.mean - rtt:+9.3f} {s.p99 - s.min:8.3f}")
-    print(f"\nthroughput over A-B, {args.duration:g} s per run after 1 s warm-up (iperf3):")
-    for rtt in (0, 36):
-        with EmulatedTestbed(two_sites(rtt)) as bed:
+            pinged, received = ping_mean(bed, args.samples)
+        print(f"{rtt:>10} {s.n:>5} {s.min:8.3f} {s.mean:8.3f} {s.p99:8.3f} {s.mean - rtt:+9.3f} "
+              f"{s.mean - rtt - base.mean:+10.3f} {s.p99 - s.min:8.3f} {received:>6} {pinged - rtt:+9.3f}")
+
+
+def throughput(args) -> None:
+    print(f"\nthroughput A -> B, {args.duration:g} s per run after 1 s warm-up (iperf3), "
+          f"UDP offered {args.udp_rate:g} Mbit/s:")
+    for label, rtt, kind in (("no emulation", 0, "none"), ("36 ms RTT, delay line", 36, "delayline")):
+        with EmulatedTestbed(two_sites(rtt), emulator=kind) as bed:
             a, b = HostOverlay(bed).endpoints(["A", "B"])
             before = bed.emulator_counters()
             tcp = probes.throughput(a, b, "tcp", args.duration)
             udp = probes.throughput(a, b, "udp", args.duration, udp_rate_mbit=args.udp_rate)
-            after = bed.emulator_counters()
-            dropped = sum(v.get("dropped", 0) for k, v in after.items()) - sum(v.get("dropped", 0) for v in before.values())
-            print(f"  RTT {rtt:>3} ms: TCP {tcp.total_mbit:8.0f} Mbit/s (mean of {len(tcp.mbit)} intervals "
-                  f"{statistics.mean(tcp.mbit):.0f}, {tcp.retransmits} retransmits); "
-                  f"UDP {udp.total_mbit:6.0f} Mbit/s received of {args.udp_rate:g} offered, "
-                  f"loss {udp.lost_pct:.3f} % of {udp.extra['packets']} packets; emulator drops {dropped}")
+            accrued = emulator.delta(before, bed.emulator_counters())
+        dropped = sum(c.get("dropped", 0) for c in accrued.values())
+        late = sum(c.get("late", 0) for c in accrued.values())
+        packets = sum(c.get("packets", 0) for c in accrued.values())
+        print(f"  {label:>22}: TCP {tcp.total_mbit:7.0f} Mbit/s (n={len(tcp.mbit)} intervals, "
+              f"{tcp.retransmits} retransmits); UDP {udp.total_mbit:5.0f} Mbit/s received, loss {udp.lost_pct:.3f} % "
+              f"of {udp.extra['packets']} packets; emulator: {dropped} dropped, {late} late of {packets} packets")
+
+
+def bring_up(args) -> None:
+    geant = topology.load("geant")
+    ups, downs = [], []
+    for _ in range(args.rounds):
+        bed = EmulatedTestbed(geant)
+        with bed:
+            pass
+        ups.append(bed.timings["up_s"])
+        downs.append(bed.timings["down_s"])
+    print(f"\ngeant.yaml testbed (4 sites, 6 links, delay line): bring-up median {statistics.median(ups):.3f} s "
+          f"(max {max(ups):.3f}), teardown median {statistics.median(downs):.3f} s (max {max(downs):.3f}), "
+          f"n={args.rounds} rounds")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--samples", type=int, default=1000, help="round trips per latency measurement")
+    parser.add_argument("--duration", type=float, default=8, help="seconds per throughput run")
+    parser.add_argument("--udp-rate", type=float, default=500, help="offered UDP rate, Mbit/s")
+    parser.add_argument("--rounds", type=int, default=10, help="bring-up/teardown rounds")
+    args = parser.parse_args()
+    latency(args)
+    throughput(args)
+    bring_up(args)
 
 
 if __name__ == "__main__":
