@@ -9,6 +9,7 @@ probes and the records they make).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import signal
 from dataclasses import dataclass, field
@@ -110,9 +111,15 @@ class OverlaySession:
         return self.config.getoption(name)
 
     def progress(self, message: str) -> None:
+        """Say what bring-up is doing, past pytest's output capture: it takes seconds."""
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
-        if reporter is not None:
-            reporter.write_line(f"[overlay] {message}")
+        capture = self.config.pluginmanager.get_plugin("capturemanager")
+        if reporter is None:
+            return
+        with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+            if reporter._tw.width_of_current_line:
+                reporter._tw.line()
+            reporter._tw.line(f"[overlay] {message}")
 
 
 session_key = pytest.StashKey[OverlaySession]()
