@@ -109,7 +109,8 @@ class EmulatedTestbed:
 
     def up(self) -> None:
         started = time.monotonic()
-        self.run_dir.mkdir(parents=True, exist_ok=False)
+        self.run_dir.parent.mkdir(parents=True, exist_ok=True)
+        self.run_dir.mkdir(mode=0o700)
         self._save_state()
         self.progress(f"testbed {self.run_id}: {len(self.sites)} site namespaces and the WAN")
         for name in [self.wan] + [s.netns for s in self.sites.values()]:
