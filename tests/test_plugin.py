@@ -12,11 +12,12 @@ from .conftest import QUICK, run_suites
 
 def test_suites_pass_on_local_and_report(tmp_path, clean_machine):
     out = tmp_path / "results.json"
-    run = run_suites("suites/", *QUICK, f"--overlay-json={out}", "-v")
+    run = run_suites("suites/", *QUICK, f"--overlay-json={out}", "-rA")
     assert run.rc == 0, run.output
-    for test_id in ("test_latency[host-A-B]", "test_jitter[host-A-B]",
-                    "test_tcp_throughput[host-A-B]", "test_udp_throughput[host-A-B]"):
-        assert f"{test_id} PASSED" in run.output
+    for test_id in ("test_latency.py::test_latency[host-A-B]", "test_latency.py::test_jitter[host-A-B]",
+                    "test_throughput.py::test_tcp_throughput[host-A-B]",
+                    "test_throughput.py::test_udp_throughput[host-A-B]"):
+        assert f"PASSED suites/{test_id}" in run.output
     assert "Latency: round-trip time in ms (irtt request/response; n = round trips)" in run.output
     assert "TCP throughput in Mbit/s received (iperf3; Total = the whole run;" in run.output
     assert "| Circuit   | Overlay   | Min   | Mean   | 99th %" in run.output
