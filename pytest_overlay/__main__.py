@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from . import testbed
+from . import engines, testbed
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -15,7 +15,7 @@ def main(argv: list[str] | None = None) -> int:
                                       "(runs still going are left alone)")
     args = parser.parse_args(argv)
     if args.command == "clean":
-        removed = testbed.sweep(report=print)
+        removed = testbed.sweep(report=print, cleaners=[engines.sweep_run])
         print(f"clean: {removed} namespace(s) of dead runs removed")
     return 0
 

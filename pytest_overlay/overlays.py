@@ -7,13 +7,21 @@ network (libnetwork, weave, flannel, calico) hand out their containers as endpoi
 
 from __future__ import annotations
 
+import concurrent.futures
+import shlex
+import subprocess
+import time
 from dataclasses import dataclass
 
-from . import procs
+import docker
+
+from . import engines, procs
+from .engines import LABEL, Engine, EngineError
 from .testbed import EmulatedTestbed
 
 # Overlays the study compared, for messages; only those in IMPLEMENTED can run yet.
-KNOWN = ("host", "libnetwork", "weave", "flannel", "calico")
+KNOWN = ("host", "libnetwork", "libnetwork-encrypted", "weave", "flannel", "calico")
+VXLAN_PORT = 4789
 
 
 @dataclass
@@ -54,6 +62,10 @@ class Overlay:
         """How traffic from src to dst travels: recorded with every result."""
         raise NotImplementedError
 
+    def wire_counters(self) -> dict[str, int] | None:
+        """Packets of the overlay's encapsulation on the WAN, per link direction (None: none)."""
+        return None
+
 
 class HostOverlay(Overlay):
     name = "host"
@@ -71,4 +83,201 @@ class HostOverlay(Overlay):
         }
 
 
-IMPLEMENTED: dict[str, type[Overlay]] = {"host": HostOverlay}
+class OverlayUnavailable(Exception):
+    """The overlay cannot run on this machine; the message says what it lacks."""
+
+
+@dataclass
+class ContainerEndpoint:
+    """A measurement container: commands run in it with `docker exec`."""
+
+    name: str
+    address: str
+    engine: Engine
+    container: str
+
+    def run(self, command: list[str], timeout: float | None = 60) -> procs.CommandResult:
+        return self.engine.cli("exec", self.container, *command, timeout=timeout)
+
+    def start(self, name: str, command: list[str], ready: str | None = None) -> procs.Daemon:
+        # The server writes its pid inside the container, so stop() can end it there.
+        script = f"echo $$ > /tmp/{name}.pid; exec {shlex.join(command)}"
+        daemon = procs.start(name, ["docker", "-H", self.engine.url, "exec", self.container, "sh", "-c", script],
+                             self.engine.state_dir / f"{name}.log", ready=ready)
+        return ContainerDaemon(daemon.name, daemon.command, daemon.log, daemon.popen, daemon.started, self)
+
+
+class ContainerDaemon(procs.Daemon):
+    def __init__(self, name, command, log, popen, started, endpoint: ContainerEndpoint) -> None:
+        super().__init__(name, command, log, popen, started)
+        self.endpoint = endpoint
+
+    def stop(self, timeout: float = 5.0) -> int | None:
+        if self.alive():
+            self.endpoint.run(["sh", "-c", f"kill $(cat /tmp/{self.name}.pid)"], timeout=timeout)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        return super().stop(timeout)
+
+
+def esp_available(netns: str) -> tuple[bool, str]:
+    """Try an ESP security association with AES-GCM, as Docker's encrypted overlay needs."""
+    result = procs.run(["ip", "xfrm", "state", "add", "src", "198.18.255.1", "dst", "198.18.255.2", "proto", "esp",
+                        "spi", "0x100", "reqid", "1", "mode", "transport",
+                        "aead", "rfc4106(gcm(aes))", "0x" + "11" * 20, "128"], netns)
+    if result.ok:
+        procs.run(["ip", "xfrm", "state", "flush"], netns)
+        return True, "kernel has ESP with AES-GCM"
+    answer = (result.stderr or result.stdout).strip().splitlines()
+    return False, f"kernel lacks ESP/GCM (ip xfrm: {answer[-1] if answer else result.rc}): encrypted overlay unavailable"
+
+
+class LibnetworkOverlay(Overlay):
+    """Docker's own overlay: a swarm across the sites and an attachable VXLAN network."""
+
+    name = "libnetwork"
+    description = "Docker swarm overlay network (libnetwork, VXLAN UDP 4789)"
+    encrypted = False
+
+    def __init__(self, testbed: EmulatedTestbed) -> None:
+        super().__init__(testbed)
+        self.engines: dict[str, Engine] = {}
+        self.containers: dict[str, ContainerEndpoint] = {}
+        self.network = f"ovl{testbed.run_id}-{self.name}"
+        self.vni: str | None = None
+        self.mtu: int | None = None
+        self.timings: dict[str, float] = {}
+
+    def _progress(self, message: str) -> None:
+        self.testbed.progress(f"{self.name}: {message}")
+
+    def up(self) -> None:
+        if self.encrypted:
+            ok, why = esp_available(self.testbed.wan)
+            if not ok:
+                raise OverlayUnavailable(why)
+        started = time.monotonic()
+        bed = self.testbed
+        self.engines = {site: Engine(site, h.netns, h.address, bed.run_id, bed.run_dir / f"docker-{site}")
+                        for site, h in bed.sites.items()}
+        try:
+            image, self.timings["engines_s"] = engines.start_all(list(self.engines.values()), self._progress)
+            for engine in self.engines.values():
+                bed.track(engine.daemon)
+            self._swarm()
+            self._network_and_containers(image)
+        except BaseException:
+            self.down()
+            raise
+        bed.count_udp(VXLAN_PORT)
+        self.timings["up_s"] = time.monotonic() - started
+        self._progress(f"up in {self.timings['up_s']:.1f} s: network {self.network} (VNI {self.vni}, MTU {self.mtu}), "
+                       f"{len(self.containers)} containers")
+
+    def _manager(self) -> Engine:
+        return self.engines[self.testbed.topology.manager or next(iter(self.engines))]
+
+    def _swarm(self) -> None:
+        manager = self._manager()
+        manager.client.swarm.init(advertise_addr=manager.address, listen_addr=f"{manager.address}:2377")
+        token = manager.client.swarm.attrs["JoinTokens"]["Worker"]
+        workers = [e for e in self.engines.values() if e is not manager]
+        self._progress(f"swarm manager {manager.site}; joining {', '.join(e.site for e in workers) or 'no one'}")
+
+        def join(engine: Engine) -> None:
+            engine.client.swarm.join(remote_addrs=[f"{manager.address}:2377"], join_token=token,
+                                     advertise_addr=engine.address, listen_addr=f"{engine.address}:2377")
+
+        with concurrent.futures.ThreadPoolExecutor(max(1, len(workers))) as pool:
+            list(pool.map(join, workers))
+        # Readiness waits scale with the WAN: gossip and raft cross it several times.
+        worst_rtt = max(self.testbed.topology.expected(c)["rtt_ms"] for c in self.testbed.topology.circuits)
+        timeout = 30 + worst_rtt / 1000 * 200
+        deadline = time.monotonic() + timeout
+        states: dict[str, str] = {}
+        while time.monotonic() < deadline:
+            nodes = manager.client.nodes.list()
+            states = {n.attrs["Description"]["Hostname"] + "@" + n.attrs["Status"].get("Addr", "?"):
+                      n.attrs["Status"]["State"] for n in nodes}
+            if len(nodes) == len(self.engines) and all(state == "ready" for state in states.values()):
+                return
+            time.sleep(0.2)
+        logs = "\n".join(f"--- dockerd of {e.site}:\n{e.daemon.log_tail(8)}" for e in self.engines.values())
+        raise EngineError(f"swarm did not converge within {timeout:.0f} s (nodes: {states}); this is the "
+                          f"environment failing, not a measurement\n{logs}")
+
+    def _network_and_containers(self, image: str) -> None:
+        manager = self._manager()
+        options = {"encrypted": ""} if self.encrypted else {}
+        network = manager.client.networks.create(self.network, driver="overlay", attachable=True,
+                                                 labels={LABEL: self.testbed.run_id}, options=options)
+        network.reload()
+        self.vni = (network.attrs.get("Options") or {}).get("com.docker.network.driver.overlay.vxlanid_list")
+
+        def run(engine: Engine) -> ContainerEndpoint:
+            name = f"ovl{self.testbed.run_id}-{engine.site}"
+            try:
+                container = engine.client.containers.run(image, name=name, hostname=engine.site, network=self.network,
+                                                         detach=True, labels={LABEL: self.testbed.run_id})
+            except docker.errors.APIError as e:
+                raise EngineError(f"measurement container {name} at site {engine.site} did not start: "
+                                  f"{e.explanation or e}\ndockerd of {engine.site}:\n{engine.daemon.log_tail(8)}") from None
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                container.reload()
+                if container.status == "running":
+                    address = container.attrs["NetworkSettings"]["Networks"][self.network]["IPAddress"]
+                    return ContainerEndpoint(engine.site, address, engine, name)
+                if container.status in ("exited", "dead"):
+                    break
+                time.sleep(0.05)
+            raise EngineError(f"measurement container {name} at site {engine.site} is {container.status}; "
+                              f"its log:\n{container.logs(tail=20).decode(errors='replace')}\n"
+                              f"dockerd of {engine.site}:\n{engine.daemon.log_tail(8)}")
+
+        self._progress(f"network {self.network}; starting a measurement container at every site")
+        with concurrent.futures.ThreadPoolExecutor(len(self.engines)) as pool:
+            self.containers = {c.name: c for c in pool.map(run, self.engines.values())}
+        first = next(iter(self.containers.values()))
+        mtu = first.run(["cat", "/sys/class/net/eth0/mtu"]).check().stdout.strip()
+        self.mtu = int(mtu)
+
+    def down(self) -> None:
+        started = time.monotonic()
+        with concurrent.futures.ThreadPoolExecutor(max(1, len(self.engines))) as pool:
+            list(pool.map(lambda e: e.stop(), self.engines.values()))
+        self.engines, self.containers = {}, {}
+        self.timings["down_s"] = time.monotonic() - started
+
+    def endpoint(self, site: str) -> ContainerEndpoint:
+        return self.containers[site]
+
+    def datapath(self, src: str, dst: str) -> dict:
+        return {
+            "kind": "vxlan",
+            "network": self.network,
+            "vni": self.vni,
+            "udp_port": VXLAN_PORT,
+            "mtu": self.mtu,
+            "encrypted": self.encrypted,
+            "path": self.testbed.topology.path_between(src, dst),
+        }
+
+    def wire_counters(self) -> dict[str, int]:
+        """VXLAN packets seen on the WAN, per link direction: proof the probe used the overlay."""
+        return self.testbed.udp_packets(VXLAN_PORT)
+
+
+class EncryptedLibnetworkOverlay(LibnetworkOverlay):
+    name = "libnetwork-encrypted"
+    description = "Docker swarm overlay network with --opt encrypted (IPsec ESP)"
+    encrypted = True
+
+
+IMPLEMENTED: dict[str, type[Overlay]] = {
+    "host": HostOverlay,
+    "libnetwork": LibnetworkOverlay,
+    "libnetwork-encrypted": EncryptedLibnetworkOverlay,
+}

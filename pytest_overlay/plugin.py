@@ -20,7 +20,7 @@ import pytest
 
 from . import emulator as emu
 from . import probes, report, results, thresholds, topology
-from .overlays import IMPLEMENTED, KNOWN, Overlay
+from .overlays import IMPLEMENTED, KNOWN, Overlay, OverlayUnavailable
 from .results import Record, Stats
 from .testbed import EmulatedTestbed
 
@@ -213,12 +213,18 @@ def overlay_testbed(overlay_session: OverlaySession):
 @pytest.fixture(scope="session")
 def overlay(request: pytest.FixtureRequest, overlay_testbed: EmulatedTestbed) -> Overlay:
     """Name: overlay. Scope: session, one instance per --overlay name. Depends on: overlay_testbed."""
+    state: OverlaySession = request.getfixturevalue("overlay_session")
     instance = IMPLEMENTED[request.param](overlay_testbed)
-    instance.up()
+    try:
+        instance.up()
+    except OverlayUnavailable as e:
+        pytest.skip(str(e))
     try:
         yield instance
     finally:
         instance.down()
+        state.run.setdefault("overlays", {})[instance.name] = {
+            "description": instance.description, "timings": dict(getattr(instance, "timings", {}))}
 
 
 @pytest.fixture
@@ -264,10 +270,20 @@ class OverlayPath:
         key = (self.overlay.name, self.circuit, kind)
         if key not in self.state.cache:
             testbed = self.overlay.testbed
-            before = testbed.emulator_counters()
+            before, wire_before = testbed.emulator_counters(), self.overlay.wire_counters()
             samples = probe()
             accrued = emu.delta(before, testbed.emulator_counters())
-            self.state.cache[key] = (samples, emu.faults(accrued, self.LATE_TOLERANCE[kind]), accrued)
+            faults = emu.faults(accrued, self.LATE_TOLERANCE[kind])
+            wire = None
+            if wire_before is not None:
+                after = self.overlay.wire_counters()
+                hops = self.overlay.testbed.topology.path_between(self.circuit.src, self.circuit.dst)
+                names = [f"{a}->{b}" for a, b in zip(hops, hops[1:])]
+                wire = {n: after.get(n, 0) - wire_before.get(n, 0) for n in names}
+                if not all(wire.values()):
+                    faults.append(f"no {self.overlay.name} encapsulated packets crossed {', '.join(names)}: "
+                                  "the probe's traffic did not go through the overlay")
+            self.state.cache[key] = (samples, faults, accrued, wire)
         return self.state.cache[key]
 
     def _latency(self):
@@ -281,12 +297,15 @@ class OverlayPath:
         return self._measure(protocol, lambda: probes.throughput(self.src, self.dst, protocol, duration, rate))
 
     def record(self, metric: str, unit: str, values: list[float], measured, extra: dict | None = None) -> Record:
-        samples, faults, accrued = measured
+        samples, faults, accrued, wire = measured
+        datapath = self.overlay.datapath(self.circuit.src, self.circuit.dst)
+        if wire is not None:
+            datapath["encapsulated_packets_on_wan"] = wire
         record = Record(
             overlay=self.overlay.name, metric=metric, src=self.circuit.src, dst=self.circuit.dst, unit=unit,
-            stats=Stats.of(values), valid=not faults, invalid_reasons=faults, test=self.test,
-            extra={"expected": self.expected, "datapath": self.overlay.datapath(self.circuit.src, self.circuit.dst),
-                   "emulator": accrued, "tool": samples.tool, **(extra or {})},
+            stats=Stats.of(values), valid=not faults, invalid_reasons=list(faults), test=self.test,
+            extra={"expected": self.expected, "datapath": datapath, "emulator": accrued, "tool": samples.tool,
+                   **(extra or {})},
         )
         self.state.records.append(record)
         return record

@@ -35,6 +35,7 @@ RUN_ID = re.compile(r"^[0-9a-f]{6}$")
 OUR_NETNS = re.compile(r"^ovl([0-9a-f]{6})-")
 BASE_ADDRESS = ipaddress.IPv4Address("198.18.0.0")
 DEFAULT_TCP_MEM = (4096, 131072, 6291456)
+WIRE_CHAIN = "OVL-WIRE"
 
 
 def new_run_id() -> str:
@@ -78,6 +79,8 @@ class EmulatedTestbed:
             for name, site in topology.sites.items()
         }
         self.emulator: emu.Emulator | None = None
+        self.tracked: list[procs.Daemon] = []
+        self.ports: list[emu.Port] = []
         self.emulator_reason = ""
         self.created: list[str] = []
         self.owner = os.getpid()
@@ -89,7 +92,7 @@ class EmulatedTestbed:
             "run_id": self.run_id,
             "owner": {"pid": os.getpid(), "start_time": procs.start_time(os.getpid())},
             "namespaces": self.created,
-            "daemons": [d.record() for d in (self.emulator.daemons if self.emulator else [])],
+            "daemons": [d.record() for d in self.daemons()],
         }
         tmp = self.run_dir / "state.json.tmp"
         tmp.write_text(json.dumps(state))
@@ -118,7 +121,7 @@ class EmulatedTestbed:
             procs.run(["ip", "netns", "add", name]).check()
         self._save_state()
         kind, self.emulator_reason = emu.choose(self.emulator_choice, self.wan)
-        ports = self._wire()
+        ports = self.ports = self._wire()
         self._set_sysctls()
         self.progress(f"testbed {self.run_id}: link emulator {kind.kind} ({self.emulator_reason})")
         self.emulator = kind(self.wan, ports, self.run_dir)
@@ -207,6 +210,14 @@ class EmulatedTestbed:
             ):
                 result.check()
 
+    def daemons(self) -> list[procs.Daemon]:
+        return (self.emulator.daemons if self.emulator else []) + self.tracked
+
+    def track(self, daemon: procs.Daemon) -> None:
+        """Record a daemon an upper layer started, so the sweep of a killed run finds it."""
+        self.tracked.append(daemon)
+        self._save_state()
+
     # --- use --------------------------------------------------------------------------------
     def address(self, site: str) -> str:
         return self.sites[site].address
@@ -222,6 +233,23 @@ class EmulatedTestbed:
 
     def emulator_counters(self) -> dict[str, dict]:
         return self.emulator.counters() if self.emulator else {}
+
+    def count_udp(self, port: int) -> None:
+        """Count packets to a UDP port on every link direction (e.g. 4789, VXLAN)."""
+        rules = ["*filter", f":{WIRE_CHAIN}-{port} - [0:0]", f"-A FORWARD -j {WIRE_CHAIN}-{port}"]
+        rules += [f'-A {WIRE_CHAIN}-{port} -i {p.ingress} -p udp --dport {port} -m comment --comment "{p.name}"'
+                  for p in self.ports]
+        procs.run(["iptables-restore", "--noflush"], self.wan, input="\n".join(rules + ["COMMIT", ""])).check()
+
+    def udp_packets(self, port: int) -> dict[str, int]:
+        """Packets counted by count_udp(port), per link direction."""
+        shown = procs.run(["iptables", "-t", "filter", "-n", "-v", "-x", "-L", f"{WIRE_CHAIN}-{port}"], self.wan).check()
+        counts = {}
+        for line in shown.stdout.splitlines():
+            match = re.match(r"\s*(\d+)\s+\d+\s.*/\* (\S+) \*/", line)
+            if match:
+                counts[match.group(2)] = int(match.group(1))
+        return counts
 
     def describe(self) -> dict:
         return {
@@ -242,6 +270,8 @@ class EmulatedTestbed:
         if os.getpid() != self.owner:
             return
         started = time.monotonic()
+        for daemon in self.tracked:
+            daemon.stop()
         if self.emulator:
             self.emulator.stop()
         for name in reversed(self.created):
@@ -284,38 +314,67 @@ def _owner_alive(state: dict) -> bool:
     return bool(owner.get("pid")) and procs.start_time(owner["pid"]) == owner.get("start_time")
 
 
-def sweep(state_root: Path | None = None, report: Callable[[str], None] = print) -> int:
-    """Remove what killed runs left: their daemons, namespaces and state. Live runs are kept."""
-    root = state_root or STATE_ROOT
-    live: set[str] = set()
-    removed = 0
-    for run_dir in sorted(root.glob("*")) if root.exists() else []:
-        if not RUN_ID.match(run_dir.name):
+def _pids_in_cgroup(marker: str) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker in (entry / "cgroup").read_text():
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids
+
+
+def _kill(pids: list[int], why: str, report: Callable[[str], None]) -> None:
+    for pid in pids:
+        if pid == os.getpid():
             continue
         try:
-            state = json.loads((run_dir / "state.json").read_text())
-        except (OSError, ValueError):
-            state = {}
+            os.kill(pid, 9)
+            report(f"killed pid {pid} {why}")
+        except ProcessLookupError:
+            pass
+
+
+def sweep(state_root: Path | None = None, report: Callable[[str], None] = print,
+          cleaners: list[Callable[[str, Path], None]] = ()) -> int:
+    """Remove what killed runs left: their processes, namespaces and files. Live runs are kept.
+
+    A run is dead when the pytest that owned it is gone (pid and start time). Its processes
+    are those it recorded, those in its namespaces and those in cgroups named after it;
+    `cleaners` (from the layers above) remove the rest of what they made for a run id.
+    """
+    root = state_root or STATE_ROOT
+    states: dict[str, dict] = {}
+    for run_dir in sorted(root.glob("*")) if root.exists() else []:
+        if RUN_ID.match(run_dir.name):
+            try:
+                states[run_dir.name] = json.loads((run_dir / "state.json").read_text())
+            except (OSError, ValueError):
+                states[run_dir.name] = {}
+    namespaces: dict[str, list[str]] = {}
+    for name in sorted(p.name for p in NETNS_DIR.iterdir()) if NETNS_DIR.exists() else []:
+        match = OUR_NETNS.match(name)
+        if match:
+            namespaces.setdefault(match.group(1), []).append(name)
+    removed = 0
+    for run_id in sorted(set(states) | set(namespaces)):
+        state = states.get(run_id, {})
         if state and _owner_alive(state):
-            live.add(run_dir.name)
             continue
         for daemon in state.get("daemons", []):
             if procs.kill_recorded(daemon["pid"], daemon.get("start_time")):
-                report(f"killed {daemon['name']} (pid {daemon['pid']}) of run {run_dir.name}")
-        shutil.rmtree(run_dir, ignore_errors=True)
-    names = [p.name for p in NETNS_DIR.iterdir()] if NETNS_DIR.exists() else []
-    for name in sorted(names):
-        match = OUR_NETNS.match(name)
-        if not match or match.group(1) in live:
-            continue
-        inode = _netns_inode(name)
-        for pid in _pids_in_netns(inode) if inode else []:
-            try:
-                os.kill(pid, 9)
-                report(f"killed pid {pid} left in namespace {name}")
-            except ProcessLookupError:
-                pass
-        _remove_netns(name)
-        report(f"removed namespace {name}")
-        removed += 1
+                report(f"killed {daemon['name']} (pid {daemon['pid']}) of run {run_id}")
+        for name in namespaces.get(run_id, []):
+            inode = _netns_inode(name)
+            _kill(_pids_in_netns(inode) if inode else [], f"left in namespace {name}", report)
+        _kill(_pids_in_cgroup(f"/ovl{run_id}-"), f"left in a cgroup of run {run_id}", report)
+        for cleaner in cleaners:
+            cleaner(run_id, root / run_id)
+        for name in namespaces.get(run_id, []):
+            _remove_netns(name)
+            report(f"removed namespace {name}")
+            removed += 1
+        shutil.rmtree(root / run_id, ignore_errors=True)
     return removed
