@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := iperf3 irtt iptables iproute2 iputils-ping util-linux procps python3-venv python3-pip
+APT_PACKAGES := iperf3 irtt iptables iproute2 iputils-ping util-linux procps docker.io python3-venv python3-pip
 BENCH_ARGS ?= --topology=geant --overlay=host --overlay-json=results/bench.json
 
 .PHONY: bench test deps venv clean-testbeds

@@ -15,7 +15,7 @@ def main(argv: list[str] | None = None) -> int:
                                       "(runs still going are left alone)")
     args = parser.parse_args(argv)
     if args.command == "clean":
-        removed = testbed.sweep(report=print, cleaners=[engines.sweep_run])
+        removed = testbed.sweep(report=print, cleaners=[engines.remove_run_files])
         print(f"clean: {removed} namespace(s) of dead runs removed")
     return 0
 

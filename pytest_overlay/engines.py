@@ -202,8 +202,9 @@ def unmount_below(path: Path) -> None:
         subprocess.run(["umount", "-l", mount], capture_output=True)
 
 
-def sweep_run(run_id: str, state_dir: Path) -> None:
-    """What a killed run's engines left: mounts under its roots, and its data roots."""
+def remove_run_files(run_id: str, state_dir: Path) -> None:
+    """What a run's engines leave once stopped (or killed): mounts under their roots, and
+    the data roots."""
     unmount_below(state_dir)
     unmount_below(DATA_ROOT / run_id)
     shutil.rmtree(DATA_ROOT / run_id, ignore_errors=True)
@@ -212,6 +213,11 @@ def sweep_run(run_id: str, state_dir: Path) -> None:
 def start_all(engines: list[Engine], progress: Callable[[str], None]) -> tuple[str, float]:
     """Start every engine in parallel and load the image; returns the image reference."""
     started = time.monotonic()
+    missing = [f"{tool} (apt-get install {package})" for tool, package in
+               (("dockerd", "docker.io"), ("containerd", "containerd"), ("runc", "runc"), ("docker", "docker.io"))
+               if not shutil.which(tool)]
+    if missing:
+        raise EngineError("cannot start Docker engines; missing: " + "; ".join(missing))
     progress(f"starting {len(engines)} Docker engines: " + ", ".join(e.site for e in engines))
     with concurrent.futures.ThreadPoolExecutor(len(engines) + 1) as pool:
         image = pool.submit(build_image_tar)

@@ -248,6 +248,8 @@ class LibnetworkOverlay(Overlay):
         started = time.monotonic()
         with concurrent.futures.ThreadPoolExecutor(max(1, len(self.engines))) as pool:
             list(pool.map(lambda e: e.stop(), self.engines.values()))
+        if self.engines:
+            engines.remove_run_files(self.testbed.run_id, self.testbed.run_dir)
         self.engines, self.containers = {}, {}
         self.timings["down_s"] = time.monotonic() - started
 

@@ -6,6 +6,8 @@ measurement the emulator could not vouch for is marked INVALID with the reason b
 
 from __future__ import annotations
 
+import math
+
 from tabulate import tabulate
 
 from .results import Record
@@ -39,6 +41,18 @@ def _baseline(records: list[Record], record: Record) -> Record | None:
     return None
 
 
+def _difference(record: Record, base: Record) -> str:
+    """Difference of means with the 95 % interval of the difference (independent samples)."""
+    half = math.hypot(record.stats.ci95, base.stats.ci95)
+    return f"{record.stats.mean - base.stats.mean:+.2f} ±{half:.2f}"
+
+
+def _ratio(record: Record, base: Record | None) -> str:
+    if record.overlay == BASELINE or base is None or not base.extra.get("total_mbit"):
+        return ""
+    return f"{record.extra['total_mbit'] / base.extra['total_mbit']:.2f}"
+
+
 def tables(records: list[Record], topology: Topology) -> str:
     by_metric: dict[str, list[Record]] = {}
     for r in _order(records, topology):
@@ -58,10 +72,10 @@ def tables(records: list[Record], topology: Topology) -> str:
             row = [circuit_name(r), r.overlay, _f(r.stats.min), _f(r.stats.mean), _f(r.stats.p99),
                    _f(r.stats.ci95, 3), r.stats.n, _f(r.extra["expected"]["rtt_ms"], 1)]
             if compare:
-                row.append("" if r.overlay == BASELINE or base is None else f"{r.stats.mean - base.stats.mean:+.2f}")
+                row.append("" if r.overlay == BASELINE or base is None else _difference(r, base))
             rows.append(row + [_status(r, notes)])
         head = ["Circuit", "Overlay", "Min", "Mean", "99th %", "±95% CI", "n", "Topology RTT"]
-        head += ["Δ mean vs host"] if compare else []
+        head += ["Δ mean vs host ±95% CI"] if compare else []
         out.append(_table("Latency: round-trip time in ms (irtt request/response; n = round trips)", head + ["Verdict"], rows))
 
     if "jitter" in by_metric:
@@ -78,8 +92,7 @@ def tables(records: list[Record], topology: Topology) -> str:
                    _f(r.stats.mean, 0), _f(r.stats.ci95, 0), _f(r.stats.max, 0), r.stats.n,
                    r.extra.get("retransmits"), _f(r.extra["expected"]["rate_mbit"], 0)]
             if compare:
-                row.append("" if r.overlay == BASELINE or base is None or not base.extra.get("total_mbit")
-                           else f"{r.extra['total_mbit'] / base.extra['total_mbit']:.2f}")
+                row.append(_ratio(r, base))
             rows.append(row + [_status(r, notes)])
         head = ["Circuit", "Overlay", "Total", "Min", "Mean", "±95% CI", "Max", "n", "Retransmits", "Link rate"]
         head += ["× host"] if compare else []
@@ -95,13 +108,17 @@ def tables(records: list[Record], topology: Topology) -> str:
             status = _status(r, notes)
             if loss and r.valid and loss.verdict != "pass":
                 status = f"{status} (loss: {loss.verdict})"
-            rows.append([circuit_name(r), r.overlay, _f(r.extra.get("offered_mbit"), 0), _f(r.extra.get("total_mbit"), 0),
-                         _f(r.stats.mean, 0), _f(r.stats.ci95, 0), r.stats.n, _f(loss.stats.mean, 3) if loss else "-",
-                         r.extra.get("packets"), status])
+            row = [circuit_name(r), r.overlay, _f(r.extra.get("offered_mbit"), 0), _f(r.extra.get("total_mbit"), 0),
+                   _f(r.stats.mean, 0), _f(r.stats.ci95, 0), r.stats.n, _f(loss.stats.mean, 3) if loss else "-",
+                   r.extra.get("packets")]
+            if compare:
+                row.append(_ratio(r, _baseline(records, r)))
+            rows.append(row + [status])
+        head = ["Circuit", "Overlay", "Offered", "Total", "Mean", "±95% CI", "n", "Loss %", "Packets"]
+        head += ["× host"] if compare else []
         out.append(_table("UDP throughput in Mbit/s received, and loss in % of packets sent "
                           "(iperf3; Total = the whole run; Mean over n = 0.5 s intervals after 1 s warm-up)",
-                          ["Circuit", "Overlay", "Offered", "Total", "Mean", "±95% CI", "n", "Loss %", "Packets", "Verdict"],
-                          rows))
+                          head + ["Verdict"], rows))
     if notes:
         out.append("\n".join(notes))
     return "\n\n".join(out)

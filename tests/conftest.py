@@ -34,18 +34,24 @@ def ours(name: str) -> bool:
 
 
 def machine_state() -> dict:
-    """Namespaces and root-namespace links of this tool, and every process living in one."""
+    """Namespaces, root-namespace links and run files of this tool, and every process living
+    in one of its namespaces or cgroups."""
     names = sorted(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else []
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
     inodes = {os.stat(f"/run/netns/{n}").st_ino for n in names if ours(n)}
     procs = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
-            if os.stat(f"/proc/{pid}/ns/net").st_ino in inodes:
+            if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
+                continue  # dead, waiting for its parent (or init) to reap it
+            if os.stat(f"/proc/{pid}/ns/net").st_ino in inodes or "/ovl" in Path(f"/proc/{pid}/cgroup").read_text():
                 procs.append(int(pid))
         except OSError:
             pass
+    files = [str(p) for root in ("/run/pytest-overlay", "/var/lib/pytest-overlay") if os.path.isdir(root)
+             for p in sorted(Path(root).iterdir())]
     return {
+        "files": files,
         "netns": [n for n in names if ours(n)],
         "links": [line.split(":")[1].strip() for line in links.splitlines() if "ovl" in line],
         "processes": procs,

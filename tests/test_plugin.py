@@ -50,7 +50,9 @@ def test_marker_selects_a_metric():
 
 
 @pytest.mark.parametrize("option, message", [
-    ("--overlay=foo", "unknown overlay 'foo'; allowed: host, libnetwork, weave, flannel, calico"),
+    ("--overlay=foo", "unknown overlay 'foo'; allowed: host, libnetwork, libnetwork-encrypted, weave, flannel, calico"),
+    ("--overlay=weave", "overlay 'weave' is not available in this version; available: host, libnetwork, "
+                        "libnetwork-encrypted"),
     ("--overlay=host,host", "overlay named twice"),
     ("--overlay-emulator=magic", "'magic'; allowed: auto, netem, delayline, none"),
     ("--overlay-samples=3", "'3' is out of range; allowed: 10 to 1e+06"),

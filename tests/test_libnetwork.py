@@ -1,0 +1,109 @@
+"""Docker's own overlay on real engines, one per emulated site: measured against the
+underlay, proven to run over VXLAN, and cleaned up whatever happens."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from pytest_overlay import engines, topology
+from pytest_overlay.engines import EngineError
+from pytest_overlay.overlays import LibnetworkOverlay, esp_available
+from pytest_overlay.testbed import EmulatedTestbed
+
+from .conftest import QUICK, ROOT, machine_state, run_suites
+
+
+def test_libnetwork_next_to_the_underlay(tmp_path, clean_machine):
+    out = tmp_path / "results.json"
+    run = run_suites("suites/", *QUICK, "--overlay=host,libnetwork", f"--overlay-json={out}")
+    assert run.rc == 0, run.output
+    assert "Δ mean vs host ±95% CI" in run.output
+    results = json.loads(out.read_text())["results"]
+    overlay = [r for r in results if r["overlay"] == "libnetwork"]
+    assert {r["metric"] for r in overlay} == {"latency", "jitter", "tcp_throughput", "udp_throughput", "udp_loss"}
+    for record in overlay:
+        path = record["extra"]["datapath"]
+        assert (path["kind"], path["udp_port"], path["mtu"]) == ("vxlan", 4789, 1450)
+        assert int(path["vni"]) >= 4096
+        assert path["encapsulated_packets_on_wan"]["A->B"] > 0
+    host_tcp = next(r for r in results if r["overlay"] == "host" and r["metric"] == "tcp_throughput")
+    assert "encapsulated_packets_on_wan" not in host_tcp["extra"]["datapath"]
+    run_meta = json.loads(out.read_text())["run"]
+    assert run_meta["overlays"]["libnetwork"]["timings"]["up_s"] > 0
+
+
+def test_encrypted_overlay_is_skipped_where_the_kernel_lacks_esp(clean_machine):
+    with EmulatedTestbed(topology.load("local"), emulator="none") as bed:
+        has_esp, why = esp_available(bed.wan)
+    run = run_suites("suites/", *QUICK, "--overlay=libnetwork-encrypted", "-m", "latency", "-rs")
+    if has_esp:
+        assert run.rc == 0, run.output
+    else:
+        assert run.rc == 0 and "1 skipped" in run.output, run.output
+        assert "kernel lacks ESP/GCM" in run.output and "encrypted overlay unavailable" in run.output
+
+
+def test_swarm_holds_at_150_ms(tmp_path, clean_machine):
+    far = tmp_path / "far.yaml"
+    far.write_text(textwrap.dedent("""\
+        name: far
+        sites: {A: {}, B: {}}
+        links: [{between: [A, B], rtt_ms: 150}]
+    """))
+    run = run_suites("suites/", f"--topology={far}", "--overlay=libnetwork", "-m", "latency",
+                     "--overlay-samples=50", "--overlay-interval=20", "-rA")
+    assert run.rc == 0, run.output
+    assert "PASSED suites/test_latency.py::test_latency[libnetwork-A-B]" in run.output
+
+
+def test_engine_that_fails_to_start_is_named_with_its_log(clean_machine):
+    with EmulatedTestbed(topology.load("local")) as bed:
+        # A file where site B's data root must be: its dockerd cannot start.
+        blocker = engines.DATA_ROOT / bed.run_id / "B"
+        blocker.parent.mkdir(parents=True)
+        blocker.write_text("not a directory")
+        overlay = LibnetworkOverlay(bed)
+        with pytest.raises(EngineError) as error:
+            overlay.up()
+    message = str(error.value)
+    assert "Docker engine of site B" in message
+    assert "canonical path points to a file" in message  # dockerd's own words, from its log
+    assert "site A" not in message
+
+
+def test_sigkill_mid_run_then_clean_removes_engines_and_containers(clean_machine):
+    run = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "suites/", *QUICK,
+                            "--overlay=libnetwork", "--overlay-duration=30"],
+                           cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if any("pytest-overlay/probe" in line for line in _container_commands()):
+            break
+        time.sleep(0.2)
+    else:
+        run.kill()
+        pytest.fail(f"the run never started its containers: {run.communicate()[0]}")
+    run.send_signal(signal.SIGKILL)
+    run.communicate(timeout=30)
+    assert machine_state()["processes"], "a killed run leaves its engines behind"
+    swept = subprocess.run([sys.executable, "-m", "pytest_overlay", "clean"], cwd=ROOT,
+                           capture_output=True, text=True, timeout=120)
+    assert swept.returncode == 0, swept.stderr
+    assert "dockerd" in swept.stdout
+
+
+def _container_commands() -> list[str]:
+    """Images of the running containers of every engine this tool has started."""
+    images = []
+    for sock in Path("/run/pytest-overlay").glob("*/docker-*/docker.sock"):
+        images += subprocess.run(["docker", "-H", f"unix://{sock}", "ps", "--format", "{{.Image}}"],
+                                 capture_output=True, text=True).stdout.splitlines()
+    return images
