@@ -45,6 +45,7 @@ class Overlay:
 
     def __init__(self, testbed: EmulatedTestbed) -> None:
         self.testbed = testbed
+        self.timings: dict[str, float] = {}
 
     def up(self) -> None:
         """Build the overlay network and its endpoints."""
@@ -148,7 +149,6 @@ class LibnetworkOverlay(Overlay):
         self.network = f"ovl{testbed.run_id}-{self.name}"
         self.vni: str | None = None
         self.mtu: int | None = None
-        self.timings: dict[str, float] = {}
 
     def _progress(self, message: str) -> None:
         self.testbed.progress(f"{self.name}: {message}")

@@ -158,12 +158,16 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
-    """Parametrize every test that takes ``overlay_path`` over overlay × circuit."""
+    """Parametrize every test that takes ``overlay_path`` over overlay × circuit.
+
+    Only the overlay is a session-scoped parameter, so pytest runs every test of one overlay
+    before it builds the next; circuits are cheap.
+    """
     if "overlay_path" not in metafunc.fixturenames:
         return
     state = metafunc.config.stash[session_key]
     metafunc.parametrize("overlay", state.overlays, indirect=True, scope="session")
-    metafunc.parametrize("circuit", state.topology.circuits, ids=lambda c: c.id, scope="session")
+    metafunc.parametrize("circuit", state.topology.circuits, ids=lambda c: c.id)
 
 
 # --- fixtures -----------------------------------------------------------------------------
@@ -211,9 +215,12 @@ def overlay_testbed(overlay_session: OverlaySession):
 
 
 @pytest.fixture(scope="session")
-def overlay(request: pytest.FixtureRequest, overlay_testbed: EmulatedTestbed) -> Overlay:
-    """Name: overlay. Scope: session, one instance per --overlay name. Depends on: overlay_testbed."""
-    state: OverlaySession = request.getfixturevalue("overlay_session")
+def overlay(request: pytest.FixtureRequest, overlay_testbed: EmulatedTestbed,
+            overlay_session: OverlaySession) -> Overlay:
+    """Name: overlay. Scope: session, one instance per --overlay name. Depends on: overlay_testbed.
+
+    Skipped, with the overlay's own reason, where this machine cannot run it.
+    """
     instance = IMPLEMENTED[request.param](overlay_testbed)
     try:
         instance.up()
@@ -223,8 +230,8 @@ def overlay(request: pytest.FixtureRequest, overlay_testbed: EmulatedTestbed) ->
         yield instance
     finally:
         instance.down()
-        state.run.setdefault("overlays", {})[instance.name] = {
-            "description": instance.description, "timings": dict(getattr(instance, "timings", {}))}
+        overlay_session.run.setdefault("overlays", {})[instance.name] = {
+            "description": instance.description, "timings": dict(instance.timings)}
 
 
 @pytest.fixture

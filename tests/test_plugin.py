@@ -84,3 +84,12 @@ def test_threshold_failure_fails_the_test_and_is_recorded(tmp_path, clean_machin
     assert "exceeds 20 ms" in run.output
     verdicts = {r["metric"]: r["verdict"] for r in json.loads(out.read_text())["results"]}
     assert verdicts == {"latency": "fail", "tcp_throughput": "fail"}
+
+
+def test_each_overlay_is_built_once():
+    """Tests run grouped by overlay, so a Docker overlay comes up once per session."""
+    run = run_suites("suites/", "--topology=geant", "--overlay=host,libnetwork", "--collect-only", "-q")
+    assert run.rc == 0, run.output
+    overlays = [line.split("[")[1].split("-")[0] for line in run.output.splitlines() if "::" in line]
+    assert len(overlays) == 48
+    assert overlays == sorted(overlays, key=["host", "libnetwork"].index)
