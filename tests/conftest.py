@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-QUICK = ["--topology=local", "--overlay-samples=60", "--overlay-interval=5", "--overlay-duration=1"]
+QUICK = ["--topology=local", "--overlay-samples=60", "--overlay-interval=5", "--overlay-duration=1",
+         "--overlay-udp-rate=200"]
 
 
 @dataclass
