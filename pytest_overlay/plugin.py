@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import os
 import signal
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -19,7 +21,7 @@ from typing import Callable
 import pytest
 
 from . import emulator as emu
-from . import probes, report, results, thresholds, topology
+from . import compare, probes, report, results, thresholds, topology
 from .overlays import IMPLEMENTED, KNOWN, Overlay, OverlayUnavailable
 from .results import Record, Stats
 from .testbed import EmulatedTestbed
@@ -30,6 +32,7 @@ MARKERS = {
     "throughput": "TCP or UDP throughput between two sites",
     "tcp": "TCP measurements",
     "udp": "UDP measurements",
+    "streaming": "RTSP streaming under concurrency",
 }
 
 
@@ -92,6 +95,23 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help=f"Threshold file replacing the bundled one ({thresholds.DEFAULT_PATH.name}). Default: %(default)r")
     group.addoption("--overlay-json", default=None, metavar="PATH",
                     help="Write the run's results as versioned JSON to PATH. Default: %(default)r")
+    group.addoption("--overlay-rounds", type=_bounded(int, 1, 1000), default=1, metavar="N",
+                    help="Repeat every probe N times; with N >= 2 the 95 %% confidence intervals come from "
+                         "the rounds. Default: %(default)r")
+    group.addoption("--overlay-warmup", type=_bounded(int, 0, 100_000), default=10, metavar="N",
+                    help="Round trips discarded at the start of every latency round. Default: %(default)r")
+    group.addoption("--overlay-save", default=None, metavar="NAME",
+                    help="Save the results in pytest-benchmark's storage (--benchmark-storage), under "
+                         "<machine>/overlay/NNNN_NAME.json. Default: %(default)r")
+    group.addoption("--overlay-compare", nargs="?", const="", default=None, metavar="NUM|NAME",
+                    help="Compare with a saved run (the latest if none is named). Default: %(default)r")
+    group.addoption("--overlay-compare-fail", type=compare.parse_gate, action="append", default=[],
+                    metavar="METRIC[:STAT]:LIMIT[%]",
+                    help="Fail a test whose metric worsened beyond LIMIT against the compared run, e.g. "
+                         "tcp_throughput:10%% or latency:p99:2 (ms). Repeatable. Default: %(default)r")
+    group.addoption("--overlay-report", default=None, metavar="DIR",
+                    help="Write Markdown, CSV, JSON, plots and an HTML page of the results to DIR. "
+                         "Default: %(default)r")
 
 
 @dataclass
@@ -106,6 +126,7 @@ class OverlaySession:
     records: list[Record] = field(default_factory=list)
     cache: dict = field(default_factory=dict)
     run: dict = field(default_factory=dict)
+    saved: compare.SavedRun | None = None
 
     def option(self, name: str):
         return self.config.getoption(name)
@@ -142,13 +163,55 @@ def pytest_configure(config: pytest.Config) -> None:
     overlays = config.getoption("overlay")
     if isinstance(overlays, str):  # the default is not passed through type=
         overlays = parse_overlays(overlays)
-    config.stash[session_key] = OverlaySession(config, topo, limits, overlays)
+    state = config.stash[session_key] = OverlaySession(config, topo, limits, overlays)
+    which = config.getoption("overlay_compare")
+    if config.getoption("overlay_compare_fail") and which is None:
+        raise pytest.UsageError("--overlay-compare-fail needs a run to compare with: add --overlay-compare "
+                                "(the latest saved run) or --overlay-compare=NUM|NAME")
+    if which is not None:
+        try:
+            state.saved = compare.SavedRun.load(_storage(config).find(which))
+        except (FileNotFoundError, ValueError) as e:
+            raise pytest.UsageError(f"--overlay-compare: {e}") from None
     if not hasattr(config, "workerinput"):
         # SIGTERM tears down like Ctrl-C: pytest unwinds the fixtures on KeyboardInterrupt.
         config.stash[_previous_sigterm] = signal.signal(signal.SIGTERM, _raise_interrupt)
 
 
 _previous_sigterm = pytest.StashKey[object]()
+
+
+def _storage(config: pytest.Config) -> compare.Storage:
+    """pytest-benchmark's storage, which overlay runs share."""
+    return compare.Storage(config.getoption("benchmark_storage", "file://./.benchmarks"))
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Latency tests hand their round trips to pytest-benchmark, so --benchmark-save,
+    --benchmark-compare and --benchmark-compare-fail work on them as on any benchmark."""
+    for item in items:
+        if "benchmark" in getattr(item, "fixturenames", ()) and "overlay_path" in item.fixturenames:
+            item.add_marker(pytest.mark.benchmark(group="overlay latency (round-trip time)", timer=REPLAY_CLOCK,
+                                                  disable_gc=False, warmup=False))
+
+
+class ReplayClock:
+    """A timer for pytest-benchmark that replays measured durations, one per call of step()."""
+
+    __name__ = "replay_clock"
+
+    def __init__(self) -> None:
+        self.now = 0.0
+        self.durations: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def step(self) -> None:
+        self.now += self.durations.pop()
+
+
+REPLAY_CLOCK = ReplayClock()
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -209,6 +272,13 @@ def overlay_testbed(overlay_session: OverlaySession):
         overlay_session.progress(f"testbed up in {bed.timings['up_s']:.2f} s")
         overlay_session.run = results.run_metadata(
             overlay_session.topology, bed.describe(), _options(overlay_session), probes.versions())
+        if overlay_session.saved is not None:
+            differences = overlay_session.saved.differences(overlay_session.run)
+            overlay_session.progress(f"comparing with {overlay_session.saved.path.name}")
+            if differences:
+                warnings.warn(pytest.PytestWarning(
+                    f"comparing with {overlay_session.saved.path.name}, a run on a different set-up ("
+                    + "; ".join(differences) + "): differences may not be the network's"))
         yield bed
     overlay_session.progress(f"testbed {bed.run_id} down in {bed.timings['down_s']:.2f} s")
     overlay_session.run["testbed"]["timings"] = dict(bed.timings)
@@ -294,23 +364,26 @@ class OverlayPath:
         return self.state.cache[key]
 
     def _latency(self):
-        samples = self.state.option("overlay_samples")
-        interval = self.state.option("overlay_interval")
-        return self._measure("latency", lambda: probes.latency(self.src, self.dst, samples, interval))
+        samples, interval, rounds, warmup = (self.state.option(o) for o in (
+            "overlay_samples", "overlay_interval", "overlay_rounds", "overlay_warmup"))
+        return self._measure("latency", lambda: probes.repeated_latency(
+            self.src, self.dst, samples, interval, rounds, warmup))
 
     def _throughput(self, protocol: str):
-        duration = self.state.option("overlay_duration")
+        duration, rounds = self.state.option("overlay_duration"), self.state.option("overlay_rounds")
         rate = self.udp_rate if protocol == "udp" else None
-        return self._measure(protocol, lambda: probes.throughput(self.src, self.dst, protocol, duration, rate))
+        return self._measure(protocol, lambda: probes.repeated_throughput(
+            self.src, self.dst, protocol, duration, rate, rounds))
 
-    def record(self, metric: str, unit: str, values: list[float], measured, extra: dict | None = None) -> Record:
+    def record(self, metric: str, unit: str, values: list[float], measured, extra: dict | None = None,
+               round_values: list[float] | None = None) -> Record:
         samples, faults, accrued, wire = measured
         datapath = self.overlay.datapath(self.circuit.src, self.circuit.dst)
         if wire is not None:
             datapath["encapsulated_packets_on_wan"] = wire
         record = Record(
             overlay=self.overlay.name, metric=metric, src=self.circuit.src, dst=self.circuit.dst, unit=unit,
-            stats=Stats.of(values), valid=not faults, invalid_reasons=list(faults), test=self.test,
+            stats=Stats.of(values, round_values), valid=not faults, invalid_reasons=list(faults), test=self.test,
             extra={"expected": self.expected, "datapath": datapath, "emulator": accrued, "tool": samples.tool,
                    **(extra or {})},
         )
@@ -321,7 +394,10 @@ class OverlayPath:
         """Round-trip times (ms) of the request/response probe."""
         measured = self._latency()
         s = measured[0]
-        return self.record("latency", "ms", s.rtt_ms, measured, {"sent": s.sent, "lost": s.lost, "interval_ms": s.interval_ms})
+        return self.record("latency", "ms", s.rtt_ms, measured,
+                           {"sent": s.sent, "lost": s.lost, "interval_ms": s.interval_ms, "rounds": len(s.rounds_ms),
+                            "warmup_discarded": s.warmup, "samples": [round(x, 4) for x in s.rtt_ms]},
+                           s.round_means)
 
     def jitter(self) -> Record:
         """IPDV between consecutive round trips (ms), from the same run as latency()."""
@@ -333,7 +409,8 @@ class OverlayPath:
         measured = self._throughput("tcp")
         s = measured[0]
         return self.record("tcp_throughput", "Mbit/s", s.mbit, measured,
-                           {"total_mbit": s.total_mbit, "retransmits": s.retransmits, "interval_s": s.interval_s})
+                           {"total_mbit": s.total_mbit, "retransmits": s.retransmits, "interval_s": s.interval_s,
+                            "rounds": len(s.round_totals)}, s.round_totals)
 
     def udp(self) -> tuple[Record, Record]:
         """UDP received rate (Mbit/s) per interval, and the run's loss (%)."""
@@ -342,7 +419,8 @@ class OverlayPath:
         common = {"offered_mbit": s.offered_mbit, "packets": s.extra.get("packets"),
                   "lost_packets": s.extra.get("lost_packets"), "iperf3_jitter_ms": s.jitter_ms}
         rate = self.record("udp_throughput", "Mbit/s", s.mbit, measured,
-                           {**common, "total_mbit": s.total_mbit, "interval_s": s.interval_s})
+                           {**common, "total_mbit": s.total_mbit, "interval_s": s.interval_s,
+                            "rounds": len(s.round_totals)}, s.round_totals)
         loss = self.record("udp_loss", "%", [s.lost_pct], measured, common)
         return rate, loss
 
@@ -356,10 +434,63 @@ class OverlayPath:
     def limits(self, metric: str) -> dict[str, float]:
         return self.state.thresholds.for_(metric, self.overlay.name, self.circuit.id)
 
+    def baseline(self, record: Record) -> Record | None:
+        """The underlay's record of the same metric on the same circuit, if measured yet."""
+        for other in self.state.records:
+            if (other.overlay, other.metric, other.circuit) == ("host", record.metric, record.circuit):
+                return other
+        return None
+
+    def gate_failures(self, record: Record) -> list[str]:
+        """Limits relative to the underlay and to the compared run that this record breaks.
+
+        Each comparison is recorded on the record, with whether it is within noise.
+        """
+        failures = []
+        limits = self.limits(record.metric)
+        stat, higher_worse = compare.METRICS[record.metric]
+        now = compare.value(record.to_json(), stat)
+        base = self.baseline(record) if record.overlay != "host" else None
+        if base is not None:
+            before = compare.value(base.to_json(), stat)
+            record.extra["vs_host"] = {"stat": stat, "host": before, "now": now}
+            if "max_over_host_pct" in limits and before and (now - before) / before * 100 > limits["max_over_host_pct"]:
+                failures.append(f"{record.metric} {stat} {now:.3f} {record.unit} is more than "
+                                f"{limits['max_over_host_pct']:g} % above the underlay's {before:.3f}")
+            if "min_fraction_of_host" in limits and before and now < limits["min_fraction_of_host"] * before:
+                failures.append(f"{record.metric} {stat} {now:.3f} {record.unit} is below "
+                                f"{limits['min_fraction_of_host']:g} × the underlay's {before:.3f}")
+        if self.state.saved is not None:
+            gates = [g for g in self.state.option("overlay_compare_fail") if g.metric == record.metric]
+            if not gates and "regression_pct" in limits:
+                gates = [compare.Gate(record.metric, stat, limits["regression_pct"], True)]
+            for gate in gates or [compare.Gate(record.metric, stat, math.inf, True)]:
+                comparison = self.state.saved.compare(record, gate.stat)
+                if comparison is None:
+                    continue
+                record.extra.setdefault("compared", []).append(
+                    {"run": self.state.saved.path.name, "stat": gate.stat, "saved": comparison.saved,
+                     "now": comparison.now, "change_pct": comparison.change_pct,
+                     "within_noise": comparison.within_noise, "gate": None if math.isinf(gate.limit) else str(gate)})
+                if comparison.breaks(gate):
+                    failures.append(f"regression beyond {gate}: {comparison.describe()} "
+                                    f"[saved run {self.state.saved.path.name}]")
+        if failures:
+            record.verdict = "fail"
+        return failures
+
+    def replay(self, benchmark, record: Record) -> None:
+        """Hand a latency record's round trips to pytest-benchmark, as seconds per call."""
+        REPLAY_CLOCK.durations = [ms / 1e3 for ms in reversed(record.extra["samples"])]
+        benchmark.extra_info.update(overlay=record.overlay, circuit=record.circuit, unit="round-trip time, s",
+                                    tool=record.extra["tool"])
+        benchmark.pedantic(REPLAY_CLOCK.step, rounds=len(REPLAY_CLOCK.durations), iterations=1)
+
 
 def _options(state: OverlaySession) -> dict:
     names = ("overlay", "topology", "overlay_emulator", "overlay_samples", "overlay_interval",
-             "overlay_duration", "overlay_udp_rate", "overlay_thresholds")
+             "overlay_duration", "overlay_udp_rate", "overlay_thresholds", "overlay_rounds", "overlay_warmup",
+             "overlay_compare")
     return {n: state.option(n) for n in names} | {"thresholds_file": state.thresholds.path}
 
 
@@ -384,6 +515,16 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         return
     if state.testbed is not None:
         state.testbed.down()
+    if not state.records:
+        return
     path = session.config.getoption("overlay_json")
-    if path and state.records:
+    if path:
         results.write_json(path, state.run, state.records)
+    name = session.config.getoption("overlay_save")
+    if name:
+        saved = _storage(session.config).save(name, results.document(state.run, state.records))
+        state.progress(f"results saved as {saved}")
+    directory = session.config.getoption("overlay_report")
+    if directory:
+        written = report.write_files(directory, state.records, state.topology, state.run)
+        state.progress(f"report written to {directory}: {', '.join(written)}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 import itertools
 import json
 import shutil
+import statistics
 import time
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -53,18 +54,27 @@ class ProbeError(RuntimeError):
 
 @dataclass
 class LatencySamples:
-    """Round-trip times of one request/response run, in milliseconds (lost ones omitted)."""
+    """Round-trip times in milliseconds, per round of request/response (lost ones omitted)."""
 
-    rtt_ms: list[float]
+    rounds_ms: list[list[float]]
     sent: int
     lost: int
     interval_ms: float
+    warmup: int = 0
     tool: str = "irtt"
 
     @property
+    def rtt_ms(self) -> list[float]:
+        return [rtt for one in self.rounds_ms for rtt in one]
+
+    @property
     def ipdv_ms(self) -> list[float]:
-        """Absolute difference between consecutive round trips (RFC 3393 IPDV)."""
-        return [abs(b - a) for a, b in zip(self.rtt_ms, self.rtt_ms[1:])]
+        """Absolute difference between consecutive round trips (RFC 3393 IPDV), within rounds."""
+        return [abs(b - a) for one in self.rounds_ms for a, b in zip(one, one[1:])]
+
+    @property
+    def round_means(self) -> list[float]:
+        return [statistics.fmean(one) for one in self.rounds_ms if one]
 
 
 @dataclass
@@ -81,6 +91,7 @@ class ThroughputSamples:
     offered_mbit: float | None = None
     extra: dict = field(default_factory=dict)
     tool: str = "iperf3"
+    round_totals: list[float] = field(default_factory=list)
 
 
 def _wait_listening(endpoint: Endpoint, port: int, proto: str, timeout: float = 5.0) -> None:
@@ -116,7 +127,34 @@ def latency(src: Endpoint, dst: Endpoint, samples: int, interval_ms: float = 10.
     sent = data["stats"]["packets_sent"]
     if not rtts:
         raise ProbeError(f"irtt {src.name} -> {dst.name}: none of {sent} requests came back")
-    return LatencySamples(rtts, sent, sent - len(rtts), interval_ms)
+    return LatencySamples([rtts], sent, sent - len(rtts), interval_ms)
+
+
+def repeated_latency(src: Endpoint, dst: Endpoint, samples: int, interval_ms: float,
+                     rounds: int = 1, warmup: int = 0) -> LatencySamples:
+    """`rounds` runs of latency(), each dropping its first `warmup` round trips."""
+    runs = [latency(src, dst, samples + warmup, interval_ms) for _ in range(rounds)]
+    return LatencySamples([run.rtt_ms[warmup:] for run in runs], sum(r.sent for r in runs),
+                          sum(r.lost for r in runs), interval_ms, warmup)
+
+
+def repeated_throughput(src: Endpoint, dst: Endpoint, protocol: str, duration: float,
+                        udp_rate_mbit: float | None = None, rounds: int = 1) -> ThroughputSamples:
+    """`rounds` runs of throughput(), pooled: intervals together, totals averaged."""
+    runs = [throughput(src, dst, protocol, duration, udp_rate_mbit) for _ in range(rounds)]
+    first = runs[0]
+    if rounds == 1:
+        first.round_totals = [first.total_mbit]
+        return first
+    packets = sum(r.extra.get("packets") or 0 for r in runs)
+    lost = sum(r.extra.get("lost_packets") or 0 for r in runs)
+    return ThroughputSamples(
+        protocol, [m for r in runs for m in r.mbit], statistics.fmean(r.total_mbit for r in runs), first.interval_s,
+        retransmits=sum(r.retransmits or 0 for r in runs) if protocol == "tcp" else None,
+        lost_pct=lost / packets * 100 if packets else first.lost_pct, jitter_ms=first.jitter_ms,
+        offered_mbit=first.offered_mbit, extra={**first.extra, "packets": packets, "lost_packets": lost},
+        round_totals=[r.total_mbit for r in runs],
+    )
 
 
 def throughput(src: Endpoint, dst: Endpoint, protocol: str, duration: float,

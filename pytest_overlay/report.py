@@ -6,10 +6,14 @@ measurement the emulator could not vouch for is marked INVALID with the reason b
 
 from __future__ import annotations
 
+import csv
+import html
 import math
+from pathlib import Path
 
 from tabulate import tabulate
 
+from . import plots, results
 from .results import Record
 from .topology import Topology
 
@@ -119,6 +123,15 @@ def tables(records: list[Record], topology: Topology) -> str:
         out.append(_table("UDP throughput in Mbit/s received, and loss in % of packets sent "
                           "(iperf3; Total = the whole run; Mean over n = 0.5 s intervals after 1 s warm-up)",
                           head + ["Verdict"], rows))
+    compared = [(r, c) for r in _order(records, topology) for c in r.extra.get("compared", [])]
+    if compared:
+        rows = [[circuit_name(r), r.overlay, r.metric, c["stat"], f"{c['saved']:.3f}", f"{c['now']:.3f}", r.unit,
+                 f"{c['change_pct']:+.1f}", "yes" if c["within_noise"] else "no", c["gate"] or "-"]
+                for r, c in compared]
+        out.append(_table(f"Compared with saved run {compared[0][1]['run']} (noise: the change is inside the "
+                          "combined 95 % intervals of the means)",
+                          ["Circuit", "Overlay", "Metric", "Stat", "Saved", "Now", "Unit", "Change %", "Within noise",
+                           "Gate"], rows))
     if notes:
         out.append("\n".join(notes))
     return "\n\n".join(out)
@@ -126,3 +139,70 @@ def tables(records: list[Record], topology: Topology) -> str:
 
 def _table(title: str, head: list[str], rows: list[list]) -> str:
     return f"{title}\n{tabulate(rows, headers=head, tablefmt='github', disable_numparse=True)}"
+
+
+CSV_FIELDS = ("overlay", "metric", "src", "dst", "unit", "min", "mean", "p50", "p99", "max", "stdev", "n", "ci95",
+              "total_mbit", "valid", "verdict", "invalid_reasons")
+
+
+def write_files(directory: str | Path, records: list[Record], topology: Topology, run: dict) -> list[str]:
+    """Markdown, CSV, JSON, plots and one HTML page that shows them all."""
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    results.write_json(out / "results.json", run, records)
+    written.append("results.json")
+    with open(out / "results.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, CSV_FIELDS)
+        writer.writeheader()
+        for r in records:
+            writer.writerow({**{k: getattr(r, k) for k in ("overlay", "metric", "src", "dst", "unit", "valid", "verdict")},
+                             **r.stats.rounded(), "total_mbit": r.extra.get("total_mbit", ""),
+                             "invalid_reasons": "; ".join(r.invalid_reasons)})
+    written.append("results.csv")
+    text = tables(records, topology)
+    header = (f"# pytest-overlay results: {topology.name}\n\n"
+              f"Run {run.get('testbed', {}).get('run_id', '?')} on {run.get('host', '?')} ({run.get('kernel', '?')}, "
+              f"{run.get('cpus', '?')} CPUs), emulator {run.get('testbed', {}).get('emulator', {}).get('kind', '?')}, "
+              f"started {run.get('started', '?')}.\n\n")
+    (out / "report.md").write_text(header + _markdown_sections(text) + "\n")
+    written.append("report.md")
+    pictures = [(name, title) for name, title, draw in (
+        ("latency_cdf.png", "Latency CDF per circuit", plots.latency_cdf),
+        ("throughput.png", "Throughput per overlay", plots.throughput),
+        ("streaming.png", "Streaming jitter and bitrate against concurrency", plots.streaming),
+    ) if draw(records, out / name)]
+    written += [name for name, _ in pictures]
+    (out / "index.html").write_text(_html(topology, header, text, pictures))
+    written.append("index.html")
+    return written
+
+
+def _markdown_sections(text: str) -> str:
+    """Tables with their titles as headings; notes as a list."""
+    parts = []
+    for block in text.split("\n\n"):
+        title, _, table = block.partition("\n")
+        parts.append(f"## {title}\n\n{table}" if table.startswith("|") else "\n".join(f"- {l}" for l in block.splitlines()))
+    return "\n\n".join(parts)
+
+
+def _html(topology: Topology, header: str, text: str, pictures: list[tuple[str, str]]) -> str:
+    body = [f"<h1>pytest-overlay results: {html.escape(topology.name)}</h1>",
+            f"<p>{html.escape(header.split(chr(10), 2)[2].strip())}</p>"]
+    for block in text.split("\n\n"):
+        title, _, table = block.partition("\n")
+        if not table.startswith("|"):
+            body.append("<ul>" + "".join(f"<li>{html.escape(l)}</li>" for l in block.splitlines()) + "</ul>")
+            continue
+        lines = [l for l in table.splitlines() if not set(l) <= set("|-: ")]
+        cells = [[c.strip() for c in l.strip("|").split("|")] for l in lines]
+        rows = "".join("<tr>" + "".join(f"<t{'h' if i == 0 else 'd'}>{html.escape(c)}</t{'h' if i == 0 else 'd'}>"
+                                         for c in row) + "</tr>" for i, row in enumerate(cells))
+        body.append(f"<h2>{html.escape(title)}</h2><table>{rows}</table>")
+    for name, title in pictures:
+        body.append(f"<h2>{html.escape(title)}</h2><img src='{name}' alt='{html.escape(title)}'>")
+    style = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
+             "td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}th{background:#eee}img{max-width:100%}")
+    return (f"<!doctype html><html><head><meta charset='utf-8'><title>pytest-overlay: {html.escape(topology.name)}"
+            f"</title><style>{style}</style></head><body>{''.join(body)}</body></html>\n")

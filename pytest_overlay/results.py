@@ -48,16 +48,20 @@ class Stats:
     ci95: float  # half-width of the 95 % confidence interval of the mean
 
     @classmethod
-    def of(cls, samples: list[float]) -> "Stats":
+    def of(cls, samples: list[float], round_values: list[float] | None = None) -> "Stats":
+        """Statistics of the samples. With two or more rounds, the confidence interval comes
+        from the rounds' own values: samples within one round are not independent."""
         if not samples:
             raise ValueError("no samples")
         ordered = sorted(samples)
         n = len(ordered)
         stdev = statistics.stdev(ordered) if n > 1 else 0.0
+        ci95 = _t95(n - 1) * stdev / math.sqrt(n) if n > 1 else math.inf
+        if round_values and len(round_values) > 1:
+            ci95 = _t95(len(round_values) - 1) * statistics.stdev(round_values) / math.sqrt(len(round_values))
         return cls(
             min=ordered[0], mean=statistics.fmean(ordered), p50=percentile(ordered, 50),
-            p99=percentile(ordered, 99), max=ordered[-1], stdev=stdev, n=n,
-            ci95=_t95(n - 1) * stdev / math.sqrt(n) if n > 1 else math.inf,
+            p99=percentile(ordered, 99), max=ordered[-1], stdev=stdev, n=n, ci95=ci95,
         )
 
     def rounded(self, digits: int = 4) -> dict:
@@ -107,15 +111,19 @@ def run_metadata(topology, testbed_description: dict, options: dict, tools: dict
     }
 
 
-def write_json(path: str | Path, run: dict, records: list[Record]) -> None:
-    document = {
+def document(run: dict, records: list[Record]) -> dict:
+    return {
         "schema": SCHEMA,
         "version": SCHEMA_VERSION,
         "run": {**run, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
         "results": [r.to_json() for r in records],
     }
+
+
+def write_json(path: str | Path, run: dict, records: list[Record]) -> None:
+    document_ = document(run, records)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(document, indent=2, default=str) + "\n")
+    tmp.write_text(json.dumps(document_, indent=2, default=str) + "\n")
     tmp.replace(path)

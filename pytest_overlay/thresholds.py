@@ -21,17 +21,25 @@ SETTINGS: dict[str, dict[str, str]] = {
         "mean_tolerance_ms": "mean RTT within this of the topology's RTT (ms)",
         "mean_tolerance_pct": "... or within this share of it (%), whichever is larger",
         "p99_over_rtt_ms": "99th percentile RTT at most the topology's RTT plus this (ms)",
+        "max_over_host_pct": "mean RTT at most this much above the underlay's on the circuit (%)",
+        "regression_pct": "mean RTT at most this much worse than in the compared run (%)",
     },
     "jitter": {
         "mean_over_topology_ms": "mean IPDV at most the topology's jitter plus this (ms)",
+        "max_over_host_pct": "mean IPDV at most this much above the underlay's (%)",
+        "regression_pct": "mean IPDV at most this much worse than in the compared run (%)",
     },
     "tcp_throughput": {
-        "min_fraction_of_rate": "mean at least this share of the circuit's rate (0..1)",
-        "min_mbit": "mean at least this (Mbit/s) where the circuit has no rate",
+        "min_fraction_of_rate": "received at least this share of the circuit's rate (0..1)",
+        "min_mbit": "received at least this (Mbit/s) where the circuit has no rate",
+        "min_fraction_of_host": "received at least this share of the underlay's (0..1)",
+        "regression_pct": "received at most this much less than in the compared run (%)",
     },
     "udp_throughput": {
         "min_fraction_of_offered": "received rate at least this share of the offered rate (0..1)",
         "max_loss_pct": "loss at most the circuit's emulated loss plus this (%)",
+        "min_fraction_of_host": "received at least this share of the underlay's (0..1)",
+        "regression_pct": "received at most this much less than in the compared run (%)",
     },
 }
 TOP_KEYS = set(SETTINGS) | {"overrides"}

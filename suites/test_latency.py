@@ -4,8 +4,9 @@ import pytest
 
 
 @pytest.mark.latency
-def test_latency(overlay_path):
+def test_latency(overlay_path, benchmark):
     rtt = overlay_path.latency()
+    overlay_path.replay(benchmark, rtt)
     limits = overlay_path.limits("latency")
     expected = overlay_path.expected["rtt_ms"]
     tolerance = max(limits["mean_tolerance_ms"], expected * limits["mean_tolerance_pct"] / 100)
@@ -18,6 +19,7 @@ def test_latency(overlay_path):
     assert mean_ok, (f"mean RTT {rtt.stats.mean:.3f} ms over {rtt.stats.n} round trips is more than "
                      f"{tolerance:g} ms from the topology's {expected:g} ms")
     assert p99_ok, f"p99 RTT {rtt.stats.p99:.3f} ms over {rtt.stats.n} round trips exceeds {p99_max:g} ms"
+    assert not (failures := overlay_path.gate_failures(rtt)), "; ".join(failures)
 
 
 @pytest.mark.jitter
@@ -28,3 +30,4 @@ def test_jitter(overlay_path):
     overlay_path.judge(ipdv, f"mean IPDV <= {limit:g} ms", ok, max_ms=limit)
     assert ipdv.valid, f"measurement invalid: {'; '.join(ipdv.invalid_reasons)}"
     assert ok, f"mean IPDV {ipdv.stats.mean:.3f} ms over {ipdv.stats.n} pairs exceeds {limit:g} ms"
+    assert not (failures := overlay_path.gate_failures(ipdv)), "; ".join(failures)

@@ -16,6 +16,7 @@ def test_tcp_throughput(overlay_path):
     assert tcp.valid, f"measurement invalid: {'; '.join(tcp.invalid_reasons)}"
     assert ok, (f"TCP received {total:.0f} Mbit/s over the run (intervals: mean {tcp.stats.mean:.0f}, "
                 f"n={tcp.stats.n}), below {floor:g} Mbit/s")
+    assert not (failures := overlay_path.gate_failures(tcp)), "; ".join(failures)
 
 
 @pytest.mark.throughput
@@ -34,3 +35,4 @@ def test_udp_throughput(overlay_path):
     assert rate_ok, (f"UDP received {total:.0f} Mbit/s over the run (intervals: mean {rate.stats.mean:.0f}, "
                      f"n={rate.stats.n}), below {floor:g} Mbit/s of {overlay_path.udp_rate:g} offered")
     assert loss_ok, f"UDP loss {loss.stats.mean:.3f} % of {loss.extra['packets']} packets exceeds {max_loss:g} %"
+    assert not (failures := overlay_path.gate_failures(rate) + overlay_path.gate_failures(loss)), "; ".join(failures)

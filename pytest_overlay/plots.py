@@ -1,0 +1,94 @@
+"""Pictures of a run: latency CDF per circuit, throughput per overlay, and streaming jitter
+and bitrate against concurrency where the run has them. Each axis says what and in which
+unit; each legend entry says how many samples it draws."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from .results import Record  # noqa: E402
+
+
+def latency_cdf(records: list[Record], path: Path) -> bool:
+    latency = [r for r in records if r.metric == "latency" and r.extra.get("samples")]
+    if not latency:
+        return False
+    circuits = list(dict.fromkeys(r.circuit for r in latency))
+    cols = min(3, len(circuits))
+    rows = (len(circuits) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(5 * cols, 3.6 * rows), squeeze=False)
+    for ax, circuit in zip(axes.flat, circuits):
+        for r in (r for r in latency if r.circuit == circuit):
+            xs = sorted(r.extra["samples"])
+            ax.step(xs, [(i + 1) / len(xs) for i in range(len(xs))], where="post",
+                    label=f"{r.overlay} (n={len(xs)})")
+        ax.set_title(f"{circuit.replace('-', ' – ')}")
+        ax.set_xlabel("round-trip time (ms)")
+        ax.set_ylabel("fraction of round trips ≤ x")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    for ax in list(axes.flat)[len(circuits):]:
+        ax.set_visible(False)
+    fig.suptitle("Latency CDF per circuit (irtt request/response)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def throughput(records: list[Record], path: Path) -> bool:
+    metrics = [m for m in ("tcp_throughput", "udp_throughput") if any(r.metric == m for r in records)]
+    if not metrics:
+        return False
+    fig, axes = plt.subplots(1, len(metrics), figsize=(7 * len(metrics), 4), squeeze=False)
+    for ax, metric in zip(axes.flat, metrics):
+        chosen = [r for r in records if r.metric == metric]
+        circuits = list(dict.fromkeys(r.circuit for r in chosen))
+        overlays = list(dict.fromkeys(r.overlay for r in chosen))
+        width = 0.8 / len(overlays)
+        for i, overlay in enumerate(overlays):
+            values, errors, labels = [], [], []
+            for circuit in circuits:
+                match = next((r for r in chosen if r.circuit == circuit and r.overlay == overlay), None)
+                values.append(match.extra.get("total_mbit", match.stats.mean) if match else 0)
+                errors.append(match.stats.ci95 if match and match.stats.ci95 != float("inf") else 0)
+                labels.append(match.stats.n if match else 0)
+            xs = [c + i * width for c in range(len(circuits))]
+            counts = f"{min(labels)}" if min(labels) == max(labels) else f"{min(labels)}–{max(labels)}"
+            ax.bar(xs, values, width, yerr=errors, capsize=3, label=f"{overlay} (n={counts} intervals per bar)")
+        ax.set_xticks([c + width * (len(overlays) - 1) / 2 for c in range(len(circuits))],
+                      [c.replace("-", " – ") for c in circuits], rotation=20)
+        ax.set_ylabel("received (Mbit/s)")
+        ax.set_title(f"{'TCP' if metric.startswith('tcp') else 'UDP'} throughput per circuit (iperf3, ±95 % CI)")
+        ax.grid(axis="y", alpha=0.3)
+        ax.legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def streaming(records: list[Record], path: Path) -> bool:
+    """Jitter and bitrate against concurrency, one line per overlay (the study's charts)."""
+    chosen = [r for r in records if r.metric in ("stream_jitter", "stream_bitrate") and "concurrency" in r.extra]
+    if not chosen:
+        return False
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4), squeeze=False)
+    for ax, metric, label in ((axes[0][0], "stream_jitter", "jitter (ms)"), (axes[0][1], "stream_bitrate", "bitrate (kbit/s)")):
+        for overlay in dict.fromkeys(r.overlay for r in chosen):
+            points = sorted((r.extra["concurrency"], r.stats.mean) for r in chosen if r.metric == metric and r.overlay == overlay)
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=overlay)
+        ax.set_xlabel("concurrent clients")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    fig.suptitle("Streaming under concurrency")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
