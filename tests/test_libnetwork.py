@@ -107,3 +107,14 @@ def _container_commands() -> list[str]:
         images += subprocess.run(["docker", "-H", f"unix://{sock}", "ps", "--format", "{{.Image}}"],
                                  capture_output=True, text=True).stdout.splitlines()
     return images
+
+
+def test_threshold_relative_to_the_underlay(tmp_path, clean_machine):
+    limits = tmp_path / "limits.yaml"
+    limits.write_text("tcp_throughput:\n  min_fraction_of_host: 1.5\n")
+    run = run_suites("suites/", *QUICK, "--overlay=host,libnetwork", "-m", "tcp", f"--overlay-thresholds={limits}",
+                     "-rA")
+    assert run.rc == 1, run.output
+    assert "PASSED suites/test_throughput.py::test_tcp_throughput[host-A-B]" in run.output
+    assert "FAILED suites/test_throughput.py::test_tcp_throughput[libnetwork-A-B]" in run.output
+    assert "is below 1.5 × the underlay's" in run.output

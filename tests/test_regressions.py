@@ -1,0 +1,101 @@
+"""Saved runs, comparisons and regression gates, the report directory, and repeated rounds:
+real runs of the suites, a saved one and a later one on a changed WAN."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+
+import pytest
+
+from .conftest import QUICK, run_suites
+
+THREE_SITES = """\
+name: three
+sites: {{A: {{}}, B: {{}}, C: {{}}}}
+links:
+  - {{between: [A, B], rtt_ms: 20}}
+  - {{between: [A, C], rtt_ms: {ac}}}
+"""
+
+
+@pytest.fixture
+def storage(tmp_path):
+    return f"--benchmark-storage=file://{tmp_path / 'storage'}"
+
+
+def topology(tmp_path, ac: float):
+    path = tmp_path / f"three-{ac:g}.yaml"
+    path.write_text(THREE_SITES.format(ac=ac))
+    return f"--topology={path}"
+
+
+LATENCY = ["-m", "latency", "--overlay-samples=80", "--overlay-interval=5"]
+
+
+def test_gate_fails_on_exactly_the_changed_circuit(tmp_path, storage, clean_machine):
+    saved = run_suites("suites/", topology(tmp_path, 30), *LATENCY, storage, "--overlay-save=base")
+    assert saved.rc == 0, saved.output
+    assert "results saved as" in saved.output and "0001_base.json" in saved.output
+
+    out = tmp_path / "later.json"
+    later = run_suites("suites/", topology(tmp_path, 33), *LATENCY, storage, "--overlay-compare=base",
+                       "--overlay-compare-fail=latency:5%", f"--overlay-json={out}", "-rA")
+    assert later.rc == 1, later.output
+    assert "FAILED suites/test_latency.py::test_latency[host-A-C]" in later.output
+    assert "PASSED suites/test_latency.py::test_latency[host-A-B]" in later.output
+    assert "regression beyond latency:mean:5%: latency mean on A-C through host: saved 30." in later.output
+    assert "Compared with saved run 0001_base.json" in later.output
+    compared = {r["src"] + r["dst"]: r["extra"]["compared"][0]
+                for r in json.loads(out.read_text())["results"] if r["metric"] == "latency"}
+    assert compared["AC"]["change_pct"] == pytest.approx(10, abs=2.5) and not compared["AC"]["within_noise"]
+    assert abs(compared["AB"]["change_pct"]) < 2.5
+
+
+def test_pytest_benchmark_gates_latency_too(tmp_path, storage, clean_machine):
+    first = run_suites("suites/", topology(tmp_path, 30), *LATENCY, storage, "--benchmark-save=base")
+    assert first.rc == 0, first.output
+    assert "Saved benchmark data in" in first.output and "test_latency[host-A-C]" in first.output
+    later = run_suites("suites/", topology(tmp_path, 33), *LATENCY, storage, "--benchmark-compare",
+                       "--benchmark-compare-fail=mean:5%")
+    assert later.rc != 0, later.output
+    assert "Performance has regressed" in later.output
+    regressed = [line for line in later.output.splitlines() if "has failed PercentageRegressionCheck" in line]
+    assert len(regressed) == 1 and "test_latency[host-A-C]" in regressed[0], later.output
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--overlay-compare-fail=latency:5%"], "--overlay-compare-fail needs a run to compare with"),
+    (["--overlay-compare", "--overlay-compare-fail=latency:5%"], "no saved overlay runs in"),
+    (["--overlay-compare-fail=speed:5%"], "expected METRIC[:STAT]:LIMIT[%] with METRIC one of latency"),
+    (["--overlay-compare-fail=latency:p95:5%"], "statistic 'p95'; allowed: min, mean, p50, p99, max, total"),
+])
+def test_bad_comparison_is_a_usage_error(storage, args, message):
+    run = run_suites("suites/", "--collect-only", storage, *args)
+    assert run.rc == 4, run.output
+    assert message in run.output
+
+
+def test_comparing_with_another_set_up_warns(tmp_path, storage, clean_machine):
+    assert run_suites("suites/", *QUICK, "-m", "latency", storage, "--overlay-save=plain",
+                      "--overlay-emulator=none").rc == 1  # no delay: far from the topology's RTT
+    run = run_suites("suites/", *QUICK, "-m", "latency", storage, "--overlay-compare=plain")
+    assert "a run on a different set-up (emulator: saved 'none', now 'delayline')" in run.output
+
+
+def test_report_directory(tmp_path, clean_machine):
+    out = tmp_path / "report"
+    run = run_suites("suites/", *QUICK, f"--overlay-report={out}", "--overlay-rounds=2")
+    assert run.rc == 0, run.output
+    assert sorted(p.name for p in out.iterdir()) == [
+        "index.html", "latency_cdf.png", "report.md", "results.csv", "results.json", "throughput.png"]
+    for png in ("latency_cdf.png", "throughput.png"):
+        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    page = (out / "index.html").read_text()
+    assert "<img src='latency_cdf.png'" in page and "<h2>Latency: round-trip time in ms" in page
+    rows = (out / "results.csv").read_text().splitlines()
+    assert rows[0].startswith("overlay,metric,src,dst,unit,min,mean") and len(rows) == 6
+    assert "## Latency: round-trip time in ms" in (out / "report.md").read_text()
+    latency = next(r for r in json.loads((out / "results.json").read_text())["results"] if r["metric"] == "latency")
+    assert latency["extra"]["rounds"] == 2 and latency["extra"]["warmup_discarded"] == 10
+    assert latency["stats"]["n"] >= 2 * 55
