@@ -4,7 +4,8 @@ The kernel keeps every packet; this process only learns its id (metadata-only co
 GSO packets whole) and hands back verdicts when the packet is due. Accepts go out as batch
 verdicts, so one syscall releases every packet that fell due together.
 
-Run inside a site's network namespace, one process per site, one queue per egress link:
+Run inside the testbed's wan namespace, one queue per link direction (the packets forwarded
+from that direction's ingress interface):
 
     python -m pytest_overlay.delayline CONFIG_JSON
 
@@ -70,7 +71,7 @@ SO_TIMESTAMPNS = 35
 
 @dataclass
 class Queue:
-    """One egress direction of one link."""
+    """One direction of one link."""
 
     num: int
     delay_s: float
@@ -228,10 +229,9 @@ class DelayLine:
             queue.pending.append((due, packet_id))
 
     def calibrate(self) -> float:
-        """How late this process wakes from a timed sleep: the median over short sleeps.
-
-        The loop sleeps until that long before a deadline and spins the rest.
-        """
+        """The spin window: twice how late a short timed sleep wakes (75th percentile of 40),
+        plus 50 µs, at most 300 µs. The loop sleeps until that long before a deadline and
+        spins the rest."""
         lags = []
         for _ in range(CALIBRATION_ROUNDS):
             start = time.monotonic()
