@@ -18,7 +18,7 @@ from pytest_overlay.engines import EngineError
 from pytest_overlay.overlays import LibnetworkOverlay, esp_available
 from pytest_overlay.testbed import EmulatedTestbed
 
-from .conftest import QUICK, ROOT, machine_state, run_suites
+from .conftest import QUICK, RELAXED, ROOT, machine_state, run_suites
 
 
 def test_libnetwork_next_to_the_underlay(tmp_path, clean_machine):
@@ -60,7 +60,7 @@ def test_swarm_holds_at_150_ms(tmp_path, clean_machine):
     """))
     out = tmp_path / "far.json"
     run = run_suites("suites/", f"--topology={far}", "--overlay=libnetwork", "-m", "latency",
-                     "--overlay-samples=50", "--overlay-interval=20", f"--overlay-json={out}")
+                     "--overlay-samples=50", "--overlay-interval=20", f"--overlay-json={out}", RELAXED)
     assert "swarm did not converge" not in run.output and " error" not in run.output, run.output
     (latency,) = [r for r in json.loads(out.read_text())["results"] if r["metric"] == "latency"]
     assert latency["stats"]["n"] >= 45, run.output  # the containers talked over the swarm's overlay

@@ -8,7 +8,7 @@ import textwrap
 
 import pytest
 
-from .conftest import QUICK, run_suites
+from .conftest import QUICK, RELAXED, run_suites
 
 THREE_SITES = """\
 name: three
@@ -30,7 +30,7 @@ def topology(tmp_path, ac: float):
     return f"--topology={path}"
 
 
-LATENCY = ["-m", "latency", "--overlay-samples=80", "--overlay-interval=5"]
+LATENCY = ["-m", "latency", "--overlay-samples=80", "--overlay-interval=5", RELAXED]
 
 
 def test_gate_fails_on_exactly_the_changed_circuit(tmp_path, storage, clean_machine):
