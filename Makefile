@@ -4,7 +4,9 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := iperf3 irtt iptables iproute2 iputils-ping util-linux procps docker.io python3-venv python3-pip
+APT_PACKAGES := iperf3 irtt iptables iproute2 iputils-ping util-linux procps docker.io \
+	gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad \
+	gstreamer1.0-plugins-ugly gir1.2-gst-rtsp-server-1.0 python3-gi python3-venv python3-pip
 BENCH_ARGS ?= --topology=geant --overlay=host --overlay-json=results/bench.json
 
 .PHONY: bench test deps venv clean-testbeds

@@ -26,6 +26,10 @@ METRICS = {
     "tcp_throughput": ("total", False),
     "udp_throughput": ("total", False),
     "udp_loss": ("mean", True),
+    "stream_jitter": ("p99", True),
+    "stream_bitrate": ("mean", False),
+    "stream_loss": ("mean", True),
+    "stream_ttff": ("mean", True),
 }
 STATS = ("min", "mean", "p50", "p99", "max", "total")
 
@@ -149,14 +153,14 @@ class SavedRun:
         document = json.loads(path.read_text())
         if document.get("schema") != SCHEMA:
             raise ValueError(f"{path}: not a pytest-overlay results file (schema {document.get('schema')!r})")
-        results = {(r["overlay"], r["metric"], r["src"], r["dst"]): r for r in document["results"]}
+        results = {_key(r): r for r in document["results"]}
         return cls(path, document["run"], results)
 
     def compare(self, record: Record, stat: str) -> Comparison | None:
-        saved = self.results.get((record.overlay, record.metric, record.src, record.dst))
+        live = record.to_json()
+        saved = self.results.get(_key(live))
         if saved is None:
             return None
-        live = record.to_json()
         before, now = value(saved, stat), value(live, stat)
         if before is None or now is None:
             return None
@@ -174,6 +178,13 @@ class SavedRun:
             if getter(self.run) != getter(run):
                 out.append(f"{label}: saved {getter(self.run)!r}, now {getter(run)!r}")
         return out
+
+
+def _key(record: dict) -> tuple:
+    """What identifies a result across runs: overlay, metric, circuit (and streaming level)."""
+    extra = record.get("extra", {})
+    return (record["overlay"], record["metric"], record["src"], record["dst"],
+            extra.get("concurrency"), extra.get("transport"))
 
 
 def _finite(x) -> float:

@@ -12,6 +12,7 @@ import shlex
 import subprocess
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import docker
 
@@ -22,6 +23,10 @@ from .testbed import EmulatedTestbed
 # Overlays the study compared, for messages; only those in IMPLEMENTED can run yet.
 KNOWN = ("host", "libnetwork", "libnetwork-encrypted", "weave", "flannel", "calico")
 VXLAN_PORT = 4789
+# The host's /usr, this package and the clip cache, read-only: the streaming experiment runs
+# the system's GStreamer and Python in the containers, and no registry could bring them.
+SHARED_READ_ONLY = {path: {"bind": path, "mode": "ro"} for path in (
+    "/usr", str(engines.IMAGE_CACHE), str(Path(__file__).resolve().parent))}
 
 
 @dataclass
@@ -227,7 +232,7 @@ class LibnetworkOverlay(Overlay):
             try:
                 container = engine.client.containers.run(image, name=name, hostname=engine.site, network=self.network,
                                                          detach=True, labels={LABEL: self.testbed.run_id},
-                                                         sysctls=self._tcp_buffers(engine.site))
+                                                         sysctls=self._tcp_buffers(engine.site), volumes=SHARED_READ_ONLY)
             except docker.errors.APIError as e:
                 raise EngineError(f"measurement container {name} at site {engine.site} did not start: "
                                   f"{e.explanation or e}\ndockerd of {engine.site}:\n{engine.daemon.log_tail(8)}") from None

@@ -80,14 +80,15 @@ def streaming(records: list[Record], path: Path) -> bool:
         return False
     fig, axes = plt.subplots(1, 2, figsize=(12, 4), squeeze=False)
     for ax, metric, label in ((axes[0][0], "stream_jitter", "jitter (ms)"), (axes[0][1], "stream_bitrate", "bitrate (kbit/s)")):
-        for overlay in dict.fromkeys(r.overlay for r in chosen):
-            points = sorted((r.extra["concurrency"], r.stats.mean) for r in chosen if r.metric == metric and r.overlay == overlay)
-            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=overlay)
+        for overlay, transport in dict.fromkeys((r.overlay, r.extra.get("transport")) for r in chosen):
+            points = sorted((r.extra["concurrency"], r.stats.mean) for r in chosen
+                            if r.metric == metric and r.overlay == overlay and r.extra.get("transport") == transport)
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=f"{overlay}, RTP over {transport}")
         ax.set_xlabel("concurrent clients")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
         ax.legend(fontsize="small")
-    fig.suptitle("Streaming under concurrency")
+    fig.suptitle("Streaming under concurrency (mean over the clients of each level)")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -16,12 +16,13 @@ import signal
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from pathlib import Path
 from typing import Callable
 
 import pytest
 
 from . import emulator as emu
-from . import compare, probes, report, results, thresholds, topology
+from . import compare, probes, report, results, streaming, thresholds, topology
 from .overlays import IMPLEMENTED, KNOWN, Overlay, OverlayUnavailable
 from .results import Record, Stats
 from .testbed import EmulatedTestbed
@@ -56,6 +57,23 @@ def parse_emulator(value: str) -> str:
     if value not in emu.KINDS:
         raise argparse.ArgumentTypeError(f"{value!r}; allowed: {', '.join(emu.KINDS)}")
     return value
+
+
+def parse_concurrency(value: str) -> list[int]:
+    try:
+        levels = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r}: give client counts separated by commas, e.g. 1,5,10") from None
+    if not levels or any(not 1 <= n <= 500 for n in levels) or len(set(levels)) != len(levels):
+        raise argparse.ArgumentTypeError(f"{value!r}: distinct client counts from 1 to 500, e.g. 1,5,10,25,50")
+    return levels
+
+
+def parse_transports(value: str) -> list[str]:
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    if not names or any(n not in ("udp", "tcp") for n in names) or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"{value!r}; allowed: udp, tcp, or udp,tcp")
+    return names
 
 
 def _bounded(kind: type, low: float, high: float) -> Callable[[str], float]:
@@ -109,6 +127,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     metavar="METRIC[:STAT]:LIMIT[%]",
                     help="Fail a test whose metric worsened beyond LIMIT against the compared run, e.g. "
                          "tcp_throughput:10%% or latency:p99:2 (ms). Repeatable. Default: %(default)r")
+    group.addoption("--overlay-concurrency", type=parse_concurrency, default="1,5,10,25,50", metavar="N,N,...",
+                    help="Concurrent RTSP clients per streaming level. Default: %(default)r")
+    group.addoption("--overlay-stream-kbit", type=_bounded(int, 50, 50_000), default=1000, metavar="KBIT",
+                    help="Bitrate of the H.264 clip the RTSP server streams, kbit/s. Default: %(default)r")
+    group.addoption("--overlay-stream-seconds", type=_bounded(float, 2, 3600), default=10.0, metavar="SECONDS",
+                    help="Seconds each streaming level is measured. Default: %(default)r")
+    group.addoption("--overlay-stream-transport", type=parse_transports, default="udp", metavar="udp|tcp|udp,tcp",
+                    help="RTP over UDP, or interleaved in the RTSP connection over TCP. Default: %(default)r")
     group.addoption("--overlay-report", default=None, metavar="DIR",
                     help="Write Markdown, CSV, JSON, plots and an HTML page of the results to DIR. "
                          "Default: %(default)r")
@@ -226,11 +252,19 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     Only the overlay is a session-scoped parameter, so pytest runs every test of one overlay
     before it builds the next; circuits are cheap.
     """
-    if "overlay_path" not in metafunc.fixturenames:
-        return
     state = metafunc.config.stash[session_key]
-    metafunc.parametrize("overlay", state.overlays, indirect=True, scope="session")
-    metafunc.parametrize("circuit", state.topology.circuits, ids=lambda c: c.id)
+    if "overlay_path" in metafunc.fixturenames:
+        metafunc.parametrize("overlay", state.overlays, indirect=True, scope="session")
+        metafunc.parametrize("circuit", state.topology.circuits, ids=lambda c: c.id)
+    elif "stream_path" in metafunc.fixturenames:
+        metafunc.parametrize("overlay", state.overlays, indirect=True, scope="session")
+        metafunc.parametrize("transport", _listed(metafunc.config, "overlay_stream_transport", parse_transports))
+        metafunc.parametrize("concurrency", _listed(metafunc.config, "overlay_concurrency", parse_concurrency))
+
+
+def _listed(config: pytest.Config, name: str, parse: Callable[[str], list]) -> list:
+    value = config.getoption(name)
+    return parse(value) if isinstance(value, str) else value  # defaults skip type=
 
 
 # --- fixtures -----------------------------------------------------------------------------
@@ -315,6 +349,52 @@ def overlay_path(overlay: Overlay, circuit: topology.Circuit, overlay_session: O
     return OverlayPath(overlay, circuit, overlay_session, request.node.nodeid)
 
 
+@pytest.fixture(scope="session")
+def stream_clip(overlay_session: OverlaySession) -> Path:
+    """Name: stream_clip. Scope: session. The H.264 clip, encoded once (and cached) before any
+    measurement, long enough for every client of a level to play it to the end."""
+    problems = streaming.missing()
+    if problems:
+        pytest.fail("the streaming experiment cannot run; missing: " + "; ".join(problems), pytrace=False)
+    seconds = int(overlay_session.option("overlay_stream_seconds")) + 20
+    overlay_session.progress(f"encoding the H.264 clip ({overlay_session.option('overlay_stream_kbit')} kbit/s, "
+                             f"{seconds} s) unless cached")
+    return streaming.encode_clip(overlay_session.option("overlay_stream_kbit"), seconds)
+
+
+@pytest.fixture(scope="session")
+def stream_server(overlay: Overlay, stream_clip: Path, overlay_session: OverlaySession) -> streaming.StreamServer:
+    """Name: stream_server. Scope: session, one per overlay. Depends on: overlay, stream_clip.
+
+    The RTSP server at the topology's hub (else the first circuit's source)."""
+    circuit = stream_circuit(overlay_session.topology)
+    server = streaming.start_server(overlay.endpoint(circuit.src), stream_clip)
+    overlay_session.progress(f"{overlay.name}: RTSP server at {circuit.src} serving {server.url}")
+    try:
+        yield server
+    finally:
+        server.daemon.stop()
+
+
+def stream_circuit(topo: topology.Topology) -> topology.Circuit:
+    """Server at the hub, clients at the far end of the first circuit from it."""
+    hub = topo.hub or topo.circuits[0].src
+    for c in topo.circuits:
+        if hub in (c.src, c.dst):
+            return topology.Circuit(hub, c.dst if c.src == hub else c.src)
+    return topology.Circuit(hub, next(s for s in topo.sites if s != hub))
+
+
+@pytest.fixture
+def stream_path(overlay: Overlay, stream_server: streaming.StreamServer, concurrency: int, transport: str,
+                overlay_session: OverlaySession, request: pytest.FixtureRequest) -> "StreamPath":
+    """Name: stream_path. Scope: function. Depends on: overlay, stream_server.
+
+    `concurrency` clients at the far site watching the stream over `transport`."""
+    return StreamPath(overlay, stream_circuit(overlay_session.topology), overlay_session, request.node.nodeid,
+                      stream_server, concurrency, transport)
+
+
 @dataclass
 class Check:
     """A threshold and its verdict, as recorded in the results."""
@@ -340,7 +420,7 @@ class OverlayPath:
 
     # Share of packets the emulator may release over a millisecond late before a measurement
     # is invalid: latency's 99th percentile cannot hide 1 %; throughput barely feels 5 %.
-    LATE_TOLERANCE = {"latency": 0.01, "tcp": 0.05, "udp": 0.05}
+    LATE_TOLERANCE = {"latency": 0.01, "tcp": 0.05, "udp": 0.05, "stream": 0.01}
 
     def _measure(self, kind: str, probe: Callable[[], object]):
         """Run a probe once per session, with the emulator's counters around it."""
@@ -350,7 +430,7 @@ class OverlayPath:
             before, wire_before = testbed.emulator_counters(), self.overlay.wire_counters()
             samples = probe()
             accrued = emu.delta(before, testbed.emulator_counters())
-            faults = emu.faults(accrued, self.LATE_TOLERANCE[kind])
+            faults = emu.faults(accrued, self.LATE_TOLERANCE[kind.split("-")[0]])
             wire = None
             if wire_before is not None:
                 after = self.overlay.wire_counters()
@@ -487,10 +567,47 @@ class OverlayPath:
         benchmark.pedantic(REPLAY_CLOCK.step, rounds=len(REPLAY_CLOCK.durations), iterations=1)
 
 
+class StreamPath(OverlayPath):
+    """One streaming level: N clients at the circuit's destination, the server at its source."""
+
+    def __init__(self, overlay, circuit, state, test, server: streaming.StreamServer, concurrency: int,
+                 transport: str) -> None:
+        super().__init__(overlay, circuit, state, test)
+        self.server, self.concurrency, self.transport = server, concurrency, transport
+
+    @property
+    def nominal_kbit(self) -> float:
+        """What the clip really carries (its size over its length), not what the encoder was asked for."""
+        clip = Path(self.server.clip)
+        return clip.stat().st_size * 8 / self.server.clip_seconds / 1000
+
+    def stream(self) -> tuple[Record, Record, Record, Record]:
+        seconds = self.state.option("overlay_stream_seconds")
+        measured = self._measure(f"stream-{self.transport}-{self.concurrency}", lambda: streaming.watch(
+            self.dst, self.server, self.concurrency, seconds, self.transport))
+        data = measured[0]
+        reports = data.reports
+        if data.cpu_pct >= streaming.CPU_BOUND_PCT:
+            measured[1].append(f"clients CPU-bound: {data.cpu_pct:.0f} % of a core for {self.concurrency} clients; "
+                               "their own delays would pass for network jitter")
+        common = {"concurrency": self.concurrency, "transport": self.transport, "nominal_kbit": self.nominal_kbit,
+                  "client_cpu_pct": data.cpu_pct, "clients": len(reports), "seconds": data.seconds,
+                  "reordered": sum(r["reordered"] for r in reports), "url": self.server.url}
+        ttffs = [r["ttff_ms"] for r in reports if r["ttff_ms"] is not None] or [float("nan")]
+        return (
+            self.record("stream_jitter", "ms", [r["jitter_ms"] for r in reports], measured,
+                        {**common, "definition": "RFC 3550 interarrival jitter at the end of the run, per client"}),
+            self.record("stream_bitrate", "kbit/s", [r["bitrate_kbit"] for r in reports], measured, common),
+            self.record("stream_loss", "%", [r["loss_pct"] for r in reports], measured, common),
+            self.record("stream_ttff", "ms", ttffs, measured, {**common, "definition": "PLAY to the first frame's last packet"}),
+        )
+
+
 def _options(state: OverlaySession) -> dict:
     names = ("overlay", "topology", "overlay_emulator", "overlay_samples", "overlay_interval",
              "overlay_duration", "overlay_udp_rate", "overlay_thresholds", "overlay_rounds", "overlay_warmup",
-             "overlay_compare")
+             "overlay_compare", "overlay_concurrency", "overlay_stream_kbit", "overlay_stream_seconds",
+             "overlay_stream_transport")
     return {n: state.option(n) for n in names} | {"thresholds_file": state.thresholds.path}
 
 

@@ -45,6 +45,30 @@ def _baseline(records: list[Record], record: Record) -> Record | None:
     return None
 
 
+def _streaming_table(records: list[Record], notes: list[str]) -> str:
+    levels: dict[tuple, dict[str, Record]] = {}
+    for r in records:
+        if r.metric.startswith("stream_"):
+            key = (r.overlay != BASELINE, r.overlay, r.extra["transport"], r.extra["concurrency"])
+            levels.setdefault(key, {})[r.metric] = r
+    rows = []
+    first = None
+    for key in sorted(levels):
+        m = levels[key]
+        jitter, bitrate, loss, ttff = (m.get(k) for k in ("stream_jitter", "stream_bitrate", "stream_loss", "stream_ttff"))
+        first = first or jitter
+        verdicts = {r.verdict for r in (jitter, bitrate, loss) if r}
+        status = _status(jitter, notes) if not jitter.valid else ("fail" if "fail" in verdicts else jitter.verdict)
+        rows.append([key[1], key[2], key[3], _f(jitter.stats.mean), _f(jitter.stats.p99), _f(bitrate.stats.mean, 0),
+                     _f(bitrate.stats.min, 0), _f(jitter.extra["nominal_kbit"], 0), _f(loss.stats.mean, 3),
+                     _f(loss.stats.max, 3), _f(ttff.stats.mean, 0) if ttff else "-",
+                     _f(jitter.extra["client_cpu_pct"], 1), status])
+    title = (f"Streaming: H.264 over RTSP/RTP from {first.src} to {first.dst} (GStreamer RTSP server; per client: "
+             "RFC 3550 jitter in ms, received kbit/s, loss %, time to first frame in ms; Clients = n per row)")
+    return _table(title, ["Overlay", "RTP over", "Clients", "Jitter mean", "Jitter p99", "kbit/s mean", "kbit/s min",
+                          "Clip kbit/s", "Loss % mean", "Loss % max", "TTFF mean", "Client CPU %", "Verdict"], rows)
+
+
 def _difference(record: Record, base: Record) -> str:
     """Difference of means with the 95 % interval of the difference (independent samples)."""
     half = math.hypot(record.stats.ci95, base.stats.ci95)
@@ -123,6 +147,9 @@ def tables(records: list[Record], topology: Topology) -> str:
         out.append(_table("UDP throughput in Mbit/s received, and loss in % of packets sent "
                           "(iperf3; Total = the whole run; Mean over n = 0.5 s intervals after 1 s warm-up)",
                           head + ["Verdict"], rows))
+    if "stream_jitter" in by_metric:
+        out.append(_streaming_table(records, notes))
+
     compared = [(r, c) for r in _order(records, topology) for c in r.extra.get("compared", [])]
     if compared:
         rows = [[circuit_name(r), r.overlay, r.metric, c["stat"], f"{c['saved']:.3f}", f"{c['now']:.3f}", r.unit,

@@ -42,6 +42,19 @@ SETTINGS: dict[str, dict[str, str]] = {
         "regression_pct": "received at most this much less than in the compared run (%)",
     },
 }
+SETTINGS.update({
+    "stream_jitter": {
+        "max_p99_ms": "99th percentile of the clients' RFC 3550 jitter at most this (ms)",
+        "regression_pct": "p99 jitter at most this much worse than in the compared run (%)",
+    },
+    "stream_bitrate": {
+        "min_fraction_of_nominal": "every client receives at least this share of the clip's bitrate (0..1)",
+        "regression_pct": "mean bitrate at most this much lower than in the compared run (%)",
+    },
+    "stream_loss": {
+        "max_pct": "every client's loss at most the circuit's emulated loss plus this (%)",
+    },
+})
 TOP_KEYS = set(SETTINGS) | {"overrides"}
 
 

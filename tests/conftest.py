@@ -14,7 +14,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 RELAXED = f"--overlay-thresholds={Path(__file__).parent / 'relaxed-thresholds.yaml'}"
 QUICK = ["--topology=local", "--overlay-samples=60", "--overlay-interval=5", "--overlay-duration=1",
-         "--overlay-udp-rate=200", RELAXED]
+         "--overlay-udp-rate=200", "--overlay-concurrency=1,5", "--overlay-stream-seconds=2", RELAXED]
 
 
 @dataclass

@@ -28,7 +28,8 @@ def test_libnetwork_next_to_the_underlay(tmp_path, clean_machine):
     assert "Δ mean vs host ±95% CI" in run.output
     results = json.loads(out.read_text())["results"]
     overlay = [r for r in results if r["overlay"] == "libnetwork"]
-    assert {r["metric"] for r in overlay} == {"latency", "jitter", "tcp_throughput", "udp_throughput", "udp_loss"}
+    assert {r["metric"] for r in overlay} == {"latency", "jitter", "tcp_throughput", "udp_throughput", "udp_loss",
+                                              "stream_jitter", "stream_bitrate", "stream_loss", "stream_ttff"}
     for record in overlay:
         path = record["extra"]["datapath"]
         assert (path["kind"], path["udp_port"], path["mtu"]) == ("vxlan", 4789, 1450)

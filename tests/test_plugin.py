@@ -16,7 +16,8 @@ def test_suites_pass_on_local_and_report(tmp_path, clean_machine):
     assert run.rc == 0, run.output
     for test_id in ("test_latency.py::test_latency[host-A-B]", "test_latency.py::test_jitter[host-A-B]",
                     "test_throughput.py::test_tcp_throughput[host-A-B]",
-                    "test_throughput.py::test_udp_throughput[host-A-B]"):
+                    "test_throughput.py::test_udp_throughput[host-A-B]", "test_streaming.py::test_streaming[host-udp-1]",
+                    "test_streaming.py::test_streaming[host-udp-5]"):
         assert f"PASSED suites/{test_id}" in run.output
     assert "Latency: round-trip time in ms (irtt request/response; n = round trips)" in run.output
     assert "TCP throughput in Mbit/s received (iperf3; Total = the whole run;" in run.output
@@ -30,7 +31,8 @@ def test_suites_pass_on_local_and_report(tmp_path, clean_machine):
     assert "net.ipv4.tcp_rmem" in run_meta["testbed"]["sites"]["A"]["sysctls"]
     assert run_meta["tools"]["iperf3"].startswith("iperf 3")
     metrics = {r["metric"]: r for r in document["results"]}
-    assert set(metrics) == {"latency", "jitter", "tcp_throughput", "udp_throughput", "udp_loss"}
+    assert set(metrics) == {"latency", "jitter", "tcp_throughput", "udp_throughput", "udp_loss",
+                            "stream_jitter", "stream_bitrate", "stream_loss", "stream_ttff"}
     latency = metrics["latency"]
     assert {k: latency[k] for k in ("overlay", "src", "dst", "unit", "valid", "verdict")} == {
         "overlay": "host", "src": "A", "dst": "B", "unit": "ms", "valid": True, "verdict": "pass"}
@@ -91,5 +93,5 @@ def test_each_overlay_is_built_once():
     run = run_suites("suites/", "--topology=geant", "--overlay=host,libnetwork", "--collect-only", "-q")
     assert run.rc == 0, run.output
     overlays = [line.split("[")[1].split("-")[0] for line in run.output.splitlines() if "::" in line]
-    assert len(overlays) == 48
+    assert len(overlays) == 2 * (4 * 6 + 5)  # 4 tests x 6 circuits, 5 streaming levels
     assert overlays == sorted(overlays, key=["host", "libnetwork"].index)

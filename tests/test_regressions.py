@@ -88,13 +88,13 @@ def test_report_directory(tmp_path, clean_machine):
     run = run_suites("suites/", *QUICK, f"--overlay-report={out}", "--overlay-rounds=2")
     assert run.rc == 0, run.output
     assert sorted(p.name for p in out.iterdir()) == [
-        "index.html", "latency_cdf.png", "report.md", "results.csv", "results.json", "throughput.png"]
-    for png in ("latency_cdf.png", "throughput.png"):
+        "index.html", "latency_cdf.png", "report.md", "results.csv", "results.json", "streaming.png", "throughput.png"]
+    for png in ("latency_cdf.png", "throughput.png", "streaming.png"):
         assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     page = (out / "index.html").read_text()
     assert "<img src='latency_cdf.png'" in page and "<h2>Latency: round-trip time in ms" in page
     rows = (out / "results.csv").read_text().splitlines()
-    assert rows[0].startswith("overlay,metric,src,dst,unit,min,mean") and len(rows) == 6
+    assert rows[0].startswith("overlay,metric,src,dst,unit,min,mean") and len(rows) == 1 + 5 + 2 * 4
     assert "## Latency: round-trip time in ms" in (out / "report.md").read_text()
     latency = next(r for r in json.loads((out / "results.json").read_text())["results"] if r["metric"] == "latency")
     assert latency["extra"]["rounds"] == 2 and latency["extra"]["warmup_discarded"] == 10
