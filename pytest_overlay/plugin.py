@@ -395,18 +395,6 @@ def stream_path(overlay: Overlay, stream_server: streaming.StreamServer, concurr
                       stream_server, concurrency, transport)
 
 
-@dataclass
-class Check:
-    """A threshold and its verdict, as recorded in the results."""
-
-    description: str
-    passed: bool
-    limit: dict
-
-    def __bool__(self) -> bool:
-        return self.passed
-
-
 class OverlayPath:
     def __init__(self, overlay: Overlay, circuit: topology.Circuit, state: OverlaySession, test: str) -> None:
         self.overlay, self.circuit, self.state, self.test = overlay, circuit, state, test
@@ -504,12 +492,10 @@ class OverlayPath:
         loss = self.record("udp_loss", "%", [s.lost_pct], measured, common)
         return rate, loss
 
-    def judge(self, record: Record, description: str, passed: bool, **limit: float) -> Check:
-        """Record a threshold and its verdict on the record; return it for the assertion."""
-        check = Check(description, passed, limit)
+    def judge(self, record: Record, description: str, passed: bool, **limit: float) -> None:
+        """Record a threshold and its verdict on the record (the test asserts it)."""
         record.threshold = {"description": description, **limit}
         record.verdict = "invalid" if not record.valid else "pass" if passed else "fail"
-        return check
 
     def limits(self, metric: str) -> dict[str, float]:
         return self.state.thresholds.for_(metric, self.overlay.name, self.circuit.id)
