@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from .results import SCHEMA, Record
+from .results import SCHEMA, Record, identity
 
 # metric -> (headline statistic, True if a higher value is worse)
 METRICS = {
@@ -153,12 +153,12 @@ class SavedRun:
         document = json.loads(path.read_text())
         if document.get("schema") != SCHEMA:
             raise ValueError(f"{path}: not a pytest-overlay results file (schema {document.get('schema')!r})")
-        results = {_key(r): r for r in document["results"]}
+        results = {identity(r): r for r in document["results"]}
         return cls(path, document["run"], results)
 
     def compare(self, record: Record, stat: str) -> Comparison | None:
         live = record.to_json()
-        saved = self.results.get(_key(live))
+        saved = self.results.get(identity(live))
         if saved is None:
             return None
         before, now = value(saved, stat), value(live, stat)
@@ -178,13 +178,6 @@ class SavedRun:
             if getter(self.run) != getter(run):
                 out.append(f"{label}: saved {getter(self.run)!r}, now {getter(run)!r}")
         return out
-
-
-def _key(record: dict) -> tuple:
-    """What identifies a result across runs: overlay, metric, circuit (and streaming level)."""
-    extra = record.get("extra", {})
-    return (record["overlay"], record["metric"], record["src"], record["dst"],
-            extra.get("concurrency"), extra.get("transport"))
 
 
 def _finite(x) -> float:

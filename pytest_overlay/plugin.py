@@ -500,13 +500,6 @@ class OverlayPath:
     def limits(self, metric: str) -> dict[str, float]:
         return self.state.thresholds.for_(metric, self.overlay.name, self.circuit.id)
 
-    def baseline(self, record: Record) -> Record | None:
-        """The underlay's record of the same metric on the same circuit, if measured yet."""
-        for other in self.state.records:
-            if (other.overlay, other.metric, other.circuit) == ("host", record.metric, record.circuit):
-                return other
-        return None
-
     def gate_failures(self, record: Record) -> list[str]:
         """Limits relative to the underlay and to the compared run that this record breaks.
 
@@ -514,9 +507,9 @@ class OverlayPath:
         """
         failures = []
         limits = self.limits(record.metric)
-        stat, higher_worse = compare.METRICS[record.metric]
+        stat = compare.METRICS[record.metric][0]
         now = compare.value(record.to_json(), stat)
-        base = self.baseline(record) if record.overlay != "host" else None
+        base = results.baseline(self.state.records, record) if record.overlay != "host" else None
         if base is not None:
             before = compare.value(base.to_json(), stat)
             record.extra["vs_host"] = {"stat": stat, "host": before, "now": now}

@@ -38,13 +38,6 @@ def _status(record: Record, notes: list[str]) -> str:
     return record.verdict
 
 
-def _baseline(records: list[Record], record: Record) -> Record | None:
-    for other in records:
-        if other.overlay == BASELINE and other.circuit == record.circuit and other.metric == record.metric:
-            return other
-    return None
-
-
 def _streaming_table(records: list[Record], notes: list[str]) -> str:
     levels: dict[tuple, dict[str, Record]] = {}
     for r in records:
@@ -96,7 +89,7 @@ def tables(records: list[Record], topology: Topology) -> str:
     if "latency" in by_metric:
         rows = []
         for r in by_metric["latency"]:
-            base = _baseline(records, r)
+            base = results.baseline(records, r)
             row = [circuit_name(r), r.overlay, _f(r.stats.min), _f(r.stats.mean), _f(r.stats.p99),
                    _f(r.stats.ci95, 3), r.stats.n, _f(r.extra["expected"]["rtt_ms"], 1)]
             if compare:
@@ -115,7 +108,7 @@ def tables(records: list[Record], topology: Topology) -> str:
     if "tcp_throughput" in by_metric:
         rows = []
         for r in by_metric["tcp_throughput"]:
-            base = _baseline(records, r)
+            base = results.baseline(records, r)
             row = [circuit_name(r), r.overlay, _f(r.extra.get("total_mbit"), 0), _f(r.stats.min, 0),
                    _f(r.stats.mean, 0), _f(r.stats.ci95, 0), _f(r.stats.max, 0), r.stats.n,
                    r.extra.get("retransmits"), _f(r.extra["expected"]["rate_mbit"], 0)]
@@ -140,7 +133,7 @@ def tables(records: list[Record], topology: Topology) -> str:
                    _f(r.stats.mean, 0), _f(r.stats.ci95, 0), r.stats.n, _f(loss.stats.mean, 3) if loss else "-",
                    r.extra.get("packets")]
             if compare:
-                row.append(_ratio(r, _baseline(records, r)))
+                row.append(_ratio(r, results.baseline(records, r)))
             rows.append(row + [status])
         head = ["Circuit", "Overlay", "Offered", "Total", "Mean", "±95% CI", "n", "Loss %", "Packets"]
         head += ["× host"] if compare else []

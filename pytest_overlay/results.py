@@ -95,6 +95,23 @@ class Record:
         return out
 
 
+def identity(record: dict) -> tuple:
+    """What identifies a result across runs and overlays: overlay, metric, circuit (and
+    streaming level), from its JSON form."""
+    extra = record.get("extra", {})
+    return (record["overlay"], record["metric"], record["src"], record["dst"],
+            extra.get("concurrency"), extra.get("transport"))
+
+
+def baseline(records: list[Record], record: Record, overlay: str = "host") -> Record | None:
+    """The underlay's record of the same metric on the same circuit (and streaming level)."""
+    wanted = identity(vars(record))[1:]
+    for other in records:
+        if other.overlay == overlay and identity(vars(other))[1:] == wanted:
+            return other
+    return None
+
+
 def run_metadata(topology, testbed_description: dict, options: dict, tools: dict) -> dict:
     uname = platform.uname()
     return {
