@@ -31,6 +31,7 @@ IMAGE_CACHE = Path(os.environ.get("PYTEST_OVERLAY_CACHE", "/var/cache/pytest-ove
 IMAGE_REPOSITORY = "pytest-overlay/probe"
 IMAGE_TOOLS = ("sh", "sleep", "cat", "iperf3", "irtt", "ping", "ss", "ip")
 LABEL = "pytest-overlay.run"
+TOOLS = {"dockerd": "docker.io", "containerd": "containerd", "runc": "runc", "docker": "docker.io"}
 
 
 class EngineError(RuntimeError):
@@ -213,9 +214,7 @@ def remove_run_files(run_id: str, state_dir: Path) -> None:
 def start_all(engines: list[Engine], progress: Callable[[str], None]) -> tuple[str, float]:
     """Start every engine in parallel and load the image; returns the image reference."""
     started = time.monotonic()
-    missing = [f"{tool} (apt-get install {package})" for tool, package in
-               (("dockerd", "docker.io"), ("containerd", "containerd"), ("runc", "runc"), ("docker", "docker.io"))
-               if not shutil.which(tool)]
+    missing = procs.missing(TOOLS)
     if missing:
         raise EngineError("cannot start Docker engines; missing: " + "; ".join(missing))
     progress(f"starting {len(engines)} Docker engines: " + ", ".join(e.site for e in engines))

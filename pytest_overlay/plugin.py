@@ -15,14 +15,12 @@ import os
 import signal
 import warnings
 from dataclasses import dataclass, field
-from pathlib import Path
-from pathlib import Path
 from typing import Callable
 
 import pytest
 
 from . import emulator as emu
-from . import compare, probes, report, results, streaming, thresholds, topology
+from . import compare, probes, procs, report, results, streaming, thresholds, topology
 from .overlays import IMPLEMENTED, KNOWN, Overlay, OverlayUnavailable
 from .results import Record, Stats
 from .testbed import EmulatedTestbed
@@ -294,7 +292,7 @@ def overlay_testbed(overlay_session: OverlaySession):
     The emulated WAN: one namespace per site, links through the emulator. Checks every tool
     and privilege before it creates anything, and removes all it made when the session ends.
     """
-    problems = probes.missing_tools()
+    problems = procs.missing(probes.TOOLS)
     if os.geteuid() != 0:
         problems.append("root (network namespaces and NFQUEUE need it)")
     if problems:
@@ -350,7 +348,7 @@ def overlay_path(overlay: Overlay, circuit: topology.Circuit, overlay_session: O
 
 
 @pytest.fixture(scope="session")
-def stream_clip(overlay_session: OverlaySession) -> Path:
+def stream_clip(overlay_session: OverlaySession) -> streaming.Clip:
     """Name: stream_clip. Scope: session. The H.264 clip, encoded once (and cached) before any
     measurement, long enough for every client of a level to play it to the end."""
     problems = streaming.missing()
@@ -363,7 +361,7 @@ def stream_clip(overlay_session: OverlaySession) -> Path:
 
 
 @pytest.fixture(scope="session")
-def stream_server(overlay: Overlay, stream_clip: Path, overlay_session: OverlaySession) -> streaming.StreamServer:
+def stream_server(overlay: Overlay, stream_clip: streaming.Clip, overlay_session: OverlaySession) -> streaming.StreamServer:
     """Name: stream_server. Scope: session, one per overlay. Depends on: overlay, stream_clip.
 
     The RTSP server at the topology's hub (else the first circuit's source)."""
@@ -556,9 +554,7 @@ class StreamPath(OverlayPath):
 
     @property
     def nominal_kbit(self) -> float:
-        """What the clip really carries (its size over its length), not what the encoder was asked for."""
-        clip = Path(self.server.clip)
-        return clip.stat().st_size * 8 / self.server.clip_seconds / 1000
+        return self.server.clip.kbit
 
     def stream(self) -> tuple[Record, Record, Record, Record]:
         seconds = self.state.option("overlay_stream_seconds")

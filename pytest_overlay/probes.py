@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import shutil
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -41,11 +40,6 @@ class Endpoint(Protocol):
     def run(self, command: list[str], timeout: float | None = 60) -> procs.CommandResult: ...
 
     def start(self, name: str, command: list[str], ready: str | None = None) -> procs.Daemon: ...
-
-
-def missing_tools() -> list[str]:
-    """Binaries the probes need that are not installed, with the Debian package to install."""
-    return [f"{tool} (apt-get install {package})" for tool, package in TOOLS.items() if not shutil.which(tool)]
 
 
 class ProbeError(RuntimeError):

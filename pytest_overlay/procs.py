@@ -8,11 +8,17 @@ from __future__ import annotations
 
 import os
 import shlex
+import shutil
 import signal
 import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+
+def missing(tools: dict[str, str]) -> list[str]:
+    """Which of these binaries (name -> Debian package) are not installed, with what to install."""
+    return [f"{tool} (apt-get install {package})" for tool, package in tools.items() if not shutil.which(tool)]
 
 
 def in_netns(netns: str | None, command: list[str]) -> list[str]:

@@ -23,7 +23,7 @@ TOOLS = {"gst-launch-1.0": "gstreamer1.0-tools"}
 
 def missing() -> list[str]:
     """What the streaming experiment needs and this machine lacks, with the package to install."""
-    out = [f"{tool} (apt-get install {package})" for tool, package in TOOLS.items() if not shutil.which(tool)]
+    out = procs.missing(TOOLS)
     check = procs.run([SYSTEM_PYTHON, "-c", "import gi; gi.require_version('GstRtspServer', '1.0'); "
                        "from gi.repository import GstRtspServer"], timeout=30)
     if not check.ok:
@@ -35,21 +35,32 @@ def missing() -> list[str]:
     return out
 
 
-def encode_clip(kbit: int, seconds: int, cache: Path | None = None) -> Path:
+@dataclass(frozen=True)
+class Clip:
+    path: Path
+    seconds: int
+
+    @property
+    def kbit(self) -> float:
+        """What the clip really carries (its size over its length), not what the encoder was asked for."""
+        return self.path.stat().st_size * 8 / self.seconds / 1000
+
+
+def encode_clip(kbit: int, seconds: int, cache: Path | None = None) -> Clip:
     """An H.264 test clip at `kbit` kbit/s lasting `seconds`, encoded once and kept. Noise,
     so the encoder spends the whole bitrate on every frame."""
     cache = cache or IMAGE_CACHE
-    clip = cache / f"clip-snow-{kbit}kbit-{seconds}s.mp4"
-    if clip.exists():
+    clip = Clip(cache / f"clip-snow-{kbit}kbit-{seconds}s.mp4", seconds)
+    if clip.path.exists():
         return clip
     cache.mkdir(parents=True, exist_ok=True)
-    tmp = clip.with_suffix(".tmp.mp4")
+    tmp = clip.path.with_suffix(".tmp.mp4")
     procs.run(["gst-launch-1.0", "-q", "-e", "videotestsrc", f"num-buffers={seconds * 25}", "pattern=snow",
                "!", "video/x-raw,width=640,height=360,framerate=25/1", "!",
                "x264enc", f"bitrate={kbit}", "speed-preset=ultrafast", "key-int-max=50", "pass=cbr", "!",
                "video/x-h264,profile=baseline", "!", "mp4mux", "!", "filesink", f"location={tmp}"],
               timeout=600).check()
-    tmp.replace(clip)
+    tmp.replace(clip.path)
     return clip
 
 
@@ -58,8 +69,7 @@ class StreamServer:
     daemon: procs.Daemon
     url: str
     site: str
-    clip: Path
-    clip_seconds: int
+    clip: Clip
 
 
 @dataclass
@@ -72,11 +82,10 @@ class StreamSamples:
     tool: str = "rtsp_client (RTSP/RTP, RFC 3550) against GStreamer's RTSP server"
 
 
-def start_server(endpoint: Endpoint, clip: Path) -> StreamServer:
-    daemon = endpoint.start("rtsp-server", [SYSTEM_PYTHON, str(SERVER), "--clip", str(clip),
+def start_server(endpoint: Endpoint, clip: Clip) -> StreamServer:
+    daemon = endpoint.start("rtsp-server", [SYSTEM_PYTHON, str(SERVER), "--clip", str(clip.path),
                                             "--address", endpoint.address, "--port", str(PORT)], ready="ready")
-    seconds = int(clip.stem.rsplit("-", 1)[1].rstrip("s"))
-    return StreamServer(daemon, f"rtsp://{endpoint.address}:{PORT}/stream", endpoint.name, clip, seconds)
+    return StreamServer(daemon, f"rtsp://{endpoint.address}:{PORT}/stream", endpoint.name, clip)
 
 
 def watch(endpoint: Endpoint, server: StreamServer, clients: int, seconds: float, transport: str) -> StreamSamples:

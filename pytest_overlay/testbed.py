@@ -20,6 +20,7 @@ import os
 import re
 import secrets
 import shutil
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -297,16 +298,21 @@ def _netns_inode(name: str) -> int | None:
         return None
 
 
-def _pids_in_netns(inode: int) -> list[int]:
+def _pids_where(matches: Callable[[Path], bool]) -> list[int]:
+    """Processes whose /proc entry matches (those that vanish meanwhile are skipped)."""
     pids = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                if os.stat(entry / "ns/net").st_ino == inode:
+                if matches(entry):
                     pids.append(int(entry.name))
             except OSError:
                 continue
     return pids
+
+
+def _pids_in_netns(inode: int) -> list[int]:
+    return _pids_where(lambda proc: os.stat(proc / "ns/net").st_ino == inode)
 
 
 def _owner_alive(state: dict) -> bool:
@@ -315,15 +321,7 @@ def _owner_alive(state: dict) -> bool:
 
 
 def _pids_in_cgroup(marker: str) -> list[int]:
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if marker in (entry / "cgroup").read_text():
-                    pids.append(int(entry.name))
-            except OSError:
-                continue
-    return pids
+    return _pids_where(lambda proc: marker in (proc / "cgroup").read_text())
 
 
 def _kill(pids: list[int], why: str, report: Callable[[str], None]) -> None:
@@ -331,7 +329,7 @@ def _kill(pids: list[int], why: str, report: Callable[[str], None]) -> None:
         if pid == os.getpid():
             continue
         try:
-            os.kill(pid, 9)
+            os.kill(pid, signal.SIGKILL)
             report(f"killed pid {pid} {why}")
         except ProcessLookupError:
             pass

@@ -4,7 +4,6 @@ real runs of the suites, a saved one and a later one on a changed WAN."""
 from __future__ import annotations
 
 import json
-import textwrap
 
 import pytest
 
