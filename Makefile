@@ -4,18 +4,26 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-APT_PACKAGES := iperf3 irtt iptables iproute2 iputils-ping util-linux procps docker.io \
+# The real Weave Net and Flannel binaries, where the checkout has them beside it.
+SHARED_BIN := $(abspath ../shared/bin)
+export PATH := $(if $(wildcard $(SHARED_BIN)),$(SHARED_BIN):,)$(PATH)
+APT_PACKAGES := iperf3 irtt iptables iproute2 iputils-ping util-linux procps docker.io mmdebstrap \
 	gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad \
 	gstreamer1.0-plugins-ugly gir1.2-gst-rtsp-server-1.0 python3-gi python3-venv python3-pip
 BENCH_ARGS ?= --topology=geant --overlay=host --overlay-json=results/bench.json
+# Layers from the bottom up: unit (no root), system (namespaces), docker (engines), package (the wheel).
+TEST_LAYERS := tests/unit tests/system tests/docker tests/package
 
-.PHONY: bench test deps venv clean-testbeds
+.PHONY: bench test test-unit test-system test-docker test-package deps venv clean-testbeds
 
 bench: venv
 	$(PY) -m pytest suites/ $(BENCH_ARGS) -p no:cacheprovider
 
 test: venv
-	$(PY) -m pytest tests/ -p no:cacheprovider
+	$(PY) -m pytest $(TEST_LAYERS) -p no:cacheprovider
+
+test-unit test-system test-docker test-package: test-%: venv
+	$(PY) -m pytest tests/$* -p no:cacheprovider
 
 deps:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
@@ -27,7 +35,7 @@ deps:
 $(VENV)/.installed: setup.cfg pyproject.toml
 	$(MAKE) deps
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q --upgrade pip wheel
 	$(PY) -m pip install -q -e .
 	touch $@
 

@@ -12,7 +12,7 @@ import re
 import statistics
 
 from pytest_overlay import emulator, probes, topology
-from pytest_overlay.overlays import HostOverlay
+from pytest_overlay.overlays.host import HostOverlay
 from pytest_overlay.results import Stats
 from pytest_overlay.testbed import EmulatedTestbed
 

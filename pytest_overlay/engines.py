@@ -2,21 +2,19 @@
 
 Each engine is Debian's dockerd started inside its site's namespace (with nsenter: `ip netns
 exec` remounts /sys and dockerd then finds no cgroups), with its own data root, exec root,
-pidfile, socket and cgroup parent, all named after the run. The image is a root filesystem
-of this host's own probe binaries and the libraries they load, imported into each engine;
-it is cached by content, so it is built once.
+pidfile, socket and cgroup parent, all named after the run. The image is a real Debian root
+filesystem made with mmdebstrap from this machine's own apt sources (no registry), holding
+every probe, the RTSP server and client; it is cached by its recipe, so it is built once.
 """
 
 from __future__ import annotations
 
 import concurrent.futures
+import fcntl
 import hashlib
-import io
 import os
-import re
 import shutil
 import subprocess
-import tarfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,13 +23,24 @@ from typing import Callable
 import docker
 
 from . import procs
+from .paths import AGENTS, CACHE, DATA_ROOT, IMAGE_AGENTS
 
-DATA_ROOT = Path(os.environ.get("PYTEST_OVERLAY_DATA", "/var/lib/pytest-overlay"))
-IMAGE_CACHE = Path(os.environ.get("PYTEST_OVERLAY_CACHE", "/var/cache/pytest-overlay"))
 IMAGE_REPOSITORY = "pytest-overlay/probe"
-IMAGE_TOOLS = ("sh", "sleep", "cat", "iperf3", "irtt", "ping", "ss", "ip")
+IMAGE_SUITE = "bookworm"
+# Everything the probes and the streaming experiment run, as Debian packages. Keep
+# docker/Dockerfile in step: it describes the same image for hosts with a registry.
+IMAGE_PACKAGES = ("iperf3", "irtt", "iputils-ping", "iproute2", "procps", "python3-minimal", "python3-gi",
+                  "gir1.2-gst-rtsp-server-1.0", "gstreamer1.0-plugins-good")
+AGENT_FILES = ("rtsp_server.py", "rtsp_client.py")
+# Files no probe uses, pulled in by GStreamer's dependencies (GL drivers and the compiler
+# behind them, documentation): left out, the image is smaller and imports faster. (Icon
+# themes stay: their packages' scripts need them.)
+IMAGE_EXCLUDED = ("/usr/share/doc/*", "/usr/share/man/*", "/usr/share/info/*", "/usr/share/locale/*",
+                  "/usr/lib/x86_64-linux-gnu/dri/*", "/usr/lib/x86_64-linux-gnu/libLLVM*",
+                  "/usr/lib/x86_64-linux-gnu/libz3.so*")
 LABEL = "pytest-overlay.run"
-TOOLS = {"dockerd": "docker.io", "containerd": "containerd", "runc": "runc", "docker": "docker.io"}
+TOOLS = {"dockerd": "docker.io", "containerd": "containerd", "runc": "runc", "docker": "docker.io",
+         "mmdebstrap": "mmdebstrap"}
 
 
 class EngineError(RuntimeError):
@@ -39,71 +48,42 @@ class EngineError(RuntimeError):
 
 
 # --- the measurement image ----------------------------------------------------------------
-def _libraries(binary: str) -> list[str]:
-    """The shared objects a binary loads, from ldd (nothing for a static binary)."""
-    out = subprocess.run(["ldd", binary], capture_output=True, text=True).stdout
-    libs = []
-    for line in out.splitlines():
-        match = re.search(r"(/\S+) \(0x", line)
-        if match:
-            libs.append(match.group(1))
-    return libs
+def image_recipe() -> bytes:
+    """What the image is made of: suite, packages and the agents' code."""
+    parts = [IMAGE_SUITE.encode(), " ".join(IMAGE_PACKAGES).encode()]
+    parts += [(AGENTS / name).read_bytes() for name in AGENT_FILES]
+    return b"\0".join(parts)
 
 
-def _inside(path: str) -> str:
-    """Where a host file goes in the image: its directory resolved, as the host lays it out."""
-    return os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
+def build_image_tar(cache: Path | None = None, progress: Callable[[str], None] = lambda m: None) -> tuple[Path, str]:
+    """The image's root filesystem as a tar, built once per recipe; returns it and its tag.
 
-
-def image_files() -> dict[str, str]:
-    """Path in the image -> file on this host, for every tool and library the probes need."""
-    files: dict[str, str] = {}
-    for tool in IMAGE_TOOLS:
-        path = shutil.which(tool)
-        if path is None:
-            raise EngineError(f"cannot build the measurement image: {tool} is not installed")
-        for needed in [path, *_libraries(path)]:
-            files[_inside(needed)] = os.path.realpath(needed)
-    return files
-
-
-def _top_level_links() -> dict[str, str]:
-    """The host's merged-/usr links (/bin -> usr/bin, ...), so the image resolves paths alike."""
-    return {d: os.readlink(f"/{d}") for d in ("bin", "sbin", "lib", "lib32", "lib64", "libx32")
-            if os.path.islink(f"/{d}")}
-
-
-def build_image_tar(cache: Path | None = None) -> tuple[Path, str]:
-    """The image's root filesystem as a tar, built once per content; returns it and its tag."""
-    files = image_files()
-    digest = hashlib.sha256()
-    digest.update(repr(sorted(_top_level_links().items())).encode())
-    for inside, real in sorted(files.items()):
-        digest.update(inside.encode())
-        digest.update(Path(real).read_bytes())
-    tag = digest.hexdigest()[:12]
-    cache = cache or IMAGE_CACHE
+    Two runs that need it at once build it once: the second waits on the first's lock.
+    """
+    tag = hashlib.sha256(image_recipe()).hexdigest()[:12]
+    cache = cache or CACHE
     tar_path = cache / f"probe-{tag}.tar"
     if tar_path.exists():
         return tar_path, tag
     cache.mkdir(parents=True, exist_ok=True)
-    tmp = tar_path.with_suffix(f".tmp{os.getpid()}")
-    with tarfile.open(tmp, "w") as tar:
-        for directory in ("tmp", "etc", "proc", "sys", "dev"):
-            info = tarfile.TarInfo(directory)
-            info.type, info.mode = tarfile.DIRTYPE, 0o1777 if directory == "tmp" else 0o755
-            tar.addfile(info)
-        passwd = b"root:x:0:0:root:/:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/sh\n"
-        info = tarfile.TarInfo("etc/passwd")
-        info.size = len(passwd)
-        tar.addfile(info, io.BytesIO(passwd))
-        for name, target in _top_level_links().items():
-            info = tarfile.TarInfo(name)
-            info.type, info.linkname = tarfile.SYMTYPE, target
-            tar.addfile(info)
-        for inside, real in sorted(files.items()):
-            tar.add(real, arcname=inside.lstrip("/"), recursive=False)
-    tmp.replace(tar_path)
+    with open(cache / f"probe-{tag}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if tar_path.exists():
+            return tar_path, tag
+        progress(f"building the measurement image (Debian {IMAGE_SUITE} with {', '.join(IMAGE_PACKAGES)}); "
+                 "once, then cached in " + str(cache))
+        tmp = cache / f".probe-{tag}.{os.getpid()}.tar"
+        agents = " ".join(f'"{AGENTS / name}"' for name in AGENT_FILES)
+        excluded = [f"--dpkgopt=path-exclude={path}" for path in IMAGE_EXCLUDED]
+        result = procs.run(["mmdebstrap", "--variant=essential", "--quiet", '--aptopt=APT::Install-Recommends "false"',
+                            *excluded, f"--include={','.join(IMAGE_PACKAGES)}",
+                            f'--customize-hook=mkdir -p "$1{IMAGE_AGENTS}" && cp {agents} "$1{IMAGE_AGENTS}/"',
+                            IMAGE_SUITE, str(tmp)], timeout=1800)
+        if not result.ok:
+            tmp.unlink(missing_ok=True)
+            raise EngineError(f"cannot build the measurement image with mmdebstrap (exit {result.rc}):\n"
+                              + "\n".join((result.stderr or result.stdout).strip().splitlines()[-15:]))
+        tmp.replace(tar_path)
     return tar_path, tag
 
 
@@ -219,7 +199,7 @@ def start_all(engines: list[Engine], progress: Callable[[str], None]) -> tuple[s
         raise EngineError("cannot start Docker engines; missing: " + "; ".join(missing))
     progress(f"starting {len(engines)} Docker engines: " + ", ".join(e.site for e in engines))
     with concurrent.futures.ThreadPoolExecutor(len(engines) + 1) as pool:
-        image = pool.submit(build_image_tar)
+        image = pool.submit(build_image_tar, None, progress)
         errors = []
         for engine, future in [(e, pool.submit(e.start)) for e in engines]:
             try:

@@ -55,7 +55,7 @@ def throughput(records: list[Record], path: Path) -> bool:
             values, errors, labels = [], [], []
             for circuit in circuits:
                 match = next((r for r in chosen if r.circuit == circuit and r.overlay == overlay), None)
-                values.append(match.extra.get("total_mbit", match.stats.mean) if match else 0)
+                values.append(match.value("total") if match else 0)
                 errors.append(match.stats.ci95 if match and match.stats.ci95 != float("inf") else 0)
                 labels.append(match.stats.n if match else 0)
             xs = [c + i * width for c in range(len(circuits))]
@@ -75,14 +75,14 @@ def throughput(records: list[Record], path: Path) -> bool:
 
 def streaming(records: list[Record], path: Path) -> bool:
     """Jitter and bitrate against concurrency, one line per overlay (the study's charts)."""
-    chosen = [r for r in records if r.metric in ("stream_jitter", "stream_bitrate") and "concurrency" in r.extra]
+    chosen = [r for r in records if r.metric in ("stream_jitter", "stream_bitrate") and r.concurrency is not None]
     if not chosen:
         return False
     fig, axes = plt.subplots(1, 2, figsize=(12, 4), squeeze=False)
     for ax, metric, label in ((axes[0][0], "stream_jitter", "jitter (ms)"), (axes[0][1], "stream_bitrate", "bitrate (kbit/s)")):
-        for overlay, transport in dict.fromkeys((r.overlay, r.extra.get("transport")) for r in chosen):
-            points = sorted((r.extra["concurrency"], r.stats.mean) for r in chosen
-                            if r.metric == metric and r.overlay == overlay and r.extra.get("transport") == transport)
+        for overlay, transport in dict.fromkeys((r.overlay, r.transport) for r in chosen):
+            points = sorted((r.concurrency, r.stats.mean) for r in chosen
+                            if r.metric == metric and r.overlay == overlay and r.transport == transport)
             ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=f"{overlay}, RTP over {transport}")
         ax.set_xlabel("concurrent clients")
         ax.set_ylabel(label)

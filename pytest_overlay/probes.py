@@ -12,6 +12,7 @@ import json
 import statistics
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Protocol
 
 from . import procs
@@ -40,6 +41,12 @@ class Endpoint(Protocol):
     def run(self, command: list[str], timeout: float | None = 60) -> procs.CommandResult: ...
 
     def start(self, name: str, command: list[str], ready: str | None = None) -> procs.Daemon: ...
+
+    def agent(self, name: str) -> str:
+        """Where one of the package's agents (programs run inside sites) is, at the endpoint."""
+
+    def file(self, path: Path) -> str:
+        """Make a file of this machine readable at the endpoint; its path there."""
 
 
 class ProbeError(RuntimeError):
@@ -116,11 +123,19 @@ def latency(src: Endpoint, dst: Endpoint, samples: int, interval_ms: float = 10.
                              f"{(result.stderr or result.stdout).strip()[-500:]}\nserver log: {server.log_tail(5)}")
     finally:
         server.stop()
-    data = json.loads(result.stdout)
-    rtts = [rt["delay"]["rtt"] / 1e6 for rt in data["round_trips"] if rt.get("lost") == "false" and "rtt" in rt.get("delay", {})]
-    sent = data["stats"]["packets_sent"]
+    return parse_irtt(result.stdout, interval_ms, f"irtt {src.name} -> {dst.name}")
+
+
+def parse_irtt(output: str, interval_ms: float, what: str = "irtt") -> LatencySamples:
+    """Round trips from irtt's JSON (`irtt client -o -`); lost ones are left out and counted."""
+    try:
+        data = json.loads(output)
+        trips, sent = data["round_trips"], data["stats"]["packets_sent"]
+    except (ValueError, KeyError, TypeError) as e:
+        raise ProbeError(f"{what}: unreadable output ({type(e).__name__}: {e}): {output[:200]!r}") from None
+    rtts = [rt["delay"]["rtt"] / 1e6 for rt in trips if rt.get("lost") == "false" and "rtt" in rt.get("delay", {})]
     if not rtts:
-        raise ProbeError(f"irtt {src.name} -> {dst.name}: none of {sent} requests came back")
+        raise ProbeError(f"{what}: none of {sent} requests came back")
     return LatencySamples([rtts], sent, sent - len(rtts), interval_ms)
 
 
@@ -167,13 +182,19 @@ def throughput(src: Endpoint, dst: Endpoint, protocol: str, duration: float,
         result = src.run(command, timeout=duration + omit + 30)
     finally:
         server.stop()
+    return parse_iperf3(result.stdout, protocol, udp_rate_mbit, result.rc, result.stderr,
+                        f"iperf3 {protocol} {src.name} -> {dst.name}")
+
+
+def parse_iperf3(output: str, protocol: str, udp_rate_mbit: float | None = None, rc: int = 0, stderr: str = "",
+                 what: str = "iperf3") -> ThroughputSamples:
+    """Receiver-side rates from iperf3's JSON (`-J --get-server-output`)."""
     try:
-        data = json.loads(result.stdout)
+        data = json.loads(output)
     except ValueError:
         data = {}
-    if not result.ok or "error" in data:
-        raise ProbeError(f"iperf3 {protocol} {src.name} -> {dst.name} failed (exit {result.rc}): "
-                         f"{data.get('error') or (result.stderr or result.stdout).strip()[-500:]}")
+    if rc != 0 or "error" in data or "end" not in data:
+        raise ProbeError(f"{what} failed (exit {rc}): {data.get('error') or (stderr or output).strip()[-500:]}")
     # The receiver's intervals: what arrived, not what was sent. They lag the sender's by
     # the path's delay, which leaves a stub at the end; a stub's rate says nothing.
     received = data.get("server_output_json", {}).get("intervals") or data["intervals"]

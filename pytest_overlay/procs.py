@@ -77,13 +77,29 @@ def _text(data: bytes | str | None) -> str:
     return data or ""
 
 
-def start_time(pid: int) -> int | None:
-    """The kernel's start time of a process: with the pid, it names one process for good."""
+def _stat(pid: int) -> list[str] | None:
+    """Fields of /proc/PID/stat after the command name (state first)."""
     try:
         with open(f"/proc/{pid}/stat") as f:
-            return int(f.read().rsplit(")", 1)[1].split()[19])
-    except (OSError, IndexError, ValueError):
+            return f.read().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
         return None
+
+
+def start_time(pid: int) -> int | None:
+    """The kernel's start time of a process: with the pid, it names one process for good."""
+    fields = _stat(pid)
+    try:
+        return int(fields[19]) if fields else None
+    except (IndexError, ValueError):
+        return None
+
+
+def is_running(pid: int, started: int | None) -> bool:
+    """That very process exists and has not exited. A zombie (state Z) is dead: it only waits
+    for its parent (or a slow init) to reap it."""
+    fields = _stat(pid)
+    return bool(fields) and fields[0] != "Z" and start_time(pid) == started
 
 
 @dataclass

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from . import plots, results
+from . import results
 from .results import Record
 from .topology import Topology
 
@@ -42,7 +42,7 @@ def _streaming_table(records: list[Record], notes: list[str]) -> str:
     levels: dict[tuple, dict[str, Record]] = {}
     for r in records:
         if r.metric.startswith("stream_"):
-            key = (r.overlay != BASELINE, r.overlay, r.extra["transport"], r.extra["concurrency"])
+            key = (r.overlay != BASELINE, r.overlay, r.transport, r.concurrency)
             levels.setdefault(key, {})[r.metric] = r
     rows = []
     first = None
@@ -69,9 +69,9 @@ def _difference(record: Record, base: Record) -> str:
 
 
 def _ratio(record: Record, base: Record | None) -> str:
-    if record.overlay == BASELINE or base is None or not base.extra.get("total_mbit"):
+    if record.overlay == BASELINE or base is None or not base.value("total"):
         return ""
-    return f"{record.extra['total_mbit'] / base.extra['total_mbit']:.2f}"
+    return f"{record.value('total') / base.value('total'):.2f}"
 
 
 def tables(records: list[Record], topology: Topology) -> str:
@@ -91,7 +91,7 @@ def tables(records: list[Record], topology: Topology) -> str:
         for r in by_metric["latency"]:
             base = results.baseline(records, r)
             row = [circuit_name(r), r.overlay, _f(r.stats.min), _f(r.stats.mean), _f(r.stats.p99),
-                   _f(r.stats.ci95, 3), r.stats.n, _f(r.extra["expected"]["rtt_ms"], 1)]
+                   _f(r.stats.ci95, 3), r.stats.n, _f(r.expected["rtt_ms"], 1)]
             if compare:
                 row.append("" if r.overlay == BASELINE or base is None else _difference(r, base))
             rows.append(row + [_status(r, notes)])
@@ -109,9 +109,9 @@ def tables(records: list[Record], topology: Topology) -> str:
         rows = []
         for r in by_metric["tcp_throughput"]:
             base = results.baseline(records, r)
-            row = [circuit_name(r), r.overlay, _f(r.extra.get("total_mbit"), 0), _f(r.stats.min, 0),
+            row = [circuit_name(r), r.overlay, _f(r.total, 0), _f(r.stats.min, 0),
                    _f(r.stats.mean, 0), _f(r.stats.ci95, 0), _f(r.stats.max, 0), r.stats.n,
-                   r.extra.get("retransmits"), _f(r.extra["expected"]["rate_mbit"], 0)]
+                   r.extra.get("retransmits"), _f(r.expected["rate_mbit"], 0)]
             if compare:
                 row.append(_ratio(r, base))
             rows.append(row + [_status(r, notes)])
@@ -129,7 +129,7 @@ def tables(records: list[Record], topology: Topology) -> str:
             status = _status(r, notes)
             if loss and r.valid and loss.verdict != "pass":
                 status = f"{status} (loss: {loss.verdict})"
-            row = [circuit_name(r), r.overlay, _f(r.extra.get("offered_mbit"), 0), _f(r.extra.get("total_mbit"), 0),
+            row = [circuit_name(r), r.overlay, _f(r.extra.get("offered_mbit"), 0), _f(r.total, 0),
                    _f(r.stats.mean, 0), _f(r.stats.ci95, 0), r.stats.n, _f(loss.stats.mean, 3) if loss else "-",
                    r.extra.get("packets")]
             if compare:
@@ -143,18 +143,26 @@ def tables(records: list[Record], topology: Topology) -> str:
     if "stream_jitter" in by_metric:
         out.append(_streaming_table(records, notes))
 
-    compared = [(r, c) for r in _order(records, topology) for c in r.extra.get("compared", [])]
+    compared = [(r, c) for r in _order(records, topology) for c in r.compared]
     if compared:
         rows = [[circuit_name(r), r.overlay, r.metric, c["stat"], f"{c['saved']:.3f}", f"{c['now']:.3f}", r.unit,
-                 f"{c['change_pct']:+.1f}", "yes" if c["within_noise"] else "no", c["gate"] or "-"]
+                 _change(c), _noise(c), "yes" if c["within_noise"] else "no", c["gate"] or "-"]
                 for r, c in compared]
-        out.append(_table(f"Compared with saved run {compared[0][1]['run']} (noise: the change is inside the "
-                          "combined 95 % intervals of the means)",
-                          ["Circuit", "Overlay", "Metric", "Stat", "Saved", "Now", "Unit", "Change %", "Within noise",
-                           "Gate"], rows))
+        out.append(_table(f"Compared with saved run {compared[0][1]['run']} (noise: the combined 95 % "
+                          "intervals of the compared statistic, saved and now; a change inside it is noise)",
+                          ["Circuit", "Overlay", "Metric", "Stat", "Saved", "Now", "Unit", "Change %", "±Noise",
+                           "Within noise", "Gate"], rows))
     if notes:
         out.append("\n".join(notes))
     return "\n\n".join(out)
+
+
+def _change(c: dict) -> str:
+    return f"{c['change_pct']:+.1f}" if math.isfinite(c["change_pct"]) else "from 0"
+
+
+def _noise(c: dict) -> str:
+    return f"{c['noise']:.3f}" if c.get("noise") is not None and math.isfinite(c["noise"]) else "unknown"
 
 
 def _table(title: str, head: list[str], rows: list[list]) -> str:
@@ -162,7 +170,7 @@ def _table(title: str, head: list[str], rows: list[list]) -> str:
 
 
 CSV_FIELDS = ("overlay", "metric", "src", "dst", "unit", "min", "mean", "p50", "p99", "max", "stdev", "n", "ci95",
-              "total_mbit", "valid", "verdict", "invalid_reasons")
+              "total", "valid", "verdict", "invalid_reasons")
 
 
 def write_files(directory: str | Path, records: list[Record], topology: Topology, run: dict) -> list[str]:
@@ -170,6 +178,8 @@ def write_files(directory: str | Path, records: list[Record], topology: Topology
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     written = []
+    from . import plots  # matplotlib: only when pictures are asked for
+
     results.write_json(out / "results.json", run, records)
     written.append("results.json")
     with open(out / "results.csv", "w", newline="") as f:
@@ -177,7 +187,7 @@ def write_files(directory: str | Path, records: list[Record], topology: Topology
         writer.writeheader()
         for r in records:
             writer.writerow({**{k: getattr(r, k) for k in ("overlay", "metric", "src", "dst", "unit", "valid", "verdict")},
-                             **r.stats.rounded(), "total_mbit": r.extra.get("total_mbit", ""),
+                             **{k: v for k, v in r.stats.rounded().items() if k in CSV_FIELDS}, "total": "" if r.total is None else r.total,
                              "invalid_reasons": "; ".join(r.invalid_reasons)})
     written.append("results.csv")
     text = tables(records, topology)

@@ -7,13 +7,18 @@ import json
 import math
 import os
 import platform
+import random
 import statistics
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 SCHEMA = "pytest-overlay/results"
-SCHEMA_VERSION = 1
+# 2: typed record fields (expected, datapath, emulator, tool, total, concurrency, transport,
+# compared, vs_host) instead of keys of `extra`; stats.ci95_of per statistic.
+SCHEMA_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+BOOTSTRAP_RESAMPLES = 200
 
 # Two-sided 95 % Student t quantiles for small samples; 1.96 beyond.
 _T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262,
@@ -46,26 +51,73 @@ class Stats:
     stdev: float
     n: int
     ci95: float  # half-width of the 95 % confidence interval of the mean
+    # Half-widths of 95 % intervals of the other statistics (bootstrap), so that "within
+    # noise" can be said of whatever statistic a gate compares.
+    ci95_of: dict[str, float] = field(default_factory=dict)
 
     @classmethod
-    def of(cls, samples: list[float], round_values: list[float] | None = None) -> "Stats":
+    def of(cls, samples: list[float], round_values: list[float] | None = None,
+           ci95: float | None = None) -> "Stats":
         """Statistics of the samples. With two or more rounds, the confidence interval comes
-        from the rounds' own values: samples within one round are not independent."""
+        from the rounds' own values: samples within one round are not independent. `ci95`
+        replaces the mean's interval where the caller knows better (e.g. binomial loss)."""
         if not samples:
             raise ValueError("no samples")
         ordered = sorted(samples)
         n = len(ordered)
         stdev = statistics.stdev(ordered) if n > 1 else 0.0
-        ci95 = _t95(n - 1) * stdev / math.sqrt(n) if n > 1 else math.inf
+        mean_ci = _t95(n - 1) * stdev / math.sqrt(n) if n > 1 else math.inf
         if round_values and len(round_values) > 1:
-            ci95 = _t95(len(round_values) - 1) * statistics.stdev(round_values) / math.sqrt(len(round_values))
+            mean_ci = _t95(len(round_values) - 1) * statistics.stdev(round_values) / math.sqrt(len(round_values))
+        if ci95 is not None:
+            mean_ci = ci95
         return cls(
             min=ordered[0], mean=statistics.fmean(ordered), p50=percentile(ordered, 50),
-            p99=percentile(ordered, 99), max=ordered[-1], stdev=stdev, n=n, ci95=ci95,
+            p99=percentile(ordered, 99), max=ordered[-1], stdev=stdev, n=n, ci95=mean_ci,
+            ci95_of={"mean": mean_ci, **_bootstrap(ordered)},
         )
 
+    def interval(self, stat: str) -> float:
+        """Half-width of the 95 % interval of a statistic (inf where it cannot be told)."""
+        if stat in ("mean", "total"):
+            return self.ci95
+        return self.ci95_of.get(stat, math.inf)
+
     def rounded(self, digits: int = 4) -> dict:
-        return {k: (round(v, digits) if isinstance(v, float) and math.isfinite(v) else v) for k, v in asdict(self).items()}
+        def r(v):
+            return round(v, digits) if isinstance(v, float) and math.isfinite(v) else (None if isinstance(v, float) else v)
+
+        out = {k: r(v) for k, v in asdict(self).items() if k != "ci95_of"}
+        out["ci95_of"] = {k: r(v) for k, v in self.ci95_of.items()}
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict) -> "Stats":
+        def f(v):
+            return math.inf if v is None else v
+
+        return cls(**{k: f(data[k]) for k in ("min", "mean", "p50", "p99", "max", "stdev", "ci95")}, n=data["n"],
+                   ci95_of={k: f(v) for k, v in (data.get("ci95_of") or {}).items()})
+
+
+def _bootstrap(ordered: list[float]) -> dict[str, float]:
+    """Percentile-bootstrap 95 % half-widths of min, p50, p99 and max (seeded: repeatable)."""
+    n = len(ordered)
+    if n < 2:
+        return {k: math.inf for k in ("min", "p50", "p99", "max")}
+    rng = random.Random(n)
+    draws: dict[str, list[float]] = {k: [] for k in ("min", "p50", "p99", "max")}
+    for _ in range(BOOTSTRAP_RESAMPLES):
+        sample = sorted(rng.choices(ordered, k=n))
+        draws["min"].append(sample[0])
+        draws["p50"].append(percentile(sample, 50))
+        draws["p99"].append(percentile(sample, 99))
+        draws["max"].append(sample[-1])
+    out = {}
+    for stat, values in draws.items():
+        values.sort()
+        out[stat] = (percentile(values, 97.5) - percentile(values, 2.5)) / 2
+    return out
 
 
 @dataclass
@@ -83,31 +135,56 @@ class Record:
     threshold: dict | None = None
     verdict: str = "not judged"
     test: str = ""
-    extra: dict = field(default_factory=dict)
+    expected: dict = field(default_factory=dict)  # what the topology promises on the circuit
+    datapath: dict = field(default_factory=dict)  # how the overlay carried it (encapsulation, MTU, ...)
+    emulator: dict = field(default_factory=dict)  # the link emulator's counters during the probe
+    tool: str = ""
+    total: float | None = None  # the whole run's value, where the metric has one (throughput)
+    concurrency: int | None = None  # streaming level
+    transport: str | None = None  # streaming: RTP over udp or tcp
+    vs_host: dict | None = None  # the underlay's value of the headline statistic
+    compared: list[dict] = field(default_factory=list)  # against the saved run
+    extra: dict = field(default_factory=dict)  # metric-specific detail (samples, packets, ...)
 
     @property
     def circuit(self) -> str:
         return f"{self.src}-{self.dst}"
+
+    @property
+    def key(self) -> tuple:
+        return (self.overlay, self.metric, self.src, self.dst, self.concurrency, self.transport)
+
+    def value(self, stat: str) -> float:
+        """A statistic by name; `total` is the whole run's value where there is one."""
+        if stat == "total":
+            return self.total if self.total is not None else self.stats.mean
+        return getattr(self.stats, stat)
 
     def to_json(self) -> dict:
         out = asdict(self)
         out["stats"] = self.stats.rounded()
         return out
 
-
-def identity(record: dict) -> tuple:
-    """What identifies a result across runs and overlays: overlay, metric, circuit (and
-    streaming level), from its JSON form."""
-    extra = record.get("extra", {})
-    return (record["overlay"], record["metric"], record["src"], record["dst"],
-            extra.get("concurrency"), extra.get("transport"))
+    @classmethod
+    def from_json(cls, data: dict, version: int = SCHEMA_VERSION) -> "Record":
+        """A record from a results file, of this schema version or an older readable one."""
+        data = dict(data)
+        extra = dict(data.pop("extra", None) or {})
+        if version == 1:  # typed fields were keys of extra
+            for name in ("expected", "datapath", "emulator", "tool", "concurrency", "transport", "vs_host", "compared"):
+                if name in extra:
+                    data[name] = extra.pop(name)
+            if "total_mbit" in extra:
+                data["total"] = extra["total_mbit"]
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in known and k != "stats"},
+                   stats=Stats.from_json(data["stats"]), extra=extra)
 
 
 def baseline(records: list[Record], record: Record, overlay: str = "host") -> Record | None:
     """The underlay's record of the same metric on the same circuit (and streaming level)."""
-    wanted = identity(vars(record))[1:]
     for other in records:
-        if other.overlay == overlay and identity(vars(other))[1:] == wanted:
+        if other.overlay == overlay and other.key[1:] == record.key[1:]:
             return other
     return None
 
@@ -137,10 +214,30 @@ def document(run: dict, records: list[Record]) -> dict:
     }
 
 
-def write_json(path: str | Path, run: dict, records: list[Record]) -> None:
-    document_ = document(run, records)
+def dumps(data) -> str:
+    """Strict JSON: a non-finite number is null, never Infinity or NaN."""
+    return json.dumps(_finite(data), indent=2, default=str, allow_nan=False) + "\n"
+
+
+def _finite(value):
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def write_atomic(path: str | Path, text: str) -> Path:
+    """Write through a temporary file in the same directory, then rename: never half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(document_, indent=2, default=str) + "\n")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
     tmp.replace(path)
+    return path
+
+
+def write_json(path: str | Path, run: dict, records: list[Record]) -> None:
+    write_atomic(path, dumps(document(run, records)))

@@ -4,20 +4,19 @@ another, the clip encoded once beforehand (and cached)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import procs
-from .engines import IMAGE_CACHE
+from .paths import CACHE
 from .probes import Endpoint, ProbeError
 
-HERE = Path(__file__).resolve().parent
-SERVER = HERE / "rtsp_server.py"
-CLIENT = HERE / "rtsp_client.py"
 SYSTEM_PYTHON = "/usr/bin/python3"  # python3-gi lives there, not in the virtualenv
 PORT = 8554
-CPU_BOUND_PCT = 80.0  # of one core: beyond this, client-side delays taint the jitter
+# GStreamer scans its plugins on its first start in a fresh container: seconds, more on a busy machine.
+SERVER_READY_S = 60.0
 TOOLS = {"gst-launch-1.0": "gstreamer1.0-tools"}
 
 
@@ -28,8 +27,8 @@ def missing() -> list[str]:
                        "from gi.repository import GstRtspServer"], timeout=30)
     if not check.ok:
         out.append("GStreamer's RTSP server for Python (apt-get install python3-gi gir1.2-gst-rtsp-server-1.0)")
-    for element, package in (("x264enc", "gstreamer1.0-plugins-ugly"), ("h264parse", "gstreamer1.0-plugins-bad"),
-                             ("rtph264pay", "gstreamer1.0-plugins-good"), ("qtdemux", "gstreamer1.0-plugins-good")):
+    for element, package in (("x264enc", "gstreamer1.0-plugins-ugly"), ("rtph264pay", "gstreamer1.0-plugins-good"),
+                             ("qtdemux", "gstreamer1.0-plugins-good")):
         if shutil.which("gst-inspect-1.0") and not procs.run(["gst-inspect-1.0", element], timeout=30).ok:
             out.append(f"GStreamer element {element} (apt-get install {package})")
     return out
@@ -49,12 +48,12 @@ class Clip:
 def encode_clip(kbit: int, seconds: int, cache: Path | None = None) -> Clip:
     """An H.264 test clip at `kbit` kbit/s lasting `seconds`, encoded once and kept. Noise,
     so the encoder spends the whole bitrate on every frame."""
-    cache = cache or IMAGE_CACHE
+    cache = cache or CACHE
     clip = Clip(cache / f"clip-snow-{kbit}kbit-{seconds}s.mp4", seconds)
     if clip.path.exists():
         return clip
     cache.mkdir(parents=True, exist_ok=True)
-    tmp = clip.path.with_suffix(".tmp.mp4")
+    tmp = clip.path.with_name(f".{clip.path.stem}.{os.getpid()}.tmp.mp4")  # two runs may encode at once
     procs.run(["gst-launch-1.0", "-q", "-e", "videotestsrc", f"num-buffers={seconds * 25}", "pattern=snow",
                "!", "video/x-raw,width=640,height=360,framerate=25/1", "!",
                "x264enc", f"bitrate={kbit}", "speed-preset=ultrafast", "key-int-max=50", "pass=cbr", "!",
@@ -83,14 +82,16 @@ class StreamSamples:
 
 
 def start_server(endpoint: Endpoint, clip: Clip) -> StreamServer:
-    daemon = endpoint.start("rtsp-server", [SYSTEM_PYTHON, str(SERVER), "--clip", str(clip.path),
-                                            "--address", endpoint.address, "--port", str(PORT)], ready="ready")
+    daemon = endpoint.start("rtsp-server", [SYSTEM_PYTHON, endpoint.agent("rtsp_server.py"), "--clip",
+                                            endpoint.file(clip.path), "--address", endpoint.address,
+                                            "--port", str(PORT)], ready="ready",
+                            timeout=SERVER_READY_S)
     return StreamServer(daemon, f"rtsp://{endpoint.address}:{PORT}/stream", endpoint.name, clip)
 
 
 def watch(endpoint: Endpoint, server: StreamServer, clients: int, seconds: float, transport: str) -> StreamSamples:
     """Run `clients` concurrent viewers at the endpoint; their per-client reports and CPU use."""
-    result = endpoint.run([SYSTEM_PYTHON, str(CLIENT), server.url, "--clients", str(clients), "--seconds",
+    result = endpoint.run([SYSTEM_PYTHON, endpoint.agent("rtsp_client.py"), server.url, "--clients", str(clients), "--seconds",
                            str(seconds), "--transport", transport, "--bind", endpoint.address],
                           timeout=seconds + 60 + clients)
     try:

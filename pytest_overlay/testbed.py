@@ -28,9 +28,9 @@ from typing import Callable
 
 from . import emulator as emu
 from . import procs
+from .paths import STATE_ROOT
 from .topology import Circuit, Topology
 
-STATE_ROOT = Path(os.environ.get("PYTEST_OVERLAY_STATE", "/run/pytest-overlay"))
 NETNS_DIR = Path("/run/netns")
 RUN_ID = re.compile(r"^[0-9a-f]{6}$")
 OUR_NETNS = re.compile(r"^ovl([0-9a-f]{6})-")
@@ -229,8 +229,9 @@ class EmulatedTestbed:
     def run(self, site: str, command: list[str], timeout: float | None = 60) -> procs.CommandResult:
         return procs.run(command, self.netns_of(site), timeout)
 
-    def start(self, site: str, name: str, command: list[str], ready: str | None = None) -> procs.Daemon:
-        return procs.start(name, command, self.run_dir / f"{site}-{name}.log", self.netns_of(site), ready)
+    def start(self, site: str, name: str, command: list[str], ready: str | None = None,
+              timeout: float = 10.0) -> procs.Daemon:
+        return procs.start(name, command, self.run_dir / f"{site}-{name}.log", self.netns_of(site), ready, timeout)
 
     def emulator_counters(self) -> dict[str, dict]:
         return self.emulator.counters() if self.emulator else {}
@@ -317,7 +318,7 @@ def _pids_in_netns(inode: int) -> list[int]:
 
 def _owner_alive(state: dict) -> bool:
     owner = state.get("owner", {})
-    return bool(owner.get("pid")) and procs.start_time(owner["pid"]) == owner.get("start_time")
+    return bool(owner.get("pid")) and procs.is_running(owner["pid"], owner.get("start_time"))
 
 
 def _pids_in_cgroup(marker: str) -> list[int]:

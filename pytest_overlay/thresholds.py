@@ -1,8 +1,9 @@
 """Threshold files: the limits each metric's test asserts, per metric, overlay and circuit.
 
-The bundled ``thresholds.yaml`` holds the defaults; a file given with ``--overlay-thresholds``
-replaces any of them it sets, and the rest stay. Limits are relative to what the topology promises (its RTT, jitter and rate), so one
-file serves every topology. Errors name the file, line and field.
+The bundled ``data/thresholds.yaml`` holds the defaults; a file given with ``--overlay-thresholds``
+replaces any of them it sets, and the rest stay. Limits are relative to what the topology
+promises (its RTT, jitter and rate), so one file serves every topology. Errors name the
+file, line and field.
 """
 
 from __future__ import annotations
@@ -11,50 +12,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .metrics import METRICS
 from .topology import Checker, InputError, LineDict, line_of, load_yaml
 
-DEFAULT_PATH = Path(__file__).resolve().parent / "thresholds.yaml"
+DEFAULT_PATH = Path(__file__).resolve().parent / "data" / "thresholds.yaml"
 
-# metric -> its settings and what each means (shown in errors)
-SETTINGS: dict[str, dict[str, str]] = {
-    "latency": {
-        "mean_tolerance_ms": "mean RTT within this of the topology's RTT (ms)",
-        "mean_tolerance_pct": "... or within this share of it (%), whichever is larger",
-        "p99_over_rtt_ms": "99th percentile RTT at most the topology's RTT plus this (ms)",
-        "max_over_host_pct": "mean RTT at most this much above the underlay's on the circuit (%)",
-        "regression_pct": "mean RTT at most this much worse than in the compared run (%)",
-    },
-    "jitter": {
-        "mean_over_topology_ms": "mean IPDV at most the topology's jitter plus this (ms)",
-        "max_over_host_pct": "mean IPDV at most this much above the underlay's (%)",
-        "regression_pct": "mean IPDV at most this much worse than in the compared run (%)",
-    },
-    "tcp_throughput": {
-        "min_fraction_of_rate": "received at least this share of the circuit's rate (0..1)",
-        "min_mbit": "received at least this (Mbit/s) where the circuit has no rate",
-        "min_fraction_of_host": "received at least this share of the underlay's (0..1)",
-        "regression_pct": "received at most this much less than in the compared run (%)",
-    },
-    "udp_throughput": {
-        "min_fraction_of_offered": "received rate at least this share of the offered rate (0..1)",
-        "max_loss_pct": "loss at most the circuit's emulated loss plus this (%)",
-        "min_fraction_of_host": "received at least this share of the underlay's (0..1)",
-        "regression_pct": "received at most this much less than in the compared run (%)",
-    },
-}
-SETTINGS.update({
-    "stream_jitter": {
-        "max_p99_ms": "99th percentile of the clients' RFC 3550 jitter at most this (ms)",
-        "regression_pct": "p99 jitter at most this much worse than in the compared run (%)",
-    },
-    "stream_bitrate": {
-        "min_fraction_of_nominal": "every client receives at least this share of the clip's bitrate (0..1)",
-        "regression_pct": "mean bitrate at most this much lower than in the compared run (%)",
-    },
-    "stream_loss": {
-        "max_pct": "every client's loss at most the circuit's emulated loss plus this (%)",
-    },
-})
+# metric -> its settings and what each means (shown in errors); every metric takes
+# regression_pct, and the point-to-point ones a limit relative to the underlay.
+SETTINGS: dict[str, dict[str, str]] = {name: metric.limits() for name, metric in METRICS.items()}
 TOP_KEYS = set(SETTINGS) | {"overrides"}
 
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-TOPOLOGY_DIR = Path(__file__).resolve().parent.parent / "topologies"
+TOPOLOGY_DIR = Path(__file__).resolve().parent / "data" / "topologies"
 SITE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,11}$")
 
 

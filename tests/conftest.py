@@ -1,5 +1,6 @@
 """Helpers for the project's own tests: run pytest on the suites in a child process, and
-see what a run leaves on the machine."""
+see what a run leaves on the machine. Each test is marked by the layer it needs, from its
+folder: unit (nothing), system (root and namespaces), docker (engines), package (a wheel)."""
 
 from __future__ import annotations
 
@@ -11,8 +12,18 @@ from pathlib import Path
 
 import pytest
 
+pytest_plugins = ["pytester"]
+
 ROOT = Path(__file__).resolve().parent.parent
 RELAXED = f"--overlay-thresholds={Path(__file__).parent / 'relaxed-thresholds.yaml'}"
+LAYERS = ("unit", "system", "docker", "package")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        layer = Path(str(item.path)).parent.name
+        if layer in LAYERS:
+            item.add_marker(getattr(pytest.mark, layer))
 QUICK = ["--topology=local", "--overlay-samples=60", "--overlay-interval=5", "--overlay-duration=1",
          "--overlay-udp-rate=200", "--overlay-concurrency=1,5", "--overlay-stream-seconds=2", RELAXED]
 

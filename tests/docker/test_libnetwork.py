@@ -13,12 +13,12 @@ from pathlib import Path
 
 import pytest
 
-from pytest_overlay import engines, topology
+from pytest_overlay import paths, topology
 from pytest_overlay.engines import EngineError
-from pytest_overlay.overlays import LibnetworkOverlay, esp_available
+from pytest_overlay.overlays.libnetwork import LibnetworkOverlay, esp_available
 from pytest_overlay.testbed import EmulatedTestbed
 
-from .conftest import QUICK, RELAXED, ROOT, machine_state, run_suites
+from ..conftest import QUICK, RELAXED, ROOT, machine_state, run_suites
 
 
 def test_libnetwork_next_to_the_underlay(tmp_path, clean_machine):
@@ -31,12 +31,12 @@ def test_libnetwork_next_to_the_underlay(tmp_path, clean_machine):
     assert {r["metric"] for r in overlay} == {"latency", "jitter", "tcp_throughput", "udp_throughput", "udp_loss",
                                               "stream_jitter", "stream_bitrate", "stream_loss", "stream_ttff"}
     for record in overlay:
-        path = record["extra"]["datapath"]
+        path = record["datapath"]
         assert (path["kind"], path["udp_port"], path["mtu"]) == ("vxlan", 4789, 1450)
         assert int(path["vni"]) >= 4096
         assert path["encapsulated_packets_on_wan"]["A->B"] > 0
     host_tcp = next(r for r in results if r["overlay"] == "host" and r["metric"] == "tcp_throughput")
-    assert "encapsulated_packets_on_wan" not in host_tcp["extra"]["datapath"]
+    assert "encapsulated_packets_on_wan" not in host_tcp["datapath"]
     run_meta = json.loads(out.read_text())["run"]
     assert run_meta["overlays"]["libnetwork"]["timings"]["up_s"] > 0
 
@@ -65,14 +65,14 @@ def test_swarm_holds_at_150_ms(tmp_path, clean_machine):
     assert "swarm did not converge" not in run.output and " error" not in run.output, run.output
     (latency,) = [r for r in json.loads(out.read_text())["results"] if r["metric"] == "latency"]
     assert latency["stats"]["n"] >= 45, run.output  # the containers talked over the swarm's overlay
-    assert latency["extra"]["datapath"]["encapsulated_packets_on_wan"]["A->B"] >= 45
+    assert latency["datapath"]["encapsulated_packets_on_wan"]["A->B"] >= 45
     assert latency["stats"]["mean"] == pytest.approx(150, abs=2), run.output
 
 
 def test_engine_that_fails_to_start_is_named_with_its_log(clean_machine):
     with EmulatedTestbed(topology.load("local")) as bed:
         # A file where site B's data root must be: its dockerd cannot start.
-        blocker = engines.DATA_ROOT / bed.run_id / "B"
+        blocker = paths.DATA_ROOT / bed.run_id / "B"
         blocker.parent.mkdir(parents=True)
         blocker.write_text("not a directory")
         overlay = LibnetworkOverlay(bed)
@@ -114,12 +114,18 @@ def _container_commands() -> list[str]:
     return images
 
 
-def test_threshold_relative_to_the_underlay(tmp_path, clean_machine):
+def test_threshold_relative_to_the_underlay_measures_the_underlay_first(tmp_path, clean_machine):
+    """Only libnetwork is asked for: the underlay's TCP is measured on the same circuit first,
+    since the limit is relative to it; it is never silently skipped."""
     limits = tmp_path / "limits.yaml"
     limits.write_text("tcp_throughput:\n  min_fraction_of_host: 1.5\n")
-    run = run_suites("suites/", *QUICK, "--overlay=host,libnetwork", "-m", "tcp", f"--overlay-thresholds={limits}",
-                     "-rA")
+    out = tmp_path / "results.json"
+    run = run_suites("suites/", *QUICK, "--overlay=libnetwork", "-m", "tcp", f"--overlay-thresholds={limits}",
+                     f"--overlay-json={out}", "-rA")
     assert run.rc == 1, run.output
-    assert "PASSED suites/test_throughput.py::test_tcp_throughput[host-A-B]" in run.output
+    assert "measuring the underlay's tcp_throughput on A-B first" in run.output
     assert "FAILED suites/test_throughput.py::test_tcp_throughput[libnetwork-A-B]" in run.output
     assert "is below 1.5 × the underlay's" in run.output
+    records = {r["overlay"]: r for r in json.loads(out.read_text())["results"]}
+    assert records["host"]["verdict"] == "measured as the baseline of a relative limit"
+    assert records["libnetwork"]["vs_host"]["host"] == records["host"]["total"]

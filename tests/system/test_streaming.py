@@ -8,12 +8,12 @@ import json
 
 import pytest
 
-from pytest_overlay import streaming, topology
-from pytest_overlay.overlays import HostOverlay
+from pytest_overlay import streaming, topology, validity
+from pytest_overlay.overlays.host import HostOverlay
 from pytest_overlay.probes import ProbeError
 from pytest_overlay.testbed import EmulatedTestbed
 
-from .conftest import QUICK, run_suites
+from ..conftest import QUICK, run_suites
 
 
 def test_levels_over_udp_and_tcp(tmp_path, clean_machine):
@@ -25,13 +25,13 @@ def test_levels_over_udp_and_tcp(tmp_path, clean_machine):
         assert f"PASSED suites/test_streaming.py::test_streaming[{test_id}]" in run.output
     assert "Streaming: H.264 over RTSP/RTP from A to B" in run.output
     records = json.loads(out.read_text())["results"]
-    bitrate = [r for r in records if r["metric"] == "stream_bitrate" and r["extra"]["concurrency"] == 5]
-    assert {r["extra"]["transport"] for r in bitrate} == {"udp", "tcp"}
+    bitrate = [r for r in records if r["metric"] == "stream_bitrate" and r["concurrency"] == 5]
+    assert {r["transport"] for r in bitrate} == {"udp", "tcp"}
     for r in bitrate:
         assert r["stats"]["n"] == 5  # one sample per client
         assert r["stats"]["min"] >= 0.9 * r["extra"]["nominal_kbit"]
-        assert r["extra"]["client_cpu_pct"] < streaming.CPU_BOUND_PCT
-    ttff = [r for r in records if r["metric"] == "stream_ttff" and r["extra"]["transport"] == "udp"]
+        assert r["extra"]["client_cpu_pct"] < validity.CPU_BOUND_PCT
+    ttff = [r for r in records if r["metric"] == "stream_ttff" and r["transport"] == "udp"]
     assert all(r["stats"]["min"] >= 20 for r in ttff)  # at least the 20 ms round trip of PLAY
 
 

@@ -10,8 +10,6 @@ import pytest
 from pytest_overlay import topology
 from pytest_overlay.topology import Circuit, InputError
 
-from .conftest import run_suites
-
 
 def write(tmp_path, text: str):
     path = tmp_path / "t.yaml"
@@ -91,10 +89,3 @@ def test_bad_topology_names_file_line_and_field(tmp_path, text, line, field, mes
 def test_missing_topology_lists_bundled_ones():
     with pytest.raises(InputError, match="bundled topologies: geant, geant-star, local"):
         topology.load("atlantis")
-
-
-def test_bad_topology_is_a_usage_error_before_anything_is_created(tmp_path, clean_machine):
-    path = write(tmp_path, GOOD.replace("delay_ms: 5", "delay_ms: -5"))
-    run = run_suites("suites/", f"--topology={path}")
-    assert run.rc == 4, run.output  # pytest's exit status for a usage error
-    assert f"{path}:8: links[1].delay_ms: must be >= 0 and <= 30000, got -5" in run.output

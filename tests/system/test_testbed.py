@@ -8,7 +8,7 @@ import re
 import pytest
 
 from pytest_overlay import emulator, probes, procs, topology
-from pytest_overlay.overlays import HostOverlay
+from pytest_overlay.overlays.host import HostOverlay
 from pytest_overlay.results import Stats
 from pytest_overlay.testbed import EmulatedTestbed
 

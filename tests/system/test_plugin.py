@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from .conftest import QUICK, run_suites
+from ..conftest import QUICK, run_suites
 
 
 def test_suites_pass_on_local_and_report(tmp_path, clean_machine):
@@ -24,7 +24,7 @@ def test_suites_pass_on_local_and_report(tmp_path, clean_machine):
     assert "| Circuit   | Overlay   | Min   | Mean   | 99th %" in run.output
 
     document = json.loads(out.read_text())
-    assert (document["schema"], document["version"]) == ("pytest-overlay/results", 1)
+    assert (document["schema"], document["version"]) == ("pytest-overlay/results", 2)
     run_meta = document["run"]
     assert run_meta["topology"]["name"] == "local"
     assert run_meta["testbed"]["emulator"]["kind"] in ("netem", "delayline")
@@ -42,38 +42,6 @@ def test_suites_pass_on_local_and_report(tmp_path, clean_machine):
     assert latency["threshold"]["expected_ms"] == 20
 
 
-def test_marker_selects_a_metric():
-    run = run_suites("suites/", "--topology=geant", "-m", "latency", "--collect-only", "-q")
-    assert run.rc == 0, run.output
-    collected = [line for line in run.output.splitlines() if "::" in line]
-    assert len(collected) == 6
-    assert all("test_latency[host-" in line for line in collected)
-    assert "suites/test_latency.py::test_latency[host-AMS-MIL]" in collected
-
-
-@pytest.mark.parametrize("option, message", [
-    ("--overlay=foo", "unknown overlay 'foo'; allowed: host, libnetwork, libnetwork-encrypted, weave, flannel, calico"),
-    ("--overlay=weave", "overlay 'weave' is not available in this version; available: host, libnetwork, "
-                        "libnetwork-encrypted"),
-    ("--overlay=host,host", "overlay named twice"),
-    ("--overlay-emulator=magic", "'magic'; allowed: auto, netem, delayline, none"),
-    ("--overlay-samples=3", "'3' is out of range; allowed: 10 to 1e+06"),
-    ("--overlay-duration=soon", "'soon' is not a number"),
-])
-def test_bad_option_is_a_usage_error(option, message):
-    run = run_suites("suites/", "--collect-only", option)
-    assert run.rc == 4, run.output
-    assert message in run.output
-
-
-def test_bad_thresholds_file_names_file_line_and_field(tmp_path):
-    path = tmp_path / "limits.yaml"
-    path.write_text("latency:\n  mean_tolerance_ms: 1\n  p99_over_rtt: 3\n")
-    run = run_suites("suites/", "--collect-only", f"--overlay-thresholds={path}")
-    assert run.rc == 4, run.output
-    assert f"{path}:3: latency.p99_over_rtt: unknown setting; allowed: mean_tolerance_ms" in run.output
-
-
 def test_threshold_failure_fails_the_test_and_is_recorded(tmp_path, clean_machine):
     limits = tmp_path / "limits.yaml"
     limits.write_text("tcp_throughput:\n  min_fraction_of_rate: 5\n"
@@ -86,12 +54,3 @@ def test_threshold_failure_fails_the_test_and_is_recorded(tmp_path, clean_machin
     assert "exceeds 20 ms" in run.output
     verdicts = {r["metric"]: r["verdict"] for r in json.loads(out.read_text())["results"]}
     assert verdicts == {"latency": "fail", "tcp_throughput": "fail"}
-
-
-def test_each_overlay_is_built_once():
-    """Tests run grouped by overlay, so a Docker overlay comes up once per session."""
-    run = run_suites("suites/", "--topology=geant", "--overlay=host,libnetwork", "--collect-only", "-q")
-    assert run.rc == 0, run.output
-    overlays = [line.split("[")[1].split("-")[0] for line in run.output.splitlines() if "::" in line]
-    assert len(overlays) == 2 * (4 * 6 + 5)  # 4 tests x 6 circuits, 5 streaming levels
-    assert overlays == sorted(overlays, key=["host", "libnetwork"].index)

@@ -32,6 +32,33 @@ class ClientError(Exception):
     pass
 
 
+def timestamp_delta(earlier: int, later: int) -> int:
+    """later - earlier for 32-bit RTP timestamps, across a wrap (RFC 3550 serial arithmetic)."""
+    d = (later - earlier) & 0xFFFFFFFF
+    return d - 0x100000000 if d >= 0x80000000 else d
+
+
+def extend_sequence(highest: int, seq: int) -> int:
+    """A 16-bit RTP sequence number extended with cycles: the value nearest the highest
+    extended number seen so far, so a wrap counts forward and a late packet backward."""
+    candidate = (highest & ~0xFFFF) | seq
+    if candidate - highest > 0x8000:
+        candidate -= 0x10000
+    elif highest - candidate > 0x8000:
+        candidate += 0x10000
+    return candidate
+
+
+def jitter_step(jitter: float, last_arrival: float | None, last_timestamp: int | None, arrival: float,
+                timestamp: int) -> tuple[float, float, int]:
+    """One packet's update of the RFC 3550 interarrival jitter (in timestamp units):
+    J += (|D(i-1, i)| - J) / 16, D = (Rj - Ri) - (Sj - Si), arrivals in seconds."""
+    if last_arrival is not None:
+        d = (arrival - last_arrival) * RTP_CLOCK_HZ - timestamp_delta(last_timestamp, timestamp)
+        jitter += (abs(d) - jitter) / 16
+    return jitter, arrival, timestamp
+
+
 class Client:
     def __init__(self, index: int, url: str, transport: str, bind: str) -> None:
         self.index, self.url, self.transport, self.bind = index, url, transport, bind
@@ -45,9 +72,9 @@ class Client:
         self.packets = self.bytes = self.reordered = 0
         self.base_seq: int | None = None
         self.max_ext_seq = -1
-        self.cycles = 0
         self.jitter = 0.0  # RFC 3550, in timestamp units
-        self.last_transit: float | None = None
+        self.last_arrival: float | None = None
+        self.last_timestamp: int | None = None
         self.first_packet: float | None = None
         self.last_packet: float | None = None
 
@@ -115,18 +142,13 @@ class Client:
         if self.base_seq is None:
             self.base_seq, self.max_ext_seq = seq, seq
         else:
-            ext = self.cycles + seq
-            if seq < (self.max_ext_seq & 0xFFFF) and (self.max_ext_seq & 0xFFFF) - seq > 0x8000:
-                self.cycles += 0x10000
-                ext = self.cycles + seq
+            ext = extend_sequence(self.max_ext_seq, seq)
             if ext > self.max_ext_seq:
                 self.max_ext_seq = ext
             elif ext < self.max_ext_seq:
                 self.reordered += 1
-        transit = now * RTP_CLOCK_HZ - timestamp
-        if self.last_transit is not None:
-            self.jitter += (abs(transit - self.last_transit) - self.jitter) / 16
-        self.last_transit = transit
+        self.jitter, self.last_arrival, self.last_timestamp = jitter_step(
+            self.jitter, self.last_arrival, self.last_timestamp, now, timestamp)
 
     def on_interleaved(self, now: float) -> None:
         try:

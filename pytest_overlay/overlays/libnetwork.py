@@ -1,131 +1,19 @@
-"""Overlays: what the probes' traffic runs through between two sites.
-
-`host` is the underlay itself, site namespace to site namespace: the baseline every overlay
-is compared with (the study's "VM to VM" rows). Overlays that put containers on a virtual
-network (libnetwork, weave, flannel, calico) hand out their containers as endpoints.
-"""
+"""Docker's own overlay (libnetwork): a swarm across the sites' engines and an attachable
+VXLAN network, one measurement container per site."""
 
 from __future__ import annotations
 
 import concurrent.futures
-import shlex
-import subprocess
 import time
-from dataclasses import dataclass
-from pathlib import Path
 
 import docker
 
-from . import engines, procs
-from .engines import LABEL, Engine, EngineError
-from .testbed import EmulatedTestbed
+from .. import engines, procs
+from ..engines import LABEL, Engine, EngineError
+from ..testbed import EmulatedTestbed
+from .base import ContainerEndpoint, Overlay, OverlayUnavailable
 
-# Overlays the study compared, for messages; only those in IMPLEMENTED can run yet.
-KNOWN = ("host", "libnetwork", "libnetwork-encrypted", "weave", "flannel", "calico")
 VXLAN_PORT = 4789
-# The host's /usr, this package and the clip cache, read-only: the streaming experiment runs
-# the system's GStreamer and Python in the containers, and no registry could bring them.
-SHARED_READ_ONLY = {path: {"bind": path, "mode": "ro"} for path in (
-    "/usr", str(engines.IMAGE_CACHE), str(Path(__file__).resolve().parent))}
-
-
-@dataclass
-class SiteEndpoint:
-    """A site's own network namespace."""
-
-    name: str
-    address: str
-    testbed: EmulatedTestbed
-
-    def run(self, command: list[str], timeout: float | None = 60) -> procs.CommandResult:
-        return self.testbed.run(self.name, command, timeout)
-
-    def start(self, name: str, command: list[str], ready: str | None = None) -> procs.Daemon:
-        return self.testbed.start(self.name, name, command, ready)
-
-
-class Overlay:
-    name = ""
-    description = ""
-
-    def __init__(self, testbed: EmulatedTestbed) -> None:
-        self.testbed = testbed
-        self.timings: dict[str, float] = {}
-
-    def up(self) -> None:
-        """Build the overlay network and its endpoints."""
-
-    def down(self) -> None:
-        """Remove what up() made; safe to call twice."""
-
-    def endpoint(self, site: str):
-        raise NotImplementedError
-
-    def endpoints(self, sites: list[str]) -> list:
-        return [self.endpoint(s) for s in sites]
-
-    def datapath(self, src: str, dst: str) -> dict:
-        """How traffic from src to dst travels: recorded with every result."""
-        raise NotImplementedError
-
-    def wire_counters(self) -> dict[str, int] | None:
-        """Packets of the overlay's encapsulation on the WAN, per link direction (None: none)."""
-        return None
-
-
-class HostOverlay(Overlay):
-    name = "host"
-    description = "underlay, no overlay: site namespace to site namespace"
-
-    def endpoint(self, site: str) -> SiteEndpoint:
-        return SiteEndpoint(site, self.testbed.address(site), self.testbed)
-
-    def datapath(self, src: str, dst: str) -> dict:
-        return {
-            "kind": "underlay",
-            "path": self.testbed.topology.path_between(src, dst),
-            "mtu": 1500,
-            "encapsulation": None,
-        }
-
-
-class OverlayUnavailable(Exception):
-    """The overlay cannot run on this machine; the message says what it lacks."""
-
-
-@dataclass
-class ContainerEndpoint:
-    """A measurement container: commands run in it with `docker exec`."""
-
-    name: str
-    address: str
-    engine: Engine
-    container: str
-
-    def run(self, command: list[str], timeout: float | None = 60) -> procs.CommandResult:
-        return self.engine.cli("exec", self.container, *command, timeout=timeout)
-
-    def start(self, name: str, command: list[str], ready: str | None = None) -> procs.Daemon:
-        # The server writes its pid inside the container, so stop() can end it there.
-        script = f"echo $$ > /tmp/{name}.pid; exec {shlex.join(command)}"
-        daemon = procs.start(name, ["docker", "-H", self.engine.url, "exec", self.container, "sh", "-c", script],
-                             self.engine.state_dir / f"{name}.log", ready=ready)
-        return ContainerDaemon(daemon.name, daemon.command, daemon.log, daemon.popen, daemon.started, self)
-
-
-class ContainerDaemon(procs.Daemon):
-    def __init__(self, name, command, log, popen, started, endpoint: ContainerEndpoint) -> None:
-        super().__init__(name, command, log, popen, started)
-        self.endpoint = endpoint
-
-    def stop(self, timeout: float = 5.0) -> int | None:
-        if self.alive():
-            self.endpoint.run(["sh", "-c", f"kill $(cat /tmp/{self.name}.pid)"], timeout=timeout)
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                pass
-        return super().stop(timeout)
 
 
 def esp_available(netns: str) -> tuple[bool, str]:
@@ -232,7 +120,7 @@ class LibnetworkOverlay(Overlay):
             try:
                 container = engine.client.containers.run(image, name=name, hostname=engine.site, network=self.network,
                                                          detach=True, labels={LABEL: self.testbed.run_id},
-                                                         sysctls=self._tcp_buffers(engine.site), volumes=SHARED_READ_ONLY)
+                                                         sysctls=self._tcp_buffers(engine.site))
             except docker.errors.APIError as e:
                 raise EngineError(f"measurement container {name} at site {engine.site} did not start: "
                                   f"{e.explanation or e}\ndockerd of {engine.site}:\n{engine.daemon.log_tail(8)}") from None
@@ -289,10 +177,3 @@ class EncryptedLibnetworkOverlay(LibnetworkOverlay):
     name = "libnetwork-encrypted"
     description = "Docker swarm overlay network with --opt encrypted (IPsec ESP)"
     encrypted = True
-
-
-IMPLEMENTED: dict[str, type[Overlay]] = {
-    "host": HostOverlay,
-    "libnetwork": LibnetworkOverlay,
-    "libnetwork-encrypted": EncryptedLibnetworkOverlay,
-}

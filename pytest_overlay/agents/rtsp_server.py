@@ -1,8 +1,8 @@
 """A real RTSP media server (GStreamer's RTSP server) streaming a pre-encoded H.264 clip.
 
 The clip is encoded once, before anything is measured, so what the clients see is the
-network and not the server's encoder. One shared media pipeline feeds every client, as a
-live channel does. Runs with the system Python (python3-gi), in a site namespace or in a
+network and not the server's encoder. Every client gets its own media pipeline, as a VOD
+server does. Runs with the system Python (python3-gi), in a site namespace or in a
 measurement container:
 
     /usr/bin/python3 rtsp_server.py --clip FILE --address ADDR --port 8554
@@ -36,7 +36,7 @@ def main() -> int:
     server.set_address(args.address)
     server.set_service(str(args.port))
     factory = GstRtspServer.RTSPMediaFactory()
-    factory.set_launch(f"( filesrc location={args.clip} ! qtdemux ! h264parse ! "
+    factory.set_launch(f"( filesrc location={args.clip} ! qtdemux ! "
                        "rtph264pay name=pay0 pt=96 config-interval=1 mtu=1400 )")
     factory.set_shared(False)
     server.get_mount_points().add_factory(MOUNT, factory)

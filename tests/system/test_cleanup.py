@@ -13,7 +13,7 @@ import pytest
 from pytest_overlay import topology
 from pytest_overlay.testbed import EmulatedTestbed
 
-from .conftest import QUICK, ROOT, machine_state
+from ..conftest import QUICK, ROOT, machine_state
 
 
 def start_run() -> subprocess.Popen:

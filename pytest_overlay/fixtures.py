@@ -1,0 +1,175 @@
+"""Fixtures that wire the layers together.
+
+``overlay_testbed`` (session: namespaces, links, emulator) → ``overlay`` (session, one per
+``--overlay`` name) → ``overlay_path`` (per test, cheap: one circuit through one overlay,
+with the probes and the records they make). The streaming experiment adds ``stream_clip``
+(session), ``stream_server`` (session, one per overlay) and ``stream_path`` (per test).
+Heavy layers are imported inside the fixtures that need them.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import warnings
+
+import pytest
+
+from . import options, procs, results, session, topology
+from .measure import OverlayPath, StreamPath
+from .session import OverlaySession
+
+
+@pytest.fixture(scope="session")
+def overlay_session(pytestconfig: pytest.Config) -> OverlaySession:
+    """Name: overlay_session. Scope: session. Depends on: nothing.
+
+    The run's validated topology, thresholds, records and the saved run it compares with."""
+    return session.get(pytestconfig)
+
+
+@pytest.fixture(scope="session")
+def overlay_topology(overlay_session: OverlaySession) -> topology.Topology:
+    """Name: overlay_topology. Scope: session. Depends on: overlay_session.
+
+    The validated topology of --topology (a file, or a bundled one by name)."""
+    return overlay_session.topology
+
+
+@pytest.fixture(scope="session")
+def overlay_thresholds(overlay_session: OverlaySession):
+    """Name: overlay_thresholds. Scope: session. Depends on: overlay_session.
+
+    The limits of --overlay-thresholds merged over the bundled ones."""
+    return overlay_session.thresholds
+
+
+def _raise_interrupt(signum, frame):
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
+@pytest.fixture(scope="session")
+def overlay_testbed(overlay_session: OverlaySession):
+    """Name: overlay_testbed. Scope: session. Depends on: overlay_session.
+
+    The emulated WAN: one namespace per site, links through the emulator. Checks every tool
+    and privilege before it creates anything, and removes all it made when the session
+    ends. While it is up, SIGTERM tears down like Ctrl-C.
+    """
+    from . import probes
+    from .testbed import EmulatedTestbed
+
+    problems = procs.missing(probes.TOOLS)
+    if os.geteuid() != 0:
+        problems.append("root (network namespaces and NFQUEUE need it)")
+    if problems:
+        pytest.fail("pytest-overlay cannot build the testbed; missing: " + "; ".join(problems), pytrace=False)
+    bed = EmulatedTestbed(overlay_session.topology, overlay_session.option("overlay_emulator"),
+                          progress=overlay_session.progress)
+    overlay_session.testbed = bed
+    previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # pytest unwinds fixtures on KeyboardInterrupt
+    try:
+        with bed:
+            overlay_session.progress(f"testbed up in {bed.timings['up_s']:.2f} s")
+            overlay_session.run = results.run_metadata(
+                overlay_session.topology, bed.describe(),
+                options.recorded(overlay_session.config) | {"thresholds_file": overlay_session.thresholds.path},
+                probes.versions())
+            saved = overlay_session.saved
+            if saved is not None:
+                overlay_session.progress(f"comparing with {saved.path.name}")
+                differences = saved.differences(overlay_session.run)
+                if differences:
+                    warnings.warn(pytest.PytestWarning(
+                        f"comparing with {saved.path.name}, a run on a different set-up ("
+                        + "; ".join(differences) + "): differences may not be the network's"))
+            yield bed
+        overlay_session.progress(f"testbed {bed.run_id} down in {bed.timings['down_s']:.2f} s")
+        overlay_session.run["testbed"]["timings"] = dict(bed.timings)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@pytest.fixture(scope="session")
+def overlay(request: pytest.FixtureRequest, overlay_testbed, overlay_session: OverlaySession):
+    """Name: overlay. Scope: session, one instance per --overlay name. Depends on: overlay_testbed.
+
+    The overlay network across every site, with its endpoints; torn down after its tests.
+    Skipped, with the overlay's own reason, where this machine cannot run it.
+    """
+    from . import overlays
+
+    instance = overlays.get(request.param)(overlay_testbed)
+    try:
+        instance.up()
+    except overlays.OverlayUnavailable as e:
+        pytest.skip(str(e))
+    try:
+        yield instance
+    finally:
+        instance.down()
+        overlay_session.run.setdefault("overlays", {})[instance.name] = {
+            "description": instance.description, "timings": dict(instance.timings)}
+
+
+@pytest.fixture
+def overlay_path(overlay, circuit: topology.Circuit, overlay_session: OverlaySession,
+                 request: pytest.FixtureRequest) -> OverlayPath:
+    """Name: overlay_path. Scope: function (cheap). Depends on: overlay, circuit.
+
+    One circuit through one overlay: runs the probes (each at most once per session, so
+    latency and jitter share one run) and records what the test measured.
+    """
+    return OverlayPath(overlay, circuit, overlay_session, request.node.nodeid)
+
+
+@pytest.fixture(scope="session")
+def stream_clip(overlay_session: OverlaySession):
+    """Name: stream_clip. Scope: session. Depends on: overlay_session.
+
+    The H.264 clip, encoded once (and cached) before any measurement, long enough for every
+    client of a level to play it to the end."""
+    from . import streaming
+
+    problems = streaming.missing()
+    if problems:
+        pytest.fail("the streaming experiment cannot run; missing: " + "; ".join(problems), pytrace=False)
+    seconds = int(overlay_session.option("overlay_stream_seconds")) + 20
+    overlay_session.progress(f"encoding the H.264 clip ({overlay_session.option('overlay_stream_kbit')} kbit/s, "
+                             f"{seconds} s) unless cached")
+    return streaming.encode_clip(overlay_session.option("overlay_stream_kbit"), seconds)
+
+
+@pytest.fixture(scope="session")
+def stream_server(overlay, stream_clip, overlay_session: OverlaySession):
+    """Name: stream_server. Scope: session, one per overlay. Depends on: overlay, stream_clip.
+
+    The RTSP server at the topology's hub (else the first circuit's source)."""
+    from . import streaming
+
+    circuit = stream_circuit(overlay_session.topology)
+    server = streaming.start_server(overlay.endpoint(circuit.src), stream_clip)
+    overlay_session.progress(f"{overlay.name}: RTSP server at {circuit.src} serving {server.url}")
+    try:
+        yield server
+    finally:
+        server.daemon.stop()
+
+
+def stream_circuit(topo: topology.Topology) -> topology.Circuit:
+    """Server at the hub, clients at the far end of the first circuit from it."""
+    hub = topo.hub or topo.circuits[0].src
+    for c in topo.circuits:
+        if hub in (c.src, c.dst):
+            return topology.Circuit(hub, c.dst if c.src == hub else c.src)
+    return topology.Circuit(hub, next(s for s in topo.sites if s != hub))
+
+
+@pytest.fixture
+def stream_path(overlay, stream_server, concurrency: int, transport: str, overlay_session: OverlaySession,
+                request: pytest.FixtureRequest) -> StreamPath:
+    """Name: stream_path. Scope: function (cheap). Depends on: overlay, stream_server.
+
+    `concurrency` clients at the far site watching the stream over `transport`."""
+    return StreamPath(overlay, stream_circuit(overlay_session.topology), overlay_session, request.node.nodeid,
+                      stream_server, concurrency, transport)

@@ -1,0 +1,200 @@
+"""One circuit through one overlay: run a probe once (latency and jitter share a run),
+bracket it with the emulator's and the overlay's counters, and build typed records with
+their validity, thresholds and gates."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+from . import emulator as emu
+from . import gates, metrics, probes, results, streaming, validity
+from .overlays import BASELINE, Overlay
+from .results import Record, Stats
+from .session import OverlaySession
+from .topology import Circuit
+
+
+@dataclass
+class Measured:
+    """What one probe run gave, and why it may not be vouched for."""
+
+    samples: object
+    faults: list[str]
+    emulator: dict
+    wire: dict[str, int] | None
+
+
+class OverlayPath:
+    def __init__(self, overlay: Overlay, circuit: Circuit, state: OverlaySession, test: str) -> None:
+        self.overlay, self.circuit, self.state, self.test = overlay, circuit, state, test
+        self.expected = state.topology.expected(circuit)
+        self.src, self.dst = overlay.endpoints([circuit.src, circuit.dst])
+
+    @property
+    def udp_rate(self) -> float:
+        offered = self.state.option("overlay_udp_rate")
+        return min(offered, self.expected["rate_mbit"]) if self.expected["rate_mbit"] else offered
+
+    def _measure(self, kind: str, probe: Callable[[], object]) -> Measured:
+        """Run a probe once per session, with the emulator's and the overlay's counters around it."""
+        key = (self.overlay.name, self.circuit, kind)
+        if key not in self.state.cache:
+            testbed = self.overlay.testbed
+            before, wire_before = testbed.emulator_counters(), self.overlay.wire_counters()
+            samples = probe()
+            accrued = emu.delta(before, testbed.emulator_counters())
+            faults = validity.emulator_faults(kind.split("-")[0], accrued)
+            wire = None
+            if wire_before is not None:
+                after = self.overlay.wire_counters()
+                hops = testbed.topology.path_between(self.circuit.src, self.circuit.dst)
+                wire = {n: after.get(n, 0) - wire_before.get(n, 0) for n in (f"{a}->{b}" for a, b in zip(hops, hops[1:]))}
+                faults += validity.wire_faults(self.overlay.name, wire)
+            self.state.cache[key] = Measured(samples, faults, accrued, wire)
+        return self.state.cache[key]
+
+    def _latency(self) -> Measured:
+        samples, interval, rounds, warmup = (self.state.option(o) for o in (
+            "overlay_samples", "overlay_interval", "overlay_rounds", "overlay_warmup"))
+        return self._measure("latency", lambda: probes.repeated_latency(
+            self.src, self.dst, samples, interval, rounds, warmup))
+
+    def _throughput(self, protocol: str) -> Measured:
+        duration, rounds = self.state.option("overlay_duration"), self.state.option("overlay_rounds")
+        rate = self.udp_rate if protocol == "udp" else None
+        return self._measure(protocol, lambda: probes.repeated_throughput(
+            self.src, self.dst, protocol, duration, rate, rounds))
+
+    def record(self, metric: str, values: list[float], measured: Measured, extra: dict | None = None,
+               round_values: list[float] | None = None, **fields) -> Record:
+        datapath = self.overlay.datapath(self.circuit.src, self.circuit.dst)
+        if measured.wire is not None:
+            datapath["encapsulated_packets_on_wan"] = measured.wire
+        ci95 = fields.pop("ci95", None)
+        record = Record(
+            overlay=self.overlay.name, metric=metric, src=self.circuit.src, dst=self.circuit.dst,
+            unit=metrics.get(metric).unit, stats=Stats.of(values, round_values, ci95), valid=not measured.faults,
+            invalid_reasons=list(measured.faults), test=self.test, expected=self.expected, datapath=datapath,
+            emulator=measured.emulator, tool=measured.samples.tool, extra=extra or {}, **fields,
+        )
+        return self.state.add(record)
+
+    def latency(self) -> Record:
+        """Round-trip times (ms) of the request/response probe."""
+        measured = self._latency()
+        s = measured.samples
+        return self.record("latency", s.rtt_ms, measured,
+                           {"sent": s.sent, "lost": s.lost, "interval_ms": s.interval_ms, "rounds": len(s.rounds_ms),
+                            "warmup_discarded": s.warmup, "samples": [round(x, 4) for x in s.rtt_ms]},
+                           s.round_means)
+
+    def jitter(self) -> Record:
+        """IPDV between consecutive round trips (ms), from the same run as latency()."""
+        measured = self._latency()
+        return self.record("jitter", measured.samples.ipdv_ms, measured, {"definition": "|RTT[i] - RTT[i-1]|"})
+
+    def tcp(self) -> Record:
+        """TCP goodput (Mbit/s) per half-second interval, from src to dst."""
+        measured = self._throughput("tcp")
+        s = measured.samples
+        return self.record("tcp_throughput", s.mbit, measured,
+                           {"retransmits": s.retransmits, "interval_s": s.interval_s, "rounds": len(s.round_totals)},
+                           s.round_totals, total=s.total_mbit)
+
+    def udp(self) -> tuple[Record, Record]:
+        """UDP received rate (Mbit/s) per interval, and the run's loss (%)."""
+        measured = self._throughput("udp")
+        s = measured.samples
+        packets, lost = s.extra.get("packets"), s.extra.get("lost_packets")
+        common = {"offered_mbit": s.offered_mbit, "packets": packets, "lost_packets": lost,
+                  "iperf3_jitter_ms": s.jitter_ms}
+        rate = self.record("udp_throughput", s.mbit, measured,
+                           {**common, "interval_s": s.interval_s, "rounds": len(s.round_totals)},
+                           s.round_totals, total=s.total_mbit)
+        loss = self.record("udp_loss", [s.lost_pct], measured, common, ci95=loss_interval(lost, packets))
+        return rate, loss
+
+    def judge(self, record: Record, description: str, passed: bool, **limit: float) -> None:
+        """Record a threshold and its verdict on the record (the test asserts it)."""
+        record.threshold = {"description": description, **limit}
+        record.verdict = "invalid" if not record.valid else "pass" if passed else "fail"
+
+    def limits(self, metric: str) -> dict[str, float]:
+        return self.state.thresholds.for_(metric, self.overlay.name, self.circuit.id)
+
+    def gate_failures(self, record: Record) -> list[str]:
+        """Limits relative to the underlay and to the compared run that this record breaks.
+
+        Where a relative limit needs the underlay's record and its test has not run (it was
+        deselected, or runs later), the underlay is measured now, on the same circuit.
+        """
+        limits = self.limits(record.metric)
+        failures = []
+        if record.overlay != BASELINE and gates.needs_host(limits):
+            base = results.baseline(self.state.records, record) or self._measure_underlay(record)
+            failures += gates.relative_failures(record, base, limits)
+        if self.state.saved is not None:
+            failures += gates.regression_failures(record, self.state.saved.get(record), self.state.saved.path.name,
+                                                  self.state.option("overlay_compare_fail"), limits)
+        if failures and record.verdict != "invalid":
+            record.verdict = "fail"
+        return failures
+
+    def _measure_underlay(self, record: Record) -> Record:
+        from .overlays.host import HostOverlay
+
+        self.state.progress(f"measuring the underlay's {record.metric} on {record.circuit} first: "
+                            f"a limit of {record.overlay}'s is relative to it")
+        host = OverlayPath(HostOverlay(self.overlay.testbed), self.circuit, self.state, test="")
+        made = {"latency": host.latency, "jitter": host.jitter, "tcp_throughput": host.tcp,
+                "udp_throughput": lambda: host.udp()[0]}[record.metric]()
+        made.verdict = "measured as the baseline of a relative limit"
+        return made
+
+
+def loss_interval(lost: int | None, packets: int | None) -> float:
+    """95 % half-width of a loss percentage over `packets` (binomial; rule of three at 0)."""
+    if not packets:
+        return math.inf
+    p = (lost or 0) / packets
+    if p == 0:
+        return 3 / packets * 100
+    return 1.96 * math.sqrt(p * (1 - p) / packets) * 100
+
+
+class StreamPath(OverlayPath):
+    """One streaming level: N clients at the circuit's destination, the server at its source."""
+
+    def __init__(self, overlay, circuit, state, test, server: streaming.StreamServer, concurrency: int,
+                 transport: str) -> None:
+        super().__init__(overlay, circuit, state, test)
+        self.server, self.concurrency, self.transport = server, concurrency, transport
+
+    @property
+    def nominal_kbit(self) -> float:
+        return self.server.clip.kbit
+
+    def stream(self) -> tuple[Record, Record, Record, Record]:
+        seconds = self.state.option("overlay_stream_seconds")
+        measured = self._measure(f"stream-{self.transport}-{self.concurrency}", lambda: streaming.watch(
+            self.dst, self.server, self.concurrency, seconds, self.transport))
+        data = measured.samples
+        reports = data.reports
+        for fault in validity.cpu_faults(data.cpu_pct, self.concurrency):
+            if fault not in measured.faults:
+                measured.faults.append(fault)
+        common = {"nominal_kbit": self.nominal_kbit, "client_cpu_pct": data.cpu_pct, "clients": len(reports),
+                  "seconds": data.seconds, "reordered": sum(r["reordered"] for r in reports), "url": self.server.url}
+        level = {"concurrency": self.concurrency, "transport": self.transport}
+        ttffs = [r["ttff_ms"] for r in reports if r["ttff_ms"] is not None] or [float("nan")]
+        return (
+            self.record("stream_jitter", [r["jitter_ms"] for r in reports], measured,
+                        {**common, "definition": "RFC 3550 interarrival jitter at the end of the run, per client"},
+                        **level),
+            self.record("stream_bitrate", [r["bitrate_kbit"] for r in reports], measured, common, **level),
+            self.record("stream_loss", [r["loss_pct"] for r in reports], measured, common, **level),
+            self.record("stream_ttff", ttffs, measured, {**common, "definition": "PLAY to the first frame's last packet"},
+                        **level),
+        )

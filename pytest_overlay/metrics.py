@@ -1,0 +1,88 @@
+"""The one registry of what the suites measure.
+
+Every other layer (thresholds, gates, saved-run comparisons, tables, plots) asks this module
+what a metric is called, its unit, which statistic is its headline, which direction is
+worse and which limits a thresholds file may set for it, instead of spelling names out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+# Statistics a gate or comparison can name. ``total`` is the whole run's value, where a
+# metric has one (throughput); elsewhere it is the mean.
+STATS = ("min", "mean", "p50", "p99", "max", "total")
+
+REGRESSION_PCT = "regression_pct"
+MAX_OVER_HOST_PCT = "max_over_host_pct"
+MIN_FRACTION_OF_HOST = "min_fraction_of_host"
+RELATIVE_TO_HOST = (MAX_OVER_HOST_PCT, MIN_FRACTION_OF_HOST)
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    unit: str
+    title: str
+    headline: str  # the statistic tables, gates and comparisons use unless told otherwise
+    higher_is_worse: bool
+    settings: dict[str, str] = field(default_factory=dict)  # threshold keys -> what each means
+    # A percentage change from a saved 0 is undefined; it is taken from this value instead
+    # (in the metric's unit): "udp_loss:50%" against a saved 0 % fires beyond 0.5 %.
+    zero_base: float = 1.0
+    streaming: bool = False
+
+    @property
+    def worse(self) -> str:
+        return "higher" if self.higher_is_worse else "lower"
+
+    def limits(self) -> dict[str, str]:
+        """Every limit a thresholds file may set for this metric, with what it means."""
+        out = dict(self.settings)
+        out[REGRESSION_PCT] = f"{self.headline} at most this much worse ({self.worse}) than in the compared run (%)"
+        if not self.streaming and self.unit != "%":
+            if self.higher_is_worse:
+                out[MAX_OVER_HOST_PCT] = f"{self.headline} at most this much above the underlay's on the circuit (%)"
+            else:
+                out[MIN_FRACTION_OF_HOST] = f"{self.headline} at least this share of the underlay's (0..1)"
+        return out
+
+    def worse_by(self, before: float, now: float) -> float:
+        """How much worse `now` is than `before`, in the metric's unit (negative: better)."""
+        return now - before if self.higher_is_worse else before - now
+
+
+_ALL = [
+    Metric("latency", "ms", "round-trip time", "mean", True, {
+        "mean_tolerance_ms": "mean RTT within this of the topology's RTT (ms)",
+        "mean_tolerance_pct": "... or within this share of it (%), whichever is larger",
+        "p99_over_rtt_ms": "99th percentile RTT at most the topology's RTT plus this (ms)",
+    }, zero_base=0.001),
+    Metric("jitter", "ms", "IPDV |RTT[i] - RTT[i-1]|", "mean", True, {
+        "mean_over_topology_ms": "mean IPDV at most the topology's jitter plus this (ms)",
+    }, zero_base=0.001),
+    Metric("tcp_throughput", "Mbit/s", "TCP throughput received", "total", False, {
+        "min_fraction_of_rate": "received at least this share of the circuit's rate (0..1)",
+        "min_mbit": "received at least this (Mbit/s) where the circuit has no rate",
+    }),
+    Metric("udp_throughput", "Mbit/s", "UDP throughput received", "total", False, {
+        "min_fraction_of_offered": "received rate at least this share of the offered rate (0..1)",
+        "max_loss_pct": "loss at most the circuit's emulated loss plus this (%)",
+    }),
+    Metric("udp_loss", "%", "UDP packets lost", "mean", True),
+    Metric("stream_jitter", "ms", "RFC 3550 interarrival jitter per client", "p99", True, {
+        "max_p99_ms": "99th percentile of the clients' RFC 3550 jitter at most this (ms)",
+    }, zero_base=0.001, streaming=True),
+    Metric("stream_bitrate", "kbit/s", "bitrate received per client", "mean", False, {
+        "min_fraction_of_nominal": "every client receives at least this share of the clip's bitrate (0..1)",
+    }, streaming=True),
+    Metric("stream_loss", "%", "RTP packets lost per client", "mean", True, {
+        "max_pct": "every client's loss at most the circuit's emulated loss plus this (%)",
+    }, streaming=True),
+    Metric("stream_ttff", "ms", "time to first frame per client", "mean", True, zero_base=0.001, streaming=True),
+]
+METRICS: dict[str, Metric] = {m.name: m for m in _ALL}
+
+
+def get(name: str) -> Metric:
+    return METRICS[name]

@@ -1,0 +1,131 @@
+"""Command-line options: their types (bad values are usage errors before anything is
+created), their defaults already parsed, and whether a session gave any of them."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Callable
+
+import pytest
+
+from . import gates
+from .overlays import BASELINE, IMPLEMENTED, KNOWN
+
+EMULATORS = ("auto", "netem", "delayline", "none")
+BUNDLED_TOPOLOGIES = ("geant", "geant-star", "local")
+
+
+def parse_overlays(value: str) -> list[str]:
+    names = [n.strip() for n in value.split(",") if n.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("give at least one overlay name")
+    for name in names:
+        if name not in KNOWN:
+            raise argparse.ArgumentTypeError(f"unknown overlay {name!r}; allowed: {', '.join(KNOWN)}")
+        if name not in IMPLEMENTED:
+            raise argparse.ArgumentTypeError(
+                f"overlay {name!r} is not available in this version; available: {', '.join(IMPLEMENTED)}")
+    if len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"overlay named twice in {value!r}")
+    # The underlay first: limits relative to it need its records.
+    return sorted(names, key=lambda n: n != BASELINE)
+
+
+def parse_emulator(value: str) -> str:
+    if value not in EMULATORS:
+        raise argparse.ArgumentTypeError(f"{value!r}; allowed: {', '.join(EMULATORS)}")
+    return value
+
+
+def parse_concurrency(value: str) -> list[int]:
+    try:
+        levels = [int(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r}: give client counts separated by commas, e.g. 1,5,10") from None
+    if not levels or any(not 1 <= n <= 500 for n in levels) or len(set(levels)) != len(levels):
+        raise argparse.ArgumentTypeError(f"{value!r}: distinct client counts from 1 to 500, e.g. 1,5,10,25,50")
+    return levels
+
+
+def parse_transports(value: str) -> list[str]:
+    names = [v.strip() for v in value.split(",") if v.strip()]
+    if not names or any(n not in ("udp", "tcp") for n in names) or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"{value!r}; allowed: udp, tcp, or udp,tcp")
+    return names
+
+
+def bounded(kind: type, low: float, high: float) -> Callable[[str], float]:
+    def parse(value: str):
+        try:
+            number = kind(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{value!r} is not {'an integer' if kind is int else 'a number'}") from None
+        if not low <= number <= high:
+            raise argparse.ArgumentTypeError(f"{value!r} is out of range; allowed: {low:g} to {high:g}")
+        return number
+
+    parse.__name__ = kind.__name__
+    return parse
+
+
+# dest -> default, already parsed (argparse passes only strings through type=)
+DEFAULTS: dict[str, object] = {}
+
+
+def _add(group, flag: str, default, help: str, **kwargs) -> None:
+    dest = flag.lstrip("-").replace("-", "_")
+    DEFAULTS[dest] = default
+    group.addoption(flag, default=default, help=help + " Default: %(default)r", **kwargs)
+
+
+def addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("overlay", "pytest-overlay: overlay networks over an emulated WAN")
+    _add(group, "--overlay", ["host"], f"Overlays to measure, of: {', '.join(KNOWN)} (host is the underlay "
+         "baseline, measured first).", type=parse_overlays, metavar="NAME[,NAME...]")
+    _add(group, "--topology", "geant", "Topology file, or the name of a bundled one "
+         f"({', '.join(BUNDLED_TOPOLOGIES)}).", metavar="PATH|NAME")
+    _add(group, "--overlay-emulator", "auto", "WAN link emulator: auto (netem where the kernel has it, else the "
+         "NFQUEUE delay line), netem, delayline, or none (links without delay).", type=parse_emulator, metavar="KIND")
+    _add(group, "--overlay-samples", 500, "Request/response round trips per circuit for latency and jitter.",
+         type=bounded(int, 10, 1_000_000), metavar="N")
+    _add(group, "--overlay-interval", 10.0, "Milliseconds between latency requests.",
+         type=bounded(float, 0.1, 10_000), metavar="MS")
+    _add(group, "--overlay-duration", 5.0, "Seconds of each throughput measurement, after one second of warm-up.",
+         type=bounded(float, 1, 3600), metavar="SECONDS")
+    _add(group, "--overlay-udp-rate", 500.0, "Offered UDP rate in Mbit/s (capped at the circuit's rate).",
+         type=bounded(float, 1, 100_000), metavar="MBIT")
+    _add(group, "--overlay-thresholds", None, "Threshold file whose limits replace the bundled ones "
+         "(pytest_overlay/data/thresholds.yaml).", metavar="PATH")
+    _add(group, "--overlay-json", None, "Write the run's results as versioned JSON to PATH.", metavar="PATH")
+    _add(group, "--overlay-rounds", 1, "Repeat every probe N times; with N >= 2 the 95 %% confidence intervals "
+         "come from the rounds.", type=bounded(int, 1, 1000), metavar="N")
+    _add(group, "--overlay-warmup", 10, "Round trips discarded at the start of every latency round.",
+         type=bounded(int, 0, 100_000), metavar="N")
+    _add(group, "--overlay-save", None, "Save the results in pytest-benchmark's storage (--benchmark-storage), "
+         "under <machine>/overlay/NNNN_NAME.json.", metavar="NAME")
+    _add(group, "--overlay-compare", None, "Compare with a saved run (the latest if none is named).",
+         nargs="?", const="", metavar="NUM|NAME")
+    _add(group, "--overlay-compare-fail", [], "Fail a test whose metric worsened beyond LIMIT against the compared "
+         "run, e.g. tcp_throughput:10%% or latency:p99:2 (ms). Repeatable.", type=gates.parse_gate,
+         action="append", metavar="METRIC[:STAT]:LIMIT[%]")
+    _add(group, "--overlay-concurrency", [1, 5, 10, 25, 50], "Concurrent RTSP clients per streaming level.",
+         type=parse_concurrency, metavar="N,N,...")
+    _add(group, "--overlay-stream-kbit", 1000, "Bitrate of the H.264 clip the RTSP server streams, kbit/s.",
+         type=bounded(int, 50, 50_000), metavar="KBIT")
+    _add(group, "--overlay-stream-seconds", 10.0, "Seconds each streaming level is measured.",
+         type=bounded(float, 2, 3600), metavar="SECONDS")
+    _add(group, "--overlay-stream-transport", ["udp"], "RTP over UDP, or interleaved in the RTSP connection over "
+         "TCP.", type=parse_transports, metavar="udp|tcp|udp,tcp")
+    _add(group, "--overlay-report", None, "Write Markdown, CSV, JSON, plots and an HTML page of the results to DIR.",
+         metavar="DIR")
+
+
+def given(config: pytest.Config) -> list[str]:
+    """The options of this plugin that the session set to something other than the default."""
+    return [dest for dest, default in DEFAULTS.items() if config.getoption(dest, default) != default]
+
+
+def recorded(config: pytest.Config) -> dict:
+    """Every option's value, for the run's metadata."""
+    return {dest: config.getoption(dest) for dest in DEFAULTS if dest != "overlay_compare_fail"} | {
+        "overlay_compare_fail": [str(g) for g in config.getoption("overlay_compare_fail")]}

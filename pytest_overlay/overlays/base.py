@@ -1,0 +1,126 @@
+"""What every overlay is: a network across the sites, with one endpoint per site where the
+probes run, and the datapath it records with every result.
+
+An endpoint is a site's own namespace (the underlay) or a measurement container on the
+overlay's network; probes only need it to run a command and start a server.
+"""
+
+from __future__ import annotations
+
+import io
+import shlex
+import subprocess
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from .. import procs
+from ..paths import AGENTS, IMAGE_AGENTS
+
+if TYPE_CHECKING:
+    from ..engines import Engine
+    from ..testbed import EmulatedTestbed
+
+
+
+@dataclass
+class SiteEndpoint:
+    """A site's own network namespace."""
+
+    name: str
+    address: str
+    testbed: EmulatedTestbed
+
+    def run(self, command: list[str], timeout: float | None = 60) -> procs.CommandResult:
+        return self.testbed.run(self.name, command, timeout)
+
+    def start(self, name: str, command: list[str], ready: str | None = None, timeout: float = 10.0) -> procs.Daemon:
+        return self.testbed.start(self.name, name, command, ready, timeout)
+
+    def agent(self, name: str) -> str:
+        return str(AGENTS / name)
+
+    def file(self, path: Path) -> str:
+        return str(path)
+
+
+class Overlay:
+    name = ""
+    description = ""
+
+    def __init__(self, testbed: EmulatedTestbed) -> None:
+        self.testbed = testbed
+        self.timings: dict[str, float] = {}
+
+    def up(self) -> None:
+        """Build the overlay network and its endpoints."""
+
+    def down(self) -> None:
+        """Remove what up() made; safe to call twice."""
+
+    def endpoint(self, site: str):
+        raise NotImplementedError
+
+    def endpoints(self, sites: list[str]) -> list:
+        return [self.endpoint(s) for s in sites]
+
+    def datapath(self, src: str, dst: str) -> dict:
+        """How traffic from src to dst travels: recorded with every result."""
+        raise NotImplementedError
+
+    def wire_counters(self) -> dict[str, int] | None:
+        """Packets of the overlay's encapsulation on the WAN, per link direction (None: none)."""
+        return None
+
+
+class OverlayUnavailable(Exception):
+    """The overlay cannot run on this machine; the message says what it lacks."""
+
+
+@dataclass
+class ContainerEndpoint:
+    """A measurement container: commands run in it with `docker exec`."""
+
+    name: str
+    address: str
+    engine: Engine
+    container: str
+
+    def run(self, command: list[str], timeout: float | None = 60) -> procs.CommandResult:
+        return self.engine.cli("exec", self.container, *command, timeout=timeout)
+
+    def start(self, name: str, command: list[str], ready: str | None = None, timeout: float = 10.0) -> procs.Daemon:
+        # The server writes its pid inside the container, so stop() can end it there.
+        script = f"echo $$ > /tmp/{name}.pid; exec {shlex.join(command)}"
+        daemon = procs.start(name, ["docker", "-H", self.engine.url, "exec", self.container, "sh", "-c", script],
+                             self.engine.state_dir / f"{name}.log", ready=ready, timeout=timeout)
+        return ContainerDaemon(daemon.name, daemon.command, daemon.log, daemon.popen, daemon.started, self)
+
+    def agent(self, name: str) -> str:
+        return f"{IMAGE_AGENTS}/{name}"
+
+    def file(self, path: Path) -> str:
+        """Copy the file into the container's /tmp (over the Docker API: works on remote hosts too)."""
+        data = io.BytesIO()
+        with tarfile.open(fileobj=data, mode="w") as tar:
+            tar.add(str(path), arcname=path.name)
+        self.engine.client.containers.get(self.container).put_archive("/tmp", data.getvalue())
+        return f"/tmp/{path.name}"
+
+
+class ContainerDaemon(procs.Daemon):
+    def __init__(self, name, command, log, popen, started, endpoint: ContainerEndpoint) -> None:
+        super().__init__(name, command, log, popen, started)
+        self.endpoint = endpoint
+
+    def stop(self, timeout: float = 5.0) -> int | None:
+        if self.alive():
+            self.endpoint.run(["sh", "-c", f"kill $(cat /tmp/{self.name}.pid)"], timeout=timeout)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        return super().stop(timeout)
+
+

@@ -1,0 +1,22 @@
+"""The underlay: site namespace to site namespace, the baseline every overlay is compared
+with (the study's "VM to VM" rows)."""
+
+from __future__ import annotations
+
+from .base import Overlay, SiteEndpoint
+
+
+class HostOverlay(Overlay):
+    name = "host"
+    description = "underlay, no overlay: site namespace to site namespace"
+
+    def endpoint(self, site: str) -> SiteEndpoint:
+        return SiteEndpoint(site, self.testbed.address(site), self.testbed)
+
+    def datapath(self, src: str, dst: str) -> dict:
+        return {
+            "kind": "underlay",
+            "path": self.testbed.topology.path_between(src, dst),
+            "mtu": 1500,
+            "encapsulation": None,
+        }

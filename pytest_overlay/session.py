@@ -1,0 +1,88 @@
+"""The run's state: its validated inputs, its testbed once up, its records and the saved run
+it compares with. Made on first use, so a pytest session that never touches the plugin
+pays nothing for it."""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass, field
+
+import pytest
+
+from . import thresholds, topology
+from .results import Record
+from .storage import SavedRun, Storage
+
+
+@dataclass
+class OverlaySession:
+    config: pytest.Config
+    topology: topology.Topology
+    thresholds: thresholds.Thresholds
+    overlays: list[str]
+    testbed: object | None = None  # the EmulatedTestbed, once up
+    records: list[Record] = field(default_factory=list)
+    cache: dict = field(default_factory=dict)
+    run: dict = field(default_factory=dict)
+    saved: SavedRun | None = None
+
+    def option(self, name: str):
+        return self.config.getoption(name)
+
+    def add(self, record: Record) -> Record:
+        """Keep a record; a second record of the same result (a baseline measured early for a
+        relative limit, then by its own test) replaces the first."""
+        for i, other in enumerate(self.records):
+            if other.key == record.key:
+                self.records[i] = record
+                return record
+        self.records.append(record)
+        return record
+
+    def progress(self, message: str) -> None:
+        """Say what bring-up is doing, past pytest's output capture: it takes seconds."""
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        capture = self.config.pluginmanager.get_plugin("capturemanager")
+        if reporter is None:
+            return
+        with capture.global_and_fixture_disabled() if capture else contextlib.nullcontext():
+            if reporter._tw.width_of_current_line:
+                reporter._tw.line()
+            reporter._tw.line(f"[overlay] {message}")
+
+
+_key = pytest.StashKey[OverlaySession]()
+
+
+def storage(config: pytest.Config) -> Storage:
+    """pytest-benchmark's storage, which overlay runs share."""
+    return Storage(config.getoption("benchmark_storage", "file://./.benchmarks"))
+
+
+def get(config: pytest.Config) -> OverlaySession:
+    """The run's state, validated and made on first use. Bad input is a usage error."""
+    state = config.stash.get(_key, None)
+    if state is not None:
+        return state
+    which = config.getoption("overlay_compare")
+    if config.getoption("overlay_compare_fail") and which is None:
+        raise pytest.UsageError("--overlay-compare-fail needs a run to compare with: add --overlay-compare "
+                                "(the latest saved run) or --overlay-compare=NUM|NAME")
+    try:
+        topo = topology.load(config.getoption("topology"))
+        limits = thresholds.load(config.getoption("overlay_thresholds"))
+    except topology.InputError as e:
+        raise pytest.UsageError(str(e)) from None
+    state = OverlaySession(config, topo, limits, list(config.getoption("overlay")))
+    if which is not None:
+        try:
+            state.saved = SavedRun.load(storage(config).find(which))
+        except (FileNotFoundError, ValueError) as e:
+            raise pytest.UsageError(f"--overlay-compare: {e}") from None
+    config.stash[_key] = state
+    return state
+
+
+def existing(config: pytest.Config) -> OverlaySession | None:
+    """The run's state if anything has used the plugin, else None."""
+    return config.stash.get(_key, None)

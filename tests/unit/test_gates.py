@@ -1,0 +1,119 @@
+"""Regression gates, limits relative to the underlay, and threshold files."""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+import pytest
+
+from pytest_overlay import gates, metrics, thresholds
+from pytest_overlay.gates import Comparison, Gate, parse_gate
+from pytest_overlay.topology import InputError
+
+from .records import record
+
+
+@pytest.mark.parametrize("text, gate", [
+    ("latency:5%", Gate("latency", "mean", 5, True)),
+    ("latency:p99:2", Gate("latency", "p99", 2, False)),
+    ("tcp_throughput:10%", Gate("tcp_throughput", "total", 10, True)),
+    ("stream_jitter:1.5", Gate("stream_jitter", "p99", 1.5, False)),
+])
+def test_gate_expressions(text, gate):
+    assert parse_gate(text) == gate
+
+
+@pytest.mark.parametrize("text, message", [
+    ("speed:5%", "METRIC one of latency, jitter"),
+    ("latency:p95:5%", "statistic 'p95'"),
+    ("latency:-5", "not a non-negative number"),
+])
+def test_bad_gate_expressions(text, message):
+    with pytest.raises(argparse.ArgumentTypeError, match=message):
+        parse_gate(text)
+
+
+def test_direction_comes_from_the_registry():
+    slower = Comparison("latency", "host", "A-B", "mean", 10.0, 11.0, 0.0, "ms")
+    assert slower.worse_by() == 1.0 and slower.breaks(parse_gate("latency:5%"))
+    faster_link = Comparison("tcp_throughput", "host", "A-B", "total", 900.0, 950.0, 0.0, "Mbit/s")
+    assert faster_link.worse_by() == -50.0 and not faster_link.breaks(parse_gate("tcp_throughput:1%"))
+    assert Comparison("tcp_throughput", "host", "A-B", "total", 900.0, 800.0, 0.0, "Mbit/s").breaks(
+        parse_gate("tcp_throughput:10%"))
+
+
+def test_percentage_of_a_saved_zero_is_taken_of_the_metrics_zero_base():
+    gate = parse_gate("udp_loss:50%")  # 50 % of the zero base (1 % of packets): 0.5 %
+    assert metrics.get("udp_loss").zero_base == 1.0
+    assert not Comparison("udp_loss", "host", "A-B", "mean", 0.0, 0.4, 0.0, "%").breaks(gate)
+    assert Comparison("udp_loss", "host", "A-B", "mean", 0.0, 0.6, 0.0, "%").breaks(gate)
+    assert "from 0" not in Comparison("udp_loss", "host", "A-B", "mean", 0.0, 0.6, 0.0, "%").describe()
+
+
+def test_within_noise_is_judged_for_the_gated_statistic():
+    saved = record("tcp_throughput", [900.0, 910.0, 905.0, 895.0, 900.0], total=902.0)
+    same = record("tcp_throughput", [901.0, 908.0, 903.0, 897.0, 899.0], total=901.0)
+    lower = record("tcp_throughput", [700.0, 705.0, 702.0, 698.0, 701.0], total=701.0)
+    assert Comparison.of(saved, same, "total").within_noise
+    assert not Comparison.of(saved, lower, "total").within_noise
+    steady = record("latency", [10.0 + (i % 5) * 0.01 for i in range(200)])
+    tail = record("latency", [10.0 + (i % 5) * 0.01 for i in range(190)] + [30.0] * 10)
+    assert not Comparison.of(steady, tail, "p99").within_noise
+    assert Comparison.of(steady, steady, "p99").within_noise
+
+
+def test_regression_gate_on_udp_loss_from_the_thresholds_file():
+    saved = record("udp_loss", [0.0])
+    now = record("udp_loss", [3.0])
+    failures = gates.regression_failures(now, saved, "0001_base.json", [], {"regression_pct": 100})
+    assert len(failures) == 1 and "udp_loss:mean:100%" in failures[0]
+    assert now.compared[0]["saved"] == 0.0 and now.compared[0]["gate"] == "udp_loss:mean:100%"
+
+
+def test_headline_statistic_is_compared_even_without_a_gate():
+    saved, now = record("latency", [10.0, 10.1]), record("latency", [10.0, 10.2])
+    assert gates.regression_failures(now, saved, "r", [], {}) == []
+    assert [c["stat"] for c in now.compared] == ["mean"]
+
+
+def test_limits_relative_to_the_underlay():
+    host = record("tcp_throughput", [950.0, 950.0], total=950.0)
+    overlay = record("tcp_throughput", [500.0, 500.0], overlay="libnetwork", total=500.0)
+    failures = gates.relative_failures(overlay, host, {"min_fraction_of_host": 0.9})
+    assert failures == ["tcp_throughput total 500.000 Mbit/s is below 0.9 × the underlay's 950.000"]
+    assert overlay.vs_host == {"stat": "total", "host": 950.0, "now": 500.0}
+    assert gates.needs_host({"min_fraction_of_host": 0.9}) and not gates.needs_host({"regression_pct": 5})
+    slow = record("latency", [12.0, 12.0], overlay="libnetwork")
+    assert gates.relative_failures(slow, record("latency", [10.0, 10.0]), {"max_over_host_pct": 10})
+
+
+def test_every_metric_takes_a_regression_limit(tmp_path):
+    path = tmp_path / "limits.yaml"
+    path.write_text("udp_loss:\n  regression_pct: 50\nstream_loss:\n  regression_pct: 10\n"
+                    "overrides:\n  - {metric: latency, overlay: libnetwork, circuit: A-B, max_over_host_pct: 5}\n")
+    limits = thresholds.load(path)
+    assert limits.for_("udp_loss", "host", "A-B") == {"regression_pct": 50}
+    assert limits.for_("latency", "libnetwork", "A-B")["max_over_host_pct"] == 5
+    assert "max_over_host_pct" not in limits.for_("latency", "libnetwork", "B-C")
+    assert limits.for_("latency", "host", "A-B")["p99_over_rtt_ms"] == 5.0  # bundled default kept
+
+
+@pytest.mark.parametrize("text, line, message", [
+    ("latency:\n  p99_over_rtt: 3\n", 2, "latency.p99_over_rtt: unknown setting; allowed: mean_tolerance_ms"),
+    ("udp_loss:\n  min_fraction_of_host: 1\n", 2, "udp_loss.min_fraction_of_host: unknown setting"),
+    ("overrides:\n  - {metric: speed}\n", 2, "overrides[0].metric: must be one of latency"),
+    ("jitter:\n  mean_over_topology_ms: lots\n", 2, "jitter.mean_over_topology_ms: must be a number"),
+])
+def test_bad_thresholds_name_file_line_and_field(tmp_path, text, line, message):
+    path = tmp_path / "limits.yaml"
+    path.write_text(text)
+    with pytest.raises(InputError) as error:
+        thresholds.load(path)
+    assert str(error.value).startswith(f"{path}:{line}: ") and message in str(error.value)
+
+
+def test_registry_is_the_one_list_of_metrics():
+    assert set(thresholds.SETTINGS) == set(metrics.METRICS)
+    assert all(m.headline in metrics.STATS for m in metrics.METRICS.values())
+    assert math.isclose(metrics.get("latency").zero_base, 0.001)

@@ -1,0 +1,73 @@
+"""The probes' parsers, on real output captured from irtt 0.9 and iperf3 3.12 on loopback."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pytest_overlay.probes import INTERVAL_S, ProbeError, parse_iperf3, parse_irtt
+
+DATA = Path(__file__).parent / "data"
+
+
+def test_irtt_round_trips_in_ms():
+    output = (DATA / "irtt-loopback.json").read_text()
+    samples = parse_irtt(output, 5.0)
+    trips = json.loads(output)["round_trips"]
+    assert samples.sent == 60 and samples.lost == 0 and len(samples.rtt_ms) == 60
+    assert samples.rtt_ms[0] == pytest.approx(trips[0]["delay"]["rtt"] / 1e6)
+    assert all(0 < rtt < 10 for rtt in samples.rtt_ms)
+    assert len(samples.ipdv_ms) == 59
+    assert samples.ipdv_ms[0] == pytest.approx(abs(samples.rtt_ms[1] - samples.rtt_ms[0]))
+
+
+def test_irtt_lost_round_trips_are_counted_not_averaged():
+    data = json.loads((DATA / "irtt-loopback.json").read_text())
+    for trip in data["round_trips"][:3]:
+        trip["lost"] = "true"
+        trip["delay"] = {}
+    samples = parse_irtt(json.dumps(data), 5.0)
+    assert (samples.sent, samples.lost, len(samples.rtt_ms)) == (60, 3, 57)
+
+
+def test_irtt_with_nothing_back_is_an_error():
+    data = json.loads((DATA / "irtt-loopback.json").read_text())
+    for trip in data["round_trips"]:
+        trip["lost"] = "true"
+    with pytest.raises(ProbeError, match="none of 60 requests came back"):
+        parse_irtt(json.dumps(data), 5.0, "irtt A -> B")
+
+
+def test_irtt_garbage_is_an_error_that_shows_it():
+    with pytest.raises(ProbeError, match="irtt A -> B: unreadable output .*'Error: no route'"):
+        parse_irtt("Error: no route", 5.0, "irtt A -> B")
+
+
+def test_iperf3_tcp_uses_the_receivers_intervals():
+    output = (DATA / "iperf3-tcp-loopback.json").read_text()
+    data = json.loads(output)
+    samples = parse_iperf3(output, "tcp")
+    received = [i["sum"] for i in data["server_output_json"]["intervals"]
+                if not i["sum"].get("omitted") and i["sum"]["seconds"] >= 0.8 * INTERVAL_S]
+    assert samples.mbit == pytest.approx([i["bits_per_second"] / 1e6 for i in received])
+    assert samples.total_mbit == pytest.approx(data["end"]["sum_received"]["bits_per_second"] / 1e6)
+    assert samples.retransmits == data["end"]["sum_sent"]["retransmits"]
+    assert len(samples.mbit) >= 3  # 2 s in 0.5 s intervals after the omitted second, stub dropped
+
+
+def test_iperf3_udp_rate_and_loss():
+    output = (DATA / "iperf3-udp-loopback.json").read_text()
+    samples = parse_iperf3(output, "udp", 200)
+    total = json.loads(output)["end"]["sum_received"]
+    assert samples.total_mbit == pytest.approx(total["bits_per_second"] / 1e6)
+    assert samples.total_mbit == pytest.approx(200, rel=0.05)
+    assert (samples.extra["packets"], samples.extra["lost_packets"], samples.lost_pct) == (
+        total["packets"], total["lost_packets"], total["lost_percent"])
+    assert samples.offered_mbit == 200
+
+
+def test_iperf3_error_is_reported_with_iperf3s_words():
+    with pytest.raises(ProbeError, match="iperf3 tcp A -> B failed .*unable to connect to server: Connection refused"):
+        parse_iperf3((DATA / "iperf3-refused.json").read_text(), "tcp", what="iperf3 tcp A -> B")

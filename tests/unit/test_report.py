@@ -1,0 +1,68 @@
+"""The terminal tables, from records as the measurement layer makes them: every figure with
+what it is, its unit and its sample count; INVALID rows with their reason; differences from
+the underlay."""
+
+from __future__ import annotations
+
+from pytest_overlay import report, topology
+
+from .records import record
+
+TOPOLOGY = topology.parse({"name": "t", "sites": {"A": {}, "B": {}},
+                           "links": [{"between": ["A", "B"], "rtt_ms": 20, "rate_mbit": 1000}]}, "t.yaml")
+EXPECTED = {"rtt_ms": 20.0, "rate_mbit": 1000.0, "jitter_ms": 0.0, "loss_pct": 0.0}
+
+
+def _latency(overlay: str, base: float, **fields):
+    r = record("latency", [base + i * 0.01 for i in range(100)], overlay=overlay, expected=EXPECTED, **fields)
+    r.verdict = "pass"
+    return r
+
+
+def test_latency_table_with_the_difference_from_the_underlay():
+    text = report.tables([_latency("host", 20.0), _latency("libnetwork", 20.3)], TOPOLOGY)
+    assert "Latency: round-trip time in ms (irtt request/response; n = round trips)" in text
+    lines = text.splitlines()
+    head = next(line for line in lines if line.startswith("| Circuit"))
+    assert [c.strip() for c in head.strip("|").split("|")] == [
+        "Circuit", "Overlay", "Min", "Mean", "99th %", "±95% CI", "n", "Topology RTT", "Δ mean vs host ±95% CI",
+        "Verdict"]
+    row = next(line for line in lines if "libnetwork" in line)
+    assert "| +0.30 ±" in row and "| 100 " in row and "| 20.0 " in row
+
+
+def test_invalid_row_names_its_reason_under_the_table():
+    bad = _latency("host", 20.0, valid=False, invalid_reasons=["emulator released 9 of 100 packets on A->B late"])
+    text = report.tables([bad], TOPOLOGY)
+    assert "INVALID [1]" in text
+    assert "[1] A-B host latency: emulator released 9 of 100 packets on A->B late" in text
+
+
+def test_throughput_ratio_to_the_underlay():
+    host = record("tcp_throughput", [950.0, 940.0], expected=EXPECTED, total=945.0)
+    vx = record("tcp_throughput", [900.0, 910.0], overlay="libnetwork", expected=EXPECTED, total=907.2)
+    text = report.tables([host, vx], TOPOLOGY)
+    row = next(line for line in text.splitlines() if "libnetwork" in line)
+    assert "| 0.96 " in row and "| 907 " in row
+
+
+def test_streaming_table_per_level():
+    common = {"nominal_kbit": 1000.0, "client_cpu_pct": 3.5}
+    level = [record(m, v, concurrency=5, transport="udp", extra=common) for m, v in (
+        ("stream_jitter", [0.1, 0.2, 0.3, 0.2, 0.1]), ("stream_bitrate", [1000.0, 990.0, 1010.0, 1000.0, 995.0]),
+        ("stream_loss", [0.0] * 5), ("stream_ttff", [21.0] * 5))]
+    text = report.tables(level, TOPOLOGY)
+    assert "Streaming: H.264 over RTSP/RTP from A to B" in text
+    row = next(line for line in text.splitlines() if line.startswith("| host"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[:8] == ["host", "udp", "5", "0.18", "0.30", "999", "990", "1000"]
+
+
+def test_comparison_table_says_what_is_noise():
+    r = _latency("host", 20.0)
+    r.compared = [{"run": "0001_base.json", "stat": "mean", "saved": 20.0, "now": 20.5, "change_pct": 2.5,
+                   "noise": 0.1, "within_noise": False, "gate": "latency:mean:5%"}]
+    text = report.tables([r], TOPOLOGY)
+    assert "Compared with saved run 0001_base.json" in text
+    row = next(line for line in text.splitlines() if "latency:mean:5%" in line)
+    assert "| +2.5 " in row and "| 0.100 " in row and "| no " in row
