@@ -95,6 +95,7 @@ class Engine:
     address: str
     run_id: str
     state_dir: Path
+    extra_args: list[str] = field(default_factory=list)  # what an overlay needs of dockerd (flannel: --bip, --mtu)
     daemon: procs.Daemon | None = None
     client: docker.DockerClient | None = field(default=None, repr=False)
 
@@ -124,7 +125,7 @@ class Engine:
         command = [
             "dockerd", "--data-root", str(self.data_root), "--exec-root", str(self.exec_root),
             "--pidfile", str(self.state_dir / "dockerd.pid"), "-H", self.url,
-            "--cgroup-parent", self.cgroup_parent, "--userland-proxy=false", "--log-level=warn",
+            "--cgroup-parent", self.cgroup_parent, "--userland-proxy=false", "--log-level=warn", *self.extra_args,
         ]
         self.daemon = procs.start(f"dockerd-{self.site}", command, self.state_dir / "dockerd.log", self.netns)
         deadline = time.monotonic() + timeout

@@ -51,7 +51,7 @@ class OverlayPath:
                 after = self.overlay.wire_counters()
                 hops = testbed.topology.path_between(self.circuit.src, self.circuit.dst)
                 wire = {n: after.get(n, 0) - wire_before.get(n, 0) for n in (f"{a}->{b}" for a, b in zip(hops, hops[1:]))}
-                faults += validity.wire_faults(self.overlay.name, wire)
+                faults += validity.wire_faults(self.overlay.name, wire, self.overlay.wire_what)
             self.state.cache[key] = Measured(samples, faults, accrued, wire)
         return self.state.cache[key]
 
@@ -71,7 +71,7 @@ class OverlayPath:
                round_values: list[float] | None = None, **fields) -> Record:
         datapath = self.overlay.datapath(self.circuit.src, self.circuit.dst)
         if measured.wire is not None:
-            datapath["encapsulated_packets_on_wan"] = measured.wire
+            datapath[self.overlay.wire_key] = measured.wire
         ci95 = fields.pop("ci95", None)
         record = Record(
             overlay=self.overlay.name, metric=metric, src=self.circuit.src, dst=self.circuit.dst,

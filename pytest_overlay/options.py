@@ -9,7 +9,7 @@ from typing import Callable
 import pytest
 
 from . import gates
-from .overlays import BASELINE, IMPLEMENTED, KNOWN
+from .overlays import ALL, BASELINE, KNOWN
 
 EMULATORS = ("auto", "netem", "delayline", "none")
 BUNDLED_TOPOLOGIES = ("geant", "geant-star", "local")
@@ -19,12 +19,12 @@ def parse_overlays(value: str) -> list[str]:
     names = [n.strip() for n in value.split(",") if n.strip()]
     if not names:
         raise argparse.ArgumentTypeError("give at least one overlay name")
+    if "all" in names:
+        names = list(ALL) + [n for n in names if n != "all"]
     for name in names:
         if name not in KNOWN:
-            raise argparse.ArgumentTypeError(f"unknown overlay {name!r}; allowed: {', '.join(KNOWN)}")
-        if name not in IMPLEMENTED:
-            raise argparse.ArgumentTypeError(
-                f"overlay {name!r} is not available in this version; available: {', '.join(IMPLEMENTED)}")
+            raise argparse.ArgumentTypeError(f"unknown overlay {name!r}; allowed: all ({', '.join(ALL)}), "
+                                             f"{', '.join(KNOWN)}")
     if len(set(names)) != len(names):
         raise argparse.ArgumentTypeError(f"overlay named twice in {value!r}")
     # The underlay first: limits relative to it need its records.
@@ -80,8 +80,8 @@ def _add(group, flag: str, default, help: str, **kwargs) -> None:
 
 def addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("overlay", "pytest-overlay: overlay networks over an emulated WAN")
-    _add(group, "--overlay", ["host"], f"Overlays to measure, of: {', '.join(KNOWN)} (host is the underlay "
-         "baseline, measured first).", type=parse_overlays, metavar="NAME[,NAME...]")
+    _add(group, "--overlay", ["host"], f"Overlays to measure, of: {', '.join(KNOWN)}; or all ({', '.join(ALL)}). "
+         "host is the underlay baseline, measured first.", type=parse_overlays, metavar="NAME[,NAME...]")
     _add(group, "--topology", "geant", "Topology file, or the name of a bundled one "
          f"({', '.join(BUNDLED_TOPOLOGIES)}).", metavar="PATH|NAME")
     _add(group, "--overlay-emulator", "auto", "WAN link emulator: auto (netem where the kernel has it, else the "

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 STATE_ROOT = Path(os.environ.get("PYTEST_OVERLAY_STATE", "/run/pytest-overlay"))  # per run: pids, sockets, logs
@@ -10,3 +11,11 @@ DATA_ROOT = Path(os.environ.get("PYTEST_OVERLAY_DATA", "/var/lib/pytest-overlay"
 CACHE = Path(os.environ.get("PYTEST_OVERLAY_CACHE", "/var/cache/pytest-overlay"))  # kept: image, clips
 AGENTS = Path(__file__).resolve().parent / "agents"  # programs that run inside sites and containers
 IMAGE_AGENTS = "/opt/pytest-overlay"  # where the measurement image holds the same programs
+
+
+def find_binary(name: str) -> str | None:
+    """An overlay's binary (weaver, flanneld, ...): in $PYTEST_OVERLAY_BIN first, else on PATH."""
+    directory = os.environ.get("PYTEST_OVERLAY_BIN")
+    if directory and os.access(os.path.join(directory, name), os.X_OK):
+        return os.path.join(directory, name)
+    return shutil.which(name)

@@ -112,9 +112,19 @@ class Daemon:
     popen: subprocess.Popen = field(repr=False)
     started: int | None = None
 
+    own_pid_namespace: bool = False  # started under `unshare --pid --fork`: the daemon is its child
+
     @property
     def pid(self) -> int:
         return self.popen.pid
+
+    def inner_pid(self) -> int | None:
+        """The daemon itself, where unshare forked it into its own PID namespace."""
+        try:
+            children = Path(f"/proc/{self.pid}/task/{self.pid}/children").read_text().split()
+        except OSError:
+            return None
+        return int(children[0]) if children else None
 
     def alive(self) -> bool:
         return self.popen.poll() is None
@@ -129,7 +139,12 @@ class Daemon:
         """SIGTERM, wait, SIGKILL if it must: the process is reaped either way."""
         if self.popen.poll() is None:
             try:
-                self.popen.send_signal(signal.SIGTERM)
+                # unshare waits for its child, which is the daemon: end that, and unshare follows.
+                inner = self.inner_pid() if self.own_pid_namespace else None
+                if inner is not None:
+                    os.kill(inner, signal.SIGTERM)
+                else:
+                    self.popen.send_signal(signal.SIGTERM)
                 self.popen.wait(timeout)
             except subprocess.TimeoutExpired:
                 self.popen.kill()
@@ -147,8 +162,16 @@ class DaemonError(RuntimeError):
 
 
 def start(name: str, command: list[str], log: Path, netns: str | None = None,
-          ready: str | None = None, timeout: float = 10.0) -> Daemon:
-    """Start a daemon; with `ready`, wait until it prints that line on stdout."""
+          ready: str | None = None, timeout: float = 10.0, cwd: Path | None = None,
+          env: dict[str, str] | None = None, own_pid_namespace: bool = False) -> Daemon:
+    """Start a daemon; with `ready`, wait until it prints that line on stdout.
+
+    `own_pid_namespace` runs it as PID 1 of a new PID namespace (weaver needs that here:
+    it opens /proc/1/ns/net, which this VM refuses to the host's PID 1). `env` is added to
+    this process's environment (secrets go there, never on the command line).
+    """
+    if own_pid_namespace:
+        command = ["unshare", "--pid", "--fork", "--kill-child", "--mount-proc", *command]
     full = in_netns(netns, command)
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as log_file:
@@ -158,8 +181,10 @@ def start(name: str, command: list[str], log: Path, netns: str | None = None,
             stdout=subprocess.PIPE if ready else log_file,
             stderr=log_file,
             start_new_session=True,
+            cwd=cwd,
+            env={**os.environ, **env} if env else None,
         )
-    daemon = Daemon(name, full, log, popen, start_time(popen.pid))
+    daemon = Daemon(name, full, log, popen, start_time(popen.pid), own_pid_namespace)
     if ready:
         _wait_ready(daemon, ready, timeout)
     return daemon

@@ -84,6 +84,7 @@ class EmulatedTestbed:
         self.ports: list[emu.Port] = []
         self.emulator_reason = ""
         self.created: list[str] = []
+        self.counted: set[str] = set()
         self.owner = os.getpid()
         self.timings: dict[str, float] = {}
 
@@ -236,22 +237,34 @@ class EmulatedTestbed:
     def emulator_counters(self) -> dict[str, dict]:
         return self.emulator.counters() if self.emulator else {}
 
-    def count_udp(self, port: int) -> None:
-        """Count packets to a UDP port on every link direction (e.g. 4789, VXLAN)."""
-        rules = ["*filter", f":{WIRE_CHAIN}-{port} - [0:0]", f"-A FORWARD -j {WIRE_CHAIN}-{port}"]
-        rules += [f'-A {WIRE_CHAIN}-{port} -i {p.ingress} -p udp --dport {port} -m comment --comment "{p.name}"'
-                  for p in self.ports]
-        procs.run(["iptables-restore", "--noflush"], self.wan, input="\n".join(rules + ["COMMIT", ""])).check()
+    def count(self, label: str, match: list[str]) -> None:
+        """Count forwarded packets that match (iptables match arguments) on every link
+        direction, under `label`; counting the same label again changes nothing."""
+        if label in self.counted:
+            return
+        chain = f"{WIRE_CHAIN}-{label}"
+        rules = ["*filter", f":{chain} - [0:0]", f"-A FORWARD -j {chain}"]
+        rules += [f'-A {chain} -i {p.ingress} {" ".join(match)} -m comment --comment "{p.name}"' for p in self.ports]
+        procs.run(["iptables-restore", "-w", "--noflush"], self.wan, input="\n".join(rules + ["COMMIT", ""])).check()
+        self.counted.add(label)
 
-    def udp_packets(self, port: int) -> dict[str, int]:
-        """Packets counted by count_udp(port), per link direction."""
-        shown = procs.run(["iptables", "-t", "filter", "-n", "-v", "-x", "-L", f"{WIRE_CHAIN}-{port}"], self.wan).check()
+    def packets(self, label: str) -> dict[str, int]:
+        """Packets counted under `label` by count(), per link direction."""
+        shown = procs.run(["iptables", "-w", "-t", "filter", "-n", "-v", "-x", "-L", f"{WIRE_CHAIN}-{label}"],
+                          self.wan).check()
         counts = {}
         for line in shown.stdout.splitlines():
             match = re.match(r"\s*(\d+)\s+\d+\s.*/\* (\S+) \*/", line)
             if match:
                 counts[match.group(2)] = int(match.group(1))
         return counts
+
+    def count_udp(self, port: int) -> None:
+        """Count packets to a UDP port on every link direction (e.g. 4789, VXLAN)."""
+        self.count(str(port), ["-p", "udp", "--dport", str(port)])
+
+    def udp_packets(self, port: int) -> dict[str, int]:
+        return self.packets(str(port))
 
     def describe(self) -> dict:
         return {

@@ -193,7 +193,13 @@ class Topology:
     circuits: list[Circuit]
     hub: str | None = None
     manager: str | None = None
+    kv: str | None = None  # where an overlay's key-value store runs (Flannel's etcd)
     _routes: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def kv_site(self) -> str:
+        """The key-value store's site: `kv`, else the swarm manager, else the first site."""
+        return self.kv or self.manager or next(iter(self.sites))
 
     def link_between(self, a: str, b: str) -> Link | None:
         for link in self.links:
@@ -253,7 +259,7 @@ class Topology:
         }
 
 
-TOP_KEYS = {"name", "sites", "links", "circuits", "hub", "manager", "description"}
+TOP_KEYS = {"name", "sites", "links", "circuits", "hub", "manager", "kv", "description"}
 SITE_KEYS = {"location", "host"}
 LINK_KEYS = {"between", "from", "to", "rtt_ms", "delay_ms", "jitter_ms", "loss_pct", "rate_mbit"}
 
@@ -330,7 +336,7 @@ def parse(data: Any, path: str | Path) -> Topology:
             links.append(Link(len(links), src, dst, d, directions[(dst, src)][0]))
 
     topo = Topology(name=name, path=str(path), sites=sites, links=links, circuits=[])
-    for key in ("hub", "manager"):
+    for key in ("hub", "manager", "kv"):
         if key in data:
             if data[key] not in sites:
                 raise check.fail(data, key, key, f"unknown site {data[key]!r}; sites: {', '.join(sites)}")

@@ -16,10 +16,10 @@ def emulator_faults(kind: str, accrued: dict[str, dict]) -> list[str]:
     return emu.faults(accrued, LATE_TOLERANCE[kind])
 
 
-def wire_faults(overlay: str, counted: dict[str, int]) -> list[str]:
-    """Zero encapsulated packets on a hop of the circuit: the probe's traffic bypassed the overlay."""
+def wire_faults(overlay: str, counted: dict[str, int], what: str = "encapsulated packets") -> list[str]:
+    """None of the overlay's packets on a hop of the circuit: the probe's traffic bypassed it."""
     if counted and not all(counted.values()):
-        return [f"no {overlay} encapsulated packets crossed {', '.join(counted)}: "
+        return [f"no {overlay} {what} crossed {', '.join(n for n, c in counted.items() if not c)}: "
                 "the probe's traffic did not go through the overlay"]
     return []
 

@@ -34,10 +34,10 @@ class Run:
     output: str
 
 
-def run_suites(*args: str, timeout: float = 300) -> Run:
+def run_suites(*args: str, timeout: float = 300, env: dict[str, str] | None = None) -> Run:
     done = subprocess.run(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args],
-        cwd=ROOT, capture_output=True, text=True, timeout=timeout,
+        cwd=ROOT, capture_output=True, text=True, timeout=timeout, env={**os.environ, **env} if env else None,
     )
     return Run(done.returncode, done.stdout + done.stderr)
 

@@ -12,11 +12,17 @@ IMPLEMENTED = {
     "host": "host:HostOverlay",
     "libnetwork": "libnetwork:LibnetworkOverlay",
     "libnetwork-encrypted": "libnetwork:EncryptedLibnetworkOverlay",
+    "weave": "weave:WeaveOverlay",
+    "weave-encrypted": "weave:EncryptedWeaveOverlay",
+    "flannel": "flannel:FlannelOverlay",
+    "flannel-udp": "flannel:FlannelUdpOverlay",
+    "flannel-host-gw": "flannel:FlannelHostGwOverlay",
+    "calico": "calico:CalicoOverlay",
 }
-# What the study compared and this project plans; a name here but not above is refused
-# with the list of what is available.
-KNOWN = (*IMPLEMENTED, "weave", "flannel", "calico")
+KNOWN = tuple(IMPLEMENTED)
 BASELINE = "host"
+# `--overlay=all`: the underlay and the study's overlays, each with its default datapath.
+ALL = ("host", "libnetwork", "weave", "flannel", "calico")
 
 
 def get(name: str) -> type[Overlay]:
@@ -24,5 +30,5 @@ def get(name: str) -> type[Overlay]:
     return getattr(importlib.import_module(f"{__name__}.{module}"), cls)
 
 
-__all__ = ["BASELINE", "ContainerEndpoint", "IMPLEMENTED", "KNOWN", "Overlay", "OverlayUnavailable", "SiteEndpoint",
+__all__ = ["ALL", "BASELINE", "ContainerEndpoint", "IMPLEMENTED", "KNOWN", "Overlay", "OverlayUnavailable", "SiteEndpoint",
            "get"]

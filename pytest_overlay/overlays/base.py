@@ -48,6 +48,9 @@ class SiteEndpoint:
 class Overlay:
     name = ""
     description = ""
+    # What wire_counters() counts, as the records name it and as an INVALID reason says it.
+    wire_key = "encapsulated_packets_on_wan"
+    wire_what = "encapsulated packets"
 
     def __init__(self, testbed: EmulatedTestbed) -> None:
         self.testbed = testbed

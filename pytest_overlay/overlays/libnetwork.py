@@ -6,12 +6,11 @@ from __future__ import annotations
 import concurrent.futures
 import time
 
-import docker
-
-from .. import engines, procs
+from .. import procs
 from ..engines import LABEL, Engine, EngineError
 from ..testbed import EmulatedTestbed
-from .base import ContainerEndpoint, Overlay, OverlayUnavailable
+from .base import OverlayUnavailable
+from .containers import ContainerOverlay
 
 VXLAN_PORT = 4789
 
@@ -28,7 +27,7 @@ def esp_available(netns: str) -> tuple[bool, str]:
     return False, f"kernel lacks ESP/GCM (ip xfrm: {answer[-1] if answer else result.rc}): encrypted overlay unavailable"
 
 
-class LibnetworkOverlay(Overlay):
+class LibnetworkOverlay(ContainerOverlay):
     """Docker's own overlay: a swarm across the sites and an attachable VXLAN network."""
 
     name = "libnetwork"
@@ -37,14 +36,8 @@ class LibnetworkOverlay(Overlay):
 
     def __init__(self, testbed: EmulatedTestbed) -> None:
         super().__init__(testbed)
-        self.engines: dict[str, Engine] = {}
-        self.containers: dict[str, ContainerEndpoint] = {}
         self.network = f"ovl{testbed.run_id}-{self.name}"
         self.vni: str | None = None
-        self.mtu: int | None = None
-
-    def _progress(self, message: str) -> None:
-        self.testbed.progress(f"{self.name}: {message}")
 
     def up(self) -> None:
         if self.encrypted:
@@ -52,28 +45,19 @@ class LibnetworkOverlay(Overlay):
             if not ok:
                 raise OverlayUnavailable(why)
         started = time.monotonic()
-        bed = self.testbed
-        self.engines = {site: Engine(site, h.netns, h.address, bed.run_id, bed.run_dir / f"docker-{site}")
-                        for site, h in bed.sites.items()}
         try:
-            image, self.timings["engines_s"] = engines.start_all(list(self.engines.values()), self._progress)
-            for engine in self.engines.values():
-                bed.track(engine.daemon)
+            image = self._start_engines()
             self._swarm()
-            self._network_and_containers(image)
+            self._network()
+            self._run_containers(image, lambda engine, c: c.attrs["NetworkSettings"]["Networks"][self.network]["IPAddress"],
+                                 network=self.network)
         except BaseException:
             self.down()
             raise
-        bed.count_udp(VXLAN_PORT)
+        self.testbed.count_udp(VXLAN_PORT)
         self.timings["up_s"] = time.monotonic() - started
         self._progress(f"up in {self.timings['up_s']:.1f} s: network {self.network} (VNI {self.vni}, MTU {self.mtu}), "
                        f"{len(self.containers)} containers")
-
-    def _tcp_buffers(self, site: str) -> dict[str, str]:
-        """The site's TCP buffer sizes, for its container's own namespace: with Docker's
-        defaults (4 MB to send) one stream over 60 ms cannot pass 550 Mbit/s."""
-        sysctls = self.testbed.sites[site].sysctls
-        return {k: sysctls[k] for k in ("net.ipv4.tcp_rmem", "net.ipv4.tcp_wmem")}
 
     def _manager(self) -> Engine:
         return self.engines[self.testbed.topology.manager or next(iter(self.engines))]
@@ -92,8 +76,7 @@ class LibnetworkOverlay(Overlay):
         with concurrent.futures.ThreadPoolExecutor(max(1, len(workers))) as pool:
             list(pool.map(join, workers))
         # Readiness waits scale with the WAN: gossip and raft cross it several times.
-        worst_rtt = max(self.testbed.topology.expected(c)["rtt_ms"] for c in self.testbed.topology.circuits)
-        timeout = 30 + worst_rtt / 1000 * 200
+        timeout = 30 + self._worst_rtt_s() * 200
         deadline = time.monotonic() + timeout
         states: dict[str, str] = {}
         while time.monotonic() < deadline:
@@ -107,54 +90,13 @@ class LibnetworkOverlay(Overlay):
         raise EngineError(f"swarm did not converge within {timeout:.0f} s (nodes: {states}); this is the "
                           f"environment failing, not a measurement\n{logs}")
 
-    def _network_and_containers(self, image: str) -> None:
-        manager = self._manager()
+    def _network(self) -> None:
         options = {"encrypted": ""} if self.encrypted else {}
-        network = manager.client.networks.create(self.network, driver="overlay", attachable=True,
-                                                 labels={LABEL: self.testbed.run_id}, options=options)
+        network = self._manager().client.networks.create(self.network, driver="overlay", attachable=True,
+                                                         labels={LABEL: self.testbed.run_id}, options=options)
         network.reload()
         self.vni = (network.attrs.get("Options") or {}).get("com.docker.network.driver.overlay.vxlanid_list")
-
-        def run(engine: Engine) -> ContainerEndpoint:
-            name = f"ovl{self.testbed.run_id}-{engine.site}"
-            try:
-                container = engine.client.containers.run(image, name=name, hostname=engine.site, network=self.network,
-                                                         detach=True, labels={LABEL: self.testbed.run_id},
-                                                         sysctls=self._tcp_buffers(engine.site))
-            except docker.errors.APIError as e:
-                raise EngineError(f"measurement container {name} at site {engine.site} did not start: "
-                                  f"{e.explanation or e}\ndockerd of {engine.site}:\n{engine.daemon.log_tail(8)}") from None
-            deadline = time.monotonic() + 30
-            while time.monotonic() < deadline:
-                container.reload()
-                if container.status == "running":
-                    address = container.attrs["NetworkSettings"]["Networks"][self.network]["IPAddress"]
-                    return ContainerEndpoint(engine.site, address, engine, name)
-                if container.status in ("exited", "dead"):
-                    break
-                time.sleep(0.05)
-            raise EngineError(f"measurement container {name} at site {engine.site} is {container.status}; "
-                              f"its log:\n{container.logs(tail=20).decode(errors='replace')}\n"
-                              f"dockerd of {engine.site}:\n{engine.daemon.log_tail(8)}")
-
-        self._progress(f"network {self.network}; starting a measurement container at every site")
-        with concurrent.futures.ThreadPoolExecutor(len(self.engines)) as pool:
-            self.containers = {c.name: c for c in pool.map(run, self.engines.values())}
-        first = next(iter(self.containers.values()))
-        mtu = first.run(["cat", "/sys/class/net/eth0/mtu"]).check().stdout.strip()
-        self.mtu = int(mtu)
-
-    def down(self) -> None:
-        started = time.monotonic()
-        with concurrent.futures.ThreadPoolExecutor(max(1, len(self.engines))) as pool:
-            list(pool.map(lambda e: e.stop(), self.engines.values()))
-        if self.engines:
-            engines.remove_run_files(self.testbed.run_id, self.testbed.run_dir)
-        self.engines, self.containers = {}, {}
-        self.timings["down_s"] = time.monotonic() - started
-
-    def endpoint(self, site: str) -> ContainerEndpoint:
-        return self.containers[site]
+        self._progress(f"network {self.network} (VNI {self.vni})")
 
     def datapath(self, src: str, dst: str) -> dict:
         return {

@@ -16,9 +16,10 @@ SUITES = str(ROOT / "suites")
 
 
 @pytest.mark.parametrize("option, message", [
-    ("--overlay=foo", "unknown overlay 'foo'; allowed: host, libnetwork, libnetwork-encrypted, weave, flannel, calico"),
-    ("--overlay=weave", "overlay 'weave' is not available in this version; available: host, libnetwork, "
-                        "libnetwork-encrypted"),
+    ("--overlay=foo", "unknown overlay 'foo'; allowed: all (host, libnetwork, weave, flannel, calico), host, "
+                      "libnetwork, libnetwork-encrypted, weave, weave-encrypted, flannel, flannel-udp, "
+                      "flannel-host-gw, calico"),
+    ("--overlay=all,weave", "overlay named twice"),
     ("--overlay=host,host", "overlay named twice"),
     ("--overlay-emulator=magic", "'magic'; allowed: auto, netem, delayline, none"),
     ("--overlay-samples=3", "'3' is out of range; allowed: 10 to 1e+06"),
@@ -72,6 +73,13 @@ def test_each_overlay_is_built_once_with_the_underlay_first(pytester):
     overlays = [line.split("[")[1].split("-")[0] for line in result.stdout.lines if "::" in line]
     assert len(overlays) == 2 * (4 * 6 + 5)  # 4 tests x 6 circuits, 5 streaming levels
     assert overlays == sorted(overlays, key=["host", "libnetwork"].index)
+
+
+def test_all_is_the_underlay_and_the_studys_overlays(pytester):
+    result = pytester.runpytest_inprocess(SUITES, "--topology=local", "--overlay=all,flannel-udp", "-m", "latency",
+                                          "--collect-only", "-q")
+    overlays = [line.split("[")[1].rsplit("-A-B", 1)[0] for line in result.stdout.lines if "::" in line]
+    assert overlays == ["host", "libnetwork", "weave", "flannel", "calico", "flannel-udp"]
 
 
 def test_streaming_levels_are_test_ids(pytester):

@@ -73,6 +73,7 @@ BAD = [
     ("duplicate key", GOOD.replace("  C: {}\n", "  C: {}\n  C: {}\n"), 6, "C", "duplicate key"),
     ("circuit to unknown site", GOOD + "circuits: [[A, Q]]\n", 10, "circuits[0]", "unknown site 'Q'"),
     ("bad hub", GOOD + "hub: Q\n", 10, "hub", "unknown site"),
+    ("bad kv site", GOOD + "kv: Q\n", 10, "kv", "unknown site 'Q'"),
 ]
 
 
@@ -89,3 +90,9 @@ def test_bad_topology_names_file_line_and_field(tmp_path, text, line, field, mes
 def test_missing_topology_lists_bundled_ones():
     with pytest.raises(InputError, match="bundled topologies: geant, geant-star, local"):
         topology.load("atlantis")
+
+
+def test_key_value_store_site(tmp_path):
+    assert topology.load(write(tmp_path, GOOD)).kv_site == "A"
+    assert topology.load(write(tmp_path, GOOD + "manager: B\n")).kv_site == "B"
+    assert topology.load(write(tmp_path, GOOD + "manager: B\nkv: C\n")).kv_site == "C"

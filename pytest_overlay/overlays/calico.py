@@ -1,0 +1,202 @@
+"""Calico's data plane, rebuilt from real parts: calico-node (felix, confd, its BIRD) cannot
+be had here, so this is a model, and every record says so.
+
+What is real: BIRD (Debian's bird2) at every site, in an iBGP full mesh (AS 64512) over the
+WAN, each site announcing its own /26 block of the pool; the kernel routes BIRD installs;
+containers attached as Calico attaches them, a veth whose host end (`cali...`) has a /32
+route and proxy ARP, and whose container end routes everything via 169.254.1.1. No
+encapsulation: packets cross the WAN with the containers' own addresses, and the records
+count them.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import time
+
+from .. import procs
+from ..engines import Engine, EngineError
+from ..testbed import EmulatedTestbed
+from .base import OverlayUnavailable
+from .containers import ContainerOverlay
+
+POOL = ipaddress.ip_network("10.48.0.0/16")
+BLOCK_PREFIX = 26
+AS_NUMBER = 64512
+GATEWAY = "169.254.1.1"
+TOOLS = {"bird": "bird2", "birdc": "bird2"}
+MODEL = ("model of Calico's data plane: real BIRD iBGP full mesh, /26 blocks, cali veths with /32 routes and "
+         "proxy ARP; calico-node (felix, confd) not run")
+
+
+def block(index: int) -> ipaddress.IPv4Network:
+    """The index-th /26 block of the pool, one per site (Calico's default block size)."""
+    return list(POOL.subnets(new_prefix=BLOCK_PREFIX))[index]
+
+
+def bird_config(router_id: str, own_block: str, peers: dict[str, str]) -> str:
+    """BIRD 2 configuration for one site: announce the site's block to every peer (iBGP,
+    multihop: peers are sites, not neighbours on a segment) and install what it learns."""
+    sessions = "\n".join(f"protocol bgp peer_{name} from mesh {{ neighbor {address} as {AS_NUMBER}; }}"
+                         for name, address in peers.items())
+    return f"""\
+router id {router_id};
+protocol device {{ scan time 10; }}
+protocol kernel {{
+  learn;                 # the testbed's routes to the other sites resolve BGP next hops
+  ipv4 {{ import all; export where source = RTS_BGP; }};
+}}
+protocol static blocks {{
+  ipv4;
+  route {own_block} blackhole;
+}}
+template bgp mesh {{
+  local {router_id} as {AS_NUMBER};
+  multihop;
+  connect retry time 1;
+  ipv4 {{ import all; export where proto = "blocks"; gateway recursive; }};
+}}
+{sessions}
+"""
+
+
+class CalicoOverlay(ContainerOverlay):
+    name = "calico"
+    description = "Calico's data plane (model): BIRD iBGP full mesh AS 64512, /26 blocks, no encapsulation"
+    wire_key = "workload_packets_on_wan"
+    wire_what = "unencapsulated packets from workload addresses"
+
+    def __init__(self, testbed: EmulatedTestbed) -> None:
+        super().__init__(testbed)
+        self.blocks = {site: block(i) for i, site in enumerate(testbed.sites)}
+        self.sessions: dict[str, dict[str, str]] = {}  # site -> peer -> BGP state
+        self.learned: dict[str, dict[str, str]] = {}  # site -> block -> the kernel route BIRD installed
+
+    def up(self) -> None:
+        missing = procs.missing(TOOLS)
+        if missing:
+            raise OverlayUnavailable("Calico's model cannot run here; missing: " + "; ".join(missing))
+        started = time.monotonic()
+        try:
+            self._birds()
+            self._wait_for_routes()
+            image = self._start_engines()
+            self._run_containers(image, self._attach, network_mode="none")
+        except BaseException:
+            self.down()
+            raise
+        self.testbed.count("calico", ["-s", str(POOL)])
+        self.timings["up_s"] = time.monotonic() - started
+        self._progress(f"up in {self.timings['up_s']:.1f} s: {len(self.blocks)} blocks learned everywhere, "
+                       f"MTU {self.mtu}, {len(self.containers)} containers")
+
+    # --- BGP --------------------------------------------------------------------------------
+    def _socket(self, site: str) -> str:
+        return str(self.testbed.run_dir / "calico" / f"{site}-bird.ctl")
+
+    def _birdc(self, site: str, *command: str) -> procs.CommandResult:
+        return procs.run(["birdc", "-s", self._socket(site), *command], self.testbed.netns_of(site), timeout=10)
+
+    def _birds(self) -> None:
+        state = self.testbed.run_dir / "calico"
+        state.mkdir(parents=True, exist_ok=True)
+        sites = self.testbed.sites
+        self._progress(f"BIRD at {', '.join(sites)}: iBGP full mesh, AS {AS_NUMBER}")
+        for site, handle in sites.items():
+            peers = {other: h.address for other, h in sites.items() if other != site}
+            config = state / f"{site}-bird.conf"
+            config.write_text(bird_config(handle.address, str(self.blocks[site]), peers))
+            daemon = procs.start(f"bird-{site}", ["bird", "-f", "-c", str(config), "-s", self._socket(site),
+                                                  "-P", str(state / f"{site}-bird.pid")],
+                                 state / f"{site}-bird.log", handle.netns)
+            self.daemons.append(daemon)
+            self.testbed.track(daemon)
+            # Calico's felix lets workload traffic through; dockerd's FORWARD policy would drop it.
+            for rule in (["-i", "cali+"], ["-o", "cali+"]):
+                procs.run(["iptables", "-w", "-I", "FORWARD", *rule, "-j", "ACCEPT"], handle.netns).check()
+
+    def _refresh(self) -> list[str]:
+        """Every BGP session's state and every block's kernel route; what is still missing."""
+        missing = []
+        for site in self.testbed.sites:
+            shown = self._birdc(site, "show", "protocols")
+            self.sessions[site] = {}
+            for line in shown.stdout.splitlines():
+                fields = line.split()
+                if fields and fields[0].startswith("peer_"):
+                    self.sessions[site][fields[0][5:]] = fields[-1] if fields[3] == "up" else " ".join(fields[3:])
+            self.learned[site] = {}
+            for other, network in self.blocks.items():
+                if other == site:
+                    continue
+                route = procs.run(["ip", "-4", "-o", "route", "show", str(network)], self.testbed.netns_of(site)).stdout
+                if "proto bird" in route:
+                    self.learned[site][str(network)] = " ".join(route.split())
+                else:
+                    missing.append(f"{site} has not learned {other}'s block {network}")
+            missing += [f"BGP {site}->{peer}: {state}" for peer, state in self.sessions[site].items()
+                        if state != "Established"]
+        return missing
+
+    def _wait_for_routes(self) -> None:
+        timeout = 30 + self._worst_rtt_s() * 100
+        deadline = time.monotonic() + timeout
+        while True:
+            for daemon in self.daemons:
+                if not daemon.alive():
+                    raise EngineError(f"{daemon.name} exited (exit {daemon.popen.returncode}); its log:\n"
+                                      f"{daemon.log_tail(10)}")
+            missing = self._refresh()
+            if not missing:
+                return
+            if time.monotonic() > deadline:
+                logs = "\n".join(f"--- {d.name}:\n{d.log_tail(6)}" for d in self.daemons)
+                raise EngineError(f"Calico's BGP mesh did not converge within {timeout:.0f} s: "
+                                  + "; ".join(missing) + f"\n{logs}")
+            time.sleep(0.3)
+
+    # --- workloads --------------------------------------------------------------------------
+    def _attach(self, engine: Engine, container) -> str:
+        """Calico's way: a veth, the container's end eth0 with a /32 and a default route via
+        169.254.1.1; the host's end answers ARP for everything (proxy ARP) and holds the /32."""
+        site, pid = engine.site, container.attrs["State"]["Pid"]
+        address = str(next(self.blocks[site].hosts()))
+        host_end = f"cali{container.id[:11]}"
+        netns = self.testbed.netns_of(site)
+        procs.run(["ip", "link", "add", host_end, "type", "veth", "peer", "name", "eth0", "netns", str(pid)],
+                  netns).check()
+        for command in (["ip", "link", "set", host_end, "up"],
+                        ["sysctl", "-q", "-w", f"net.ipv4.conf.{host_end}.proxy_arp=1",
+                         f"net.ipv4.neigh.{host_end}.proxy_delay=0"],
+                        ["ip", "route", "add", f"{address}/32", "dev", host_end, "scope", "link"]):
+            procs.run(command, netns).check()
+        shown = procs.run(["ip", "-o", "link", "show", "dev", host_end], netns).check().stdout.split()
+        host_mac = shown[shown.index("link/ether") + 1]
+        inside = ["nsenter", f"--net=/proc/{pid}/ns/net"]
+        # The gateway is nobody's address: the host end answers for it (Calico's CNI plugin
+        # also writes this neighbour entry, since the site has no route that proxy ARP could use).
+        for command in (["ip", "address", "add", f"{address}/32", "dev", "eth0"], ["ip", "link", "set", "eth0", "up"],
+                        ["ip", "route", "add", GATEWAY, "dev", "eth0", "scope", "link"],
+                        ["ip", "neigh", "add", GATEWAY, "lladdr", host_mac, "dev", "eth0", "nud", "permanent"],
+                        ["ip", "route", "add", "default", "via", GATEWAY, "dev", "eth0"]):
+            procs.run(inside + command).check()
+        return address
+
+    # --- what the records say ---------------------------------------------------------------
+    def datapath(self, src: str, dst: str) -> dict:
+        return {
+            "kind": "calico-model",
+            "model": MODEL,
+            "encapsulation": None,
+            "mtu": self.mtu,
+            "as": AS_NUMBER,
+            "blocks": {site: str(self.blocks[site]) for site in (src, dst)},
+            "bgp_sessions": {site: self.sessions.get(site, {}) for site in (src, dst)},
+            "routes_learned": {site: self.learned.get(site, {}) for site in (src, dst)},
+            "path": self.testbed.topology.path_between(src, dst),
+            "container_sysctls": {site: self._tcp_buffers(site) for site in (src, dst)},
+        }
+
+    def wire_counters(self) -> dict[str, int]:
+        """Packets with a workload's own source address on the WAN: unencapsulated traffic."""
+        return self.testbed.packets("calico")

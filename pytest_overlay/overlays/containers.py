@@ -1,0 +1,107 @@
+"""What every container overlay shares: a real Docker engine per site, the measurement image
+loaded into each, and one measurement container per site, with the site's TCP buffers."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import time
+from typing import Callable
+
+import docker
+
+from .. import engines, procs
+from ..engines import LABEL, Engine, EngineError
+from ..testbed import EmulatedTestbed
+from .base import ContainerEndpoint, Overlay
+
+
+class ContainerOverlay(Overlay):
+    """Engines and containers; subclasses make the network and say how a container joins it."""
+
+    def __init__(self, testbed: EmulatedTestbed) -> None:
+        super().__init__(testbed)
+        self.engines: dict[str, Engine] = {}
+        self.containers: dict[str, ContainerEndpoint] = {}
+        self.daemons: list[procs.Daemon] = []  # the overlay's own daemons, besides the engines
+        self.mtu: int | None = None
+        # Interfaces each site had before this overlay: what it adds (docker0, weave's bridge,
+        # flannel.1, ...) goes when it goes, so the next overlay of the run starts clean.
+        self.links_before = {site: self._links(site) for site in testbed.sites}
+
+    def _links(self, site: str) -> set[str]:
+        shown = procs.run(["ip", "-o", "link", "show"], self.testbed.netns_of(site)).stdout
+        return {line.split(":")[1].strip().split("@")[0] for line in shown.splitlines() if ":" in line}
+
+    def _remove_added_links(self) -> None:
+        for site, before in self.links_before.items():
+            for name in sorted(self._links(site) - before):
+                procs.run(["ip", "link", "delete", name], self.testbed.netns_of(site))
+
+    def _progress(self, message: str) -> None:
+        self.testbed.progress(f"{self.name}: {message}")
+
+    def _start_engines(self, extra_args: Callable[[str], list[str]] = lambda site: []) -> str:
+        """Start every site's engine and load the image; returns the image reference."""
+        bed = self.testbed
+        self.engines = {site: Engine(site, h.netns, h.address, bed.run_id, bed.run_dir / f"docker-{site}",
+                                     extra_args=extra_args(site))
+                        for site, h in bed.sites.items()}
+        image, self.timings["engines_s"] = engines.start_all(list(self.engines.values()), self._progress)
+        for engine in self.engines.values():
+            bed.track(engine.daemon)
+        return image
+
+    def _tcp_buffers(self, site: str) -> dict[str, str]:
+        """The site's TCP buffer sizes, for its container's own namespace: with Docker's
+        defaults (4 MB to send) one stream over 60 ms cannot pass 550 Mbit/s."""
+        sysctls = self.testbed.sites[site].sysctls
+        return {k: sysctls[k] for k in ("net.ipv4.tcp_rmem", "net.ipv4.tcp_wmem")}
+
+    def _run_containers(self, image: str, address: Callable[[Engine, object], str], **options) -> None:
+        """One measurement container per site, in parallel; `address` says where it is reached."""
+
+        def run(engine: Engine) -> ContainerEndpoint:
+            name = f"ovl{self.testbed.run_id}-{engine.site}"
+            try:
+                container = engine.client.containers.run(image, name=name, hostname=engine.site, detach=True,
+                                                         labels={LABEL: self.testbed.run_id},
+                                                         sysctls=self._tcp_buffers(engine.site), **options)
+            except docker.errors.APIError as e:
+                raise EngineError(f"measurement container {name} at site {engine.site} did not start: "
+                                  f"{e.explanation or e}\ndockerd of {engine.site}:\n{engine.daemon.log_tail(8)}") from None
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline:
+                container.reload()
+                if container.status == "running":
+                    return ContainerEndpoint(engine.site, address(engine, container), engine, name)
+                if container.status in ("exited", "dead"):
+                    break
+                time.sleep(0.05)
+            raise EngineError(f"measurement container {name} at site {engine.site} is {container.status}; "
+                              f"its log:\n{container.logs(tail=20).decode(errors='replace')}\n"
+                              f"dockerd of {engine.site}:\n{engine.daemon.log_tail(8)}")
+
+        self._progress("starting a measurement container at every site")
+        with concurrent.futures.ThreadPoolExecutor(len(self.engines)) as pool:
+            self.containers = {c.name: c for c in pool.map(run, self.engines.values())}
+        first = next(iter(self.containers.values()))
+        self.mtu = int(first.run(["cat", "/sys/class/net/eth0/mtu"]).check().stdout.strip())
+
+    def _worst_rtt_s(self) -> float:
+        return max(self.testbed.topology.expected(c)["rtt_ms"] for c in self.testbed.topology.circuits) / 1000
+
+    def down(self) -> None:
+        started = time.monotonic()
+        with concurrent.futures.ThreadPoolExecutor(max(1, len(self.engines))) as pool:
+            list(pool.map(lambda e: e.stop(), self.engines.values()))
+        for daemon in self.daemons:
+            daemon.stop()
+        if self.testbed.created:  # the sites still exist
+            self._remove_added_links()
+        if self.engines:
+            engines.remove_run_files(self.testbed.run_id, self.testbed.run_dir)
+        self.engines, self.containers, self.daemons = {}, {}, []
+        self.timings["down_s"] = time.monotonic() - started
+
+    def endpoint(self, site: str) -> ContainerEndpoint:
+        return self.containers[site]

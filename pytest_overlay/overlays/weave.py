@@ -1,0 +1,207 @@
+"""Weave Net: a real `weaver` router in every site, peered with every other site over the
+emulated WAN, and each site's measurement container attached to Weave's bridge by Weave's
+own CNI plugin (`weaveutil cni-net`), with an address from Weave's IPAM.
+
+weaver picks its datapath itself: fastdp (kernel VXLAN through openvswitch, UDP 6784) where
+the kernel has openvswitch, else sleeve (userspace capture, frames batched into UDP 6783).
+Every record carries what Weave reports for each peer connection.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import json
+import secrets
+import sys
+import time
+
+from .. import procs
+from ..engines import Engine, EngineError
+from ..paths import find_binary
+from ..testbed import EmulatedTestbed
+from .base import OverlayUnavailable
+from .libnetwork import esp_available
+from .containers import ContainerOverlay
+
+CONTROL_PORT = 6783  # TCP: the mesh; UDP: sleeve
+FASTDP_PORT = 6784  # UDP: fastdp's VXLAN
+HTTP_ADDR = "127.0.0.1:6784"  # weaver's API, inside each site only
+IPALLOC_RANGE = "10.32.0.0/12"
+BINARIES = {"weaver": "Weave Net's router", "weaveutil": "Weave Net's helper and CNI plugin"}
+GET = """\
+import sys, urllib.request
+request = urllib.request.Request("http://%s" + sys.argv[1], headers={"Accept": "application/json"})
+print(urllib.request.urlopen(request, timeout=5).read().decode())
+""" % HTTP_ADDR
+
+
+def missing_binaries() -> list[str]:
+    return [f"{name} ({what})" for name, what in BINARIES.items() if find_binary(name) is None]
+
+
+class WeaveOverlay(ContainerOverlay):
+    name = "weave"
+    description = "Weave Net 2.8 routers, one per site, full mesh; containers on Weave's bridge (sleeve or fastdp)"
+    encrypted = False
+
+    def __init__(self, testbed: EmulatedTestbed) -> None:
+        super().__init__(testbed)
+        self.connections: dict[str, list[dict]] = {}
+        self.router: dict[str, dict] = {}
+
+    def up(self) -> None:
+        missing = missing_binaries()
+        if missing:
+            raise OverlayUnavailable(
+                "Weave Net is not installed: " + ", ".join(missing) + " not found in $PYTEST_OVERLAY_BIN or on PATH; "
+                "install weaver and weaveutil from Weave Net 2.8.1 (see the README, 'Overlays')")
+        started = time.monotonic()
+        try:
+            image = self._start_engines()
+            self._routers()
+            self._run_containers(image, self._attach, network_mode="none")
+        except BaseException:
+            self.down()
+            raise
+        self.testbed.count_udp(CONTROL_PORT)
+        self.testbed.count_udp(FASTDP_PORT)
+        self._refresh_status()
+        if self.encrypted and "fastdp" in self._kinds():
+            ok, why = esp_available(self.testbed.wan)
+            if not ok:
+                self.down()
+                raise OverlayUnavailable(f"Weave's fastdp encrypts with IPsec: {why}")
+        self.timings["up_s"] = time.monotonic() - started
+        self._progress(f"up in {self.timings['up_s']:.1f} s: datapath {', '.join(sorted(self._kinds()))}, MTU {self.mtu}, "
+                       f"{len(self.containers)} containers")
+
+    # --- the routers ------------------------------------------------------------------------
+    def _peer_name(self, index: int) -> str:
+        """A MAC-style peer name that carries the run id (weaver's default, from the machine
+        id, is the same for every site on one machine)."""
+        run = self.testbed.run_id
+        return f"7a:{run[0:2]}:{run[2:4]}:{run[4:6]}:{index >> 8:02x}:{index & 0xFF:02x}"
+
+    def _routers(self) -> None:
+        bed = self.testbed
+        sites = list(bed.sites.values())
+        env = {"CHECKPOINT_DISABLE": "1"}  # no call home for a version check
+        if self.encrypted:
+            env["WEAVE_PASSWORD"] = secrets.token_hex(16)  # made for the run, never recorded
+        self._progress(f"starting weaver at {', '.join(h.name for h in sites)}"
+                       + (" (encrypted)" if self.encrypted else ""))
+        for index, site in enumerate(sites):
+            state = bed.run_dir / f"weave-{site.name}"
+            state.mkdir(parents=True, exist_ok=True)
+            command = [find_binary("weaver"), "--name", self._peer_name(index + 1), "--nickname", site.name,
+                       "--host", site.address, "--port", str(CONTROL_PORT), "--http-addr", HTTP_ADDR,
+                       "--status-addr", "", "--metrics-addr", "", "--docker-api", "", "--no-dns", "--no-discovery",
+                       "--ipalloc-range", IPALLOC_RANGE, "--ipalloc-init", f"consensus={len(sites)}",
+                       "--db-prefix", str(state / "weave"),
+                       *(other.address for other in sites if other is not site)]
+            daemon = procs.start(f"weaver-{site.name}", command, state / "weaver.log", site.netns, cwd=state,
+                                 env=env, own_pid_namespace=True)
+            self.daemons.append(daemon)
+            bed.track(daemon)
+        self._wait_for_mesh()
+
+    def _http(self, site: str, path: str) -> dict:
+        result = procs.run([sys.executable, "-c", GET, path], self.testbed.netns_of(site), timeout=10)
+        return json.loads(result.stdout) if result.ok else {}
+
+    def _wait_for_mesh(self) -> None:
+        """Every router has an established connection to every other: the mesh gossips over
+        the WAN, so the wait scales with its worst RTT."""
+        timeout = 30 + self._worst_rtt_s() * 200
+        started = time.monotonic()
+        deadline = started + timeout
+        others = len(self.testbed.sites) - 1
+        while time.monotonic() < deadline:
+            for daemon in self.daemons:
+                if not daemon.alive():
+                    raise EngineError(f"{daemon.name} exited during start (exit {daemon.popen.returncode}); "
+                                      f"its log:\n{daemon.log_tail(15)}")
+            self._refresh_status()
+            established = {site: sum(c["state"] == "established" for c in conns)
+                           for site, conns in self.connections.items()}
+            if len(established) == len(self.testbed.sites) and all(n == others for n in established.values()):
+                self._progress(f"mesh established in {time.monotonic() - started:.1f} s")
+                return
+            time.sleep(0.3)
+        logs = "\n".join(f"--- {d.name}:\n{d.log_tail(8)}" for d in self.daemons)
+        raise EngineError(f"Weave mesh did not form within {timeout:.0f} s (established connections per site: "
+                          f"{ {s: [c['state'] for c in conns] for s, conns in self.connections.items()} }); "
+                          f"this is the environment failing, not a measurement\n{logs}")
+
+    def _refresh_status(self) -> None:
+        with concurrent.futures.ThreadPoolExecutor(len(self.testbed.sites)) as pool:
+            reports = dict(zip(self.testbed.sites, pool.map(lambda s: self._http(s, "/report"),
+                                                             self.testbed.sites)))
+        for site, report in reports.items():
+            router = report.get("Router") or {}
+            self.router[site] = {"name": router.get("Name"), "encryption": router.get("Encryption"),
+                                 "interface": router.get("Interface"), "version": report.get("Version")}
+            self.connections[site] = [
+                {"address": c.get("Address"), "state": c.get("State"), "info": c.get("Info"),
+                 "datapath": (c.get("Attrs") or {}).get("name") or (c.get("Info") or "").split(" ")[0],
+                 "mtu": (c.get("Attrs") or {}).get("mtu")}
+                for c in router.get("Connections") or []]
+
+    # --- containers -------------------------------------------------------------------------
+    def _attach(self, engine: Engine, container) -> str:
+        """Weave's CNI plugin, run in the site (where its weaver listens), puts the container's
+        namespace on the weave bridge with an address from Weave's IPAM."""
+        config = json.dumps({"cniVersion": "0.3.0", "name": "weave", "type": "weave-net"})
+        pid = container.attrs["State"]["Pid"]
+        weaveutil = find_binary("weaveutil")
+        result = procs.run(["env", "CNI_COMMAND=ADD", f"CNI_CONTAINERID={container.id}",
+                            f"CNI_NETNS=/proc/{pid}/ns/net", "CNI_IFNAME=eth0", f"CNI_PATH={weaveutil.rsplit('/', 1)[0]}",
+                            f"WEAVE_HTTP_ADDR={HTTP_ADDR}", weaveutil, "cni-net"],
+                           engine.netns, timeout=60 + self._worst_rtt_s() * 100, input=config)
+        try:
+            answer = json.loads(result.stdout)
+            return answer["ips"][0]["address"].split("/")[0]
+        except (ValueError, KeyError, IndexError, TypeError):
+            raise EngineError(f"Weave's CNI plugin could not attach the container at site {engine.site} "
+                              f"(exit {result.rc}): {(result.stdout + result.stderr).strip()[-500:]}\n"
+                              f"weaver of {engine.site}:\n{self._daemon_of(engine.site).log_tail(8)}") from None
+
+    def _daemon_of(self, site: str) -> procs.Daemon:
+        return next(d for d in self.daemons if d.name == f"weaver-{site}")
+
+    # --- what the records say ---------------------------------------------------------------
+    def _datapath_kind(self, src: str) -> str:
+        kinds = {c["datapath"] for c in self.connections.get(src, []) if c["state"] == "established"}
+        return kinds.pop() if len(kinds) == 1 else ",".join(sorted(kinds)) or "unknown"
+
+    def datapath(self, src: str, dst: str) -> dict:
+        kind = self._datapath_kind(src)
+        return {
+            "kind": f"weave-{kind}",
+            "weave_datapath": kind,
+            "udp_port": FASTDP_PORT if kind == "fastdp" else CONTROL_PORT,
+            "mtu": self.mtu,
+            "encrypted": self.encrypted,
+            "encryption_reported": self.router.get(src, {}).get("encryption"),
+            "peer_connections": {site: [{k: c[k] for k in ("address", "state", "info", "mtu")} for c in conns]
+                                 for site, conns in self.connections.items() if site in (src, dst)},
+            "ipam_range": IPALLOC_RANGE,
+            "path": self.testbed.topology.path_between(src, dst),
+            "container_sysctls": {site: self._tcp_buffers(site) for site in (src, dst)},
+        }
+
+    def _kinds(self) -> set[str]:
+        return {c["datapath"] for conns in self.connections.values() for c in conns if c["state"] == "established"}
+
+    def wire_counters(self) -> dict[str, int]:
+        """Packets of the datapath Weave reports (sleeve: UDP 6783, fastdp: UDP 6784) on the WAN."""
+        return self.testbed.udp_packets(FASTDP_PORT if self._kinds() == {"fastdp"} else CONTROL_PORT)
+
+
+class EncryptedWeaveOverlay(WeaveOverlay):
+    """The same with a network password: sleeve encrypts with NaCl (works anywhere); fastdp
+    would use IPsec ESP, which some kernels lack."""
+
+    name = "weave-encrypted"
+    description = "Weave Net with --password (sleeve: NaCl; fastdp: IPsec ESP)"
+    encrypted = True

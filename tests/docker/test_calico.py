@@ -1,0 +1,42 @@
+"""Calico's data plane, modelled from real BIRD and kernel routes: every BGP session
+established and every block learned before measuring, and traffic across the WAN with the
+workloads' own addresses, unencapsulated."""
+
+from __future__ import annotations
+
+import json
+
+from pytest_overlay.overlays import calico
+
+from ..conftest import QUICK, run_suites
+
+
+def test_bird_config_announces_the_block_to_every_peer():
+    text = calico.bird_config("198.18.0.1", "10.48.0.0/26", {"B": "198.18.0.2", "C": "198.18.0.3"})
+    assert "local 198.18.0.1 as 64512;" in text and "multihop;" in text
+    assert "route 10.48.0.0/26 blackhole;" in text
+    assert "protocol bgp peer_B from mesh { neighbor 198.18.0.2 as 64512; }" in text
+    assert "protocol bgp peer_C from mesh { neighbor 198.18.0.3 as 64512; }" in text
+    assert [str(calico.block(i)) for i in range(3)] == ["10.48.0.0/26", "10.48.0.64/26", "10.48.0.128/26"]
+
+
+def test_calico_next_to_the_underlay(tmp_path, clean_machine):
+    out = tmp_path / "results.json"
+    run = run_suites("suites/", *QUICK, "--topology=geant-star", "--overlay=host,calico", "-m", "latency or tcp",
+                     "-k", "BRA-AMS or BRA-LJU", f"--overlay-json={out}", timeout=600)
+    assert run.rc == 0, run.output
+    records = [r for r in json.loads(out.read_text())["results"] if r["overlay"] == "calico"]
+    assert len(records) == 4
+    for record in records:
+        path = record["datapath"]
+        assert path["kind"] == "calico-model" and path["encapsulation"] is None and path["mtu"] == 1500
+        assert "calico-node (felix, confd) not run" in path["model"]
+        src, dst = record["src"], record["dst"]
+        assert set(path["bgp_sessions"][src].values()) == {"Established"} and len(path["bgp_sessions"][src]) == 3
+        assert path["blocks"][dst] in path["routes_learned"][src]
+        assert "proto bird" in path["routes_learned"][src][path["blocks"][dst]]
+        hops = [f"{a}->{b}" for a, b in zip(path["path"], path["path"][1:])]
+        assert all(path["workload_packets_on_wan"][hop] > 0 for hop in hops)
+    tcp = {r["overlay"]: r["total"] for r in json.loads(out.read_text())["results"]
+           if r["metric"] == "tcp_throughput" and r["dst"] == "AMS"}
+    assert tcp["calico"] > 0.9 * tcp["host"]  # no encapsulation, no userspace: the underlay's rate
