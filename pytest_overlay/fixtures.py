@@ -90,20 +90,41 @@ def overlay_testbed(overlay_session: OverlaySession):
         signal.signal(signal.SIGTERM, previous)
 
 
+BRINGUP_ATTEMPTS = 2  # an overlay that fails to come up is torn down and tried once more
+
+
 @pytest.fixture(scope="session")
 def overlay(request: pytest.FixtureRequest, overlay_testbed, overlay_session: OverlaySession):
     """Name: overlay. Scope: session, one instance per --overlay name. Depends on: overlay_testbed.
 
     The overlay network across every site, with its endpoints; torn down after its tests.
-    Skipped, with the overlay's own reason, where this machine cannot run it.
+    Skipped, with the overlay's own reason, where this machine cannot run it. A bring-up
+    that fails (the environment, not a measurement) is torn down and retried once, then
+    fails that overlay's tests with the overlay, the cause and the daemons' last log lines.
     """
     from . import overlays
 
-    instance = overlays.get(request.param)(overlay_testbed)
-    try:
-        instance.up()
-    except overlays.OverlayUnavailable as e:
-        pytest.skip(str(e))
+    name = request.param
+    if name in overlay_session.bringup_failures:
+        pytest.fail(overlay_session.bringup_failures[name], pytrace=False)
+    for attempt in range(1, BRINGUP_ATTEMPTS + 1):
+        instance = overlays.get(name)(overlay_testbed)
+        try:
+            instance.up()  # tears down what it made if it fails
+            break
+        except overlays.OverlayUnavailable as e:
+            pytest.skip(str(e))
+        except Exception as e:  # noqa: BLE001  (any failure of the environment: reported, retried once)
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            if attempt < BRINGUP_ATTEMPTS:
+                overlay_session.progress(f"{name}: bring-up attempt {attempt} failed ({first}); tearing down and "
+                                         "trying again")
+                continue
+            overlay_session.bringup_failures[name] = (
+                f"{name} did not come up ({BRINGUP_ATTEMPTS} attempts); the last one failed with "
+                f"{type(e).__name__}: {e}")
+            pytest.fail(overlay_session.bringup_failures[name], pytrace=False)
+    instance.timings["attempts"] = attempt
     try:
         yield instance
     finally:
@@ -147,7 +168,7 @@ def stream_server(overlay, stream_clip, overlay_session: OverlaySession):
     The RTSP server at the topology's hub (else the first circuit's source)."""
     from . import streaming
 
-    circuit = stream_circuit(overlay_session.topology)
+    circuit = overlay_session.topology.stream_circuit()
     server = streaming.start_server(overlay.endpoint(circuit.src), stream_clip)
     overlay_session.progress(f"{overlay.name}: RTSP server at {circuit.src} serving {server.url}")
     try:
@@ -156,20 +177,11 @@ def stream_server(overlay, stream_clip, overlay_session: OverlaySession):
         server.daemon.stop()
 
 
-def stream_circuit(topo: topology.Topology) -> topology.Circuit:
-    """Server at the hub, clients at the far end of the first circuit from it."""
-    hub = topo.hub or topo.circuits[0].src
-    for c in topo.circuits:
-        if hub in (c.src, c.dst):
-            return topology.Circuit(hub, c.dst if c.src == hub else c.src)
-    return topology.Circuit(hub, next(s for s in topo.sites if s != hub))
-
-
 @pytest.fixture
 def stream_path(overlay, stream_server, concurrency: int, transport: str, overlay_session: OverlaySession,
                 request: pytest.FixtureRequest) -> StreamPath:
     """Name: stream_path. Scope: function (cheap). Depends on: overlay, stream_server.
 
     `concurrency` clients at the far site watching the stream over `transport`."""
-    return StreamPath(overlay, stream_circuit(overlay_session.topology), overlay_session, request.node.nodeid,
+    return StreamPath(overlay, overlay_session.topology.stream_circuit(), overlay_session, request.node.nodeid,
                       stream_server, concurrency, transport)

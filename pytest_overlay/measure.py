@@ -5,7 +5,7 @@ their validity, thresholds and gates."""
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable
 
 from . import emulator as emu
@@ -13,6 +13,7 @@ from . import gates, metrics, probes, results, streaming, validity
 from .overlays import BASELINE, Overlay
 from .results import Record, Stats
 from .session import OverlaySession
+from .thresholds import VALIDITY
 from .topology import Circuit
 
 
@@ -24,6 +25,8 @@ class Measured:
     faults: list[str]
     emulator: dict
     wire: dict[str, int] | None
+    tries: int = 1
+    earlier_faults: list[str] = field(default_factory=list)  # why the tries before this one were invalid
 
 
 class OverlayPath:
@@ -37,23 +40,43 @@ class OverlayPath:
         offered = self.state.option("overlay_udp_rate")
         return min(offered, self.expected["rate_mbit"]) if self.expected["rate_mbit"] else offered
 
-    def _measure(self, kind: str, probe: Callable[[], object]) -> Measured:
-        """Run a probe once per session, with the emulator's and the overlay's counters around it."""
+    @property
+    def rules(self) -> dict[str, float]:
+        return self.state.thresholds.for_(VALIDITY, self.overlay.name, self.circuit.id)
+
+    def _measure(self, kind: str, probe: Callable[[], object],
+                 check: Callable[[object], list[str]] = lambda samples: []) -> Measured:
+        """Run a probe once per session, with the emulator's and the overlay's counters
+        around it. A run invalid only for the machine's load is taken again, up to
+        --overlay-retries times; the record says how many tries it took."""
         key = (self.overlay.name, self.circuit, kind)
         if key not in self.state.cache:
-            testbed = self.overlay.testbed
-            before, wire_before = testbed.emulator_counters(), self.overlay.wire_counters()
-            samples = probe()
-            accrued = emu.delta(before, testbed.emulator_counters())
-            faults = validity.emulator_faults(kind.split("-")[0], accrued)
-            wire = None
-            if wire_before is not None:
-                after = self.overlay.wire_counters()
-                hops = testbed.topology.path_between(self.circuit.src, self.circuit.dst)
-                wire = {n: after.get(n, 0) - wire_before.get(n, 0) for n in (f"{a}->{b}" for a, b in zip(hops, hops[1:]))}
-                faults += validity.wire_faults(self.overlay.name, wire, self.overlay.wire_what)
-            self.state.cache[key] = Measured(samples, faults, accrued, wire)
+            retries = self.state.option("overlay_retries")
+            earlier: list[str] = []
+            for attempt in range(1, retries + 2):
+                measured = self._once(kind, probe, check)
+                measured.tries, measured.earlier_faults = attempt, list(earlier)
+                if attempt > retries or not validity.load_related(measured.faults):
+                    break
+                earlier += [f"try {attempt}: {f}" for f in measured.faults]
+                self.state.progress(f"{self.overlay.name} {self.circuit.id} {kind}: invalid ({measured.faults[0]}); "
+                                    f"measuring again ({attempt}/{retries})")
+            self.state.cache[key] = measured
         return self.state.cache[key]
+
+    def _once(self, kind: str, probe: Callable[[], object], check: Callable[[object], list[str]]) -> Measured:
+        testbed = self.overlay.testbed
+        before, wire_before = testbed.emulator_counters(), self.overlay.wire_counters()
+        samples = probe()
+        accrued = emu.delta(before, testbed.emulator_counters())
+        faults = validity.emulator_faults(kind.split("-")[0], accrued, self.rules) + check(samples)
+        wire = None
+        if wire_before is not None:
+            after = self.overlay.wire_counters()
+            hops = testbed.topology.path_between(self.circuit.src, self.circuit.dst)
+            wire = {n: after.get(n, 0) - wire_before.get(n, 0) for n in (f"{a}->{b}" for a, b in zip(hops, hops[1:]))}
+            faults += validity.wire_faults(self.overlay.name, wire, self.overlay.wire_what)
+        return Measured(samples, faults, accrued, wire)
 
     def _latency(self) -> Measured:
         samples, interval, rounds, warmup = (self.state.option(o) for o in (
@@ -77,7 +100,9 @@ class OverlayPath:
             overlay=self.overlay.name, metric=metric, src=self.circuit.src, dst=self.circuit.dst,
             unit=metrics.get(metric).unit, stats=Stats.of(values, round_values, ci95), valid=not measured.faults,
             invalid_reasons=list(measured.faults), test=self.test, expected=self.expected, datapath=datapath,
-            emulator=measured.emulator, tool=measured.samples.tool, extra=extra or {}, **fields,
+            emulator=measured.emulator, tool=measured.samples.tool, tries=measured.tries,
+            extra={**(extra or {}), **({"earlier_tries": measured.earlier_faults} if measured.earlier_faults else {})},
+            **fields,
         )
         return self.state.add(record)
 
@@ -178,13 +203,12 @@ class StreamPath(OverlayPath):
 
     def stream(self) -> tuple[Record, Record, Record, Record]:
         seconds = self.state.option("overlay_stream_seconds")
-        measured = self._measure(f"stream-{self.transport}-{self.concurrency}", lambda: streaming.watch(
-            self.dst, self.server, self.concurrency, seconds, self.transport))
+        measured = self._measure(
+            f"stream-{self.transport}-{self.concurrency}",
+            lambda: streaming.watch(self.dst, self.server, self.concurrency, seconds, self.transport),
+            lambda data: validity.cpu_faults(data.cpu_pct, self.concurrency, self.rules["max_client_cpu_pct"]))
         data = measured.samples
         reports = data.reports
-        for fault in validity.cpu_faults(data.cpu_pct, self.concurrency):
-            if fault not in measured.faults:
-                measured.faults.append(fault)
         common = {"nominal_kbit": self.nominal_kbit, "client_cpu_pct": data.cpu_pct, "clients": len(reports),
                   "seconds": data.seconds, "reordered": sum(r["reordered"] for r in reports), "url": self.server.url}
         level = {"concurrency": self.concurrency, "transport": self.transport}

@@ -31,6 +31,11 @@ class Metric:
     # (in the metric's unit): "udp_loss:50%" against a saved 0 % fires beyond 0.5 %.
     zero_base: float = 1.0
     streaming: bool = False
+    test: str = ""  # the suite's test function that measures it
+
+    def __post_init__(self) -> None:
+        if not self.test:
+            object.__setattr__(self, "test", "test_streaming" if self.streaming else f"test_{self.name}")
 
     @property
     def worse(self) -> str:
@@ -69,7 +74,7 @@ _ALL = [
         "min_fraction_of_offered": "received rate at least this share of the offered rate (0..1)",
         "max_loss_pct": "loss at most the circuit's emulated loss plus this (%)",
     }),
-    Metric("udp_loss", "%", "UDP packets lost", "mean", True),
+    Metric("udp_loss", "%", "UDP packets lost", "mean", True, test="test_udp_throughput"),
     Metric("stream_jitter", "ms", "RFC 3550 interarrival jitter per client", "p99", True, {
         "max_p99_ms": "99th percentile of the clients' RFC 3550 jitter at most this (ms)",
     }, zero_base=0.001, streaming=True),
@@ -82,6 +87,11 @@ _ALL = [
     Metric("stream_ttff", "ms", "time to first frame per client", "mean", True, zero_base=0.001, streaming=True),
 ]
 METRICS: dict[str, Metric] = {m.name: m for m in _ALL}
+
+
+def measured_by(test: str) -> list[str]:
+    """The metrics a suite test measures, by the test function's name."""
+    return [m.name for m in _ALL if m.test == test]
 
 
 def get(name: str) -> Metric:

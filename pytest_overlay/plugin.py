@@ -64,20 +64,50 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    if session.existing(config) is not None:
+    """Before -m and -k deselect anything: note what every suite test is to measure, so a
+    report can say what was asked for and not measured."""
+    state = session.existing(config)
+    if state is not None:
         from . import benchmark
 
         benchmark.mark(items)
+        state.request(items)
+
+
+def pytest_deselected(items: list[pytest.Item]) -> None:
+    state = session.existing(items[0].config) if items else None
+    if state is not None:
+        for item in items:
+            state.note(item.nodeid, "deselected")
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    """Why a suite test measured nothing: its overlay did not come up, was skipped, or the
+    test errored."""
+    report = yield
+    state = session.existing(item.config)
+    if state is not None and item.nodeid in state.requested and report.outcome != "passed":
+        overlay = item.callspec.params.get("overlay")
+        text = str(call.excinfo.value) if call.excinfo else report.longreprtext
+        first = text.strip().splitlines()[0] if text.strip() else report.outcome
+        if report.skipped:
+            state.note(item.nodeid, f"skipped: {first.removeprefix('Skipped: ')}")
+        elif report.when == "setup" and overlay in state.bringup_failures:
+            state.note(item.nodeid, f"bring-up failed: {first}")
+        elif report.when != "teardown":
+            state.note(item.nodeid, f"errored in {report.when}: {first}")
+    return report
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
     state = session.existing(config)
-    if state is None or not state.records:
+    if state is None or not (state.records or state.requested) or config.option.collectonly:
         return
     from . import report
 
     terminalreporter.section("pytest-overlay results")
-    for line in report.tables(state.records, state.topology).splitlines():
+    for line in report.tables(state.records, state.topology, state.missing()).splitlines():
         terminalreporter.write_line(line)
     path = config.getoption("overlay_json")
     if path:
@@ -94,23 +124,24 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         return
     if state.testbed is not None:
         state.testbed.down()
-    if not state.records:
+    if not (state.records or state.requested) or session.config.option.collectonly:
         return
     from . import report, results
 
+    missing = state.missing()
     # Each output on its own: one that fails must not cost the others.
     outputs = []
     path = session.config.getoption("overlay_json")
     if path:
-        outputs.append((f"JSON {path}", lambda: results.write_json(path, state.run, state.records)))
+        outputs.append((f"JSON {path}", lambda: results.write_json(path, state.run, state.records, missing)))
     name = session.config.getoption("overlay_save")
     if name:
         outputs.append((f"saved run {name}", lambda: state.progress("results saved as " + str(
-            run_state.storage(session.config).save(name, results.document(state.run, state.records))))))
+            run_state.storage(session.config).save(name, results.document(state.run, state.records, missing))))))
     directory = session.config.getoption("overlay_report")
     if directory:
         outputs.append((f"report {directory}", lambda: state.progress(f"report written to {directory}: " + ", ".join(
-            report.write_files(directory, state.records, state.topology, state.run)))))
+            report.write_files(directory, state.records, state.topology, state.run, missing)))))
     failed = []
     for what, write in outputs:
         try:

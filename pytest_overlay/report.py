@@ -14,7 +14,7 @@ from pathlib import Path
 from tabulate import tabulate
 
 from . import results
-from .results import Record
+from .results import Missing, Record
 from .topology import Topology
 
 BASELINE = "host"
@@ -74,7 +74,7 @@ def _ratio(record: Record, base: Record | None) -> str:
     return f"{record.value('total') / base.value('total'):.2f}"
 
 
-def tables(records: list[Record], topology: Topology) -> str:
+def tables(records: list[Record], topology: Topology, missing: list[Missing] = ()) -> str:
     by_metric: dict[str, list[Record]] = {}
     for r in _order(records, topology):
         by_metric.setdefault(r.metric, []).append(r)
@@ -152,9 +152,22 @@ def tables(records: list[Record], topology: Topology) -> str:
                           "intervals of the compared statistic, saved and now; a change inside it is noise)",
                           ["Circuit", "Overlay", "Metric", "Stat", "Saved", "Now", "Unit", "Change %", "±Noise",
                            "Within noise", "Gate"], rows))
+    if missing:
+        out.append(_missing_table(missing, topology))
     if notes:
         out.append("\n".join(notes))
     return "\n\n".join(out)
+
+
+def _missing_table(missing: list[Missing], topology: Topology) -> str:
+    """What was asked for and not measured, grouped by overlay, metric and reason."""
+    groups: dict[tuple[str, str, str], list[str]] = {}
+    for m in missing:
+        groups.setdefault((m.overlay, m.metric, m.reason), []).append(m.where)
+    rows = [[overlay, metric, ", ".join(dict.fromkeys(where)), reason]
+            for (overlay, metric, reason), where in sorted(groups.items(), key=lambda g: (g[0][0] != BASELINE, g[0]))]
+    return _table(f"Not measured: {len(missing)} requested measurements, with the reason (bring-up failed, skipped, "
+                  "deselected, errored or not run)", ["Overlay", "Metric", "Circuits", "Reason"], rows)
 
 
 def _change(c: dict) -> str:
@@ -173,14 +186,15 @@ CSV_FIELDS = ("overlay", "metric", "src", "dst", "unit", "min", "mean", "p50", "
               "total", "valid", "verdict", "invalid_reasons")
 
 
-def write_files(directory: str | Path, records: list[Record], topology: Topology, run: dict) -> list[str]:
+def write_files(directory: str | Path, records: list[Record], topology: Topology, run: dict,
+                missing: list[Missing] = ()) -> list[str]:
     """Markdown, CSV, JSON, plots and one HTML page that shows them all."""
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     written = []
     from . import plots  # matplotlib: only when pictures are asked for
 
-    results.write_json(out / "results.json", run, records)
+    results.write_json(out / "results.json", run, records, missing)
     written.append("results.json")
     with open(out / "results.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, CSV_FIELDS)
@@ -190,7 +204,7 @@ def write_files(directory: str | Path, records: list[Record], topology: Topology
                              **{k: v for k, v in r.stats.rounded().items() if k in CSV_FIELDS}, "total": "" if r.total is None else r.total,
                              "invalid_reasons": "; ".join(r.invalid_reasons)})
     written.append("results.csv")
-    text = tables(records, topology)
+    text = tables(records, topology, missing)
     header = (f"# pytest-overlay results: {topology.name}\n\n"
               f"Run {run.get('testbed', {}).get('run_id', '?')} on {run.get('host', '?')} ({run.get('kernel', '?')}, "
               f"{run.get('cpus', '?')} CPUs), emulator {run.get('testbed', {}).get('emulator', {}).get('kind', '?')}, "

@@ -15,7 +15,8 @@ from pathlib import Path
 
 SCHEMA = "pytest-overlay/results"
 # 2: typed record fields (expected, datapath, emulator, tool, total, concurrency, transport,
-# compared, vs_host) instead of keys of `extra`; stats.ci95_of per statistic.
+# compared, vs_host) instead of keys of `extra`; stats.ci95_of per statistic; `missing`: what
+# was requested and not measured, with why.
 SCHEMA_VERSION = 2
 READABLE_VERSIONS = (1, 2)
 BOOTSTRAP_RESAMPLES = 200
@@ -144,6 +145,7 @@ class Record:
     transport: str | None = None  # streaming: RTP over udp or tcp
     vs_host: dict | None = None  # the underlay's value of the headline statistic
     compared: list[dict] = field(default_factory=list)  # against the saved run
+    tries: int = 1  # measurements taken, the earlier ones invalid for the machine's load
     extra: dict = field(default_factory=dict)  # metric-specific detail (samples, packets, ...)
 
     @property
@@ -189,6 +191,30 @@ def baseline(records: list[Record], record: Record, overlay: str = "host") -> Re
     return None
 
 
+@dataclass
+class Missing:
+    """A requested measurement that was not made, and why: bring-up failed, skipped (with
+    the overlay's reason), deselected, errored, or not run."""
+
+    overlay: str
+    metric: str
+    src: str
+    dst: str
+    reason: str
+    concurrency: int | None = None
+    transport: str | None = None
+    test: str = ""
+
+    @property
+    def key(self) -> tuple:
+        return (self.overlay, self.metric, self.src, self.dst, self.concurrency, self.transport)
+
+    @property
+    def where(self) -> str:
+        level = f" ({self.transport}, {self.concurrency} clients)" if self.concurrency is not None else ""
+        return f"{self.src} – {self.dst}{level}"
+
+
 def run_metadata(topology, testbed_description: dict, options: dict, tools: dict) -> dict:
     uname = platform.uname()
     return {
@@ -205,12 +231,13 @@ def run_metadata(topology, testbed_description: dict, options: dict, tools: dict
     }
 
 
-def document(run: dict, records: list[Record]) -> dict:
+def document(run: dict, records: list[Record], missing: list[Missing] = ()) -> dict:
     return {
         "schema": SCHEMA,
         "version": SCHEMA_VERSION,
         "run": {**run, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
         "results": [r.to_json() for r in records],
+        "missing": [asdict(m) for m in missing],
     }
 
 
@@ -239,5 +266,5 @@ def write_atomic(path: str | Path, text: str) -> Path:
     return path
 
 
-def write_json(path: str | Path, run: dict, records: list[Record]) -> None:
-    write_atomic(path, dumps(document(run, records)))
+def write_json(path: str | Path, run: dict, records: list[Record], missing: list[Missing] = ()) -> None:
+    write_atomic(path, dumps(document(run, records, missing)))

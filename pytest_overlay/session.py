@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from . import thresholds, topology
-from .results import Record
+from . import metrics, thresholds, topology
+from .results import Missing, Record
 from .storage import SavedRun, Storage
 
 
@@ -25,6 +25,37 @@ class OverlaySession:
     cache: dict = field(default_factory=dict)
     run: dict = field(default_factory=dict)
     saved: SavedRun | None = None
+    # What each collected suite test is to measure, and why it did not where it did not.
+    requested: dict[str, list[Missing]] = field(default_factory=dict)
+    reasons: dict[str, str] = field(default_factory=dict)
+    bringup_failures: dict[str, str] = field(default_factory=dict)  # overlay -> why it did not come up
+
+    def request(self, items: list[pytest.Item]) -> None:
+        """Note what every collected suite test is to measure (before -m/-k deselect any)."""
+        for item in items:
+            params = getattr(getattr(item, "callspec", None), "params", {})
+            if "overlay" not in params:
+                continue
+            circuit = params.get("circuit") or self.topology.stream_circuit()
+            self.requested[item.nodeid] = [
+                Missing(params["overlay"], metric, circuit.src, circuit.dst, "not run", params.get("concurrency"),
+                        params.get("transport"), item.nodeid)
+                for metric in metrics.measured_by(item.originalname)]
+
+    def note(self, nodeid: str, reason: str) -> None:
+        if nodeid in self.requested:
+            self.reasons.setdefault(nodeid, reason)
+
+    def missing(self) -> list[Missing]:
+        """Requested measurements with no record, each with the reason its test gave."""
+        measured = {r.key for r in self.records}
+        out = []
+        for nodeid, wanted in self.requested.items():
+            for m in wanted:
+                if m.key not in measured:
+                    m.reason = self.reasons.get(nodeid, "not run (the session ended before it)")
+                    out.append(m)
+        return out
 
     def option(self, name: str):
         return self.config.getoption(name)

@@ -20,6 +20,14 @@ DEFAULT_PATH = Path(__file__).resolve().parent / "data" / "thresholds.yaml"
 # metric -> its settings and what each means (shown in errors); every metric takes
 # regression_pct, and the point-to-point ones a limit relative to the underlay.
 SETTINGS: dict[str, dict[str, str]] = {name: metric.limits() for name, metric in METRICS.items()}
+# When a measurement cannot be vouched for (INVALID), per kind of probe.
+VALIDITY = "validity"
+SETTINGS[VALIDITY] = {
+    "max_late_share_latency": "share of packets the emulator may release over 1 ms late during a latency probe (0..1)",
+    "max_late_share_throughput": "... during a TCP or UDP throughput probe (0..1)",
+    "max_late_share_stream": "... during a streaming level (0..1)",
+    "max_client_cpu_pct": "CPU share of one core the RTSP clients may use before their delays pass for jitter (%)",
+}
 TOP_KEYS = set(SETTINGS) | {"overrides"}
 
 

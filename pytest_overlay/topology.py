@@ -196,6 +196,15 @@ class Topology:
     kv: str | None = None  # where an overlay's key-value store runs (Flannel's etcd)
     _routes: dict = field(default_factory=dict, repr=False)
 
+    def stream_circuit(self) -> "Circuit":
+        """The streaming experiment's path: the server at the hub (else the first circuit's
+        source), the clients at the far end of the first circuit from it."""
+        hub = self.hub or self.circuits[0].src
+        for c in self.circuits:
+            if hub in (c.src, c.dst):
+                return Circuit(hub, c.dst if c.src == hub else c.src)
+        return Circuit(hub, next(s for s in self.sites if s != hub))
+
     @property
     def kv_site(self) -> str:
         """The key-value store's site: `kv`, else the swarm manager, else the first site."""

@@ -5,15 +5,23 @@ from __future__ import annotations
 
 from . import emulator as emu
 
-# Share of packets the emulator may release over a millisecond late before a measurement
-# is invalid: latency's 99th percentile cannot hide 1 %; throughput barely feels 5 %.
-LATE_TOLERANCE = {"latency": 0.01, "tcp": 0.05, "udp": 0.05, "stream": 0.01}
-CPU_BOUND_PCT = 80.0  # of one core: beyond this, a client's own delays pass for network jitter
+# The rules themselves are in the thresholds file (section `validity`, strict defaults).
+LATE_SETTING = {"latency": "max_late_share_latency", "tcp": "max_late_share_throughput",
+                "udp": "max_late_share_throughput", "stream": "max_late_share_stream"}
+CPU_BOUND_PCT = 80.0  # the bundled max_client_cpu_pct
+# Causes that come from the machine being busy, not from the overlay: such a measurement may
+# be taken again (--overlay-retries).
+LOAD_CAUSES = ("emulator released", "emulator dropped", "clients CPU-bound")
 
 
-def emulator_faults(kind: str, accrued: dict[str, dict]) -> list[str]:
+def emulator_faults(kind: str, accrued: dict[str, dict], rules: dict[str, float]) -> list[str]:
     """What the link emulator did wrong during a probe of this kind (latency, tcp, udp, stream)."""
-    return emu.faults(accrued, LATE_TOLERANCE[kind])
+    return emu.faults(accrued, rules[LATE_SETTING[kind]])
+
+
+def load_related(faults: list[str]) -> bool:
+    """Every fault is the machine's load: re-measuring may give a valid result."""
+    return bool(faults) and all(f.startswith(LOAD_CAUSES) for f in faults)
 
 
 def wire_faults(overlay: str, counted: dict[str, int], what: str = "encapsulated packets") -> list[str]:
@@ -24,8 +32,8 @@ def wire_faults(overlay: str, counted: dict[str, int], what: str = "encapsulated
     return []
 
 
-def cpu_faults(cpu_pct: float, clients: int) -> list[str]:
-    if cpu_pct >= CPU_BOUND_PCT:
+def cpu_faults(cpu_pct: float, clients: int, limit: float = CPU_BOUND_PCT) -> list[str]:
+    if cpu_pct >= limit:
         return [f"clients CPU-bound: {cpu_pct:.0f} % of a core for {clients} clients; "
                 "their own delays would pass for network jitter"]
     return []

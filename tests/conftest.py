@@ -25,7 +25,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         if layer in LAYERS:
             item.add_marker(getattr(pytest.mark, layer))
 QUICK = ["--topology=local", "--overlay-samples=60", "--overlay-interval=5", "--overlay-duration=1",
-         "--overlay-udp-rate=200", "--overlay-concurrency=1,5", "--overlay-stream-seconds=2", RELAXED]
+         "--overlay-udp-rate=200", "--overlay-concurrency=1,5", "--overlay-stream-seconds=2", "--overlay-retries=2",
+         RELAXED]
 
 
 @dataclass

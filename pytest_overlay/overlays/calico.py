@@ -92,13 +92,13 @@ class CalicoOverlay(ContainerOverlay):
 
     # --- BGP --------------------------------------------------------------------------------
     def _socket(self, site: str) -> str:
-        return str(self.testbed.run_dir / "calico" / f"{site}-bird.ctl")
+        return str(self.state_dir / f"{site}-bird.ctl")
 
     def _birdc(self, site: str, *command: str) -> procs.CommandResult:
         return procs.run(["birdc", "-s", self._socket(site), *command], self.testbed.netns_of(site), timeout=10)
 
     def _birds(self) -> None:
-        state = self.testbed.run_dir / "calico"
+        state = self.state_dir
         state.mkdir(parents=True, exist_ok=True)
         sites = self.testbed.sites
         self._progress(f"BIRD at {', '.join(sites)}: iBGP full mesh, AS {AS_NUMBER}")

@@ -4,6 +4,7 @@ loaded into each, and one measurement container per site, with the site's TCP bu
 from __future__ import annotations
 
 import concurrent.futures
+import shutil
 import time
 from typing import Callable
 
@@ -27,6 +28,7 @@ class ContainerOverlay(Overlay):
         # Interfaces each site had before this overlay: what it adds (docker0, weave's bridge,
         # flannel.1, ...) goes when it goes, so the next overlay of the run starts clean.
         self.links_before = {site: self._links(site) for site in testbed.sites}
+        self.state_dir = testbed.run_dir / self.name  # the overlay's own files (configs, keys, logs)
 
     def _links(self, site: str) -> set[str]:
         shown = procs.run(["ip", "-o", "link", "show"], self.testbed.netns_of(site)).stdout
@@ -100,6 +102,7 @@ class ContainerOverlay(Overlay):
             self._remove_added_links()
         if self.engines:
             engines.remove_run_files(self.testbed.run_id, self.testbed.run_dir)
+        shutil.rmtree(self.state_dir, ignore_errors=True)
         self.engines, self.containers, self.daemons = {}, {}, []
         self.timings["down_s"] = time.monotonic() - started
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import time
-from pathlib import Path
 
 from .. import emulator as emu
 from .. import procs
@@ -80,10 +79,6 @@ class FlannelOverlay(ContainerOverlay):
         return BACKENDS[self.backend].get("Port")
 
     # --- etcd ---------------------------------------------------------------------------------
-    @property
-    def _state(self) -> Path:
-        return self.testbed.run_dir / self.name
-
     def _endpoint(self) -> str:
         return f"https://{self.testbed.address(self.kv)}:{ETCD_PORT}"
 
@@ -94,10 +89,10 @@ class FlannelOverlay(ContainerOverlay):
 
     def _etcd(self) -> None:
         address = self.testbed.address(self.kv)
-        pki = PKI(self._state / "pki", self.testbed.run_id).create()
+        pki = PKI(self.state_dir / "pki", self.testbed.run_id).create()
         server = pki.issue("etcd", [address, "127.0.0.1"])
         self.client = pki.issue("flannel", client=True)
-        data = self._state / "etcd"
+        data = self.state_dir / "etcd"
         data.mkdir(parents=True, mode=0o700)
         peer = "https://127.0.0.1:2380"
         tls = [f"--cert-file={server.cert}", f"--key-file={server.key}", f"--trusted-ca-file={server.ca}",
@@ -109,7 +104,7 @@ class FlannelOverlay(ContainerOverlay):
                                       f"--advertise-client-urls={self._endpoint()}", f"--listen-peer-urls={peer}",
                                       f"--initial-advertise-peer-urls={peer}", f"--initial-cluster=kv={peer}",
                                       "--log-level=warn", *tls],
-                             self._state / "etcd.log", self.testbed.netns_of(self.kv), env={"ETCD_UNSUPPORTED_ARCH": ""})
+                             self.state_dir / "etcd.log", self.testbed.netns_of(self.kv))
         self.daemons.append(daemon)
         self.testbed.track(daemon)
         deadline = time.monotonic() + 30
@@ -135,12 +130,12 @@ class FlannelOverlay(ContainerOverlay):
         c = self.client
         for site, handle in self.testbed.sites.items():
             procs.run(["ip", "link", "set", "lo", "mtu", str(emu.MTU)], handle.netns).check()
-            subnet_file = self._state / f"{site}-subnet.env"
+            subnet_file = self.state_dir / f"{site}-subnet.env"
             command = [find_binary("flanneld"), f"--etcd-endpoints={self._endpoint()}", f"--etcd-cafile={c.ca}",
                        f"--etcd-certfile={c.cert}", f"--etcd-keyfile={c.key}", f"--etcd-prefix={PREFIX}",
                        f"--iface={handle.address}", f"--public-ip={handle.address}", f"--subnet-file={subnet_file}",
                        "--ip-masq=false"]
-            daemon = procs.start(f"flanneld-{site}", command, self._state / f"{site}-flanneld.log", handle.netns)
+            daemon = procs.start(f"flanneld-{site}", command, self.state_dir / f"{site}-flanneld.log", handle.netns)
             self.daemons.append(daemon)
             self.testbed.track(daemon)
             deadline = time.monotonic() + 30 + self._worst_rtt_s() * 50

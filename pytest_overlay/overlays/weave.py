@@ -91,7 +91,7 @@ class WeaveOverlay(ContainerOverlay):
         self._progress(f"starting weaver at {', '.join(h.name for h in sites)}"
                        + (" (encrypted)" if self.encrypted else ""))
         for index, site in enumerate(sites):
-            state = bed.run_dir / f"weave-{site.name}"
+            state = self.state_dir / site.name
             state.mkdir(parents=True, exist_ok=True)
             command = [find_binary("weaver"), "--name", self._peer_name(index + 1), "--nickname", site.name,
                        "--host", site.address, "--port", str(CONTROL_PORT), "--http-addr", HTTP_ADDR,

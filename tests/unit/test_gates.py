@@ -114,6 +114,30 @@ def test_bad_thresholds_name_file_line_and_field(tmp_path, text, line, message):
 
 
 def test_registry_is_the_one_list_of_metrics():
-    assert set(thresholds.SETTINGS) == set(metrics.METRICS)
+    assert set(thresholds.SETTINGS) == set(metrics.METRICS) | {thresholds.VALIDITY}
     assert all(m.headline in metrics.STATS for m in metrics.METRICS.values())
     assert math.isclose(metrics.get("latency").zero_base, 0.001)
+
+
+def test_validity_rules_are_strict_by_default_and_can_be_set_per_overlay(tmp_path):
+    bundled = thresholds.load()
+    assert bundled.for_("validity", "host", "A-B") == {
+        "max_late_share_latency": 0.01, "max_late_share_throughput": 0.05, "max_late_share_stream": 0.01,
+        "max_client_cpu_pct": 80}
+    path = tmp_path / "limits.yaml"
+    path.write_text("overrides:\n  - {metric: validity, overlay: weave, max_late_share_latency: 0.2}\n")
+    assert thresholds.load(path).for_("validity", "weave", "A-B")["max_late_share_latency"] == 0.2
+    assert thresholds.load(path).for_("validity", "host", "A-B")["max_late_share_latency"] == 0.01
+
+
+def test_load_related_faults_can_be_measured_again():
+    from pytest_overlay import validity
+
+    late = {"A->B": {"packets": 1000, "late": 30, "dropped": 0}}
+    rules = thresholds.load().for_("validity", "host", "A-B")
+    faults = validity.emulator_faults("latency", late, rules)
+    assert faults == ["emulator released 30 of 1000 packets on A->B over 1 ms late"]
+    assert validity.emulator_faults("tcp", late, rules) == []  # 3 % is within throughput's 5 %
+    assert validity.load_related(faults + validity.cpu_faults(95.0, 50))
+    assert not validity.load_related(faults + validity.wire_faults("weave", {"A->B": 0}))
+    assert not validity.load_related([])

@@ -66,3 +66,16 @@ def test_comparison_table_says_what_is_noise():
     assert "Compared with saved run 0001_base.json" in text
     row = next(line for line in text.splitlines() if "latency:mean:5%" in line)
     assert "| +2.5 " in row and "| 0.100 " in row and "| no " in row
+
+
+def test_what_was_not_measured_is_listed_with_its_reason():
+    from pytest_overlay.results import Missing
+
+    missing = [Missing("libnetwork", "latency", "A", "B", "bring-up failed: libnetwork did not come up"),
+               Missing("libnetwork", "latency", "B", "A", "bring-up failed: libnetwork did not come up"),
+               Missing("host", "stream_jitter", "A", "B", "deselected", concurrency=5, transport="udp")]
+    text = report.tables([_latency("host", 20.0)], TOPOLOGY, missing)
+    assert "Not measured: 3 requested measurements, with the reason" in text
+    rows = [line for line in text.splitlines() if line.startswith("| ") and ("bring-up" in line or "deselected" in line)]
+    assert "| A – B, B – A " in rows[1] and "libnetwork did not come up" in rows[1]
+    assert "| A – B (udp, 5 clients) " in rows[0] and rows[0].startswith("| host ")
