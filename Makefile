@@ -15,13 +15,16 @@ BENCH_ARGS ?= --topology=geant --overlay=host --overlay-json=results/bench.json
 # Layers from the bottom up: unit (no root), system (namespaces), docker (engines), package (the wheel).
 TEST_LAYERS := tests/unit tests/system tests/docker tests/package
 
-.PHONY: bench test test-unit test-system test-docker test-package deps venv clean-testbeds
+.PHONY: bench test study test-unit test-system test-docker test-package deps venv clean-testbeds
 
 bench: venv
 	$(PY) -m pytest suites/ $(BENCH_ARGS) -p no:cacheprovider
 
 test: venv
 	$(PY) -m pytest $(TEST_LAYERS) -p no:cacheprovider
+
+study: venv
+	$(PY) -m pytest_overlay study --out study
 
 test-unit test-system test-docker test-package: test-%: venv
 	$(PY) -m pytest tests/$* -p no:cacheprovider

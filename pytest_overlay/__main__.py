@@ -1,4 +1,5 @@
-"""Command line: ``python -m pytest_overlay clean`` removes what killed runs left behind."""
+"""Command line: ``python -m pytest_overlay clean`` removes what killed runs left behind;
+``python -m pytest_overlay study`` reproduces the study and reports beside its figures."""
 
 from __future__ import annotations
 
@@ -13,10 +14,23 @@ def main(argv: list[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("clean", help="remove the namespaces, daemons and state of runs whose pytest is gone "
                                       "(runs still going are left alone)")
+    study = commands.add_parser("study", help="run the study's point-to-point and streaming experiments on the "
+                                              "embedded testbed and report beside the published figures")
+    study.add_argument("--out", default="study", help="directory for the results and the report. Default: %(default)r")
+    study.add_argument("--report-only", action="store_true", help="rewrite the report from the results in --out")
     args = parser.parse_args(argv)
     if args.command == "clean":
         removed = testbed.sweep(report=print, cleaners=[engines.remove_run_files])
         print(f"clean: {removed} namespace(s) of dead runs removed")
+    if args.command == "study":
+        from pathlib import Path
+
+        from . import study as reproduction
+
+        if args.report_only:
+            reproduction.write_report(Path(args.out), [], 0)
+            return 0
+        return reproduction.Study(Path(args.out)).run()
     return 0
 
 

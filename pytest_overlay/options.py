@@ -54,6 +54,12 @@ def parse_transports(value: str) -> list[str]:
     return names
 
 
+def parse_buffers(value: str) -> str:
+    if value not in ("tuned", "docker"):
+        raise argparse.ArgumentTypeError(f"{value!r}; allowed: tuned, docker")
+    return value
+
+
 def bounded(kind: type, low: float, high: float) -> Callable[[str], float]:
     def parse(value: str):
         try:
@@ -119,6 +125,9 @@ def addoption(parser: pytest.Parser) -> None:
          type=bounded(float, 2, 3600), metavar="SECONDS")
     _add(group, "--overlay-stream-transport", ["udp"], "RTP over UDP, or interleaved in the RTSP connection over "
          "TCP.", type=parse_transports, metavar="udp|tcp|udp,tcp")
+    _add(group, "--overlay-container-buffers", "tuned", "TCP buffers inside measurement containers: tuned (the "
+         "site's, sized for the bandwidth-delay product) or docker (Docker's defaults, as the study ran).",
+         type=parse_buffers, metavar="tuned|docker")
     _add(group, "--overlay-report", None, "Write Markdown, CSV, JSON, plots and an HTML page of the results to DIR.",
          metavar="DIR")
 

@@ -51,6 +51,7 @@ class Overlay:
     # What wire_counters() counts, as the records name it and as an INVALID reason says it.
     wire_key = "encapsulated_packets_on_wan"
     wire_what = "encapsulated packets"
+    container_buffers = "tuned"  # or "docker": containers keep Docker's default TCP buffers
 
     def __init__(self, testbed: EmulatedTestbed) -> None:
         self.testbed = testbed

@@ -194,6 +194,7 @@ class CalicoOverlay(ContainerOverlay):
             "bgp_sessions": {site: self.sessions.get(site, {}) for site in (src, dst)},
             "routes_learned": {site: self.learned.get(site, {}) for site in (src, dst)},
             "path": self.testbed.topology.path_between(src, dst),
+            "container_buffers": self.container_buffers,
             "container_sysctls": {site: self._tcp_buffers(site) for site in (src, dst)},
         }
 

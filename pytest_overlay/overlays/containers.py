@@ -55,7 +55,10 @@ class ContainerOverlay(Overlay):
 
     def _tcp_buffers(self, site: str) -> dict[str, str]:
         """The site's TCP buffer sizes, for its container's own namespace: with Docker's
-        defaults (4 MB to send) one stream over 60 ms cannot pass 550 Mbit/s."""
+        defaults (4 MB to send) one stream over 60 ms cannot pass 550 Mbit/s. With
+        --overlay-container-buffers=docker, none: the container keeps Docker's defaults."""
+        if self.container_buffers == "docker":
+            return {}
         sysctls = self.testbed.sites[site].sysctls
         return {k: sysctls[k] for k in ("net.ipv4.tcp_rmem", "net.ipv4.tcp_wmem")}
 

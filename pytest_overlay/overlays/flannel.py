@@ -187,6 +187,7 @@ class FlannelOverlay(ContainerOverlay):
             "routes": {site: self.routes.get(site, {}) for site in (src, dst)},
             "kv_site": self.kv,
             "path": self.testbed.topology.path_between(src, dst),
+            "container_buffers": self.container_buffers,
             "container_sysctls": {site: self._tcp_buffers(site) for site in (src, dst)},
         }
 

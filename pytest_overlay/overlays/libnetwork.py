@@ -107,6 +107,7 @@ class LibnetworkOverlay(ContainerOverlay):
             "mtu": self.mtu,
             "encrypted": self.encrypted,
             "path": self.testbed.topology.path_between(src, dst),
+            "container_buffers": self.container_buffers,
             "container_sysctls": {site: self._tcp_buffers(site) for site in (src, dst)},
         }
 

@@ -187,6 +187,7 @@ class WeaveOverlay(ContainerOverlay):
                                  for site, conns in self.connections.items() if site in (src, dst)},
             "ipam_range": IPALLOC_RANGE,
             "path": self.testbed.topology.path_between(src, dst),
+            "container_buffers": self.container_buffers,
             "container_sysctls": {site: self._tcp_buffers(site) for site in (src, dst)},
         }
 

@@ -1,0 +1,49 @@
+"""The study's report: the published table shipped with its citation, and the rules that
+set our figures beside it."""
+
+from __future__ import annotations
+
+from pytest_overlay import study
+
+from .records import record
+
+
+def test_reference_is_the_published_table_with_its_citation():
+    reference = study.load_reference()
+    assert "Hermans" in reference["citation"] and "de Niet" in reference["citation"]
+    table = reference["docker_to_docker_latency"]
+    assert list(table) == ["AMS-MIL", "AMS-LJU", "AMS-BRA", "MIL-LJU", "MIL-BRA", "BRA-LJU"]
+    assert table["BRA-LJU"]["weave"] == [43.1, 59.5, 130.0] and table["AMS-MIL"]["flannel"] == [42.5, 42.9, 43.0]
+    assert all(set(row) == {"libnetwork", "weave", "flannel"} for row in table.values())
+
+
+def test_verdict_rule():
+    assert study.verdict(36.5, 36.8, 0.0, 0.2).startswith("reproduces")
+    assert study.verdict(42.9, 36.7, 6.4, 0.2) == "differs: mean differs by -6.2 ms, overhead differs by -6.2 ms"
+
+
+def _latency(overlay, src, dst, mean):
+    return record("latency", [mean - 0.05, mean, mean + 0.05] * 40, overlay=overlay, src=src, dst=dst)
+
+
+def test_rows_set_published_beside_measured():
+    reference = {"docker_to_docker_latency": {"AMS-MIL": {"libnetwork": [36.3, 36.5, 37.0],
+                                                          "weave": [36.2, 36.5, 37.0],
+                                                          "flannel": [42.5, 42.9, 43.0]}}}
+    records = [_latency("host", "AMS", "MIL", 36.5), _latency("libnetwork", "AMS", "MIL", 36.8),
+               _latency("weave", "AMS", "MIL", 37.5), _latency("flannel", "AMS", "MIL", 36.9)]
+    rows = {row[1]: row for row in study.latency_rows(reference, records)}
+    assert rows["libnetwork"][11].startswith("reproduces")
+    assert rows["weave"][9] == "+0.70" and rows["weave"][11] == "differs: overhead differs by +0.7 ms"
+    assert rows["flannel"][8] == "+6.4" and rows["flannel"][11].startswith("differs: mean differs by -6.0 ms")
+    assert rows["weave"][10].startswith("+1.00 ±")
+
+
+def test_significance_per_overlay():
+    records = [_latency("host", "A", "B", 20.0), _latency("calico", "A", "B", 20.0),
+               _latency("weave", "A", "B", 21.0),
+               record("tcp_throughput", [950.0, 950.0], src="A", dst="B", total=950.0),
+               record("tcp_throughput", [95.0, 95.0], overlay="weave", src="A", dst="B", total=95.0)]
+    rows = {row[0]: row for row in study.significance_rows(records)}
+    assert rows["calico"][3] == "0 of 1" and rows["weave"][3] == "1 of 1"
+    assert rows["weave"][4] == "0.10 to 0.10" and rows["calico"][4] == "-"
