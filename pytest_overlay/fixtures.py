@@ -105,8 +105,6 @@ def overlay(request: pytest.FixtureRequest, overlay_testbed, overlay_session: Ov
     from . import overlays
 
     name = request.param
-    if name in overlay_session.bringup_failures:
-        pytest.fail(overlay_session.bringup_failures[name], pytrace=False)
     for attempt in range(1, BRINGUP_ATTEMPTS + 1):
         instance = overlays.get(name)(overlay_testbed)
         instance.container_buffers = overlay_session.option("overlay_container_buffers")

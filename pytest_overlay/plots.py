@@ -64,6 +64,7 @@ def throughput(records: list[Record], path: Path) -> bool:
         ax.set_xticks([c + width * (len(overlays) - 1) / 2 for c in range(len(circuits))],
                       [c.replace("-", " – ") for c in circuits], rotation=20)
         ax.set_ylabel("received (Mbit/s)")
+        ax.set_ylim(bottom=0)
         ax.set_title(f"{'TCP' if metric.startswith('tcp') else 'UDP'} throughput per circuit (iperf3, ±95 % CI)")
         ax.grid(axis="y", alpha=0.3)
         ax.legend(fontsize="small")
@@ -74,21 +75,29 @@ def throughput(records: list[Record], path: Path) -> bool:
 
 
 def streaming(records: list[Record], path: Path) -> bool:
-    """Jitter and bitrate against concurrency, one line per overlay (the study's charts)."""
+    """Jitter and bitrate against concurrency, one line per overlay (the study's charts).
+    Both axes start at zero; the bitrate chart marks the clip's own bitrate."""
     chosen = [r for r in records if r.metric in ("stream_jitter", "stream_bitrate") and r.concurrency is not None]
     if not chosen:
         return False
-    fig, axes = plt.subplots(1, 2, figsize=(12, 4), squeeze=False)
-    for ax, metric, label in ((axes[0][0], "stream_jitter", "jitter (ms)"), (axes[0][1], "stream_bitrate", "bitrate (kbit/s)")):
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4.5), squeeze=False)
+    for ax, metric, label in ((axes[0][0], "stream_jitter", "RFC 3550 jitter, mean over clients (ms)"),
+                              (axes[0][1], "stream_bitrate", "received bitrate, mean over clients (kbit/s)")):
         for overlay, transport in dict.fromkeys((r.overlay, r.transport) for r in chosen):
-            points = sorted((r.concurrency, r.stats.mean) for r in chosen
+            points = sorted((r.concurrency, r.stats.mean, r.stats.n) for r in chosen
                             if r.metric == metric and r.overlay == overlay and r.transport == transport)
-            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=f"{overlay}, RTP over {transport}")
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o",
+                    label=f"{overlay}, RTP over {transport} (n = {', '.join(str(p[2]) for p in points)} clients)")
+        if metric == "stream_bitrate":
+            nominal = next((r.extra.get("nominal_kbit") for r in chosen if r.extra.get("nominal_kbit")), None)
+            if nominal:
+                ax.axhline(nominal, color="grey", linestyle="--", label=f"the clip's bitrate ({nominal:.0f} kbit/s)")
+        ax.set_ylim(0, ax.get_ylim()[1] * 1.25)  # from zero, with room for the legend
         ax.set_xlabel("concurrent clients")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize="small")
-    fig.suptitle("Streaming under concurrency (mean over the clients of each level)")
+        ax.legend(fontsize="x-small")
+    fig.suptitle("Streaming under concurrency: one line per overlay, n = clients per point")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -23,7 +23,6 @@ if TYPE_CHECKING:
     from ..testbed import EmulatedTestbed
 
 
-
 @dataclass
 class SiteEndpoint:
     """A site's own network namespace."""
