@@ -11,7 +11,7 @@ APT_PACKAGES := iperf3 irtt iptables iproute2 iputils-ping util-linux procps doc
 	etcd-server etcd-client bird2 libpcap0.8 \
 	gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad \
 	gstreamer1.0-plugins-ugly gir1.2-gst-rtsp-server-1.0 python3-gi python3-venv python3-pip
-BENCH_ARGS ?= --topology=geant --overlay=host --overlay-json=results/bench.json
+BENCH_ARGS ?= --topology=geant --overlay=host --overlay-retries=2 --overlay-json=results/bench.json
 # Layers from the bottom up: unit (no root), system (namespaces), docker (engines), package (the wheel).
 TEST_LAYERS := tests/unit tests/system tests/docker tests/package
 

@@ -144,7 +144,7 @@ class DelayLine(Emulator):
             "delayline", [sys.executable, "-m", "pytest_overlay.delayline", json.dumps(config)],
             self.run_dir / "delayline.log", self.netns, ready="ready",
         ))
-        procs.run(["iptables-restore", "--noflush"], self.netns, input="\n".join(rules)).check()
+        procs.run(["iptables-restore", "-w", "--noflush"], self.netns, input="\n".join(rules)).check()
         for port in self.ports:
             if port.direction.rate_mbit:
                 procs.run(_tbf(port.direction, port.egress), self.netns).check()

@@ -122,8 +122,14 @@ class Engine:
     def start(self, timeout: float = 60) -> None:
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.data_root.parent.mkdir(parents=True, exist_ok=True)
+        # Our own (empty) configuration: a host's /etc/docker/daemon.json must not apply to
+        # the testbed's engines. The cgroupfs driver: under systemd's driver (the default on
+        # cgroup v2 hosts with systemd) dockerd refuses a --cgroup-parent that is not a .slice.
+        config = self.state_dir / "daemon.json"
+        config.write_text("{}\n")
         command = [
-            "dockerd", "--data-root", str(self.data_root), "--exec-root", str(self.exec_root),
+            "dockerd", "--config-file", str(config), "--exec-opt", "native.cgroupdriver=cgroupfs",
+            "--data-root", str(self.data_root), "--exec-root", str(self.exec_root),
             "--pidfile", str(self.state_dir / "dockerd.pid"), "-H", self.url,
             "--cgroup-parent", self.cgroup_parent, "--userland-proxy=false", "--log-level=warn", *self.extra_args,
         ]

@@ -95,13 +95,6 @@ def start_time(pid: int) -> int | None:
         return None
 
 
-def is_running(pid: int, started: int | None) -> bool:
-    """That very process exists and has not exited. A zombie (state Z) is dead: it only waits
-    for its parent (or a slow init) to reap it."""
-    fields = _stat(pid)
-    return bool(fields) and fields[0] != "Z" and start_time(pid) == started
-
-
 @dataclass
 class Daemon:
     """A long-running child process: its pid, start time and log file."""

@@ -243,16 +243,16 @@ def document(run: dict, records: list[Record], missing: list[Missing] = ()) -> d
 
 def dumps(data) -> str:
     """Strict JSON: a non-finite number is null, never Infinity or NaN."""
-    return json.dumps(_finite(data), indent=2, default=str, allow_nan=False) + "\n"
+    return json.dumps(finite(data), indent=2, default=str, allow_nan=False) + "\n"
 
 
-def _finite(value):
+def finite(value):
     if isinstance(value, float) and not math.isfinite(value):
         return None
     if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
+        return {k: finite(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
+        return [finite(v) for v in value]
     return value
 
 

@@ -5,12 +5,14 @@ pays nothing for it."""
 from __future__ import annotations
 
 import contextlib
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import pytest
 
 from . import metrics, thresholds, topology
-from .results import Missing, Record
+from .results import Missing, Record, finite
 from .storage import SavedRun, Storage
 
 
@@ -62,12 +64,21 @@ class OverlaySession:
 
     def add(self, record: Record) -> Record:
         """Keep a record; a second record of the same result (a baseline measured early for a
-        relative limit, then by its own test) replaces the first."""
+        relative limit, then by its own test) replaces the first. With --overlay-json, the
+        record is also appended at once to PATH.records.jsonl, so a killed run loses nothing
+        it measured."""
         for i, other in enumerate(self.records):
             if other.key == record.key:
                 self.records[i] = record
-                return record
-        self.records.append(record)
+                break
+        else:
+            self.records.append(record)
+        path = self.option("overlay_json")
+        if path:
+            journal = Path(f"{path}.records.jsonl")
+            journal.parent.mkdir(parents=True, exist_ok=True)
+            with open(journal, "a") as f:
+                f.write(json.dumps(finite(record.to_json()), allow_nan=False, default=str) + "\n")
         return record
 
     def progress(self, message: str) -> None:

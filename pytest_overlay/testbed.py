@@ -14,6 +14,7 @@ run's state lives in ``/run/pytest-overlay/<run>/`` with the pids it started, an
 from __future__ import annotations
 
 import concurrent.futures
+import fcntl
 import ipaddress
 import json
 import os
@@ -37,6 +38,7 @@ OUR_NETNS = re.compile(r"^ovl([0-9a-f]{6})-")
 BASE_ADDRESS = ipaddress.IPv4Address("198.18.0.0")
 DEFAULT_TCP_MEM = (4096, 131072, 6291456)
 WIRE_CHAIN = "OVL-WIRE"
+LOCK = "lock"
 
 
 def new_run_id() -> str:
@@ -116,6 +118,7 @@ class EmulatedTestbed:
         started = time.monotonic()
         self.run_dir.parent.mkdir(parents=True, exist_ok=True)
         self.run_dir.mkdir(mode=0o700)
+        self._lock = hold_lock(self.run_dir / LOCK)  # held for the run's whole life: see sweep()
         self._save_state()
         self.progress(f"testbed {self.run_id}: {len(self.sites)} site namespaces and the WAN")
         for name in [self.wan] + [s.netns for s in self.sites.values()]:
@@ -285,15 +288,31 @@ class EmulatedTestbed:
         if os.getpid() != self.owner:
             return
         started = time.monotonic()
+        errors: list[str] = []
+
+        def attempt(what: str, step: Callable[[], object]) -> None:
+            try:
+                step()
+            except Exception as e:  # noqa: BLE001  (best effort: every step runs, the errors are reported)
+                errors.append(f"{what}: {type(e).__name__}: {e}")
+
         for daemon in self.tracked:
-            daemon.stop()
+            attempt(f"stopping {daemon.name}", daemon.stop)
         if self.emulator:
-            self.emulator.stop()
+            attempt("stopping the link emulator", self.emulator.stop)
         for name in reversed(self.created):
-            _remove_netns(name)
+            inode = _netns_inode(name)
+            # Whatever still runs in the namespace is this run's, handle or not: end it.
+            attempt(f"ending processes in {name}", lambda: _kill(_pids_in_netns(inode) if inode else [], "", None))
+            attempt(f"removing namespace {name}", lambda: _remove_netns(name))
         self.created.clear()
         shutil.rmtree(self.run_dir, ignore_errors=True)
+        if getattr(self, "_lock", None) is not None:
+            self._lock.close()
+            self._lock = None
         self.timings["down_s"] = time.monotonic() - started
+        if errors:
+            raise TestbedError("teardown finished with errors (everything else was removed):\n" + "\n".join(errors))
 
 
 def _pairs(topology: Topology, site: str) -> list[Circuit]:
@@ -329,52 +348,77 @@ def _pids_in_netns(inode: int) -> list[int]:
     return _pids_where(lambda proc: os.stat(proc / "ns/net").st_ino == inode)
 
 
-def _owner_alive(state: dict) -> bool:
-    owner = state.get("owner", {})
-    return bool(owner.get("pid")) and procs.is_running(owner["pid"], owner.get("start_time"))
-
-
 def _pids_in_cgroup(marker: str) -> list[int]:
     return _pids_where(lambda proc: marker in (proc / "cgroup").read_text())
 
 
-def _kill(pids: list[int], why: str, report: Callable[[str], None]) -> None:
+def _kill(pids: list[int], why: str, report: Callable[[str], None] | None) -> None:
     for pid in pids:
         if pid == os.getpid():
             continue
         try:
             os.kill(pid, signal.SIGKILL)
-            report(f"killed pid {pid} {why}")
+            if report:
+                report(f"killed pid {pid} {why}")
         except ProcessLookupError:
             pass
 
 
-def sweep(state_root: Path | None = None, report: Callable[[str], None] = print,
-          cleaners: list[Callable[[str, Path], None]] = ()) -> int:
-    """Remove what killed runs left: their processes, namespaces and files. Live runs are kept.
+def hold_lock(path: Path):
+    """Take a run's lock and keep it open: the kernel lets it go when the process dies,
+    zombie or not, so a lock that can be taken is a run that is over."""
+    lock = open(path, "w")
+    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    return lock
 
-    A run is dead when the pytest that owned it is gone (pid and start time). Its processes
-    are those it recorded, those in its namespaces and those in cgroups named after it;
-    `cleaners` (from the layers above) remove the rest of what they made for a run id.
+
+def run_is_over(run_dir: Path) -> bool | None:
+    """True if nobody holds the run's lock; None if there is no lock to ask."""
+    try:
+        fd = os.open(run_dir / LOCK, os.O_RDONLY)  # never creates one
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return True
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+
+
+def sweep(state_root: Path | None = None, report: Callable[[str], None] = print,
+          cleaners: list[Callable[[str, Path], None]] = (), force: bool = False) -> int:
+    """Remove what runs that are over left: their processes, namespaces and files.
+
+    A run is over when its lock (held for the run's whole life) can be taken: the kernel
+    releases it when the owner dies, zombie or not. A run that cannot be proven over (no
+    lock: another state directory, an older version, or a foreign name that merely looks
+    like ours) is left alone unless `force`. Its processes are those it recorded, those in
+    its namespaces and those in cgroups named after it; `cleaners` (from the layers above)
+    remove the rest of what they made for a run id.
     """
     root = state_root or STATE_ROOT
-    states: dict[str, dict] = {}
-    for run_dir in sorted(root.glob("*")) if root.exists() else []:
-        if RUN_ID.match(run_dir.name):
-            try:
-                states[run_dir.name] = json.loads((run_dir / "state.json").read_text())
-            except (OSError, ValueError):
-                states[run_dir.name] = {}
+    run_dirs = {d.name: d for d in (sorted(root.glob("*")) if root.exists() else []) if RUN_ID.match(d.name)}
     namespaces: dict[str, list[str]] = {}
     for name in sorted(p.name for p in NETNS_DIR.iterdir()) if NETNS_DIR.exists() else []:
         match = OUR_NETNS.match(name)
         if match:
             namespaces.setdefault(match.group(1), []).append(name)
     removed = 0
-    for run_id in sorted(set(states) | set(namespaces)):
-        state = states.get(run_id, {})
-        if state and _owner_alive(state):
+    for run_id in sorted(set(run_dirs) | set(namespaces)):
+        over = run_is_over(run_dirs[run_id]) if run_id in run_dirs else None
+        if over is False:
+            report(f"left alone: run {run_id} is live (its lock is held)")
             continue
+        if over is None and not force:
+            report(f"left alone: run {run_id} ({', '.join(namespaces.get(run_id, [])) or 'files only'}) cannot be "
+                   "proven over (no lock in this state directory); --force removes it")
+            continue
+        try:
+            state = json.loads((run_dirs[run_id] / "state.json").read_text()) if run_id in run_dirs else {}
+        except (OSError, ValueError):
+            state = {}
         for daemon in state.get("daemons", []):
             if procs.kill_recorded(daemon["pid"], daemon.get("start_time")):
                 report(f"killed {daemon['name']} (pid {daemon['pid']}) of run {run_id}")

@@ -29,6 +29,8 @@ import yaml
 
 TOPOLOGY_DIR = Path(__file__).resolve().parent / "data" / "topologies"
 SITE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,11}$")
+RESERVED_SITE_NAMES = {"wan"}  # the testbed's own namespace is ovl<run>-wan
+MAX_LINKS = 255
 
 
 class InputError(ValueError):
@@ -41,7 +43,15 @@ class InputError(ValueError):
 
 
 class _LineLoader(yaml.SafeLoader):
-    """A YAML loader whose mappings remember the line of every key."""
+    """A YAML loader whose mappings remember the line of every key, and that refuses
+    aliases: a few nested ones expand to billions of nodes (an alias bomb)."""
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            event = self.peek_event()
+            raise InputError(self.name, event.start_mark.line + 1, "",
+                             f"YAML alias *{event.anchor} is not allowed here: write the value out")
+        return super().compose_node(parent, index)
 
 
 class LineDict(dict):
@@ -80,9 +90,14 @@ def load_yaml(path: str | Path) -> Any:
     """Parse a YAML file into dicts and lists that know their line numbers."""
     path = Path(path)
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
     except OSError as e:
         raise InputError(path, None, "", f"cannot read: {e.strerror}") from None
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise InputError(path, line, "", f"not UTF-8 text (byte {e.start} is {raw[e.start]:#04x})") from None
     loader = _LineLoader(text)
     loader.name = str(path)
     try:
@@ -125,8 +140,8 @@ class Checker:
         if key not in data:
             return default
         value = data[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or math.isnan(value):
-            raise self.fail(data, key, field_name, f"must be a number, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise self.fail(data, key, field_name, f"must be a finite number, got {value!r}")
         if value < minimum or (positive and value <= 0) or value > maximum:
             bound = f"> {minimum:g}" if positive else f">= {minimum:g}"
             if maximum != math.inf:
@@ -308,9 +323,13 @@ def parse(data: Any, path: str | Path) -> Topology:
         raise check.fail(data, "sites", "sites", "at most 200 sites")
     sites: dict[str, Site] = {}
     for index, (site_name, spec) in enumerate(raw_sites.items()):
-        if not isinstance(site_name, str) or not SITE_NAME.match(site_name):
-            raise check.fail(raw_sites, site_name, f"sites.{site_name}",
+        if not isinstance(site_name, str) or not SITE_NAME.fullmatch(site_name):
+            raise check.fail(raw_sites, site_name, f"sites.{site_name!r}" if not isinstance(site_name, str) else
+                             f"sites.{site_name.encode('unicode_escape').decode()}",
                              "a site name is a letter then up to 11 letters, digits or '_'")
+        if site_name in RESERVED_SITE_NAMES:
+            raise check.fail(raw_sites, site_name, f"sites.{site_name}",
+                             f"{site_name!r} is the name of the testbed's own namespace; choose another")
         spec = spec if spec is not None else LineDict()
         check.mapping(spec, f"sites.{site_name}", raw_sites, site_name)
         check.keys(spec, SITE_KEYS, f"sites.{site_name}")
@@ -344,6 +363,17 @@ def parse(data: Any, path: str | Path) -> Topology:
             linked.add(frozenset((src, dst)))
             links.append(Link(len(links), src, dst, d, directions[(dst, src)][0]))
 
+    if len(links) > MAX_LINKS:
+        raise check.fail(data, "links", "links", f"{len(links)} links; at most {MAX_LINKS} (the testbed encodes a "
+                                                  "link's index in its interfaces' MAC addresses)")
+    reached = {site for link in links for site in (link.a, link.b)}
+    for site_name in sites:
+        if site_name not in reached:
+            raise check.fail(raw_sites, site_name, f"sites.{site_name}", "no link reaches this site; link it or remove it")
+    unreachable = _unreachable(sites, links)
+    if unreachable:
+        raise check.fail(data, "links", "links", f"sites {', '.join(unreachable)} cannot be reached from "
+                                                  f"{next(iter(sites))}: the links form separate networks")
     topo = Topology(name=name, path=str(path), sites=sites, links=links, circuits=[])
     for key in ("hub", "manager", "kv"):
         if key in data:
@@ -352,6 +382,21 @@ def parse(data: Any, path: str | Path) -> Topology:
             setattr(topo, key, data[key])
     topo.circuits = _parse_circuits(check, data, topo)
     return topo
+
+
+def _unreachable(sites: dict[str, "Site"], links: list["Link"]) -> list[str]:
+    """Sites that no path of links joins to the first site."""
+    neighbours: dict[str, set[str]] = {s: set() for s in sites}
+    for link in links:
+        neighbours[link.a].add(link.b)
+        neighbours[link.b].add(link.a)
+    seen, todo = set(), [next(iter(sites))]
+    while todo:
+        site = todo.pop()
+        if site not in seen:
+            seen.add(site)
+            todo.extend(neighbours[site] - seen)
+    return [s for s in sites if s not in seen]
 
 
 def _parse_link(check: Checker, item: LineDict, where: str, sites: dict[str, Site]) -> list[tuple[Direction, int]]:

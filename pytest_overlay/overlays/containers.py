@@ -16,8 +16,14 @@ from ..testbed import EmulatedTestbed
 from .base import ContainerEndpoint, Overlay
 
 
+CONTAINER_ATTEMPTS = 3
+
+
 class ContainerOverlay(Overlay):
     """Engines and containers; subclasses make the network and say how a container joins it."""
+
+    # Docker's answers that mean "timed out, try again", not a wrong configuration.
+    transient: tuple[str, ...] = ()
 
     def __init__(self, testbed: EmulatedTestbed) -> None:
         super().__init__(testbed)
@@ -67,13 +73,21 @@ class ContainerOverlay(Overlay):
 
         def run(engine: Engine) -> ContainerEndpoint:
             name = f"ovl{self.testbed.run_id}-{engine.site}"
-            try:
-                container = engine.client.containers.run(image, name=name, hostname=engine.site, detach=True,
-                                                         labels={LABEL: self.testbed.run_id},
-                                                         sysctls=self._tcp_buffers(engine.site), **options)
-            except docker.errors.APIError as e:
-                raise EngineError(f"measurement container {name} at site {engine.site} did not start: "
-                                  f"{e.explanation or e}\ndockerd of {engine.site}:\n{engine.daemon.log_tail(8)}") from None
+            for attempt in range(1, CONTAINER_ATTEMPTS + 1):
+                try:
+                    container = engine.client.containers.run(image, name=name, hostname=engine.site, detach=True,
+                                                             labels={LABEL: self.testbed.run_id},
+                                                             sysctls=self._tcp_buffers(engine.site), **options)
+                    break
+                except docker.errors.APIError as e:
+                    why = str(e.explanation or e)
+                    if attempt < CONTAINER_ATTEMPTS and any(t in why for t in self.transient):
+                        self._progress(f"container at {engine.site} did not start ({why}); Docker timed out, "
+                                       f"removing it and trying again ({attempt}/{CONTAINER_ATTEMPTS - 1})")
+                        self._remove_container(engine, name)
+                        continue
+                    raise EngineError(f"measurement container {name} at site {engine.site} did not start: "
+                                      f"{why}\ndockerd of {engine.site}:\n{engine.daemon.log_tail(8)}") from None
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:
                 container.reload()
@@ -91,6 +105,13 @@ class ContainerOverlay(Overlay):
             self.containers = {c.name: c for c in pool.map(run, self.engines.values())}
         first = next(iter(self.containers.values()))
         self.mtu = int(first.run(["cat", "/sys/class/net/eth0/mtu"]).check().stdout.strip())
+
+    @staticmethod
+    def _remove_container(engine: Engine, name: str) -> None:
+        try:
+            engine.client.containers.get(name).remove(force=True)
+        except docker.errors.NotFound:
+            pass
 
     def _worst_rtt_s(self) -> float:
         return max(self.testbed.topology.expected(c)["rtt_ms"] for c in self.testbed.topology.circuits) / 1000

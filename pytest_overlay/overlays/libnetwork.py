@@ -33,6 +33,9 @@ class LibnetworkOverlay(ContainerOverlay):
     name = "libnetwork"
     description = "Docker swarm overlay network (libnetwork, VXLAN UDP 4789)"
     encrypted = False
+    # A worker's attachment to the network waits 20 s for the manager's allocation, which
+    # a loaded machine or a long WAN can exceed.
+    transient = ("attaching to network failed", "context deadline exceeded")
 
     def __init__(self, testbed: EmulatedTestbed) -> None:
         super().__init__(testbed)

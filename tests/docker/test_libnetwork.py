@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_overlay import paths, topology
+from pytest_overlay import engines, paths, topology
 from pytest_overlay.engines import EngineError
 from pytest_overlay.overlays.libnetwork import LibnetworkOverlay, esp_available
 from pytest_overlay.testbed import EmulatedTestbed
@@ -129,3 +129,26 @@ def test_threshold_relative_to_the_underlay_measures_the_underlay_first(tmp_path
     records = {r["overlay"]: r for r in json.loads(out.read_text())["results"]}
     assert records["host"]["verdict"] == "measured as the baseline of a relative limit"
     assert records["libnetwork"]["vs_host"]["host"] == records["host"]["total"]
+
+
+def test_engines_ignore_the_hosts_daemon_json_and_use_cgroupfs(tmp_path, clean_machine):
+    """On a stock Debian 12 host, /etc/docker/daemon.json applies to every dockerd started
+    without --config-file, and systemd's cgroup driver refuses our cgroup parent."""
+    host_config = Path("/etc/docker/daemon.json")
+    if host_config.exists():
+        pytest.skip("this machine has its own /etc/docker/daemon.json; not touching it")
+    host_config.parent.mkdir(parents=True, exist_ok=True)
+    host_config.write_text('{"bip": "10.99.0.1/24", "log-level": "debug"}\n')
+    try:
+        with EmulatedTestbed(topology.load("local"), emulator="none") as bed:
+            engine = engines.Engine("A", bed.netns_of("A"), bed.address("A"), bed.run_id, bed.run_dir / "docker-A")
+            try:
+                engine.start()
+                info = engine.client.info()
+                bridge = bed.run("A", ["ip", "-4", "-o", "address", "show", "docker0"]).stdout
+            finally:
+                engine.stop()
+    finally:
+        host_config.unlink()
+    assert info["CgroupDriver"] == "cgroupfs"
+    assert "10.99.0.1" not in bridge and "172.17.0.1" in bridge

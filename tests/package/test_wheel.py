@@ -40,7 +40,8 @@ def test_wheel_ships_topologies_thresholds_and_agents(wheel):
     for name in ("pytest_overlay/data/thresholds.yaml", "pytest_overlay/data/topologies/geant.yaml",
                  "pytest_overlay/data/topologies/geant-star.yaml", "pytest_overlay/data/topologies/local.yaml",
                  "pytest_overlay/agents/rtsp_server.py", "pytest_overlay/agents/rtsp_client.py",
-                 "pytest_overlay/overlays/libnetwork.py"):
+                 "pytest_overlay/data/reference/hermans-deniet-2016.yaml", "pytest_overlay/overlays/libnetwork.py",
+                 "pytest_overlay/overlays/weave.py", "pytest_overlay/overlays/calico.py"):
         assert name in names, name
     assert not [n for n in names if n.startswith(("tests/", "suites/", "topologies/"))]
 

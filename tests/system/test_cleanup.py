@@ -56,9 +56,27 @@ def test_sigkill_mid_run_then_clean_removes_only_the_dead_run(clean_machine):
         swept = subprocess.run([sys.executable, "-m", "pytest_overlay", "clean"], cwd=ROOT,
                                capture_output=True, text=True, timeout=60)
         assert swept.returncode == 0, swept.stderr
-        assert "namespace(s) of dead runs removed" in swept.stdout
+        assert "namespace(s) of runs that are over removed" in swept.stdout
         after = machine_state()
         assert sorted(after["netns"]) == sorted(live.created)  # the live run is untouched
         assert live.run("A", ["ping", "-c", "1", "-W", "2", live.address("B")]).ok
         assert set(after["processes"]) <= set(during["processes"]) - set(left["processes"]) | set(
             p for p in after["processes"] if p in left["processes"] and p in [d.pid for d in live.emulator.daemons])
+
+
+def test_clean_leaves_alone_what_it_cannot_prove_over_unless_forced(clean_machine):
+    """A namespace that merely looks like ours (no run, no lock) is not clean's to remove."""
+    foreign = "ovl0ddba1-X"
+    subprocess.run(["ip", "netns", "add", foreign], check=True)
+    try:
+        swept = subprocess.run([sys.executable, "-m", "pytest_overlay", "clean"], cwd=ROOT,
+                               capture_output=True, text=True, timeout=60)
+        assert swept.returncode == 0, swept.stderr
+        assert f"left alone: run 0ddba1 ({foreign}) cannot be proven over" in swept.stdout
+        assert foreign in machine_state()["netns"]
+        forced = subprocess.run([sys.executable, "-m", "pytest_overlay", "clean", "--force"], cwd=ROOT,
+                                capture_output=True, text=True, timeout=60)
+        assert f"removed namespace {foreign}" in forced.stdout
+        assert foreign not in machine_state()["netns"]
+    finally:
+        subprocess.run(["ip", "netns", "delete", foreign], capture_output=True)

@@ -4,6 +4,7 @@ through a real pytest run of the suites on the emulated testbed."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -24,6 +25,8 @@ def test_suites_pass_on_local_and_report(tmp_path, clean_machine):
     assert "| Circuit   | Overlay   | Min   | Mean   | 99th %" in run.output
 
     document = json.loads(out.read_text())
+    journal = [json.loads(line) for line in Path(f"{out}.records.jsonl").read_text().splitlines()]
+    assert [(r["metric"], r["overlay"]) for r in journal] == [(r["metric"], r["overlay"]) for r in document["results"]]
     assert (document["schema"], document["version"]) == ("pytest-overlay/results", 2)
     run_meta = document["run"]
     assert run_meta["topology"]["name"] == "local"

@@ -103,7 +103,7 @@ def test_every_metric_takes_a_regression_limit(tmp_path):
     ("latency:\n  p99_over_rtt: 3\n", 2, "latency.p99_over_rtt: unknown setting; allowed: mean_tolerance_ms"),
     ("udp_loss:\n  min_fraction_of_host: 1\n", 2, "udp_loss.min_fraction_of_host: unknown setting"),
     ("overrides:\n  - {metric: speed}\n", 2, "overrides[0].metric: must be one of latency"),
-    ("jitter:\n  mean_over_topology_ms: lots\n", 2, "jitter.mean_over_topology_ms: must be a number"),
+    ("jitter:\n  mean_over_topology_ms: lots\n", 2, "jitter.mean_over_topology_ms: must be a finite number"),
 ])
 def test_bad_thresholds_name_file_line_and_field(tmp_path, text, line, message):
     path = tmp_path / "limits.yaml"

@@ -1,4 +1,5 @@
-"""Process bookkeeping: a recorded process is named by pid and start time, and a zombie is dead."""
+"""Process bookkeeping: a recorded process is named by pid and start time, and a run is over
+once its lock can be taken, its owner a zombie or gone."""
 
 from __future__ import annotations
 
@@ -6,30 +7,53 @@ import subprocess
 import sys
 import time
 
-from pytest_overlay import procs
+from pytest_overlay import procs, testbed
 
 
-def test_running_process_is_alive_and_a_recycled_pid_is_not():
+LOCKER = """\
+import sys, time
+from pathlib import Path
+from pytest_overlay.testbed import hold_lock
+lock = hold_lock(Path(sys.argv[1]) / "lock")
+print("held", flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_run_is_over_once_its_owner_is_dead_even_as_a_zombie(tmp_path):
+    assert testbed.run_is_over(tmp_path) is None  # no lock: nothing can be proven
+    owner = subprocess.Popen([sys.executable, "-c", LOCKER, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert owner.stdout.readline() == "held\n"
+        assert testbed.run_is_over(tmp_path) is False
+        owner.kill()
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and _state(owner.pid) != "Z":
+            time.sleep(0.01)
+        assert _state(owner.pid) == "Z"  # killed, not yet reaped: dead all the same
+        assert testbed.run_is_over(tmp_path) is True
+    finally:
+        owner.kill()
+        owner.wait()
+        owner.stdout.close()
+
+
+def _state(pid: int) -> str:
+    return open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[0]
+
+
+def test_recorded_process_is_named_by_pid_and_start_time():
     child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(30)"])
     try:
         started = procs.start_time(child.pid)
-        assert started is not None and procs.is_running(child.pid, started)
-        assert not procs.is_running(child.pid, started + 1)  # same pid, another process
+        assert started is not None
+        assert not procs.kill_recorded(child.pid, started + 1)  # same pid, another process: left alone
+        assert child.poll() is None
+        assert procs.kill_recorded(child.pid, started)
+        assert child.wait(10) == -9
     finally:
         child.kill()
         child.wait()
-
-
-def test_zombie_is_dead():
-    child = subprocess.Popen([sys.executable, "-c", "pass"])
-    started = procs.start_time(child.pid)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline and open(f"/proc/{child.pid}/stat").read().rsplit(")", 1)[1].split()[0] != "Z":
-        time.sleep(0.01)
-    assert procs.start_time(child.pid) == started  # still in the process table, unreaped
-    assert not procs.is_running(child.pid, started)
-    child.wait()
-    assert not procs.is_running(child.pid, started)
 
 
 def test_failed_command_shows_command_exit_code_and_output():

@@ -65,7 +65,20 @@ BAD = [
     ("unknown link key", GOOD.replace("rate_mbit: 100", "speed: 100"), 7, "links[0].speed", "unknown key"),
     ("unknown site", GOOD.replace("between: [A, B]", "between: [A, Z]"), 7, "links[0].between", "unknown site 'Z'"),
     ("negative delay", GOOD.replace("delay_ms: 5", "delay_ms: -5"), 8, "links[1].delay_ms", "must be >= 0"),
-    ("non-numeric rtt", GOOD.replace("rtt_ms: 20", "rtt_ms: fast"), 7, "links[0].rtt_ms", "must be a number"),
+    ("non-numeric rtt", GOOD.replace("rtt_ms: 20", "rtt_ms: fast"), 7, "links[0].rtt_ms", "must be a finite number"),
+    ("infinite rate", GOOD.replace("rate_mbit: 100", "rate_mbit: .inf"), 7, "links[0].rate_mbit",
+     "must be a finite number, got inf"),
+    ("list for a number", GOOD.replace("rtt_ms: 20", "rtt_ms: [10, 20]"), 7, "links[0].rtt_ms",
+     "must be a finite number, got [10, 20]"),
+    ("site named like the testbed's own", GOOD.replace("  C: {}", "  wan: {}").replace("C", "wan"), 5, "sites.wan",
+     "'wan' is the name of the testbed's own namespace"),
+    ("control character in a name", GOOD.replace("  C: {}", '  "C\\t": {}'), 5, "sites.C\\t",
+     "a site name is a letter then up to 11"),
+    ("site no link reaches", GOOD.replace("  C: {}", "  C: {}\n  D: {}"), 6, "sites.D", "no link reaches this site"),
+    ("link from a site to itself", GOOD.replace("  C: {}", "  C: {}\n  D: {}") + "  - {between: [D, D], rtt_ms: 1}\n",
+     11, "links[3].between", "a link joins two different sites"),
+    ("alias", GOOD.replace("rtt_ms: 20,", "rtt_ms: &r 20,") + "  - {between: [A, C], rtt_ms: *r}\n", 10, "",
+     "YAML alias *r is not allowed here"),
     ("duplicate link", GOOD + "  - {between: [B, A], rtt_ms: 3}\n", 10, "links[3]", "duplicate link"),
     ("missing reverse", GOOD.replace("  - {from: C, to: B, delay_ms: 7, loss_pct: 2}\n", ""), 8, "links",
      "no reverse direction"),
@@ -96,3 +109,27 @@ def test_key_value_store_site(tmp_path):
     assert topology.load(write(tmp_path, GOOD)).kv_site == "A"
     assert topology.load(write(tmp_path, GOOD + "manager: B\n")).kv_site == "B"
     assert topology.load(write(tmp_path, GOOD + "manager: B\nkv: C\n")).kv_site == "C"
+
+
+def test_not_utf8_is_refused_with_its_line(tmp_path):
+    path = tmp_path / "t.yaml"
+    path.write_bytes(GOOD.encode() + b"# caf\xe9\n")
+    with pytest.raises(InputError) as error:
+        topology.load(path)
+    assert (error.value.line, error.value.message) == (10, "not UTF-8 text (byte 240 is 0xe9)")
+
+
+def test_links_form_one_network(tmp_path):
+    text = ("name: t\nsites: {A: {}, B: {}, C: {}, D: {}}\nlinks:\n"
+            "  - {between: [A, B], rtt_ms: 1}\n  - {between: [C, D], rtt_ms: 1}\n")
+    with pytest.raises(InputError, match="sites C, D cannot be reached from A: the links form separate networks"):
+        topology.load(write(tmp_path, text))
+
+
+def test_link_count_the_naming_scheme_can_encode(tmp_path):
+    names = [f"S{i}" for i in range(24)]
+    pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1:]][:256]
+    text = ("name: big\nsites:\n" + "".join(f"  {n}: {{}}\n" for n in names) + "links:\n"
+            + "".join(f"  - {{between: [{a}, {b}], rtt_ms: 1}}\n" for a, b in pairs))
+    with pytest.raises(InputError, match="256 links; at most 255"):
+        topology.load(write(tmp_path, text))
