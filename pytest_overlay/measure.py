@@ -8,6 +8,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Callable
 
+import pytest
+
 from . import emulator as emu
 from . import gates, metrics, probes, results, streaming, validity
 from .overlays import BASELINE, Overlay
@@ -66,8 +68,13 @@ class OverlayPath:
 
     def _once(self, kind: str, probe: Callable[[], object], check: Callable[[object], list[str]]) -> Measured:
         testbed = self.overlay.testbed
+        self._stop_if_a_daemon_died(kind)
         before, wire_before = testbed.emulator_counters(), self.overlay.wire_counters()
-        samples = probe()
+        try:
+            samples = probe()
+        except Exception:
+            self._stop_if_a_daemon_died(kind)  # the cause, rather than the probe's own error
+            raise
         accrued = emu.delta(before, testbed.emulator_counters())
         faults = validity.emulator_faults(kind.split("-")[0], accrued, self.rules) + check(samples)
         wire = None
@@ -89,6 +96,14 @@ class OverlayPath:
         rate = self.udp_rate if protocol == "udp" else None
         return self._measure(protocol, lambda: probes.repeated_throughput(
             self.src, self.dst, protocol, duration, rate, rounds))
+
+    def _stop_if_a_daemon_died(self, kind: str) -> None:
+        """A daemon of the run died (the emulator, an engine, an overlay's): nothing measured
+        after this could be vouched for, so the session stops, saying which and why."""
+        dead = self.overlay.testbed.dead_daemons()
+        if dead:
+            pytest.exit(f"stopping: a daemon of the testbed died before {self.overlay.name} {self.circuit.id} {kind}: "
+                        + "\n".join(dead), returncode=pytest.ExitCode.TESTS_FAILED)
 
     def record(self, metric: str, values: list[float], measured: Measured, extra: dict | None = None,
                round_values: list[float] | None = None, **fields) -> Record:

@@ -153,7 +153,8 @@ def latency_rows(reference: dict, records: list[Record]) -> list[list[str]]:
                        if host else "-")
             rows.append([circuit, overlay, _f(pmin, 1), _f(pmean, 1), _f(p99, 1), _f(r.stats.min), _f(r.stats.mean),
                          _f(r.stats.p99), f"{pub_over:+.1f}", "-" if ours_over is None else f"{ours_over:+.2f}",
-                         vs_host, verdict(pmean, r.stats.mean, pub_over, ours_over)])
+                         vs_host, verdict(pmean, r.stats.mean, pub_over, ours_over) if r.valid
+                         else f"INVALID: {'; '.join(r.invalid_reasons)}"])
     return rows
 
 
@@ -200,6 +201,24 @@ def buffer_rows(ptp: list[Record], buffers: list[Record]) -> list[list[str]]:
                      _f(r.value("total"), 0), _f(default.value("total") if default else None, 0),
                      _f(default.value("total") / r.value("total") if default and r.value("total") else None)])
     return sorted(rows, key=lambda row: float(row[1]))
+
+
+def confidence(records: list[Record]) -> str:
+    """What the chosen sample counts gave: the 95 % half-widths, per metric, over every row."""
+    lines = []
+    for metric, what in (("latency", "mean RTT"), ("jitter", "mean IPDV"), ("tcp_throughput", "TCP total"),
+                         ("udp_throughput", "UDP total")):
+        chosen = [r for r in records if r.metric == metric and math.isfinite(r.stats.ci95)]
+        if chosen:
+            widths = [r.stats.ci95 for r in chosen]
+            counts = sorted({r.stats.n for r in chosen})
+            lines.append(f"- {what}: ±{min(widths):.3f} to ±{max(widths):.3f} {chosen[0].unit} (95 %), "
+                         f"n = {counts[0]}{f' to {counts[-1]}' if len(counts) > 1 else ''} per row, {len(chosen)} rows")
+    invalid = [r for r in records if not r.valid]
+    if invalid:
+        lines.append(f"- {len(invalid)} of {len(records)} results INVALID (the emulator could not vouch for them); "
+                     "they are in ptp/report.md with the reason, and left out of no table here")
+    return "\n".join(lines) or "No results."
 
 
 def flannel_answer(reference: dict, ptp: list[Record]) -> str:
@@ -278,6 +297,7 @@ def write_report(out: Path, parts: list[Part], wall_s: float) -> list[str]:
     if (streaming / "report.md").exists():
         sections.append("## Streaming (BRA to AMS)\n\nSee streaming/report.md and streaming/index.html: jitter and "
                         "bitrate per level of concurrency and per overlay.")
+    sections.insert(1, "## Confidence\n\n" + confidence(ptp))
     text = "\n\n".join(sections) + "\n"
     (out / "report.md").write_text(text)
     body = []

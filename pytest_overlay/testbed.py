@@ -223,6 +223,17 @@ class EmulatedTestbed:
         self.tracked.append(daemon)
         self._save_state()
 
+    def untrack(self, daemons: list[procs.Daemon]) -> None:
+        """Daemons an upper layer has stopped on purpose."""
+        self.tracked = [d for d in self.tracked if d not in daemons]
+        self._save_state()
+
+    def dead_daemons(self) -> list[str]:
+        """The run's daemons that exited on their own (the emulator, engines, overlay daemons),
+        each with its exit status and last log lines."""
+        return [f"{d.name} (pid {d.pid}) exited with status {d.popen.returncode}; its last lines:\n{d.log_tail(6)}"
+                for d in self.daemons() if not d.alive()]
+
     # --- use --------------------------------------------------------------------------------
     def address(self, site: str) -> str:
         return self.sites[site].address

@@ -118,6 +118,7 @@ class ContainerOverlay(Overlay):
 
     def down(self) -> None:
         started = time.monotonic()
+        self.testbed.untrack(self.daemons + [e.daemon for e in self.engines.values() if e.daemon])
         with concurrent.futures.ThreadPoolExecutor(max(1, len(self.engines))) as pool:
             list(pool.map(lambda e: e.stop(), self.engines.values()))
         for daemon in self.daemons:

@@ -1,0 +1,67 @@
+"""Measurements the tool cannot vouch for, made on purpose: the delay line stalled for a few
+tens of milliseconds during a probe is INVALID with how late it released, and a delay line
+that dies mid-run stops the session with its own last words."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+
+from pytest_overlay import emulator, probes, topology, validity
+from pytest_overlay.overlays.host import HostOverlay
+from pytest_overlay.testbed import EmulatedTestbed
+from pytest_overlay.thresholds import load
+
+from ..conftest import QUICK, ROOT, machine_state
+
+
+def test_a_stalled_delay_line_makes_the_measurement_invalid(clean_machine):
+    with EmulatedTestbed(topology.load("local"), emulator="delayline") as bed:
+        a, b = HostOverlay(bed).endpoints(["A", "B"])
+        (line,) = bed.emulator.daemons
+        before = bed.emulator_counters()
+
+        def stall() -> None:
+            time.sleep(0.5)
+            for _ in range(3):  # three stalls of 40 ms while round trips are in flight
+                os.kill(line.pid, signal.SIGSTOP)
+                time.sleep(0.04)
+                os.kill(line.pid, signal.SIGCONT)
+                time.sleep(0.2)
+
+        staller = threading.Thread(target=stall)
+        staller.start()
+        samples = probes.latency(a, b, 300, 5)
+        staller.join()
+        accrued = emulator.delta(before, bed.emulator_counters())
+    faults = validity.emulator_faults("latency", accrued, load().for_("validity", "host", "A-B"))
+    assert faults and all(f.startswith("emulator released") for f in faults), accrued
+    assert validity.load_related(faults)
+    assert max(samples.rtt_ms) > 20 + 30  # a round trip held behind a stall
+
+
+def test_a_delay_line_that_dies_mid_run_stops_the_session(clean_machine):
+    run = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "suites/", *QUICK,
+                            "-m", "latency or throughput", "--overlay-duration=4"],
+                           cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 60
+    victim = None
+    while time.monotonic() < deadline and victim is None:
+        for pid in machine_state()["processes"]:
+            try:
+                if b"pytest_overlay.delayline" in open(f"/proc/{pid}/cmdline", "rb").read():
+                    victim = pid
+            except OSError:
+                pass
+        time.sleep(0.1)
+    assert victim, "the run never started its delay line"
+    time.sleep(3)  # into the measurements
+    os.kill(victim, signal.SIGKILL)
+    output, _ = run.communicate(timeout=120)
+    assert run.returncode == 1, output
+    assert "stopping: a daemon of the testbed died before host A-B" in output
+    assert "delayline (pid" in output and "exited with status -9" in output
