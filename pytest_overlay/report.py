@@ -160,18 +160,20 @@ def tables(records: list[Record], topology: Topology, missing: list[Missing] = (
 
 
 def _missing_table(missing: list[Missing], topology: Topology) -> str:
-    """What was asked for and not measured, grouped by overlay, metric and reason."""
-    groups: dict[tuple[str, str, str], list[str]] = {}
+    """What was asked for and not measured: a row per overlay and reason."""
+    groups: dict[tuple[str, str], tuple[dict, dict]] = {}
     for m in missing:
-        groups.setdefault((m.overlay, m.metric, m.reason), []).append(m.where)
-    rows = [[overlay, metric, ", ".join(dict.fromkeys(where)), reason]
-            for (overlay, metric, reason), where in sorted(groups.items(), key=lambda g: (g[0][0] != BASELINE, g[0]))]
+        metrics_, where = groups.setdefault((m.overlay, m.reason), ({}, {}))
+        metrics_[m.metric] = None
+        where[m.where] = None
+    rows = [[overlay, ", ".join(metrics_), ", ".join(where), reason]
+            for (overlay, reason), (metrics_, where) in sorted(groups.items(), key=lambda g: (g[0][0] != BASELINE, g[0]))]
     return _table(f"Not measured: {len(missing)} requested measurements, with the reason (bring-up failed, skipped, "
-                  "deselected, errored or not run)", ["Overlay", "Metric", "Circuits", "Reason"], rows)
+                  "deselected, errored or not run)", ["Overlay", "Metrics", "Circuits", "Reason"], rows)
 
 
 def _change(c: dict) -> str:
-    return f"{c['change_pct']:+.1f}" if math.isfinite(c["change_pct"]) else "from 0"
+    return f"{c['change_pct']:+.1f}" if c.get("change_pct") is not None and math.isfinite(c["change_pct"]) else "from 0"
 
 
 def _noise(c: dict) -> str:

@@ -77,5 +77,5 @@ def test_what_was_not_measured_is_listed_with_its_reason():
     text = report.tables([_latency("host", 20.0)], TOPOLOGY, missing)
     assert "Not measured: 3 requested measurements, with the reason" in text
     rows = [line for line in text.splitlines() if line.startswith("| ") and ("bring-up" in line or "deselected" in line)]
-    assert "| A – B, B – A " in rows[1] and "libnetwork did not come up" in rows[1]
-    assert "| A – B (udp, 5 clients) " in rows[0] and rows[0].startswith("| host ")
+    assert "| latency " in rows[1] and "| A – B, B – A " in rows[1] and "libnetwork did not come up" in rows[1]
+    assert "| stream_jitter " in rows[0] and "| A – B (udp, 5 clients) " in rows[0] and rows[0].startswith("| host ")
