@@ -24,9 +24,15 @@ def main() -> int:
     parser.add_argument("--busy", action="store_true", help="keep one core busy with an unrelated process")
     args = parser.parse_args()
     hog = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if args.busy else None
-    ups, downs, failures = [], [], []
+    ups, downs, failures, retries = [], [], [], []
+
+    def retried(message: str) -> None:
+        """Show what bring-up had to try again (Docker's own timeouts), and count it."""
+        if "trying again" in message or "restarting" in message:
+            retries.append(message)
+            print(f"  {message}", flush=True)
     try:
-        with EmulatedTestbed(topology.load(args.topology), progress=lambda m: None) as bed:
+        with EmulatedTestbed(topology.load(args.topology), progress=retried) as bed:
             for i in range(1, args.runs + 1):
                 overlay = overlays.get(args.overlay)(bed)
                 started = time.monotonic()
@@ -52,6 +58,7 @@ def main() -> int:
         print(f"bring-up s: min {min(ups):.1f}, median {statistics.median(ups):.1f}, q1-q3 {q[0]:.1f}-{q[2]:.1f}, "
               f"max {max(ups):.1f} (n={len(ups)})")
     print(f"teardown s: median {statistics.median(downs):.1f}, max {max(downs):.1f} (n={len(downs)})")
+    print(f"steps tried again within a bring-up: {len(retries)}")
     for failure in failures:
         print(failure)
     return 0 if not failures else 1
