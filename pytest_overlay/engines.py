@@ -218,5 +218,8 @@ def start_all(engines: list[Engine], progress: Callable[[str], None]) -> tuple[s
             raise EngineError("\n".join(errors))
         tar_path, tag = image.result()
         references = list(pool.map(lambda e: e.load_image(tar_path, tag), engines))
+    # The import leaves hundreds of MB of dirty pages per engine: written back now, not
+    # while the first probes run (the writeback stalls the delay line).
+    os.sync()
     progress(f"image {references[0]} loaded into every engine")
     return references[0], time.monotonic() - started

@@ -43,6 +43,13 @@ def run_suites(*args: str, timeout: float = 300, env: dict[str, str] | None = No
     return Run(done.returncode, done.stdout + done.stderr)
 
 
+def two_sites(directory: Path, rtt_ms: float, extra: str = "") -> Path:
+    """A topology file of two sites, A and B, one link apart."""
+    path = directory / f"two-sites-{rtt_ms:g}.yaml"
+    path.write_text(f"name: pair\nsites: {{A: {{}}, B: {{}}}}\nlinks: [{{between: [A, B], rtt_ms: {rtt_ms:g}}}]\n{extra}")
+    return path
+
+
 def ours(name: str) -> bool:
     return name.startswith("ovl")
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import sys
-import textwrap
 
 import pytest
 
@@ -14,7 +13,7 @@ from pytest_overlay import procs, topology
 from pytest_overlay.overlays.flannel import FlannelOverlay
 from pytest_overlay.testbed import EmulatedTestbed
 
-from ..conftest import QUICK, ROOT, run_suites
+from ..conftest import QUICK, ROOT, run_suites, two_sites
 
 TLS_CLIENT = """\
 import socket, ssl, sys
@@ -58,14 +57,7 @@ def test_flannel_backends_next_to_the_underlay(tmp_path, clean_machine):
 
 
 def test_etcd_demands_a_client_certificate_and_sits_where_the_topology_says(tmp_path, clean_machine):
-    path = tmp_path / "kv.yaml"
-    path.write_text(textwrap.dedent("""\
-        name: kv
-        sites: {A: {}, B: {}}
-        links: [{between: [A, B], rtt_ms: 10}]
-        kv: B
-    """))
-    with EmulatedTestbed(topology.load(path), emulator="none") as bed:
+    with EmulatedTestbed(topology.load(two_sites(tmp_path, 10, "kv: B\n")), emulator="none") as bed:
         overlay = FlannelOverlay(bed)
         try:
             overlay._etcd()

@@ -7,7 +7,6 @@ import json
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from pytest_overlay.engines import EngineError
 from pytest_overlay.overlays.libnetwork import LibnetworkOverlay, esp_available
 from pytest_overlay.testbed import EmulatedTestbed
 
-from ..conftest import QUICK, RELAXED, ROOT, machine_state, run_suites
+from ..conftest import QUICK, RELAXED, ROOT, machine_state, run_suites, two_sites
 
 
 def test_libnetwork_next_to_the_underlay(tmp_path, clean_machine):
@@ -53,12 +52,7 @@ def test_encrypted_overlay_is_skipped_where_the_kernel_lacks_esp(clean_machine):
 
 
 def test_swarm_holds_at_150_ms(tmp_path, clean_machine):
-    far = tmp_path / "far.yaml"
-    far.write_text(textwrap.dedent("""\
-        name: far
-        sites: {A: {}, B: {}}
-        links: [{between: [A, B], rtt_ms: 150}]
-    """))
+    far = two_sites(tmp_path, 150)
     out = tmp_path / "far.json"
     run = run_suites("suites/", f"--topology={far}", "--overlay=libnetwork", "-m", "latency",
                      "--overlay-samples=50", "--overlay-interval=20", f"--overlay-json={out}", RELAXED)
