@@ -142,10 +142,7 @@ class CalicoOverlay(ContainerOverlay):
         timeout = 30 + self._worst_rtt_s() * 100
         deadline = time.monotonic() + timeout
         while True:
-            for daemon in self.daemons:
-                if not daemon.alive():
-                    raise EngineError(f"{daemon.name} exited (exit {daemon.popen.returncode}); its log:\n"
-                                      f"{daemon.log_tail(10)}")
+            self._check_daemons()
             missing = self._refresh()
             if not missing:
                 return
@@ -183,19 +180,15 @@ class CalicoOverlay(ContainerOverlay):
         return address
 
     # --- what the records say ---------------------------------------------------------------
-    def datapath(self, src: str, dst: str) -> dict:
+    def _datapath(self, src: str, dst: str) -> dict:
         return {
             "kind": "calico-model",
             "model": MODEL,
             "encapsulation": None,
-            "mtu": self.mtu,
             "as": AS_NUMBER,
             "blocks": {site: str(self.blocks[site]) for site in (src, dst)},
             "bgp_sessions": {site: self.sessions.get(site, {}) for site in (src, dst)},
             "routes_learned": {site: self.learned.get(site, {}) for site in (src, dst)},
-            "path": self.testbed.topology.path_between(src, dst),
-            "container_buffers": self.container_buffers,
-            "container_sysctls": {site: self._tcp_buffers(site) for site in (src, dst)},
         }
 
     def wire_counters(self) -> dict[str, int]:

@@ -113,6 +113,22 @@ class ContainerOverlay(Overlay):
         except docker.errors.NotFound:
             pass
 
+    def datapath(self, src: str, dst: str) -> dict:
+        """What every container overlay records, then what the overlay itself says."""
+        return {**self._datapath(src, dst), "mtu": self.mtu, "path": self.testbed.topology.path_between(src, dst),
+                "container_buffers": self.container_buffers,
+                "container_sysctls": {site: self._tcp_buffers(site) for site in (src, dst)}}
+
+    def _datapath(self, src: str, dst: str) -> dict:
+        raise NotImplementedError
+
+    def _check_daemons(self) -> None:
+        """An overlay daemon that exited while the overlay came up: its log says why."""
+        for daemon in self.daemons:
+            if not daemon.alive():
+                raise EngineError(f"{daemon.name} exited during bring-up (exit {daemon.popen.returncode}); "
+                                  f"its log:\n{daemon.log_tail(15)}")
+
     def _worst_rtt_s(self) -> float:
         return max(self.testbed.topology.expected(c)["rtt_ms"] for c in self.testbed.topology.circuits) / 1000
 

@@ -199,20 +199,16 @@ class FlannelOverlay(ContainerOverlay):
         raise EngineError("Flannel's routes are incomplete: " + "; ".join(sum(missing.values(), [])) + f"\n{logs}")
 
     # --- what the records say -----------------------------------------------------------------
-    def datapath(self, src: str, dst: str) -> dict:
+    def _datapath(self, src: str, dst: str) -> dict:
         backend = BACKENDS[self.backend]
         return {
             "kind": f"flannel-{self.backend}",
             "backend": self.backend,
             "vni": backend.get("VNI"),
             "udp_port": self.port,
-            "mtu": self.mtu,
             "leases": {site: self.leases[site]["FLANNEL_SUBNET"] for site in (src, dst)},
             "routes": {site: self.routes.get(site, {}) for site in (src, dst)},
             "kv_site": self.kv,
-            "path": self.testbed.topology.path_between(src, dst),
-            "container_buffers": self.container_buffers,
-            "container_sysctls": {site: self._tcp_buffers(site) for site in (src, dst)},
         }
 
     def wire_counters(self) -> dict[str, int] | None:

@@ -101,17 +101,13 @@ class LibnetworkOverlay(ContainerOverlay):
         self.vni = (network.attrs.get("Options") or {}).get("com.docker.network.driver.overlay.vxlanid_list")
         self._progress(f"network {self.network} (VNI {self.vni})")
 
-    def datapath(self, src: str, dst: str) -> dict:
+    def _datapath(self, src: str, dst: str) -> dict:
         return {
             "kind": "vxlan",
             "network": self.network,
             "vni": self.vni,
             "udp_port": VXLAN_PORT,
-            "mtu": self.mtu,
             "encrypted": self.encrypted,
-            "path": self.testbed.topology.path_between(src, dst),
-            "container_buffers": self.container_buffers,
-            "container_sysctls": {site: self._tcp_buffers(site) for site in (src, dst)},
         }
 
     def wire_counters(self) -> dict[str, int]:

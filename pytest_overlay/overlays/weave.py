@@ -117,10 +117,7 @@ class WeaveOverlay(ContainerOverlay):
         deadline = started + timeout
         others = len(self.testbed.sites) - 1
         while time.monotonic() < deadline:
-            for daemon in self.daemons:
-                if not daemon.alive():
-                    raise EngineError(f"{daemon.name} exited during start (exit {daemon.popen.returncode}); "
-                                      f"its log:\n{daemon.log_tail(15)}")
+            self._check_daemons()
             self._refresh_status()
             established = {site: sum(c["state"] == "established" for c in conns)
                            for site, conns in self.connections.items()}
@@ -174,21 +171,17 @@ class WeaveOverlay(ContainerOverlay):
         kinds = {c["datapath"] for c in self.connections.get(src, []) if c["state"] == "established"}
         return kinds.pop() if len(kinds) == 1 else ",".join(sorted(kinds)) or "unknown"
 
-    def datapath(self, src: str, dst: str) -> dict:
+    def _datapath(self, src: str, dst: str) -> dict:
         kind = self._datapath_kind(src)
         return {
             "kind": f"weave-{kind}",
             "weave_datapath": kind,
             "udp_port": FASTDP_PORT if kind == "fastdp" else CONTROL_PORT,
-            "mtu": self.mtu,
             "encrypted": self.encrypted,
             "encryption_reported": self.router.get(src, {}).get("encryption"),
             "peer_connections": {site: [{k: c[k] for k in ("address", "state", "info", "mtu")} for c in conns]
                                  for site, conns in self.connections.items() if site in (src, dst)},
             "ipam_range": IPALLOC_RANGE,
-            "path": self.testbed.topology.path_between(src, dst),
-            "container_buffers": self.container_buffers,
-            "container_sysctls": {site: self._tcp_buffers(site) for site in (src, dst)},
         }
 
     def _kinds(self) -> set[str]:
