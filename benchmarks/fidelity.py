@@ -54,7 +54,7 @@ def throughput(args) -> None:
     for label, rtt, kind in (("no emulation", 0, "none"), ("36 ms RTT, delay line", 36, "delayline")):
         with EmulatedTestbed(two_sites(rtt), emulator=kind) as bed:
             a, b = HostOverlay(bed).endpoints(["A", "B"])
-            before = bed.emulator_counters()
+            before = bed.emulator_counters(reset=True)
             tcp = probes.throughput(a, b, "tcp", args.duration)
             udp = probes.throughput(a, b, "udp", args.duration, udp_rate_mbit=args.udp_rate)
             accrued = emulator.delta(before, bed.emulator_counters())

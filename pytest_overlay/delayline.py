@@ -9,15 +9,20 @@ from that direction's ingress interface):
 
     python -m pytest_overlay.delayline CONFIG_JSON
 
+This is the portable core; where a C compiler is present the emulator runs the compiled
+core (core/delayline.c), which speaks the same control protocol at a tenth of the CPU.
+
 CONFIG_JSON: {"control": "/path/to/unix.sock", "seed": 1,
               "queues": [{"num": 0, "delay_ms": 18.0, "jitter_ms": 0.1, "loss_pct": 0, "maxlen": 4096}]}
 
 It prints ``ready`` once every queue is bound. A datagram ``stats`` on the control socket
-is answered with the counters as JSON. SIGTERM or SIGINT ends it.
+is answered with the counters as JSON (``stats reset`` also restarts the window maximum).
+SIGTERM or SIGINT ends it.
 """
 
 from __future__ import annotations
 
+import bisect
 import collections
 import ctypes
 import errno
@@ -67,6 +72,10 @@ SPIN_MAX_PENDING = 256
 LOADED_MIN_SLEEP_S = 0.00005
 PR_SET_TIMERSLACK = 29
 SO_TIMESTAMPNS = 35
+# Upper edges of the release-error histogram (µs; the last bucket is open). The compiled
+# core (core/delayline.c) uses the same edges.
+HIST_EDGES_US = (25, 50, 100, 150, 200, 300, 400, 500, 700, 1000, 1500, 2000, 3000, 5000, 7000,
+                 10000, 20000, 50000, 100000)
 
 
 @dataclass
@@ -85,18 +94,36 @@ class Queue:
     lost: int = 0
     late: int = 0
     max_late_s: float = 0.0
+    window_max_late_s: float = 0.0
     total_late_s: float = 0.0
+    late_hist: list = field(default_factory=lambda: [0] * (len(HIST_EDGES_US) + 1))
 
-    def counters(self) -> dict:
-        return {
+    def counters(self, reset: bool = False) -> dict:
+        counts = {
             "queued": self.queued,
             "released": self.released,
             "lost": self.lost,
             "late": self.late,
             "max_late_us": round(self.max_late_s * 1e6, 1),
+            "window_max_late_us": round(self.window_max_late_s * 1e6, 1),
             "mean_late_us": round(self.total_late_s * 1e6 / max(1, self.released), 1),
             "pending": len(self.pending),
+            "late_hist": list(self.late_hist),
         }
+        if reset:
+            self.window_max_late_s = 0.0
+        return counts
+
+    def count_release(self, late: float) -> None:
+        self.released += 1
+        self.total_late_s += late
+        self.late_hist[bisect.bisect_right(HIST_EDGES_US, late * 1e6)] += 1
+        if late > self.max_late_s:
+            self.max_late_s = late
+        if late > self.window_max_late_s:
+            self.window_max_late_s = late
+        if late > LATE_LIMIT_S:
+            self.late += 1
 
 
 def _attr(kind: int, payload: bytes) -> bytes:
@@ -107,23 +134,6 @@ def _attr(kind: int, payload: bytes) -> bytes:
 def _message(msg: int, res_id: int, attrs: bytes, flags: int = NLM_F_REQUEST, seq: int = 0) -> bytes:
     body = struct.pack("=BB", socket.AF_UNSPEC, 0) + struct.pack("!H", res_id) + attrs
     return struct.pack("=IHHII", 16 + len(body), (NFNL_SUBSYS_QUEUE << 8) | msg, flags, seq, 0) + body
-
-
-def kernel_queue_counters() -> dict[int, dict]:
-    """The kernel's own per-queue counters, for this process's network namespace."""
-    counters = {}
-    try:
-        with open("/proc/self/net/netfilter/nfnetlink_queue") as f:
-            for line in f:
-                cols = line.split()
-                counters[int(cols[0])] = {
-                    "kernel_total": int(cols[2]),
-                    "kernel_dropped": int(cols[5]),
-                    "kernel_user_dropped": int(cols[6]),
-                }
-    except FileNotFoundError:
-        pass
-    return counters
 
 
 class DelayLine:
@@ -248,13 +258,7 @@ class DelayLine:
             last = None
             while pending and pending[0][0] <= now:
                 due, last = pending.popleft()
-                queue.released += 1
-                late = now - due
-                queue.total_late_s += late
-                if late > queue.max_late_s:
-                    queue.max_late_s = late
-                if late > LATE_LIMIT_S:
-                    queue.late += 1
+                queue.count_release(now - due)
             if last is not None:
                 self._verdict(NFQNL_MSG_VERDICT_BATCH, queue.num, NF_ACCEPT, last)
             if pending and pending[0][0] < next_due:
@@ -270,14 +274,16 @@ class DelayLine:
         while clock() < due:
             self._receive(clock(), budget=8)
 
-    def stats(self) -> dict:
-        kernel = kernel_queue_counters()
+    def stats(self, reset: bool = False) -> dict:
+        """Counters; `reset` starts a new window for the window maximum."""
         return {
             "pid": os.getpid(),
+            "core": "python",
             "enobufs": self.enobufs,
             "wake_lag_us": round(self.wake_lag * 1e6, 1),
             "kernel_stamped": self.stamped,
-            "queues": {str(n): {**q.counters(), **kernel.get(n, {})} for n, q in self.queues.items()},
+            "hist_edges_us": list(HIST_EDGES_US),
+            "queues": {str(n): q.counters(reset) for n, q in self.queues.items()},
         }
 
     def run(self, control: socket.socket | None) -> None:
@@ -301,8 +307,8 @@ class DelayLine:
                 self._receive(clock())
             if control is not None and control in readable:
                 request, peer = control.recvfrom(64)
-                if request.strip() == b"stats" and peer:
-                    control.sendto(json.dumps(self.stats()).encode(), peer)
+                if request.startswith(b"stats") and peer:
+                    control.sendto(json.dumps(self.stats(b"reset" in request)).encode(), peer)
 
 
 def _tune_process() -> None:
@@ -317,14 +323,15 @@ def _tune_process() -> None:
         pass
 
 
-def query_stats(control_path: str, timeout: float = 2.0) -> dict:
-    """Ask a running delay line for its counters."""
+def query_stats(control_path: str, timeout: float = 2.0, reset: bool = False) -> dict:
+    """Ask a running delay line (either core) for its counters; `reset` starts a new window
+    for the maximum release error."""
     client = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     reply_path = f"{control_path}.{os.getpid()}.{time.monotonic_ns()}"
     try:
         client.bind(reply_path)
         client.settimeout(timeout)
-        client.sendto(b"stats", control_path)
+        client.sendto(b"stats reset" if reset else b"stats", control_path)
         return json.loads(client.recv(1 << 20))
     finally:
         client.close()

@@ -8,14 +8,19 @@ line, netem's own `rate` with netem.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
+import os
+import shutil
+import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import procs
-from .delayline import LATE_LIMIT_S, query_stats
+from .delayline import HIST_EDGES_US, LATE_LIMIT_S, query_stats
+from .paths import CACHE
 from .topology import Direction
 
 KINDS = ("auto", "netem", "delayline", "none")
@@ -75,8 +80,9 @@ class Emulator:
     def start(self) -> None:
         raise NotImplementedError
 
-    def counters(self) -> dict[str, dict]:
-        """Per link direction: packets seen, dropped on purpose, dropped or late by accident."""
+    def counters(self, reset: bool = False) -> dict[str, dict]:
+        """Per link direction: packets seen, dropped on purpose, dropped or late by accident,
+        the release-error histogram and the largest error since the last `reset`."""
         raise NotImplementedError
 
     def stop(self) -> None:
@@ -103,7 +109,7 @@ class Netem(Emulator):
                 command += ["rate", f"{d.rate_mbit}mbit"]
             procs.run(command, self.netns).check()
 
-    def counters(self) -> dict[str, dict]:
+    def counters(self, reset: bool = False) -> dict[str, dict]:
         shown = procs.run(["tc", "-s", "-j", "qdisc", "show"], self.netns).check()
         by_dev = {q.get("dev"): q for q in json.loads(shown.stdout or "[]") if q.get("kind") == "netem"}
         out = {}
@@ -120,6 +126,34 @@ class Netem(Emulator):
         return out
 
 
+CORE_SOURCE = Path(__file__).resolve().parent / "core" / "delayline.c"
+# "python" forces the portable core (for comparing the two, or where cc misbehaves).
+CORE_ENV = "PYTEST_OVERLAY_DELAYLINE_CORE"
+
+
+def compiled_core() -> tuple[str | None, str]:
+    """The delay line's compiled core, built once per source version into the cache; or
+    None and why the portable (Python) core runs instead."""
+    if os.environ.get(CORE_ENV) == "python":
+        return None, f"portable core forced by {CORE_ENV}=python"
+    source = CORE_SOURCE.read_bytes()
+    target = CACHE / f"delayline-core-{hashlib.sha256(source).hexdigest()[:12]}"
+    if os.access(target, os.X_OK):
+        return str(target), "compiled core"
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if not cc:
+        return None, "no C compiler (cc) to build the compiled core: portable core, about 10x the CPU per packet"
+    CACHE.mkdir(parents=True, exist_ok=True)
+    building = target.with_name(f"{target.name}.{os.getpid()}.tmp")
+    built = subprocess.run([cc, "-O2", "-o", str(building), str(CORE_SOURCE)], capture_output=True, text=True)
+    if built.returncode:
+        building.unlink(missing_ok=True)
+        error = (built.stderr.strip().splitlines() or [f"exit {built.returncode}"])[-1]
+        return None, f"compiled core failed to build ({cc}: {error}): portable core"
+    os.replace(building, target)
+    return str(target), "compiled core"
+
+
 class DelayLine(Emulator):
     kind = "delayline"
 
@@ -127,10 +161,16 @@ class DelayLine(Emulator):
     def control(self) -> Path:
         return self.run_dir / "delayline.sock"
 
-    def start(self) -> None:
-        rules = ["*mangle"] + [
-            f"-A FORWARD -i {p.ingress} -j NFQUEUE --queue-num {p.queue}" for p in self.ports
-        ] + ["COMMIT", ""]
+    def command(self) -> list[str]:
+        """The compiled core where it builds, else the portable one; same protocol."""
+        core, self.core = compiled_core()
+        if core:
+            command = [core, "--control", str(self.control), "--seed", "1"]
+            for p in self.ports:
+                d = p.direction
+                command += ["--queue", f"{p.queue}:{d.delay_ms * 1e3:g}:{d.jitter_ms * 1e3:g}:"
+                                       f"{d.loss_pct * 1e4:g}:{queue_packets(d)}"]
+            return command
         config = {
             "control": str(self.control),
             "seed": 1,
@@ -140,29 +180,50 @@ class DelayLine(Emulator):
                 for p in self.ports
             ],
         }
+        return [sys.executable, "-m", "pytest_overlay.delayline", json.dumps(config)]
+
+    def start(self) -> None:
+        rules = ["*mangle"] + [
+            f"-A FORWARD -i {p.ingress} -j NFQUEUE --queue-num {p.queue}" for p in self.ports
+        ] + ["COMMIT", ""]
         self.daemons.append(procs.start(
-            "delayline", [sys.executable, "-m", "pytest_overlay.delayline", json.dumps(config)],
-            self.run_dir / "delayline.log", self.netns, ready="ready",
+            "delayline", self.command(), self.run_dir / "delayline.log", self.netns, ready="ready",
         ))
         procs.run(["iptables-restore", "-w", "--noflush"], self.netns, input="\n".join(rules)).check()
         for port in self.ports:
             if port.direction.rate_mbit:
                 procs.run(_tbf(port.direction, port.egress), self.netns).check()
 
-    def counters(self) -> dict[str, dict]:
-        stats = query_stats(str(self.control))
+    def counters(self, reset: bool = False) -> dict[str, dict]:
+        stats = query_stats(str(self.control), reset=reset)
+        kernel = kernel_counters(self.netns)
         out = {}
         for port in self.ports:
             q = stats["queues"].get(str(port.queue), {})
+            k = kernel.get(port.queue, {})
             out[port.name] = {
                 "packets": q.get("queued", 0),
                 "lost": q.get("lost", 0),
-                "dropped": q.get("kernel_dropped", 0) + q.get("kernel_user_dropped", 0),
+                "dropped": k.get("kernel_dropped", 0) + k.get("kernel_user_dropped", 0),
                 "late": q.get("late", 0),
-                "max_late_us": q.get("max_late_us", 0.0),
+                "max_late_us": q.get("window_max_late_us", 0.0),
+                "late_hist": q.get("late_hist", []),
             }
         out["_enobufs"] = {"dropped": stats.get("enobufs", 0)}
         return out
+
+    def describe(self) -> dict:
+        return {**super().describe(), "core": getattr(self, "core", "")}
+
+
+def kernel_counters(netns: str) -> dict[int, dict]:
+    """The kernel's own per-queue counters (drops when the queue or socket was full)."""
+    shown = procs.run(["cat", "/proc/self/net/netfilter/nfnetlink_queue"], netns)
+    counters = {}
+    for line in shown.stdout.splitlines() if shown.ok else []:
+        cols = line.split()
+        counters[int(cols[0])] = {"kernel_dropped": int(cols[5]), "kernel_user_dropped": int(cols[6])}
+    return counters
 
 
 class NoEmulation(Emulator):
@@ -173,7 +234,7 @@ class NoEmulation(Emulator):
     def start(self) -> None:
         pass
 
-    def counters(self) -> dict[str, dict]:
+    def counters(self, reset: bool = False) -> dict[str, dict]:
         return {}
 
 
@@ -189,29 +250,54 @@ def choose(kind: str, netns: str) -> tuple[type[Emulator], str]:
     return DelayLine, why if kind == "auto" else "forced by --overlay-emulator=delayline"
 
 
+def percentile_bound_us(hist: list[int], q: float) -> float | None:
+    """The upper edge of the histogram bucket holding the q-th percentile release error
+    (µs): the error is at most this. None without releases; inf in the open last bucket."""
+    total = sum(hist)
+    if not total:
+        return None
+    seen = 0
+    for i, count in enumerate(hist):
+        seen += count
+        if seen >= q / 100 * total:
+            return float(HIST_EDGES_US[i]) if i < len(HIST_EDGES_US) else math.inf
+    return math.inf
+
+
 def delta(before: dict[str, dict], after: dict[str, dict]) -> dict[str, dict]:
-    """Counters accrued between two snapshots."""
+    """Counters accrued between two snapshots, with the release error's 99th percentile
+    bound and maximum (`before` taken with reset) over that window."""
     out = {}
     for name, counts in after.items():
         prior = before.get(name, {})
-        out[name] = {k: v - prior.get(k, 0) for k, v in counts.items() if k != "max_late_us"}
+        accrued = {k: v - prior.get(k, 0) for k, v in counts.items() if isinstance(v, int)}
+        if "late_hist" in counts:
+            old = prior.get("late_hist") or [0] * len(counts["late_hist"])
+            p99 = percentile_bound_us([a - b for a, b in zip(counts["late_hist"], old)], 99)
+            accrued["p99_late_us"] = None if p99 is None or math.isinf(p99) else p99
+            accrued["max_late_us"] = counts.get("max_late_us", 0.0)
+        out[name] = accrued
     return out
 
 
 def faults(accrued: dict[str, dict], late_fraction: float = 0.01, late_floor: int = 3) -> list[str]:
-    """Why a measurement over these counters cannot be trusted (empty if it can).
+    """Why a measurement over these counters cannot be trusted (empty if it can), the worst
+    link first.
 
     Any packet the emulator dropped by accident spoils it; so do late releases once they
     are over 1 % of packets (and more than a stray two), since the 99th percentile would
     then be the emulator's.
     """
     problems = []
-    for name, c in accrued.items():
+    for name, c in sorted(accrued.items(), key=lambda kv: -kv[1].get("late", 0) / max(1, kv[1].get("packets", 0))):
         if c.get("dropped"):
             problems.append(f"emulator dropped {c['dropped']} packets on {name.strip('_')} (queue overflow)")
         packets = c.get("packets", 0)
         late = c.get("late", 0)
         if packets and late > late_fraction * packets and late >= late_floor:
+            p99 = c.get("p99_late_us")
+            how = [f"p99 {'over 100 ms' if p99 is None else f'<= {p99 / 1e3:g} ms'}"] if "p99_late_us" in c else []
+            how += [f"max {c['max_late_us'] / 1e3:.1f} ms"] if c.get("max_late_us") else []
             problems.append(f"emulator released {late} of {packets} packets on {name} over "
-                            f"{LATE_LIMIT_S * 1e3:g} ms late")
+                            f"{LATE_LIMIT_S * 1e3:g} ms late" + (f" (release error {', '.join(how)})" if how else ""))
     return problems

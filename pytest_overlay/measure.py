@@ -69,7 +69,7 @@ class OverlayPath:
     def _once(self, kind: str, probe: Callable[[], object], check: Callable[[object], list[str]]) -> Measured:
         testbed = self.overlay.testbed
         self._stop_if_a_daemon_died(kind)
-        before, wire_before = testbed.emulator_counters(), self.overlay.wire_counters()
+        before, wire_before = testbed.emulator_counters(reset=True), self.overlay.wire_counters()
         try:
             samples = probe()
         except Exception:

@@ -248,8 +248,9 @@ class EmulatedTestbed:
               timeout: float = 10.0) -> procs.Daemon:
         return procs.start(name, command, self.run_dir / f"{site}-{name}.log", self.netns_of(site), ready, timeout)
 
-    def emulator_counters(self) -> dict[str, dict]:
-        return self.emulator.counters() if self.emulator else {}
+    def emulator_counters(self, reset: bool = False) -> dict[str, dict]:
+        """The emulator's counters; `reset` starts a new window for the maximum release error."""
+        return self.emulator.counters(reset) if self.emulator else {}
 
     def count(self, label: str, match: list[str]) -> None:
         """Count forwarded packets that match (iptables match arguments) on every link

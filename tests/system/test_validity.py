@@ -23,7 +23,7 @@ def test_a_stalled_delay_line_makes_the_measurement_invalid(clean_machine):
     with EmulatedTestbed(topology.load("local"), emulator="delayline") as bed:
         a, b = HostOverlay(bed).endpoints(["A", "B"])
         (line,) = bed.emulator.daemons
-        before = bed.emulator_counters()
+        before = bed.emulator_counters(reset=True)
 
         def stall() -> None:
             time.sleep(0.5)
