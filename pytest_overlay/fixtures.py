@@ -83,7 +83,14 @@ def overlay_testbed(overlay_session: OverlaySession):
                     warnings.warn(pytest.PytestWarning(
                         f"comparing with {saved.path.name}, a run on a different set-up ("
                         + "; ".join(differences) + "): differences may not be the network's"))
-            yield bed
+            try:
+                yield bed
+            finally:
+                written, failed = overlay_session.write_outputs()
+                if written:
+                    overlay_session.progress("written before teardown: " + "; ".join(written))
+                if failed:
+                    overlay_session.progress("before teardown, could not write " + "; ".join(failed))
         overlay_session.progress(f"testbed {bed.run_id} down in {bed.timings['down_s']:.2f} s")
         overlay_session.run["testbed"]["timings"] = dict(bed.timings)
     finally:

@@ -116,7 +116,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
 
 @pytest.hookimpl(trylast=True)
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
-    """Safety net: the testbed comes down even if fixture teardown never ran; then the files."""
+    """Safety net: the testbed comes down even if fixture teardown never ran; then the files,
+    final (they were first written before the testbed came down)."""
     from . import session as run_state
 
     state = run_state.existing(session.config)
@@ -124,30 +125,9 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         return
     if state.testbed is not None:
         state.testbed.down()
-    if not (state.records or state.requested) or session.config.option.collectonly:
-        return
-    from . import report, results
-
-    missing = state.missing()
-    # Each output on its own: one that fails must not cost the others.
-    outputs = []
-    path = session.config.getoption("overlay_json")
-    if path:
-        outputs.append((f"JSON {path}", lambda: results.write_json(path, state.run, state.records, missing)))
-    name = session.config.getoption("overlay_save")
-    if name:
-        outputs.append((f"saved run {name}", lambda: state.progress("results saved as " + str(
-            run_state.storage(session.config).save(name, results.document(state.run, state.records, missing))))))
-    directory = session.config.getoption("overlay_report")
-    if directory:
-        outputs.append((f"report {directory}", lambda: state.progress(f"report written to {directory}: " + ", ".join(
-            report.write_files(directory, state.records, state.topology, state.run, missing)))))
-    failed = []
-    for what, write in outputs:
-        try:
-            write()
-        except Exception as e:  # noqa: BLE001  (reported, and the other outputs still written)
-            failed.append(f"{what}: {type(e).__name__}: {e}")
+    written, failed = state.write_outputs()
+    for what in written:
+        state.progress(f"written: {what}")
     if failed:
         state.progress("could not write " + "; ".join(failed))
         session.exitstatus = pytest.ExitCode.INTERNAL_ERROR

@@ -31,6 +31,7 @@ class OverlaySession:
     requested: dict[str, list[Missing]] = field(default_factory=dict)
     reasons: dict[str, str] = field(default_factory=dict)
     bringup_failures: dict[str, str] = field(default_factory=dict)  # overlay -> why it did not come up
+    saved_to: Path | None = None  # this run's own saved file, rewritten as the run ends
 
     def request(self, items: list[pytest.Item]) -> None:
         """Note what every collected suite test is to measure (before -m/-k deselect any)."""
@@ -81,6 +82,40 @@ class OverlaySession:
                 f.write(json.dumps(finite(record.to_json()), allow_nan=False, default=str) + "\n")
         return record
 
+    def write_outputs(self) -> tuple[list[str], list[str]]:
+        """Write the JSON, the saved run and the report (each atomically, each on its own: one
+        that fails must not cost the others); return what could not be written. Called
+        before the testbed comes down, so a teardown that hangs or is killed loses none of
+        them, and again as the session ends, with the final outcomes. Returns what was
+        written and what could not be."""
+        from . import report, results
+
+        if not (self.records or self.requested) or self.config.option.collectonly:
+            return [], []
+        missing = self.missing()
+        outputs = []
+        path = self.option("overlay_json")
+        if path:
+            outputs.append((f"JSON {path}", lambda: results.write_json(path, self.run, self.records, missing)))
+        name = self.option("overlay_save")
+        if name:
+            def save() -> str:
+                self.saved_to = storage(self.config).save(
+                    name, results.document(self.run, self.records, missing), self.saved_to)
+                return f"saved run {self.saved_to}"
+            outputs.append((f"saved run {name}", save))
+        directory = self.option("overlay_report")
+        if directory:
+            outputs.append((f"report {directory}", lambda: f"report in {directory}: " + ", ".join(
+                report.write_files(directory, self.records, self.topology, self.run, missing))))
+        written, failed = [], []
+        for what, write in outputs:
+            try:
+                written.append(write() or what)
+            except Exception as e:  # noqa: BLE001  (reported, and the other outputs still written)
+                failed.append(f"{what}: {type(e).__name__}: {e}")
+        return written, failed
+
     def progress(self, message: str) -> None:
         """Say what bring-up is doing, past pytest's output capture: it takes seconds."""
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
@@ -115,6 +150,11 @@ def get(config: pytest.Config) -> OverlaySession:
         limits = thresholds.load(config.getoption("overlay_thresholds"))
     except topology.InputError as e:
         raise pytest.UsageError(str(e)) from None
+    remote = [s.name for s in topo.sites.values() if s.host]
+    if remote:
+        raise pytest.UsageError(
+            f"{topo.path}: sites {', '.join(remote)} name real hosts (host:), and this version measures only on the "
+            "embedded testbed; nothing was contacted. Remove the host: entries to run the topology embedded.")
     state = OverlaySession(config, topo, limits, list(config.getoption("overlay")))
     if which is not None:
         try:

@@ -30,10 +30,12 @@ class Storage:
     def runs(self) -> list[Path]:
         return sorted(self.path.glob("[0-9][0-9][0-9][0-9]_*.json")) if self.path.exists() else []
 
-    def save(self, name: str, document: dict) -> Path:
-        runs = self.runs()
-        number = int(runs[-1].name[:4]) + 1 if runs else 1
-        target = self.path / f"{number:04d}_{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}.json"
+    def save(self, name: str, document: dict, target: Path | None = None) -> Path:
+        """Save as the next numbered run, or over `target` (the same run saved again, final)."""
+        if target is None:
+            runs = self.runs()
+            number = int(runs[-1].name[:4]) + 1 if runs else 1
+            target = self.path / f"{number:04d}_{re.sub(r'[^A-Za-z0-9_.-]', '_', name)}.json"
         return write_atomic(target, dumps(document))
 
     def find(self, which: str | None) -> Path:

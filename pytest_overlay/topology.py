@@ -10,6 +10,10 @@ A topology is YAML::
       - {between: [AMS, MIL], rtt_ms: 36.5, jitter_ms: 0.1, loss_pct: 0, rate_mbit: 1000}
     circuits: [[AMS, MIL]]          # optional; default: every linked pair
 
+A site may name a real host (``host: {ssh: user@address[:port]}``, or ``{docker:
+tcp://address:2376, tls: {ca, cert, key}}``, optionally ``emulate: true`` with
+``interface``): see RemoteHost.
+
 A ``between`` link is symmetric: ``rtt_ms`` is split evenly (or give ``delay_ms``, one way),
 and jitter, loss and rate apply to each direction. A link given as ``{from: A, to: B,
 delay_ms: ...}`` is one direction; its reverse must be given the same way. Every error names
@@ -155,10 +159,24 @@ def _kind(value: Any) -> str:
 
 
 @dataclass(frozen=True)
+class RemoteHost:
+    """A real Docker host standing for a site. Docker over TCP only with TLS and a client
+    certificate; `emulate` applies the site's link keys with netem on `interface`."""
+
+    address: str  # from ssh, else from docker
+    ssh: str | None = None  # user@address[:port]
+    docker: str | None = None  # tcp://address:port
+    tls: dict[str, str] | None = None  # ca, cert, key: absolute paths
+    interface: str | None = None
+    emulate: bool = False
+
+
+@dataclass(frozen=True)
 class Site:
     name: str
     index: int
     location: str = ""
+    host: RemoteHost | None = None
 
 
 @dataclass(frozen=True)
@@ -285,6 +303,11 @@ class Topology:
 
 TOP_KEYS = {"name", "sites", "links", "circuits", "hub", "manager", "kv", "description"}
 SITE_KEYS = {"location", "host"}
+HOST_KEYS = {"ssh", "docker", "tls", "interface", "emulate"}
+TLS_KEYS = ("ca", "cert", "key")
+SSH_TARGET = re.compile(r"^(?P<user>[a-z_][a-z0-9_.-]{0,31})@(?P<address>[A-Za-z0-9.-]+|\[[0-9A-Fa-f:]+\])(?::(?P<port>\d{1,5}))?$")
+DOCKER_TARGET = re.compile(r"^tcp://(?P<address>[A-Za-z0-9.-]+|\[[0-9A-Fa-f:]+\]):(?P<port>\d{1,5})$")
+INTERFACE = re.compile(r"^[A-Za-z0-9_.@-]{1,15}$")
 LINK_KEYS = {"between", "from", "to", "rtt_ms", "delay_ms", "jitter_ms", "loss_pct", "rate_mbit"}
 
 
@@ -333,7 +356,14 @@ def parse(data: Any, path: str | Path) -> Topology:
         spec = spec if spec is not None else LineDict()
         check.mapping(spec, f"sites.{site_name}", raw_sites, site_name)
         check.keys(spec, SITE_KEYS, f"sites.{site_name}")
-        sites[site_name] = Site(site_name, index, str(spec.get("location", "")))
+        host = _parse_host(check, spec, f"sites.{site_name}.host", Path(path).parent) if "host" in spec else None
+        sites[site_name] = Site(site_name, index, str(spec.get("location", "")), host)
+    remote = [s.name for s in sites.values() if s.host]
+    if remote and len(remote) != len(sites):
+        local = next(n for n, s in sites.items() if not s.host)
+        raise check.fail(raw_sites, local, f"sites.{local}.host",
+                         f"missing: sites {', '.join(remote)} name real hosts, so every site must "
+                         "(a run is either embedded or across real hosts)")
 
     raw_links = data.get("links")
     if not isinstance(raw_links, list) or not raw_links:
@@ -382,6 +412,55 @@ def parse(data: Any, path: str | Path) -> Topology:
             setattr(topo, key, data[key])
     topo.circuits = _parse_circuits(check, data, topo)
     return topo
+
+
+def _parse_host(check: Checker, spec: LineDict, where: str, base: Path) -> RemoteHost:
+    """A site's `host:` entry; TLS files are resolved against the topology's directory and
+    must exist. No Docker TCP endpoint without TLS: it would be an unauthenticated root shell."""
+    raw = check.mapping(spec["host"], where, spec, "host")
+    check.keys(raw, HOST_KEYS, where)
+    if "ssh" not in raw and "docker" not in raw:
+        raise check.fail(spec, "host", where, "give ssh: user@address[:port] or docker: tcp://address:2376 (with tls)")
+    addresses = []
+    for key, pattern, example in (("ssh", SSH_TARGET, "user@address[:port]"), ("docker", DOCKER_TARGET, "tcp://address:2376")):
+        if key not in raw:
+            continue
+        match = pattern.fullmatch(raw[key]) if isinstance(raw[key], str) else None
+        if not match:
+            raise check.fail(raw, key, f"{where}.{key}", f"must be {example}, got {raw[key]!r}")
+        if match.group("port") and not 0 < int(match.group("port")) < 65536:
+            raise check.fail(raw, key, f"{where}.{key}", f"port must be 1..65535, got {match.group('port')}")
+        addresses.append(match.group("address").strip("[]"))
+    tls = None
+    if "docker" in raw:
+        if "tls" not in raw:
+            raise check.fail(raw, "docker", f"{where}.tls", "missing: Docker over TCP needs tls: {ca, cert, key} "
+                                                           "(a client certificate); plain TCP is never used")
+        files = check.mapping(raw["tls"], f"{where}.tls", raw, "tls")
+        check.keys(files, set(TLS_KEYS), f"{where}.tls")
+        tls = {}
+        for key in TLS_KEYS:
+            if not isinstance(files.get(key), str) or not files[key]:
+                raise check.fail(files if key in files else raw, key if key in files else "tls", f"{where}.tls.{key}",
+                                 f"must be the path of a PEM file, got {files.get(key)!r}")
+            file = (base / Path(files[key]).expanduser()).resolve()
+            if not file.is_file():
+                raise check.fail(files, key, f"{where}.tls.{key}", f"no such file: {file}")
+            tls[key] = str(file)
+    elif "tls" in raw:
+        raise check.fail(raw, "tls", f"{where}.tls", "tls applies to docker: tcp://...; give docker too, or remove tls")
+    emulate = raw.get("emulate", False)
+    if not isinstance(emulate, bool):
+        raise check.fail(raw, "emulate", f"{where}.emulate", f"must be true or false, got {emulate!r}")
+    interface = raw.get("interface")
+    if interface is not None and not (isinstance(interface, str) and INTERFACE.fullmatch(interface)):
+        raise check.fail(raw, "interface", f"{where}.interface", f"must be an interface name, got {interface!r}")
+    if emulate and not interface:
+        raise check.fail(raw, "emulate", f"{where}.interface", "missing: emulate: true applies netem on an interface; "
+                                                                "name it (interface: eth0)")
+    if emulate and "ssh" not in raw:
+        raise check.fail(raw, "emulate", f"{where}.ssh", "missing: emulate: true runs tc on the host over ssh")
+    return RemoteHost(addresses[0], raw.get("ssh"), raw.get("docker"), tls, interface, emulate)
 
 
 def _unreachable(sites: dict[str, "Site"], links: list["Link"]) -> list[str]:

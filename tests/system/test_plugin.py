@@ -23,6 +23,7 @@ def test_suites_pass_on_local_and_report(tmp_path, clean_machine):
     assert "Latency: round-trip time in ms (irtt request/response; n = round trips)" in run.output
     assert "TCP throughput in Mbit/s received (iperf3; Total = the whole run;" in run.output
     assert "| Circuit   | Overlay   | Min   | Mean   | 99th %" in run.output
+    assert run.output.index(f"written before teardown: JSON {out}") < run.output.index("[overlay] testbed ovl")
 
     document = json.loads(out.read_text())
     journal = [json.loads(line) for line in Path(f"{out}.records.jsonl").read_text().splitlines()]
@@ -43,6 +44,9 @@ def test_suites_pass_on_local_and_report(tmp_path, clean_machine):
     assert latency["stats"]["n"] >= 55  # 60 requests; a few may be lost
     assert latency["stats"]["mean"] == pytest.approx(20, abs=1)
     assert latency["threshold"]["expected_ms"] == 20
+    if run_meta["testbed"]["emulator"]["kind"] == "delayline":
+        link = latency["emulator"]["A->B"]
+        assert link["packets"] >= 55 and 0 < link["p99_late_us"] <= 100_000 and link["max_late_us"] > 0
 
 
 def test_threshold_failure_fails_the_test_and_is_recorded(tmp_path, clean_machine):

@@ -35,7 +35,7 @@ LATENCY = ["-m", "latency", "--overlay-samples=80", "--overlay-interval=5", RELA
 def test_gate_fails_on_exactly_the_changed_circuit(tmp_path, storage, clean_machine):
     saved = run_suites("suites/", topology(tmp_path, 30), *LATENCY, storage, "--overlay-save=base")
     assert saved.rc == 0, saved.output
-    assert "results saved as" in saved.output and "0001_base.json" in saved.output
+    assert "written: saved run" in saved.output and "0001_base.json" in saved.output
 
     out = tmp_path / "later.json"
     later = run_suites("suites/", topology(tmp_path, 33), *LATENCY, storage, "--overlay-compare=base",

@@ -133,3 +133,60 @@ def test_link_count_the_naming_scheme_can_encode(tmp_path):
             + "".join(f"  - {{between: [{a}, {b}], rtt_ms: 1}}\n" for a, b in pairs))
     with pytest.raises(InputError, match="256 links; at most 255"):
         topology.load(write(tmp_path, text))
+
+
+REMOTE = """\
+name: real
+sites:
+  A:
+    host: {ssh: ops@192.0.2.1}
+  B:
+    host:
+      ssh: ops@192.0.2.2:2222
+      docker: tcp://192.0.2.2:2376
+      tls: {ca: ca.pem, cert: cert.pem, key: key.pem}
+links:
+  - {between: [A, B], rtt_ms: 20}
+"""
+
+BAD_HOSTS = [
+    ("docker without tls", REMOTE.replace("      tls: {ca: ca.pem, cert: cert.pem, key: key.pem}\n", ""), 8,
+     "sites.B.host.tls", "plain TCP is never used"),
+    ("tls file missing", REMOTE.replace("key: key.pem", "key: nokey.pem"), 9, "sites.B.host.tls.key", "no such file"),
+    ("tls key missing", REMOTE.replace(", key: key.pem", ""), 9, "sites.B.host.tls.key", "must be the path of a PEM"),
+    ("bad ssh target", REMOTE.replace("ops@192.0.2.1", "192.0.2.1"), 4, "sites.A.host.ssh", "must be user@address[:port]"),
+    ("ssh port out of range", REMOTE.replace(":2222", ":70000"), 7, "sites.B.host.ssh", "port must be 1..65535"),
+    ("docker over unix", REMOTE.replace("tcp://192.0.2.2:2376", "unix:///run/docker.sock"), 8, "sites.B.host.docker",
+     "must be tcp://address:2376"),
+    ("neither ssh nor docker", REMOTE.replace("{ssh: ops@192.0.2.1}", "{interface: eth0}"), 4, "sites.A.host",
+     "give ssh: user@address[:port] or docker"),
+    ("emulate without interface", REMOTE.replace("{ssh: ops@192.0.2.1}", "{ssh: ops@192.0.2.1, emulate: true}"), 4,
+     "sites.A.host.interface", "name it"),
+    ("emulate not a bool", REMOTE.replace("{ssh: ops@192.0.2.1}", "{ssh: ops@192.0.2.1, emulate: yes please}"), 4,
+     "sites.A.host.emulate", "must be true or false"),
+    ("unknown host key", REMOTE.replace("{ssh: ops@192.0.2.1}", "{ssh: ops@192.0.2.1, password: x}"), 4,
+     "sites.A.host.password", "unknown key"),
+    ("one site embedded", REMOTE.replace("    host: {ssh: ops@192.0.2.1}\n", "    location: here\n"), 3,
+     "sites.A.host", "every site must"),
+]
+
+
+@pytest.mark.parametrize("text, line, field, message", [b[1:] for b in BAD_HOSTS], ids=[b[0] for b in BAD_HOSTS])
+def test_bad_host_entry_names_file_line_and_field(tmp_path, text, line, field, message):
+    for name in ("ca.pem", "cert.pem", "key.pem"):
+        (tmp_path / name).write_text("-----BEGIN CERTIFICATE-----\n")
+    path = write(tmp_path, text)
+    with pytest.raises(InputError) as error:
+        topology.load(path)
+    assert (error.value.line, error.value.field) == (line, field), error.value
+    assert message in error.value.message
+
+
+def test_host_entries_resolve_addresses_and_certificates(tmp_path):
+    for name in ("ca.pem", "cert.pem", "key.pem"):
+        (tmp_path / name).write_text("-----BEGIN CERTIFICATE-----\n")
+    topo = topology.load(write(tmp_path, REMOTE))
+    a, b = topo.sites["A"].host, topo.sites["B"].host
+    assert (a.address, a.ssh, a.docker, a.tls) == ("192.0.2.1", "ops@192.0.2.1", None, None)
+    assert (b.address, b.docker) == ("192.0.2.2", "tcp://192.0.2.2:2376")
+    assert b.tls == {k: str(tmp_path / f"{k}.pem") for k in ("ca", "cert", "key")}
