@@ -1,12 +1,14 @@
 """Command line: ``python -m pytest_overlay clean`` removes what killed runs left behind;
-``python -m pytest_overlay study`` reproduces the study and reports beside its figures."""
+``python -m pytest_overlay study`` reproduces the study and reports beside its figures;
+``python -m pytest_overlay lab up|down`` stands up a topology's sites as real hosts here."""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
-from . import engines, testbed
+from . import engines, lab, testbed, topology
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -20,13 +22,32 @@ def main(argv: list[str] | None = None) -> int:
                                               "embedded testbed and report beside the published figures")
     study.add_argument("--out", default="study", help="directory for the results and the report. Default: %(default)r")
     study.add_argument("--report-only", action="store_true", help="rewrite the report from the results in --out")
+    labs = commands.add_parser("lab", help="a local lab: the topology's sites as real hosts (sshd, dockerd over "
+                                           "TLS) on this machine, joined by the emulated WAN")
+    actions = labs.add_subparsers(dest="action", required=True)
+    lab_up = actions.add_parser("up", help="stand the lab up and write FILE, the topology with every site's host:")
+    lab_up.add_argument("topology", help="a topology file or bundled name (geant, geant-star, local)")
+    lab_up.add_argument("--out", required=True, type=Path, help="where to write the topology of the lab's hosts")
+    lab_keep = actions.add_parser("keep", help=argparse.SUPPRESS)
+    lab_keep.add_argument("topology")
+    lab_keep.add_argument("--out", required=True, type=Path)
+    lab_down = actions.add_parser("down", help="remove the lab that FILE describes, and FILE")
+    lab_down.add_argument("file", type=Path)
     args = parser.parse_args(argv)
+    if args.command == "lab":
+        try:
+            if args.action == "up":
+                return lab.up(args.topology, args.out)
+            if args.action == "keep":
+                return lab.keep(args.topology, args.out)
+            return lab.down(args.file)
+        except (lab.LabError, topology.InputError) as e:
+            print(f"lab {args.action}: {e}", file=sys.stderr)
+            return 2
     if args.command == "clean":
-        removed = testbed.sweep(report=print, cleaners=[engines.remove_run_files], force=args.force)
+        removed = testbed.sweep(report=print, cleaners=[engines.remove_run_files, lab.remove_bridge], force=args.force)
         print(f"clean: {removed} namespace(s) of runs that are over removed")
     if args.command == "study":
-        from pathlib import Path
-
         from . import study as reproduction
 
         if args.report_only:

@@ -400,7 +400,7 @@ def run_is_over(run_dir: Path) -> bool | None:
 
 
 def sweep(state_root: Path | None = None, report: Callable[[str], None] = print,
-          cleaners: list[Callable[[str, Path], None]] = (), force: bool = False) -> int:
+          cleaners: list[Callable[[str, Path], None]] = (), force: bool = False, only: str | None = None) -> int:
     """Remove what runs that are over left: their processes, namespaces and files.
 
     A run is over when its lock (held for the run's whole life) can be taken: the kernel
@@ -408,7 +408,7 @@ def sweep(state_root: Path | None = None, report: Callable[[str], None] = print,
     lock: another state directory, an older version, or a foreign name that merely looks
     like ours) is left alone unless `force`. Its processes are those it recorded, those in
     its namespaces and those in cgroups named after it; `cleaners` (from the layers above)
-    remove the rest of what they made for a run id.
+    remove the rest of what they made for a run id. `only` limits the sweep to one run.
     """
     root = state_root or STATE_ROOT
     run_dirs = {d.name: d for d in (sorted(root.glob("*")) if root.exists() else []) if RUN_ID.match(d.name)}
@@ -419,6 +419,8 @@ def sweep(state_root: Path | None = None, report: Callable[[str], None] = print,
             namespaces.setdefault(match.group(1), []).append(name)
     removed = 0
     for run_id in sorted(set(run_dirs) | set(namespaces)):
+        if only is not None and run_id != only:
+            continue
         over = run_is_over(run_dirs[run_id]) if run_id in run_dirs else None
         if over is False:
             report(f"left alone: run {run_id} is live (its lock is held)")

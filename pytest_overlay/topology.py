@@ -23,6 +23,7 @@ the file, the line and the field.
 from __future__ import annotations
 
 import heapq
+import ipaddress
 import math
 import re
 from dataclasses import dataclass, field
@@ -163,12 +164,14 @@ class RemoteHost:
     """A real Docker host standing for a site. Docker over TCP only with TLS and a client
     certificate; `emulate` applies the site's link keys with netem on `interface`."""
 
-    address: str  # from ssh, else from docker
+    address: str  # where other sites reach it: `address`, else ssh's, else docker's
     ssh: str | None = None  # user@address[:port]
     docker: str | None = None  # tcp://address:port
     tls: dict[str, str] | None = None  # ca, cert, key: absolute paths
     interface: str | None = None
     emulate: bool = False
+    identity: str | None = None  # ssh private key file, absolute
+    known_hosts: str | None = None  # ssh known_hosts file, absolute
 
 
 @dataclass(frozen=True)
@@ -303,7 +306,7 @@ class Topology:
 
 TOP_KEYS = {"name", "sites", "links", "circuits", "hub", "manager", "kv", "description"}
 SITE_KEYS = {"location", "host"}
-HOST_KEYS = {"ssh", "docker", "tls", "interface", "emulate"}
+HOST_KEYS = {"ssh", "docker", "tls", "interface", "emulate", "address", "identity", "known_hosts"}
 TLS_KEYS = ("ca", "cert", "key")
 SSH_TARGET = re.compile(r"^(?P<user>[a-z_][a-z0-9_.-]{0,31})@(?P<address>[A-Za-z0-9.-]+|\[[0-9A-Fa-f:]+\])(?::(?P<port>\d{1,5}))?$")
 DOCKER_TARGET = re.compile(r"^tcp://(?P<address>[A-Za-z0-9.-]+|\[[0-9A-Fa-f:]+\]):(?P<port>\d{1,5})$")
@@ -431,6 +434,24 @@ def _parse_host(check: Checker, spec: LineDict, where: str, base: Path) -> Remot
         if match.group("port") and not 0 < int(match.group("port")) < 65536:
             raise check.fail(raw, key, f"{where}.{key}", f"port must be 1..65535, got {match.group('port')}")
         addresses.append(match.group("address").strip("[]"))
+    if "address" in raw:
+        try:
+            addresses.insert(0, str(ipaddress.ip_address(raw["address"])))
+        except ValueError:
+            raise check.fail(raw, "address", f"{where}.address",
+                             f"must be an IP address (where other sites reach this host), got {raw['address']!r}") from None
+
+    def existing_file(container: LineDict, key: str, field_name: str) -> str:
+        if not isinstance(container.get(key), str) or not container[key]:
+            raise check.fail(container, key, field_name, f"must be the path of a file, got {container.get(key)!r}")
+        file = (base / Path(container[key]).expanduser()).resolve()
+        if not file.is_file():
+            raise check.fail(container, key, field_name, f"no such file: {file}")
+        return str(file)
+
+    ssh_files = {key: existing_file(raw, key, f"{where}.{key}") for key in ("identity", "known_hosts") if key in raw}
+    if ssh_files and "ssh" not in raw:
+        raise check.fail(raw, next(iter(ssh_files)), f"{where}.ssh", "missing: identity and known_hosts are for ssh")
     tls = None
     if "docker" in raw:
         if "tls" not in raw:
@@ -440,13 +461,9 @@ def _parse_host(check: Checker, spec: LineDict, where: str, base: Path) -> Remot
         check.keys(files, set(TLS_KEYS), f"{where}.tls")
         tls = {}
         for key in TLS_KEYS:
-            if not isinstance(files.get(key), str) or not files[key]:
-                raise check.fail(files if key in files else raw, key if key in files else "tls", f"{where}.tls.{key}",
-                                 f"must be the path of a PEM file, got {files.get(key)!r}")
-            file = (base / Path(files[key]).expanduser()).resolve()
-            if not file.is_file():
-                raise check.fail(files, key, f"{where}.tls.{key}", f"no such file: {file}")
-            tls[key] = str(file)
+            if key not in files:
+                raise check.fail(raw, "tls", f"{where}.tls.{key}", "missing: the path of a PEM file")
+            tls[key] = existing_file(files, key, f"{where}.tls.{key}")
     elif "tls" in raw:
         raise check.fail(raw, "tls", f"{where}.tls", "tls applies to docker: tcp://...; give docker too, or remove tls")
     emulate = raw.get("emulate", False)
@@ -460,7 +477,8 @@ def _parse_host(check: Checker, spec: LineDict, where: str, base: Path) -> Remot
                                                                 "name it (interface: eth0)")
     if emulate and "ssh" not in raw:
         raise check.fail(raw, "emulate", f"{where}.ssh", "missing: emulate: true runs tc on the host over ssh")
-    return RemoteHost(addresses[0], raw.get("ssh"), raw.get("docker"), tls, interface, emulate)
+    return RemoteHost(addresses[0], raw.get("ssh"), raw.get("docker"), tls, interface, emulate,
+                      ssh_files.get("identity"), ssh_files.get("known_hosts"))
 
 
 def _unreachable(sites: dict[str, "Site"], links: list["Link"]) -> list[str]:

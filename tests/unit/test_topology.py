@@ -153,7 +153,11 @@ BAD_HOSTS = [
     ("docker without tls", REMOTE.replace("      tls: {ca: ca.pem, cert: cert.pem, key: key.pem}\n", ""), 8,
      "sites.B.host.tls", "plain TCP is never used"),
     ("tls file missing", REMOTE.replace("key: key.pem", "key: nokey.pem"), 9, "sites.B.host.tls.key", "no such file"),
-    ("tls key missing", REMOTE.replace(", key: key.pem", ""), 9, "sites.B.host.tls.key", "must be the path of a PEM"),
+    ("tls key missing", REMOTE.replace(", key: key.pem", ""), 9, "sites.B.host.tls.key", "missing: the path of a PEM"),
+    ("address not an IP", REMOTE.replace("{ssh: ops@192.0.2.1}", "{ssh: ops@192.0.2.1, address: far}"), 4,
+     "sites.A.host.address", "must be an IP address"),
+    ("identity missing", REMOTE.replace("{ssh: ops@192.0.2.1}", "{ssh: ops@192.0.2.1, identity: id_none}"), 4,
+     "sites.A.host.identity", "no such file"),
     ("bad ssh target", REMOTE.replace("ops@192.0.2.1", "192.0.2.1"), 4, "sites.A.host.ssh", "must be user@address[:port]"),
     ("ssh port out of range", REMOTE.replace(":2222", ":70000"), 7, "sites.B.host.ssh", "port must be 1..65535"),
     ("docker over unix", REMOTE.replace("tcp://192.0.2.2:2376", "unix:///run/docker.sock"), 8, "sites.B.host.docker",
@@ -188,5 +192,7 @@ def test_host_entries_resolve_addresses_and_certificates(tmp_path):
     topo = topology.load(write(tmp_path, REMOTE))
     a, b = topo.sites["A"].host, topo.sites["B"].host
     assert (a.address, a.ssh, a.docker, a.tls) == ("192.0.2.1", "ops@192.0.2.1", None, None)
+    topo = topology.load(write(tmp_path, REMOTE.replace("{ssh: ops@192.0.2.1}", "{ssh: ops@192.0.2.1, address: 198.18.0.1, identity: key.pem}")))
+    assert (topo.sites["A"].host.address, topo.sites["A"].host.identity) == ("198.18.0.1", str(tmp_path / "key.pem"))
     assert (b.address, b.docker) == ("192.0.2.2", "tcp://192.0.2.2:2376")
     assert b.tls == {k: str(tmp_path / f"{k}.pem") for k in ("ca", "cert", "key")}
