@@ -156,9 +156,15 @@ class Engine:
                                                    changes=['CMD ["/bin/sleep", "infinity"]'])
         return reference
 
+    def log_tail(self, lines: int = 8) -> str:
+        return self.daemon.log_tail(lines) if self.daemon else "(no log: not started by this run)"
+
+    def docker_command(self) -> list[str]:
+        """The docker command line that reaches this engine."""
+        return ["docker", "-H", self.url]
+
     def cli(self, *args: str, timeout: float | None = 60) -> procs.CommandResult:
-        """The docker command line against this engine."""
-        return procs.run(["docker", "-H", self.url, *args], timeout=timeout)
+        return procs.run([*self.docker_command(), *args], timeout=timeout)
 
     def stop(self) -> None:
         """Remove this run's containers, leave the swarm, stop dockerd and delete its roots."""

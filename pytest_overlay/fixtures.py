@@ -52,24 +52,36 @@ def _raise_interrupt(signum, frame):
 def overlay_testbed(overlay_session: OverlaySession):
     """Name: overlay_testbed. Scope: session. Depends on: overlay_session.
 
-    The emulated WAN: one namespace per site, links through the emulator. Checks every tool
-    and privilege before it creates anything, and removes all it made when the session
-    ends. While it is up, SIGTERM tears down like Ctrl-C.
+    The emulated WAN: one namespace per site, links through the emulator; or, when the
+    topology's sites name real hosts, those hosts (remote.RemoteTestbed). Checks every tool,
+    privilege and host prerequisite before it creates anything, and removes all it made
+    when the session ends. While it is up, SIGTERM tears down like Ctrl-C.
     """
     from . import probes
     from .testbed import EmulatedTestbed
 
-    problems = procs.missing(probes.TOOLS)
-    if os.geteuid() != 0:
-        problems.append("root (network namespaces and NFQUEUE need it)")
-    if problems:
-        pytest.fail("pytest-overlay cannot build the testbed; missing: " + "; ".join(problems), pytrace=False)
-    bed = EmulatedTestbed(overlay_session.topology, overlay_session.option("overlay_emulator"),
-                          progress=overlay_session.progress)
+    topology = overlay_session.topology
+    if any(site.host for site in topology.sites.values()):
+        from .remote import RemoteTestbed
+
+        bed = RemoteTestbed(topology, progress=overlay_session.progress)
+    else:
+        problems = procs.missing(probes.TOOLS)
+        if os.geteuid() != 0:
+            problems.append("root (network namespaces and NFQUEUE need it)")
+        if problems:
+            pytest.fail("pytest-overlay cannot build the testbed; missing: " + "; ".join(problems), pytrace=False)
+        bed = EmulatedTestbed(topology, overlay_session.option("overlay_emulator"), progress=overlay_session.progress)
     overlay_session.testbed = bed
     previous = signal.signal(signal.SIGTERM, _raise_interrupt)  # pytest unwinds fixtures on KeyboardInterrupt
     try:
-        with bed:
+        try:
+            bed.__enter__()
+        except Exception as e:  # noqa: BLE001
+            if bed.backend == "remote":  # a host not ready: say which, what and how to fix, and stop
+                pytest.exit(str(e), returncode=pytest.ExitCode.USAGE_ERROR)
+            raise
+        try:
             overlay_session.progress(f"testbed up in {bed.timings['up_s']:.2f} s")
             overlay_session.run = results.run_metadata(
                 overlay_session.topology, bed.describe(),
@@ -91,6 +103,8 @@ def overlay_testbed(overlay_session: OverlaySession):
                     overlay_session.progress("written before teardown: " + "; ".join(written))
                 if failed:
                     overlay_session.progress("before teardown, could not write " + "; ".join(failed))
+        finally:
+            bed.__exit__(None, None, None)
         overlay_session.progress(f"testbed {bed.run_id} down in {bed.timings['down_s']:.2f} s")
         overlay_session.run["testbed"]["timings"] = dict(bed.timings)
     finally:
@@ -112,6 +126,12 @@ def overlay(request: pytest.FixtureRequest, overlay_testbed, overlay_session: Ov
     from . import overlays
 
     name = request.param
+    if overlay_testbed.backend == "remote":
+        from .remote import SUPPORTED_OVERLAYS
+
+        if name not in SUPPORTED_OVERLAYS:
+            pytest.skip(f"{name} across real hosts is not supported in this version (supported: "
+                        f"{', '.join(SUPPORTED_OVERLAYS)})")
     for attempt in range(1, BRINGUP_ATTEMPTS + 1):
         instance = overlays.get(name)(overlay_testbed)
         instance.container_buffers = overlay_session.option("overlay_container_buffers")

@@ -107,7 +107,9 @@ class OverlayPath:
 
     def record(self, metric: str, values: list[float], measured: Measured, extra: dict | None = None,
                round_values: list[float] | None = None, **fields) -> Record:
-        datapath = self.overlay.datapath(self.circuit.src, self.circuit.dst)
+        testbed = self.overlay.testbed
+        datapath = {**self.overlay.datapath(self.circuit.src, self.circuit.dst), "backend": testbed.backend,
+                    "hosts": [testbed.host_of(self.circuit.src), testbed.host_of(self.circuit.dst)]}
         if measured.wire is not None:
             datapath[self.overlay.wire_key] = measured.wire
         ci95 = fields.pop("ci95", None)

@@ -67,6 +67,7 @@ class EmulatedTestbed:
     """Sites as namespaces, links through an emulated WAN. Use as a context manager."""
 
     kind = "emulated"
+    backend = "embedded"
 
     def __init__(self, topology: Topology, emulator: str = "auto", run_id: str | None = None,
                  progress: Callable[[str], None] | None = None, state_root: Path | None = None) -> None:
@@ -240,6 +241,9 @@ class EmulatedTestbed:
 
     def netns_of(self, site: str) -> str:
         return self.sites[site].netns
+
+    def host_of(self, site: str) -> str:
+        return f"namespace {self.sites[site].netns}"
 
     def run(self, site: str, command: list[str], timeout: float | None = 60) -> procs.CommandResult:
         return procs.run(command, self.netns_of(site), timeout)

@@ -96,7 +96,7 @@ class ContainerEndpoint:
     def start(self, name: str, command: list[str], ready: str | None = None, timeout: float = 10.0) -> procs.Daemon:
         # The server writes its pid inside the container, so stop() can end it there.
         script = f"echo $$ > /tmp/{name}.pid; exec {shlex.join(command)}"
-        daemon = procs.start(name, ["docker", "-H", self.engine.url, "exec", self.container, "sh", "-c", script],
+        daemon = procs.start(name, [*self.engine.docker_command(), "exec", self.container, "sh", "-c", script],
                              self.engine.state_dir / f"{name}.log", ready=ready, timeout=timeout)
         return ContainerDaemon(daemon.name, daemon.command, daemon.log, daemon.popen, daemon.started, self)
 

@@ -33,7 +33,7 @@ class ContainerOverlay(Overlay):
         self.mtu: int | None = None
         # Interfaces each site had before this overlay: what it adds (docker0, weave's bridge,
         # flannel.1, ...) goes when it goes, so the next overlay of the run starts clean.
-        self.links_before = {site: self._links(site) for site in testbed.sites}
+        self.links_before = {site: self._links(site) for site in testbed.sites} if testbed.backend == "embedded" else {}
         self.state_dir = testbed.run_dir / self.name  # the overlay's own files (configs, keys, logs)
 
     def _links(self, site: str) -> set[str]:
@@ -51,6 +51,12 @@ class ContainerOverlay(Overlay):
     def _start_engines(self, extra_args: Callable[[str], list[str]] = lambda site: []) -> str:
         """Start every site's engine and load the image; returns the image reference."""
         bed = self.testbed
+        if bed.backend == "remote":  # the hosts' own engines
+            self.engines = dict(bed.engines)
+            started = time.monotonic()
+            image = bed.load_image()
+            self.timings["engines_s"] = time.monotonic() - started
+            return image
         self.engines = {site: Engine(site, h.netns, h.address, bed.run_id, bed.run_dir / f"docker-{site}",
                                      extra_args=extra_args(site))
                         for site, h in bed.sites.items()}
@@ -87,7 +93,7 @@ class ContainerOverlay(Overlay):
                         self._remove_container(engine, name)
                         continue
                     raise EngineError(f"measurement container {name} at site {engine.site} did not start: "
-                                      f"{why}\ndockerd of {engine.site}:\n{engine.daemon.log_tail(8)}") from None
+                                      f"{why}\ndockerd of {engine.site}:\n{engine.log_tail(8)}") from None
             deadline = time.monotonic() + 30
             while time.monotonic() < deadline:
                 container.reload()
@@ -98,7 +104,7 @@ class ContainerOverlay(Overlay):
                 time.sleep(0.05)
             raise EngineError(f"measurement container {name} at site {engine.site} is {container.status}; "
                               f"its log:\n{container.logs(tail=20).decode(errors='replace')}\n"
-                              f"dockerd of {engine.site}:\n{engine.daemon.log_tail(8)}")
+                              f"dockerd of {engine.site}:\n{engine.log_tail(8)}")
 
         self._progress("starting a measurement container at every site")
         with concurrent.futures.ThreadPoolExecutor(len(self.engines)) as pool:
@@ -135,6 +141,10 @@ class ContainerOverlay(Overlay):
     def down(self) -> None:
         started = time.monotonic()
         self.testbed.untrack(self.daemons + [e.daemon for e in self.engines.values() if e.daemon])
+        if self.testbed.backend == "remote":  # the engines stay; this overlay's containers go
+            for endpoint in self.containers.values():
+                self._remove_container(endpoint.engine, endpoint.container)
+            self.engines = {}
         with concurrent.futures.ThreadPoolExecutor(max(1, len(self.engines))) as pool:
             list(pool.map(lambda e: e.stop(), self.engines.values()))
         for daemon in self.daemons:

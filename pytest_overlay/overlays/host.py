@@ -10,7 +10,10 @@ class HostOverlay(Overlay):
     name = "host"
     description = "underlay, no overlay: site namespace to site namespace"
 
-    def endpoint(self, site: str) -> SiteEndpoint:
+    def endpoint(self, site: str):
+        """The site's namespace; on a real host, a measurement container in the host's network."""
+        if self.testbed.backend == "remote":
+            return self.testbed.host_endpoint(site)
         return SiteEndpoint(site, self.testbed.address(site), self.testbed)
 
     def datapath(self, src: str, dst: str) -> dict:

@@ -41,6 +41,7 @@ class LibnetworkOverlay(ContainerOverlay):
         super().__init__(testbed)
         self.network = f"ovl{testbed.run_id}-{self.name}"
         self.vni: str | None = None
+        self._swarm_manager: Engine | None = None  # on real hosts, the existing swarm's manager
 
     def up(self) -> None:
         if self.encrypted:
@@ -63,10 +64,28 @@ class LibnetworkOverlay(ContainerOverlay):
                        f"{len(self.containers)} containers")
 
     def _manager(self) -> Engine:
+        if self._swarm_manager is not None:
+            return self._swarm_manager
         return self.engines[self.testbed.topology.manager or next(iter(self.engines))]
+
+    def down(self) -> None:
+        """On real hosts its network goes too (the swarm is the testbed's to keep or leave)."""
+        manager = self._manager() if self.testbed.backend == "remote" and self.engines else None
+        super().down()
+        if manager is not None:
+            try:
+                manager.client.networks.get(self.network).remove()
+            except Exception:  # noqa: BLE001  (gone already, or the host unreachable: the testbed tries again)
+                pass
 
     def _swarm(self) -> None:
         manager = self._manager()
+        if self.testbed.backend == "remote":
+            manager, create = self.testbed.swarm(manager.site)
+            self._swarm_manager = manager
+            if not create:
+                self._progress(f"using the hosts' swarm (manager {manager.site}); it is left as it was")
+                return
         manager.client.swarm.init(advertise_addr=manager.address, listen_addr=f"{manager.address}:2377")
         token = manager.client.swarm.attrs["JoinTokens"]["Worker"]
         workers = [e for e in self.engines.values() if e is not manager]
@@ -89,7 +108,7 @@ class LibnetworkOverlay(ContainerOverlay):
             if len(nodes) == len(self.engines) and all(state == "ready" for state in states.values()):
                 return
             time.sleep(0.2)
-        logs = "\n".join(f"--- dockerd of {e.site}:\n{e.daemon.log_tail(8)}" for e in self.engines.values())
+        logs = "\n".join(f"--- dockerd of {e.site}:\n{e.log_tail(8)}" for e in self.engines.values())
         raise EngineError(f"swarm did not converge within {timeout:.0f} s (nodes: {states}); this is the "
                           f"environment failing, not a measurement\n{logs}")
 

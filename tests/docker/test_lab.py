@@ -1,6 +1,7 @@
 """The local lab: a topology's sites as real hosts (sshd with keys only, dockerd demanding a
 client certificate) joined by the emulated WAN, and gone after `lab down`, even when its
-keeper was killed."""
+keeper was killed; and the suites run across it through the remote backend, which only
+speaks SSH and the Docker API."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ import pytest
 
 from pytest_overlay import procs, topology
 
-from ..conftest import ROOT, run_suites
+from ..conftest import QUICK, ROOT, run_suites
 
 pytestmark = pytest.mark.skipif(procs.missing({"dropbear": "dropbear-bin"}) != [],
                                 reason="dropbear (dropbear-bin) not installed: the lab's sshd")
@@ -32,6 +33,12 @@ def ssh(host: topology.RemoteHost, command: str, identity: str | None = None) ->
     return subprocess.run(["ssh", "-i", identity or host.identity, "-o", f"UserKnownHostsFile={host.known_hosts}",
                            "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", "-o", "ConnectTimeout=5",
                            host.ssh, command], capture_output=True, text=True, timeout=60)
+
+
+def docker_on(host: topology.RemoteHost, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(["docker", "-H", host.docker, "--tlsverify", "--tlscacert", host.tls["ca"], "--tlscert",
+                           host.tls["cert"], "--tlskey", host.tls["key"], *args], capture_output=True, text=True,
+                          timeout=60)
 
 
 def test_lab_sites_are_real_hosts_over_the_emulated_wan(tmp_path, clean_machine):
@@ -55,9 +62,7 @@ def test_lab_sites_are_real_hosts_over_the_emulated_wan(tmp_path, clean_machine)
         refused = ssh(a, "true", identity=str(stranger))
         assert refused.returncode == 255 and "Permission denied (publickey)" in refused.stderr
 
-        docker = subprocess.run(["docker", "-H", b.docker, "--tlsverify", "--tlscacert", b.tls["ca"], "--tlscert",
-                                 b.tls["cert"], "--tlskey", b.tls["key"], "info", "--format", "{{.ServerVersion}}"],
-                                capture_output=True, text=True, timeout=60)
+        docker = docker_on(b, "info", "--format", "{{.ServerVersion}}")
         assert docker.returncode == 0, docker.stderr
         address, port = b.docker.removeprefix("tcp://").rsplit(":", 1)
         context = ssl.create_default_context(cafile=b.tls["ca"])
@@ -70,12 +75,76 @@ def test_lab_sites_are_real_hosts_over_the_emulated_wan(tmp_path, clean_machine)
         crossing = ssh(a, f"ping -c 1 -W 1 {b.ssh.split('@')[1]}")
         assert crossing.returncode != 0  # sites reach each other over the WAN only
 
-        refused_run = run_suites("suites/", f"--topology={out}", "-m", "latency")
-        assert refused_run.rc == pytest.ExitCode.USAGE_ERROR and "name real hosts (host:)" in refused_run.output
+        remote = run_suites("suites/", *QUICK, f"--topology={out}", "--overlay=host,libnetwork", "-m", "latency",
+                            f"--overlay-json={tmp_path / 'remote.json'}", "-rA")
+        assert remote.rc == 0, remote.output
+        assert "using the hosts' swarm" not in remote.output  # none existed: made, then left
+        records = json.loads((tmp_path / "remote.json").read_text())["results"]
+        assert {(r["overlay"], r["datapath"]["backend"], tuple(r["datapath"]["hosts"])) for r in records} == {
+            ("host", "remote", (a.docker, b.docker)), ("libnetwork", "remote", (a.docker, b.docker))}
+        assert all(r["valid"] and 19 < r["stats"]["min"] < 30 for r in records)
+        assert a.identity not in (tmp_path / "remote.json").read_text()  # where hosts are, not how to get in
+        for host in (a, b):
+            state = docker_on(host, "info", "--format", "{{.Swarm.LocalNodeState}} {{.Containers}}")
+            assert state.stdout.split() == ["inactive", "0"]  # nothing of the run is left on the hosts
+
+        # Hosts that already form a swarm: it is used, and left as it was.
+        init = docker_on(a, "swarm", "init", "--advertise-addr", a.address, "--listen-addr", f"{a.address}:2377")
+        assert init.returncode == 0, init.stderr
+        token = docker_on(a, "swarm", "join-token", "-q", "worker").stdout.strip()
+        joined = docker_on(b, "swarm", "join", "--token", token, "--advertise-addr", b.address,
+                           "--listen-addr", f"{b.address}:2377", f"{a.address}:2377")
+        assert joined.returncode == 0, joined.stderr
+        reused = run_suites("suites/", *QUICK, f"--topology={out}", "--overlay=libnetwork", "-m", "latency")
+        assert reused.rc == 0, reused.output
+        assert "using the hosts' swarm (manager A); it is left as it was" in reused.output
+        for host in (a, b):
+            state = docker_on(host, "info", "--format", "{{.Swarm.LocalNodeState}} {{.Containers}}")
+            assert state.stdout.split() == ["active", "0"]
+        assert docker_on(a, "network", "ls", "--filter", "label=pytest-overlay.run", "-q").stdout.strip() == ""
     finally:
         gone = lab("down", str(out))
     assert gone.returncode == 0, gone.stdout + gone.stderr
     assert not out.exists() and not Path(f"{out}.lab.json").exists()
+
+
+def test_hosts_not_ready_are_named_with_the_fix_before_anything_is_created(tmp_path, clean_machine):
+    out = tmp_path / "lab.yaml"
+    assert lab("up", "local", "--out", str(out)).returncode == 0
+    try:
+        sites = topology.load(out).sites
+        a, b = sites["A"].host, sites["B"].host
+        other_ca = tmp_path / "other"
+        other_ca.mkdir()
+        from pytest_overlay.pki import PKI
+
+        stranger = PKI(other_ca, "other").create().issue("stranger", client=True)
+        text = out.read_text()
+        wrong_cert = tmp_path / "wrong-cert.yaml"
+        wrong_cert.write_text(text.replace(a.tls["cert"], str(stranger.cert)).replace(a.tls["key"], str(stranger.key)))
+        no_docker = tmp_path / "no-docker.yaml"
+        no_docker.write_text(text.replace(b.docker, b.docker.replace(":2376", ":2399")))
+        for path, expected in ((wrong_cert, "A: Docker API at tcp://"), (no_docker, "B: Docker API at tcp://")):
+            refused = run_suites("suites/", *QUICK, f"--topology={path}", "--overlay=libnetwork", "-m", "latency")
+            assert refused.rc == pytest.ExitCode.USAGE_ERROR, refused.output
+            assert "nothing was created on any of them" in refused.output and expected in refused.output
+            if path == wrong_cert:
+                assert "rejected our client certificate" in refused.output
+        assert "connection refused: nothing listens there" in refused.output
+        assert "Fix: start dockerd with --tlsverify" in refused.output
+
+        # A firewall between the sites: B drops the swarm's gossip over UDP.
+        netns = f"ovl{json.loads(Path(f'{out}.lab.json').read_text())['run_id']}-B"
+        procs.run(["iptables", "-w", "-I", "INPUT", "-p", "udp", "--dport", "7946", "-j", "DROP"], netns).check()
+        closed = run_suites("suites/", *QUICK, f"--topology={out}", "--overlay=libnetwork", "-m", "latency")
+        assert closed.rc == pytest.ExitCode.USAGE_ERROR, closed.output
+        assert "B: swarm port(s) 7946/udp not reachable from A" in closed.output
+        assert "Fix: open them in the firewalls between the sites" in closed.output
+        for host in (a, b):
+            assert docker_on(host, "info", "--format", "{{.Swarm.LocalNodeState}} {{.Containers}}").stdout.split() \
+                == ["inactive", "0"]
+    finally:
+        assert lab("down", str(out)).returncode == 0
 
 
 def test_lab_down_after_its_keeper_was_killed(tmp_path, clean_machine):

@@ -4,6 +4,7 @@ through a real pytest run of the suites on the emulated testbed."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -23,7 +24,8 @@ def test_suites_pass_on_local_and_report(tmp_path, clean_machine):
     assert "Latency: round-trip time in ms (irtt request/response; n = round trips)" in run.output
     assert "TCP throughput in Mbit/s received (iperf3; Total = the whole run;" in run.output
     assert "| Circuit   | Overlay   | Min   | Mean   | 99th %" in run.output
-    assert run.output.index(f"written before teardown: JSON {out}") < run.output.index("[overlay] testbed ovl")
+    assert run.output.index(f"written before teardown: JSON {out}") < re.search(
+        r"\[overlay\] testbed \w+ down in", run.output).start()
 
     document = json.loads(out.read_text())
     journal = [json.loads(line) for line in Path(f"{out}.records.jsonl").read_text().splitlines()]

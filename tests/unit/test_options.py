@@ -56,11 +56,11 @@ def test_bad_files_name_file_line_and_field(pytester, tmp_path):
     result = pytester.runpytest_inprocess(SUITES, "--collect-only", f"--topology={topo}")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     assert f"{topo}:4: links[0].delay_ms: must be >= 0" in result.stderr.str()
-    topo.write_text("name: t\nsites: {A: {host: {ssh: u@192.0.2.1}}, B: {host: {ssh: u@192.0.2.2}}}\n"
+    topo.write_text("name: t\nsites:\n  A: {host: {docker: 'tcp://192.0.2.1:2376'}}\n  B: {host: {ssh: u@192.0.2.2}}\n"
                     "links:\n  - {between: [A, B], delay_ms: 5}\n")
     result = pytester.runpytest_inprocess(SUITES, "--collect-only", f"--topology={topo}")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    assert "sites A, B name real hosts (host:)" in result.stderr.str()
+    assert f"{topo}:3: sites.A.host.tls: missing: Docker over TCP needs tls" in result.stderr.str()
 
 
 def test_marker_selects_a_metric(pytester):

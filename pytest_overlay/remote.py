@@ -1,0 +1,408 @@
+"""Real sites: a topology whose sites name real Docker hosts (`host:`), measured as they are.
+
+RemoteTestbed stands where EmulatedTestbed stands for the overlays, probes and fixtures, but
+creates nothing on this machine: it speaks SSH (testinfra, for the prerequisites) and the
+Docker API (TCP with TLS and a client certificate). Every prerequisite of every host is
+checked before anything is created on any of them. What a run creates there (containers, a
+network, a swarm if there was none) carries the run's id and is removed at the end; a swarm
+that existed is used and left as it was.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+import shutil
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import docker
+
+from . import procs
+from .engines import IMAGE_REPOSITORY, LABEL, Engine, build_image_tar
+from .overlays.base import ContainerEndpoint
+from .paths import AGENTS, STATE_ROOT
+from .testbed import DEFAULT_TCP_MEM, SiteHandle, _pairs, hold_lock, new_run_id, tcp_buffer_max
+from .topology import RemoteHost, Topology
+
+MIN_DOCKER = (20, 10)
+API_VERSION = "1.41"
+MAX_CLOCK_SKEW_S = 1.0
+PORT_CHECK_S = 20.0
+SUPPORTED_OVERLAYS = ("host", "libnetwork")
+
+
+class RemoteError(RuntimeError):
+    pass
+
+
+def ssh_options(host: RemoteHost) -> list[str]:
+    """Keys only (BatchMode), no lingering master connection, and the known host key
+    demanded when a file names it."""
+    options = ["-o", "BatchMode=yes", "-o", "ConnectTimeout=10", "-o", "ControlMaster=no"]
+    if host.known_hosts:
+        options += ["-o", f"UserKnownHostsFile={host.known_hosts}", "-o", "StrictHostKeyChecking=yes"]
+    if host.identity:
+        options += ["-o", "IdentitiesOnly=yes"]
+    return options
+
+
+def ssh_command(host: RemoteHost, command: str) -> list[str]:
+    target, _, port = host.ssh.rpartition(":") if host.ssh.count(":") == 1 else (host.ssh, "", "")
+    return ["ssh", *ssh_options(host), *(["-i", host.identity] if host.identity else []),
+            *(["-p", port] if port else []), target, command]
+
+
+def _ssh_run(host: RemoteHost, command: str, timeout: float = 30, stdin: str | None = None) -> procs.CommandResult:
+    return procs.run(ssh_command(host, command), timeout=timeout, input=stdin)
+
+
+@dataclass
+class RemoteEngine(Engine):
+    """A real host's own dockerd, reached over TLS; never started or stopped by this run."""
+
+    host: RemoteHost | None = None
+
+    @property
+    def url(self) -> str:
+        return self.host.docker
+
+    def docker_command(self) -> list[str]:
+        tls = self.host.tls
+        return ["docker", "-H", self.url, "--tlsverify", "--tlscacert", tls["ca"], "--tlscert", tls["cert"],
+                "--tlskey", tls["key"]]
+
+    def connect(self) -> None:
+        tls = docker.tls.TLSConfig(client_cert=(self.host.tls["cert"], self.host.tls["key"]),
+                                   ca_cert=self.host.tls["ca"], verify=True)
+        # The API version of Docker 20.10, the oldest supported: asking the daemon for its own
+        # would happen before trust_env can be turned off, and requests would then verify
+        # against $REQUESTS_CA_BUNDLE instead of the host's CA.
+        self.client = docker.DockerClient(base_url=self.url.replace("tcp://", "https://"), tls=tls, timeout=120,
+                                          version=API_VERSION)
+        self.client.api.trust_env = False
+
+    def start(self, timeout: float = 60) -> None:
+        raise RemoteError("a remote engine is the host's own; it is not started by this run")
+
+    def stop(self) -> None:
+        """Remove this run's containers from the host; its engine keeps running."""
+        if self.client is None:
+            return
+        try:
+            for container in self.client.containers.list(all=True, filters={"label": f"{LABEL}={self.run_id}"}):
+                container.remove(force=True)
+        except (docker.errors.APIError, docker.errors.DockerException, OSError):
+            pass
+
+
+@dataclass
+class Check:
+    host: str
+    problem: str
+    fix: str
+
+    def __str__(self) -> str:
+        return f"{self.host}: {self.problem}. Fix: {self.fix}"
+
+
+class RemoteTestbed:
+    """Sites on real Docker hosts. Use as a context manager."""
+
+    kind = "remote"
+    backend = "remote"
+
+    def __init__(self, topology: Topology, progress: Callable[[str], None] | None = None,
+                 state_root: Path | None = None) -> None:
+        self.topology = topology
+        self.run_id = new_run_id()
+        self.run_dir = (state_root or STATE_ROOT) / self.run_id  # this machine's logs of the run
+        self.progress = progress or (lambda message: None)
+        self.hosts = {name: site.host for name, site in topology.sites.items()}
+        self.sites = {name: SiteHandle(name, "", host.address, self._sysctls(name)) for name, host in self.hosts.items()}
+        self.engines: dict[str, RemoteEngine] = {}
+        self.host_endpoints: dict[str, ContainerEndpoint] = {}
+        self.image: str | None = None
+        self.swarm_created = False
+        self.created: list[str] = []  # namespaces: none, ever
+        self.wan = None
+        self.emulator = None
+        self.timings: dict[str, float] = {}
+        self.versions: dict[str, str] = {}
+
+    def _sysctls(self, site: str) -> dict[str, str]:
+        """TCP buffers for the site's containers, sized for its worst bandwidth-delay product
+        as on the embedded testbed (the hosts' own settings are left alone)."""
+        size = max(tcp_buffer_max(e["rtt_ms"], e["rate_mbit"])
+                   for e in (self.topology.expected(c) for c in _pairs(self.topology, site)))
+        return {"net.ipv4.tcp_rmem": f"{DEFAULT_TCP_MEM[0]} {DEFAULT_TCP_MEM[1]} {size}",
+                "net.ipv4.tcp_wmem": f"{DEFAULT_TCP_MEM[0]} 16384 {size}"}
+
+    # --- bring-up -------------------------------------------------------------------------
+    def __enter__(self) -> "RemoteTestbed":
+        try:
+            self.up()
+        except BaseException:
+            self.down()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.down()
+
+    def up(self) -> None:
+        started = time.monotonic()
+        self.run_dir.mkdir(parents=True, mode=0o700)
+        self._lock = hold_lock(self.run_dir / "lock")
+        problems = self.check()
+        if problems:
+            raise RemoteError("the hosts are not ready; nothing was created on any of them:\n"
+                              + "\n".join(f"  {p}" for p in problems))
+        self.timings["up_s"] = time.monotonic() - started
+        self.progress(f"remote hosts ready: {', '.join(f'{n} ({h.address}, Docker {self.versions[n]})' for n, h in self.hosts.items())}")
+
+    def check(self) -> list[Check]:
+        """Every host's prerequisites, all of them, before anything is created."""
+        problems: list[Check] = []
+        for name, host in self.hosts.items():
+            if host.emulate:
+                problems.append(Check(name, "emulate: true is not supported across real hosts in this version",
+                                      "remove emulate (links are then measured as they are)"))
+            if not host.docker:
+                problems.append(Check(name, "no docker: endpoint; the run drives Docker over TCP with TLS",
+                                      "give docker: tcp://ADDRESS:2376 and tls: {ca, cert, key}"))
+                continue
+            engine = RemoteEngine(name, "", host.address, self.run_id, self.run_dir / f"docker-{name}", host=host)
+            try:
+                engine.connect()
+                version = engine.client.version()
+            except Exception as e:  # noqa: BLE001  (every failure to reach the API is a finding)
+                problems.append(Check(name, f"Docker API at {host.docker} did not answer: {_tls_reason(e)}",
+                                      "start dockerd with --tlsverify on that address, and give the client "
+                                      "certificate signed by its CA"))
+                continue
+            self.engines[name] = engine
+            self.versions[name] = version.get("Version", "?")
+            if tuple(int(x) for x in self.versions[name].split(".")[:2] if x.isdigit()) < MIN_DOCKER:
+                problems.append(Check(name, f"Docker {self.versions[name]} is older than "
+                                            f"{'.'.join(map(str, MIN_DOCKER))}", "upgrade Docker on the host"))
+        problems += self._check_over_ssh()
+        if not problems:
+            problems += self._check_swarm_ports()
+        return problems
+
+    def _check_over_ssh(self) -> list[Check]:
+        import testinfra
+
+        problems = []
+        for name, host in self.hosts.items():
+            if not host.ssh:
+                problems.append(Check(name, "no ssh: entry, so its kernel and clock cannot be checked",
+                                      "give ssh: user@address (key login)"))
+                continue
+            tested = testinfra.get_host(f"ssh://{host.ssh}", ssh_identity_file=host.identity,
+                                        ssh_extra_args=shlex.join(ssh_options(host)))
+            try:
+                before = time.time()
+                clock = tested.run("date +%s.%N")
+                after = time.time()
+            except Exception as e:  # noqa: BLE001
+                problems.append(Check(name, f"ssh {host.ssh} failed: {e}", "allow key login for that user"))
+                continue
+            if clock.rc != 0:
+                problems.append(Check(name, f"ssh {host.ssh} failed (exit {clock.rc}): {clock.stderr.strip()[-200:]}",
+                                      "allow key login for that user, with the key given as identity"))
+                continue
+            skew = float(clock.stdout) - (before + after) / 2
+            if abs(skew) > MAX_CLOCK_SKEW_S + (after - before) / 2:
+                problems.append(Check(name, f"clock is {skew:+.1f} s off this machine's",
+                                      "synchronise both clocks (NTP, e.g. apt-get install chrony)"))
+            if tested.run("test -d /sys/module/vxlan || modinfo vxlan").rc != 0:
+                problems.append(Check(name, "kernel has no VXLAN (module vxlan): Docker's overlay cannot work",
+                                      "a kernel with CONFIG_VXLAN, or load the module (modprobe vxlan)"))
+            if tested.run("command -v python3").rc != 0:
+                problems.append(Check(name, "no python3, needed to check the swarm ports",
+                                      "apt-get install python3"))
+        return problems
+
+    def _check_swarm_ports(self) -> list[Check]:
+        """2377/tcp, 7946/tcp+udp and 4789/udp, from every site to every other. Skipped when the
+        hosts already form a swarm (their daemons hold those ports)."""
+        if self._existing_swarm() is not None:
+            return []
+        script = (AGENTS / "portcheck.py").read_text()
+        problems = []
+        for dst, dst_host in self.hosts.items():
+            listener = subprocess.Popen(
+                ssh_command(dst_host, f"python3 -c {shlex.quote(script)} listen {dst_host.address} {PORT_CHECK_S}"),
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            if listener.stdout.readline().strip() != "ready":
+                listener.kill()
+                problems.append(Check(dst, f"could not listen on the swarm ports: {listener.communicate()[1][-200:]}",
+                                      "check ssh access and python3"))
+                continue
+            tokens = {}
+            for src, src_host in self.hosts.items():
+                if src == dst:
+                    continue
+                tokens[src] = f"{self.run_id}-{src}"
+                _ssh_run(src_host, f"python3 -c {shlex.quote(script)} probe {dst_host.address} {tokens[src]}", 60)
+            out, _ = listener.communicate("\n", timeout=PORT_CHECK_S + 30)
+            report = json.loads(out.strip().splitlines()[-1])
+            for port in report["busy"]:
+                problems.append(Check(dst, f"port {port} is already in use",
+                                      "stop what holds it (a swarm port must be free for Docker)"))
+            for src, token in tokens.items():
+                closed = [port for port in ("2377/tcp", "7946/tcp", "7946/udp", "4789/udp")
+                          if port not in report["busy"] and token not in report["received"].get(port, [])]
+                if closed:
+                    problems.append(Check(dst, f"swarm port(s) {', '.join(closed)} not reachable from {src} "
+                                               f"({self.hosts[src].address} -> {dst_host.address})",
+                                          "open them in the firewalls between the sites"))
+        return problems
+
+    def _existing_swarm(self) -> RemoteEngine | None:
+        """A manager of the swarm every host is in; None if none is in one. (A worker does not
+        know its cluster's id: membership is asked of a manager.)"""
+        states = {n: e.client.info().get("Swarm", {}) for n, e in self.engines.items()}
+        active = {n for n, st in states.items() if st.get("LocalNodeState") == "active"}
+        if not active:
+            return None
+        managers = [n for n in active if states[n].get("ControlAvailable")]
+        members = {node.id for node in self.engines[managers[0]].client.nodes.list()} if managers else set()
+        outside = [n for n in states if states[n].get("NodeID") not in members]
+        if outside:
+            raise RemoteError(f"the hosts do not form one swarm ({', '.join(outside)} "
+                              f"{'is' if len(outside) == 1 else 'are'} outside "
+                              f"{'the swarm of ' + managers[0] if managers else 'any swarm with a manager here'}); "
+                              "make them all join one swarm, or all leave")
+        return self.engines[managers[0]]
+
+    # --- what the overlays use --------------------------------------------------------------
+    def load_image(self) -> str:
+        """The measurement image on every host: there already, or imported over the Docker API."""
+        if self.image is None:
+            tar_path, tag = build_image_tar(progress=self.progress)
+            for engine in self.engines.values():
+                self.progress(f"image {IMAGE_REPOSITORY}:{tag} on {engine.site}")
+                self.image = engine.load_image(tar_path, tag)
+        return self.image
+
+    def swarm(self, manager: str) -> tuple[RemoteEngine, bool]:
+        """The swarm's manager engine and whether this run made the swarm. An existing swarm
+        is used as it is; otherwise one is made with `manager` and left at the end."""
+        existing = self._existing_swarm()
+        if existing is not None:
+            return existing, False
+        self.swarm_created = True
+        return self.engines[manager], True
+
+    def host_endpoint(self, site: str) -> ContainerEndpoint:
+        """The underlay on a real host: a measurement container in the host's network."""
+        if site not in self.host_endpoints:
+            engine = self.engines[site]
+            name = f"ovl{self.run_id}-{site}-host"
+            engine.client.containers.run(self.load_image(), name=name, detach=True, network_mode="host",
+                                         labels={LABEL: self.run_id})
+            self.host_endpoints[site] = ContainerEndpoint(site, self.address(site), engine, name)
+        return self.host_endpoints[site]
+
+    def address(self, site: str) -> str:
+        return self.sites[site].address
+
+    def host_of(self, site: str) -> str:
+        return self.hosts[site].docker or self.hosts[site].ssh
+
+    def emulator_counters(self, reset: bool = False) -> dict[str, dict]:
+        return {}  # real links: nothing emulated, nothing to vouch for
+
+    def count_udp(self, port: int) -> None:
+        pass
+
+    def udp_packets(self, port: int) -> None:
+        return None  # the WAN between real hosts is not ours to count on
+
+    def track(self, daemon: procs.Daemon) -> None:
+        pass
+
+    def untrack(self, daemons: list[procs.Daemon]) -> None:
+        pass
+
+    def dead_daemons(self) -> list[str]:
+        dead = []
+        for name, engine in self.engines.items():
+            try:
+                engine.client.ping()
+            except Exception as e:  # noqa: BLE001
+                dead.append(f"Docker engine of host {name} ({engine.url}) stopped answering: {e}")
+        return dead
+
+    def describe(self) -> dict:
+        """No key material: where each host is, not how to get in."""
+        return {"kind": self.kind, "backend": "remote", "run_id": self.run_id,
+                "emulator": {"kind": "none", "reason": "real hosts: links measured as they are"},
+                "sites": {n: {"address": h.address, "docker": h.docker, "ssh": h.ssh,
+                              "docker_version": self.versions.get(n), "sysctls": self.sites[n].sysctls}
+                          for n, h in self.hosts.items()},
+                "timings": self.timings}
+
+    # --- teardown ---------------------------------------------------------------------------
+    def down(self) -> None:
+        """Remove what the run made on every host (containers, networks, a swarm it made);
+        best effort: every host is visited even when one fails."""
+        started = time.monotonic()
+        errors = []
+        for name, engine in self.engines.items():
+            try:
+                engine.stop()
+                manager = engine.client.info().get("Swarm", {}).get("ControlAvailable", False)
+                for network in engine.client.networks.list(filters={"label": f"{LABEL}={self.run_id}"}):
+                    if network.attrs.get("Scope") == "swarm" and not manager:
+                        continue  # a swarm's network: only a manager may remove it
+                    try:
+                        network.remove()
+                    except docker.errors.NotFound:
+                        pass
+            except Exception as e:  # noqa: BLE001
+                errors.append(f"{name}: {e}")
+        if self.swarm_created:
+            for name, engine in self.engines.items():
+                try:
+                    engine.client.swarm.leave(force=True)
+                except Exception as e:  # noqa: BLE001
+                    errors.append(f"{name}: leaving the swarm: {e}")
+        for engine in self.engines.values():
+            if engine.client is not None:
+                engine.client.close()
+        self.engines, self.host_endpoints = {}, {}
+        lock = getattr(self, "_lock", None)
+        if lock is not None:
+            lock.close()
+            self._lock = None
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+        self.timings["down_s"] = time.monotonic() - started
+        if errors:
+            raise RemoteError("teardown on the hosts finished with errors:\n" + "\n".join(errors))
+
+
+def _tls_reason(error: Exception) -> str:
+    """What went wrong reaching a Docker API, in a sentence, with the library's own words."""
+    text = str(error)
+    detail = re.search(r"\[SSL: [^]]*\][^')]*|EOF occurred in violation of protocol|Connection refused|timed out|"
+                       r"Name or service not known", text)
+    for marker, reason in (("BAD_CERTIFICATE", "the daemon rejected our client certificate (tls.cert/tls.key)"),
+                           ("UNKNOWN_CA", "the daemon does not know the CA of our client certificate"),
+                           ("EOF occurred in violation of protocol", "the daemon closed the TLS handshake: it most "
+                            "likely rejected our client certificate (tls.cert/tls.key not signed by its CA)"),
+                           ("CERTIFICATE_VERIFY_FAILED", "the daemon's certificate is not signed by tls.ca"),
+                           ("CERTIFICATE_REQUIRED", "the daemon demands a client certificate"),
+                           ("Connection refused", "connection refused: nothing listens there"),
+                           ("timed out", "timed out")):
+        if marker in text:
+            return f"{reason} ({detail.group(0).strip() if detail else marker})"
+    return text[-300:]
+

@@ -1,0 +1,41 @@
+"""The remote backend's pieces that need no host: how it reaches hosts and how it words what
+went wrong (from errors captured against the lab's real daemons)."""
+
+from pytest_overlay import remote
+from pytest_overlay.topology import RemoteHost
+
+HOST = RemoteHost("198.18.0.1", ssh="ops@192.0.2.1:2222", docker="tcp://192.0.2.1:2376",
+                  tls={"ca": "/k/ca.pem", "cert": "/k/cert.pem", "key": "/k/key.pem"},
+                  identity="/k/id_ed25519", known_hosts="/k/known_hosts")
+
+
+def test_ssh_uses_keys_only_and_the_known_host_key():
+    command = remote.ssh_command(HOST, "true")
+    assert command[0] == "ssh" and command[-2:] == ["ops@192.0.2.1", "true"]
+    assert ["-p", "2222"] == command[command.index("-p"):command.index("-p") + 2]
+    assert ["-i", "/k/id_ed25519"] == command[command.index("-i"):command.index("-i") + 2]
+    for option in ("BatchMode=yes", "StrictHostKeyChecking=yes", "UserKnownHostsFile=/k/known_hosts", "ControlMaster=no"):
+        assert option in command
+    plain = RemoteHost("192.0.2.9", ssh="ops@192.0.2.9")
+    assert remote.ssh_command(plain, "true") == ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10", "-o",
+                                                 "ControlMaster=no", "ops@192.0.2.9", "true"]
+
+
+def test_docker_command_line_carries_the_client_certificate():
+    engine = remote.RemoteEngine("A", "", HOST.address, "abc123", None, host=HOST)
+    assert engine.docker_command() == ["docker", "-H", "tcp://192.0.2.1:2376", "--tlsverify", "--tlscacert",
+                                       "/k/ca.pem", "--tlscert", "/k/cert.pem", "--tlskey", "/k/key.pem"]
+
+
+def test_tls_failures_are_said_in_a_sentence():
+    rejected = ("HTTPSConnectionPool(host='198.19.128.2', port=2376): Max retries exceeded with url: /v1.41/version "
+                "(Caused by SSLError(SSLEOFError(8, 'EOF occurred in violation of protocol (_ssl.c:2427)')))")
+    assert remote._tls_reason(Exception(rejected)).startswith(
+        "the daemon closed the TLS handshake: it most likely rejected our client certificate")
+    unknown_ca = ("(Caused by SSLError(SSLCertVerificationError(1, '[SSL: CERTIFICATE_VERIFY_FAILED] certificate "
+                  "verify failed: unable to get local issuer certificate (_ssl.c:1006)')))")
+    assert remote._tls_reason(Exception(unknown_ca)) == (
+        "the daemon's certificate is not signed by tls.ca ([SSL: CERTIFICATE_VERIFY_FAILED] certificate verify "
+        "failed: unable to get local issuer certificate (_ssl.c:1006)")
+    refused = "Failed to establish a new connection: [Errno 111] Connection refused"
+    assert remote._tls_reason(Exception(refused)) == "connection refused: nothing listens there (Connection refused)"
