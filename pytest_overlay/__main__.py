@@ -18,6 +18,8 @@ def main(argv: list[str] | None = None) -> int:
                                               "(a run holds a lock for its whole life; live runs are left alone)")
     clean.add_argument("--force", action="store_true",
                        help="also remove what looks like ours but cannot be proven over (no lock to ask)")
+    clean.add_argument("--topology", help="also clean the real hosts this topology names (what runs that are over "
+                                          "left there: containers, networks, a swarm they made)")
     study = commands.add_parser("study", help="run the study's point-to-point and streaming experiments on the "
                                               "embedded testbed and report beside the published figures")
     study.add_argument("--out", default="study", help="directory for the results and the report. Default: %(default)r")
@@ -45,6 +47,16 @@ def main(argv: list[str] | None = None) -> int:
             print(f"lab {args.action}: {e}", file=sys.stderr)
             return 2
     if args.command == "clean":
+        if args.topology:
+            from . import remote
+
+            try:
+                hosts = topology.load(args.topology)
+            except topology.InputError as e:
+                print(f"clean: {e}", file=sys.stderr)
+                return 2
+            cleaned = remote.clean_hosts(hosts, report=print, force=args.force)
+            print(f"clean: {cleaned} run(s) cleaned on the hosts of {args.topology}")
         removed = testbed.sweep(report=print, cleaners=[engines.remove_run_files, lab.remove_bridge], force=args.force)
         print(f"clean: {removed} namespace(s) of runs that are over removed")
     if args.command == "study":

@@ -26,7 +26,7 @@ from . import procs
 from .engines import IMAGE_REPOSITORY, LABEL, Engine, build_image_tar
 from .overlays.base import ContainerEndpoint
 from .paths import AGENTS, STATE_ROOT
-from .testbed import DEFAULT_TCP_MEM, SiteHandle, _pairs, hold_lock, new_run_id, tcp_buffer_max
+from .testbed import DEFAULT_TCP_MEM, SiteHandle, _pairs, hold_lock, new_run_id, run_is_over, tcp_buffer_max
 from .topology import RemoteHost, Topology
 
 MIN_DOCKER = (20, 10)
@@ -158,6 +158,7 @@ class RemoteTestbed:
         started = time.monotonic()
         self.run_dir.mkdir(parents=True, mode=0o700)
         self._lock = hold_lock(self.run_dir / "lock")
+        self._save_state()
         problems = self.check()
         if problems:
             raise RemoteError("the hosts are not ready; nothing was created on any of them:\n"
@@ -299,7 +300,16 @@ class RemoteTestbed:
         if existing is not None:
             return existing, False
         self.swarm_created = True
+        self._save_state()
         return self.engines[manager], True
+
+    def _save_state(self) -> None:
+        """What `clean --topology` needs after this run is killed: whether it made the swarm."""
+        state = {"run_id": self.run_id, "backend": self.backend, "swarm_created": self.swarm_created,
+                 "hosts": {n: h.docker for n, h in self.hosts.items()}}
+        tmp = self.run_dir / "state.json.tmp"
+        tmp.write_text(json.dumps(state))
+        tmp.replace(self.run_dir / "state.json")
 
     def host_endpoint(self, site: str) -> ContainerEndpoint:
         """The underlay on a real host: a measurement container in the host's network."""
@@ -355,26 +365,7 @@ class RemoteTestbed:
         """Remove what the run made on every host (containers, networks, a swarm it made);
         best effort: every host is visited even when one fails."""
         started = time.monotonic()
-        errors = []
-        for name, engine in self.engines.items():
-            try:
-                engine.stop()
-                manager = engine.client.info().get("Swarm", {}).get("ControlAvailable", False)
-                for network in engine.client.networks.list(filters={"label": f"{LABEL}={self.run_id}"}):
-                    if network.attrs.get("Scope") == "swarm" and not manager:
-                        continue  # a swarm's network: only a manager may remove it
-                    try:
-                        network.remove()
-                    except docker.errors.NotFound:
-                        pass
-            except Exception as e:  # noqa: BLE001
-                errors.append(f"{name}: {e}")
-        if self.swarm_created:
-            for name, engine in self.engines.items():
-                try:
-                    engine.client.swarm.leave(force=True)
-                except Exception as e:  # noqa: BLE001
-                    errors.append(f"{name}: leaving the swarm: {e}")
+        errors = remove_run(self.engines, self.run_id, self.swarm_created)
         for engine in self.engines.values():
             if engine.client is not None:
                 engine.client.close()
@@ -387,6 +378,79 @@ class RemoteTestbed:
         self.timings["down_s"] = time.monotonic() - started
         if errors:
             raise RemoteError("teardown on the hosts finished with errors:\n" + "\n".join(errors))
+
+
+def remove_run(engines: dict[str, RemoteEngine], run_id: str, leave_swarm: bool) -> list[str]:
+    """Remove a run's containers, then its networks (a swarm's only through a manager, once
+    nothing is attached), then leave the swarm if the run made it. Returns what failed."""
+    errors = []
+    for engine in engines.values():
+        engine.run_id = run_id
+        engine.stop()
+    for name, engine in engines.items():
+        try:
+            manager = engine.client.info().get("Swarm", {}).get("ControlAvailable", False)
+            for network in engine.client.networks.list(filters={"label": f"{LABEL}={run_id}"}):
+                if network.attrs.get("Scope") == "swarm" and not manager:
+                    continue
+                try:
+                    network.remove()
+                except docker.errors.NotFound:
+                    pass
+        except Exception as e:  # noqa: BLE001  (best effort: every host is visited)
+            errors.append(f"host {name}: {e}")
+    if leave_swarm:
+        for name, engine in engines.items():
+            try:
+                engine.client.swarm.leave(force=True)
+            except Exception as e:  # noqa: BLE001
+                errors.append(f"host {name}: leaving the swarm: {e}")
+    return errors
+
+
+def clean_hosts(topology: Topology, report: Callable[[str], None] = print, force: bool = False,
+                state_root: Path | None = None) -> int:
+    """Remove, on the topology's hosts, the containers and networks of runs that are over (their
+    lock on this machine is free), and leave a swarm such a run made. A run with no state
+    here cannot be proven over and is left alone unless `force`. Returns how many runs."""
+    root = state_root or STATE_ROOT
+    engines = {}
+    for name, site in topology.sites.items():
+        if site.host is None or not site.host.docker:
+            continue
+        engine = RemoteEngine(name, "", site.host.address, "", None, host=site.host)
+        try:
+            engine.connect()
+            engine.client.ping()
+            engines[name] = engine
+        except Exception as e:  # noqa: BLE001
+            report(f"host {name}: Docker API at {site.host.docker} did not answer ({_tls_reason(e)}); skipped")
+    found: set[str] = set()
+    for engine in engines.values():
+        found |= {c.labels.get(LABEL) for c in engine.client.containers.list(all=True, filters={"label": LABEL})}
+        found |= {n.attrs.get("Labels", {}).get(LABEL) for n in engine.client.networks.list(filters={"label": LABEL})}
+    cleaned = 0
+    for run_id in sorted(r for r in found if r):
+        over = run_is_over(root / run_id) if (root / run_id).exists() else None
+        if over is False:
+            report(f"left alone: run {run_id} is live (its lock is held)")
+            continue
+        if over is None and not force:
+            report(f"left alone: run {run_id} has no state on this machine, so it cannot be proven over; "
+                   "--force removes it")
+            continue
+        try:
+            state = json.loads((root / run_id / "state.json").read_text())
+        except (OSError, ValueError):
+            state = {}
+        for error in remove_run(engines, run_id, state.get("swarm_created", False)):
+            report(error)
+        report(f"removed what run {run_id} left on {', '.join(engines)}"
+               + ("; left the swarm it made" if state.get("swarm_created") else ""))
+        cleaned += 1
+    for engine in engines.values():
+        engine.client.close()
+    return cleaned
 
 
 def _tls_reason(error: Exception) -> str:

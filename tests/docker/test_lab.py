@@ -166,3 +166,29 @@ def test_lab_refuses_bad_input_before_anything_exists(tmp_path, clean_machine):
     assert refused.returncode == 2 and f"{bad}:4: links[0].rtt_ms: must be >= 0" in refused.stderr
     refused = lab("down", str(tmp_path / "nothing.yaml"))
     assert refused.returncode == 2 and "not a lab's file" in refused.stderr
+
+
+def test_clean_removes_what_a_killed_run_left_on_the_hosts(tmp_path, clean_machine):
+    out = tmp_path / "lab.yaml"
+    assert lab("up", "local", "--out", str(out)).returncode == 0
+    try:
+        sites = topology.load(out).sites
+        a, b = sites["A"].host, sites["B"].host
+        run = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "suites/", *QUICK,
+                                f"--topology={out}", "--overlay=libnetwork", "-m", "tcp", "--overlay-duration=30"],
+                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and "ovl" not in docker_on(b, "ps", "--format", "{{.Names}}").stdout:
+            time.sleep(0.5)
+        run.kill()
+        output = run.communicate(timeout=30)[0]
+        assert "ovl" in docker_on(b, "ps", "-a", "--format", "{{.Names}}").stdout, output
+        swept = subprocess.run([sys.executable, "-m", "pytest_overlay", "clean", "--topology", str(out)], cwd=ROOT,
+                               capture_output=True, text=True, timeout=120)
+        assert swept.returncode == 0, swept.stderr
+        assert "left the swarm it made" in swept.stdout and "clean: 1 run(s) cleaned" in swept.stdout
+        for host in (a, b):
+            state = docker_on(host, "info", "--format", "{{.Swarm.LocalNodeState}} {{.Containers}}")
+            assert state.stdout.split() == ["inactive", "0"]
+    finally:
+        assert lab("down", str(out)).returncode == 0
