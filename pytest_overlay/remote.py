@@ -11,6 +11,7 @@ that existed is used and left as it was.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
 import shutil
@@ -34,6 +35,9 @@ API_VERSION = "1.41"
 MAX_CLOCK_SKEW_S = 1.0
 PORT_CHECK_S = 20.0
 SUPPORTED_OVERLAYS = ("host", "libnetwork")
+DEFAULT_QDISCS = {"noqueue", "pfifo_fast", "fq_codel", "fq", "mq", "pfifo"}  # what a kernel sets up itself
+UNSHAPED = "100gbit"
+
 
 
 class RemoteError(RuntimeError):
@@ -55,6 +59,12 @@ def ssh_command(host: RemoteHost, command: str) -> list[str]:
     target, _, port = host.ssh.rpartition(":") if host.ssh.count(":") == 1 else (host.ssh, "", "")
     return ["ssh", *ssh_options(host), *(["-i", host.identity] if host.identity else []),
             *(["-p", port] if port else []), target, command]
+
+
+def as_root(script: str) -> str:
+    """A remote shell command running `script` as root: directly, or through sudo -n."""
+    quoted = shlex.quote(script)
+    return f'if [ "$(id -u)" -eq 0 ]; then sh -ec {quoted}; else sudo -n sh -ec {quoted}; fi'
 
 
 def _ssh_run(host: RemoteHost, command: str, timeout: float = 30, stdin: str | None = None) -> procs.CommandResult:
@@ -133,6 +143,7 @@ class RemoteTestbed:
         self.emulator = None
         self.timings: dict[str, float] = {}
         self.versions: dict[str, str] = {}
+        self.emulated: list[str] = []  # hosts whose interface got netem: restored at the end
 
     def _sysctls(self, site: str) -> dict[str, str]:
         """TCP buffers for the site's containers, sized for its worst bandwidth-delay product
@@ -163,6 +174,7 @@ class RemoteTestbed:
         if problems:
             raise RemoteError("the hosts are not ready; nothing was created on any of them:\n"
                               + "\n".join(f"  {p}" for p in problems))
+        self.emulate()
         self.timings["up_s"] = time.monotonic() - started
         self.progress(f"remote hosts ready: {', '.join(f'{n} ({h.address}, Docker {self.versions[n]})' for n, h in self.hosts.items())}")
 
@@ -170,9 +182,6 @@ class RemoteTestbed:
         """Every host's prerequisites, all of them, before anything is created."""
         problems: list[Check] = []
         for name, host in self.hosts.items():
-            if host.emulate:
-                problems.append(Check(name, "emulate: true is not supported across real hosts in this version",
-                                      "remove emulate (links are then measured as they are)"))
             if not host.docker:
                 problems.append(Check(name, "no docker: endpoint; the run drives Docker over TCP with TLS",
                                       "give docker: tcp://ADDRESS:2376 and tls: {ca, cert, key}"))
@@ -228,7 +237,44 @@ class RemoteTestbed:
             if tested.run("command -v python3").rc != 0:
                 problems.append(Check(name, "no python3, needed to check the swarm ports",
                                       "apt-get install python3"))
+            if host.emulate:
+                problems += self._check_emulation(name, host, tested)
         return problems
+
+    def _check_emulation(self, name: str, host: RemoteHost, tested) -> list[Check]:
+        """emulate: true replaces the interface's root qdisc with netem per destination: the
+        kernel must have netem, the interface must exist with the kernel's default qdisc (not
+        someone's own shaping), and the ssh user must be root or have sudo without a password."""
+        problems = []
+        if tested.run("test -d /sys/module/sch_netem || modinfo sch_netem").rc != 0:
+            problems.append(Check(name, "kernel lacks sch_netem, so emulate: true cannot work",
+                                  "install the kernel's netem module (on Debian it is in the kernel image; "
+                                  "elsewhere e.g. linux-modules-extra), or remove emulate"))
+        shown = tested.run(f"tc -j qdisc show dev {shlex.quote(host.interface)} root")
+        if shown.rc != 0:
+            problems.append(Check(name, f"no interface {host.interface} (tc: {shown.stderr.strip()[-120:]})",
+                                  "name the interface that carries the traffic to the other sites"))
+        else:
+            kinds = {q.get("kind") for q in json.loads(shown.stdout or "[]")}
+            if kinds - DEFAULT_QDISCS:
+                problems.append(Check(name, f"{host.interface} has its own root qdisc ({', '.join(sorted(kinds))}), "
+                                            "which emulate: true would replace",
+                                      f"remove it (tc qdisc del dev {host.interface} root) or remove emulate"))
+        if tested.run("test $(id -u) = 0 || sudo -n true").rc != 0:
+            problems.append(Check(name, f"{host.ssh} may not change qdiscs (not root, no sudo without a password)",
+                                  "log in as root, or allow sudo -n for tc"))
+        return problems
+
+    def emulate(self) -> None:
+        """Give each emulating host's outgoing traffic its links' delay, jitter, loss and rate,
+        per destination (netem under htb, one class per other site)."""
+        for name, host in self.hosts.items():
+            if host.emulate:
+                script = "\n".join(shlex.join(c) for c in netem_commands(self.topology, name, host))
+                _ssh_run(host, as_root(script), 60).check()
+                self.emulated.append(name)
+                self.progress(f"{name}: netem on {host.interface} for the links to "
+                              f"{', '.join(o for o in self.hosts if o != name)}")
 
     def _check_swarm_ports(self) -> list[Check]:
         """2377/tcp, 7946/tcp+udp and 4789/udp, from every site to every other. Skipped when the
@@ -291,6 +337,9 @@ class RemoteTestbed:
             for engine in self.engines.values():
                 self.progress(f"image {IMAGE_REPOSITORY}:{tag} on {engine.site}")
                 self.image = engine.load_image(tar_path, tag)
+            # Hosts that are this machine's namespaces (the lab) leave hundreds of MB of dirty
+            # pages behind an import: written back now, not under the first probes.
+            os.sync()
         return self.image
 
     def swarm(self, manager: str) -> tuple[RemoteEngine, bool]:
@@ -366,6 +415,12 @@ class RemoteTestbed:
         best effort: every host is visited even when one fails."""
         started = time.monotonic()
         errors = remove_run(self.engines, self.run_id, self.swarm_created)
+        for name in self.emulated:
+            host = self.hosts[name]
+            removed = _ssh_run(host, as_root(shlex.join(["tc", "qdisc", "del", "dev", host.interface, "root"])), 60)
+            if not removed.ok:
+                errors.append(f"host {name}: netem on {host.interface} not removed: {removed.stderr.strip()[-200:]}")
+        self.emulated = []
         for engine in self.engines.values():
             if engine.client is not None:
                 engine.client.close()
@@ -378,6 +433,36 @@ class RemoteTestbed:
         self.timings["down_s"] = time.monotonic() - started
         if errors:
             raise RemoteError("teardown on the hosts finished with errors:\n" + "\n".join(errors))
+
+
+def netem_commands(topology: Topology, site: str, host: RemoteHost) -> list[list[str]]:
+    """tc commands for one emulating host: an htb root whose default class is unshaped, and
+    per other site a class (the path's rate), a netem (its one-way delay, jitter and loss) and
+    a filter on that site's address. Paths over several links add up, as on the testbed."""
+    dev = host.interface
+    commands = [["tc", "qdisc", "replace", "dev", dev, "root", "handle", "1:", "htb", "default", "1"],
+                ["tc", "class", "add", "dev", dev, "parent", "1:", "classid", "1:1", "htb", "rate", UNSHAPED]]
+    for index, other in enumerate(o for o in topology.sites if o != site):
+        hops = topology.path_between(site, other)
+        there = [topology.link_between(a, b).direction(a) for a, b in zip(hops, hops[1:])]
+        rates = [d.rate_mbit for d in there if d.rate_mbit]
+        delivered = 1.0
+        for d in there:
+            delivered *= 1 - d.loss_pct / 100
+        classid, handle = f"1:{10 + index}", f"{10 + index}:"
+        rate = f"{min(rates):g}mbit" if rates else UNSHAPED
+        netem = ["tc", "qdisc", "add", "dev", dev, "parent", classid, "handle", handle, "netem", "limit", "100000",
+                 "delay", f"{sum(d.delay_ms for d in there):g}ms"]
+        jitter = sum(d.jitter_ms for d in there)
+        if jitter:
+            netem += [f"{jitter:g}ms"]
+        if delivered < 1:
+            netem += ["loss", f"{(1 - delivered) * 100:g}%"]
+        commands += [["tc", "class", "add", "dev", dev, "parent", "1:", "classid", classid, "htb", "rate", rate],
+                     netem,
+                     ["tc", "filter", "add", "dev", dev, "parent", "1:", "protocol", "ip", "prio", "1", "u32",
+                      "match", "ip", "dst", f"{topology.sites[other].host.address}/32", "flowid", classid]]
+    return commands
 
 
 def remove_run(engines: dict[str, RemoteEngine], run_id: str, leave_swarm: bool) -> list[str]:

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
 
 from pytest_overlay import procs, topology
 
@@ -132,6 +133,15 @@ def test_hosts_not_ready_are_named_with_the_fix_before_anything_is_created(tmp_p
                 assert "rejected our client certificate" in refused.output
         assert "connection refused: nothing listens there" in refused.output
         assert "Fix: start dockerd with --tlsverify" in refused.output
+
+        # Emulation asked of a host whose kernel has no netem, on an interface it does not have.
+        emulating = yaml.safe_load(text)
+        emulating["sites"]["A"]["host"].update(emulate=True, interface="eth9")
+        (tmp_path / "emulate.yaml").write_text(yaml.safe_dump(emulating))
+        refused = run_suites("suites/", *QUICK, f"--topology={tmp_path / 'emulate.yaml'}", "--overlay=host", "-m", "latency")
+        assert refused.rc == pytest.ExitCode.USAGE_ERROR, refused.output
+        assert "A: kernel lacks sch_netem, so emulate: true cannot work" in refused.output
+        assert "A: no interface eth9" in refused.output
 
         # A firewall between the sites: B drops the swarm's gossip over UDP.
         netns = f"ovl{json.loads(Path(f'{out}.lab.json').read_text())['run_id']}-B"
