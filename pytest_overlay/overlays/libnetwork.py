@@ -103,8 +103,10 @@ class LibnetworkOverlay(ContainerOverlay):
         states: dict[str, str] = {}
         while time.monotonic() < deadline:
             nodes = manager.client.nodes.list()
-            states = {n.attrs["Description"]["Hostname"] + "@" + n.attrs["Status"].get("Addr", "?"):
-                      n.attrs["Status"]["State"] for n in nodes}
+            # A node that has only just joined may not describe itself yet.
+            states = {n.attrs.get("Description", {}).get("Hostname", n.id[:12]) + "@"
+                      + n.attrs.get("Status", {}).get("Addr", "?"): n.attrs.get("Status", {}).get("State", "unknown")
+                      for n in nodes}
             if len(nodes) == len(self.engines) and all(state == "ready" for state in states.values()):
                 return
             time.sleep(0.2)
