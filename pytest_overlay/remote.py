@@ -17,7 +17,7 @@ import shlex
 import shutil
 import subprocess
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -27,7 +27,7 @@ from . import procs
 from .engines import IMAGE_REPOSITORY, LABEL, Engine, build_image_tar
 from .overlays.base import ContainerEndpoint
 from .paths import AGENTS, STATE_ROOT
-from .testbed import DEFAULT_TCP_MEM, SiteHandle, _pairs, hold_lock, new_run_id, run_is_over, tcp_buffer_max
+from .testbed import SiteHandle, Testbed, hold_lock, new_run_id, run_is_over, tcp_sysctls
 from .topology import RemoteHost, Topology
 
 MIN_DOCKER = (20, 10)
@@ -120,7 +120,7 @@ class Check:
         return f"{self.host}: {self.problem}. Fix: {self.fix}"
 
 
-class RemoteTestbed:
+class RemoteTestbed(Testbed):
     """Sites on real Docker hosts. Use as a context manager."""
 
     kind = "remote"
@@ -133,7 +133,9 @@ class RemoteTestbed:
         self.run_dir = (state_root or STATE_ROOT) / self.run_id  # this machine's logs of the run
         self.progress = progress or (lambda message: None)
         self.hosts = {name: site.host for name, site in topology.sites.items()}
-        self.sites = {name: SiteHandle(name, "", host.address, self._sysctls(name)) for name, host in self.hosts.items()}
+        # The containers' TCP buffers, as on the embedded testbed; the hosts' own are left alone.
+        self.sites = {name: SiteHandle(name, "", host.address, tcp_sysctls(topology, name))
+                      for name, host in self.hosts.items()}
         self.engines: dict[str, RemoteEngine] = {}
         self.host_endpoints: dict[str, ContainerEndpoint] = {}
         self.image: str | None = None
@@ -145,26 +147,7 @@ class RemoteTestbed:
         self.versions: dict[str, str] = {}
         self.emulated: list[str] = []  # hosts whose interface got netem: restored at the end
 
-    def _sysctls(self, site: str) -> dict[str, str]:
-        """TCP buffers for the site's containers, sized for its worst bandwidth-delay product
-        as on the embedded testbed (the hosts' own settings are left alone)."""
-        size = max(tcp_buffer_max(e["rtt_ms"], e["rate_mbit"])
-                   for e in (self.topology.expected(c) for c in _pairs(self.topology, site)))
-        return {"net.ipv4.tcp_rmem": f"{DEFAULT_TCP_MEM[0]} {DEFAULT_TCP_MEM[1]} {size}",
-                "net.ipv4.tcp_wmem": f"{DEFAULT_TCP_MEM[0]} 16384 {size}"}
-
     # --- bring-up -------------------------------------------------------------------------
-    def __enter__(self) -> "RemoteTestbed":
-        try:
-            self.up()
-        except BaseException:
-            self.down()
-            raise
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.down()
-
     def up(self) -> None:
         started = time.monotonic()
         self.run_dir.mkdir(parents=True, mode=0o700)
@@ -354,11 +337,8 @@ class RemoteTestbed:
 
     def _save_state(self) -> None:
         """What `clean --topology` needs after this run is killed: whether it made the swarm."""
-        state = {"run_id": self.run_id, "backend": self.backend, "swarm_created": self.swarm_created,
-                 "hosts": {n: h.docker for n, h in self.hosts.items()}}
-        tmp = self.run_dir / "state.json.tmp"
-        tmp.write_text(json.dumps(state))
-        tmp.replace(self.run_dir / "state.json")
+        self._write_state({"run_id": self.run_id, "backend": self.backend, "swarm_created": self.swarm_created,
+                           "hosts": {n: h.docker for n, h in self.hosts.items()}})
 
     def host_endpoint(self, site: str) -> ContainerEndpoint:
         """The underlay on a real host: a measurement container in the host's network."""

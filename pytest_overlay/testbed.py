@@ -63,7 +63,43 @@ class TestbedError(RuntimeError):
     pass
 
 
-class EmulatedTestbed:
+def tcp_sysctls(topology: Topology, site: str) -> dict[str, str]:
+    """TCP buffers for a site, sized for the worst bandwidth-delay product of its circuits."""
+    size = max(tcp_buffer_max(e["rtt_ms"], e["rate_mbit"]) for e in (topology.expected(c) for c in _pairs(topology, site)))
+    return {"net.ipv4.tcp_rmem": f"{DEFAULT_TCP_MEM[0]} {DEFAULT_TCP_MEM[1]} {size}",
+            "net.ipv4.tcp_wmem": f"{DEFAULT_TCP_MEM[0]} 16384 {size}"}
+
+
+class Testbed:
+    """What both backends share: a context manager that tears down what a failed bring-up
+    made, and the run's state on disk (atomically) for `clean` after a kill."""
+
+    run_dir: Path
+
+    def up(self) -> None:
+        raise NotImplementedError
+
+    def down(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self):
+        try:
+            self.up()
+        except BaseException:
+            self.down()
+            raise
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.down()
+
+    def _write_state(self, state: dict) -> None:
+        tmp = self.run_dir / "state.json.tmp"
+        tmp.write_text(json.dumps(state))
+        tmp.replace(self.run_dir / "state.json")
+
+
+class EmulatedTestbed(Testbed):
     """Sites as namespaces, links through an emulated WAN. Use as a context manager."""
 
     kind = "emulated"
@@ -99,22 +135,9 @@ class EmulatedTestbed:
             "namespaces": self.created,
             "daemons": [d.record() for d in self.daemons()],
         }
-        tmp = self.run_dir / "state.json.tmp"
-        tmp.write_text(json.dumps(state))
-        tmp.replace(self.run_dir / "state.json")
+        self._write_state(state)
 
     # --- bring-up -------------------------------------------------------------------------
-    def __enter__(self) -> "EmulatedTestbed":
-        try:
-            self.up()
-        except BaseException:
-            self.down()
-            raise
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.down()
-
     def up(self) -> None:
         started = time.monotonic()
         self.run_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -196,17 +219,11 @@ class EmulatedTestbed:
                "net.ipv4.conf.default.rp_filter": "0", "net.ipv6.conf.all.disable_ipv6": "1"}
         jobs = {self.wan: wan}
         for name, handle in self.sites.items():
-            worst = max(
-                (self.topology.expected(c) for c in _pairs(self.topology, name)),
-                key=lambda e: tcp_buffer_max(e["rtt_ms"], e["rate_mbit"]),
-            )
-            size = tcp_buffer_max(worst["rtt_ms"], worst["rate_mbit"])
             handle.sysctls = {
                 "net.ipv4.ip_forward": "1",
                 "net.ipv4.conf.all.rp_filter": "0",
                 "net.ipv6.conf.all.disable_ipv6": "1",
-                "net.ipv4.tcp_rmem": f"{DEFAULT_TCP_MEM[0]} {DEFAULT_TCP_MEM[1]} {size}",
-                "net.ipv4.tcp_wmem": f"{DEFAULT_TCP_MEM[0]} 16384 {size}",
+                **tcp_sysctls(self.topology, name),
             }
             jobs[handle.netns] = handle.sysctls
         with concurrent.futures.ThreadPoolExecutor(len(jobs)) as pool:

@@ -5,6 +5,7 @@ speaks SSH and the Docker API."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import socket
@@ -34,6 +35,20 @@ def ssh(host: topology.RemoteHost, command: str, identity: str | None = None) ->
     return subprocess.run(["ssh", "-i", identity or host.identity, "-o", f"UserKnownHostsFile={host.known_hosts}",
                            "-o", "StrictHostKeyChecking=yes", "-o", "BatchMode=yes", "-o", "ConnectTimeout=5",
                            host.ssh, command], capture_output=True, text=True, timeout=60)
+
+
+@contextlib.contextmanager
+def running_lab(tmp_path: Path):
+    """A lab of the `local` topology: its file, and its hosts A and B; down at the end."""
+    out = tmp_path / "lab.yaml"
+    made = lab("up", "local", "--out", str(out))
+    assert made.returncode == 0, made.stdout + made.stderr
+    try:
+        sites = topology.load(out).sites
+        yield out, sites["A"].host, sites["B"].host
+    finally:
+        gone = lab("down", str(out))
+        assert gone.returncode == 0, gone.stdout + gone.stderr
 
 
 def docker_on(host: topology.RemoteHost, *args: str) -> subprocess.CompletedProcess:
@@ -110,11 +125,7 @@ def test_lab_sites_are_real_hosts_over_the_emulated_wan(tmp_path, clean_machine)
 
 
 def test_hosts_not_ready_are_named_with_the_fix_before_anything_is_created(tmp_path, clean_machine):
-    out = tmp_path / "lab.yaml"
-    assert lab("up", "local", "--out", str(out)).returncode == 0
-    try:
-        sites = topology.load(out).sites
-        a, b = sites["A"].host, sites["B"].host
+    with running_lab(tmp_path) as (out, a, b):
         other_ca = tmp_path / "other"
         other_ca.mkdir()
         from pytest_overlay.pki import PKI
@@ -153,8 +164,6 @@ def test_hosts_not_ready_are_named_with_the_fix_before_anything_is_created(tmp_p
         for host in (a, b):
             assert docker_on(host, "info", "--format", "{{.Swarm.LocalNodeState}} {{.Containers}}").stdout.split() \
                 == ["inactive", "0"]
-    finally:
-        assert lab("down", str(out)).returncode == 0
 
 
 def test_lab_down_after_its_keeper_was_killed(tmp_path, clean_machine):
@@ -179,11 +188,7 @@ def test_lab_refuses_bad_input_before_anything_exists(tmp_path, clean_machine):
 
 
 def test_clean_removes_what_a_killed_run_left_on_the_hosts(tmp_path, clean_machine):
-    out = tmp_path / "lab.yaml"
-    assert lab("up", "local", "--out", str(out)).returncode == 0
-    try:
-        sites = topology.load(out).sites
-        a, b = sites["A"].host, sites["B"].host
+    with running_lab(tmp_path) as (out, a, b):
         run = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "suites/", *QUICK,
                                 f"--topology={out}", "--overlay=libnetwork", "-m", "tcp", "--overlay-duration=30"],
                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
@@ -200,5 +205,3 @@ def test_clean_removes_what_a_killed_run_left_on_the_hosts(tmp_path, clean_machi
         for host in (a, b):
             state = docker_on(host, "info", "--format", "{{.Swarm.LocalNodeState}} {{.Containers}}")
             assert state.stdout.split() == ["inactive", "0"]
-    finally:
-        assert lab("down", str(out)).returncode == 0

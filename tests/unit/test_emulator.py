@@ -4,7 +4,6 @@ import math
 import re
 import subprocess
 
-import pytest
 
 from pytest_overlay import emulator
 from pytest_overlay.delayline import HIST_EDGES_US, Queue
