@@ -108,7 +108,7 @@ class OverlayPath:
     def record(self, metric: str, values: list[float], measured: Measured, extra: dict | None = None,
                round_values: list[float] | None = None, **fields) -> Record:
         testbed = self.overlay.testbed
-        datapath = {**self.overlay.datapath(self.circuit.src, self.circuit.dst), "backend": testbed.backend,
+        datapath = {**self.overlay.datapath(self.circuit.src, self.circuit.dst), "testbed": testbed.backend,
                     "hosts": [testbed.host_of(self.circuit.src), testbed.host_of(self.circuit.dst)]}
         if measured.wire is not None:
             datapath[self.overlay.wire_key] = measured.wire

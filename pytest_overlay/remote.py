@@ -39,7 +39,6 @@ DEFAULT_QDISCS = {"noqueue", "pfifo_fast", "fq_codel", "fq", "mq", "pfifo"}  # w
 UNSHAPED = "100gbit"
 
 
-
 class RemoteError(RuntimeError):
     pass
 
@@ -67,8 +66,8 @@ def as_root(script: str) -> str:
     return f'if [ "$(id -u)" -eq 0 ]; then sh -ec {quoted}; else sudo -n sh -ec {quoted}; fi'
 
 
-def _ssh_run(host: RemoteHost, command: str, timeout: float = 30, stdin: str | None = None) -> procs.CommandResult:
-    return procs.run(ssh_command(host, command), timeout=timeout, input=stdin)
+def _ssh_run(host: RemoteHost, command: str, timeout: float = 30) -> procs.CommandResult:
+    return procs.run(ssh_command(host, command), timeout=timeout)
 
 
 @dataclass
@@ -159,7 +158,8 @@ class RemoteTestbed(Testbed):
                               + "\n".join(f"  {p}" for p in problems))
         self.emulate()
         self.timings["up_s"] = time.monotonic() - started
-        self.progress(f"remote hosts ready: {', '.join(f'{n} ({h.address}, Docker {self.versions[n]})' for n, h in self.hosts.items())}")
+        ready = ", ".join(f"{n} ({h.address}, Docker {self.versions[n]})" for n, h in self.hosts.items())
+        self.progress(f"remote hosts ready: {ready}")
 
     def check(self) -> list[Check]:
         """Every host's prerequisites, all of them, before anything is created."""

@@ -96,7 +96,7 @@ def test_lab_sites_are_real_hosts_over_the_emulated_wan(tmp_path, clean_machine)
         assert remote.rc == 0, remote.output
         assert "using the hosts' swarm" not in remote.output  # none existed: made, then left
         records = json.loads((tmp_path / "remote.json").read_text())["results"]
-        assert {(r["overlay"], r["datapath"]["backend"], tuple(r["datapath"]["hosts"])) for r in records} == {
+        assert {(r["overlay"], r["datapath"]["testbed"], tuple(r["datapath"]["hosts"])) for r in records} == {
             ("host", "remote", (a.docker, b.docker)), ("libnetwork", "remote", (a.docker, b.docker))}
         assert all(r["valid"] and 19 < r["stats"]["min"] < 30 for r in records)
         assert a.identity not in (tmp_path / "remote.json").read_text()  # where hosts are, not how to get in

@@ -11,6 +11,8 @@ import sys
 import threading
 import time
 
+import pytest
+
 from pytest_overlay import emulator, probes, topology, validity
 from pytest_overlay.overlays.host import HostOverlay
 from pytest_overlay.testbed import EmulatedTestbed
@@ -19,8 +21,13 @@ from pytest_overlay.thresholds import load
 from ..conftest import QUICK, ROOT, machine_state
 
 
-def test_a_stalled_delay_line_makes_the_measurement_invalid(clean_machine):
+@pytest.mark.parametrize("core", ["compiled", "python"])
+def test_a_stalled_delay_line_makes_the_measurement_invalid(clean_machine, monkeypatch, core):
+    if core == "python":
+        monkeypatch.setenv(emulator.CORE_ENV, "python")
     with EmulatedTestbed(topology.load("local"), emulator="delayline") as bed:
+        assert bed.emulator.core == ("compiled core" if core == "compiled" else
+                                     f"portable core forced by {emulator.CORE_ENV}=python")
         a, b = HostOverlay(bed).endpoints(["A", "B"])
         (line,) = bed.emulator.daemons
         before = bed.emulator_counters(reset=True)
@@ -40,6 +47,8 @@ def test_a_stalled_delay_line_makes_the_measurement_invalid(clean_machine):
         accrued = emulator.delta(before, bed.emulator_counters())
     faults = validity.emulator_faults("latency", accrued, load().for_("validity", "host", "A-B"))
     assert faults and all(f.startswith("emulator released") for f in faults), accrued
+    assert "(release error p99 <= " in faults[0] and ", max " in faults[0]  # how late, not only how many
+    assert max(link["max_late_us"] for link in accrued.values() if "max_late_us" in link) > 30_000
     assert validity.load_related(faults)
     assert max(samples.rtt_ms) > 20 + 30  # a round trip held behind a stall
 
@@ -53,7 +62,8 @@ def test_a_delay_line_that_dies_mid_run_stops_the_session(clean_machine):
     while time.monotonic() < deadline and victim is None:
         for pid in machine_state()["processes"]:
             try:
-                if b"pytest_overlay.delayline" in open(f"/proc/{pid}/cmdline", "rb").read():
+                command = open(f"/proc/{pid}/cmdline", "rb").read()
+                if b"delayline-core-" in command or b"pytest_overlay.delayline" in command:
                     victim = pid
             except OSError:
                 pass
