@@ -111,6 +111,26 @@ class ContainerOverlay(Overlay):
             self.containers = {c.name: c for c in pool.map(run, self.engines.values())}
         first = next(iter(self.containers.values()))
         self.mtu = int(first.run(["cat", "/sys/class/net/eth0/mtu"]).check().stdout.strip())
+        self._wait_reachable()
+
+    def _wait_reachable(self) -> None:
+        """Every container answers every other over the overlay before anything is measured:
+        a datapath that has only just come up (Weave learning where a container is, a VXLAN
+        peer not yet known) drops its first packets, and no probe may start in that window."""
+        started = time.monotonic()
+        timeout = 30 + self._worst_rtt_s() * 100
+        pairs = [(a, b) for a in self.containers.values() for b in self.containers.values() if a is not b]
+
+        def answered(pair: tuple[ContainerEndpoint, ContainerEndpoint]) -> bool:
+            return pair[0].run(["ping", "-n", "-q", "-c", "1", "-W", "1", pair[1].address], timeout=15).ok
+
+        with concurrent.futures.ThreadPoolExecutor(max(1, len(pairs))) as pool:
+            while pairs and time.monotonic() - started < timeout:
+                pairs = [pair for pair, ok in zip(pairs, pool.map(answered, pairs)) if not ok]
+        if pairs:
+            raise EngineError(f"{self.name}: no answer over the overlay within {timeout:.0f} s from "
+                              + ", ".join(f"{a.name} to {b.name} ({b.address})" for a, b in pairs))
+        self._progress(f"every container answers every other over the overlay ({time.monotonic() - started:.1f} s)")
 
     @staticmethod
     def _remove_container(engine: Engine, name: str) -> None:
