@@ -95,7 +95,8 @@ class OverlayPath:
         duration, rounds = self.state.option("overlay_duration"), self.state.option("overlay_rounds")
         rate = self.udp_rate if protocol == "udp" else None
         return self._measure(protocol, lambda: probes.repeated_throughput(
-            self.src, self.dst, protocol, duration, rate, rounds))
+            self.src, self.dst, protocol, duration, rate, rounds),
+            lambda s: validity.sender_faults(s.offered_mbit, s.sent_mbit, self.rules["min_sent_fraction_udp"]))
 
     def _stop_if_a_daemon_died(self, kind: str) -> None:
         """A daemon of the run died (the emulator, an engine, an overlay's): nothing measured
@@ -150,7 +151,7 @@ class OverlayPath:
         measured = self._throughput("udp")
         s = measured.samples
         packets, lost = s.extra.get("packets"), s.extra.get("lost_packets")
-        common = {"offered_mbit": s.offered_mbit, "packets": packets, "lost_packets": lost,
+        common = {"offered_mbit": s.offered_mbit, "sent_mbit": s.sent_mbit, "packets": packets, "lost_packets": lost,
                   "iperf3_jitter_ms": s.jitter_ms}
         rate = self.record("udp_throughput", s.mbit, measured,
                            {**common, "interval_s": s.interval_s, "rounds": len(s.round_totals)},

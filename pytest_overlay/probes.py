@@ -90,6 +90,7 @@ class ThroughputSamples:
     lost_pct: float | None = None
     jitter_ms: float | None = None
     offered_mbit: float | None = None
+    sent_mbit: float | None = None  # what the sender put on the wire (UDP), by iperf3's own count
     extra: dict = field(default_factory=dict)
     tool: str = "iperf3"
     round_totals: list[float] = field(default_factory=list)
@@ -162,6 +163,7 @@ def repeated_throughput(src: Endpoint, dst: Endpoint, protocol: str, duration: f
         retransmits=sum(r.retransmits or 0 for r in runs) if protocol == "tcp" else None,
         lost_pct=lost / packets * 100 if packets else first.lost_pct, jitter_ms=first.jitter_ms,
         offered_mbit=first.offered_mbit, extra={**first.extra, "packets": packets, "lost_packets": lost},
+        sent_mbit=min((r.sent_mbit for r in runs if r.sent_mbit), default=None),
         round_totals=[r.total_mbit for r in runs],
     )
 
@@ -212,7 +214,7 @@ def parse_iperf3(output: str, protocol: str, udp_rate_mbit: float | None = None,
         "udp", [i["bits_per_second"] / 1e6 for i in intervals],
         total["bits_per_second"] / 1e6, INTERVAL_S,
         lost_pct=total.get("lost_percent", 0.0), jitter_ms=total.get("jitter_ms"),
-        offered_mbit=udp_rate_mbit,
+        offered_mbit=udp_rate_mbit, sent_mbit=(end.get("sum_sent") or {}).get("bits_per_second", 0) / 1e6 or None,
         extra={"packets": total.get("packets"), "lost_packets": total.get("lost_packets"), "socket_buffer": UDP_BUFFER},
     )
 

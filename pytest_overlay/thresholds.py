@@ -26,6 +26,8 @@ SETTINGS[VALIDITY] = {
     "max_late_share_latency": "share of packets the emulator may release over 1 ms late during a latency probe (0..1)",
     "max_late_share_throughput": "... during a TCP or UDP throughput probe (0..1)",
     "max_late_share_stream": "... during a streaming level (0..1)",
+    "min_sent_fraction_udp": "share of the offered UDP rate the sender must put on the wire, else the run is the "
+                             "sender's limit, not the network's (0..1)",
     "max_client_cpu_pct": "CPU share of one core the RTSP clients may use before their delays pass for jitter (%)",
 }
 TOP_KEYS = set(SETTINGS) | {"overrides"}

@@ -11,7 +11,7 @@ LATE_SETTING = {"latency": "max_late_share_latency", "tcp": "max_late_share_thro
 CPU_BOUND_PCT = 80.0  # the bundled max_client_cpu_pct
 # Causes that come from the machine being busy, not from the overlay: such a measurement may
 # be taken again (--overlay-retries).
-LOAD_CAUSES = ("emulator released", "emulator dropped", "clients CPU-bound")
+LOAD_CAUSES = ("emulator released", "emulator dropped", "clients CPU-bound", "sender offered only")
 
 
 def emulator_faults(kind: str, accrued: dict[str, dict], rules: dict[str, float]) -> list[str]:
@@ -29,6 +29,14 @@ def wire_faults(overlay: str, counted: dict[str, int], what: str = "encapsulated
     if counted and not all(counted.values()):
         return [f"no {overlay} {what} crossed {', '.join(n for n, c in counted.items() if not c)}: "
                 "the probe's traffic did not go through the overlay"]
+    return []
+
+
+def sender_faults(offered_mbit: float | None, sent_mbit: float | None, min_fraction: float) -> list[str]:
+    """The sender put less on the wire than asked: what arrived says nothing of the network."""
+    if offered_mbit and sent_mbit is not None and sent_mbit < min_fraction * offered_mbit:
+        return [f"sender offered only {sent_mbit:.0f} of {offered_mbit:g} Mbit/s asked (iperf3's count): the sending "
+                "host was short of CPU, so what arrived is not the network's limit"]
     return []
 
 

@@ -123,7 +123,7 @@ def test_validity_rules_are_strict_by_default_and_can_be_set_per_overlay(tmp_pat
     bundled = thresholds.load()
     assert bundled.for_("validity", "host", "A-B") == {
         "max_late_share_latency": 0.01, "max_late_share_throughput": 0.05, "max_late_share_stream": 0.01,
-        "max_client_cpu_pct": 80}
+        "min_sent_fraction_udp": 0.9, "max_client_cpu_pct": 80}
     path = tmp_path / "limits.yaml"
     path.write_text("overrides:\n  - {metric: validity, overlay: weave, max_late_share_latency: 0.2}\n")
     assert thresholds.load(path).for_("validity", "weave", "A-B")["max_late_share_latency"] == 0.2
@@ -139,5 +139,10 @@ def test_load_related_faults_can_be_measured_again():
     assert faults == ["emulator released 30 of 1000 packets on A->B over 1 ms late"]
     assert validity.emulator_faults("tcp", late, rules) == []  # 3 % is within throughput's 5 %
     assert validity.load_related(faults + validity.cpu_faults(95.0, 50))
+    short = validity.sender_faults(500, 320.4, rules["min_sent_fraction_udp"])
+    assert short == ["sender offered only 320 of 500 Mbit/s asked (iperf3's count): the sending host was short of "
+                     "CPU, so what arrived is not the network's limit"]
+    assert validity.load_related(short)
+    assert validity.sender_faults(500, 460, 0.9) == [] and validity.sender_faults(None, 10, 0.9) == []
     assert not validity.load_related(faults + validity.wire_faults("weave", {"A->B": 0}))
     assert not validity.load_related([])

@@ -66,6 +66,7 @@ def test_iperf3_udp_rate_and_loss():
     assert (samples.extra["packets"], samples.extra["lost_packets"], samples.lost_pct) == (
         total["packets"], total["lost_packets"], total["lost_percent"])
     assert samples.offered_mbit == 200
+    assert samples.sent_mbit == pytest.approx(json.loads(output)["end"]["sum_sent"]["bits_per_second"] / 1e6)
 
 
 def test_iperf3_error_is_reported_with_iperf3s_words():
