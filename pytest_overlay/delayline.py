@@ -136,6 +136,19 @@ def _message(msg: int, res_id: int, attrs: bytes, flags: int = NLM_F_REQUEST, se
     return struct.pack("=IHHII", 16 + len(body), (NFNL_SUBSYS_QUEUE << 8) | msg, flags, seq, 0) + body
 
 
+def kernel_queue_counters() -> dict[int, dict]:
+    """The kernel's own per-queue drops (queue or socket full), for this network namespace."""
+    counters = {}
+    try:
+        with open("/proc/self/net/netfilter/nfnetlink_queue") as f:
+            for line in f:
+                cols = line.split()
+                counters[int(cols[0])] = {"kernel_dropped": int(cols[5]), "kernel_user_dropped": int(cols[6])}
+    except FileNotFoundError:
+        pass
+    return counters
+
+
 class DelayLine:
     def __init__(self, queues: list[Queue], seed: int | None = None) -> None:
         self.queues = {q.num: q for q in queues}
@@ -276,6 +289,7 @@ class DelayLine:
 
     def stats(self, reset: bool = False) -> dict:
         """Counters; `reset` starts a new window for the window maximum."""
+        kernel = kernel_queue_counters()
         return {
             "pid": os.getpid(),
             "core": "python",
@@ -283,7 +297,7 @@ class DelayLine:
             "wake_lag_us": round(self.wake_lag * 1e6, 1),
             "kernel_stamped": self.stamped,
             "hist_edges_us": list(HIST_EDGES_US),
-            "queues": {str(n): q.counters(reset) for n, q in self.queues.items()},
+            "queues": {str(n): {**q.counters(reset), **kernel.get(n, {})} for n, q in self.queues.items()},
         }
 
     def run(self, control: socket.socket | None) -> None:

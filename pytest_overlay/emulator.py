@@ -156,6 +156,7 @@ def compiled_core() -> tuple[str | None, str]:
 
 class DelayLine(Emulator):
     kind = "delayline"
+    core = ""  # which core runs, and why: set by command()
 
     @property
     def control(self) -> Path:
@@ -196,15 +197,13 @@ class DelayLine(Emulator):
 
     def counters(self, reset: bool = False) -> dict[str, dict]:
         stats = query_stats(str(self.control), reset=reset)
-        kernel = kernel_counters(self.netns)
         out = {}
         for port in self.ports:
             q = stats["queues"].get(str(port.queue), {})
-            k = kernel.get(port.queue, {})
             out[port.name] = {
                 "packets": q.get("queued", 0),
                 "lost": q.get("lost", 0),
-                "dropped": k.get("kernel_dropped", 0) + k.get("kernel_user_dropped", 0),
+                "dropped": q.get("kernel_dropped", 0) + q.get("kernel_user_dropped", 0),
                 "late": q.get("late", 0),
                 "max_late_us": q.get("window_max_late_us", 0.0),
                 "late_hist": q.get("late_hist", []),
@@ -213,17 +212,7 @@ class DelayLine(Emulator):
         return out
 
     def describe(self) -> dict:
-        return {**super().describe(), "core": getattr(self, "core", "")}
-
-
-def kernel_counters(netns: str) -> dict[int, dict]:
-    """The kernel's own per-queue counters (drops when the queue or socket was full)."""
-    shown = procs.run(["cat", "/proc/self/net/netfilter/nfnetlink_queue"], netns)
-    counters = {}
-    for line in shown.stdout.splitlines() if shown.ok else []:
-        cols = line.split()
-        counters[int(cols[0])] = {"kernel_dropped": int(cols[5]), "kernel_user_dropped": int(cols[6])}
-    return counters
+        return {**super().describe(), "core": self.core}
 
 
 class NoEmulation(Emulator):

@@ -223,9 +223,18 @@ def start_all(engines: list[Engine], progress: Callable[[str], None]) -> tuple[s
         if errors:
             raise EngineError("\n".join(errors))
         tar_path, tag = image.result()
+    reference = import_image(engines, tar_path, tag)
+    progress(f"image {reference} loaded into every engine")
+    return reference, time.monotonic() - started
+
+
+def import_image(engines: list[Engine], tar_path: Path, tag: str) -> str:
+    """The image into every engine that lacks it, in parallel (over the Docker API, so remote
+    engines too); returns its reference."""
+    with concurrent.futures.ThreadPoolExecutor(max(1, len(engines))) as pool:
         references = list(pool.map(lambda e: e.load_image(tar_path, tag), engines))
-    # The import leaves hundreds of MB of dirty pages per engine: written back now, not
-    # while the first probes run (the writeback stalls the delay line).
+    # An import leaves hundreds of MB of dirty pages per engine on this machine (the
+    # embedded testbed, the lab): written back now, not while the first probes run (the
+    # writeback stalls the delay line).
     os.sync()
-    progress(f"image {references[0]} loaded into every engine")
-    return references[0], time.monotonic() - started
+    return references[0]

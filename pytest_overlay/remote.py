@@ -11,7 +11,6 @@ that existed is used and left as it was.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
 import shutil
@@ -24,10 +23,10 @@ from typing import Callable
 import docker
 
 from . import procs
-from .engines import IMAGE_REPOSITORY, LABEL, Engine, build_image_tar
+from .engines import LABEL, Engine, build_image_tar, import_image
 from .overlays.base import ContainerEndpoint
 from .paths import AGENTS, STATE_ROOT
-from .testbed import SiteHandle, Testbed, hold_lock, new_run_id, run_is_over, tcp_sysctls
+from .testbed import SiteHandle, Testbed, hold_lock, may_remove, new_run_id, tcp_sysctls
 from .topology import RemoteHost, Topology
 
 MIN_DOCKER = (20, 10)
@@ -317,12 +316,8 @@ class RemoteTestbed(Testbed):
         """The measurement image on every host: there already, or imported over the Docker API."""
         if self.image is None:
             tar_path, tag = build_image_tar(progress=self.progress)
-            for engine in self.engines.values():
-                self.progress(f"image {IMAGE_REPOSITORY}:{tag} on {engine.site}")
-                self.image = engine.load_image(tar_path, tag)
-            # Hosts that are this machine's namespaces (the lab) leave hundreds of MB of dirty
-            # pages behind an import: written back now, not under the first probes.
-            os.sync()
+            self.image = import_image(list(self.engines.values()), tar_path, tag)
+            self.progress(f"image {self.image} on {', '.join(self.engines)}")
         return self.image
 
     def swarm(self, manager: str) -> tuple[RemoteEngine, bool]:
@@ -496,13 +491,7 @@ def clean_hosts(topology: Topology, report: Callable[[str], None] = print, force
         found |= {n.attrs.get("Labels", {}).get(LABEL) for n in engine.client.networks.list(filters={"label": LABEL})}
     cleaned = 0
     for run_id in sorted(r for r in found if r):
-        over = run_is_over(root / run_id) if (root / run_id).exists() else None
-        if over is False:
-            report(f"left alone: run {run_id} is live (its lock is held)")
-            continue
-        if over is None and not force:
-            report(f"left alone: run {run_id} has no state on this machine, so it cannot be proven over; "
-                   "--force removes it")
+        if not may_remove(run_id, root / run_id, force, report, "on the hosts"):
             continue
         try:
             state = json.loads((root / run_id / "state.json").read_text())

@@ -420,6 +420,20 @@ def run_is_over(run_dir: Path) -> bool | None:
         os.close(fd)
 
 
+def may_remove(run_id: str, run_dir: Path, force: bool, report: Callable[[str], None], what: str = "") -> bool:
+    """A run's leftovers may go when its lock proves it over, or with `force` when nothing
+    here can prove it either way; otherwise say why it is left alone."""
+    over = run_is_over(run_dir) if run_dir.exists() else None
+    if over is False:
+        report(f"left alone: run {run_id} is live (its lock is held)")
+        return False
+    if over is None and not force:
+        report(f"left alone: run {run_id}{f' ({what})' if what else ''} cannot be proven over (no lock in "
+               "this state directory); --force removes it")
+        return False
+    return True
+
+
 def sweep(state_root: Path | None = None, report: Callable[[str], None] = print,
           cleaners: list[Callable[[str, Path], None]] = (), force: bool = False, only: str | None = None) -> int:
     """Remove what runs that are over left: their processes, namespaces and files.
@@ -442,13 +456,7 @@ def sweep(state_root: Path | None = None, report: Callable[[str], None] = print,
     for run_id in sorted(set(run_dirs) | set(namespaces)):
         if only is not None and run_id != only:
             continue
-        over = run_is_over(run_dirs[run_id]) if run_id in run_dirs else None
-        if over is False:
-            report(f"left alone: run {run_id} is live (its lock is held)")
-            continue
-        if over is None and not force:
-            report(f"left alone: run {run_id} ({', '.join(namespaces.get(run_id, [])) or 'files only'}) cannot be "
-                   "proven over (no lock in this state directory); --force removes it")
+        if not may_remove(run_id, root / run_id, force, report, ", ".join(namespaces.get(run_id, [])) or "files only"):
             continue
         try:
             state = json.loads((run_dirs[run_id] / "state.json").read_text()) if run_id in run_dirs else {}

@@ -243,6 +243,24 @@ static long pending(void) {
     return n;
 }
 
+/* The kernel's own drops for a queue (queue or socket full), from this namespace's proc file. */
+static void kernel_drops(uint16_t num, unsigned long long *dropped, unsigned long long *user_dropped) {
+    char line[256];
+    *dropped = *user_dropped = 0;
+    FILE *f = fopen("/proc/self/net/netfilter/nfnetlink_queue", "r");
+    if (!f) return;
+    while (fgets(line, sizeof line, f)) {
+        unsigned q, portid, total, mode, range, seq, one;
+        unsigned long long d, u;
+        if (sscanf(line, "%u %u %u %u %u %llu %llu %u %u", &q, &portid, &total, &mode, &range, &d, &u, &seq, &one) >= 7
+            && q == num) {
+            *dropped = d;
+            *user_dropped = u;
+        }
+    }
+    fclose(f);
+}
+
 static int stats_json(char *out, size_t size, int reset) {
     int n = snprintf(out, size, "{\"pid\": %d, \"core\": \"c\", \"enobufs\": %llu, \"wake_lag_us\": %.1f, "
                      "\"kernel_stamped\": %llu, \"hist_edges_us\": [", getpid(),
@@ -252,11 +270,13 @@ static int stats_json(char *out, size_t size, int reset) {
     n += snprintf(out + n, size - n, "], \"queues\": {");
     for (int i = 0; i < nqueues && (size_t)n < size; i++) {
         struct queue *q = &queues[i];
+        unsigned long long dropped, user_dropped;
+        kernel_drops(q->num, &dropped, &user_dropped);
         n += snprintf(out + n, size - n,
-                      "%s\"%u\": {\"queued\": %llu, \"released\": %llu, \"lost\": %llu, \"late\": %llu, "
+                      "%s\"%u\": {\"kernel_dropped\": %llu, \"kernel_user_dropped\": %llu, \"queued\": %llu, \"released\": %llu, \"lost\": %llu, \"late\": %llu, "
                       "\"max_late_us\": %.1f, \"window_max_late_us\": %.1f, \"mean_late_us\": %.1f, "
                       "\"pending\": %u, \"late_hist\": [",
-                      i ? ", " : "", q->num, (unsigned long long)q->queued, (unsigned long long)q->released,
+                      i ? ", " : "", q->num, dropped, user_dropped, (unsigned long long)q->queued, (unsigned long long)q->released,
                       (unsigned long long)q->lost, (unsigned long long)q->late, q->max_late / 1e3,
                       q->window_max_late / 1e3, q->released ? q->total_late / 1e3 / q->released : 0.0, q->len);
         for (int b = 0; b < HIST_BUCKETS && (size_t)n < size; b++)

@@ -68,16 +68,6 @@ class LibnetworkOverlay(ContainerOverlay):
             return self._swarm_manager
         return self.engines[self.testbed.topology.manager or next(iter(self.engines))]
 
-    def down(self) -> None:
-        """On real hosts its network goes too (the swarm is the testbed's to keep or leave)."""
-        manager = self._manager() if self.testbed.backend == "remote" and self.engines else None
-        super().down()
-        if manager is not None:
-            try:
-                manager.client.networks.get(self.network).remove()
-            except Exception:  # noqa: BLE001  (gone already, or the host unreachable: the testbed tries again)
-                pass
-
     def _swarm(self) -> None:
         manager = self._manager()
         if self.testbed.backend == "remote":
