@@ -5,12 +5,16 @@ folder: unit (nothing), system (root and namespaces), docker (engines), package 
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+
+from pytest_overlay.paths import DATA_ROOT, STATE_ROOT
 
 pytest_plugins = ["pytester"]
 
@@ -54,27 +58,61 @@ def ours(name: str) -> bool:
     return name.startswith("ovl")
 
 
+RUN_OF = re.compile(r"ovl([0-9a-f]{6})")
+# Children of this session inherit it; a run whose lock holder lacks it belongs to someone else.
+SESSION = os.environ.setdefault("PYTEST_OVERLAY_TEST_SESSION", uuid.uuid4().hex)
+
+
+def foreign_runs() -> set[str]:
+    """Runs this test session did not start (a `make bench` beside it, say), known by the
+    process holding their lock: theirs to tear down, not ours to count."""
+    holders = {}
+    for line in Path("/proc/locks").read_text().splitlines():
+        fields = line.split()  # "1: FLOCK  ADVISORY  WRITE 1234 fe:00:5678 0 EOF"; waiters have "->"
+        if len(fields) >= 6 and fields[1] == "FLOCK" and fields[4].isdigit():
+            holders[int(fields[5].rsplit(":", 1)[1])] = int(fields[4])
+    marker = f"PYTEST_OVERLAY_TEST_SESSION={SESSION}".encode()
+    foreign = set()
+    for lock in STATE_ROOT.glob("*/lock"):
+        try:
+            pid = holders.get(os.stat(lock).st_ino)
+            if pid is not None and pid != os.getpid() and marker not in Path(f"/proc/{pid}/environ").read_bytes().split(b"\0"):
+                foreign.add(lock.parent.name)
+        except OSError:
+            pass
+    return foreign
+
+
 def machine_state() -> dict:
     """Namespaces, root-namespace links and run files of this tool, and every process living
-    in one of its namespaces or cgroups."""
+    in one of its namespaces or cgroups; runs of other sessions on the machine left out."""
+    foreign = foreign_runs()
+
+    def mine(name: str) -> bool:
+        match = RUN_OF.search(name)
+        return match is None or match.group(1) not in foreign
+
     names = sorted(os.listdir("/run/netns")) if os.path.isdir("/run/netns") else []
     links = subprocess.run(["ip", "-o", "link"], capture_output=True, text=True).stdout
-    inodes = {os.stat(f"/run/netns/{n}").st_ino for n in names if ours(n)}
+    inodes = {os.stat(f"/run/netns/{n}").st_ino: n for n in names if ours(n)}
     procs = []
     for pid in filter(str.isdigit, os.listdir("/proc")):
         try:
             if Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z":
                 continue  # dead, waiting for its parent (or init) to reap it
-            if os.stat(f"/proc/{pid}/ns/net").st_ino in inodes or "/ovl" in Path(f"/proc/{pid}/cgroup").read_text():
+            netns = inodes.get(os.stat(f"/proc/{pid}/ns/net").st_ino)
+            cgroup = Path(f"/proc/{pid}/cgroup").read_text()
+            if (netns and mine(netns)) or ("/ovl" in cgroup and mine(cgroup)):
                 procs.append(int(pid))
         except OSError:
             pass
-    files = [str(p) for root in ("/run/pytest-overlay", "/var/lib/pytest-overlay") if os.path.isdir(root)
-             for p in sorted(Path(root).iterdir())]
+    files = [str(p) for root in (STATE_ROOT, DATA_ROOT) if root.is_dir()
+             for p in sorted(root.iterdir()) if p.name not in foreign]
     return {
         "files": files,
-        "netns": [n for n in names if ours(n)],
-        "links": [line.split(":")[1].strip() for line in links.splitlines() if "ovl" in line],
+        "netns": [n for n in names if ours(n) and mine(n)],
+        "links": [name for name in (line.split(":")[1].strip() for line in links.splitlines() if "ovl" in line)
+                  if mine(name)],
         "processes": procs,
     }
 

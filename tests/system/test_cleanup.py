@@ -3,6 +3,7 @@ live run is never touched by another run's sweep."""
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
@@ -13,7 +14,7 @@ import pytest
 from pytest_overlay import topology
 from pytest_overlay.testbed import EmulatedTestbed
 
-from ..conftest import QUICK, ROOT, machine_state
+from ..conftest import QUICK, ROOT, foreign_runs, machine_state
 
 
 def start_run() -> subprocess.Popen:
@@ -80,3 +81,22 @@ def test_clean_leaves_alone_what_it_cannot_prove_over_unless_forced(clean_machin
         assert foreign not in machine_state()["netns"]
     finally:
         subprocess.run(["ip", "netns", "delete", foreign], capture_output=True)
+
+
+def test_a_run_of_another_session_is_not_counted_as_ours(clean_machine):
+    """A `make bench` beside the tests comes and goes on its own: its namespaces are not a
+    leak of the test that saw them, nor a theft when they go."""
+    other = subprocess.Popen(
+        [sys.executable, "-c", "import sys\nfrom pytest_overlay import topology\n"
+         "from pytest_overlay.testbed import EmulatedTestbed\n"
+         "with EmulatedTestbed(topology.load('local')) as bed:\n    print(bed.run_id, flush=True)\n    sys.stdin.read()"],
+        cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+        env={k: v for k, v in os.environ.items() if k != "PYTEST_OVERLAY_TEST_SESSION"})
+    try:
+        run_id = other.stdout.readline().strip()
+        assert run_id and f"ovl{run_id}-A" in os.listdir("/run/netns")
+        assert foreign_runs() == {run_id}
+        assert machine_state() == clean_machine
+    finally:
+        other.communicate(input="", timeout=60)
+    assert other.returncode == 0 and f"ovl{run_id}-A" not in os.listdir("/run/netns")
