@@ -64,7 +64,7 @@ def overlay_testbed(overlay_session: OverlaySession):
     if any(site.host for site in topology.sites.values()):
         from .remote import RemoteTestbed
 
-        bed = RemoteTestbed(topology, progress=overlay_session.progress)
+        bed = RemoteTestbed(topology, progress=overlay_session.progress, overlays=overlay_session.overlays)
     else:
         problems = procs.missing(probes.TOOLS)
         if os.geteuid() != 0:

@@ -30,6 +30,7 @@ import yaml
 
 from . import procs, testbed, topology
 from .engines import Engine, remove_run_files
+from .paths import find_binary
 from .pki import PKI
 
 TOOLS = {"dropbear": "dropbear-bin", "dropbearkey": "dropbear-bin", "ssh-keygen": "openssh-client",
@@ -38,6 +39,7 @@ TOOLS = {"dropbear": "dropbear-bin", "dropbearkey": "dropbear-bin", "ssh-keygen"
 MANAGEMENT_RANGE = ipaddress.IPv4Network("198.19.128.0/17")  # one /24 per lab, the first free one
 SSH_PORT, DOCKER_PORT = 22, 2376
 READY = "lab ready"
+HOST_BINARIES = ("weaver", "weaveutil")  # Weave Net's, on every site's /usr/local/bin
 
 
 class LabError(RuntimeError):
@@ -151,14 +153,21 @@ class Lab:
         authorized.write_text(public_key)
         authorized.chmod(0o600)
         address = self.management[site]
+        # The overlays' daemons this machine has, installed on the site as a user installs
+        # them by hand: in /usr/local/bin.
+        local_bin = self.directory / site / "bin"
+        local_bin.mkdir()
+        for name in HOST_BINARIES:
+            if find_binary(name):
+                (local_bin / name).symlink_to(find_binary(name))
         # The copied mount table pins every namespace mounted at the time (other runs' too):
         # unmount them in this copy so their owners can remove them.
         script = ("for m in $(awk '$3 == \"nsfs\" {print $2}' /proc/self/mounts); do umount -l \"$m\"; done; "
-                  f'mount --bind "$1" /root && exec dropbear -F -E -s -e -m -j -k -p {address}:{SSH_PORT} '
-                  f'-r "$2" -P "$3"')
+                  'mount --bind "$1" /root && mount --bind "$4" /usr/local/bin && '
+                  f'exec dropbear -F -E -s -e -m -j -k -p {address}:{SSH_PORT} -r "$2" -P "$3"')
         daemon = procs.start(
             f"sshd-{site}", ["unshare", "--mount", "--propagation", "private", "sh", "-c", script, "sshd",
-                             str(home), str(host_key), str(self.directory / site / "dropbear.pid")],
+                             str(home), str(host_key), str(self.directory / site / "dropbear.pid"), str(local_bin)],
             self.directory / site / "sshd.log", self.bed.netns_of(site),
             env={"DOCKER_HOST": engine.url, "PATH": os.environ.get("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")})
         self.bed.track(daemon)

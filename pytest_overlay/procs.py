@@ -122,6 +122,10 @@ class Daemon:
     def alive(self) -> bool:
         return self.popen.poll() is None
 
+    @property
+    def returncode(self) -> int | None:
+        return self.popen.returncode
+
     def log_tail(self, lines: int = 20) -> str:
         try:
             return _tail(self.log.read_text(errors="replace"), lines)

@@ -26,14 +26,17 @@ from . import procs
 from .engines import LABEL, Engine, build_image_tar, import_image
 from .overlays.base import ContainerEndpoint
 from .paths import AGENTS, STATE_ROOT
-from .testbed import SiteHandle, Testbed, hold_lock, may_remove, new_run_id, tcp_sysctls
+from .testbed import RUN_ID, SiteHandle, Testbed, hold_lock, may_remove, new_run_id, tcp_sysctls
 from .topology import RemoteHost, Topology
 
 MIN_DOCKER = (20, 10)
 API_VERSION = "1.41"
 MAX_CLOCK_SKEW_S = 1.0
 PORT_CHECK_S = 20.0
-SUPPORTED_OVERLAYS = ("host", "libnetwork")
+SUPPORTED_OVERLAYS = ("host", "libnetwork", "weave", "weave-encrypted")
+# Where a run keeps its files on a host, and where binaries installed by hand are found.
+HOST_STATE = "/run/pytest-overlay"
+HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEFAULT_QDISCS = {"noqueue", "pfifo_fast", "fq_codel", "fq", "mq", "pfifo"}  # what a kernel sets up itself
 UNSHAPED = "100gbit"
 
@@ -67,6 +70,53 @@ def as_root(script: str) -> str:
 
 def _ssh_run(host: RemoteHost, command: str, timeout: float = 30) -> procs.CommandResult:
     return procs.run(ssh_command(host, command), timeout=timeout)
+
+
+def host_run(host: RemoteHost, script: str, timeout: float | None = 60, input: str | None = None) -> procs.CommandResult:
+    """`script` as root on the host, with binaries installed by hand (/usr/local) on PATH."""
+    return procs.run(ssh_command(host, as_root(f"PATH={HOST_PATH}; export PATH\n{script}")), timeout=timeout,
+                     input=input)
+
+
+@dataclass
+class HostDaemon:
+    """A daemon this run started on a host over ssh, as `setsid` leaves it: its pid and log
+    in the run's directory there. Only that pid is ever signalled, and only while its command
+    line still names the run's directory (a pid reused by another process is left alone)."""
+
+    name: str
+    host: RemoteHost
+    directory: str
+    returncode: int | None = None  # not known across ssh
+
+    @classmethod
+    def start(cls, name: str, host: RemoteHost, directory: str, command: list[str], secret_env: str = "",
+              secret: str = "") -> HostDaemon:
+        """Start `command` in `directory` (created) on the host; with `secret_env`, the value
+        goes over ssh's stdin into that variable, never onto a command line."""
+        read = f"IFS= read -r {secret_env}; export {secret_env}\n" if secret_env else ""
+        script = (f"mkdir -p {shlex.quote(directory)} && cd {shlex.quote(directory)}\n{read}"
+                  f"setsid {shlex.join(command)} > log 2>&1 < /dev/null &\necho $! > pid")
+        host_run(host, script, 60, input=f"{secret}\n" if secret_env else None).check()
+        return cls(name, host, directory)
+
+    def _signal(self, signal_name: str) -> str:
+        d = shlex.quote(self.directory)
+        return (f'p=$(cat {d}/pid 2>/dev/null) || exit 1\n'
+                f'grep -qaF -- {d}/ /proc/$p/cmdline 2>/dev/null || exit 1\nkill -{signal_name} $p')
+
+    def alive(self) -> bool:
+        return host_run(self.host, self._signal("0"), 30).ok
+
+    def log_tail(self, lines: int = 20) -> str:
+        return host_run(self.host, f"tail -n {lines} {shlex.quote(self.directory)}/log", 30).stdout
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """SIGTERM, then SIGKILL after `timeout`."""
+        script = (f"{self._signal('TERM')} || exit 0\n"
+                  f"for i in $(seq {int(timeout * 10)}); do kill -0 $p 2>/dev/null || exit 0; sleep 0.1; done\n"
+                  "kill -KILL $p")
+        host_run(self.host, script, timeout + 30)
 
 
 @dataclass
@@ -125,8 +175,9 @@ class RemoteTestbed(Testbed):
     backend = "remote"
 
     def __init__(self, topology: Topology, progress: Callable[[str], None] | None = None,
-                 state_root: Path | None = None) -> None:
+                 state_root: Path | None = None, overlays: list[str] = ()) -> None:
         self.topology = topology
+        self.overlays = list(overlays)  # what the run will build: their binaries are checked on every host
         self.run_id = new_run_id()
         self.run_dir = (state_root or STATE_ROOT) / self.run_id  # this machine's logs of the run
         self.progress = progress or (lambda message: None)
@@ -221,6 +272,28 @@ class RemoteTestbed(Testbed):
                                       "apt-get install python3"))
             if host.emulate:
                 problems += self._check_emulation(name, host, tested)
+            problems += self._check_overlay_binaries(name, tested)
+        return problems
+
+    def _check_overlay_binaries(self, name: str, tested) -> list[Check]:
+        """The daemons of the overlays asked for, installed on the host and able to start
+        (weaver needs libpcap), and no Weave Net of someone else's already there."""
+        from .overlays import weave
+
+        if not {"weave", "weave-encrypted"} & set(self.overlays):
+            return []
+        problems = []
+        for binary, what in weave.BINARIES.items():
+            runs = f" && {binary} --version" if binary == "weaver" else ""  # loads libpcap
+            found = tested.run(f"PATH={HOST_PATH}; command -v {binary}{runs}")
+            if found.rc != 0:
+                problems.append(Check(name, f"{binary} ({what}) is not installed or does not start "
+                                            f"({(found.stderr or found.stdout).strip()[-120:] or 'not on PATH'})",
+                                      f"install Weave Net 2.8.1's {', '.join(weave.BINARIES)} in /usr/local/bin, "
+                                      "and libpcap0.8"))
+        if tested.run(f"test -e /sys/class/net/{weave.BRIDGE}").rc == 0:
+            problems.append(Check(name, f"a Weave Net bridge ({weave.BRIDGE}) is already up: another Weave Net "
+                                        "runs on this host", "run on hosts without Weave Net, or stop it (weave reset)"))
         return problems
 
     def _check_emulation(self, name: str, host: RemoteHost, tested) -> list[Check]:
@@ -334,6 +407,14 @@ class RemoteTestbed(Testbed):
         """What `clean --topology` needs after this run is killed: whether it made the swarm."""
         self._write_state({"run_id": self.run_id, "backend": self.backend, "swarm_created": self.swarm_created,
                            "hosts": {n: h.docker for n, h in self.hosts.items()}})
+
+    def host_run(self, site: str, script: str, timeout: float | None = 60,
+                 input: str | None = None) -> procs.CommandResult:
+        return host_run(self.hosts[site], script, timeout, input)
+
+    def host_dir(self, what: str) -> str:
+        """This run's directory for `what` on every host."""
+        return f"{HOST_STATE}/{self.run_id}/{what}"
 
     def host_endpoint(self, site: str) -> ContainerEndpoint:
         """The underlay on a real host: a measurement container in the host's network."""
@@ -489,6 +570,10 @@ def clean_hosts(topology: Topology, report: Callable[[str], None] = print, force
     for engine in engines.values():
         found |= {c.labels.get(LABEL) for c in engine.client.containers.list(all=True, filters={"label": LABEL})}
         found |= {n.attrs.get("Labels", {}).get(LABEL) for n in engine.client.networks.list(filters={"label": LABEL})}
+    ssh_hosts = {name: site.host for name, site in topology.sites.items() if site.host is not None and site.host.ssh}
+    for name, host in ssh_hosts.items():  # runs that started daemons there
+        listed = host_run(host, f"ls -d {HOST_STATE}/*/*/pid 2>/dev/null || true", 60)
+        found |= {line.split("/")[-3] for line in listed.stdout.split() if RUN_ID.match(line.split("/")[-3])}
     cleaned = 0
     for run_id in sorted(r for r in found if r):
         if not may_remove(run_id, root / run_id, force, report, "on the hosts"):
@@ -499,12 +584,37 @@ def clean_hosts(topology: Topology, report: Callable[[str], None] = print, force
             state = {}
         for error in remove_run(engines, run_id, state.get("swarm_created", False)):
             report(error)
+        for name, daemons in end_host_daemons(ssh_hosts, run_id).items():
+            for daemon in daemons:
+                report(f"host {name}: ended {daemon} of run {run_id}")
         report(f"removed what run {run_id} left on {', '.join(engines)}"
                + ("; left the swarm it made" if state.get("swarm_created") else ""))
         cleaned += 1
     for engine in engines.values():
         engine.client.close()
     return cleaned
+
+
+def end_host_daemons(hosts: dict[str, RemoteHost], run_id: str) -> dict[str, list[str]]:
+    """Kill the daemons a run started on the hosts (each by its pid file, and only while that
+    pid still runs from the run's directory), reset what Weave Net made there, then remove
+    the run's directory on every host. Returns the daemons ended, per host."""
+    from .overlays.weave import HOST_RESET
+
+    directory = f"{HOST_STATE}/{run_id}"
+
+    def end(site: str) -> str:  # a site's own daemons only: the lab's hosts share one file system
+        return (f"d={directory}\n"
+                f'for f in "$d"/*-{site}/pid; do [ -f "$f" ] || continue\n'
+                '  p=$(cat "$f"); n=$(basename "$(dirname "$f")")\n'
+                '  if grep -qaF -- "$d/" /proc/$p/cmdline 2>/dev/null; then kill -KILL $p; echo "$n"; fi\n'
+                'done\n'
+                f'if [ -d "$d"/weave-{site} ]; then sleep 0.5\n{HOST_RESET}fi')
+
+    ended = {name: host_run(host, end(name), 120).stdout.split() for name, host in hosts.items()}
+    for host in hosts.values():  # only now: on one machine (the lab) the hosts share this directory
+        host_run(host, f'rm -rf {directory}/weave-*; rmdir {directory} 2>/dev/null || true', 60)
+    return ended
 
 
 def _tls_reason(error: Exception) -> str:

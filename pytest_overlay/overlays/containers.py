@@ -152,7 +152,7 @@ class ContainerOverlay(Overlay):
         """An overlay daemon that exited while the overlay came up: its log says why."""
         for daemon in self.daemons:
             if not daemon.alive():
-                raise EngineError(f"{daemon.name} exited during bring-up (exit {daemon.popen.returncode}); "
+                raise EngineError(f"{daemon.name} exited during bring-up (exit {daemon.returncode}); "
                                   f"its log:\n{daemon.log_tail(15)}")
 
     def _worst_rtt_s(self) -> float:

@@ -5,6 +5,10 @@ own CNI plugin (`weaveutil cni-net`), with an address from Weave's IPAM.
 weaver picks its datapath itself: fastdp (kernel VXLAN through openvswitch, UDP 6784) where
 the kernel has openvswitch, else sleeve (userspace capture, frames batched into UDP 6783).
 Every record carries what Weave reports for each peer connection.
+
+On real hosts the same binaries run on each host, started over ssh (installed there by
+hand, checked before anything starts); at the end the run removes what weaver made outside
+its process there (bridge, veths, datapath, iptables chains), as `weave reset` does.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import secrets
+import shlex
 import sys
 import time
 
@@ -27,6 +32,7 @@ CONTROL_PORT = 6783  # TCP: the mesh; UDP: sleeve
 FASTDP_PORT = 6784  # UDP: fastdp's VXLAN
 HTTP_ADDR = "127.0.0.1:6784"  # weaver's API, inside each site only
 IPALLOC_RANGE = "10.32.0.0/12"
+BRIDGE = "weave"
 BINARIES = {"weaver": "Weave Net's router", "weaveutil": "Weave Net's helper and CNI plugin"}
 GET = """\
 import sys, urllib.request
@@ -39,6 +45,21 @@ def missing_binaries() -> list[str]:
     return [f"{name} ({what})" for name, what in BINARIES.items() if find_binary(name) is None]
 
 
+# What weaver leaves on a host besides its process, removed as Weave's own `weave reset`
+# does: its links, its fastdp datapath, and every iptables rule and chain that names it.
+HOST_RESET = f"""\
+for link in {BRIDGE} vethwe-bridge vethwe-pcap vxlan-{FASTDP_PORT}; do ip link del $link 2>/dev/null || true; done
+if [ -d /sys/class/net/datapath ]; then weaveutil delete-datapath datapath || true; fi
+for table in filter nat; do
+  iptables -w -t $table -S | grep -e WEAVE -e ' {BRIDGE} ' -e 'Weave Net' | grep '^-A' | sed 's/^-A/-D/' |
+    while IFS= read -r rule; do eval "iptables -w -t $table $rule" || true; done
+  for chain in $(iptables -w -t $table -S | awk '$1 == "-N" && $2 ~ /^WEAVE/ {{print $2}}'); do
+    iptables -w -t $table -F $chain; iptables -w -t $table -X $chain
+  done
+done
+"""
+
+
 class WeaveOverlay(ContainerOverlay):
     name = "weave"
     description = "Weave Net 2.8 routers, one per site, full mesh; containers on Weave's bridge (sleeve or fastdp)"
@@ -49,8 +70,12 @@ class WeaveOverlay(ContainerOverlay):
         self.connections: dict[str, list[dict]] = {}
         self.router: dict[str, dict] = {}
 
+    @property
+    def remote(self) -> bool:
+        return self.testbed.backend == "remote"
+
     def up(self) -> None:
-        missing = missing_binaries()
+        missing = [] if self.remote else missing_binaries()  # on real hosts: checked before the run began
         if missing:
             raise OverlayUnavailable(
                 "Weave Net is not installed: " + ", ".join(missing) + " not found in $PYTEST_OVERLAY_BIN or on PATH; "
@@ -66,7 +91,7 @@ class WeaveOverlay(ContainerOverlay):
         self.testbed.count_udp(CONTROL_PORT)
         self.testbed.count_udp(FASTDP_PORT)
         self._refresh_status()
-        if self.encrypted and "fastdp" in self._kinds():
+        if self.encrypted and "fastdp" in self._kinds() and not self.remote:
             ok, why = esp_available(self.testbed.wan)
             if not ok:
                 self.down()
@@ -91,22 +116,38 @@ class WeaveOverlay(ContainerOverlay):
         self._progress(f"starting weaver at {', '.join(h.name for h in sites)}"
                        + (" (encrypted)" if self.encrypted else ""))
         for index, site in enumerate(sites):
-            state = self.state_dir / site.name
-            state.mkdir(parents=True, exist_ok=True)
-            command = [find_binary("weaver"), "--name", self._peer_name(index + 1), "--nickname", site.name,
-                       "--host", site.address, "--port", str(CONTROL_PORT), "--http-addr", HTTP_ADDR,
-                       "--status-addr", "", "--metrics-addr", "", "--docker-api", "", "--no-dns", "--no-discovery",
-                       "--ipalloc-range", IPALLOC_RANGE, "--ipalloc-init", f"consensus={len(sites)}",
-                       "--db-prefix", str(state / "weave"),
-                       *(other.address for other in sites if other is not site)]
-            daemon = procs.start(f"weaver-{site.name}", command, state / "weaver.log", site.netns, cwd=state,
-                                 env=env, own_pid_namespace=True)
+            arguments = ["--name", self._peer_name(index + 1), "--nickname", site.name,
+                         "--host", site.address, "--port", str(CONTROL_PORT), "--http-addr", HTTP_ADDR,
+                         "--status-addr", "", "--metrics-addr", "", "--docker-api", "", "--no-dns", "--no-discovery",
+                         "--ipalloc-range", IPALLOC_RANGE, "--ipalloc-init", f"consensus={len(sites)}"]
+            peers = [other.address for other in sites if other is not site]  # after every flag: Go stops there
+            if self.remote:
+                from ..remote import HostDaemon
+
+                directory = bed.host_dir(f"weave-{site.name}")
+                daemon = HostDaemon.start(
+                    f"weaver-{site.name}", bed.hosts[site.name], directory,
+                    ["unshare", "--pid", "--fork", "--kill-child", "--mount-proc", "env", "CHECKPOINT_DISABLE=1",
+                     "weaver", *arguments, "--db-prefix", f"{directory}/weave", *peers],
+                    secret_env="WEAVE_PASSWORD" if self.encrypted else "", secret=env.get("WEAVE_PASSWORD", ""))
+            else:
+                state = self.state_dir / site.name
+                state.mkdir(parents=True, exist_ok=True)
+                daemon = procs.start(f"weaver-{site.name}", [find_binary("weaver"), *arguments, "--db-prefix",
+                                                             str(state / "weave"), *peers],
+                                     state / "weaver.log", site.netns, cwd=state, env=env, own_pid_namespace=True)
             self.daemons.append(daemon)
             bed.track(daemon)
         self._wait_for_mesh()
 
+    def _on_site(self, site: str, command: list[str], timeout: float, input: str | None = None) -> procs.CommandResult:
+        """`command` where the site's weaver runs: its namespace, or its host over ssh."""
+        if self.remote:
+            return self.testbed.host_run(site, shlex.join(command), timeout, input)
+        return procs.run(command, self.testbed.netns_of(site), timeout=timeout, input=input)
+
     def _http(self, site: str, path: str) -> dict:
-        result = procs.run([sys.executable, "-c", GET, path], self.testbed.netns_of(site), timeout=10)
+        result = self._on_site(site, ["python3" if self.remote else sys.executable, "-c", GET, path], 20)
         return json.loads(result.stdout) if result.ok else {}
 
     def _wait_for_mesh(self) -> None:
@@ -150,11 +191,11 @@ class WeaveOverlay(ContainerOverlay):
         namespace on the weave bridge with an address from Weave's IPAM."""
         config = json.dumps({"cniVersion": "0.3.0", "name": "weave", "type": "weave-net"})
         pid = container.attrs["State"]["Pid"]
-        weaveutil = find_binary("weaveutil")
-        result = procs.run(["env", "CNI_COMMAND=ADD", f"CNI_CONTAINERID={container.id}",
-                            f"CNI_NETNS=/proc/{pid}/ns/net", "CNI_IFNAME=eth0", f"CNI_PATH={weaveutil.rsplit('/', 1)[0]}",
-                            f"WEAVE_HTTP_ADDR={HTTP_ADDR}", weaveutil, "cni-net"],
-                           engine.netns, timeout=60 + self._worst_rtt_s() * 100, input=config)
+        weaveutil = "weaveutil" if self.remote else find_binary("weaveutil")
+        result = self._on_site(engine.site, [
+            "env", "CNI_COMMAND=ADD", f"CNI_CONTAINERID={container.id}", f"CNI_NETNS=/proc/{pid}/ns/net",
+            "CNI_IFNAME=eth0", f"CNI_PATH={'/usr/local/bin' if self.remote else weaveutil.rsplit('/', 1)[0]}",
+            f"WEAVE_HTTP_ADDR={HTTP_ADDR}", weaveutil, "cni-net"], 60 + self._worst_rtt_s() * 100, input=config)
         try:
             answer = json.loads(result.stdout)
             return answer["ips"][0]["address"].split("/")[0]
@@ -165,6 +206,13 @@ class WeaveOverlay(ContainerOverlay):
 
     def _daemon_of(self, site: str) -> procs.Daemon:
         return next(d for d in self.daemons if d.name == f"weaver-{site}")
+
+    def down(self) -> None:
+        super().down()  # containers, then the weavers
+        if self.remote:
+            from ..remote import end_host_daemons
+
+            end_host_daemons(self.testbed.hosts, self.testbed.run_id)
 
     # --- what the records say ---------------------------------------------------------------
     def _datapath_kind(self, src: str) -> str:

@@ -19,6 +19,8 @@ import pytest
 import yaml
 
 from pytest_overlay import procs, topology
+from pytest_overlay.overlays import weave
+from pytest_overlay.paths import STATE_ROOT
 
 from ..conftest import QUICK, ROOT, run_suites
 
@@ -205,3 +207,57 @@ def test_clean_removes_what_a_killed_run_left_on_the_hosts(tmp_path, clean_machi
         for host in (a, b):
             state = docker_on(host, "info", "--format", "{{.Swarm.LocalNodeState}} {{.Containers}}")
             assert state.stdout.split() == ["inactive", "0"]
+
+
+@pytest.mark.skipif(weave.missing_binaries() != [], reason="Weave Net's weaver/weaveutil not found on this machine")
+def test_weave_across_the_lab_hosts(tmp_path, clean_machine):
+    """weaver on each host, started over ssh; the containers attached by Weave's CNI plugin on
+    their host; and afterwards nothing of Weave left on the hosts. A host without weaver is
+    named before anything starts."""
+    with running_lab(tmp_path) as (out, a, b):
+        weaver = STATE_ROOT / json.loads(Path(f"{out}.lab.json").read_text())["run_id"] / "lab" / "B" / "bin" / "weaver"
+        target = weaver.readlink()
+        weaver.unlink()
+        refused = run_suites("suites/", *QUICK, f"--topology={out}", "--overlay=weave", "-m", "latency")
+        assert refused.rc == pytest.ExitCode.USAGE_ERROR, refused.output
+        assert "B: weaver (Weave Net's router) is not installed or does not start" in refused.output
+        assert "A: weaver" not in refused.output
+        weaver.symlink_to(target)
+
+        results = tmp_path / "weave.json"
+        run = run_suites("suites/", *QUICK, f"--topology={out}", "--overlay=weave", "-m", "latency",
+                         f"--overlay-json={results}", timeout=600)
+        assert run.rc == 0, run.output
+        (record,) = json.loads(results.read_text())["results"]
+        assert record["valid"] and record["datapath"]["testbed"] == "remote"
+        assert record["datapath"]["kind"] in ("weave-sleeve", "weave-fastdp")
+        assert all(c["state"] == "established" for conns in record["datapath"]["peer_connections"].values()
+                   for c in conns)
+        assert 19 < record["stats"]["min"] < 35  # local.yaml: 20 ms, plus Weave's own path
+        assert_no_weave_on(a, b)
+
+        # Killed mid-run: the weavers run on, until `clean --topology` ends them and resets the hosts.
+        killed = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "suites/", *QUICK,
+                                   f"--topology={out}", "--overlay=weave", "-m", "tcp", "--overlay-duration=30"],
+                                  cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and "ovl" not in docker_on(b, "ps", "--format", "{{.Names}}").stdout:
+            time.sleep(0.5)
+        killed.kill()
+        output = killed.communicate(timeout=30)[0]
+        assert ssh(a, "ip link show weave").returncode == 0, output
+        swept = subprocess.run([sys.executable, "-m", "pytest_overlay", "clean", "--topology", str(out)], cwd=ROOT,
+                               capture_output=True, text=True, timeout=180)
+        assert swept.returncode == 0, swept.stderr
+        assert "host A: ended weave-A of run" in swept.stdout and "host B: ended weave-B of run" in swept.stdout
+        assert_no_weave_on(a, b)
+
+
+def assert_no_weave_on(*hosts: topology.RemoteHost) -> None:
+    for host in hosts:
+        # A killed weaver lingers as a zombie until this VM's init reaps it: only live ones count.
+        left = ssh(host, "ip -o link show; iptables -S; iptables -t nat -S; for p in $(pgrep -x weaver); do "
+                         "grep -q '^State:.*Z' /proc/$p/status || echo weaver $p; done")
+        assert left.returncode == 0, left.stderr
+        assert "weave" not in left.stdout.lower(), left.stdout
+        assert docker_on(host, "ps", "-aq").stdout.strip() == ""
