@@ -28,7 +28,7 @@ from pathlib import Path
 
 import yaml
 
-from . import procs, testbed, topology
+from . import emulator, procs, testbed, topology
 from .engines import Engine, remove_run_files
 from .paths import find_binary
 from .pki import PKI
@@ -39,7 +39,7 @@ TOOLS = {"dropbear": "dropbear-bin", "dropbearkey": "dropbear-bin", "ssh-keygen"
 MANAGEMENT_RANGE = ipaddress.IPv4Network("198.19.128.0/17")  # one /24 per lab, the first free one
 SSH_PORT, DOCKER_PORT = 22, 2376
 READY = "lab ready"
-HOST_BINARIES = ("weaver", "weaveutil")  # Weave Net's, on every site's /usr/local/bin
+HOST_BINARIES = ("weaver", "weaveutil", "flanneld")  # on every site's /usr/local/bin
 
 
 class LabError(RuntimeError):
@@ -88,6 +88,8 @@ class Lab:
     def up(self) -> dict[str, dict]:
         """Build the lab; return every site's `host:` entry."""
         self.bed.up()
+        for site in self.topology.sites:  # a site's address sits on its loopback: give it a real interface's MTU
+            procs.run(["ip", "link", "set", "lo", "mtu", str(emulator.MTU)], self.bed.netns_of(site)).check()
         self.directory.mkdir(mode=0o700)
         pki = PKI(self.directory / "pki", self.bed.run_id).create()
         key = self.directory / "id_ed25519"

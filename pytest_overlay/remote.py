@@ -10,11 +10,14 @@ that existed is used and left as it was.
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import re
 import shlex
 import shutil
 import subprocess
+import tarfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +36,7 @@ MIN_DOCKER = (20, 10)
 API_VERSION = "1.41"
 MAX_CLOCK_SKEW_S = 1.0
 PORT_CHECK_S = 20.0
-SUPPORTED_OVERLAYS = ("host", "libnetwork", "weave", "weave-encrypted")
+SUPPORTED_OVERLAYS = ("host", "libnetwork", "weave", "weave-encrypted", "flannel", "flannel-udp", "flannel-host-gw")
 # Where a run keeps its files on a host, and where binaries installed by hand are found.
 HOST_STATE = "/run/pytest-overlay"
 HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -277,23 +280,34 @@ class RemoteTestbed(Testbed):
 
     def _check_overlay_binaries(self, name: str, tested) -> list[Check]:
         """The daemons of the overlays asked for, installed on the host and able to start
-        (weaver needs libpcap), and no Weave Net of someone else's already there."""
-        from .overlays import weave
+        (weaver needs libpcap), and none of those overlays already up there (someone else's)."""
+        from .overlays import flannel, weave
 
-        if not {"weave", "weave-encrypted"} & set(self.overlays):
-            return []
+        wanted = set(self.overlays)
+        needs: dict[str, tuple[str, str]] = {}  # binary -> (what it is, how to install it)
+        devices: dict[str, str] = {}  # a device the overlay makes -> whose it is
+        if wanted & {"weave", "weave-encrypted"}:
+            needs.update({b: (what, f"install Weave Net 2.8.1's {', '.join(weave.BINARIES)} in /usr/local/bin, "
+                                    "and libpcap0.8") for b, what in weave.BINARIES.items()})
+            devices[weave.BRIDGE] = "Weave Net"
+        if wanted & set(flannel.OVERLAYS):
+            needs.update({b: (what, "install Flannel 0.19.2's flanneld in /usr/local/bin")
+                          for b, what in flannel.BINARIES.items()})
+            if name == self.topology.kv_site:
+                needs.update({b: (what, "apt-get install etcd-server etcd-client")
+                              for b, what in flannel.KV_BINARIES.items()})
+            devices.update({device: "Flannel" for device in flannel.DEVICES.values()})
         problems = []
-        for binary, what in weave.BINARIES.items():
+        for binary, (what, fix) in needs.items():
             runs = f" && {binary} --version" if binary == "weaver" else ""  # loads libpcap
             found = tested.run(f"PATH={HOST_PATH}; command -v {binary}{runs}")
             if found.rc != 0:
                 problems.append(Check(name, f"{binary} ({what}) is not installed or does not start "
-                                            f"({(found.stderr or found.stdout).strip()[-120:] or 'not on PATH'})",
-                                      f"install Weave Net 2.8.1's {', '.join(weave.BINARIES)} in /usr/local/bin, "
-                                      "and libpcap0.8"))
-        if tested.run(f"test -e /sys/class/net/{weave.BRIDGE}").rc == 0:
-            problems.append(Check(name, f"a Weave Net bridge ({weave.BRIDGE}) is already up: another Weave Net "
-                                        "runs on this host", "run on hosts without Weave Net, or stop it (weave reset)"))
+                                            f"({(found.stderr or found.stdout).strip()[-120:] or 'not on PATH'})", fix))
+        for device, whose in devices.items():
+            if tested.run(f"test -e /sys/class/net/{device}").rc == 0:
+                problems.append(Check(name, f"{whose}'s {device} is already up: another {whose} runs on this host",
+                                      f"run on hosts without {whose}, or stop it"))
         return problems
 
     def _check_emulation(self, name: str, host: RemoteHost, tested) -> list[Check]:
@@ -412,9 +426,21 @@ class RemoteTestbed(Testbed):
                  input: str | None = None) -> procs.CommandResult:
         return host_run(self.hosts[site], script, timeout, input)
 
+    def put_files(self, site: str, directory: str, files: dict[str, Path]) -> dict[str, str]:
+        """Copy files (keys among them) into `directory` on the site's host, readable by root
+        only, through ssh's stdin (never a command line); returns where each one is."""
+        data = io.BytesIO()
+        with tarfile.open(fileobj=data, mode="w") as tar:
+            for name, path in files.items():
+                tar.add(str(path), arcname=name)
+        quoted = shlex.quote(directory)
+        self.host_run(site, f"mkdir -p {quoted} && cd {quoted} && umask 077 && base64 -d | tar -x --no-same-owner",
+                      60, input=base64.b64encode(data.getvalue()).decode()).check()
+        return {name: f"{directory}/{name}" for name in files}
+
     def host_dir(self, what: str) -> str:
-        """This run's directory for `what` on every host."""
-        return f"{HOST_STATE}/{self.run_id}/{what}"
+        """This run's directory for `what` (a daemon: NAME-SITE) on its host."""
+        return f"{HOST_STATE}/{self.run_id}/host/{what}"
 
     def host_endpoint(self, site: str) -> ContainerEndpoint:
         """The underlay on a real host: a measurement container in the host's network."""
@@ -572,8 +598,8 @@ def clean_hosts(topology: Topology, report: Callable[[str], None] = print, force
         found |= {n.attrs.get("Labels", {}).get(LABEL) for n in engine.client.networks.list(filters={"label": LABEL})}
     ssh_hosts = {name: site.host for name, site in topology.sites.items() if site.host is not None and site.host.ssh}
     for name, host in ssh_hosts.items():  # runs that started daemons there
-        listed = host_run(host, f"ls -d {HOST_STATE}/*/*/pid 2>/dev/null || true", 60)
-        found |= {line.split("/")[-3] for line in listed.stdout.split() if RUN_ID.match(line.split("/")[-3])}
+        listed = host_run(host, f"ls -d {HOST_STATE}/*/host/*/pid 2>/dev/null || true", 60)
+        found |= {line.split("/")[-4] for line in listed.stdout.split() if RUN_ID.match(line.split("/")[-4])}
     cleaned = 0
     for run_id in sorted(r for r in found if r):
         if not may_remove(run_id, root / run_id, force, report, "on the hosts"):
@@ -597,23 +623,24 @@ def clean_hosts(topology: Topology, report: Callable[[str], None] = print, force
 
 def end_host_daemons(hosts: dict[str, RemoteHost], run_id: str) -> dict[str, list[str]]:
     """Kill the daemons a run started on the hosts (each by its pid file, and only while that
-    pid still runs from the run's directory), reset what Weave Net made there, then remove
-    the run's directory on every host. Returns the daemons ended, per host."""
-    from .overlays.weave import HOST_RESET
+    pid still runs from the run's directory), reset what they made there outside their
+    process, then remove the run's directory on every host. Returns the daemons ended."""
+    from .overlays import flannel, weave
 
+    resets = {"weaver": weave.HOST_RESET, "flanneld": flannel.HOST_RESET}
     directory = f"{HOST_STATE}/{run_id}"
 
     def end(site: str) -> str:  # a site's own daemons only: the lab's hosts share one file system
         return (f"d={directory}\n"
-                f'for f in "$d"/*-{site}/pid; do [ -f "$f" ] || continue\n'
+                f'for f in "$d"/host/*-{site}/pid; do [ -f "$f" ] || continue\n'
                 '  p=$(cat "$f"); n=$(basename "$(dirname "$f")")\n'
                 '  if grep -qaF -- "$d/" /proc/$p/cmdline 2>/dev/null; then kill -KILL $p; echo "$n"; fi\n'
-                'done\n'
-                f'if [ -d "$d"/weave-{site} ]; then sleep 0.5\n{HOST_RESET}fi')
+                'done\n' + "".join(f'if [ -d "$d"/host/{daemon}-{site} ]; then sleep 0.5\n{reset}fi\n'
+                                    for daemon, reset in resets.items()))
 
     ended = {name: host_run(host, end(name), 120).stdout.split() for name, host in hosts.items()}
     for host in hosts.values():  # only now: on one machine (the lab) the hosts share this directory
-        host_run(host, f'rm -rf {directory}/weave-*; rmdir {directory} 2>/dev/null || true', 60)
+        host_run(host, f'rm -rf {directory}/host; rmdir {directory} 2>/dev/null || true', 60)
     return ended
 
 

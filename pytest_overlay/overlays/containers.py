@@ -4,6 +4,7 @@ loaded into each, and one measurement container per site, with the site's TCP bu
 from __future__ import annotations
 
 import concurrent.futures
+import shlex
 import shutil
 import time
 from typing import Callable
@@ -47,6 +48,16 @@ class ContainerOverlay(Overlay):
 
     def _progress(self, message: str) -> None:
         self.testbed.progress(f"{self.name}: {message}")
+
+    @property
+    def remote(self) -> bool:
+        return self.testbed.backend == "remote"
+
+    def _on_site(self, site: str, command: list[str], timeout: float, input: str | None = None) -> procs.CommandResult:
+        """`command` where the site's daemons run: its namespace, or its host (as root, over ssh)."""
+        if self.remote:
+            return self.testbed.host_run(site, shlex.join(command), timeout, input)
+        return procs.run(command, self.testbed.netns_of(site), timeout=timeout, input=input)
 
     def _start_engines(self, extra_args: Callable[[str], list[str]] = lambda site: []) -> str:
         """Start every site's engine and load the image; returns the image reference."""

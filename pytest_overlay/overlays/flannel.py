@@ -6,20 +6,28 @@ integrated it: Flannel has no libnetwork driver. Containers sit on each site's d
 `flannel` is the vxlan backend, named explicitly (Flannel's own default is udp);
 `flannel-udp` is the udp backend (TUN and a userspace proxy); `flannel-host-gw` needs every
 site on one L2 segment, which a routed WAN is not.
+
+On real hosts the same daemons run on the hosts, started over ssh (installed there by hand,
+checked before anything starts), with the run's certificates copied to them. A host's own
+dockerd is never restarted: each host gets a Docker bridge network on its lease instead
+(no masquerading), and the containers sit on it. At the end the run removes what flanneld
+made outside its process there (flannel.1 or flannel0, its iptables chains).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import time
+from pathlib import Path
 
 from .. import emulator as emu
 from .. import procs
-from ..engines import EngineError
+from ..engines import LABEL, EngineError
 from ..paths import find_binary
 from ..pki import PKI, Credentials
 from ..testbed import EmulatedTestbed
-from .base import OverlayUnavailable
+from .base import OverlayUnavailable, host_reset
 from .containers import ContainerOverlay
 
 NETWORK = "10.40.0.0/16"
@@ -31,6 +39,11 @@ BACKENDS = {"vxlan": {"Type": "vxlan", "VNI": 1, "Port": 8472}, "udp": {"Type": 
 DEVICES = {"vxlan": "flannel.1", "udp": "flannel0"}
 RESTARTS = 2  # of a flanneld whose watch missed a lease  # what the backend routes leases through
 TOOLS = {"etcd": "etcd-server", "etcdctl": "etcd-client", "openssl": "openssl"}
+OVERLAYS = ("flannel", "flannel-udp", "flannel-host-gw")
+BINARIES = {"flanneld": "Flannel's daemon"}  # on every real host
+KV_BINARIES = {"etcd": "etcd's server", "etcdctl": "etcd's client"}  # on the key-value site's host
+# What flanneld leaves on a host besides its process.
+HOST_RESET = host_reset(list(DEVICES.values()), ["FLANNEL", "flanneld"], "FLANNEL")
 
 
 class FlannelOverlay(ContainerOverlay):
@@ -44,14 +57,18 @@ class FlannelOverlay(ContainerOverlay):
         self.leases: dict[str, dict[str, str]] = {}  # site -> FLANNEL_SUBNET, FLANNEL_MTU, ...
         self.routes: dict[str, dict[str, str]] = {}  # site -> lease -> the route to it
         self.client: Credentials | None = None
+        self.etcd_client: dict[str, str] = {}  # where etcdctl finds the client's files at the kv site
 
     def _check(self) -> None:
         if self.backend == "host-gw":
             raise OverlayUnavailable("flannel host-gw needs every site on one L2 segment; the emulated WAN routes "
                                      "between sites (each link is its own segment through the wan namespace)")
-        missing = ([] if find_binary("flanneld") else
-                   ["flanneld (Flannel's daemon, not in $PYTEST_OVERLAY_BIN or on PATH: install Flannel 0.19.2, "
-                    "see the README, 'Overlays')"]) + procs.missing(TOOLS)
+        if self.remote:  # the hosts' binaries were checked before the run began; the certificates are made here
+            missing = procs.missing({"openssl": "openssl"})
+        else:
+            missing = ([] if find_binary("flanneld") else
+                       ["flanneld (Flannel's daemon, not in $PYTEST_OVERLAY_BIN or on PATH: install Flannel 0.19.2, "
+                        "see the README, 'Overlays')"]) + procs.missing(TOOLS)
         if missing:
             raise OverlayUnavailable("Flannel cannot run here; missing: " + "; ".join(missing))
 
@@ -62,10 +79,16 @@ class FlannelOverlay(ContainerOverlay):
             self._etcd()
             self._flannelds()
             self._check_routes()
-            image = self._start_engines(lambda site: [
-                f"--bip={self.leases[site]['FLANNEL_SUBNET']}", f"--mtu={self.leases[site]['FLANNEL_MTU']}",
-                "--ip-masq=false"])
-            self._run_containers(image, lambda engine, c: c.attrs["NetworkSettings"]["IPAddress"])
+            if self.remote:
+                image = self._start_engines()
+                self._lease_networks()
+                self._run_containers(image, lambda engine, c: c.attrs["NetworkSettings"]["Networks"][self.network][
+                    "IPAddress"], network=self.network)
+            else:
+                image = self._start_engines(lambda site: [
+                    f"--bip={self.leases[site]['FLANNEL_SUBNET']}", f"--mtu={self.leases[site]['FLANNEL_MTU']}",
+                    "--ip-masq=false"])
+                self._run_containers(image, lambda engine, c: c.attrs["NetworkSettings"]["IPAddress"])
         except BaseException:
             self.down()
             raise
@@ -79,39 +102,91 @@ class FlannelOverlay(ContainerOverlay):
     def port(self) -> int | None:
         return BACKENDS[self.backend].get("Port")
 
+    @property
+    def network(self) -> str:
+        """The Docker network on each real host's lease."""
+        return f"ovl{self.testbed.run_id}-flannel"
+
+    def _lease_networks(self) -> None:
+        """On each real host, a bridge network on the host's lease, as Flannel's docs integrate
+        Docker without restarting it: the lease's first address is the gateway, the MTU is
+        flanneld's, and nothing is masqueraded (containers keep their own addresses)."""
+        import docker
+
+        for site, engine in self.testbed.engines.items():
+            lease = self.leases[site]
+            gateway, length = lease["FLANNEL_SUBNET"].split("/")
+            subnet = str(ipaddress.ip_network(lease["FLANNEL_SUBNET"], strict=False))
+            engine.client.networks.create(
+                self.network, driver="bridge", labels={LABEL: self.testbed.run_id},
+                ipam=docker.types.IPAMConfig(pool_configs=[docker.types.IPAMPool(subnet=subnet, gateway=gateway)]),
+                options={"com.docker.network.bridge.name": f"ovl{self.testbed.run_id}fl",
+                         "com.docker.network.driver.mtu": lease["FLANNEL_MTU"],
+                         "com.docker.network.bridge.enable_ip_masquerade": "false"})
+            self._progress(f"{site}: Docker network {self.network} on {subnet} (gateway {gateway}, "
+                           f"MTU {lease['FLANNEL_MTU']})")
+
+    # --- daemons where the sites are ------------------------------------------------------------
+    def _files(self, name: str, site: str, files: dict[str, Path]) -> dict[str, str]:
+        """Where a daemon finds these files: here, or copied to its directory on the host."""
+        if self.remote:
+            return self.testbed.put_files(site, self.testbed.host_dir(name), files)
+        return {key: str(path) for key, path in files.items()}
+
+    def _start(self, name: str, site: str, command: list[str]):
+        if self.remote:
+            from ..remote import HostDaemon
+
+            daemon = HostDaemon.start(name, self.testbed.hosts[site], self.testbed.host_dir(name), command)
+        else:
+            daemon = procs.start(name, command, self.state_dir / f"{name}.log", self.testbed.netns_of(site))
+        self.daemons.append(daemon)
+        self.testbed.track(daemon)
+        return daemon
+
+    def _where(self, name: str) -> Path:
+        """The daemon's own directory: on its host, or in this run's state here."""
+        if self.remote:
+            return Path(self.testbed.host_dir(name))
+        directory = self.state_dir / name
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return directory
+
     # --- etcd ---------------------------------------------------------------------------------
     def _endpoint(self) -> str:
         return f"https://{self.testbed.address(self.kv)}:{ETCD_PORT}"
 
     def _etcdctl(self, *args: str, input: str | None = None) -> procs.CommandResult:
-        c = self.client
-        return procs.run(["etcdctl", f"--endpoints={self._endpoint()}", f"--cacert={c.ca}", f"--cert={c.cert}",
-                          f"--key={c.key}", *args], self.testbed.netns_of(self.kv), timeout=30, input=input)
+        c = self.etcd_client
+        return self._on_site(self.kv, ["etcdctl", f"--endpoints={self._endpoint()}", f"--cacert={c['ca.pem']}",
+                                       f"--cert={c['flannel.pem']}", f"--key={c['flannel-key.pem']}", *args],
+                             30, input=input)
 
     def _etcd(self) -> None:
         address = self.testbed.address(self.kv)
         pki = PKI(self.state_dir / "pki", self.testbed.run_id).create()
         server = pki.issue("etcd", [address, "127.0.0.1"])
         self.client = pki.issue("flannel", client=True)
-        data = self.state_dir / "etcd"
-        data.mkdir(parents=True, mode=0o700)
+        name = f"etcd-{self.kv}"
+        files = self._files(name, self.kv, {"ca.pem": server.ca, "etcd.pem": server.cert, "etcd-key.pem": server.key,
+                                            "flannel.pem": self.client.cert, "flannel-key.pem": self.client.key})
+        self.etcd_client = files
+        data = self._where(name) / "data"
         peer = "https://127.0.0.1:2380"
-        tls = [f"--cert-file={server.cert}", f"--key-file={server.key}", f"--trusted-ca-file={server.ca}",
-               "--client-cert-auth", f"--peer-cert-file={server.cert}", f"--peer-key-file={server.key}",
-               f"--peer-trusted-ca-file={server.ca}", "--peer-client-cert-auth"]
+        tls = [f"--cert-file={files['etcd.pem']}", f"--key-file={files['etcd-key.pem']}",
+               f"--trusted-ca-file={files['ca.pem']}", "--client-cert-auth", f"--peer-cert-file={files['etcd.pem']}",
+               f"--peer-key-file={files['etcd-key.pem']}", f"--peer-trusted-ca-file={files['ca.pem']}",
+               "--peer-client-cert-auth"]
         self._progress(f"etcd at {self.kv} ({self._endpoint()}, client certificates required)")
-        daemon = procs.start("etcd", ["etcd", "--name", "kv", "--data-dir", str(data),
-                                      f"--listen-client-urls={self._endpoint()}",
-                                      f"--advertise-client-urls={self._endpoint()}", f"--listen-peer-urls={peer}",
-                                      f"--initial-advertise-peer-urls={peer}", f"--initial-cluster=kv={peer}",
-                                      "--log-level=warn", *tls],
-                             self.state_dir / "etcd.log", self.testbed.netns_of(self.kv))
-        self.daemons.append(daemon)
-        self.testbed.track(daemon)
+        daemon = self._start(name, self.kv, ["etcd", "--name", "kv", "--data-dir", str(data),
+                                             f"--listen-client-urls={self._endpoint()}",
+                                             f"--advertise-client-urls={self._endpoint()}",
+                                             f"--listen-peer-urls={peer}", f"--initial-advertise-peer-urls={peer}",
+                                             f"--initial-cluster=kv={peer}", "--log-level=warn", *tls])
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
             if not daemon.alive():
-                raise EngineError(f"etcd at {self.kv} exited (exit {daemon.popen.returncode}); its log:\n"
+                raise EngineError(f"etcd at {self.kv} exited (exit {daemon.returncode}); its log:\n"
                                   f"{daemon.log_tail(15)}")
             if self._etcdctl("endpoint", "health").ok:
                 break
@@ -129,30 +204,31 @@ class FlannelOverlay(ContainerOverlay):
         site's loopback here, so loopback gets the WAN links' MTU first (else 65486).
         """
         for site, handle in self.testbed.sites.items():
-            procs.run(["ip", "link", "set", "lo", "mtu", str(emu.MTU)], handle.netns).check()
+            if not self.remote:  # a real host's address sits on its real interface
+                procs.run(["ip", "link", "set", "lo", "mtu", str(emu.MTU)], handle.netns).check()
             self._start_flanneld(site)
             lease = self.leases[site]
             self._progress(f"flanneld at {site}: lease {lease['FLANNEL_SUBNET']}, MTU {lease['FLANNEL_MTU']}")
 
     def _start_flanneld(self, site: str) -> None:
         """Start the site's flanneld and wait for its lease (kept across a restart)."""
-        c, handle = self.client, self.testbed.sites[site]
-        subnet_file = self.state_dir / f"{site}-subnet.env"
-        command = [find_binary("flanneld"), f"--etcd-endpoints={self._endpoint()}", f"--etcd-cafile={c.ca}",
-                   f"--etcd-certfile={c.cert}", f"--etcd-keyfile={c.key}", f"--etcd-prefix={PREFIX}",
-                   f"--iface={handle.address}", f"--public-ip={handle.address}", f"--subnet-file={subnet_file}",
-                   "--ip-masq=false"]
-        subnet_file.unlink(missing_ok=True)
-        daemon = procs.start(f"flanneld-{site}", command, self.state_dir / f"{site}-flanneld.log", handle.netns)
-        self.daemons.append(daemon)
-        self.testbed.track(daemon)
+        name, handle = f"flanneld-{site}", self.testbed.sites[site]
+        c = self._files(name, site, {"ca.pem": self.client.ca, "flannel.pem": self.client.cert,
+                                     "flannel-key.pem": self.client.key})
+        subnet_file = self._where(name) / "subnet.env"
+        self._on_site(site, ["rm", "-f", str(subnet_file)], 30)
+        daemon = self._start(name, site, [
+            "flanneld" if self.remote else find_binary("flanneld"), f"--etcd-endpoints={self._endpoint()}",
+            f"--etcd-cafile={c['ca.pem']}", f"--etcd-certfile={c['flannel.pem']}",
+            f"--etcd-keyfile={c['flannel-key.pem']}", f"--etcd-prefix={PREFIX}", f"--iface={handle.address}",
+            f"--public-ip={handle.address}", f"--subnet-file={subnet_file}", "--ip-masq=false"])
         deadline = time.monotonic() + 30 + self._worst_rtt_s() * 50
-        while not subnet_file.exists():
+        while not (lease := self._on_site(site, ["cat", str(subnet_file)], 30)).ok:
             if not daemon.alive() or time.monotonic() > deadline:
-                raise EngineError(f"flanneld at {site} wrote no subnet lease (exit {daemon.popen.poll()}); "
+                raise EngineError(f"flanneld at {site} wrote no subnet lease (exit {daemon.returncode}); "
                                   f"its log:\n{daemon.log_tail(15)}")
-            time.sleep(0.1)
-        self.leases[site] = dict(line.split("=", 1) for line in subnet_file.read_text().split() if "=" in line)
+            time.sleep(0.1 if not self.remote else 0.3)
+        self.leases[site] = dict(line.split("=", 1) for line in lease.stdout.split() if "=" in line)
 
     def _restart_flanneld(self, site: str) -> None:
         daemon = next(d for d in self.daemons if d.name == f"flanneld-{site}")
@@ -171,7 +247,7 @@ class FlannelOverlay(ContainerOverlay):
                 if other == site:
                     continue
                 gateway = lease["FLANNEL_SUBNET"].split("/")[0]
-                route = procs.run(["ip", "-4", "-o", "route", "get", gateway], self.testbed.netns_of(site))
+                route = self._on_site(site, ["ip", "-4", "-o", "route", "get", gateway], 30)
                 if f" dev {device} " in route.stdout:
                     self.routes[site][lease["FLANNEL_SUBNET"]] = " ".join(route.stdout.split()[:5])
                 else:
@@ -197,6 +273,16 @@ class FlannelOverlay(ContainerOverlay):
                     self._restart_flanneld(site)
         logs = "\n".join(f"--- {d.name}:\n{d.log_tail(6)}" for d in self.daemons)
         raise EngineError("Flannel's routes are incomplete: " + "; ".join(sum(missing.values(), [])) + f"\n{logs}")
+
+    def down(self) -> None:
+        super().down()  # containers, then the daemons
+        if self.remote:
+            from ..remote import end_host_daemons
+
+            for engine in self.testbed.engines.values():
+                for network in engine.client.networks.list(names=[self.network]):
+                    network.remove()
+            end_host_daemons(self.testbed.hosts, self.testbed.run_id)
 
     # --- what the records say -----------------------------------------------------------------
     def _datapath(self, src: str, dst: str) -> dict:

@@ -16,7 +16,6 @@ from __future__ import annotations
 import concurrent.futures
 import json
 import secrets
-import shlex
 import sys
 import time
 
@@ -24,7 +23,7 @@ from .. import procs
 from ..engines import Engine, EngineError
 from ..paths import find_binary
 from ..testbed import EmulatedTestbed
-from .base import OverlayUnavailable
+from .base import OverlayUnavailable, host_reset
 from .libnetwork import esp_available
 from .containers import ContainerOverlay
 
@@ -45,19 +44,10 @@ def missing_binaries() -> list[str]:
     return [f"{name} ({what})" for name, what in BINARIES.items() if find_binary(name) is None]
 
 
-# What weaver leaves on a host besides its process, removed as Weave's own `weave reset`
-# does: its links, its fastdp datapath, and every iptables rule and chain that names it.
-HOST_RESET = f"""\
-for link in {BRIDGE} vethwe-bridge vethwe-pcap vxlan-{FASTDP_PORT}; do ip link del $link 2>/dev/null || true; done
-if [ -d /sys/class/net/datapath ]; then weaveutil delete-datapath datapath || true; fi
-for table in filter nat; do
-  iptables -w -t $table -S | grep -e WEAVE -e ' {BRIDGE} ' -e 'Weave Net' | grep '^-A' | sed 's/^-A/-D/' |
-    while IFS= read -r rule; do eval "iptables -w -t $table $rule" || true; done
-  for chain in $(iptables -w -t $table -S | awk '$1 == "-N" && $2 ~ /^WEAVE/ {{print $2}}'); do
-    iptables -w -t $table -F $chain; iptables -w -t $table -X $chain
-  done
-done
-"""
+# What weaver leaves on a host besides its process (its fastdp datapath is not a link).
+HOST_RESET = ("if [ -d /sys/class/net/datapath ]; then weaveutil delete-datapath datapath || true; fi\n"
+              + host_reset([BRIDGE, "vethwe-bridge", "vethwe-pcap", f"vxlan-{FASTDP_PORT}"],
+                           ["WEAVE", f" {BRIDGE} ", "Weave Net"], "WEAVE"))
 
 
 class WeaveOverlay(ContainerOverlay):
@@ -69,10 +59,6 @@ class WeaveOverlay(ContainerOverlay):
         super().__init__(testbed)
         self.connections: dict[str, list[dict]] = {}
         self.router: dict[str, dict] = {}
-
-    @property
-    def remote(self) -> bool:
-        return self.testbed.backend == "remote"
 
     def up(self) -> None:
         missing = [] if self.remote else missing_binaries()  # on real hosts: checked before the run began
@@ -124,7 +110,7 @@ class WeaveOverlay(ContainerOverlay):
             if self.remote:
                 from ..remote import HostDaemon
 
-                directory = bed.host_dir(f"weave-{site.name}")
+                directory = bed.host_dir(f"weaver-{site.name}")
                 daemon = HostDaemon.start(
                     f"weaver-{site.name}", bed.hosts[site.name], directory,
                     ["unshare", "--pid", "--fork", "--kill-child", "--mount-proc", "env", "CHECKPOINT_DISABLE=1",
@@ -139,12 +125,6 @@ class WeaveOverlay(ContainerOverlay):
             self.daemons.append(daemon)
             bed.track(daemon)
         self._wait_for_mesh()
-
-    def _on_site(self, site: str, command: list[str], timeout: float, input: str | None = None) -> procs.CommandResult:
-        """`command` where the site's weaver runs: its namespace, or its host over ssh."""
-        if self.remote:
-            return self.testbed.host_run(site, shlex.join(command), timeout, input)
-        return procs.run(command, self.testbed.netns_of(site), timeout=timeout, input=input)
 
     def _http(self, site: str, path: str) -> dict:
         result = self._on_site(site, ["python3" if self.remote else sys.executable, "-c", GET, path], 20)

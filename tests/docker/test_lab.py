@@ -20,7 +20,7 @@ import yaml
 
 from pytest_overlay import procs, topology
 from pytest_overlay.overlays import weave
-from pytest_overlay.paths import STATE_ROOT
+from pytest_overlay.paths import STATE_ROOT, find_binary
 
 from ..conftest import QUICK, ROOT, run_suites
 
@@ -189,20 +189,30 @@ def test_lab_refuses_bad_input_before_anything_exists(tmp_path, clean_machine):
     assert refused.returncode == 2 and "not a lab's file" in refused.stderr
 
 
+def kill_mid_run(out: Path, host: topology.RemoteHost, overlay: str) -> str:
+    """SIGKILL a run over the lab once its measurement container runs on `host`; its output."""
+    run = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "suites/", *QUICK,
+                            f"--topology={out}", f"--overlay={overlay}", "-m", "tcp", "--overlay-duration=30"],
+                           cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and "ovl" not in docker_on(host, "ps", "--format", "{{.Names}}").stdout:
+        time.sleep(0.5)
+    run.kill()
+    return run.communicate(timeout=30)[0]
+
+
+def clean_hosts(out: Path) -> subprocess.CompletedProcess:
+    swept = subprocess.run([sys.executable, "-m", "pytest_overlay", "clean", "--topology", str(out)], cwd=ROOT,
+                           capture_output=True, text=True, timeout=180)
+    assert swept.returncode == 0, swept.stderr
+    return swept
+
+
 def test_clean_removes_what_a_killed_run_left_on_the_hosts(tmp_path, clean_machine):
     with running_lab(tmp_path) as (out, a, b):
-        run = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "suites/", *QUICK,
-                                f"--topology={out}", "--overlay=libnetwork", "-m", "tcp", "--overlay-duration=30"],
-                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and "ovl" not in docker_on(b, "ps", "--format", "{{.Names}}").stdout:
-            time.sleep(0.5)
-        run.kill()
-        output = run.communicate(timeout=30)[0]
+        output = kill_mid_run(out, b, "libnetwork")
         assert "ovl" in docker_on(b, "ps", "-a", "--format", "{{.Names}}").stdout, output
-        swept = subprocess.run([sys.executable, "-m", "pytest_overlay", "clean", "--topology", str(out)], cwd=ROOT,
-                               capture_output=True, text=True, timeout=120)
-        assert swept.returncode == 0, swept.stderr
+        swept = clean_hosts(out)
         assert "left the swarm it made" in swept.stdout and "clean: 1 run(s) cleaned" in swept.stdout
         for host in (a, b):
             state = docker_on(host, "info", "--format", "{{.Swarm.LocalNodeState}} {{.Containers}}")
@@ -237,19 +247,10 @@ def test_weave_across_the_lab_hosts(tmp_path, clean_machine):
         assert_no_weave_on(a, b)
 
         # Killed mid-run: the weavers run on, until `clean --topology` ends them and resets the hosts.
-        killed = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "suites/", *QUICK,
-                                   f"--topology={out}", "--overlay=weave", "-m", "tcp", "--overlay-duration=30"],
-                                  cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline and "ovl" not in docker_on(b, "ps", "--format", "{{.Names}}").stdout:
-            time.sleep(0.5)
-        killed.kill()
-        output = killed.communicate(timeout=30)[0]
+        output = kill_mid_run(out, b, "weave")
         assert ssh(a, "ip link show weave").returncode == 0, output
-        swept = subprocess.run([sys.executable, "-m", "pytest_overlay", "clean", "--topology", str(out)], cwd=ROOT,
-                               capture_output=True, text=True, timeout=180)
-        assert swept.returncode == 0, swept.stderr
-        assert "host A: ended weave-A of run" in swept.stdout and "host B: ended weave-B of run" in swept.stdout
+        swept = clean_hosts(out)
+        assert "host A: ended weaver-A of run" in swept.stdout and "host B: ended weaver-B of run" in swept.stdout
         assert_no_weave_on(a, b)
 
 
@@ -261,3 +262,36 @@ def assert_no_weave_on(*hosts: topology.RemoteHost) -> None:
         assert left.returncode == 0, left.stderr
         assert "weave" not in left.stdout.lower(), left.stdout
         assert docker_on(host, "ps", "-aq").stdout.strip() == ""
+
+
+@pytest.mark.skipif(find_binary("flanneld") is None, reason="Flannel's flanneld not found on this machine")
+def test_flannel_across_the_lab_hosts(tmp_path, clean_machine):
+    """etcd at the key-value site and flanneld on every host, started over ssh with the run's
+    certificates copied there; the hosts' dockerd untouched (a bridge network on each lease);
+    and afterwards nothing of Flannel left on the hosts."""
+    with running_lab(tmp_path) as (out, a, b):
+        before = {host.ssh: docker_on(host, "info", "--format", "{{.ServerVersion}} {{.Swarm.LocalNodeState}}").stdout
+                  for host in (a, b)}
+        results = tmp_path / "flannel.json"
+        run = run_suites("suites/", *QUICK, f"--topology={out}", "--overlay=flannel", "-m", "latency or tcp",
+                         f"--overlay-json={results}", timeout=600)
+        assert run.rc == 0, run.output
+        records = json.loads(results.read_text())["results"]
+        assert {r["metric"] for r in records} == {"latency", "tcp_throughput"}
+        for record in records:
+            path = record["datapath"]
+            assert record["valid"] and path["testbed"] == "remote" and path["kind"] == "flannel-vxlan"
+            assert len(set(path["leases"].values())) == 2
+            assert all(route for route in path["routes"].values())  # each site routes the other's lease
+            assert path["mtu"] == 1450  # flanneld's: the WAN's 1500 less VXLAN's 50
+        latency = next(r for r in records if r["metric"] == "latency")
+        assert 19 < latency["stats"]["min"] < 30
+        for host in (a, b):
+            left = ssh(host, "ip -o link show; iptables -S; iptables -t nat -S; for p in $(pgrep -x flanneld) "
+                             "$(pgrep -x etcd); do grep -q '^State:.*Z' /proc/$p/status || echo live $p; done")
+            assert left.returncode == 0, left.stderr
+            assert "flannel" not in left.stdout.lower() and "live" not in left.stdout, left.stdout
+            assert docker_on(host, "ps", "-aq").stdout.strip() == ""
+            assert docker_on(host, "network", "ls", "--filter", "label=pytest-overlay.run", "-q").stdout.strip() == ""
+            after = docker_on(host, "info", "--format", "{{.ServerVersion}} {{.Swarm.LocalNodeState}}").stdout
+            assert after == before[host.ssh]
