@@ -163,8 +163,10 @@ class Lab:
             if find_binary(name):
                 (local_bin / name).symlink_to(find_binary(name))
         # The copied mount table pins every namespace mounted at the time (other runs' too):
-        # unmount them in this copy so their owners can remove them.
+        # unmount them in this copy so their owners can remove them. /sys is mounted anew, as
+        # `ip netns exec` does, so that /sys/class/net shows the site's own interfaces.
         script = ("for m in $(awk '$3 == \"nsfs\" {print $2}' /proc/self/mounts); do umount -l \"$m\"; done; "
+                  'umount -l /sys && mount -t sysfs sysfs /sys && '
                   'mount --bind "$1" /root && mount --bind "$4" /usr/local/bin && '
                   f'exec dropbear -F -E -s -e -m -j -k -p {address}:{SSH_PORT} -r "$2" -P "$3"')
         daemon = procs.start(

@@ -36,7 +36,8 @@ MIN_DOCKER = (20, 10)
 API_VERSION = "1.41"
 MAX_CLOCK_SKEW_S = 1.0
 PORT_CHECK_S = 20.0
-SUPPORTED_OVERLAYS = ("host", "libnetwork", "weave", "weave-encrypted", "flannel", "flannel-udp", "flannel-host-gw")
+SUPPORTED_OVERLAYS = ("host", "libnetwork", "weave", "weave-encrypted", "flannel", "flannel-udp", "flannel-host-gw",
+                      "calico")
 # Where a run keeps its files on a host, and where binaries installed by hand are found.
 HOST_STATE = "/run/pytest-overlay"
 HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -281,7 +282,7 @@ class RemoteTestbed(Testbed):
     def _check_overlay_binaries(self, name: str, tested) -> list[Check]:
         """The daemons of the overlays asked for, installed on the host and able to start
         (weaver needs libpcap), and none of those overlays already up there (someone else's)."""
-        from .overlays import flannel, weave
+        from .overlays import calico, flannel, weave
 
         wanted = set(self.overlays)
         needs: dict[str, tuple[str, str]] = {}  # binary -> (what it is, how to install it)
@@ -298,6 +299,12 @@ class RemoteTestbed(Testbed):
                               for b, what in flannel.KV_BINARIES.items()})
             devices.update({device: "Flannel" for device in flannel.DEVICES.values()})
         problems = []
+        if "calico" in wanted:
+            needs.update({b: (what, "apt-get install bird2 (its service need not run)")
+                          for b, what in calico.BINARIES.items()})
+            if tested.run("ss -Hltn 'sport = :179' | grep -q .").rc == 0:
+                problems.append(Check(name, "a BGP speaker already listens on 179/tcp (a BIRD of someone else's?)",
+                                      "run on hosts without one, or stop it (systemctl stop bird)"))
         for binary, (what, fix) in needs.items():
             runs = f" && {binary} --version" if binary == "weaver" else ""  # loads libpcap
             found = tested.run(f"PATH={HOST_PATH}; command -v {binary}{runs}")
@@ -461,10 +468,10 @@ class RemoteTestbed(Testbed):
     def emulator_counters(self, reset: bool = False) -> dict[str, dict]:
         return {}  # real links: nothing emulated, nothing to vouch for
 
-    def count_udp(self, port: int) -> None:
+    def count(self, label: str, match: list[str]) -> None:
         pass
 
-    def udp_packets(self, port: int) -> None:
+    def packets(self, label: str) -> None:
         return None  # the WAN between real hosts is not ours to count on
 
     def track(self, daemon: procs.Daemon) -> None:
@@ -625,9 +632,9 @@ def end_host_daemons(hosts: dict[str, RemoteHost], run_id: str) -> dict[str, lis
     """Kill the daemons a run started on the hosts (each by its pid file, and only while that
     pid still runs from the run's directory), reset what they made there outside their
     process, then remove the run's directory on every host. Returns the daemons ended."""
-    from .overlays import flannel, weave
+    from .overlays import calico, flannel, weave
 
-    resets = {"weaver": weave.HOST_RESET, "flanneld": flannel.HOST_RESET}
+    resets = {"weaver": weave.HOST_RESET, "flanneld": flannel.HOST_RESET, "bird": calico.HOST_RESET}
     directory = f"{HOST_STATE}/{run_id}"
 
     def end(site: str) -> str:  # a site's own daemons only: the lab's hosts share one file system

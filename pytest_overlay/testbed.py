@@ -93,6 +93,19 @@ class Testbed:
     def __exit__(self, *exc) -> None:
         self.down()
 
+    def count(self, label: str, match: list[str]) -> None:
+        raise NotImplementedError
+
+    def packets(self, label: str) -> dict[str, int] | None:
+        raise NotImplementedError
+
+    def count_udp(self, port: int) -> None:
+        """Count packets to a UDP port on every link direction (e.g. 4789, VXLAN)."""
+        self.count(str(port), ["-p", "udp", "--dport", str(port)])
+
+    def udp_packets(self, port: int) -> dict[str, int] | None:
+        return self.packets(str(port))
+
     def _write_state(self, state: dict) -> None:
         tmp = self.run_dir / "state.json.tmp"
         tmp.write_text(json.dumps(state))
@@ -294,13 +307,6 @@ class EmulatedTestbed(Testbed):
             if match:
                 counts[match.group(2)] = int(match.group(1))
         return counts
-
-    def count_udp(self, port: int) -> None:
-        """Count packets to a UDP port on every link direction (e.g. 4789, VXLAN)."""
-        self.count(str(port), ["-p", "udp", "--dport", str(port)])
-
-    def udp_packets(self, port: int) -> dict[str, int]:
-        return self.packets(str(port))
 
     def describe(self) -> dict:
         return {

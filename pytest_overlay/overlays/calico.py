@@ -7,17 +7,22 @@ containers attached as Calico attaches them, a veth whose host end (`cali...`) h
 route and proxy ARP, and whose container end routes everything via 169.254.1.1. No
 encapsulation: packets cross the WAN with the containers' own addresses, and the records
 count them.
+
+On real hosts the same BIRD runs on each host, started over ssh (bird2 installed there,
+checked before anything starts); at the end the run removes its FORWARD rules for the
+cali veths and any route into the pool that a killed BIRD left behind.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import time
+from pathlib import Path
 
 from .. import procs
 from ..engines import Engine, EngineError
 from ..testbed import EmulatedTestbed
-from .base import OverlayUnavailable
+from .base import OverlayUnavailable, host_reset
 from .containers import ContainerOverlay
 
 POOL = ipaddress.ip_network("10.48.0.0/16")
@@ -25,6 +30,12 @@ BLOCK_PREFIX = 26
 AS_NUMBER = 64512
 GATEWAY = "169.254.1.1"
 TOOLS = {"bird": "bird2", "birdc": "bird2"}
+BINARIES = {"bird": "BIRD, the BGP daemon", "birdc": "BIRD's client"}  # on every real host
+FORWARD_RULES = (["-i", "cali+"], ["-o", "cali+"])  # what felix would allow: workload traffic
+# What BIRD leaves on a host besides its process: the FORWARD rules, and, if it was killed,
+# its routes into the pool.
+HOST_RESET = (host_reset([], ["cali+"], "cali-")
+              + f"ip -4 route show proto bird root {POOL} | while IFS= read -r route; do ip route del $route; done\n")
 MODEL = ("model of Calico's data plane: real BIRD iBGP full mesh, /26 blocks, cali veths with /32 routes and "
          "proxy ARP; calico-node (felix, confd) not run")
 
@@ -73,7 +84,7 @@ class CalicoOverlay(ContainerOverlay):
         self.learned: dict[str, dict[str, str]] = {}  # site -> block -> the kernel route BIRD installed
 
     def up(self) -> None:
-        missing = procs.missing(TOOLS)
+        missing = [] if self.remote else procs.missing(TOOLS)  # on real hosts: checked before the run began
         if missing:
             raise OverlayUnavailable("Calico's model cannot run here; missing: " + "; ".join(missing))
         started = time.monotonic()
@@ -85,35 +96,48 @@ class CalicoOverlay(ContainerOverlay):
         except BaseException:
             self.down()
             raise
-        self.testbed.count("calico", ["-s", str(POOL)])
+        self.testbed.count("calico", ["-s", str(POOL)])  # on real hosts: not ours to count
         self.timings["up_s"] = time.monotonic() - started
         self._progress(f"up in {self.timings['up_s']:.1f} s: {len(self.blocks)} blocks learned everywhere, "
                        f"MTU {self.mtu}, {len(self.containers)} containers")
 
     # --- BGP --------------------------------------------------------------------------------
+    def _where(self, site: str) -> Path:
+        """BIRD's directory (config, control socket, pid file): on the host, or here."""
+        if self.remote:
+            return Path(self.testbed.host_dir(f"bird-{site}"))
+        return self.state_dir
+
     def _socket(self, site: str) -> str:
-        return str(self.state_dir / f"{site}-bird.ctl")
+        return str(self._where(site) / f"{site}-bird.ctl")
 
     def _birdc(self, site: str, *command: str) -> procs.CommandResult:
-        return procs.run(["birdc", "-s", self._socket(site), *command], self.testbed.netns_of(site), timeout=10)
+        return self._on_site(site, ["birdc", "-s", self._socket(site), *command], 10)
 
     def _birds(self) -> None:
-        state = self.state_dir
-        state.mkdir(parents=True, exist_ok=True)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
         sites = self.testbed.sites
         self._progress(f"BIRD at {', '.join(sites)}: iBGP full mesh, AS {AS_NUMBER}")
         for site, handle in sites.items():
             peers = {other: h.address for other, h in sites.items() if other != site}
-            config = state / f"{site}-bird.conf"
+            config = self.state_dir / f"{site}-bird.conf"
             config.write_text(bird_config(handle.address, str(self.blocks[site]), peers))
-            daemon = procs.start(f"bird-{site}", ["bird", "-f", "-c", str(config), "-s", self._socket(site),
-                                                  "-P", str(state / f"{site}-bird.pid")],
-                                 state / f"{site}-bird.log", handle.netns)
+            name, where = f"bird-{site}", self._where(site)
+            command = ["-f", "-s", self._socket(site), "-P", str(where / f"{site}-bird.pid")]
+            if self.remote:
+                from ..remote import HostDaemon
+
+                (config_there,) = self.testbed.put_files(site, str(where), {config.name: config}).values()
+                daemon = HostDaemon.start(name, self.testbed.hosts[site], str(where),
+                                          ["bird", "-c", config_there, *command])
+            else:
+                daemon = procs.start(name, ["bird", "-c", str(config), *command], where / f"{site}-bird.log",
+                                     handle.netns)
             self.daemons.append(daemon)
             self.testbed.track(daemon)
             # Calico's felix lets workload traffic through; dockerd's FORWARD policy would drop it.
-            for rule in (["-i", "cali+"], ["-o", "cali+"]):
-                procs.run(["iptables", "-w", "-I", "FORWARD", *rule, "-j", "ACCEPT"], handle.netns).check()
+            for rule in FORWARD_RULES:
+                self._on_site(site, ["iptables", "-w", "-I", "FORWARD", *rule, "-j", "ACCEPT"], 30).check()
 
     def _refresh(self) -> list[str]:
         """Every BGP session's state and every block's kernel route; what is still missing."""
@@ -129,7 +153,7 @@ class CalicoOverlay(ContainerOverlay):
             for other, network in self.blocks.items():
                 if other == site:
                     continue
-                route = procs.run(["ip", "-4", "-o", "route", "show", str(network)], self.testbed.netns_of(site)).stdout
+                route = self._on_site(site, ["ip", "-4", "-o", "route", "show", str(network)], 30).stdout
                 if "proto bird" in route:
                     self.learned[site][str(network)] = " ".join(route.split())
                 else:
@@ -155,29 +179,33 @@ class CalicoOverlay(ContainerOverlay):
     # --- workloads --------------------------------------------------------------------------
     def _attach(self, engine: Engine, container) -> str:
         """Calico's way: a veth, the container's end eth0 with a /32 and a default route via
-        169.254.1.1; the host's end answers ARP for everything (proxy ARP) and holds the /32."""
+        169.254.1.1; the host's end answers ARP for everything (proxy ARP) and holds the /32.
+        The gateway is nobody's address: the host end answers for it (Calico's CNI plugin also
+        writes this neighbour entry, since the site has no route that proxy ARP could use)."""
         site, pid = engine.site, container.attrs["State"]["Pid"]
         address = str(next(self.blocks[site].hosts()))
         host_end = f"cali{container.id[:11]}"
-        netns = self.testbed.netns_of(site)
-        procs.run(["ip", "link", "add", host_end, "type", "veth", "peer", "name", "eth0", "netns", str(pid)],
-                  netns).check()
-        for command in (["ip", "link", "set", host_end, "up"],
-                        ["sysctl", "-q", "-w", f"net.ipv4.conf.{host_end}.proxy_arp=1",
-                         f"net.ipv4.neigh.{host_end}.proxy_delay=0"],
-                        ["ip", "route", "add", f"{address}/32", "dev", host_end, "scope", "link"]):
-            procs.run(command, netns).check()
-        shown = procs.run(["ip", "-o", "link", "show", "dev", host_end], netns).check().stdout.split()
-        host_mac = shown[shown.index("link/ether") + 1]
-        inside = ["nsenter", f"--net=/proc/{pid}/ns/net"]
-        # The gateway is nobody's address: the host end answers for it (Calico's CNI plugin
-        # also writes this neighbour entry, since the site has no route that proxy ARP could use).
-        for command in (["ip", "address", "add", f"{address}/32", "dev", "eth0"], ["ip", "link", "set", "eth0", "up"],
-                        ["ip", "route", "add", GATEWAY, "dev", "eth0", "scope", "link"],
-                        ["ip", "neigh", "add", GATEWAY, "lladdr", host_mac, "dev", "eth0", "nud", "permanent"],
-                        ["ip", "route", "add", "default", "via", GATEWAY, "dev", "eth0"]):
-            procs.run(inside + command).check()
+        inside = f"nsenter --net=/proc/{pid}/ns/net"
+        script = "\n".join([
+            f"ip link add {host_end} type veth peer name eth0 netns {pid}",
+            f"ip link set {host_end} up",
+            f"sysctl -q -w net.ipv4.conf.{host_end}.proxy_arp=1 net.ipv4.neigh.{host_end}.proxy_delay=0",
+            f"ip route add {address}/32 dev {host_end} scope link",
+            f"mac=$(ip -br link show dev {host_end} | awk '{{print $3}}')",
+            f"{inside} ip address add {address}/32 dev eth0",
+            f"{inside} ip link set eth0 up",
+            f"{inside} ip route add {GATEWAY} dev eth0 scope link",
+            f"{inside} ip neigh add {GATEWAY} lladdr $mac dev eth0 nud permanent",
+            f"{inside} ip route add default via {GATEWAY} dev eth0"])
+        self._on_site(site, ["sh", "-ec", script], 60).check()
         return address
+
+    def down(self) -> None:
+        super().down()  # containers (their veths go with them), then BIRD
+        if self.remote:
+            from ..remote import end_host_daemons
+
+            end_host_daemons(self.testbed.hosts, self.testbed.run_id)
 
     # --- what the records say ---------------------------------------------------------------
     def _datapath(self, src: str, dst: str) -> dict:
@@ -191,6 +219,6 @@ class CalicoOverlay(ContainerOverlay):
             "routes_learned": {site: self.learned.get(site, {}) for site in (src, dst)},
         }
 
-    def wire_counters(self) -> dict[str, int]:
+    def wire_counters(self) -> dict[str, int] | None:
         """Packets with a workload's own source address on the WAN: unencapsulated traffic."""
         return self.testbed.packets("calico")

@@ -172,9 +172,9 @@ class ContainerOverlay(Overlay):
     def down(self) -> None:
         started = time.monotonic()
         self.testbed.untrack(self.daemons + [e.daemon for e in self.engines.values() if e.daemon])
-        if self.testbed.backend == "remote":  # the engines stay; this overlay's containers go
-            for endpoint in self.containers.values():
-                self._remove_container(endpoint.engine, endpoint.container)
+        if self.testbed.backend == "remote":  # the engines stay; this overlay's containers go, attached or not
+            for site, engine in self.engines.items():
+                self._remove_container(engine, f"ovl{self.testbed.run_id}-{site}")
             self.engines = {}
         with concurrent.futures.ThreadPoolExecutor(max(1, len(self.engines))) as pool:
             list(pool.map(lambda e: e.stop(), self.engines.values()))

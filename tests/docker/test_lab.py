@@ -264,33 +264,41 @@ def assert_no_weave_on(*hosts: topology.RemoteHost) -> None:
         assert docker_on(host, "ps", "-aq").stdout.strip() == ""
 
 
-@pytest.mark.skipif(find_binary("flanneld") is None, reason="Flannel's flanneld not found on this machine")
-def test_flannel_across_the_lab_hosts(tmp_path, clean_machine):
-    """etcd at the key-value site and flanneld on every host, started over ssh with the run's
-    certificates copied there; the hosts' dockerd untouched (a bridge network on each lease);
-    and afterwards nothing of Flannel left on the hosts."""
+@pytest.mark.parametrize("overlay, daemons", [
+    pytest.param("flannel", ["etcd", "flanneld"], marks=pytest.mark.skipif(
+        find_binary("flanneld") is None, reason="Flannel's flanneld not found on this machine")),
+    ("calico", ["bird"])])
+def test_flannel_and_calico_across_the_lab_hosts(tmp_path, clean_machine, overlay, daemons):
+    """Their daemons on every host, started over ssh (Flannel's certificates copied there);
+    the hosts' dockerd untouched; and afterwards nothing of the overlay left on the hosts."""
     with running_lab(tmp_path) as (out, a, b):
         before = {host.ssh: docker_on(host, "info", "--format", "{{.ServerVersion}} {{.Swarm.LocalNodeState}}").stdout
                   for host in (a, b)}
-        results = tmp_path / "flannel.json"
-        run = run_suites("suites/", *QUICK, f"--topology={out}", "--overlay=flannel", "-m", "latency or tcp",
+        results = tmp_path / f"{overlay}.json"
+        run = run_suites("suites/", *QUICK, f"--topology={out}", f"--overlay={overlay}", "-m", "latency or tcp",
                          f"--overlay-json={results}", timeout=600)
         assert run.rc == 0, run.output
         records = json.loads(results.read_text())["results"]
         assert {r["metric"] for r in records} == {"latency", "tcp_throughput"}
         for record in records:
             path = record["datapath"]
-            assert record["valid"] and path["testbed"] == "remote" and path["kind"] == "flannel-vxlan"
-            assert len(set(path["leases"].values())) == 2
-            assert all(route for route in path["routes"].values())  # each site routes the other's lease
-            assert path["mtu"] == 1450  # flanneld's: the WAN's 1500 less VXLAN's 50
+            assert record["valid"] and path["testbed"] == "remote", record
+            if overlay == "flannel":
+                assert path["kind"] == "flannel-vxlan" and len(set(path["leases"].values())) == 2
+                assert all(route for route in path["routes"].values())  # each site routes the other's lease
+                assert path["mtu"] == 1450  # flanneld's: the WAN's 1500 less VXLAN's 50
+            else:
+                assert path["kind"] == "calico-model" and path["mtu"] == 1500
+                assert all(set(peers.values()) == {"Established"} for peers in path["bgp_sessions"].values())
+                assert path["blocks"][record["dst"]] in path["routes_learned"][record["src"]]
         latency = next(r for r in records if r["metric"] == "latency")
         assert 19 < latency["stats"]["min"] < 30
+        live = " ".join(f"$(pgrep -x {d})" for d in daemons)
         for host in (a, b):
-            left = ssh(host, "ip -o link show; iptables -S; iptables -t nat -S; for p in $(pgrep -x flanneld) "
-                             "$(pgrep -x etcd); do grep -q '^State:.*Z' /proc/$p/status || echo live $p; done")
+            left = ssh(host, f"ip -o link show; iptables -S; iptables -t nat -S; ip route show proto bird; "
+                             f"for p in {live}; do grep -q '^State:.*Z' /proc/$p/status || echo live $p; done")
             assert left.returncode == 0, left.stderr
-            assert "flannel" not in left.stdout.lower() and "live" not in left.stdout, left.stdout
+            assert not re.search(r"flannel|cali|10\.4[08]\.|live", left.stdout, re.I), left.stdout
             assert docker_on(host, "ps", "-aq").stdout.strip() == ""
             assert docker_on(host, "network", "ls", "--filter", "label=pytest-overlay.run", "-q").stdout.strip() == ""
             after = docker_on(host, "info", "--format", "{{.ServerVersion}} {{.Swarm.LocalNodeState}}").stdout
