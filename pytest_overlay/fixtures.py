@@ -127,11 +127,10 @@ def overlay(request: pytest.FixtureRequest, overlay_testbed, overlay_session: Ov
 
     name = request.param
     if overlay_testbed.backend == "remote":
-        from .remote import SUPPORTED_OVERLAYS
+        from .remote import UNSUPPORTED_OVERLAYS
 
-        if name not in SUPPORTED_OVERLAYS:
-            pytest.skip(f"{name} across real hosts is not supported in this version (supported: "
-                        f"{', '.join(SUPPORTED_OVERLAYS)})")
+        if name in UNSUPPORTED_OVERLAYS:
+            pytest.skip(f"{name} across real hosts is not supported in this version: {UNSUPPORTED_OVERLAYS[name]}")
     for attempt in range(1, BRINGUP_ATTEMPTS + 1):
         instance = overlays.get(name)(overlay_testbed)
         instance.container_buffers = overlay_session.option("overlay_container_buffers")
