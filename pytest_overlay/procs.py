@@ -158,6 +158,9 @@ class DaemonError(RuntimeError):
     pass
 
 
+OWN_PID_NAMESPACE = ["unshare", "--pid", "--fork", "--kill-child", "--mount-proc"]  # the daemon becomes PID 1
+
+
 def start(name: str, command: list[str], log: Path, netns: str | None = None,
           ready: str | None = None, timeout: float = 10.0, cwd: Path | None = None,
           env: dict[str, str] | None = None, own_pid_namespace: bool = False) -> Daemon:
@@ -168,7 +171,7 @@ def start(name: str, command: list[str], log: Path, netns: str | None = None,
     this process's environment (secrets go there, never on the command line).
     """
     if own_pid_namespace:
-        command = ["unshare", "--pid", "--fork", "--kill-child", "--mount-proc", *command]
+        command = [*OWN_PID_NAMESPACE, *command]
     full = in_netns(netns, command)
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as log_file:

@@ -94,14 +94,15 @@ class HostDaemon:
     returncode: int | None = None  # not known across ssh
 
     @classmethod
-    def start(cls, name: str, host: RemoteHost, directory: str, command: list[str], secret_env: str = "",
-              secret: str = "") -> HostDaemon:
-        """Start `command` in `directory` (created) on the host; with `secret_env`, the value
-        goes over ssh's stdin into that variable, never onto a command line."""
-        read = f"IFS= read -r {secret_env}; export {secret_env}\n" if secret_env else ""
+    def start(cls, name: str, host: RemoteHost, directory: str, command: list[str],
+              env: dict[str, str] | None = None) -> HostDaemon:
+        """Start `command` in `directory` (created) on the host. `env` goes over ssh's stdin,
+        never onto a command line (secrets are among it)."""
+        env = env or {}
+        read = "".join(f"IFS= read -r {key}; export {key}\n" for key in env)
         script = (f"mkdir -p {shlex.quote(directory)} && cd {shlex.quote(directory)}\n{read}"
                   f"setsid {shlex.join(command)} > log 2>&1 < /dev/null &\necho $! > pid")
-        host_run(host, script, 60, input=f"{secret}\n" if secret_env else None).check()
+        host_run(host, script, 60, input="".join(f"{value}\n" for value in env.values()) if env else None).check()
         return cls(name, host, directory)
 
     def _signal(self, signal_name: str) -> str:
@@ -305,6 +306,9 @@ class RemoteTestbed(Testbed):
             if tested.run("ss -Hltn 'sport = :179' | grep -q .").rc == 0:
                 problems.append(Check(name, "a BGP speaker already listens on 179/tcp (a BIRD of someone else's?)",
                                       "run on hosts without one, or stop it (systemctl stop bird)"))
+        if needs and tested.run("test $(id -u) = 0 || sudo -n true").rc != 0:
+            problems.append(Check(name, f"{self.hosts[name].ssh} may not start the overlays' daemons (they run as "
+                                        "root: not root, no sudo without a password)", "log in as root, or allow sudo -n"))
         for binary, (what, fix) in needs.items():
             runs = f" && {binary} --version" if binary == "weaver" else ""  # loads libpcap
             found = tested.run(f"PATH={HOST_PATH}; command -v {binary}{runs}")

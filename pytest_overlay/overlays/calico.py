@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import ipaddress
 import time
-from pathlib import Path
 
 from .. import procs
 from ..engines import Engine, EngineError
@@ -102,39 +101,27 @@ class CalicoOverlay(ContainerOverlay):
                        f"MTU {self.mtu}, {len(self.containers)} containers")
 
     # --- BGP --------------------------------------------------------------------------------
-    def _where(self, site: str) -> Path:
-        """BIRD's directory (config, control socket, pid file): on the host, or here."""
-        if self.remote:
-            return Path(self.testbed.host_dir(f"bird-{site}"))
-        return self.state_dir
-
     def _socket(self, site: str) -> str:
-        return str(self._where(site) / f"{site}-bird.ctl")
+        return str(self._daemon_dir(f"bird-{site}") / "bird.ctl")
 
     def _birdc(self, site: str, *command: str) -> procs.CommandResult:
         return self._on_site(site, ["birdc", "-s", self._socket(site), *command], 10)
 
     def _birds(self) -> None:
-        self.state_dir.mkdir(parents=True, exist_ok=True)
         sites = self.testbed.sites
         self._progress(f"BIRD at {', '.join(sites)}: iBGP full mesh, AS {AS_NUMBER}")
         for site, handle in sites.items():
+            name = f"bird-{site}"
             peers = {other: h.address for other, h in sites.items() if other != site}
             config = self.state_dir / f"{site}-bird.conf"
+            config.parent.mkdir(parents=True, exist_ok=True)
             config.write_text(bird_config(handle.address, str(self.blocks[site]), peers))
-            name, where = f"bird-{site}", self._where(site)
-            command = ["-f", "-s", self._socket(site), "-P", str(where / f"{site}-bird.pid")]
             if self.remote:
-                from ..remote import HostDaemon
-
-                (config_there,) = self.testbed.put_files(site, str(where), {config.name: config}).values()
-                daemon = HostDaemon.start(name, self.testbed.hosts[site], str(where),
-                                          ["bird", "-c", config_there, *command])
+                (config_path,) = self.testbed.put_files(site, str(self._daemon_dir(name)), {"bird.conf": config}).values()
             else:
-                daemon = procs.start(name, ["bird", "-c", str(config), *command], where / f"{site}-bird.log",
-                                     handle.netns)
-            self.daemons.append(daemon)
-            self.testbed.track(daemon)
+                config_path = str(config)
+            self._start_daemon(name, site, ["bird", "-f", "-c", config_path, "-s", self._socket(site),
+                                            "-P", str(self._daemon_dir(name) / "bird.pid")])
             # Calico's felix lets workload traffic through; dockerd's FORWARD policy would drop it.
             for rule in FORWARD_RULES:
                 self._on_site(site, ["iptables", "-w", "-I", "FORWARD", *rule, "-j", "ACCEPT"], 30).check()

@@ -7,6 +7,7 @@ import concurrent.futures
 import shlex
 import shutil
 import time
+from pathlib import Path
 from typing import Callable
 
 import docker
@@ -52,6 +53,31 @@ class ContainerOverlay(Overlay):
     @property
     def remote(self) -> bool:
         return self.testbed.backend == "remote"
+
+    def _daemon_dir(self, name: str) -> Path:
+        """A daemon's own directory (log, pid file, what it keeps): on its host, or here."""
+        if self.remote:
+            return Path(self.testbed.host_dir(name))
+        directory = self.state_dir / name
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return directory
+
+    def _start_daemon(self, name: str, site: str, command: list[str], env: dict[str, str] | None = None,
+                      own_pid_namespace: bool = False):
+        """Start one of the overlay's daemons where the site is: in its namespace, or on its
+        host over ssh; in its own directory, and tracked so a death stops the session."""
+        if self.remote:
+            from ..remote import HostDaemon
+
+            command = [*procs.OWN_PID_NAMESPACE, *command] if own_pid_namespace else command
+            daemon = HostDaemon.start(name, self.testbed.hosts[site], self.testbed.host_dir(name), command, env)
+        else:
+            directory = self._daemon_dir(name)
+            daemon = procs.start(name, command, directory / "log", self.testbed.netns_of(site), cwd=directory,
+                                 env=env, own_pid_namespace=own_pid_namespace)
+        self.daemons.append(daemon)
+        self.testbed.track(daemon)
+        return daemon
 
     def _on_site(self, site: str, command: list[str], timeout: float, input: str | None = None) -> procs.CommandResult:
         """`command` where the site's daemons run: its namespace, or its host (as root, over ssh)."""

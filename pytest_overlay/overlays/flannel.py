@@ -115,7 +115,7 @@ class FlannelOverlay(ContainerOverlay):
 
         for site, engine in self.testbed.engines.items():
             lease = self.leases[site]
-            gateway, length = lease["FLANNEL_SUBNET"].split("/")
+            gateway = lease["FLANNEL_SUBNET"].split("/")[0]
             subnet = str(ipaddress.ip_network(lease["FLANNEL_SUBNET"], strict=False))
             engine.client.networks.create(
                 self.network, driver="bridge", labels={LABEL: self.testbed.run_id},
@@ -132,25 +132,6 @@ class FlannelOverlay(ContainerOverlay):
         if self.remote:
             return self.testbed.put_files(site, self.testbed.host_dir(name), files)
         return {key: str(path) for key, path in files.items()}
-
-    def _start(self, name: str, site: str, command: list[str]):
-        if self.remote:
-            from ..remote import HostDaemon
-
-            daemon = HostDaemon.start(name, self.testbed.hosts[site], self.testbed.host_dir(name), command)
-        else:
-            daemon = procs.start(name, command, self.state_dir / f"{name}.log", self.testbed.netns_of(site))
-        self.daemons.append(daemon)
-        self.testbed.track(daemon)
-        return daemon
-
-    def _where(self, name: str) -> Path:
-        """The daemon's own directory: on its host, or in this run's state here."""
-        if self.remote:
-            return Path(self.testbed.host_dir(name))
-        directory = self.state_dir / name
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        return directory
 
     # --- etcd ---------------------------------------------------------------------------------
     def _endpoint(self) -> str:
@@ -171,14 +152,14 @@ class FlannelOverlay(ContainerOverlay):
         files = self._files(name, self.kv, {"ca.pem": server.ca, "etcd.pem": server.cert, "etcd-key.pem": server.key,
                                             "flannel.pem": self.client.cert, "flannel-key.pem": self.client.key})
         self.etcd_client = files
-        data = self._where(name) / "data"
+        data = self._daemon_dir(name) / "data"
         peer = "https://127.0.0.1:2380"
         tls = [f"--cert-file={files['etcd.pem']}", f"--key-file={files['etcd-key.pem']}",
                f"--trusted-ca-file={files['ca.pem']}", "--client-cert-auth", f"--peer-cert-file={files['etcd.pem']}",
                f"--peer-key-file={files['etcd-key.pem']}", f"--peer-trusted-ca-file={files['ca.pem']}",
                "--peer-client-cert-auth"]
         self._progress(f"etcd at {self.kv} ({self._endpoint()}, client certificates required)")
-        daemon = self._start(name, self.kv, ["etcd", "--name", "kv", "--data-dir", str(data),
+        daemon = self._start_daemon(name, self.kv, ["etcd", "--name", "kv", "--data-dir", str(data),
                                              f"--listen-client-urls={self._endpoint()}",
                                              f"--advertise-client-urls={self._endpoint()}",
                                              f"--listen-peer-urls={peer}", f"--initial-advertise-peer-urls={peer}",
@@ -215,9 +196,9 @@ class FlannelOverlay(ContainerOverlay):
         name, handle = f"flanneld-{site}", self.testbed.sites[site]
         c = self._files(name, site, {"ca.pem": self.client.ca, "flannel.pem": self.client.cert,
                                      "flannel-key.pem": self.client.key})
-        subnet_file = self._where(name) / "subnet.env"
+        subnet_file = self._daemon_dir(name) / "subnet.env"
         self._on_site(site, ["rm", "-f", str(subnet_file)], 30)
-        daemon = self._start(name, site, [
+        daemon = self._start_daemon(name, site, [
             "flanneld" if self.remote else find_binary("flanneld"), f"--etcd-endpoints={self._endpoint()}",
             f"--etcd-cafile={c['ca.pem']}", f"--etcd-certfile={c['flannel.pem']}",
             f"--etcd-keyfile={c['flannel-key.pem']}", f"--etcd-prefix={PREFIX}", f"--iface={handle.address}",

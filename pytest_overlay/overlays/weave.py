@@ -107,23 +107,10 @@ class WeaveOverlay(ContainerOverlay):
                          "--status-addr", "", "--metrics-addr", "", "--docker-api", "", "--no-dns", "--no-discovery",
                          "--ipalloc-range", IPALLOC_RANGE, "--ipalloc-init", f"consensus={len(sites)}"]
             peers = [other.address for other in sites if other is not site]  # after every flag: Go stops there
-            if self.remote:
-                from ..remote import HostDaemon
-
-                directory = bed.host_dir(f"weaver-{site.name}")
-                daemon = HostDaemon.start(
-                    f"weaver-{site.name}", bed.hosts[site.name], directory,
-                    ["unshare", "--pid", "--fork", "--kill-child", "--mount-proc", "env", "CHECKPOINT_DISABLE=1",
-                     "weaver", *arguments, "--db-prefix", f"{directory}/weave", *peers],
-                    secret_env="WEAVE_PASSWORD" if self.encrypted else "", secret=env.get("WEAVE_PASSWORD", ""))
-            else:
-                state = self.state_dir / site.name
-                state.mkdir(parents=True, exist_ok=True)
-                daemon = procs.start(f"weaver-{site.name}", [find_binary("weaver"), *arguments, "--db-prefix",
-                                                             str(state / "weave"), *peers],
-                                     state / "weaver.log", site.netns, cwd=state, env=env, own_pid_namespace=True)
-            self.daemons.append(daemon)
-            bed.track(daemon)
+            name = f"weaver-{site.name}"
+            self._start_daemon(name, site.name, [
+                "weaver" if self.remote else find_binary("weaver"), *arguments, "--db-prefix",
+                str(self._daemon_dir(name) / "weave"), *peers], env=env, own_pid_namespace=True)
         self._wait_for_mesh()
 
     def _http(self, site: str, path: str) -> dict:
