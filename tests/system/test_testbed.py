@@ -74,7 +74,8 @@ def test_jitter_spreads_rtt_without_reordering(clean_machine):
         a, b = HostOverlay(bed).endpoints(["A", "B"])
         stats = Stats.of(probes.latency(a, b, 300, 2).rtt_ms)
     assert stats.stdev > 0.5
-    assert stats.mean == pytest.approx(10, abs=1.0)
+    # The median: a release the VM made late (the emulator counts those) pulls the mean, not it.
+    assert stats.p50 == pytest.approx(10, abs=1.0)
 
 
 def test_overflow_is_counted_and_makes_the_measurement_invalid(clean_machine, monkeypatch):
