@@ -187,13 +187,6 @@ class CalicoOverlay(ContainerOverlay):
         self._on_site(site, ["sh", "-ec", script], 60).check()
         return address
 
-    def down(self) -> None:
-        super().down()  # containers (their veths go with them), then BIRD
-        if self.remote:
-            from ..remote import end_host_daemons
-
-            end_host_daemons(self.testbed.hosts, self.testbed.run_id)
-
     # --- what the records say ---------------------------------------------------------------
     def _datapath(self, src: str, dst: str) -> dict:
         return {

@@ -198,7 +198,7 @@ class ContainerOverlay(Overlay):
     def down(self) -> None:
         started = time.monotonic()
         self.testbed.untrack(self.daemons + [e.daemon for e in self.engines.values() if e.daemon])
-        if self.testbed.backend == "remote":  # the engines stay; this overlay's containers go, attached or not
+        if self.remote:  # the engines stay; this overlay's containers go, attached or not
             for site, engine in self.engines.items():
                 self._remove_container(engine, f"ovl{self.testbed.run_id}-{site}")
             self.engines = {}
@@ -206,6 +206,10 @@ class ContainerOverlay(Overlay):
             list(pool.map(lambda e: e.stop(), self.engines.values()))
         for daemon in self.daemons:
             daemon.stop()
+        if self.remote and self.daemons:  # what the daemons made on the hosts outside their process
+            from ..remote import end_host_daemons
+
+            end_host_daemons(self.testbed.hosts, self.testbed.run_id)
         if self.testbed.created:  # the sites still exist
             self._remove_added_links()
         if self.engines:

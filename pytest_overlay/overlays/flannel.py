@@ -256,14 +256,11 @@ class FlannelOverlay(ContainerOverlay):
         raise EngineError("Flannel's routes are incomplete: " + "; ".join(sum(missing.values(), [])) + f"\n{logs}")
 
     def down(self) -> None:
-        super().down()  # containers, then the daemons
+        super().down()  # containers, then the daemons and what they made on the hosts
         if self.remote:
-            from ..remote import end_host_daemons
-
             for engine in self.testbed.engines.values():
                 for network in engine.client.networks.list(names=[self.network]):
                     network.remove()
-            end_host_daemons(self.testbed.hosts, self.testbed.run_id)
 
     # --- what the records say -----------------------------------------------------------------
     def _datapath(self, src: str, dst: str) -> dict:

@@ -174,13 +174,6 @@ class WeaveOverlay(ContainerOverlay):
     def _daemon_of(self, site: str) -> procs.Daemon:
         return next(d for d in self.daemons if d.name == f"weaver-{site}")
 
-    def down(self) -> None:
-        super().down()  # containers, then the weavers
-        if self.remote:
-            from ..remote import end_host_daemons
-
-            end_host_daemons(self.testbed.hosts, self.testbed.run_id)
-
     # --- what the records say ---------------------------------------------------------------
     def _datapath_kind(self, src: str) -> str:
         kinds = {c["datapath"] for c in self.connections.get(src, []) if c["state"] == "established"}
