@@ -88,12 +88,12 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     report = yield
     state = session.existing(item.config)
     if state is not None and item.nodeid in state.requested and report.outcome != "passed":
-        overlay = item.callspec.params.get("overlay")
+        overlay_name = item.callspec.params.get("overlay")
         text = str(call.excinfo.value) if call.excinfo else report.longreprtext
         first = text.strip().splitlines()[0] if text.strip() else report.outcome
         if report.skipped:
             state.note(item.nodeid, f"skipped: {first.removeprefix('Skipped: ')}")
-        elif report.when == "setup" and overlay in state.bringup_failures:
+        elif report.when == "setup" and overlay_name in state.bringup_failures:
             state.note(item.nodeid, f"bring-up failed: {first}")
         elif report.when != "teardown":
             state.note(item.nodeid, f"errored in {report.when}: {first}")

@@ -291,6 +291,7 @@ class RemoteTestbed(Testbed):
         if wanted & {"weave", "weave-encrypted"}:
             needs.update({b: (what, f"install Weave Net 2.8.1's {', '.join(weave.BINARIES)} in /usr/local/bin, "
                                     "and libpcap0.8") for b, what in weave.BINARIES.items()})
+            needs["python3"] = ("Python 3, which reads weaver's status API there", "apt-get install python3")
             devices[weave.BRIDGE] = "Weave Net"
         if wanted & set(flannel.OVERLAYS):
             needs.update({b: (what, "install Flannel 0.19.2's flanneld in /usr/local/bin")

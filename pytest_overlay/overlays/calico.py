@@ -116,10 +116,7 @@ class CalicoOverlay(ContainerOverlay):
             config = self.state_dir / f"{site}-bird.conf"
             config.parent.mkdir(parents=True, exist_ok=True)
             config.write_text(bird_config(handle.address, str(self.blocks[site]), peers))
-            if self.remote:
-                (config_path,) = self.testbed.put_files(site, str(self._daemon_dir(name)), {"bird.conf": config}).values()
-            else:
-                config_path = str(config)
+            (config_path,) = self._site_files(name, site, {"bird.conf": config}).values()
             self._start_daemon(name, site, ["bird", "-f", "-c", config_path, "-s", self._socket(site),
                                             "-P", str(self._daemon_dir(name) / "bird.pid")])
             # Calico's felix lets workload traffic through; dockerd's FORWARD policy would drop it.

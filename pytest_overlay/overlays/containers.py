@@ -14,6 +14,7 @@ import docker
 
 from .. import engines, procs
 from ..engines import LABEL, Engine, EngineError
+from ..paths import find_binary
 from ..testbed import EmulatedTestbed
 from .base import ContainerEndpoint, Overlay
 
@@ -78,6 +79,18 @@ class ContainerOverlay(Overlay):
         self.daemons.append(daemon)
         self.testbed.track(daemon)
         return daemon
+
+    def _site_files(self, name: str, site: str, files: dict[str, Path]) -> dict[str, str]:
+        """Where daemon `name` at `site` finds these files: here, or copied to its directory
+        on the host (through ssh's stdin, readable by root only)."""
+        if self.remote:
+            return self.testbed.put_files(site, self.testbed.host_dir(name), files)
+        return {key: str(path) for key, path in files.items()}
+
+    def _binary(self, name: str) -> str:
+        """How a daemon's binary is named where it runs: on a host, its PATH finds it (checked
+        before the run began); here, $PYTEST_OVERLAY_BIN or PATH."""
+        return name if self.remote else find_binary(name)
 
     def _on_site(self, site: str, command: list[str], timeout: float, input: str | None = None) -> procs.CommandResult:
         """`command` where the site's daemons run: its namespace, or its host (as root, over ssh)."""

@@ -19,7 +19,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import time
-from pathlib import Path
 
 from .. import emulator as emu
 from .. import procs
@@ -126,13 +125,6 @@ class FlannelOverlay(ContainerOverlay):
             self._progress(f"{site}: Docker network {self.network} on {subnet} (gateway {gateway}, "
                            f"MTU {lease['FLANNEL_MTU']})")
 
-    # --- daemons where the sites are ------------------------------------------------------------
-    def _files(self, name: str, site: str, files: dict[str, Path]) -> dict[str, str]:
-        """Where a daemon finds these files: here, or copied to its directory on the host."""
-        if self.remote:
-            return self.testbed.put_files(site, self.testbed.host_dir(name), files)
-        return {key: str(path) for key, path in files.items()}
-
     # --- etcd ---------------------------------------------------------------------------------
     def _endpoint(self) -> str:
         return f"https://{self.testbed.address(self.kv)}:{ETCD_PORT}"
@@ -149,8 +141,9 @@ class FlannelOverlay(ContainerOverlay):
         server = pki.issue("etcd", [address, "127.0.0.1"])
         self.client = pki.issue("flannel", client=True)
         name = f"etcd-{self.kv}"
-        files = self._files(name, self.kv, {"ca.pem": server.ca, "etcd.pem": server.cert, "etcd-key.pem": server.key,
-                                            "flannel.pem": self.client.cert, "flannel-key.pem": self.client.key})
+        files = self._site_files(name, self.kv, {"ca.pem": server.ca, "etcd.pem": server.cert,
+                                                 "etcd-key.pem": server.key, "flannel.pem": self.client.cert,
+                                                 "flannel-key.pem": self.client.key})
         self.etcd_client = files
         data = self._daemon_dir(name) / "data"
         peer = "https://127.0.0.1:2380"
@@ -194,12 +187,12 @@ class FlannelOverlay(ContainerOverlay):
     def _start_flanneld(self, site: str) -> None:
         """Start the site's flanneld and wait for its lease (kept across a restart)."""
         name, handle = f"flanneld-{site}", self.testbed.sites[site]
-        c = self._files(name, site, {"ca.pem": self.client.ca, "flannel.pem": self.client.cert,
-                                     "flannel-key.pem": self.client.key})
+        c = self._site_files(name, site, {"ca.pem": self.client.ca, "flannel.pem": self.client.cert,
+                                          "flannel-key.pem": self.client.key})
         subnet_file = self._daemon_dir(name) / "subnet.env"
         self._on_site(site, ["rm", "-f", str(subnet_file)], 30)
         daemon = self._start_daemon(name, site, [
-            "flanneld" if self.remote else find_binary("flanneld"), f"--etcd-endpoints={self._endpoint()}",
+            self._binary("flanneld"), f"--etcd-endpoints={self._endpoint()}",
             f"--etcd-cafile={c['ca.pem']}", f"--etcd-certfile={c['flannel.pem']}",
             f"--etcd-keyfile={c['flannel-key.pem']}", f"--etcd-prefix={PREFIX}", f"--iface={handle.address}",
             f"--public-ip={handle.address}", f"--subnet-file={subnet_file}", "--ip-masq=false"])

@@ -109,7 +109,7 @@ class WeaveOverlay(ContainerOverlay):
             peers = [other.address for other in sites if other is not site]  # after every flag: Go stops there
             name = f"weaver-{site.name}"
             self._start_daemon(name, site.name, [
-                "weaver" if self.remote else find_binary("weaver"), *arguments, "--db-prefix",
+                self._binary("weaver"), *arguments, "--db-prefix",
                 str(self._daemon_dir(name) / "weave"), *peers], env=env, own_pid_namespace=True)
         self._wait_for_mesh()
 
@@ -158,7 +158,7 @@ class WeaveOverlay(ContainerOverlay):
         namespace on the weave bridge with an address from Weave's IPAM."""
         config = json.dumps({"cniVersion": "0.3.0", "name": "weave", "type": "weave-net"})
         pid = container.attrs["State"]["Pid"]
-        weaveutil = "weaveutil" if self.remote else find_binary("weaveutil")
+        weaveutil = self._binary("weaveutil")
         result = self._on_site(engine.site, [
             "env", "CNI_COMMAND=ADD", f"CNI_CONTAINERID={container.id}", f"CNI_NETNS=/proc/{pid}/ns/net",
             "CNI_IFNAME=eth0", f"CNI_PATH={'/usr/local/bin' if self.remote else weaveutil.rsplit('/', 1)[0]}",
