@@ -559,25 +559,32 @@ def netem_commands(topology: Topology, site: str, host: RemoteHost) -> list[list
     return commands
 
 
-def remove_run(engines: dict[str, RemoteEngine], run_id: str, leave_swarm: bool) -> list[str]:
-    """Remove a run's containers, then its networks (a swarm's only through a manager, once
-    nothing is attached), then leave the swarm if the run made it. Returns what failed."""
+def remove_networks(engines: dict, run_id: str, name: str | None = None) -> list[str]:
+    """Remove a run's networks (only the one called `name`, if given) from every host, a
+    swarm's through a manager; nothing may be attached any more. Returns what failed."""
     errors = []
-    for engine in engines.values():
-        engine.run_id = run_id
-        engine.stop()
-    for name, engine in engines.items():
+    for site, engine in engines.items():
         try:
             manager = engine.client.info().get("Swarm", {}).get("ControlAvailable", False)
             for network in engine.client.networks.list(filters={"label": f"{LABEL}={run_id}"}):
-                if network.attrs.get("Scope") == "swarm" and not manager:
+                if (name is not None and network.name != name) or (network.attrs.get("Scope") == "swarm" and not manager):
                     continue
                 try:
                     network.remove()
                 except docker.errors.NotFound:
                     pass
         except Exception as e:  # noqa: BLE001  (best effort: every host is visited)
-            errors.append(f"host {name}: {e}")
+            errors.append(f"host {site}: {e}")
+    return errors
+
+
+def remove_run(engines: dict[str, RemoteEngine], run_id: str, leave_swarm: bool) -> list[str]:
+    """Remove a run's containers, then its networks (a swarm's only through a manager, once
+    nothing is attached), then leave the swarm if the run made it. Returns what failed."""
+    for engine in engines.values():
+        engine.run_id = run_id
+        engine.stop()
+    errors = remove_networks(engines, run_id)
     if leave_swarm:
         for name, engine in engines.items():
             try:

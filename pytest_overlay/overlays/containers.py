@@ -27,6 +27,9 @@ class ContainerOverlay(Overlay):
 
     # Docker's answers that mean "timed out, try again", not a wrong configuration.
     transient: tuple[str, ...] = ()
+    # The Docker network the overlay makes for its containers, if any: on real hosts it goes
+    # with the overlay, so that a bring-up tried again can make it anew.
+    network: str | None = None
 
     def __init__(self, testbed: EmulatedTestbed) -> None:
         super().__init__(testbed)
@@ -211,9 +214,14 @@ class ContainerOverlay(Overlay):
     def down(self) -> None:
         started = time.monotonic()
         self.testbed.untrack(self.daemons + [e.daemon for e in self.engines.values() if e.daemon])
-        if self.remote:  # the engines stay; this overlay's containers go, attached or not
+        if self.remote:  # the engines stay; this overlay's containers and network go
             for site, engine in self.engines.items():
                 self._remove_container(engine, f"ovl{self.testbed.run_id}-{site}")
+            if self.network and self.engines:
+                from ..remote import remove_networks
+
+                for error in remove_networks(self.testbed.engines, self.testbed.run_id, self.network):
+                    self._progress(f"removing network {self.network}: {error}")
             self.engines = {}
         with concurrent.futures.ThreadPoolExecutor(max(1, len(self.engines))) as pool:
             list(pool.map(lambda e: e.stop(), self.engines.values()))

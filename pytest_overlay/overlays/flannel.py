@@ -248,13 +248,6 @@ class FlannelOverlay(ContainerOverlay):
         logs = "\n".join(f"--- {d.name}:\n{d.log_tail(6)}" for d in self.daemons)
         raise EngineError("Flannel's routes are incomplete: " + "; ".join(sum(missing.values(), [])) + f"\n{logs}")
 
-    def down(self) -> None:
-        super().down()  # containers, then the daemons and what they made on the hosts
-        if self.remote:
-            for engine in self.testbed.engines.values():
-                for network in engine.client.networks.list(names=[self.network]):
-                    network.remove()
-
     # --- what the records say -----------------------------------------------------------------
     def _datapath(self, src: str, dst: str) -> dict:
         backend = BACKENDS[self.backend]

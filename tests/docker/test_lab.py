@@ -168,6 +168,24 @@ def test_hosts_not_ready_are_named_with_the_fix_before_anything_is_created(tmp_p
                 == ["inactive", "0"]
 
 
+def test_a_bring_up_that_fails_on_the_hosts_is_tried_again_from_scratch(tmp_path, clean_machine):
+    """The first attempt's network goes with it: the second one meets the same fault, not a
+    name left taken, and the hosts are left as they were."""
+    with running_lab(tmp_path) as (out, a, b):
+        netns = f"ovl{json.loads(Path(f'{out}.lab.json').read_text())['run_id']}-B"
+        # B drops VXLAN frames (the swarm-port check's small probe still gets through).
+        procs.run(["iptables", "-w", "-I", "INPUT", "-p", "udp", "--dport", "4789", "-m", "length",
+                   "--length", "80:65535", "-j", "DROP"], netns).check()
+        run = run_suites("suites/", *QUICK, f"--topology={out}", "--overlay=libnetwork", "-m", "latency")
+        assert run.rc == 1, run.output
+        assert "libnetwork: bring-up attempt 1 failed (libnetwork: no answer over the overlay" in run.output
+        assert "the last one failed with EngineError: libnetwork: no answer over the overlay" in run.output, run.output
+        for host in (a, b):
+            state = docker_on(host, "info", "--format", "{{.Swarm.LocalNodeState}} {{.Containers}}")
+            assert state.stdout.split() == ["inactive", "0"]
+            assert docker_on(host, "network", "ls", "--filter", "label=pytest-overlay.run", "-q").stdout.strip() == ""
+
+
 def test_lab_down_after_its_keeper_was_killed(tmp_path, clean_machine):
     out = tmp_path / "lab.yaml"
     assert lab("up", "local", "--out", str(out)).returncode == 0
