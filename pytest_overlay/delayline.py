@@ -16,8 +16,13 @@ CONFIG_JSON: {"control": "/path/to/unix.sock", "seed": 1,
               "queues": [{"num": 0, "delay_ms": 18.0, "jitter_ms": 0.1, "loss_pct": 0, "maxlen": 4096}]}
 
 It prints ``ready`` once every queue is bound. A datagram ``stats`` on the control socket
-is answered with the counters as JSON (``stats reset`` also restarts the window maximum).
-SIGTERM or SIGINT ends it.
+is answered with the counters as JSON (``stats reset`` also restarts the window maximum;
+``since=NS`` adds each queue's late and drop windows that ended at or after NS, wall-clock
+nanoseconds). SIGTERM or SIGINT ends it.
+
+Late releases and the kernel's queue drops come in bursts (this process or its vCPU
+descheduled), so each queue keeps a short timeline of them: one window [first due, last
+release] per burst, merged when they touch. A probe's samples are matched against it.
 """
 
 from __future__ import annotations
@@ -76,6 +81,9 @@ SO_TIMESTAMPNS = 35
 # core (core/delayline.c) uses the same edges.
 HIST_EDGES_US = (25, 50, 100, 150, 200, 300, 400, 500, 700, 1000, 1500, 2000, 3000, 5000, 7000,
                  10000, 20000, 50000, 100000)
+MAX_WINDOWS = 256  # per queue; the newest are kept
+MERGE_GAP_NS = 2_000_000
+DROP_POLL_S = 0.02
 
 
 @dataclass
@@ -97,6 +105,28 @@ class Queue:
     window_max_late_s: float = 0.0
     total_late_s: float = 0.0
     late_hist: list = field(default_factory=lambda: [0] * (len(HIST_EDGES_US) + 1))
+    # [start_ns, end_ns, late, dropped, max_late_us], wall clock, oldest first
+    windows: collections.deque = field(default_factory=lambda: collections.deque(maxlen=MAX_WINDOWS))
+    overwritten_end: int = -1
+    kernel_drops: int = 0
+
+    def note_window(self, start: int, end: int, late_s: float = 0.0, dropped: int = 0) -> None:
+        """Add a stretch of trouble (wall ns) to the timeline, merged with the newest window
+        when they touch."""
+        windows = self.windows
+        if not windows or start > windows[-1][1] + MERGE_GAP_NS:
+            if len(windows) == MAX_WINDOWS:
+                self.overwritten_end = windows[0][1]
+            windows.append([start, end, 0, 0, 0.0])
+        w = windows[-1]
+        w[0], w[1] = min(w[0], start), max(w[1], end)
+        w[2] += late_s > LATE_LIMIT_S
+        w[3] += dropped
+        w[4] = max(w[4], round(late_s * 1e6, 1))
+
+    def windows_since(self, since: int) -> dict:
+        return {"windows_incomplete": self.overwritten_end >= since,
+                "windows": [list(w) for w in self.windows if w[1] >= since]}
 
     def counters(self, reset: bool = False) -> dict:
         counts = {
@@ -114,7 +144,7 @@ class Queue:
             self.window_max_late_s = 0.0
         return counts
 
-    def count_release(self, late: float) -> None:
+    def count_release(self, late: float, due: float = 0.0, wall_offset: float = 0.0) -> None:
         self.released += 1
         self.total_late_s += late
         self.late_hist[bisect.bisect_right(HIST_EDGES_US, late * 1e6)] += 1
@@ -124,6 +154,8 @@ class Queue:
             self.window_max_late_s = late
         if late > LATE_LIMIT_S:
             self.late += 1
+            start = int((due + wall_offset) * 1e9)
+            self.note_window(start, start + int(late * 1e9), late)
 
 
 def _attr(kind: int, payload: bytes) -> bytes:
@@ -157,6 +189,7 @@ class DelayLine:
         self.stamped = 0
         self.wake_lag = 0.0
         self.wall_offset = time.time() - time.monotonic()
+        self.last_drop_poll = 0.0
         # Any socket asking for receive timestamps makes the kernel stamp every packet.
         self.stamp_request = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.stamp_request.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
@@ -271,7 +304,7 @@ class DelayLine:
             last = None
             while pending and pending[0][0] <= now:
                 due, last = pending.popleft()
-                queue.count_release(now - due)
+                queue.count_release(now - due, due, self.wall_offset)
             if last is not None:
                 self._verdict(NFQNL_MSG_VERDICT_BATCH, queue.num, NF_ACCEPT, last)
             if pending and pending[0][0] < next_due:
@@ -281,32 +314,57 @@ class DelayLine:
     def pending(self) -> int:
         return sum(len(q.pending) for q in self.queues.values())
 
+    def poll_kernel_drops(self, now: float) -> dict[int, dict]:
+        """The kernel's drops per queue; an increase since the last poll becomes a drop
+        window over the time between the polls."""
+        kernel = kernel_queue_counters()
+        wall = int((now + self.wall_offset) * 1e9)
+        since = int((self.last_drop_poll + self.wall_offset) * 1e9) if self.last_drop_poll else wall
+        self.last_drop_poll = now
+        for num, counts in kernel.items():
+            queue = self.queues.get(num)
+            if queue is None:
+                continue
+            total = counts["kernel_dropped"] + counts["kernel_user_dropped"]
+            if total > queue.kernel_drops:
+                queue.note_window(since, wall, dropped=total - queue.kernel_drops)
+            queue.kernel_drops = total
+        return kernel
+
     def _spin(self, due: float) -> None:
         """Busy-wait the last stretch to a deadline, taking packets as they come."""
         clock = time.monotonic
         while clock() < due:
             self._receive(clock(), budget=8)
 
-    def stats(self, reset: bool = False) -> dict:
-        """Counters; `reset` starts a new window for the window maximum."""
-        kernel = kernel_queue_counters()
+    def stats(self, reset: bool = False, since: int | None = None) -> dict:
+        """Counters; `reset` starts a new window for the window maximum; `since` (wall ns)
+        adds each queue's windows that ended then or later."""
+        now = time.monotonic()
+        self.wall_offset = time.time() - now
+        kernel = self.poll_kernel_drops(now)
         return {
             "pid": os.getpid(),
+            "now_ns": int((now + self.wall_offset) * 1e9),
             "core": "python",
             "enobufs": self.enobufs,
             "wake_lag_us": round(self.wake_lag * 1e6, 1),
             "kernel_stamped": self.stamped,
             "hist_edges_us": list(HIST_EDGES_US),
-            "queues": {str(n): {**q.counters(reset), **kernel.get(n, {})} for n, q in self.queues.items()},
+            "queues": {str(n): {**q.counters(reset), **kernel.get(n, {}),
+                                **(q.windows_since(since) if since is not None else {})}
+                       for n, q in self.queues.items()},
         }
 
     def run(self, control: socket.socket | None) -> None:
         fds = [self.sock] + ([control] if control else [])
         clock = time.monotonic
         while True:
+            if clock() - self.last_drop_poll >= DROP_POLL_S:
+                self.poll_kernel_drops(clock())
             next_due = self._release(clock())
             if next_due == float("inf"):
-                timeout = None
+                timeout = DROP_POLL_S
             elif self.pending() <= SPIN_MAX_PENDING:
                 # Light traffic: sleep to just short of the deadline, then spin to it.
                 timeout = next_due - clock() - self.wake_lag
@@ -316,13 +374,15 @@ class DelayLine:
             else:
                 # Under load, never busy-wait: the CPU belongs to the traffic's endpoints.
                 timeout = max(next_due - clock(), LOADED_MIN_SLEEP_S)
-            readable, _, _ = select.select(fds, [], [], timeout)
+            readable, _, _ = select.select(fds, [], [], min(timeout, DROP_POLL_S))
             if self.sock in readable:
                 self._receive(clock())
             if control is not None and control in readable:
                 request, peer = control.recvfrom(64)
                 if request.startswith(b"stats") and peer:
-                    control.sendto(json.dumps(self.stats(b"reset" in request)).encode(), peer)
+                    since = request.partition(b"since=")[2].split(b" ")[0]
+                    stats = self.stats(b"reset" in request, int(since) if since.isdigit() else None)
+                    control.sendto(json.dumps(stats).encode(), peer)
 
 
 def _tune_process() -> None:
@@ -337,16 +397,20 @@ def _tune_process() -> None:
         pass
 
 
-def query_stats(control_path: str, timeout: float = 2.0, reset: bool = False) -> dict:
+REPLY_BUFFER = 8 << 20
+
+
+def query_stats(control_path: str, timeout: float = 2.0, reset: bool = False, since: int | None = None) -> dict:
     """Ask a running delay line (either core) for its counters; `reset` starts a new window
-    for the maximum release error."""
+    for the maximum release error; `since` (wall ns) asks for the late and drop windows."""
     client = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     reply_path = f"{control_path}.{os.getpid()}.{time.monotonic_ns()}"
+    request = b"stats" + (b" reset" if reset else b"") + (b" since=%d" % since if since is not None else b"")
     try:
         client.bind(reply_path)
         client.settimeout(timeout)
-        client.sendto(b"stats reset" if reset else b"stats", control_path)
-        return json.loads(client.recv(1 << 20))
+        client.sendto(request, control_path)
+        return json.loads(client.recv(REPLY_BUFFER))
     finally:
         client.close()
         try:
@@ -384,6 +448,7 @@ def main(argv: list[str]) -> int:
         if config.get("control"):
             control = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
             control.bind(config["control"])
+            control.setsockopt(socket.SOL_SOCKET, 32, REPLY_BUFFER)  # SO_SNDBUFFORCE: one datagram a reply
         _tune_process()
         # Nothing here makes reference cycles; a collection pass over a full queue would
         # stall releases for milliseconds.

@@ -80,9 +80,11 @@ class Emulator:
     def start(self) -> None:
         raise NotImplementedError
 
-    def counters(self, reset: bool = False) -> dict[str, dict]:
+    def counters(self, reset: bool = False, since: int | None = None) -> dict[str, dict]:
         """Per link direction: packets seen, dropped on purpose, dropped or late by accident,
-        the release-error histogram and the largest error since the last `reset`."""
+        the release-error histogram and the largest error since the last `reset`; with
+        `since` (wall ns), the late and drop windows that ended then or later, where the
+        emulator keeps a timeline (`windows`: [[start_ns, end_ns, late, dropped, max_late_us]])."""
         raise NotImplementedError
 
     def stop(self) -> None:
@@ -109,7 +111,7 @@ class Netem(Emulator):
                 command += ["rate", f"{d.rate_mbit}mbit"]
             procs.run(command, self.netns).check()
 
-    def counters(self, reset: bool = False) -> dict[str, dict]:
+    def counters(self, reset: bool = False, since: int | None = None) -> dict[str, dict]:
         shown = procs.run(["tc", "-s", "-j", "qdisc", "show"], self.netns).check()
         by_dev = {q.get("dev"): q for q in json.loads(shown.stdout or "[]") if q.get("kind") == "netem"}
         out = {}
@@ -195,8 +197,8 @@ class DelayLine(Emulator):
             if port.direction.rate_mbit:
                 procs.run(_tbf(port.direction, port.egress), self.netns).check()
 
-    def counters(self, reset: bool = False) -> dict[str, dict]:
-        stats = query_stats(str(self.control), reset=reset)
+    def counters(self, reset: bool = False, since: int | None = None) -> dict[str, dict]:
+        stats = query_stats(str(self.control), reset=reset, since=since)
         out = {}
         for port in self.ports:
             q = stats["queues"].get(str(port.queue), {})
@@ -208,6 +210,9 @@ class DelayLine(Emulator):
                 "max_late_us": q.get("window_max_late_us", 0.0),
                 "late_hist": q.get("late_hist", []),
             }
+            if since is not None:
+                out[port.name]["windows"] = q.get("windows", [])
+                out[port.name]["windows_incomplete"] = bool(q.get("windows_incomplete"))
         out["_enobufs"] = {"dropped": stats.get("enobufs", 0)}
         return out
 
@@ -223,7 +228,7 @@ class NoEmulation(Emulator):
     def start(self) -> None:
         pass
 
-    def counters(self, reset: bool = False) -> dict[str, dict]:
+    def counters(self, reset: bool = False, since: int | None = None) -> dict[str, dict]:
         return {}
 
 
@@ -259,7 +264,10 @@ def delta(before: dict[str, dict], after: dict[str, dict]) -> dict[str, dict]:
     out = {}
     for name, counts in after.items():
         prior = before.get(name, {})
-        accrued = {k: v - prior.get(k, 0) for k, v in counts.items() if isinstance(v, int)}
+        accrued = {k: v - prior.get(k, 0) for k, v in counts.items() if type(v) is int}
+        for kept in ("windows", "windows_incomplete"):
+            if kept in counts:
+                accrued[kept] = counts[kept]
         if "late_hist" in counts:
             old = prior.get("late_hist") or [0] * len(counts["late_hist"])
             p99 = percentile_bound_us([a - b for a, b in zip(counts["late_hist"], old)], 99)

@@ -57,9 +57,10 @@ def overlay_testbed(overlay_session: OverlaySession):
     privilege and host prerequisite before it creates anything, and removes all it made
     when the session ends. While it is up, SIGTERM tears down like Ctrl-C.
     """
-    from . import probes
+    from . import machine, probes
     from .testbed import EmulatedTestbed
 
+    machine.monitor()  # steal and CPU pressure from now on, for every record's window
     topology = overlay_session.topology
     if any(site.host for site in topology.sites.values()):
         from .remote import RemoteTestbed

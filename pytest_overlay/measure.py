@@ -5,13 +5,14 @@ their validity, thresholds and gates."""
 from __future__ import annotations
 
 import math
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
 import pytest
 
 from . import emulator as emu
-from . import gates, metrics, probes, results, streaming, validity
+from . import gates, machine, metrics, probes, results, streaming, validity
 from .overlays import BASELINE, Overlay
 from .results import Record, Stats
 from .session import OverlaySession
@@ -23,12 +24,18 @@ from .topology import Circuit
 class Measured:
     """What one probe run gave, and why it may not be vouched for."""
 
-    samples: object
+    samples: object  # what the statistics are made of: the samples the emulator did not touch
     faults: list[str]
     emulator: dict
     wire: dict[str, int] | None
     tries: int = 1
     earlier_faults: list[str] = field(default_factory=list)  # why the tries before this one were invalid
+    accounting: validity.Accounting | None = None
+    machine: machine.Window | None = None
+
+    @property
+    def exclusions(self) -> dict:
+        return self.accounting.to_json() if self.accounting else {}
 
 
 class OverlayPath:
@@ -61,29 +68,53 @@ class OverlayPath:
                 if attempt > retries or not validity.load_related(measured.faults):
                     break
                 earlier += [f"try {attempt}: {f}" for f in measured.faults]
+                self.state.repeated.append(f"{self.overlay.name} {self.circuit.id} {kind}: {measured.faults[0]}")
                 self.state.progress(f"{self.overlay.name} {self.circuit.id} {kind}: invalid ({measured.faults[0]}); "
                                     f"measuring again ({attempt}/{retries})")
             self.state.cache[key] = measured
         return self.state.cache[key]
 
+    def hops(self) -> tuple[list[validity.Hop], list[validity.Hop]]:
+        """The link directions from the circuit's source to its destination, and back."""
+        topology = self.state.topology
+        there = topology.path_between(self.circuit.src, self.circuit.dst)
+
+        def hop(a: str, b: str) -> validity.Hop:
+            d = topology.link_between(a, b).direction(a)
+            return validity.Hop(f"{a}->{b}", d.delay_ms, d.jitter_ms)
+
+        back = there[::-1]
+        return [hop(a, b) for a, b in zip(there, there[1:])], [hop(a, b) for a, b in zip(back, back[1:])]
+
     def _once(self, kind: str, probe: Callable[[], object], check: Callable[[object], list[str]]) -> Measured:
         testbed = self.overlay.testbed
         self._stop_if_a_daemon_died(kind)
+        monitor = machine.monitor()
+        started = time.time_ns()
         before, wire_before = testbed.emulator_counters(reset=True), self.overlay.wire_counters()
         try:
             samples = probe()
         except Exception:
             self._stop_if_a_daemon_died(kind)  # the cause, rather than the probe's own error
             raise
-        accrued = emu.delta(before, testbed.emulator_counters())
-        faults = validity.emulator_faults(kind.split("-")[0], accrued, self.rules) + check(samples)
+        ended = time.time_ns()
+        accrued = emu.delta(before, testbed.emulator_counters(since=started))
+        window = monitor.window(started, ended)
+        there, back = self.hops()
+        accounting = validity.account(kind, accrued, there, back, samples, self.rules, window)
+        if accounting.kept and hasattr(samples, "keep"):
+            samples = samples.keep(accounting.kept)
+        faults = accounting.faults + check(samples)
         wire = None
         if wire_before is not None:
             after = self.overlay.wire_counters()
             hops = testbed.topology.path_between(self.circuit.src, self.circuit.dst)
             wire = {n: after.get(n, 0) - wire_before.get(n, 0) for n in (f"{a}->{b}" for a, b in zip(hops, hops[1:]))}
             faults += validity.wire_faults(self.overlay.name, wire, self.overlay.wire_what)
-        return Measured(samples, faults, accrued, wire)
+        for counts in accrued.values():  # on the record as counts; the path's windows are in exclusions
+            counts.pop("windows", None)
+            counts.pop("windows_incomplete", None)
+        return Measured(samples, faults, accrued, wire, accounting=accounting, machine=window)
 
     def _latency(self) -> Measured:
         samples, interval, rounds, warmup = (self.state.option(o) for o in (
@@ -107,18 +138,23 @@ class OverlayPath:
                         + "\n".join(dead), returncode=pytest.ExitCode.TESTS_FAILED)
 
     def record(self, metric: str, values: list[float], measured: Measured, extra: dict | None = None,
-               round_values: list[float] | None = None, **fields) -> Record:
+               round_values: list[float] | None = None, faults: list[str] | None = None, **fields) -> Record:
         testbed = self.overlay.testbed
         datapath = {**self.overlay.datapath(self.circuit.src, self.circuit.dst), "testbed": testbed.backend,
                     "hosts": [testbed.host_of(self.circuit.src), testbed.host_of(self.circuit.dst)]}
         if measured.wire is not None:
             datapath[self.overlay.wire_key] = measured.wire
         ci95 = fields.pop("ci95", None)
+        faults = measured.faults + (faults or [])
+        if not values:
+            values = [math.nan]
+            faults = faults or ["every sample was excluded"]
         record = Record(
             overlay=self.overlay.name, metric=metric, src=self.circuit.src, dst=self.circuit.dst,
-            unit=metrics.get(metric).unit, stats=Stats.of(values, round_values, ci95), valid=not measured.faults,
-            invalid_reasons=list(measured.faults), test=self.test, expected=self.expected, datapath=datapath,
+            unit=metrics.get(metric).unit, stats=Stats.of(values, round_values, ci95), valid=not faults,
+            invalid_reasons=list(faults), test=self.test, expected=self.expected, datapath=datapath,
             emulator=measured.emulator, tool=measured.samples.tool, tries=measured.tries,
+            exclusions=measured.exclusions, measured=measured.machine.to_json() if measured.machine else {},
             extra={**(extra or {}), **({"earlier_tries": measured.earlier_faults} if measured.earlier_faults else {})},
             **fields,
         )
@@ -156,7 +192,8 @@ class OverlayPath:
         rate = self.record("udp_throughput", s.mbit, measured,
                            {**common, "interval_s": s.interval_s, "rounds": len(s.round_totals)},
                            s.round_totals, total=s.total_mbit)
-        loss = self.record("udp_loss", [s.lost_pct], measured, common, ci95=loss_interval(lost, packets))
+        loss = self.record("udp_loss", [s.lost_pct], measured, common, ci95=loss_interval(lost, packets),
+                           faults=measured.accounting.loss_faults if measured.accounting else None)
         return rate, loss
 
     def judge(self, record: Record, description: str, passed: bool, **limit: float) -> None:
@@ -176,8 +213,15 @@ class OverlayPath:
         limits = self.limits(record.metric)
         failures = []
         if record.overlay != BASELINE and gates.needs_host(limits):
-            base = results.baseline(self.state.records, record) or self._measure_underlay(record)
-            failures += gates.relative_failures(record, base, limits)
+            base = results.baseline(self.state.records, record)
+            if base is None or not base.valid:
+                base = self._measure_underlay(record, again=base is not None)
+            if base.valid:
+                failures += gates.relative_failures(record, base, limits)
+            else:
+                record.vs_host = {"stat": metrics.get(record.metric).headline, "host": None, "now": None,
+                                  "unknown": f"the underlay's record is INVALID ({base.invalid_reasons[0]}), "
+                                             "measured twice: the overlay's difference from it cannot be told"}
         if self.state.saved is not None:
             failures += gates.regression_failures(record, self.state.saved.get(record), self.state.saved.path.name,
                                                   self.state.option("overlay_compare_fail"), limits)
@@ -185,11 +229,18 @@ class OverlayPath:
             record.verdict = "fail"
         return failures
 
-    def _measure_underlay(self, record: Record) -> Record:
+    def _measure_underlay(self, record: Record, again: bool = False) -> Record:
+        """The underlay's record on the same circuit, measured now: first, or `again`
+        where the one measured is INVALID (an overhead needs a valid baseline)."""
         from .overlays.host import HostOverlay
 
-        self.state.progress(f"measuring the underlay's {record.metric} on {record.circuit} first: "
-                            f"a limit of {record.overlay}'s is relative to it")
+        kind = {"latency": "latency", "jitter": "latency", "tcp_throughput": "tcp", "udp_throughput": "udp"}[record.metric]
+        if again:
+            self.state.cache.pop((BASELINE, self.circuit, kind), None)
+            self.state.repeated.append(f"{BASELINE} {record.circuit} {kind}: measured again as the baseline of "
+                                       f"{record.overlay}, its record was INVALID")
+        self.state.progress(f"measuring the underlay's {record.metric} on {record.circuit} "
+                            f"{'again' if again else 'first'}: a limit of {record.overlay}'s is relative to it")
         host = OverlayPath(HostOverlay(self.overlay.testbed), self.circuit, self.state, test="")
         made = {"latency": host.latency, "jitter": host.jitter, "tcp_throughput": host.tcp,
                 "udp_throughput": lambda: host.udp()[0]}[record.metric]()

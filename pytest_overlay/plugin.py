@@ -109,6 +109,9 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     terminalreporter.section("pytest-overlay results")
     for line in report.tables(state.records, state.topology, state.missing()).splitlines():
         terminalreporter.write_line(line)
+    if state.repeated:
+        terminalreporter.write_line(f"{len(state.repeated)} measurement(s) taken again (--overlay-retries), why: "
+                                    + "; ".join(state.repeated))
     path = config.getoption("overlay_json")
     if path:
         terminalreporter.write_line(f"results written to {path}")

@@ -55,7 +55,8 @@ class ProbeError(RuntimeError):
 
 @dataclass
 class LatencySamples:
-    """Round-trip times in milliseconds, per round of request/response (lost ones omitted)."""
+    """Round-trip times in milliseconds, per round of request/response (lost ones omitted),
+    each with when its request left and its reply came back (wall clock, ns)."""
 
     rounds_ms: list[list[float]]
     sent: int
@@ -63,6 +64,24 @@ class LatencySamples:
     interval_ms: float
     warmup: int = 0
     tool: str = "irtt"
+    times_ns: list[list[tuple[int, int]]] = field(default_factory=list)  # per round, (send, receive)
+    excluded: int = 0
+
+    @property
+    def spans_ns(self) -> list[tuple[int, int]]:
+        return [t for one in self.times_ns for t in one]
+
+    def keep(self, kept: list[bool]) -> "LatencySamples":
+        """The same run without the round trips whose flag in `kept` (over rtt_ms) is False."""
+        flags = iter(kept)
+        rounds, times = [], []
+        for rtts, stamps in zip(self.rounds_ms, self.times_ns or [[(0, 0)] * len(r) for r in self.rounds_ms]):
+            pairs = [(rtt, t) for rtt, t in zip(rtts, stamps) if next(flags)]
+            rounds.append([p[0] for p in pairs])
+            times.append([p[1] for p in pairs])
+        dropped = sum(map(len, self.rounds_ms)) - sum(map(len, rounds))
+        return LatencySamples(rounds, self.sent, self.lost, self.interval_ms, self.warmup, self.tool, times,
+                              self.excluded + dropped)
 
     @property
     def rtt_ms(self) -> list[float]:
@@ -94,6 +113,31 @@ class ThroughputSamples:
     extra: dict = field(default_factory=dict)
     tool: str = "iperf3"
     round_totals: list[float] = field(default_factory=list)
+    # Each interval's (start, end) in seconds after the warm-up, as iperf3 counts them, and
+    # where in wall time (ns) it may have been, bounded by when the client ran.
+    offsets_s: list[tuple[float, float]] = field(default_factory=list)
+    spans_ns: list[tuple[int, int]] = field(default_factory=list)
+    excluded: int = 0
+
+    def place(self, launched_ns: int, exited_ns: int, duration: float, omit: float) -> None:
+        """Put the intervals in wall time: the measured part began after the client started
+        and its warm-up ended, and at most `duration` before the client exited."""
+        earliest, latest = launched_ns + int(omit * 1e9), exited_ns - int(duration * 1e9)
+        self.spans_ns = [(earliest + int(a * 1e9), max(earliest, latest) + int(b * 1e9)) for a, b in self.offsets_s]
+
+    def keep(self, kept: list[bool]) -> "ThroughputSamples":
+        """Without the intervals whose flag is False; the run's total then comes from the
+        intervals kept (the excluded ones are in the whole run's count)."""
+        if all(kept):
+            return self
+        mbit = [m for m, k in zip(self.mbit, kept) if k]
+        total = statistics.fmean(mbit) if mbit else float("nan")
+        return ThroughputSamples(
+            self.protocol, mbit, total, self.interval_s, self.retransmits, self.lost_pct, self.jitter_ms,
+            self.offered_mbit, self.sent_mbit, {**self.extra, "total_whole_run_mbit": self.total_mbit}, self.tool,
+            [total] if len(self.round_totals) <= 1 else self.round_totals,
+            [o for o, k in zip(self.offsets_s, kept) if k], [sp for sp, k in zip(self.spans_ns, kept) if k],
+            self.excluded + len(kept) - len(mbit))
 
 
 def _wait_listening(endpoint: Endpoint, port: int, proto: str, timeout: float = 5.0) -> None:
@@ -134,10 +178,16 @@ def parse_irtt(output: str, interval_ms: float, what: str = "irtt") -> LatencySa
         trips, sent = data["round_trips"], data["stats"]["packets_sent"]
     except (ValueError, KeyError, TypeError) as e:
         raise ProbeError(f"{what}: unreadable output ({type(e).__name__}: {e}): {output[:200]!r}") from None
-    rtts = [rt["delay"]["rtt"] / 1e6 for rt in trips if rt.get("lost") == "false" and "rtt" in rt.get("delay", {})]
-    if not rtts:
+    came_back = [rt for rt in trips if rt.get("lost") == "false" and "rtt" in rt.get("delay", {})]
+    if not came_back:
         raise ProbeError(f"{what}: none of {sent} requests came back")
-    return LatencySamples([rtts], sent, sent - len(rtts), interval_ms)
+    rtts = [rt["delay"]["rtt"] / 1e6 for rt in came_back]
+    times = [(_wall(rt, "send"), _wall(rt, "receive")) for rt in came_back]
+    return LatencySamples([rtts], sent, sent - len(rtts), interval_ms, times_ns=[times])
+
+
+def _wall(trip: dict, which: str) -> int:
+    return int(((trip.get("timestamps") or {}).get("client") or {}).get(which, {}).get("wall", 0))
 
 
 def repeated_latency(src: Endpoint, dst: Endpoint, samples: int, interval_ms: float,
@@ -145,7 +195,8 @@ def repeated_latency(src: Endpoint, dst: Endpoint, samples: int, interval_ms: fl
     """`rounds` runs of latency(), each dropping its first `warmup` round trips."""
     runs = [latency(src, dst, samples + warmup, interval_ms) for _ in range(rounds)]
     return LatencySamples([run.rtt_ms[warmup:] for run in runs], sum(r.sent for r in runs),
-                          sum(r.lost for r in runs), interval_ms, warmup)
+                          sum(r.lost for r in runs), interval_ms, warmup,
+                          times_ns=[run.spans_ns[warmup:] for run in runs])
 
 
 def repeated_throughput(src: Endpoint, dst: Endpoint, protocol: str, duration: float,
@@ -165,6 +216,7 @@ def repeated_throughput(src: Endpoint, dst: Endpoint, protocol: str, duration: f
         offered_mbit=first.offered_mbit, extra={**first.extra, "packets": packets, "lost_packets": lost},
         sent_mbit=min((r.sent_mbit for r in runs if r.sent_mbit), default=None),
         round_totals=[r.total_mbit for r in runs],
+        offsets_s=[o for r in runs for o in r.offsets_s], spans_ns=[sp for r in runs for sp in r.spans_ns],
     )
 
 
@@ -181,11 +233,15 @@ def throughput(src: Endpoint, dst: Endpoint, protocol: str, duration: float,
             # A receive buffer the size of the kernel's cap: at hundreds of Mbit/s the
             # default one overflows whenever iperf3 is not scheduled for a few ms.
             command += ["-u", "-b", f"{udp_rate_mbit}M", "-l", "1400", "-w", str(UDP_BUFFER)]
+        launched = time.time_ns()
         result = src.run(command, timeout=duration + omit + 30)
+        exited = time.time_ns()
     finally:
         server.stop()
-    return parse_iperf3(result.stdout, protocol, udp_rate_mbit, result.rc, result.stderr,
-                        f"iperf3 {protocol} {src.name} -> {dst.name}")
+    samples = parse_iperf3(result.stdout, protocol, udp_rate_mbit, result.rc, result.stderr,
+                           f"iperf3 {protocol} {src.name} -> {dst.name}")
+    samples.place(launched, exited, duration, omit)
+    return samples
 
 
 def parse_iperf3(output: str, protocol: str, udp_rate_mbit: float | None = None, rc: int = 0, stderr: str = "",
@@ -202,12 +258,13 @@ def parse_iperf3(output: str, protocol: str, udp_rate_mbit: float | None = None,
     received = data.get("server_output_json", {}).get("intervals") or data["intervals"]
     intervals = [i["sum"] for i in received
                  if not i["sum"].get("omitted") and i["sum"]["seconds"] >= 0.8 * INTERVAL_S]
+    offsets = [(i["start"], i["end"]) for i in intervals]
     end = data["end"]
     if protocol == "tcp":
         return ThroughputSamples(
             "tcp", [i["bits_per_second"] / 1e6 for i in intervals],
             end["sum_received"]["bits_per_second"] / 1e6, INTERVAL_S,
-            retransmits=end["sum_sent"].get("retransmits"),
+            retransmits=end["sum_sent"].get("retransmits"), offsets_s=offsets,
         )
     total = end.get("sum_received", end["sum"])
     return ThroughputSamples(
@@ -216,6 +273,7 @@ def parse_iperf3(output: str, protocol: str, udp_rate_mbit: float | None = None,
         lost_pct=total.get("lost_percent", 0.0), jitter_ms=total.get("jitter_ms"),
         offered_mbit=udp_rate_mbit, sent_mbit=(end.get("sum_sent") or {}).get("bits_per_second", 0) / 1e6 or None,
         extra={"packets": total.get("packets"), "lost_packets": total.get("lost_packets"), "socket_buffer": UDP_BUFFER},
+        offsets_s=offsets,
     )
 
 

@@ -470,7 +470,7 @@ class RemoteTestbed(Testbed):
     def host_of(self, site: str) -> str:
         return self.hosts[site].docker or self.hosts[site].ssh
 
-    def emulator_counters(self, reset: bool = False) -> dict[str, dict]:
+    def emulator_counters(self, reset: bool = False, since: int | None = None) -> dict[str, dict]:
         return {}  # real links: nothing emulated, nothing to vouch for
 
     def count(self, label: str, match: list[str]) -> None:

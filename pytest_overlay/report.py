@@ -64,14 +64,17 @@ def _streaming_table(records: list[Record], notes: list[str]) -> str:
 
 def _difference(record: Record, base: Record) -> str:
     """Difference of means with the 95 % interval of the difference (independent samples)."""
-    half = math.hypot(record.stats.ci95, base.stats.ci95)
-    return f"{record.stats.mean - base.stats.mean:+.2f} ±{half:.2f}"
+    diff = results.difference(record, base)
+    if diff is None:
+        return results.UNKNOWN_OVERHEAD if not base.valid else ""
+    return f"{diff[0]:+.2f} ±{diff[1]:.2f}"
 
 
 def _ratio(record: Record, base: Record | None) -> str:
-    if record.overlay == BASELINE or base is None or not base.value("total"):
+    if record.overlay == BASELINE or base is None:
         return ""
-    return f"{record.value('total') / base.value('total'):.2f}"
+    value = results.ratio(record, base)
+    return results.UNKNOWN_OVERHEAD if value is None and not base.valid else "" if value is None else f"{value:.2f}"
 
 
 def tables(records: list[Record], topology: Topology, missing: list[Missing] = ()) -> str:
@@ -152,11 +155,34 @@ def tables(records: list[Record], topology: Topology, missing: list[Missing] = (
                           "intervals of the compared statistic, saved and now; a change inside it is noise)",
                           ["Circuit", "Overlay", "Metric", "Stat", "Saved", "Now", "Unit", "Change %", "±Noise",
                            "Within noise", "Gate"], rows))
+    excluded = exclusions_line(records)
+    if excluded:
+        out.append(excluded)
     if missing:
         out.append(_missing_table(missing, topology))
     if notes:
         out.append("\n".join(notes))
     return "\n\n".join(out)
+
+
+def exclusions_line(records: list[Record]) -> str:
+    """How many samples the emulator's accounting left out: the median measurement's share
+    and the worst, named."""
+    counted = {}
+    for r in records:  # latency and jitter share a run, as do UDP's rate and loss
+        if r.exclusions.get("n") and r.concurrency is None:
+            counted.setdefault((r.overlay, r.circuit, r.metric.split("_")[0] if r.metric != "jitter" else "latency"),
+                               (r, r.exclusions))
+    if not counted:
+        return ""
+    shares = sorted((e["n_excluded"] / e["n"], r, e) for r, e in counted.values() if e.get("n"))
+    median = shares[len(shares) // 2][0]
+    share, worst, e = shares[-1]
+    level = f" at {worst.concurrency} clients" if worst.concurrency else ""
+    return (f"Samples the emulator touched (released late or dropped on their own path), left out of the statistics: "
+            f"{sum(e['n_excluded'] for _, _, e in shares)} of {sum(e['n'] for _, _, e in shares)} over "
+            f"{len(shares)} measurements; median {median * 100:.2f} %, worst {worst.overlay} {worst.circuit}{level} "
+            f"{worst.metric}: {e['n_excluded']} of {e['n']} ({share * 100:.2f} %)")
 
 
 def _missing_table(missing: list[Missing], topology: Topology) -> str:

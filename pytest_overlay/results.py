@@ -17,8 +17,10 @@ SCHEMA = "pytest-overlay/results"
 # 2: typed record fields (expected, datapath, emulator, tool, total, concurrency, transport,
 # compared, vs_host) instead of keys of `extra`; stats.ci95_of per statistic; `missing`: what
 # was requested and not measured, with why.
-SCHEMA_VERSION = 2
-READABLE_VERSIONS = (1, 2)
+# 3: `exclusions` (samples the emulator touched, left out and counted) and `measured` (the
+# measurement window in UTC, with the machine's steal time and CPU pressure).
+SCHEMA_VERSION = 3
+READABLE_VERSIONS = (1, 2, 3)
 BOOTSTRAP_RESAMPLES = 200
 
 # Two-sided 95 % Student t quantiles for small samples; 1.96 beyond.
@@ -146,6 +148,12 @@ class Record:
     vs_host: dict | None = None  # the underlay's value of the headline statistic
     compared: list[dict] = field(default_factory=list)  # against the saved run
     tries: int = 1  # measurements taken, the earlier ones invalid for the machine's load
+    # Samples left out because the emulator released late or dropped on their path while
+    # they crossed it: n (before), n_excluded, the rule, the path and its windows.
+    exclusions: dict = field(default_factory=dict)
+    # The measurement window (start, end, UTC) and what the machine did in it: the
+    # hypervisor's steal, CPU busy and CPU pressure.
+    measured: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)  # metric-specific detail (samples, packets, ...)
 
     @property
@@ -189,6 +197,25 @@ def baseline(records: list[Record], record: Record, overlay: str = "host") -> Re
         if other.overlay == overlay and other.key[1:] == record.key[1:]:
             return other
     return None
+
+
+UNKNOWN_OVERHEAD = "unknown: underlay INVALID"
+
+
+def difference(record: Record, base: Record | None) -> tuple[float, float] | None:
+    """The record's mean minus the underlay's, with the 95 % half-width of the difference
+    (independent samples); None where there is no underlay or it cannot be vouched for:
+    an overhead against an INVALID baseline would be the emulator's, not the overlay's."""
+    if base is None or not base.valid or not record.valid:
+        return None
+    return record.stats.mean - base.stats.mean, math.hypot(record.stats.ci95, base.stats.ci95)
+
+
+def ratio(record: Record, base: Record | None) -> float | None:
+    """The record's whole-run value over the underlay's, where both are valid."""
+    if base is None or not base.valid or not record.valid or not base.value("total"):
+        return None
+    return record.value("total") / base.value("total")
 
 
 @dataclass

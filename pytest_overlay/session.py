@@ -32,6 +32,7 @@ class OverlaySession:
     reasons: dict[str, str] = field(default_factory=dict)
     bringup_failures: dict[str, str] = field(default_factory=dict)  # overlay -> why it did not come up
     saved_to: Path | None = None  # this run's own saved file, rewritten as the run ends
+    repeated: list[str] = field(default_factory=list)  # measurements taken again, and why
 
     def request(self, items: list[pytest.Item]) -> None:
         """Note what every collected suite test is to measure (before -m/-k deselect any)."""

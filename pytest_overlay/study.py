@@ -21,6 +21,7 @@ from pathlib import Path
 
 import yaml
 
+from . import results
 from .results import Record
 
 REFERENCE = Path(__file__).resolve().parent / "data" / "reference" / "hermans-deniet-2016.yaml"
@@ -149,8 +150,9 @@ def latency_rows(reference: dict, records: list[Record]) -> list[list[str]]:
                 continue
             pub_over = pmean - pub_libnet
             ours_over = r.stats.mean - ours_libnet.stats.mean if ours_libnet else None
-            vs_host = (f"{r.stats.mean - host.stats.mean:+.2f} ±{math.hypot(r.stats.ci95, host.stats.ci95):.2f}"
-                       if host else "-")
+            diff = results.difference(r, host)
+            vs_host = (f"{diff[0]:+.2f} ±{diff[1]:.2f}" if diff else
+                       results.UNKNOWN_OVERHEAD if host and not host.valid else "-")
             rows.append([circuit, overlay, _f(pmin, 1), _f(pmean, 1), _f(p99, 1), _f(r.stats.min), _f(r.stats.mean),
                          _f(r.stats.p99), f"{pub_over:+.1f}", "-" if ours_over is None else f"{ours_over:+.2f}",
                          vs_host, verdict(pmean, r.stats.mean, pub_over, ours_over) if r.valid
@@ -179,13 +181,13 @@ def significance_rows(records: list[Record]) -> list[list[str]]:
     for overlay in overlays:
         diffs = []
         for r in (r for r in records if r.overlay == overlay and r.metric == "latency"):
-            host = _find(records, "host", "latency", r.circuit)
-            if host:
-                diffs.append((r.stats.mean - host.stats.mean, math.hypot(r.stats.ci95, host.stats.ci95)))
+            diff = results.difference(r, _find(records, "host", "latency", r.circuit))
+            if diff:
+                diffs.append(diff)
         significant = [d for d, ci in diffs if abs(d) > ci]
         tcp = [(r, _find(records, "host", "tcp_throughput", r.circuit))
                for r in records if r.overlay == overlay and r.metric == "tcp_throughput"]
-        ratios = [r.value("total") / h.value("total") for r, h in tcp if h and h.value("total")]
+        ratios = [v for v in (results.ratio(r, h) for r, h in tcp) if v is not None]
         rows.append([overlay, str(len(diffs)), f"{min(d for d, _ in diffs):+.2f} to {max(d for d, _ in diffs):+.2f}"
                      if diffs else "-", f"{len(significant)} of {len(diffs)}",
                      f"{min(ratios):.2f} to {max(ratios):.2f}" if ratios else "-"])

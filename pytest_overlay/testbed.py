@@ -282,9 +282,10 @@ class EmulatedTestbed(Testbed):
               timeout: float = 10.0) -> procs.Daemon:
         return procs.start(name, command, self.run_dir / f"{site}-{name}.log", self.netns_of(site), ready, timeout)
 
-    def emulator_counters(self, reset: bool = False) -> dict[str, dict]:
-        """The emulator's counters; `reset` starts a new window for the maximum release error."""
-        return self.emulator.counters(reset) if self.emulator else {}
+    def emulator_counters(self, reset: bool = False, since: int | None = None) -> dict[str, dict]:
+        """The emulator's counters; `reset` starts a new window for the maximum release error;
+        `since` (wall ns) adds its late and drop windows from then on."""
+        return self.emulator.counters(reset, since) if self.emulator else {}
 
     def count(self, label: str, match: list[str]) -> None:
         """Count forwarded packets that match (iptables match arguments) on every link

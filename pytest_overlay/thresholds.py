@@ -23,9 +23,13 @@ SETTINGS: dict[str, dict[str, str]] = {name: metric.limits() for name, metric in
 # When a measurement cannot be vouched for (INVALID), per kind of probe.
 VALIDITY = "validity"
 SETTINGS[VALIDITY] = {
-    "max_late_share_latency": "share of packets the emulator may release over 1 ms late during a latency probe (0..1)",
-    "max_late_share_throughput": "... during a TCP or UDP throughput probe (0..1)",
-    "max_late_share_stream": "... during a streaming level (0..1)",
+    "max_excluded_share_latency": "share of round trips that may be excluded because the emulator released late or "
+                                  "dropped on their path while they crossed it (0..1)",
+    "max_excluded_share_throughput": "... of throughput intervals (0..1)",
+    "max_stall_ms_tcp": "longest late release on a TCP run's path before its congestion control is the "
+                        "emulator's doing, not the network's (ms)",
+    "max_late_share_stream": "share of the stream's own packets the emulator may release over 1 ms late, judged "
+                             "by the lower 95 % bound (0..1)",
     "min_sent_fraction_udp": "share of the offered UDP rate the sender must put on the wire, else the run is the "
                              "sender's limit, not the network's (0..1)",
     "max_client_cpu_pct": "CPU share of one core the RTSP clients may use before their delays pass for jitter (%)",

@@ -5,8 +5,13 @@
  *   delayline-core --control PATH --seed N --queue NUM:DELAY_US:JITTER_US:LOSS_PPM:MAXLEN ...
  *
  * Prints "ready" once every queue is bound. A datagram "stats" on the control socket is
- * answered with the counters as JSON ("stats reset" also restarts the window maximum).
- * SIGTERM or SIGINT ends it. Built on first use by pytest_overlay.emulator with cc.
+ * answered with the counters as JSON ("stats reset" also restarts the window maximum;
+ * "since=NS" adds each queue's late and drop windows that ended at or after NS, wall-clock
+ * nanoseconds). SIGTERM or SIGINT ends it. Built on first use by pytest_overlay.emulator with cc.
+ *
+ * Windows: late releases (and kernel queue drops) come in bursts, when this process or its
+ * vCPU is descheduled. Each burst is kept as one window [first due, last release] in wall
+ * time, so a probe's samples can be matched to the moments the emulator was off its mark.
  */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
@@ -35,6 +40,9 @@
 #define SPIN_MAX_PENDING 256
 #define LOADED_MIN_SLEEP_NS 50000LL
 #define HIST_BUCKETS 20
+#define MAX_WINDOWS 256               /* per queue, a ring: the newest are kept */
+#define MERGE_GAP_NS 2000000LL        /* late releases this close make one window */
+#define DROP_POLL_NS 20000000LL       /* how often the kernel's queue drops are read */
 
 /* Upper edges of the release-error histogram, in microseconds; the last bucket is open. */
 static const long hist_edges_us[HIST_BUCKETS - 1] = {
@@ -42,6 +50,10 @@ static const long hist_edges_us[HIST_BUCKETS - 1] = {
     10000, 20000, 50000, 100000};
 
 struct slot { int64_t due; uint32_t id; };
+
+/* One burst of trouble on a queue, in wall-clock ns: packets released over the limit late,
+ * or dropped by the kernel (queue or socket full) between two polls. */
+struct window { int64_t start, end, max_late; uint32_t late, dropped; };
 
 struct queue {
     uint16_t num;
@@ -52,12 +64,16 @@ struct queue {
     int64_t last_due;
     uint64_t queued, released, lost, late, hist[HIST_BUCKETS];
     int64_t max_late, window_max_late, total_late;
+    struct window windows[MAX_WINDOWS];
+    uint32_t whead, wlen;
+    int64_t overwritten_end; /* end of the newest window the ring let go */
+    unsigned long long kernel_dropped, kernel_user_dropped;
 };
 
 static struct queue queues[MAX_QUEUES];
 static int nqueues, nl;
 static uint32_t seq;
-static int64_t wall_offset, wake_lag;
+static int64_t wall_offset, wake_lag, last_drop_poll;
 static uint64_t enobufs, stamped, rng_state = 1;
 static volatile sig_atomic_t stopping;
 
@@ -204,7 +220,27 @@ static void receive(int64_t now, int budget) {
     }
 }
 
-static void count_release(struct queue *q, int64_t late) {
+/* Add a stretch of trouble [start, end] (wall ns) to the queue's timeline, merged with the
+ * newest window when they touch. */
+static void note_window(struct queue *q, int64_t start, int64_t end, int64_t late, uint32_t dropped) {
+    struct window *w = q->wlen ? &q->windows[(q->whead + q->wlen - 1) % MAX_WINDOWS] : NULL;
+    if (!w || start > w->end + MERGE_GAP_NS) {
+        if (q->wlen == MAX_WINDOWS) {
+            q->overwritten_end = q->windows[q->whead].end;
+            q->whead = (q->whead + 1) % MAX_WINDOWS;
+            q->wlen--;
+        }
+        w = &q->windows[(q->whead + q->wlen++) % MAX_WINDOWS];
+        *w = (struct window){start, end, 0, 0, 0};
+    }
+    if (start < w->start) w->start = start;
+    if (end > w->end) w->end = end;
+    if (late > w->max_late) w->max_late = late;
+    if (late > LATE_LIMIT_NS) w->late++;
+    w->dropped += dropped;
+}
+
+static void count_release(struct queue *q, int64_t late, int64_t due) {
     int b = 0;
     long us = (long)(late / 1000);
     while (b < HIST_BUCKETS - 1 && us >= hist_edges_us[b]) b++;
@@ -213,7 +249,10 @@ static void count_release(struct queue *q, int64_t late) {
     q->total_late += late;
     if (late > q->max_late) q->max_late = late;
     if (late > q->window_max_late) q->window_max_late = late;
-    if (late > LATE_LIMIT_NS) q->late++;
+    if (late > LATE_LIMIT_NS) {
+        q->late++;
+        note_window(q, due + wall_offset, due + late + wall_offset, late, 0);
+    }
 }
 
 /* Accept every packet due by now; return the next deadline (INT64_MAX if none). */
@@ -227,7 +266,7 @@ static int64_t release(int64_t now) {
             struct slot s = q->ring[q->head];
             q->head = (q->head + 1) % q->cap;
             q->len--;
-            count_release(q, now - s.due);
+            count_release(q, now - s.due, s.due);
             last = s.id;
             any = 1;
         }
@@ -243,60 +282,84 @@ static long pending(void) {
     return n;
 }
 
-/* The kernel's own drops for a queue (queue or socket full), from this namespace's proc file. */
-static void kernel_drops(uint16_t num, unsigned long long *dropped, unsigned long long *user_dropped) {
+/* The kernel's own drops per queue (queue or socket full), from this namespace's proc file;
+ * an increase since the last poll becomes a drop window over the time between the polls. */
+static void poll_kernel_drops(int64_t now) {
     char line[256];
-    *dropped = *user_dropped = 0;
+    int64_t wall = now + wall_offset, since = last_drop_poll ? last_drop_poll + wall_offset : wall;
+    last_drop_poll = now;
     FILE *f = fopen("/proc/self/net/netfilter/nfnetlink_queue", "r");
     if (!f) return;
     while (fgets(line, sizeof line, f)) {
-        unsigned q, portid, total, mode, range, seq, one;
+        unsigned num, portid, total, mode, range, seq, one;
         unsigned long long d, u;
-        if (sscanf(line, "%u %u %u %u %u %llu %llu %u %u", &q, &portid, &total, &mode, &range, &d, &u, &seq, &one) >= 7
-            && q == num) {
-            *dropped = d;
-            *user_dropped = u;
-        }
+        if (sscanf(line, "%u %u %u %u %u %llu %llu %u %u", &num, &portid, &total, &mode, &range, &d, &u, &seq, &one) < 7)
+            continue;
+        struct queue *q = find_queue(num);
+        if (!q) continue;
+        unsigned long long more = d + u - q->kernel_dropped - q->kernel_user_dropped;
+        if (more) note_window(q, since, wall, 0, (uint32_t)more);
+        q->kernel_dropped = d;
+        q->kernel_user_dropped = u;
     }
     fclose(f);
 }
 
-static int stats_json(char *out, size_t size, int reset) {
+static int stats_json(char *out, size_t size, int reset, int64_t since) {
+    int64_t now = now_ns(CLOCK_MONOTONIC);
+    wall_offset = now_ns(CLOCK_REALTIME) - now;
+    poll_kernel_drops(now);
     int n = snprintf(out, size, "{\"pid\": %d, \"core\": \"c\", \"enobufs\": %llu, \"wake_lag_us\": %.1f, "
-                     "\"kernel_stamped\": %llu, \"hist_edges_us\": [", getpid(),
-                     (unsigned long long)enobufs, wake_lag / 1e3, (unsigned long long)stamped);
+                     "\"kernel_stamped\": %llu, \"now_ns\": %lld, \"hist_edges_us\": [", getpid(),
+                     (unsigned long long)enobufs, wake_lag / 1e3, (unsigned long long)stamped,
+                     (long long)(now + wall_offset));
     for (int b = 0; b < HIST_BUCKETS - 1; b++)
         n += snprintf(out + n, size - n, "%s%ld", b ? ", " : "", hist_edges_us[b]);
     n += snprintf(out + n, size - n, "], \"queues\": {");
     for (int i = 0; i < nqueues && (size_t)n < size; i++) {
         struct queue *q = &queues[i];
-        unsigned long long dropped, user_dropped;
-        kernel_drops(q->num, &dropped, &user_dropped);
         n += snprintf(out + n, size - n,
                       "%s\"%u\": {\"kernel_dropped\": %llu, \"kernel_user_dropped\": %llu, \"queued\": %llu, \"released\": %llu, \"lost\": %llu, \"late\": %llu, "
                       "\"max_late_us\": %.1f, \"window_max_late_us\": %.1f, \"mean_late_us\": %.1f, "
                       "\"pending\": %u, \"late_hist\": [",
-                      i ? ", " : "", q->num, dropped, user_dropped, (unsigned long long)q->queued, (unsigned long long)q->released,
+                      i ? ", " : "", q->num, q->kernel_dropped, q->kernel_user_dropped, (unsigned long long)q->queued, (unsigned long long)q->released,
                       (unsigned long long)q->lost, (unsigned long long)q->late, q->max_late / 1e3,
                       q->window_max_late / 1e3, q->released ? q->total_late / 1e3 / q->released : 0.0, q->len);
         for (int b = 0; b < HIST_BUCKETS && (size_t)n < size; b++)
             n += snprintf(out + n, size - n, "%s%llu", b ? ", " : "", (unsigned long long)q->hist[b]);
-        n += snprintf(out + n, size - n, "]}");
+        n += snprintf(out + n, size - n, "]");
+        if (since >= 0 && (size_t)n < size) {
+            n += snprintf(out + n, size - n, ", \"windows_incomplete\": %s, \"windows\": [",
+                          q->overwritten_end >= since ? "true" : "false");
+            int first = 1;
+            for (uint32_t k = 0; k < q->wlen && (size_t)n < size; k++) {
+                struct window *w = &q->windows[(q->whead + k) % MAX_WINDOWS];
+                if (w->end < since) continue;
+                n += snprintf(out + n, size - n, "%s[%lld, %lld, %u, %u, %.1f]", first ? "" : ", ", (long long)w->start,
+                              (long long)w->end, w->late, w->dropped, w->max_late / 1e3);
+                first = 0;
+            }
+            n += snprintf(out + n, size - n, "]");
+        }
+        n += snprintf(out + n, size - n, "}");
         if (reset) q->window_max_late = 0;
     }
     n += snprintf(out + n, size - n, "}}");
     return (size_t)n < size ? n : -1;
 }
 
+static char reply[8 << 20];
+
 static void serve_control(int control) {
-    char request[64], reply[1 << 16];
+    char request[64];
     struct sockaddr_un peer;
     socklen_t peer_len = sizeof peer;
     ssize_t n = recvfrom(control, request, sizeof request - 1, MSG_DONTWAIT, (struct sockaddr *)&peer, &peer_len);
     if (n <= 0 || peer_len <= sizeof(sa_family_t)) return;
     request[n] = 0;
     if (strncmp(request, "stats", 5)) return;
-    int len = stats_json(reply, sizeof reply, strstr(request, "reset") != NULL);
+    const char *since = strstr(request, "since=");
+    int len = stats_json(reply, sizeof reply, strstr(request, "reset") != NULL, since ? strtoll(since + 6, NULL, 10) : -1);
     if (len > 0) sendto(control, reply, len, 0, (struct sockaddr *)&peer, peer_len);
 }
 
@@ -324,6 +387,7 @@ static void run(int control) {
     sigemptyset(&none);
     while (!stopping) {
         int64_t now = now_ns(CLOCK_MONOTONIC);
+        if (now - last_drop_poll >= DROP_POLL_NS) poll_kernel_drops(now);
         int64_t next = release(now), timeout;
         if (next == INT64_MAX) {
             timeout = -1;
@@ -339,8 +403,9 @@ static void run(int control) {
             timeout = next - now_ns(CLOCK_MONOTONIC);
             if (timeout < LOADED_MIN_SLEEP_NS) timeout = LOADED_MIN_SLEEP_NS;
         }
+        if (timeout < 0 || timeout > DROP_POLL_NS) timeout = DROP_POLL_NS;
         struct timespec ts = {timeout / 1000000000LL, timeout % 1000000000LL};
-        int ready = ppoll(fds, nfds, timeout < 0 ? NULL : &ts, &none);
+        int ready = ppoll(fds, nfds, &ts, &none);
         if (ready <= 0) continue;
         if (fds[0].revents) receive(now_ns(CLOCK_MONOTONIC), 64);
         if (nfds == 2 && fds[1].revents) serve_control(control);
@@ -402,6 +467,8 @@ int main(int argc, char **argv) {
         strcpy(addr.sun_path, control_path);
         control = socket(AF_UNIX, SOCK_DGRAM, 0);
         if (bind(control, (struct sockaddr *)&addr, sizeof addr) < 0) { perror(control_path); return 1; }
+        int reply_buffer = sizeof reply; /* a reply is one datagram, windows and all */
+        setsockopt(control, SOL_SOCKET, SO_SNDBUFFORCE, &reply_buffer, sizeof reply_buffer);
     }
     /* Wake on time: 1 ns timer slack, and a real-time priority where allowed. */
     prctl(PR_SET_TIMERSLACK, 1, 0, 0, 0);

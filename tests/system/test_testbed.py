@@ -4,13 +4,15 @@ emulator's delay, loss, rate and counters, and a teardown that leaves nothing.""
 from __future__ import annotations
 
 import re
+import time
 
 import pytest
 
-from pytest_overlay import emulator, probes, procs, topology
+from pytest_overlay import emulator, probes, procs, topology, validity
 from pytest_overlay.overlays.host import HostOverlay
 from pytest_overlay.results import Stats
 from pytest_overlay.testbed import EmulatedTestbed
+from pytest_overlay.thresholds import load
 
 
 def two_sites(**link) -> topology.Topology:
@@ -83,10 +85,17 @@ def test_overflow_is_counted_and_makes_the_measurement_invalid(clean_machine, mo
     with EmulatedTestbed(two_sites(rtt_ms=40), emulator="delayline") as bed:
         a, b = HostOverlay(bed).endpoints(["A", "B"])
         before = bed.emulator_counters(reset=True)
-        probes.throughput(a, b, "udp", 1, udp_rate_mbit=200)
-        accrued = emulator.delta(before, bed.emulator_counters())
+        started = time.time_ns()
+        samples = probes.throughput(a, b, "udp", 1, udp_rate_mbit=200)
+        accrued = emulator.delta(before, bed.emulator_counters(since=started))
     assert accrued["A->B"]["dropped"] > 0
     assert any("queue overflow" in fault for fault in emulator.faults(accrued))
+    # The drops are on the timeline too, so the intervals they fell in are left out, and the
+    # loss figure, which they would swell, is INVALID.
+    assert sum(w[3] for w in accrued["A->B"]["windows"]) > 0
+    accounting = validity.account("udp", accrued, [validity.Hop("A->B", 20.0)], [validity.Hop("B->A", 20.0)],
+                                  samples, load().for_("validity", "host", "A-B"))
+    assert accounting.excluded >= 1 and accounting.loss_faults and "queue overflow" in accounting.loss_faults[0]
 
 
 def test_netem_where_the_kernel_has_it(clean_machine):

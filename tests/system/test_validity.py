@@ -1,6 +1,7 @@
 """Measurements the tool cannot vouch for, made on purpose: the delay line stalled for a few
-tens of milliseconds during a probe is INVALID with how late it released, and a delay line
-that dies mid-run stops the session with its own last words."""
+tens of milliseconds during a probe leaves no stalled round trip among the samples kept (they
+are excluded and counted, and beyond the bound the record is INVALID with how late it
+released), and a delay line that dies mid-run stops the session with its own last words."""
 
 from __future__ import annotations
 
@@ -41,16 +42,24 @@ def test_a_stalled_delay_line_makes_the_measurement_invalid(clean_machine, monke
                 time.sleep(0.2)
 
         staller = threading.Thread(target=stall)
+        started = time.time_ns()
         staller.start()
         samples = probes.latency(a, b, 300, 5)
         staller.join()
-        accrued = emulator.delta(before, bed.emulator_counters())
-    faults = validity.emulator_faults("latency", accrued, load().for_("validity", "host", "A-B"))
-    assert faults and all(f.startswith("emulator released") for f in faults), accrued
-    assert "(release error p99 <= " in faults[0] and ", max " in faults[0]  # how late, not only how many
-    assert max(link["max_late_us"] for link in accrued.values() if "max_late_us" in link) > 30_000
-    assert validity.load_related(faults)
-    assert max(samples.rtt_ms) > 20 + 30  # a round trip held behind a stall
+        accrued = emulator.delta(before, bed.emulator_counters(since=started))
+    there = [validity.Hop("A->B", 10.0)]
+    back = [validity.Hop("B->A", 10.0)]
+    accounting = validity.account("latency", accrued, there, back, samples, load().for_("validity", "host", "A-B"))
+    kept = samples.keep(accounting.kept)
+    assert max(samples.rtt_ms) > 20 + 30  # a round trip held behind a stall was measured ...
+    assert max(kept.rtt_ms) < 20 + 5, accounting.to_json()  # ... and none such is among those kept
+    assert accounting.excluded == kept.excluded >= 3 and accounting.n == len(samples.rtt_ms)
+    windows = [w for link in accrued.values() for w in link.get("windows", [])]
+    assert len(windows) >= 3 and max(w[4] for w in windows) > 30_000  # how late, per window
+    # Three stalls of 40 ms over a 20 ms path at one round trip per 5 ms touch well over 5 %.
+    assert accounting.faults and accounting.faults[0].startswith("emulator touched"), accounting.faults
+    assert "released late (up to " in accounting.faults[0]
+    assert validity.load_related(accounting.faults)
 
 
 def test_a_delay_line_that_dies_mid_run_stops_the_session(clean_machine):

@@ -122,22 +122,19 @@ def test_registry_is_the_one_list_of_metrics():
 def test_validity_rules_are_strict_by_default_and_can_be_set_per_overlay(tmp_path):
     bundled = thresholds.load()
     assert bundled.for_("validity", "host", "A-B") == {
-        "max_late_share_latency": 0.01, "max_late_share_throughput": 0.05, "max_late_share_stream": 0.01,
-        "min_sent_fraction_udp": 0.9, "max_client_cpu_pct": 80}
+        "max_excluded_share_latency": 0.05, "max_excluded_share_throughput": 0.25, "max_stall_ms_tcp": 200,
+        "max_late_share_stream": 0.01, "min_sent_fraction_udp": 0.9, "max_client_cpu_pct": 80}
     path = tmp_path / "limits.yaml"
-    path.write_text("overrides:\n  - {metric: validity, overlay: weave, max_late_share_latency: 0.2}\n")
-    assert thresholds.load(path).for_("validity", "weave", "A-B")["max_late_share_latency"] == 0.2
-    assert thresholds.load(path).for_("validity", "host", "A-B")["max_late_share_latency"] == 0.01
+    path.write_text("overrides:\n  - {metric: validity, overlay: weave, max_excluded_share_latency: 0.2}\n")
+    assert thresholds.load(path).for_("validity", "weave", "A-B")["max_excluded_share_latency"] == 0.2
+    assert thresholds.load(path).for_("validity", "host", "A-B")["max_excluded_share_latency"] == 0.05
 
 
 def test_load_related_faults_can_be_measured_again():
     from pytest_overlay import validity
 
-    late = {"A->B": {"packets": 1000, "late": 30, "dropped": 0}}
     rules = thresholds.load().for_("validity", "host", "A-B")
-    faults = validity.emulator_faults("latency", late, rules)
-    assert faults == ["emulator released 30 of 1000 packets on A->B over 1 ms late"]
-    assert validity.emulator_faults("tcp", late, rules) == []  # 3 % is within throughput's 5 %
+    faults = ["emulator touched 30 of 100 round trips (30.0 %, bound 5 %) on their path; worst A->B: ..."]
     assert validity.load_related(faults + validity.cpu_faults(95.0, 50))
     short = validity.sender_faults(500, 320.4, rules["min_sent_fraction_udp"])
     assert short == ["sender offered only 320 of 500 Mbit/s asked (iperf3's count): the sending host was short of "

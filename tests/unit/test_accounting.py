@@ -1,0 +1,169 @@
+"""Per-sample accounting: the emulator's windows of late releases and drops matched to the
+samples that crossed them, on their own path only; the machine's part named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pytest_overlay import machine, probes, thresholds, validity
+from pytest_overlay.delayline import MAX_WINDOWS, Queue
+
+DATA = Path(__file__).parent / "data"
+RULES = thresholds.load().for_("validity", "host", "A-B")
+THERE, BACK = [validity.Hop("A->B", 10.0)], [validity.Hop("B->A", 10.0)]
+MS = 1_000_000
+T0 = 1_800_000_000 * 10**9
+
+
+def round_trips(n: int, every_ms: float = 10, rtt_ms: float = 20.2) -> probes.LatencySamples:
+    times = [(T0 + int(i * every_ms * MS), T0 + int((i * every_ms + rtt_ms) * MS)) for i in range(n)]
+    return probes.LatencySamples([[rtt_ms] * n], n, 0, every_ms, times_ns=[times])
+
+
+def window(start_ms: float, end_ms: float, late: int = 1, dropped: int = 0, max_late_us: float = 5000.0) -> list:
+    return [T0 + int(start_ms * MS), T0 + int(end_ms * MS), late, dropped, max_late_us]
+
+
+def test_a_window_excludes_the_round_trips_due_in_it_and_no_others():
+    samples = round_trips(100)
+    # A 3 ms stall on A->B at 500 ms: the request sent at 490 ms was due there at 500 ms.
+    accrued = {"A->B": {"windows": [window(500, 503)]}, "B->A": {"windows": []}}
+    acc = validity.account("latency", accrued, THERE, BACK, samples, RULES)
+    excluded = [i for i, k in enumerate(acc.kept) if not k]
+    assert excluded == [49], excluded
+    assert acc.n == 100 and acc.excluded == 1 and not acc.faults
+    assert samples.keep(acc.kept).excluded == 1 and len(samples.keep(acc.kept).rtt_ms) == 99
+    # On the way back, B->A at 500 ms held the reply of the request sent at 480 ms.
+    accrued = {"A->B": {"windows": []}, "B->A": {"windows": [window(500, 503)]}}
+    acc = validity.account("latency", accrued, THERE, BACK, samples, RULES)
+    assert [i for i, k in enumerate(acc.kept) if not k] == [48]
+
+
+def test_only_the_path_counts():
+    samples = round_trips(100)
+    accrued = {"A->B": {"windows": []}, "B->A": {"windows": []},
+               "A->C": {"windows": [window(0, 1000, late=500, max_late_us=50000)]}}
+    acc = validity.account("latency", accrued, THERE, BACK, samples, RULES)
+    assert acc.excluded == 0 and not acc.faults and acc.path == ["A->B", "B->A"]
+
+
+def test_beyond_the_bound_the_record_is_invalid_and_says_why():
+    samples = round_trips(100)
+    accrued = {"A->B": {"windows": [window(100, 180, late=9, max_late_us=12000)]}, "B->A": {"windows": []}}
+    ticks = [machine.Tick(T0 + i * 500 * MS, 0, 100 * i, steal, None) for i, steal in
+             enumerate([0, 0, 22, 44, 66, 88, 88, 88])]
+    acc = validity.account("latency", accrued, THERE, BACK, samples, RULES, machine.summarise(ticks, T0, T0 + 3000 * MS))
+    assert acc.excluded == 9
+    (fault,) = acc.faults
+    assert fault.startswith("emulator touched 9 of 100 round trips (9.0 %, bound 5 %)")
+    assert "A->B: 9 released late (up to 12.0 ms)" in fault
+    assert fault.endswith("the hypervisor took 22 % of the CPUs for 2.0 s")
+    assert validity.load_related(acc.faults)
+
+
+def test_a_timeline_that_overflowed_cannot_vouch():
+    acc = validity.account("latency", {"A->B": {"windows": [], "windows_incomplete": True}, "B->A": {"windows": []}},
+                           THERE, BACK, round_trips(10), RULES)
+    assert acc.faults and "overflowed on A->B" in acc.faults[0]
+
+
+def throughput(n: int = 10) -> probes.ThroughputSamples:
+    s = probes.ThroughputSamples("tcp", [900.0] * (n - 1) + [100.0], 820.0, 0.5,
+                                 offsets_s=[(i * 0.5, (i + 1) * 0.5) for i in range(n)])
+    s.place(T0, T0 + int((1 + n * 0.5 + 0.1) * 1e9), n * 0.5, 1.0)
+    return s
+
+
+def test_tcp_intervals_touched_are_left_out_and_the_total_comes_from_the_rest():
+    s = throughput()
+    # A 3 ms burst cannot move a 500 ms interval's rate: nothing is left out.
+    accrued = {"A->B": {"windows": [window(5800, 5803)]}, "B->A": {"windows": []}}
+    assert all(validity.account("tcp", accrued, THERE, BACK, s, RULES).kept)
+    # 30 ms late in the last interval (5.5 to 6.0 s after launch, give or take 0.1 s) is.
+    accrued = {"A->B": {"windows": [window(5800, 5830)]}, "B->A": {"windows": []}}
+    acc = validity.account("tcp", accrued, THERE, BACK, s, RULES)
+    assert acc.kept[-1] is False and all(acc.kept[:8]) and not acc.faults
+    kept = s.keep(acc.kept)
+    assert kept.total_mbit == pytest.approx(900.0) and kept.extra["total_whole_run_mbit"] == 820.0
+
+
+def test_tcp_is_invalid_after_a_drop_or_a_long_stall_on_its_path():
+    drop = {"A->B": {"windows": [window(3000, 3020, late=0, dropped=40)]}, "B->A": {"windows": []}}
+    assert "congestion control reacted" in validity.account("tcp", drop, THERE, BACK, throughput(), RULES).faults[-1]
+    stall = {"A->B": {"windows": []}, "B->A": {"windows": [window(3000, 3300, max_late_us=300_000)]}}
+    assert "300 ms late" in validity.account("tcp", stall, THERE, BACK, throughput(), RULES).faults[-1]
+
+
+def test_udp_drops_spoil_the_loss_figure_and_its_intervals_only():
+    s = throughput()
+    drop = {"A->B": {"windows": [window(3000, 3020, late=0, dropped=40)]}, "B->A": {"windows": [window(0, 9000)]}}
+    acc = validity.account("udp", drop, THERE, BACK, s, RULES)
+    assert acc.path == ["A->B"] and 1 <= acc.excluded <= 2 and not acc.faults
+    assert acc.loss_faults and "40 packets on A->B" in acc.loss_faults[0]
+
+
+@pytest.mark.parametrize("late, packets, invalid", [
+    (4, 328, False),  # the RTCP direction of the study's 25-client level: a handful
+    (57, 36528, False),  # 0.16 %
+    (1, 70, False),  # a raw share of 1.4 %, but one packet proves nothing
+    (40, 1000, True),
+])
+def test_a_streaming_level_is_judged_by_a_binomial_bound_on_its_own_direction(late, packets, invalid):
+    accrued = {"A->B": {"packets": packets, "late": late, "windows": []},
+               "B->A": {"packets": 10, "late": 10, "windows": []}}  # the clients' RTCP: not the statistic
+    acc = validity.account("stream-udp-25", accrued, THERE, BACK, None, RULES)
+    assert bool(acc.faults) is invalid, acc.faults
+
+
+def test_wilson_bound():
+    assert validity.wilson_lower(0, 100) == 0
+    assert 0.004 < validity.wilson_lower(4, 328) < 0.01 < 4 / 328
+    assert validity.wilson_lower(500, 1000) == pytest.approx(0.474, abs=0.003)
+
+
+def test_without_a_timeline_drops_on_the_path_still_count():
+    accrued = {"A->B": {"packets": 100, "dropped": 3}, "B->A": {"packets": 100, "dropped": 0},
+               "C->A": {"packets": 100, "dropped": 9}}
+    acc = validity.account("latency", accrued, THERE, BACK, round_trips(10), RULES)
+    assert acc.faults == ["emulator dropped 3 packets on A->B (queue overflow)"]
+
+
+def test_irtt_round_trips_carry_their_wall_times():
+    samples = probes.parse_irtt((DATA / "irtt-loopback.json").read_text(), 5.0)
+    send, receive = samples.spans_ns[0]
+    assert send == 1795760792975758619 and receive == 1795760792975899133
+    assert len(samples.spans_ns) == len(samples.rtt_ms)
+
+
+def test_iperf3_intervals_are_placed_in_wall_time():
+    s = probes.parse_iperf3((DATA / "iperf3-tcp-loopback.json").read_text(), "tcp")
+    s.place(T0, T0 + int(3.2e9), 2.0, 1.0)
+    assert len(s.spans_ns) == len(s.mbit)
+    lo, hi = s.spans_ns[0]
+    assert lo >= T0 + int(1e9) and hi - lo >= 0.5e9 - 1e6
+
+
+def test_the_portable_core_keeps_windows_merged_and_bounded():
+    q = Queue(0, 0.01, 0, 0)
+    q.note_window(1 * MS, 3 * MS, 0.002)
+    q.note_window(4 * MS, 5 * MS, 0.0015)  # within 2 ms: the same burst
+    q.note_window(20 * MS, 21 * MS, dropped=7)
+    assert [w[:4] for w in q.windows] == [[1 * MS, 5 * MS, 2, 0], [20 * MS, 21 * MS, 0, 7]]
+    assert q.windows_since(6 * MS)["windows"] == [[20 * MS, 21 * MS, 0, 7, 0.0]]
+    for i in range(MAX_WINDOWS + 5):
+        q.note_window((100 + 10 * i) * MS, (101 + 10 * i) * MS, 0.002)
+    assert len(q.windows) == MAX_WINDOWS
+    assert q.windows_since(0)["windows_incomplete"] and not q.windows_since(q.windows[0][0])["windows_incomplete"]
+
+
+def test_the_machine_window_finds_the_longest_steal_burst():
+    steal = [0, 1, 2, 30, 60, 90, 91, 92, 120, 121]  # jiffies, 100 per half second
+    ticks = [machine.Tick(T0 + i * 500 * MS, 50 * i, 100 * i, s, 1000 * i) for i, s in enumerate(steal)]
+    w = machine.summarise(ticks, T0, T0 + 4500 * MS)
+    assert w.steal_burst == pytest.approx((88 / 3, 1.5))
+    assert w.steal_pct == pytest.approx(121 / 900 * 100)
+    assert w.cpu_pressure_pct == pytest.approx(0.2)
+    assert w.to_json()["start"].endswith("Z") and w.samples == 10
+    assert machine.summarise(ticks[:1], T0, T0 + MS).steal_pct is None
