@@ -32,7 +32,11 @@ from typing import Any
 
 import yaml
 
-TOPOLOGY_DIR = Path(__file__).resolve().parent / "data" / "topologies"
+# Installed, the bundled topologies are the package's topologies/; in a checkout, the
+# top-level topologies/ they are built from.
+TOPOLOGY_DIR = next((d for d in (Path(__file__).resolve().parent / "topologies",
+                                 Path(__file__).resolve().parent.parent / "topologies") if d.is_dir()),
+                    Path(__file__).resolve().parent / "topologies")
 SITE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,11}$")
 RESERVED_SITE_NAMES = {"wan"}  # the testbed's own namespace is ovl<run>-wan
 MAX_LINKS = 255

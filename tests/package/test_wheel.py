@@ -37,8 +37,8 @@ def installed(wheel, tmp_path_factory) -> str:
 
 def test_wheel_ships_topologies_thresholds_and_agents(wheel):
     names = zipfile.ZipFile(wheel).namelist()
-    for name in ("pytest_overlay/data/thresholds.yaml", "pytest_overlay/data/topologies/geant.yaml",
-                 "pytest_overlay/data/topologies/geant-star.yaml", "pytest_overlay/data/topologies/local.yaml",
+    for name in ("pytest_overlay/data/thresholds.yaml", "pytest_overlay/topologies/geant.yaml",
+                 "pytest_overlay/topologies/geant-star.yaml", "pytest_overlay/topologies/local.yaml",
                  "pytest_overlay/agents/rtsp_server.py", "pytest_overlay/agents/rtsp_client.py",
                  "pytest_overlay/data/reference/hermans-deniet-2016.yaml", "pytest_overlay/overlays/libnetwork.py",
                  "pytest_overlay/overlays/weave.py", "pytest_overlay/overlays/calico.py"):
