@@ -40,7 +40,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(MAKE) deps
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip wheel
-	$(PY) -m pip install -q -e .
+	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
 venv: deps $(VENV)/.installed

@@ -147,14 +147,15 @@ class Engine:
         raise EngineError(f"Docker engine of site {self.site} did not answer on {self.socket} within "
                           f"{timeout:g} s; its log:\n{self.daemon.log_tail()}")
 
-    def load_image(self, tar_path: Path, tag: str) -> str:
-        reference = f"{IMAGE_REPOSITORY}:{tag}"
+    def load_image(self, tar_path: Path, tag: str) -> bool:
+        """Import the image where the engine lacks it; True if it had to."""
         try:
-            self.client.images.get(reference)
+            self.client.images.get(f"{IMAGE_REPOSITORY}:{tag}")
+            return False
         except docker.errors.ImageNotFound:
             self.client.api.import_image_from_file(str(tar_path), repository=IMAGE_REPOSITORY, tag=tag,
                                                    changes=['CMD ["/bin/sleep", "infinity"]'])
-        return reference
+            return True
 
     def log_tail(self, lines: int = 8) -> str:
         return self.daemon.log_tail(lines) if self.daemon else "(no log: not started by this run)"
@@ -165,6 +166,17 @@ class Engine:
 
     def cli(self, *args: str, timeout: float | None = 60) -> procs.CommandResult:
         return procs.run([*self.docker_command(), *args], timeout=timeout)
+
+    def halt(self) -> None:
+        """Stop dockerd, keeping its data root (it starts again from it)."""
+        if self.client is not None:
+            self.client.close()
+            self.client = None
+        if self.daemon is not None:
+            self.daemon.stop(timeout=20)
+            self.daemon = None
+        unmount_below(self.exec_root)
+        unmount_below(self.data_root)
 
     def stop(self) -> None:
         """Remove this run's containers, leave the swarm, stop dockerd and delete its roots."""
@@ -204,15 +216,96 @@ def remove_run_files(run_id: str, state_dir: Path) -> None:
     shutil.rmtree(DATA_ROOT / run_id, ignore_errors=True)
 
 
+# --- one image store for every engine ------------------------------------------------------
+# The image is imported once, by the first engine that needs it; its store (image metadata
+# copied, layer files hard-linked) is kept in the cache, and every later engine's data root
+# starts from it: no per-site copy of the image on disk, no import per bring-up. Overlayfs
+# never writes to a lower layer, so engines that share the layer's inodes cannot change it.
+STORE_PARTS = ("image", "overlay2")
+
+
+def image_store(tag: str) -> Path:
+    return CACHE / f"engine-store-{tag}"
+
+
+def seed(engine: Engine, store: Path) -> bool:
+    """Give an engine that has not started yet the image, from the store: True if done.
+    Only on the same filesystem (hard links), and only into an empty data root."""
+    root = engine.data_root
+    if not all((store / part).is_dir() for part in STORE_PARTS) or root.exists():
+        return False
+    root.parent.mkdir(parents=True, exist_ok=True)
+    if os.stat(store).st_dev != os.stat(root.parent).st_dev:
+        return False
+    seeding = root.with_name(f".{root.name}.seeding")
+    shutil.rmtree(seeding, ignore_errors=True)
+    seeding.mkdir()
+    copied = subprocess.run(["cp", "-a", str(store / "image"), str(seeding / "image")], capture_output=True) \
+        .returncode == 0 and subprocess.run(["cp", "-al", str(store / "overlay2"), str(seeding / "overlay2")],
+                                            capture_output=True).returncode == 0
+    if not copied:
+        shutil.rmtree(seeding, ignore_errors=True)
+        return False
+    seeding.rename(root)
+    return True
+
+
+def keep_store(engine: Engine, tag: str) -> None:
+    """Keep the image store of an engine that has just imported the image (nothing else is
+    in it yet) for every engine after it. Two runs may race: the first rename wins."""
+    store = image_store(tag)
+    root = engine.data_root
+    if store.exists() or not all((root / part).is_dir() for part in STORE_PARTS):
+        return
+    if os.stat(root).st_dev != os.stat(CACHE).st_dev:
+        return
+    work = CACHE / f".engine-store-{tag}.{os.getpid()}"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    ok = subprocess.run(["cp", "-a", str(root / "image"), str(work / "image")], capture_output=True).returncode == 0 \
+        and subprocess.run(["cp", "-al", str(root / "overlay2"), str(work / "overlay2")], capture_output=True).returncode == 0
+    try:
+        if ok:
+            work.rename(store)
+    except OSError:  # another run kept it first
+        pass
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def start_all(engines: list[Engine], progress: Callable[[str], None]) -> tuple[str, float]:
-    """Start every engine in parallel and load the image; returns the image reference."""
+    """Start every engine in parallel with the image; returns the image reference.
+
+    Engines start from the image store where it exists; otherwise the first engine imports
+    the image and the store is kept from it before the others start.
+    """
     started = time.monotonic()
     missing = procs.missing(TOOLS)
     if missing:
         raise EngineError("cannot start Docker engines; missing: " + "; ".join(missing))
-    progress(f"starting {len(engines)} Docker engines: " + ", ".join(e.site for e in engines))
-    with concurrent.futures.ThreadPoolExecutor(len(engines) + 1) as pool:
-        image = pool.submit(build_image_tar, None, progress)
+    tar_path, tag = build_image_tar(None, progress)
+    store = image_store(tag)
+    if not store.exists() and engines:
+        progress(f"importing the measurement image into engine {engines[0].site}; kept as the image store "
+                 f"{store} for every engine after it")
+        first = engines[0]
+        first.start()
+        import_image([first], tar_path, tag)
+        first.halt()  # while it runs, its overlay2 is a mount of its own: no hard links across it
+        keep_store(first, tag)
+    seeded = [e.site for e in engines if seed(e, store)]
+    progress(f"starting {len(engines)} Docker engines: " + ", ".join(e.site for e in engines)
+             + (f" (the image from the store: {', '.join(seeded)})" if seeded else ""))
+    _start_in_parallel(engines, progress)
+    reference = import_image(engines, tar_path, tag)
+    progress(f"image {reference} in every engine")
+    return reference, time.monotonic() - started
+
+
+def _start_in_parallel(engines: list[Engine], progress: Callable[[str], None]) -> None:
+    if not engines:
+        return
+    with concurrent.futures.ThreadPoolExecutor(len(engines)) as pool:
         errors = []
         for engine, future in [(e, pool.submit(e.start)) for e in engines]:
             try:
@@ -222,19 +315,16 @@ def start_all(engines: list[Engine], progress: Callable[[str], None]) -> tuple[s
                 errors.append(str(e))
         if errors:
             raise EngineError("\n".join(errors))
-        tar_path, tag = image.result()
-    reference = import_image(engines, tar_path, tag)
-    progress(f"image {reference} loaded into every engine")
-    return reference, time.monotonic() - started
 
 
 def import_image(engines: list[Engine], tar_path: Path, tag: str) -> str:
     """The image into every engine that lacks it, in parallel (over the Docker API, so remote
     engines too); returns its reference."""
     with concurrent.futures.ThreadPoolExecutor(max(1, len(engines))) as pool:
-        references = list(pool.map(lambda e: e.load_image(tar_path, tag), engines))
-    # An import leaves hundreds of MB of dirty pages per engine on this machine (the
-    # embedded testbed, the lab): written back now, not while the first probes run (the
-    # writeback stalls the delay line).
-    os.sync()
-    return references[0]
+        imported = list(pool.map(lambda e: e.load_image(tar_path, tag), engines))
+    if any(imported):
+        # An import leaves hundreds of MB of dirty pages per engine on this machine (the
+        # embedded testbed, the lab): written back now, not while the first probes run
+        # (the writeback stalls the delay line).
+        os.sync()
+    return f"{IMAGE_REPOSITORY}:{tag}"

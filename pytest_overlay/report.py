@@ -175,7 +175,7 @@ def exclusions_line(records: list[Record]) -> str:
                                (r, r.exclusions))
     if not counted:
         return ""
-    shares = sorted((e["n_excluded"] / e["n"], r, e) for r, e in counted.values() if e.get("n"))
+    shares = sorted(((e["n_excluded"] / e["n"], r, e) for r, e in counted.values()), key=lambda x: x[0])
     median = shares[len(shares) // 2][0]
     share, worst, e = shares[-1]
     level = f" at {worst.concurrency} clients" if worst.concurrency else ""

@@ -149,6 +149,7 @@ def get(config: pytest.Config) -> OverlaySession:
     try:
         topo = topology.load(config.getoption("topology"))
         limits = thresholds.load(config.getoption("overlay_thresholds"))
+        limits.check_circuits([c.id for c in topo.circuits])
     except topology.InputError as e:
         raise pytest.UsageError(str(e)) from None
     state = OverlaySession(config, topo, limits, list(config.getoption("overlay")))

@@ -8,12 +8,17 @@ file, line and field.
 
 from __future__ import annotations
 
+import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .metrics import METRICS
-from .topology import Checker, InputError, LineDict, line_of, load_yaml
+from .overlays import KNOWN
+from .topology import SITE_NAME, Checker, InputError, LineDict, line_of, load_yaml
+
+CIRCUIT = re.compile(f"({SITE_NAME.pattern[1:-1]})-({SITE_NAME.pattern[1:-1]})")
 
 DEFAULT_PATH = Path(__file__).resolve().parent / "data" / "thresholds.yaml"
 
@@ -43,6 +48,14 @@ class Thresholds:
     defaults: dict[str, dict[str, float]]
     overrides: list[dict]
 
+    def check_circuits(self, circuits: list[str]) -> None:
+        """Overrides may name only circuits the topology has: one that names another is a
+        typo whose limit would silently never apply."""
+        for o in self.overrides:
+            if "circuit" in o and o["circuit"] not in circuits:
+                raise InputError(self.path, o.get("line"), "overrides.circuit",
+                                 f"the topology has no circuit {o['circuit']!r}; circuits: {', '.join(circuits)}")
+
     def for_(self, metric: str, overlay: str, circuit: str) -> dict[str, float]:
         """The settings of one metric, with every matching override applied in file order."""
         settings = dict(self.defaults.get(metric, {}))
@@ -71,7 +84,7 @@ def load(path: str | Path | None = None) -> Thresholds:
         where = f"overrides[{i}]"
         check.mapping(item, where, raw)
         metric = item.get("metric")
-        if metric not in SETTINGS:
+        if not isinstance(metric, str) or metric not in SETTINGS:
             raise check.fail(item, "metric", f"{where}.metric", f"must be one of {', '.join(SETTINGS)}, got {metric!r}")
         body = LineDict({k: v for k, v in item.items() if k not in ("metric", "overlay", "circuit")})
         body.line, body.key_lines = item.line, item.key_lines
@@ -81,6 +94,13 @@ def load(path: str | Path | None = None) -> Thresholds:
                 if not isinstance(item[key], str):
                     raise check.fail(item, key, f"{where}.{key}", f"must be a name, got {item[key]!r}")
                 override[key] = item[key]
+        if override.get("overlay", KNOWN[0]) not in KNOWN:
+            raise check.fail(item, "overlay", f"{where}.overlay",
+                             f"unknown overlay {override['overlay']!r}; overlays: {', '.join(KNOWN)}")
+        if "circuit" in override and not CIRCUIT.fullmatch(override["circuit"]):
+            raise check.fail(item, "circuit", f"{where}.circuit", f"must be SRC-DST (two site names), "
+                                                                  f"got {override['circuit']!r}")
+        override["line"] = line_of(item)
         overrides.append(override)
     return Thresholds(str(path), defaults, overrides)
 
@@ -93,5 +113,5 @@ def _settings(check: Checker, data: Any, metric: str, where: str, body: Any = No
         if key not in allowed:
             raise check.fail(body, key, f"{where}.{key}",
                              "unknown setting; allowed: " + "; ".join(f"{k} ({v})" for k, v in allowed.items()))
-        out[key] = check.number(body, key, f"{where}.{key}")
+        out[key] = check.number(body, key, f"{where}.{key}", maximum=1.0 if allowed[key].endswith("(0..1)") else math.inf)
     return out

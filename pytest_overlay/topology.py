@@ -40,6 +40,7 @@ TOPOLOGY_DIR = next((d for d in (Path(__file__).resolve().parent / "topologies",
 SITE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,11}$")
 RESERVED_SITE_NAMES = {"wan"}  # the testbed's own namespace is ovl<run>-wan
 MAX_LINKS = 255
+MAX_NUMBER = 1e12  # no setting of ours is larger; a longer number is a typo, not a value
 
 
 class InputError(ValueError):
@@ -78,6 +79,9 @@ def _construct_mapping(loader: _LineLoader, node: yaml.MappingNode) -> LineDict:
     result.key_lines = {}
     for key_node, value_node in node.value:
         key = loader.construct_object(key_node, deep=True)
+        if isinstance(key, (dict, list)):
+            raise InputError(loader.name, key_node.start_mark.line + 1, "",
+                             f"a key must be a name, got {_kind(key)}")
         if key in result:
             raise InputError(loader.name, key_node.start_mark.line + 1, str(key), "duplicate key")
         result[key] = loader.construct_object(value_node, deep=True)
@@ -149,8 +153,11 @@ class Checker:
         if key not in data:
             return default
         value = data[key]
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise self.fail(data, key, field_name, f"must be a finite number, got {value!r}")
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or abs(value) > MAX_NUMBER \
+                or not math.isfinite(value):
+            huge = isinstance(value, int) and not isinstance(value, bool) and abs(value) > MAX_NUMBER
+            shown = f"a number of {len(str(abs(value)))} digits (at most {MAX_NUMBER:g})" if huge else repr(value)
+            raise self.fail(data, key, field_name, f"must be a finite number, got {shown}")
         if value < minimum or (positive and value <= 0) or value > maximum:
             bound = f"> {minimum:g}" if positive else f">= {minimum:g}"
             if maximum != math.inf:
@@ -160,7 +167,10 @@ class Checker:
 
 
 def _kind(value: Any) -> str:
-    return {dict: "a mapping", list: "a list", str: "a string", type(None): "nothing"}.get(type(value), type(value).__name__)
+    for kind, name in ((dict, "a mapping"), (list, "a list"), (str, "a string"), (type(None), "nothing")):
+        if isinstance(value, kind):
+            return name
+    return type(value).__name__
 
 
 @dataclass(frozen=True)
@@ -414,7 +424,7 @@ def parse(data: Any, path: str | Path) -> Topology:
     topo = Topology(name=name, path=str(path), sites=sites, links=links, circuits=[])
     for key in ("hub", "manager", "kv"):
         if key in data:
-            if data[key] not in sites:
+            if not isinstance(data[key], str) or data[key] not in sites:
                 raise check.fail(data, key, key, f"unknown site {data[key]!r}; sites: {', '.join(sites)}")
             setattr(topo, key, data[key])
     topo.circuits = _parse_circuits(check, data, topo)
@@ -502,7 +512,7 @@ def _unreachable(sites: dict[str, "Site"], links: list["Link"]) -> list[str]:
 
 def _parse_link(check: Checker, item: LineDict, where: str, sites: dict[str, Site]) -> list[tuple[Direction, int]]:
     def site(value: Any, key: str) -> str:
-        if value not in sites:
+        if not isinstance(value, str) or value not in sites:
             raise check.fail(item, key, f"{where}.{key}", f"unknown site {value!r}; sites: {', '.join(sites)}")
         return value
 
@@ -557,7 +567,7 @@ def _parse_circuits(check: Checker, data: LineDict, topo: Topology) -> list[Circ
         if not isinstance(pair, list) or len(pair) != 2:
             raise InputError(topo.path, line, where, f"must be [SRC, DST], got {pair!r}")
         for end in pair:
-            if end not in topo.sites:
+            if not isinstance(end, str) or end not in topo.sites:
                 raise InputError(topo.path, line, where, f"unknown site {end!r}; sites: {', '.join(topo.sites)}")
         if pair[0] == pair[1]:
             raise InputError(topo.path, line, where, f"a circuit joins two different sites, got {pair[0]} twice")

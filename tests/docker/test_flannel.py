@@ -41,7 +41,7 @@ def test_flannel_backends_next_to_the_underlay(tmp_path, clean_machine):
     out = tmp_path / "results.json"
     run = run_suites("suites/", *QUICK, "--overlay=host,flannel,flannel-udp,flannel-host-gw", "-m", "latency or tcp",
                      f"--overlay-thresholds={limits}", f"--overlay-json={out}", "-rs")
-    assert run.rc == 0, run.output
+    run.passed()
     assert "flannel host-gw needs every site on one L2 segment" in run.output and "2 skipped" in run.output
     records = {(r["overlay"], r["metric"]): r for r in json.loads(out.read_text())["results"]}
     vxlan = records["flannel", "tcp_throughput"]["datapath"]

@@ -36,7 +36,7 @@ def test_weave_next_to_the_underlay(tmp_path, sleeve_limits, clean_machine):
     out = tmp_path / "results.json"
     run = run_suites("suites/", *QUICK, "--overlay=host,weave", "-m", "latency or jitter or throughput",
                      "--overlay-udp-rate=40", sleeve_limits, f"--overlay-json={out}")
-    assert run.rc == 0, run.output
+    run.passed()
     assert "weave: mesh established" in run.output
     results = json.loads(out.read_text())["results"]
     weave = [r for r in results if r["overlay"] == "weave"]
@@ -61,7 +61,7 @@ def test_weave_encrypted_uses_sleeves_nacl(tmp_path, sleeve_limits, clean_machin
     out = tmp_path / "results.json"
     run = run_suites("suites/", *QUICK, "--overlay=weave-encrypted", "-m", "latency", sleeve_limits,
                      f"--overlay-json={out}")
-    assert run.rc == 0, run.output
+    run.passed()
     (latency,) = json.loads(out.read_text())["results"]
     assert latency["datapath"]["encrypted"] and latency["datapath"]["encryption_reported"] is True
     assert "WEAVE_PASSWORD" not in out.read_text()

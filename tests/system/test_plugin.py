@@ -15,7 +15,7 @@ from ..conftest import QUICK, run_suites
 def test_suites_pass_on_local_and_report(tmp_path, clean_machine):
     out = tmp_path / "results.json"
     run = run_suites("suites/", *QUICK, f"--overlay-json={out}", "-rA")
-    assert run.rc == 0, run.output
+    run.passed()
     for test_id in ("test_latency.py::test_latency[host-A-B]", "test_latency.py::test_jitter[host-A-B]",
                     "test_throughput.py::test_tcp_throughput[host-A-B]",
                     "test_throughput.py::test_udp_throughput[host-A-B]", "test_streaming.py::test_streaming[host-udp-1]",

@@ -34,7 +34,7 @@ LATENCY = ["-m", "latency", "--overlay-samples=80", "--overlay-interval=5", RELA
 
 def test_gate_fails_on_exactly_the_changed_circuit(tmp_path, storage, clean_machine):
     saved = run_suites("suites/", topology(tmp_path, 30), *LATENCY, storage, "--overlay-save=base")
-    assert saved.rc == 0, saved.output
+    saved.passed()
     assert "written: saved run" in saved.output and "0001_base.json" in saved.output
 
     out = tmp_path / "later.json"
@@ -53,7 +53,7 @@ def test_gate_fails_on_exactly_the_changed_circuit(tmp_path, storage, clean_mach
 
 def test_pytest_benchmark_gates_latency_too(tmp_path, storage, clean_machine):
     first = run_suites("suites/", topology(tmp_path, 30), *LATENCY, storage, "--benchmark-save=base")
-    assert first.rc == 0, first.output
+    first.passed()
     assert "Saved benchmark data in" in first.output and "test_latency[host-A-C]" in first.output
     later = run_suites("suites/", topology(tmp_path, 33), *LATENCY, storage, "--benchmark-compare",
                        "--benchmark-compare-fail=mean:5%")
@@ -73,7 +73,7 @@ def test_comparing_with_another_set_up_warns(tmp_path, storage, clean_machine):
 def test_report_directory(tmp_path, clean_machine):
     out = tmp_path / "report"
     run = run_suites("suites/", *QUICK, f"--overlay-report={out}", "--overlay-rounds=2")
-    assert run.rc == 0, run.output
+    run.passed()
     assert sorted(p.name for p in out.iterdir()) == [
         "index.html", "latency_cdf.png", "report.md", "results.csv", "results.json", "streaming.png", "throughput.png"]
     for png in ("latency_cdf.png", "throughput.png", "streaming.png"):

@@ -104,6 +104,14 @@ def test_every_metric_takes_a_regression_limit(tmp_path):
     ("udp_loss:\n  min_fraction_of_host: 1\n", 2, "udp_loss.min_fraction_of_host: unknown setting"),
     ("overrides:\n  - {metric: speed}\n", 2, "overrides[0].metric: must be one of latency"),
     ("jitter:\n  mean_over_topology_ms: lots\n", 2, "jitter.mean_over_topology_ms: must be a finite number"),
+    ("overrides:\n  - {metric: [latency]}\n", 2, "overrides[0].metric: must be one of latency"),
+    ("overrides:\n  - {metric: latency, overlay: wave, p99_over_rtt_ms: 9}\n", 2,
+     "overrides[0].overlay: unknown overlay 'wave'; overlays: host, libnetwork"),
+    ("overrides:\n  - {metric: latency, circuit: AMS to MIL, p99_over_rtt_ms: 9}\n", 2,
+     "overrides[0].circuit: must be SRC-DST"),
+    ("validity:\n  max_excluded_share_latency: 5\n", 2, "validity.max_excluded_share_latency: must be >= 0 and <= 1"),
+    ("latency:\n  p99_over_rtt_ms: " + "9" * 400 + "\n", 2, "a number of 400 digits (at most 1e+12)"),
+    ("? [latency]\n: {p99_over_rtt_ms: 3}\n", 1, "a key must be a name, got a list"),
 ])
 def test_bad_thresholds_name_file_line_and_field(tmp_path, text, line, message):
     path = tmp_path / "limits.yaml"
@@ -128,6 +136,14 @@ def test_validity_rules_are_strict_by_default_and_can_be_set_per_overlay(tmp_pat
     path.write_text("overrides:\n  - {metric: validity, overlay: weave, max_excluded_share_latency: 0.2}\n")
     assert thresholds.load(path).for_("validity", "weave", "A-B")["max_excluded_share_latency"] == 0.2
     assert thresholds.load(path).for_("validity", "host", "A-B")["max_excluded_share_latency"] == 0.05
+
+
+def test_an_override_must_name_a_circuit_of_the_topology(tmp_path):
+    path = tmp_path / "limits.yaml"
+    path.write_text("overrides:\n  - {metric: latency, circuit: AMS-PRG, p99_over_rtt_ms: 9}\n")
+    with pytest.raises(InputError, match=r"limits.yaml:2: overrides.circuit: the topology has no circuit 'AMS-PRG'"):
+        thresholds.load(path).check_circuits(["AMS-MIL", "BRA-LJU"])
+    thresholds.load(path).check_circuits(["AMS-PRG"])
 
 
 def test_load_related_faults_can_be_measured_again():

@@ -61,6 +61,10 @@ def test_unlinked_circuit_routes_over_the_fewest_hops(tmp_path):
 
 BAD = [
     ("malformed", "sites: {A: {}\nlinks: []\n", 2, "", "malformed YAML"),
+    ("nested between", GOOD.replace("between: [A, B]", "between: [[A], B]"), 7, "links[0].between", "unknown site ['A']"),
+    ("list as hub", GOOD + "hub: [A]\n", 10, "hub", "unknown site ['A']"),
+    ("nested circuit", GOOD + "circuits: [[[A], B]]\n", 10, "circuits[0]", "unknown site ['A']"),
+    ("huge number", GOOD.replace("rtt_ms: 20", "rtt_ms: " + "9" * 400), 7, "links[0].rtt_ms", "400 digits"),
     ("unknown top key", GOOD + "colour: blue\n", 10, "colour", "unknown key"),
     ("unknown link key", GOOD.replace("rate_mbit: 100", "speed: 100"), 7, "links[0].speed", "unknown key"),
     ("unknown site", GOOD.replace("between: [A, B]", "between: [A, Z]"), 7, "links[0].between", "unknown site 'Z'"),
