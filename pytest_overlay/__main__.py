@@ -30,18 +30,23 @@ def main(argv: list[str] | None = None) -> int:
     lab_up = actions.add_parser("up", help="stand the lab up and write FILE, the topology with every site's host:")
     lab_up.add_argument("topology", help="a topology file or bundled name (geant, geant-star, local)")
     lab_up.add_argument("--out", required=True, type=Path, help="where to write the topology of the lab's hosts")
+    lab_up.add_argument("--image", choices=lab.IMAGE_CHOICES, default="loaded",
+                        help="the measurement image on the hosts: 'loaded' (from this machine's image store, "
+                             "where it has one, as on hosts that ran the suites before) or 'missing' (a run "
+                             "imports it over the Docker API). Default: %(default)r")
     lab_keep = actions.add_parser("keep", help=argparse.SUPPRESS)
     lab_keep.add_argument("topology")
     lab_keep.add_argument("--out", required=True, type=Path)
+    lab_keep.add_argument("--image", choices=lab.IMAGE_CHOICES, default="loaded")
     lab_down = actions.add_parser("down", help="remove the lab that FILE describes, and FILE")
     lab_down.add_argument("file", type=Path)
     args = parser.parse_args(argv)
     if args.command == "lab":
         try:
             if args.action == "up":
-                return lab.up(args.topology, args.out)
+                return lab.up(args.topology, args.out, image=args.image)
             if args.action == "keep":
-                return lab.keep(args.topology, args.out)
+                return lab.keep(args.topology, args.out, image=args.image)
             return lab.down(args.file)
         except (lab.LabError, topology.InputError) as e:
             print(f"lab {args.action}: {e}", file=sys.stderr)

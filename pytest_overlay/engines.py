@@ -55,12 +55,16 @@ def image_recipe() -> bytes:
     return b"\0".join(parts)
 
 
+def image_tag() -> str:
+    return hashlib.sha256(image_recipe()).hexdigest()[:12]
+
+
 def build_image_tar(cache: Path | None = None, progress: Callable[[str], None] = lambda m: None) -> tuple[Path, str]:
     """The image's root filesystem as a tar, built once per recipe; returns it and its tag.
 
     Two runs that need it at once build it once: the second waits on the first's lock.
     """
-    tag = hashlib.sha256(image_recipe()).hexdigest()[:12]
+    tag = image_tag()
     cache = cache or CACHE
     tar_path = cache / f"probe-{tag}.tar"
     if tar_path.exists():

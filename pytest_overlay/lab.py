@@ -28,7 +28,7 @@ from pathlib import Path
 
 import yaml
 
-from . import emulator, procs, testbed, topology
+from . import emulator, engines, procs, testbed, topology
 from .engines import Engine, remove_run_files
 from .paths import find_binary
 from .pki import PKI
@@ -40,6 +40,10 @@ MANAGEMENT_RANGE = ipaddress.IPv4Network("198.19.128.0/17")  # one /24 per lab, 
 SSH_PORT, DOCKER_PORT = 22, 2376
 READY = "lab ready"
 HOST_BINARIES = ("weaver", "weaveutil", "flanneld")  # on every site's /usr/local/bin
+
+
+# The measurement image on the lab's hosts: already loaded (from the image store), or not.
+IMAGE_CHOICES = ("loaded", "missing")
 
 
 class LabError(RuntimeError):
@@ -74,8 +78,9 @@ def _wait_for_port(address: str, port: int, timeout: float, what: str) -> None:
 class Lab:
     """The lab's sites, built on an EmulatedTestbed; up() and down() run in the keeper."""
 
-    def __init__(self, topo: topology.Topology) -> None:
+    def __init__(self, topo: topology.Topology, image: str = "loaded") -> None:
         self.topology = topo
+        self.image = image
         self.bed = testbed.EmulatedTestbed(topo)
         self.engines: list[Engine] = []
         self.management: dict[str, str] = {}
@@ -140,6 +145,8 @@ class Lab:
                         ["-H", f"tcp://{address}:{DOCKER_PORT}", "--tlsverify", "--tlscacert", str(server.ca),
                          "--tlscert", str(server.cert), "--tlskey", str(server.key)])
         self.engines.append(engine)
+        if self.image == "loaded":
+            engines.seed(engine, engines.image_store(engines.image_tag()))
         engine.start()
         self.bed.track(engine.daemon)
         _wait_for_port(address, DOCKER_PORT, 30, f"dockerd of site {site}")
@@ -213,7 +220,7 @@ def _lab_file(topo: topology.Topology, hosts: dict[str, dict]) -> str:
             + yaml.safe_dump(raw, sort_keys=False))
 
 
-def keep(topology_spec: str, out: Path) -> int:
+def keep(topology_spec: str, out: Path, image: str = "loaded") -> int:
     """The keeper: build the lab, write FILE, say READY, then wait for SIGTERM and tear down."""
     topo = topology.load(topology_spec)
 
@@ -221,7 +228,7 @@ def keep(topology_spec: str, out: Path) -> int:
         raise KeyboardInterrupt
 
     signal.signal(signal.SIGTERM, stop)
-    lab = Lab(topo)
+    lab = Lab(topo, image)
     try:
         hosts = lab.up()
         out.write_text(_lab_file(topo, hosts))
@@ -242,7 +249,7 @@ def keep(topology_spec: str, out: Path) -> int:
         lab.down()
 
 
-def up(topology_spec: str, out: Path, timeout: float = 300) -> int:
+def up(topology_spec: str, out: Path, timeout: float = 300, image: str = "loaded") -> int:
     topo = topology.load(topology_spec)  # bad input ends here, before anything exists
     if any(s.host for s in topo.sites.values()):
         raise LabError(f"{topo.path}: its sites already name real hosts; give a topology of sites to emulate")
@@ -253,7 +260,7 @@ def up(topology_spec: str, out: Path, timeout: float = 300) -> int:
         raise LabError("the lab needs root (namespaces, dockerd)")
     started = time.monotonic()
     keeper = subprocess.Popen([sys.executable, "-m", "pytest_overlay", "lab", "keep", topology_spec,
-                               "--out", str(out)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                               "--out", str(out), "--image", image], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                               start_new_session=True)
     said = []
     for line in keeper.stdout:

@@ -129,6 +129,9 @@ def addoption(parser: pytest.Parser) -> None:
     _add(group, "--overlay-container-buffers", "tuned", "TCP buffers inside measurement containers: tuned (the "
          "site's, sized for the bandwidth-delay product) or docker (Docker's defaults, as the study ran).",
          type=parse_buffers, metavar="tuned|docker")
+    _add(group, "--overlay-converge", None, "Seconds a container overlay has, once up, until every container "
+         "answers every other over it; beyond, its bring-up fails (and is tried again). None: 30 + 100 x the "
+         "topology's worst RTT.", type=bounded(float, 1, 3600), metavar="S")
     _add(group, "--overlay-report", None, "Write Markdown, CSV, JSON, plots and an HTML page of the results to DIR.",
          metavar="DIR")
 

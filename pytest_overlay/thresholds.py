@@ -113,5 +113,6 @@ def _settings(check: Checker, data: Any, metric: str, where: str, body: Any = No
         if key not in allowed:
             raise check.fail(body, key, f"{where}.{key}",
                              "unknown setting; allowed: " + "; ".join(f"{k} ({v})" for k, v in allowed.items()))
-        out[key] = check.number(body, key, f"{where}.{key}", maximum=1.0 if allowed[key].endswith("(0..1)") else math.inf)
+        share = metric == VALIDITY and allowed[key].endswith("(0..1)")
+        out[key] = check.number(body, key, f"{where}.{key}", maximum=1.0 if share else math.inf)
     return out

@@ -51,6 +51,7 @@ class Overlay:
     wire_key = "encapsulated_packets_on_wan"
     wire_what = "encapsulated packets"
     container_buffers = "tuned"  # or "docker": containers keep Docker's default TCP buffers
+    converge_s: float | None = None  # how long every container has to answer every other (None: from the RTT)
 
     def __init__(self, testbed: EmulatedTestbed) -> None:
         self.testbed = testbed

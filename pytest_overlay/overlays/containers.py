@@ -171,7 +171,7 @@ class ContainerOverlay(Overlay):
         a datapath that has only just come up (Weave learning where a container is, a VXLAN
         peer not yet known) drops its first packets, and no probe may start in that window."""
         started = time.monotonic()
-        timeout = 30 + self._worst_rtt_s() * 100
+        timeout = self.converge_s or 30 + self._worst_rtt_s() * 100
         pairs = [(a, b) for a in self.containers.values() for b in self.containers.values() if a is not b]
 
         def answered(pair: tuple[ContainerEndpoint, ContainerEndpoint]) -> bool:

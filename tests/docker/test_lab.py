@@ -61,7 +61,7 @@ def docker_on(host: topology.RemoteHost, *args: str) -> subprocess.CompletedProc
 
 def test_lab_sites_are_real_hosts_over_the_emulated_wan(tmp_path, clean_machine):
     out = tmp_path / "lab.yaml"
-    made = lab("up", "local", "--out", str(out))
+    made = lab("up", "local", "--out", str(out), "--image", "missing")  # imported over the Docker API
     assert made.returncode == 0, made.stdout + made.stderr
     assert re.search(r"lab \w+ up in [\d.]+ s: 2 sites", made.stdout)
     try:
@@ -82,6 +82,7 @@ def test_lab_sites_are_real_hosts_over_the_emulated_wan(tmp_path, clean_machine)
 
         docker = docker_on(b, "info", "--format", "{{.ServerVersion}}")
         assert docker.returncode == 0, docker.stderr
+        assert docker_on(b, "images", "-q").stdout.strip() == ""  # no image yet: the run imports it
         address, port = b.docker.removeprefix("tcp://").rsplit(":", 1)
         context = ssl.create_default_context(cafile=b.tls["ca"])
         with pytest.raises(ssl.SSLError, match="BAD_CERTIFICATE|CERTIFICATE_REQUIRED"):
@@ -96,6 +97,7 @@ def test_lab_sites_are_real_hosts_over_the_emulated_wan(tmp_path, clean_machine)
         remote = run_suites("suites/", *QUICK, f"--topology={out}", "--overlay=host,libnetwork", "-m", "latency",
                             f"--overlay-json={tmp_path / 'remote.json'}", "-rA")
         remote.passed()
+        assert docker_on(b, "images", "-q", "pytest-overlay/probe").stdout.strip()  # imported over the API
         assert "using the hosts' swarm" not in remote.output  # none existed: made, then left
         records = json.loads((tmp_path / "remote.json").read_text())["results"]
         assert {(r["overlay"], r["datapath"]["testbed"], tuple(r["datapath"]["hosts"])) for r in records} == {
@@ -176,9 +178,11 @@ def test_a_bring_up_that_fails_on_the_hosts_is_tried_again_from_scratch(tmp_path
         # B drops VXLAN frames (the swarm-port check's small probe still gets through).
         procs.run(["iptables", "-w", "-I", "INPUT", "-p", "udp", "--dport", "4789", "-m", "length",
                    "--length", "80:65535", "-j", "DROP"], netns).check()
-        run = run_suites("suites/", *QUICK, f"--topology={out}", "--overlay=libnetwork", "-m", "latency")
+        # 8 s to converge: a VXLAN that drops every frame never will, and the test need not wait the 32 s default.
+        run = run_suites("suites/", *QUICK, f"--topology={out}", "--overlay=libnetwork", "-m", "latency",
+                         "--overlay-converge=8")
         assert run.rc == 1, run.output
-        assert "libnetwork: bring-up attempt 1 failed (libnetwork: no answer over the overlay" in run.output
+        assert "libnetwork: bring-up attempt 1 failed (libnetwork: no answer over the overlay within 8 s" in run.output
         assert "the last one failed with EngineError: libnetwork: no answer over the overlay" in run.output, run.output
         for host in (a, b):
             state = docker_on(host, "info", "--format", "{{.Swarm.LocalNodeState}} {{.Containers}}")

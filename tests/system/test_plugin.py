@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from pytest_overlay import results
+
 from ..conftest import QUICK, run_suites
 
 
@@ -30,7 +32,7 @@ def test_suites_pass_on_local_and_report(tmp_path, clean_machine):
     document = json.loads(out.read_text())
     journal = [json.loads(line) for line in Path(f"{out}.records.jsonl").read_text().splitlines()]
     assert [(r["metric"], r["overlay"]) for r in journal] == [(r["metric"], r["overlay"]) for r in document["results"]]
-    assert (document["schema"], document["version"]) == ("pytest-overlay/results", 2)
+    assert (document["schema"], document["version"]) == ("pytest-overlay/results", results.SCHEMA_VERSION)
     run_meta = document["run"]
     assert run_meta["topology"]["name"] == "local"
     assert run_meta["testbed"]["emulator"]["kind"] in ("netem", "delayline")
