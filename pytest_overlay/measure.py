@@ -201,6 +201,35 @@ class OverlayPath:
         record.threshold = {"description": description, **limit}
         record.verdict = "invalid" if not record.valid else "pass" if passed else "fail"
 
+    def why(self, record: Record, failed: str, key: str, metric: str | None = None) -> str:
+        """A failed threshold, said so that a broken testbed and an overlay's cost can be told
+        apart: what failed, the limit with the file and key it came from, and for an overlay
+        what it added over the underlay on the same circuit in this run, with its datapath."""
+        metric = metric or record.metric
+        limit = self.limits(metric).get(key)
+        source = self.state.thresholds.source(metric, key, self.overlay.name, self.circuit.id)
+        text = f"{failed} [limit {key} = {limit:g}: {source}]"
+        if record.overlay == BASELINE:
+            return text + "; this is the underlay itself: the testbed, not an overlay, missed the limit"
+        datapath = record.datapath
+        how = ", ".join(str(part) for part in (datapath.get("kind"), f"MTU {datapath['mtu']}" if datapath.get("mtu")
+                                               else None) if part)
+        base = results.baseline(self.state.records, record)
+        unit = record.unit
+        if base is None:
+            added = "the underlay was not measured in this run (add host to --overlay to see what the overlay adds)"
+        elif not base.valid:
+            added = f"what it added is unknown: the underlay's record is INVALID ({base.invalid_reasons[0]})"
+        elif record.total is not None and base.total:
+            added = (f"it carried {record.total:.0f} {unit}, {record.total / base.total:.2f} × the underlay's "
+                     f"{base.total:.0f} {unit} on {record.circuit} in this run")
+        else:
+            diff, half = results.difference(record, base) or (math.nan, math.nan)
+            added = (f"it added {diff:+.3f} ±{half:.3f} {unit} (95 %) to the mean over the underlay's "
+                     f"{base.stats.mean:.3f} {unit} on {record.circuit} in this run (n = {record.stats.n} and "
+                     f"{base.stats.n})")
+        return f"{text}; {record.overlay} ({how}): {added}"
+
     def limits(self, metric: str) -> dict[str, float]:
         return self.state.thresholds.for_(metric, self.overlay.name, self.circuit.id)
 

@@ -14,6 +14,48 @@ import matplotlib.pyplot as plt  # noqa: E402
 from .results import Record  # noqa: E402
 
 
+def _legend_below(ax) -> None:
+    """The legend under the axes, never over the data."""
+    ax.legend(fontsize="small", loc="upper center", bbox_to_anchor=(0.5, -0.22), ncol=2, frameon=False)
+
+
+def _save(fig, path: Path) -> None:
+    fig.tight_layout()
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+
+
+def published_vs_measured(published: dict[str, dict[str, list[float]]], records: list[Record], path: Path) -> bool:
+    """The study's question in one picture: per circuit and overlay, the published mean RTT
+    beside ours, with our 95 % interval and n."""
+    chosen = {(r.circuit, r.overlay): r for r in records if r.metric == "latency" and r.valid}
+    circuits = [c for c in published if any((c, o) in chosen for o in published[c])]
+    if not circuits:
+        return False
+    overlays = list(dict.fromkeys(o for c in circuits for o in published[c]))
+    fig, ax = plt.subplots(figsize=(max(7, 1.9 * len(circuits)), 4.5))
+    width = 0.8 / (2 * len(overlays))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, overlay in enumerate(overlays):
+        colour = colours[i % len(colours)]
+        xs = [c + 2 * i * width for c in range(len(circuits))]
+        ax.bar(xs, [published[c].get(overlay, [0, 0, 0])[1] for c in circuits], width, color=colour, alpha=0.45,
+               label=f"{overlay}, published mean")
+        ours = [chosen.get((c, overlay)) for c in circuits]
+        ax.bar([x + width for x in xs], [r.stats.mean if r else 0 for r in ours], width, color=colour,
+               yerr=[r.stats.ci95 if r else 0 for r in ours], capsize=3,
+               label=f"{overlay}, measured mean ±95 % CI (n={'/'.join(str(r.stats.n) for r in ours if r)})")
+    ax.set_xticks([c + width * (2 * len(overlays) - 1) / 2 for c in range(len(circuits))],
+                  [c.replace("-", " – ") for c in circuits])
+    ax.set_ylabel("mean round-trip time (ms)")
+    ax.set_ylim(bottom=0)
+    ax.set_title("Docker-to-Docker latency: published (light) beside measured (dark)")
+    ax.grid(axis="y", alpha=0.3)
+    _legend_below(ax)
+    _save(fig, path)
+    return True
+
+
 def latency_cdf(records: list[Record], path: Path) -> bool:
     latency = [r for r in records if r.metric == "latency" and r.extra.get("samples")]
     if not latency:
@@ -31,12 +73,11 @@ def latency_cdf(records: list[Record], path: Path) -> bool:
         ax.set_xlabel("round-trip time (ms)")
         ax.set_ylabel("fraction of round trips ≤ x")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize="small")
+        _legend_below(ax)
     for ax in list(axes.flat)[len(circuits):]:
         ax.set_visible(False)
     fig.suptitle("Latency CDF per circuit (irtt request/response)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    _save(fig, path)
     plt.close(fig)
     return True
 
@@ -67,9 +108,8 @@ def throughput(records: list[Record], path: Path) -> bool:
         ax.set_ylim(bottom=0)
         ax.set_title(f"{'TCP' if metric.startswith('tcp') else 'UDP'} throughput per circuit (iperf3, ±95 % CI)")
         ax.grid(axis="y", alpha=0.3)
-        ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
+        _legend_below(ax)
+    _save(fig, path)
     plt.close(fig)
     return True
 
@@ -92,13 +132,12 @@ def streaming(records: list[Record], path: Path) -> bool:
             nominal = next((r.extra.get("nominal_kbit") for r in chosen if r.extra.get("nominal_kbit")), None)
             if nominal:
                 ax.axhline(nominal, color="grey", linestyle="--", label=f"the clip's bitrate ({nominal:.0f} kbit/s)")
-        ax.set_ylim(0, ax.get_ylim()[1] * 1.25)  # from zero, with room for the legend
+        ax.set_ylim(bottom=0)
         ax.set_xlabel("concurrent clients")
         ax.set_ylabel(label)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize="x-small")
+        _legend_below(ax)
     fig.suptitle("Streaming under concurrency: one line per overlay, n = clients per point")
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    _save(fig, path)
     plt.close(fig)
     return True

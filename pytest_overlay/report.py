@@ -186,7 +186,13 @@ def exclusions_line(records: list[Record]) -> str:
 
 
 def _missing_table(missing: list[Missing], topology: Topology) -> str:
-    """What was asked for and not measured: a row per overlay and reason."""
+    """What was asked for and not measured: a row per overlay and reason. What the user
+    deselected (-m, -k) is one line: it was their choice, not a failure."""
+    deselected = [m for m in missing if m.reason == "deselected"]
+    missing = [m for m in missing if m.reason != "deselected"]
+    line = f"{len(deselected)} requested measurements deselected (-m/-k)" if deselected else ""
+    if not missing:
+        return line
     groups: dict[tuple[str, str], tuple[dict, dict]] = {}
     for m in missing:
         metrics_, where = groups.setdefault((m.overlay, m.reason), ({}, {}))
@@ -194,8 +200,9 @@ def _missing_table(missing: list[Missing], topology: Topology) -> str:
         where[m.where] = None
     rows = [[overlay, ", ".join(metrics_), ", ".join(where), reason]
             for (overlay, reason), (metrics_, where) in sorted(groups.items(), key=lambda g: (g[0][0] != BASELINE, g[0]))]
-    return _table(f"Not measured: {len(missing)} requested measurements, with the reason (bring-up failed, skipped, "
-                  "deselected, errored or not run)", ["Overlay", "Metrics", "Circuits", "Reason"], rows)
+    table = _table(f"Not measured: {len(missing)} requested measurements, with the reason (bring-up failed, skipped, "
+                   "errored or not run)", ["Overlay", "Metrics", "Circuits", "Reason"], rows)
+    return f"{table}\n\n{line}" if line else table
 
 
 def _change(c: dict) -> str:

@@ -264,6 +264,8 @@ def weave_answer(reference: dict, ptp: list[Record]) -> str:
 def _table(head: list[str], rows: list[list[str]]) -> str:
     from tabulate import tabulate
 
+    if not rows:
+        return "Not measured in this run."
     return tabulate(rows, headers=head, tablefmt="github", disable_numparse=True)
 
 
@@ -315,6 +317,11 @@ def write_report(out: Path, parts: list[Part], wall_s: float) -> list[str]:
             body.append(f"<h{level}>{html.escape(block.lstrip('# '))}</h{level}>")
         else:
             body.append(f"<p>{html.escape(block)}</p>")
+    from . import plots
+
+    if plots.published_vs_measured(reference["docker_to_docker_latency"], ptp, out / "published_vs_measured.png"):
+        body.insert(1, "<h2>Published against measured</h2><img src='published_vs_measured.png' "
+                       "alt='published against measured mean RTT, per circuit and overlay'>")
     for image in ("ptp/latency_cdf.png", "ptp/throughput.png", "streaming/streaming.png"):
         if (out / image).exists():
             body.append(f"<h2>{image}</h2><img src='{image}' alt='{image}'>")

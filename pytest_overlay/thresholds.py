@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +47,17 @@ class Thresholds:
     path: str
     defaults: dict[str, dict[str, float]]
     overrides: list[dict]
+    sources: dict[tuple[str, str], str] = field(default_factory=dict)  # (metric, setting) -> file:line
+
+    def source(self, metric: str, key: str, overlay: str, circuit: str) -> str:
+        """Where the limit in force came from: the last matching override, else the file and
+        line that set the metric's default."""
+        where = self.sources.get((metric, key), self.path)
+        for i, o in enumerate(self.overrides):
+            if o["metric"] == metric and key in o["settings"] and o.get("overlay", overlay) == overlay \
+                    and o.get("circuit", circuit) == circuit:
+                where = f"{self.path}:{o.get('line')} (overrides[{i}])"
+        return f"{metric}.{key} in {where}"
 
     def check_circuits(self, circuits: list[str]) -> None:
         """Overrides may name only circuits the topology has: one that names another is a
@@ -72,10 +83,13 @@ def load(path: str | Path | None = None) -> Thresholds:
     if not isinstance(data, dict):
         raise InputError(path, line_of(data), "", "a thresholds file must be a mapping of metric names")
     check.keys(data, TOP_KEYS, "")
-    defaults = {} if path == DEFAULT_PATH else {m: dict(v) for m, v in load(DEFAULT_PATH).defaults.items()}
+    bundled = None if path == DEFAULT_PATH else load(DEFAULT_PATH)
+    defaults = {m: dict(v) for m, v in bundled.defaults.items()} if bundled else {}
+    sources = dict(bundled.sources) if bundled else {}
     for metric in SETTINGS:
         if metric in data:
             defaults.setdefault(metric, {}).update(_settings(check, data, metric, metric))
+            sources.update({(metric, key): f"{path}:{line_of(data[metric], key)}" for key in data[metric]})
     overrides = []
     raw = data.get("overrides", [])
     if not isinstance(raw, list):
@@ -102,7 +116,7 @@ def load(path: str | Path | None = None) -> Thresholds:
                                                                   f"got {override['circuit']!r}")
         override["line"] = line_of(item)
         overrides.append(override)
-    return Thresholds(str(path), defaults, overrides)
+    return Thresholds(str(path), defaults, overrides, sources)
 
 
 def _settings(check: Checker, data: Any, metric: str, where: str, body: Any = None) -> dict[str, float]:

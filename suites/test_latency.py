@@ -19,9 +19,11 @@ def test_latency(overlay_path, benchmark):
                        mean_ok and p99_ok, expected_ms=expected, mean_tolerance_ms=tolerance, p99_max_ms=p99_max)
     gate_failures = overlay_path.gate_failures(rtt)
     assert rtt.valid, f"measurement invalid: {'; '.join(rtt.invalid_reasons)}"
-    assert mean_ok, (f"mean RTT {rtt.stats.mean:.3f} ms over {rtt.stats.n} round trips is more than "
-                     f"{tolerance:g} ms from the topology's {expected:g} ms")
-    assert p99_ok, f"p99 RTT {rtt.stats.p99:.3f} ms over {rtt.stats.n} round trips exceeds {p99_max:g} ms"
+    key = "mean_tolerance_ms" if tolerance == limits["mean_tolerance_ms"] else "mean_tolerance_pct"
+    assert mean_ok, overlay_path.why(rtt, f"mean RTT {rtt.stats.mean:.3f} ms over {rtt.stats.n} round trips is more "
+                                          f"than {tolerance:g} ms from the topology's {expected:g} ms", key)
+    assert p99_ok, overlay_path.why(rtt, f"p99 RTT {rtt.stats.p99:.3f} ms over {rtt.stats.n} round trips exceeds "
+                                         f"{p99_max:g} ms", "p99_over_rtt_ms")
     assert not gate_failures, "; ".join(gate_failures)
 
 
@@ -33,5 +35,6 @@ def test_jitter(overlay_path):
     overlay_path.judge(ipdv, f"mean IPDV <= {limit:g} ms", ok, max_ms=limit)
     gate_failures = overlay_path.gate_failures(ipdv)
     assert ipdv.valid, f"measurement invalid: {'; '.join(ipdv.invalid_reasons)}"
-    assert ok, f"mean IPDV {ipdv.stats.mean:.3f} ms over {ipdv.stats.n} pairs exceeds {limit:g} ms"
+    assert ok, overlay_path.why(ipdv, f"mean IPDV {ipdv.stats.mean:.3f} ms over {ipdv.stats.n} pairs exceeds "
+                                      f"{limit:g} ms", "mean_over_topology_ms")
     assert not gate_failures, "; ".join(gate_failures)

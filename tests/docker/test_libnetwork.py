@@ -4,6 +4,7 @@ underlay, proven to run over VXLAN, and cleaned up whatever happens."""
 from __future__ import annotations
 
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -112,7 +113,7 @@ def test_threshold_relative_to_the_underlay_measures_the_underlay_first(tmp_path
     """Only libnetwork is asked for: the underlay's TCP is measured on the same circuit first,
     since the limit is relative to it; it is never silently skipped."""
     limits = tmp_path / "limits.yaml"
-    limits.write_text("tcp_throughput:\n  min_fraction_of_host: 1.5\n")
+    limits.write_text("tcp_throughput:\n  min_fraction_of_host: 1.5\n  min_fraction_of_rate: 5\n")
     out = tmp_path / "results.json"
     # The subject is the plumbing of a relative limit, not the emulator: links without delay.
     run = run_suites("suites/", *QUICK, "--overlay=libnetwork", "-m", "tcp", f"--overlay-thresholds={limits}",
@@ -121,6 +122,9 @@ def test_threshold_relative_to_the_underlay_measures_the_underlay_first(tmp_path
     assert "measuring the underlay's tcp_throughput on A-B first" in run.output
     assert "FAILED suites/test_throughput.py::test_tcp_throughput[libnetwork-A-B]" in run.output
     assert "is below 1.5 × the underlay's" in run.output
+    # The absolute limit's failure says what the overlay carried beside the underlay, and how.
+    assert re.search(r"libnetwork \(vxlan, MTU 1450\): it carried \d+ Mbit/s, [\d.]+ × the underlay's \d+ Mbit/s "
+                     r"on A-B in this run", run.output), run.output
     records = {r["overlay"]: r for r in json.loads(out.read_text())["results"]}
     assert records["host"]["verdict"] == "measured as the baseline of a relative limit"
     assert records["libnetwork"]["vs_host"]["host"] == records["host"]["total"]

@@ -63,5 +63,9 @@ def test_threshold_failure_fails_the_test_and_is_recorded(tmp_path, clean_machin
     assert run.rc == 1, run.output
     assert "below 5000 Mbit/s" in run.output
     assert "exceeds 20 ms" in run.output
+    # Which limit, from which file and line; and that it is the underlay, not an overlay, that missed it.
+    assert f"[limit min_fraction_of_rate = 5: tcp_throughput.min_fraction_of_rate in {limits}:2]" in run.output
+    assert f"[limit p99_over_rtt_ms = 0: latency.p99_over_rtt_ms in {limits}:4 (overrides[0])]" in run.output
+    assert "this is the underlay itself: the testbed, not an overlay, missed the limit" in run.output
     verdicts = {r["metric"]: r["verdict"] for r in json.loads(out.read_text())["results"]}
     assert verdicts == {"latency": "fail", "tcp_throughput": "fail"}

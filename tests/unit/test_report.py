@@ -74,8 +74,13 @@ def test_what_was_not_measured_is_listed_with_its_reason():
     missing = [Missing("libnetwork", "latency", "A", "B", "bring-up failed: libnetwork did not come up"),
                Missing("libnetwork", "latency", "B", "A", "bring-up failed: libnetwork did not come up"),
                Missing("host", "stream_jitter", "A", "B", "deselected", concurrency=5, transport="udp")]
+    missing += [Missing("host", "stream_jitter", "A", "B", "skipped: no clip", concurrency=5, transport="udp")]
+    missing += [Missing("host", "jitter", "A", "B", "deselected")] * 55
     text = report.tables([_latency("host", 20.0)], TOPOLOGY, missing)
     assert "Not measured: 3 requested measurements, with the reason" in text
-    rows = [line for line in text.splitlines() if line.startswith("| ") and ("bring-up" in line or "deselected" in line)]
+    rows = [line for line in text.splitlines() if line.startswith("| ") and ("bring-up" in line or "skipped" in line)]
     assert "| latency " in rows[1] and "| A – B, B – A " in rows[1] and "libnetwork did not come up" in rows[1]
     assert "| stream_jitter " in rows[0] and "| A – B (udp, 5 clients) " in rows[0] and rows[0].startswith("| host ")
+    # What -m or -k left out is the user's choice: one line, not a row per measurement.
+    assert "56 requested measurements deselected (-m/-k)" in text
+    assert not [line for line in text.splitlines() if line.startswith("| ") and "deselected" in line]

@@ -47,3 +47,25 @@ def test_significance_per_overlay():
     rows = {row[0]: row for row in study.significance_rows(records)}
     assert rows["calico"][3] == "0 of 1" and rows["weave"][3] == "1 of 1"
     assert rows["weave"][4] == "0.10 to 0.10" and rows["calico"][4] == "-"
+
+
+def test_an_overhead_is_never_taken_against_an_invalid_underlay():
+    host = _latency("host", "A", "B", 21.0)
+    host.valid, host.invalid_reasons = False, ["emulator touched 40 of 250 round trips"]
+    records = [host, _latency("calico", "A", "B", 20.0)]
+    assert study.significance_rows(records)[0][2] == "-"  # no negative overhead from a bad baseline
+    reference = {"docker_to_docker_latency": {"A-B": {o: [20, 20, 20] for o in ("libnetwork", "weave", "flannel")}}}
+    row = study.latency_rows(reference, [host, _latency("libnetwork", "A", "B", 20.0)])[0]
+    assert row[10] == "unknown: underlay INVALID"
+
+
+def test_published_against_measured_is_drawn(tmp_path):
+    from pytest_overlay import plots
+
+    reference = study.load_reference()["docker_to_docker_latency"]
+    records = [_latency(overlay, *circuit.split("-"), means[1] + 0.3)
+               for circuit, row in reference.items() for overlay, means in row.items()]
+    path = tmp_path / "published.png"
+    assert plots.published_vs_measured(reference, records, path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
+    assert not plots.published_vs_measured(reference, [], tmp_path / "none.png")
