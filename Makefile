@@ -22,7 +22,7 @@ bench: venv
 	$(PY) -m pytest suites/ $(BENCH_ARGS) -p no:cacheprovider
 
 test: venv
-	$(PY) -m pytest $(TEST_LAYERS) -p no:cacheprovider
+	$(PY) -m pytest $(TEST_LAYERS) -p no:cacheprovider --durations=15
 
 study: venv
 	$(PY) -m pytest_overlay study --out study

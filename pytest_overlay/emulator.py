@@ -186,8 +186,11 @@ class DelayLine(Emulator):
         return [sys.executable, "-m", "pytest_overlay.delayline", json.dumps(config)]
 
     def start(self) -> None:
+        # --queue-bypass: were the delay line to die, packets pass instead of stalling the probe
+        # in flight until its timeout; the measurement is then thrown away (measure.py checks
+        # the testbed's daemons after every probe) and the session stops, saying why.
         rules = ["*mangle"] + [
-            f"-A FORWARD -i {p.ingress} -j NFQUEUE --queue-num {p.queue}" for p in self.ports
+            f"-A FORWARD -i {p.ingress} -j NFQUEUE --queue-num {p.queue} --queue-bypass" for p in self.ports
         ] + ["COMMIT", ""]
         self.daemons.append(procs.start(
             "delayline", self.command(), self.run_dir / "delayline.log", self.netns, ready="ready",

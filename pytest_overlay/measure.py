@@ -98,6 +98,7 @@ class OverlayPath:
             self._stop_if_a_daemon_died(kind)  # the cause, rather than the probe's own error
             raise
         ended = time.time_ns()
+        self._stop_if_a_daemon_died(kind, "during")
         accrued = emu.delta(before, testbed.emulator_counters(since=started))
         window = monitor.window(started, ended)
         there, back = self.hops()
@@ -129,12 +130,12 @@ class OverlayPath:
             self.src, self.dst, protocol, duration, rate, rounds),
             lambda s: validity.sender_faults(s.offered_mbit, s.sent_mbit, self.rules["min_sent_fraction_udp"]))
 
-    def _stop_if_a_daemon_died(self, kind: str) -> None:
+    def _stop_if_a_daemon_died(self, kind: str, when: str = "before") -> None:
         """A daemon of the run died (the emulator, an engine, an overlay's): nothing measured
         after this could be vouched for, so the session stops, saying which and why."""
         dead = self.overlay.testbed.dead_daemons()
         if dead:
-            pytest.exit(f"stopping: a daemon of the testbed died before {self.overlay.name} {self.circuit.id} {kind}: "
+            pytest.exit(f"stopping: a daemon of the testbed died {when} {self.overlay.name} {self.circuit.id} {kind}: "
                         + "\n".join(dead), returncode=pytest.ExitCode.TESTS_FAILED)
 
     def record(self, metric: str, values: list[float], measured: Measured, extra: dict | None = None,

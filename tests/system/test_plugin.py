@@ -11,12 +11,12 @@ import pytest
 
 from pytest_overlay import results
 
-from ..conftest import QUICK, run_suites
+from ..conftest import QUICK, RELAXED_FILE, run_suites
 
 
 def test_suites_pass_on_local_and_report(tmp_path, clean_machine):
     out = tmp_path / "results.json"
-    run = run_suites("suites/", *QUICK, f"--overlay-json={out}", "-rA")
+    run = run_suites("suites/", *QUICK, "--overlay-concurrency=1,5", f"--overlay-json={out}", "-rA")
     run.passed()
     for test_id in ("test_latency.py::test_latency[host-A-B]", "test_latency.py::test_jitter[host-A-B]",
                     "test_throughput.py::test_tcp_throughput[host-A-B]",
@@ -55,17 +55,22 @@ def test_suites_pass_on_local_and_report(tmp_path, clean_machine):
 
 def test_threshold_failure_fails_the_test_and_is_recorded(tmp_path, clean_machine):
     limits = tmp_path / "limits.yaml"
-    limits.write_text("tcp_throughput:\n  min_fraction_of_rate: 5\n"
+    # The plumbing's own validity rules (relaxed), then the limits under test.
+    limits.write_text(RELAXED_FILE.read_text() + "tcp_throughput:\n  min_fraction_of_rate: 5\n"
                       "overrides:\n  - {metric: latency, circuit: A-B, p99_over_rtt_ms: 0}\n")
+    first = len(RELAXED_FILE.read_text().splitlines()) + 1
     out = tmp_path / "results.json"
     run = run_suites("suites/", *QUICK, "-m", "tcp or latency", f"--overlay-thresholds={limits}",
                      f"--overlay-json={out}")
+    run.skip_if_starved()
     assert run.rc == 1, run.output
     assert "below 5000 Mbit/s" in run.output
     assert "exceeds 20 ms" in run.output
     # Which limit, from which file and line; and that it is the underlay, not an overlay, that missed it.
-    assert f"[limit min_fraction_of_rate = 5: tcp_throughput.min_fraction_of_rate in {limits}:2]" in run.output
-    assert f"[limit p99_over_rtt_ms = 0: latency.p99_over_rtt_ms in {limits}:4 (overrides[0])]" in run.output
+    assert f"[limit min_fraction_of_rate = 5: tcp_throughput.min_fraction_of_rate in {limits}:{first + 1}]" \
+        in run.output
+    assert f"[limit p99_over_rtt_ms = 0: latency.p99_over_rtt_ms in {limits}:{first + 3} (overrides[0])]" \
+        in run.output
     assert "this is the underlay itself: the testbed, not an overlay, missed the limit" in run.output
     verdicts = {r["metric"]: r["verdict"] for r in json.loads(out.read_text())["results"]}
     assert verdicts == {"latency": "fail", "tcp_throughput": "fail"}

@@ -18,8 +18,8 @@ from ..conftest import QUICK, run_suites
 
 def test_levels_over_udp_and_tcp(tmp_path, clean_machine):
     out = tmp_path / "stream.json"
-    run = run_suites("suites/", *QUICK, "-m", "streaming", "--overlay-stream-transport=udp,tcp",
-                     f"--overlay-json={out}", "-rA")
+    run = run_suites("suites/", *QUICK, "-m", "streaming", "--overlay-concurrency=1,5",
+                     "--overlay-stream-transport=udp,tcp", f"--overlay-json={out}", "-rA")
     run.passed()
     for test_id in ("host-udp-1", "host-udp-5", "host-tcp-1", "host-tcp-5"):
         assert f"PASSED suites/test_streaming.py::test_streaming[{test_id}]" in run.output

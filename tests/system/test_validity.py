@@ -6,6 +6,7 @@ released), and a delay line that dies mid-run stops the session with its own las
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -82,5 +83,5 @@ def test_a_delay_line_that_dies_mid_run_stops_the_session(clean_machine):
     os.kill(victim, signal.SIGKILL)
     output, _ = run.communicate(timeout=120)
     assert run.returncode == 1, output
-    assert "stopping: a daemon of the testbed died before host A-B" in output
+    assert re.search(r"stopping: a daemon of the testbed died (before|during) host A-B", output), output
     assert "delayline (pid" in output and "exited with status -9" in output
