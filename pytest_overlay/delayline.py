@@ -297,16 +297,19 @@ class DelayLine:
         return self.wake_lag
 
     def _release(self, now: float) -> float:
-        """Accept every packet due by now; return the next deadline (inf if none)."""
+        """Accept every packet due by now; return the next deadline (inf if none). Lateness
+        counts from when the verdict was sent: a stall between deciding and sending must show."""
         next_due = float("inf")
         for queue in self.queues.values():
             pending = queue.pending
-            last = None
+            released = []
             while pending and pending[0][0] <= now:
-                due, last = pending.popleft()
-                queue.count_release(now - due, due, self.wall_offset)
-            if last is not None:
-                self._verdict(NFQNL_MSG_VERDICT_BATCH, queue.num, NF_ACCEPT, last)
+                released.append(pending.popleft())
+            if released:
+                self._verdict(NFQNL_MSG_VERDICT_BATCH, queue.num, NF_ACCEPT, released[-1][1])
+                sent = time.monotonic()
+                for due, _ in released:
+                    queue.count_release(sent - due, due, self.wall_offset)
             if pending and pending[0][0] < next_due:
                 next_due = pending[0][0]
         return next_due

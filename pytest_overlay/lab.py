@@ -15,6 +15,7 @@ other, so sites reach each other only over the emulated WAN.
 
 from __future__ import annotations
 
+import concurrent.futures
 import ipaddress
 import json
 import os
@@ -186,11 +187,15 @@ class Lab:
 
     def down(self) -> None:
         errors = []
-        for engine in self.engines:
+
+        def stop(engine: Engine) -> None:
             try:
                 engine.stop()
             except Exception as e:  # noqa: BLE001  (best effort: the rest still comes down)
                 errors.append(f"engine {engine.site}: {e}")
+
+        with concurrent.futures.ThreadPoolExecutor(max(1, len(self.engines))) as pool:
+            list(pool.map(stop, self.engines))  # each dockerd takes seconds to stop: all at once
         try:
             self.bed.down()
         except testbed.TestbedError as e:

@@ -255,22 +255,28 @@ static void count_release(struct queue *q, int64_t late, int64_t due) {
     }
 }
 
-/* Accept every packet due by now; return the next deadline (INT64_MAX if none). */
+/* Accept every packet due by now; return the next deadline (INT64_MAX if none). Lateness
+ * counts from when the verdict syscall returned (the kernel forwards the batch inside it):
+ * a stall between deciding and sending, or inside the syscall, must show. */
 static int64_t release(int64_t now) {
     int64_t next = INT64_MAX;
     for (int i = 0; i < nqueues; i++) {
         struct queue *q = &queues[i];
-        int any = 0;
-        uint32_t last = 0;
+        uint32_t first = q->head, n = 0, last = 0;
         while (q->len && q->ring[q->head].due <= now) {
-            struct slot s = q->ring[q->head];
+            last = q->ring[q->head].id;
             q->head = (q->head + 1) % q->cap;
             q->len--;
-            count_release(q, now - s.due, s.due);
-            last = s.id;
-            any = 1;
+            n++;
         }
-        if (any) verdict(NFQNL_MSG_VERDICT_BATCH, q->num, NF_ACCEPT, last);
+        if (n) {
+            verdict(NFQNL_MSG_VERDICT_BATCH, q->num, NF_ACCEPT, last);
+            int64_t sent = now_ns(CLOCK_MONOTONIC);
+            for (uint32_t k = 0; k < n; k++) {
+                struct slot *s = &q->ring[(first + k) % q->cap];
+                count_release(q, sent - s->due, s->due);
+            }
+        }
         if (q->len && q->ring[q->head].due < next) next = q->ring[q->head].due;
     }
     return next;

@@ -113,7 +113,7 @@ def test_threshold_relative_to_the_underlay_measures_the_underlay_first(tmp_path
     """Only libnetwork is asked for: the underlay's TCP is measured on the same circuit first,
     since the limit is relative to it; it is never silently skipped."""
     limits = tmp_path / "limits.yaml"
-    limits.write_text(RELAXED_FILE.read_text() + "tcp_throughput:\n  min_fraction_of_host: 1.5\n  min_fraction_of_rate: 5\n")
+    limits.write_text(RELAXED_FILE.read_text() + "tcp_throughput:\n  min_fraction_of_host: 1.5\n  min_fraction_of_rate: 50\n")
     out = tmp_path / "results.json"
     # The subject is the plumbing of a relative limit, not the emulator: links without delay.
     run = run_suites("suites/", *QUICK, "--overlay=libnetwork", "-m", "tcp", f"--overlay-thresholds={limits}",
