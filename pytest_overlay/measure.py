@@ -65,11 +65,12 @@ class OverlayPath:
             for attempt in range(1, retries + 2):
                 measured = self._once(kind, probe, check)
                 measured.tries, measured.earlier_faults = attempt, list(earlier)
-                if attempt > retries or not validity.load_related(measured.faults):
+                faults = measured.faults + (measured.accounting.loss_faults if measured.accounting else [])
+                if attempt > retries or not validity.load_related(faults):
                     break
-                earlier += [f"try {attempt}: {f}" for f in measured.faults]
-                self.state.repeated.append(f"{self.overlay.name} {self.circuit.id} {kind}: {measured.faults[0]}")
-                self.state.progress(f"{self.overlay.name} {self.circuit.id} {kind}: invalid ({measured.faults[0]}); "
+                earlier += [f"try {attempt}: {f}" for f in faults]
+                self.state.repeated.append(f"{self.overlay.name} {self.circuit.id} {kind}: {faults[0]}")
+                self.state.progress(f"{self.overlay.name} {self.circuit.id} {kind}: invalid ({faults[0]}); "
                                     f"measuring again ({attempt}/{retries})")
             self.state.cache[key] = measured
         return self.state.cache[key]

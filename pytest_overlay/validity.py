@@ -218,24 +218,27 @@ def account(kind: str, accrued: dict[str, dict], there: list[Hop], back: list[Ho
         acc.faults.append(
             f"emulator touched {acc.excluded} of {n} {'round trips' if base == 'latency' else 'intervals'} "
             f"({acc.excluded / n * 100:.1f} %, bound {bound * 100:g} %) on their path; worst {worst.describe()}" + because)
+    dropped = _dropped(troubles)
     if base == "tcp":
-        dropped = [t for t in troubles if t.dropped]
         if dropped:
-            acc.faults.append(f"emulator dropped {sum(t.dropped for t in dropped)} packets on "
-                              f"{', '.join(sorted({t.link for t in dropped}))} (queue overflow): TCP's congestion "
-                              "control reacted to losses the network did not make" + because)
+            acc.faults.append(f"{dropped}: TCP's congestion control reacted to losses the network did not make{because}")
         stall_ms = max((t.max_late_us / 1e3 for t in troubles), default=0.0)
         if stall_ms > rules["max_stall_ms_tcp"]:
             acc.faults.append(f"emulator released packets {stall_ms:.0f} ms late on the path (bound "
                               f"{rules['max_stall_ms_tcp']:g} ms): TCP saw a stall long enough to change its "
                               "congestion window" + because)
-    if base == "udp":
-        dropped = [t for t in troubles if t.dropped]
-        if dropped:
-            acc.loss_faults.append(f"emulator dropped {sum(t.dropped for t in dropped)} packets on "
-                                   f"{', '.join(sorted({t.link for t in dropped}))} (queue overflow): the loss "
-                                   "figure would count them" + because)
+    if base == "udp" and dropped:
+        acc.loss_faults.append(f"{dropped}: the loss figure would count them{because}")
     return acc
+
+
+def _dropped(troubles: list[Trouble]) -> str:
+    """What the emulator dropped on the path, in words ("" if nothing)."""
+    dropped = [t for t in troubles if t.dropped]
+    if not dropped:
+        return ""
+    return (f"emulator dropped {sum(t.dropped for t in dropped)} packets on "
+            f"{', '.join(sorted({t.link for t in dropped}))} (queue overflow)")
 
 
 def _stream(acc: Accounting, accrued: dict[str, dict], rules: dict[str, float], because: str) -> Accounting:

@@ -178,11 +178,11 @@ def test_a_bring_up_that_fails_on_the_hosts_is_tried_again_from_scratch(tmp_path
         # B drops VXLAN frames (the swarm-port check's small probe still gets through).
         procs.run(["iptables", "-w", "-I", "INPUT", "-p", "udp", "--dport", "4789", "-m", "length",
                    "--length", "80:65535", "-j", "DROP"], netns).check()
-        # 8 s to converge: a VXLAN that drops every frame never will, and the test need not wait the 32 s default.
+        # 3 s to converge: a VXLAN that drops every frame never will, and the test need not wait the 32 s default.
         run = run_suites("suites/", *QUICK, f"--topology={out}", "--overlay=libnetwork", "-m", "latency",
-                         "--overlay-converge=8")
+                         "--overlay-converge=3")
         assert run.rc == 1, run.output
-        assert "libnetwork: bring-up attempt 1 failed (libnetwork: no answer over the overlay within 8 s" in run.output
+        assert "libnetwork: bring-up attempt 1 failed (libnetwork: no answer over the overlay within 3 s" in run.output
         assert "the last one failed with EngineError: libnetwork: no answer over the overlay" in run.output, run.output
         for host in (a, b):
             state = docker_on(host, "info", "--format", "{{.Swarm.LocalNodeState}} {{.Containers}}")
