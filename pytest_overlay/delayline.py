@@ -363,9 +363,9 @@ class DelayLine:
         fds = [self.sock] + ([control] if control else [])
         clock = time.monotonic
         while True:
-            if clock() - self.last_drop_poll >= DROP_POLL_S:
-                self.poll_kernel_drops(clock())
             next_due = self._release(clock())
+            if clock() - self.last_drop_poll >= DROP_POLL_S:  # after the release: the loop wakes for deadlines
+                self.poll_kernel_drops(clock())
             if next_due == float("inf"):
                 timeout = DROP_POLL_S
             elif self.pending() <= SPIN_MAX_PENDING:

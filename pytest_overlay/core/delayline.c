@@ -393,8 +393,9 @@ static void run(int control) {
     sigemptyset(&none);
     while (!stopping) {
         int64_t now = now_ns(CLOCK_MONOTONIC);
-        if (now - last_drop_poll >= DROP_POLL_NS) poll_kernel_drops(now);
         int64_t next = release(now), timeout;
+        /* After the release, never before it: the loop wakes for deadlines. */
+        if (now - last_drop_poll >= DROP_POLL_NS) poll_kernel_drops(now_ns(CLOCK_MONOTONIC));
         if (next == INT64_MAX) {
             timeout = -1;
         } else if (pending() <= SPIN_MAX_PENDING) {
