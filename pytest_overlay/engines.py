@@ -241,17 +241,25 @@ def seed(engine: Engine, store: Path) -> bool:
     root.parent.mkdir(parents=True, exist_ok=True)
     if os.stat(store).st_dev != os.stat(root.parent).st_dev:
         return False
-    seeding = root.with_name(f".{root.name}.seeding")
-    shutil.rmtree(seeding, ignore_errors=True)
-    seeding.mkdir()
-    copied = subprocess.run(["cp", "-a", str(store / "image"), str(seeding / "image")], capture_output=True) \
-        .returncode == 0 and subprocess.run(["cp", "-al", str(store / "overlay2"), str(seeding / "overlay2")],
-                                            capture_output=True).returncode == 0
-    if not copied:
-        shutil.rmtree(seeding, ignore_errors=True)
+    return _share_store(store, root, root.with_name(f".{root.name}.seeding"))
+
+
+def _share_store(source: Path, target: Path, work: Path) -> bool:
+    """The image's metadata copied and its layers hard-linked from source into work, then
+    work renamed to target: whole, or not at all (a target that appeared meanwhile wins)."""
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    try:
+        if subprocess.run(["cp", "-a", str(source / "image"), str(work / "image")], capture_output=True).returncode \
+                or subprocess.run(["cp", "-al", str(source / "overlay2"), str(work / "overlay2")],
+                                  capture_output=True).returncode:
+            return False
+        work.rename(target)
+        return True
+    except OSError:
         return False
-    seeding.rename(root)
-    return True
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def keep_store(engine: Engine, tag: str) -> None:
@@ -263,18 +271,7 @@ def keep_store(engine: Engine, tag: str) -> None:
         return
     if os.stat(root).st_dev != os.stat(CACHE).st_dev:
         return
-    work = CACHE / f".engine-store-{tag}.{os.getpid()}"
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    ok = subprocess.run(["cp", "-a", str(root / "image"), str(work / "image")], capture_output=True).returncode == 0 \
-        and subprocess.run(["cp", "-al", str(root / "overlay2"), str(work / "overlay2")], capture_output=True).returncode == 0
-    try:
-        if ok:
-            work.rename(store)
-    except OSError:  # another run kept it first
-        pass
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+    _share_store(root, store, CACHE / f".engine-store-{tag}.{os.getpid()}")
 
 
 def start_all(engines: list[Engine], progress: Callable[[str], None]) -> tuple[str, float]:

@@ -23,9 +23,6 @@ from .machine import Window as MachineWindow
 # The rules themselves are in the thresholds file (section `validity`).
 EXCLUDED_SETTING = {"latency": "max_excluded_share_latency", "tcp": "max_excluded_share_throughput",
                     "udp": "max_excluded_share_throughput"}
-# A throughput interval's rate moves by at most the share of its time the emulator spent
-# late: below this share it stands.
-INTERVAL_TOUCH_SHARE = 0.02
 CPU_BOUND_PCT = 80.0  # the bundled max_client_cpu_pct
 # A window is matched with this much room either side: the emulator's own limit for "late".
 MATCH_MARGIN_NS = int(LATE_LIMIT_S * 1e9)
@@ -204,14 +201,15 @@ def account(kind: str, accrued: dict[str, dict], there: list[Hop], back: list[Ho
     elif base == "latency":
         acc.kept = [not hit for hit in touched(spans, troubles)]
     else:
+        # An interval's rate moves by at most the share of its time the emulator spent late.
         interval_ns = int(samples.interval_s * 1e9)
-        acc.kept = [not hit for hit in touched(spans, troubles, int(INTERVAL_TOUCH_SHARE * interval_ns))]
+        acc.kept = [not hit for hit in touched(spans, troubles, int(rules["max_late_share_interval"] * interval_ns))]
     acc.excluded = acc.kept.count(False)
     bound = rules[EXCLUDED_SETTING[base]]
     what = ("a round trip whose packets were due on a link of its path while the emulator released late or dropped "
             "there" if base == "latency" else
-            f"an interval whose path had the emulator releasing late for over {INTERVAL_TOUCH_SHARE * 100:g} % of "
-            "its time, or dropping")
+            f"an interval whose path had the emulator releasing late for over {rules['max_late_share_interval'] * 100:g} "
+            "% of its time, or dropping")
     acc.rule = acc.rule or f"{what} is excluded; INVALID beyond {bound * 100:g} % excluded"
     if n and acc.excluded > bound * n:
         worst = max(troubles, key=lambda t: (t.late + t.dropped, t.max_late_us))
