@@ -258,9 +258,9 @@ def _stream(acc: Accounting, accrued: dict[str, dict], rules: dict[str, float], 
             how += [f"max {c['max_late_us'] / 1e3:.1f} ms"] if c.get("max_late_us") else []
             acc.faults.append(f"emulator released {late} of {packets} packets on {link} over "
                               f"{LATE_LIMIT_S * 1e3:g} ms late ({'; '.join(how)})" + because)
-        if c.get("windows") is not None and any(w[3] for w in c["windows"]):
-            acc.faults.append(f"emulator dropped {sum(w[3] for w in c['windows'])} packets on {link} "
-                              "(queue overflow)" + because)
+    dropped = _dropped(acc.troubles)
+    if dropped:
+        acc.faults.append(dropped + because)
     return acc
 
 

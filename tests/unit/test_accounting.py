@@ -167,3 +167,10 @@ def test_the_machine_window_finds_the_longest_steal_burst():
     assert w.cpu_pressure_pct == pytest.approx(0.2)
     assert w.to_json()["start"].endswith("Z") and w.samples == 10
     assert machine.summarise(ticks[:1], T0, T0 + MS).steal_pct is None
+
+
+def test_drops_on_the_streams_own_direction_always_invalidate_it():
+    accrued = {"A->B": {"packets": 1000, "late": 0, "windows": [window(100, 120, late=0, dropped=7)]},
+               "B->A": {"packets": 10, "late": 0, "windows": [window(100, 120, late=0, dropped=3)]}}
+    acc = validity.account("stream-udp-5", accrued, THERE, BACK, None, RULES)
+    assert acc.faults == ["emulator dropped 7 packets on A->B (queue overflow)"]  # B->A carries RTCP only
