@@ -52,13 +52,15 @@ NFQNL_MSG_VERDICT_BATCH = 3
 NFQA_PACKET_HDR = 1
 NFQA_VERDICT_HDR = 2
 NFQA_TIMESTAMP = 4
+NFQA_CAP_LEN = 13  # the packet's length, where only its metadata is copied
 NFQA_CFG_CMD = 1
 NFQA_CFG_PARAMS = 2
 NFQA_CFG_QUEUE_MAXLEN = 3
 NFQA_CFG_MASK = 4
 NFQA_CFG_FLAGS = 5
 NFQNL_CFG_CMD_BIND = 1
-NFQNL_COPY_META = 1
+NFQNL_COPY_PACKET = 2
+COPY_RANGE = 1
 NFQA_CFG_F_GSO = 4
 NF_DROP = 0
 NF_ACCEPT = 1
@@ -82,6 +84,7 @@ SO_TIMESTAMPNS = 35
 HIST_EDGES_US = (25, 50, 100, 150, 200, 300, 400, 500, 700, 1000, 1500, 2000, 3000, 5000, 7000,
                  10000, 20000, 50000, 100000)
 MAX_WINDOWS = 256  # per queue; the newest are kept
+WIRE_MTU = 1500  # a GSO packet's length over this is how many packets it stands for
 MERGE_GAP_NS = 2_000_000
 DROP_POLL_S = 0.02
 
@@ -218,7 +221,9 @@ class DelayLine:
             self._request(
                 NFQNL_MSG_CONFIG,
                 num,
-                _attr(NFQA_CFG_PARAMS, struct.pack("!IB", 0, NFQNL_COPY_META))
+                # One byte of payload, not metadata only: only then does the kernel say the
+                # packet's length (NFQA_CAP_LEN), which tells a GSO burst from one packet.
+                _attr(NFQA_CFG_PARAMS, struct.pack("!IB", COPY_RANGE, NFQNL_COPY_PACKET))
                 + _attr(NFQA_CFG_QUEUE_MAXLEN, struct.pack("!I", queue.maxlen))
                 + _attr(NFQA_CFG_MASK, struct.pack("!I", NFQA_CFG_F_GSO))
                 + _attr(NFQA_CFG_FLAGS, struct.pack("!I", NFQA_CFG_F_GSO)),
@@ -228,25 +233,31 @@ class DelayLine:
     def _verdict(self, msg: int, num: int, verdict: int, packet_id: int) -> None:
         self.sock.send(_message(msg, num, _attr(NFQA_VERDICT_HDR, struct.pack("!II", verdict, packet_id))))
 
-    def _arrival(self, data: bytes, now: float) -> float:
-        """When the packet reached the wan namespace, on the monotonic clock.
+    def _arrival(self, data: bytes, now: float) -> tuple[float, int]:
+        """When the packet reached the wan namespace, on the monotonic clock, and how many
+        wire packets it stands for.
 
         The kernel stamps it on receive (NFQA_TIMESTAMP, wall clock) while any socket asks
-        for timestamps, which this process does; without a stamp, the time it was read.
+        for timestamps, which this process does; without a stamp, the time it was read. A
+        GSO packet (up to 64 KB of one TCP flow, queued whole) is as many MTU-sized packets
+        as its length (NFQA_CAP_LEN) makes.
         """
         offset, end = 20, len(data)
+        arrival, segments = now, 1
         while offset + 4 <= end:
             length, kind = struct.unpack_from("=HH", data, offset)
             if length < 4:
                 break
-            if kind & 0x7FFF == NFQA_TIMESTAMP and length >= 20:
+            kind &= 0x7FFF
+            if kind == NFQA_TIMESTAMP and length >= 20:
                 sec, usec = struct.unpack_from("!QQ", data, offset + 4)
                 if sec:
                     self.stamped += 1
-                    return sec + usec / 1e6 - self.wall_offset
-                break
+                    arrival = sec + usec / 1e6 - self.wall_offset
+            elif kind == NFQA_CAP_LEN and length >= 8:
+                segments = max(1, -(-struct.unpack_from("!I", data, offset + 4)[0] // WIRE_MTU))
             offset += (length + 3) & ~3
-        return now
+        return arrival, segments
 
     def _receive(self, now: float, budget: int = 64) -> None:
         """Take up to `budget` queued packets off the socket and schedule them."""
@@ -271,11 +282,14 @@ class DelayLine:
                 continue
             packet_id = struct.unpack_from("!I", data, 24)[0]
             queue.queued += 1
-            if queue.loss and rnd() < queue.loss:
+            arrival, segments = self._arrival(data, now)
+            # Loss is per wire packet: a GSO burst of n goes whole with the chance that any
+            # of its n would have, as TCP then sees one loss event either way.
+            if queue.loss and rnd() < 1 - (1 - queue.loss) ** segments:
                 queue.lost += 1
                 self._verdict(NFQNL_MSG_VERDICT, queue.num, NF_DROP, packet_id)
                 continue
-            due = self._arrival(data, now) + queue.delay_s
+            due = arrival + queue.delay_s
             if queue.jitter_s:
                 due += (2 * rnd() - 1) * queue.jitter_s
             # Never reorder: a packet leaves no earlier than the one before it.
@@ -359,6 +373,23 @@ class DelayLine:
                        for n, q in self.queues.items()},
         }
 
+    def set_queues(self, request: str) -> dict:
+        """"set NUM:DELAY_US:JITTER_US:LOSS_PPM ...": a WAN fault starting or healing, on every
+        queue named at once (all are checked first); packets already queued keep their times."""
+        changes = []
+        for item in request.split()[1:]:
+            try:
+                num, delay_us, jitter_us, loss_ppm = item.split(":")
+                change = (self.queues[int(num)], float(delay_us), float(jitter_us), float(loss_ppm))
+            except (ValueError, KeyError):
+                return {"error": f"bad item {item[:40]}"}
+            if min(change[1:]) < 0 or change[3] > 1e6:
+                return {"error": f"no queue or bad value in {item[:40]}"}
+            changes.append(change)
+        for queue, delay_us, jitter_us, loss_ppm in changes:
+            queue.delay_s, queue.jitter_s, queue.loss = delay_us / 1e6, jitter_us / 1e6, loss_ppm / 1e6
+        return {"applied_ns": time.time_ns(), "queues": len(changes)}
+
     def run(self, control: socket.socket | None) -> None:
         fds = [self.sock] + ([control] if control else [])
         clock = time.monotonic
@@ -381,8 +412,10 @@ class DelayLine:
             if self.sock in readable:
                 self._receive(clock())
             if control is not None and control in readable:
-                request, peer = control.recvfrom(64)
-                if request.startswith(b"stats") and peer:
+                request, peer = control.recvfrom(16384)
+                if request.startswith(b"set ") and peer:
+                    control.sendto(json.dumps(self.set_queues(request.decode(errors="replace"))).encode(), peer)
+                elif request.startswith(b"stats") and peer:
                     since = request.partition(b"since=")[2].split(b" ")[0]
                     stats = self.stats(b"reset" in request, int(since) if since.isdigit() else None)
                     control.sendto(json.dumps(stats).encode(), peer)
@@ -406,9 +439,13 @@ REPLY_BUFFER = 8 << 20
 def query_stats(control_path: str, timeout: float = 2.0, reset: bool = False, since: int | None = None) -> dict:
     """Ask a running delay line (either core) for its counters; `reset` starts a new window
     for the maximum release error; `since` (wall ns) asks for the late and drop windows."""
+    request = b"stats" + (b" reset" if reset else b"") + (b" since=%d" % since if since is not None else b"")
+    return _ask(control_path, request, timeout)
+
+
+def _ask(control_path: str, request: bytes, timeout: float) -> dict:
     client = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     reply_path = f"{control_path}.{os.getpid()}.{time.monotonic_ns()}"
-    request = b"stats" + (b" reset" if reset else b"") + (b" since=%d" % since if since is not None else b"")
     try:
         client.bind(reply_path)
         client.settimeout(timeout)
@@ -420,6 +457,17 @@ def query_stats(control_path: str, timeout: float = 2.0, reset: bool = False, si
             os.unlink(reply_path)
         except FileNotFoundError:
             pass
+
+
+def set_queues(control_path: str, changes: dict[int, tuple[float, float, float]], timeout: float = 2.0) -> int:
+    """Change running queues at once: {queue: (delay_ms, jitter_ms, loss_pct)}. Returns the wall
+    clock (ns) at which the delay line applied them."""
+    request = "set " + " ".join(f"{num}:{delay * 1e3:.3f}:{jitter * 1e3:.3f}:{loss * 1e4:.3f}"
+                                for num, (delay, jitter, loss) in sorted(changes.items()))
+    answer = _ask(control_path, request.encode(), timeout)
+    if "error" in answer:
+        raise ValueError(f"delay line refused {request!r}: {answer['error']}")
+    return int(answer["applied_ns"])
 
 
 class _Stop(Exception):

@@ -15,11 +15,12 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from . import procs
-from .delayline import HIST_EDGES_US, LATE_LIMIT_S, query_stats
+from .delayline import HIST_EDGES_US, LATE_LIMIT_S, query_stats, set_queues
 from .paths import CACHE
 from .topology import Direction
 
@@ -87,6 +88,18 @@ class Emulator:
         emulator keeps a timeline (`windows`: [[start_ns, end_ns, late, dropped, max_late_us]])."""
         raise NotImplementedError
 
+    def impair(self, changes: dict[str, Direction]) -> int:
+        """Give the named link directions ("A->B") new delay, jitter and loss at one moment (a
+        WAN fault starting or healing); the wall clock (ns) at which they took effect."""
+        raise NotImplementedError(f"the {self.kind or 'no'} emulator cannot change a link while it runs")
+
+    def _ports_named(self, changes: dict[str, Direction]) -> list[tuple[Port, Direction]]:
+        by_name = {p.name: p for p in self.ports}
+        unknown = sorted(set(changes) - set(by_name))
+        if unknown:
+            raise ValueError(f"no emulated link direction {', '.join(unknown)}; links: {', '.join(by_name)}")
+        return [(by_name[name], d) for name, d in changes.items()]
+
     def stop(self) -> None:
         for daemon in self.daemons:
             daemon.stop()
@@ -95,21 +108,29 @@ class Emulator:
         return {"kind": self.kind, "links": {p.name: vars(p.direction) for p in self.ports}}
 
 
+def _netem(port: Port, d: Direction) -> list[str]:
+    command = ["qdisc", "replace", "dev", port.egress, "root", "netem", "limit", str(queue_packets(port.direction)),
+               "delay", f"{d.delay_ms}ms"]
+    if d.jitter_ms:
+        command += [f"{d.jitter_ms}ms"]
+    if d.loss_pct:
+        command += ["loss", f"{d.loss_pct}%"]
+    if d.rate_mbit:
+        command += ["rate", f"{d.rate_mbit}mbit"]
+    return command
+
+
 class Netem(Emulator):
     kind = "netem"
 
     def start(self) -> None:
         for port in self.ports:
-            d = port.direction
-            command = ["tc", "qdisc", "replace", "dev", port.egress, "root", "netem",
-                       "limit", str(queue_packets(d)), "delay", f"{d.delay_ms}ms"]
-            if d.jitter_ms:
-                command += [f"{d.jitter_ms}ms"]
-            if d.loss_pct:
-                command += ["loss", f"{d.loss_pct}%"]
-            if d.rate_mbit:
-                command += ["rate", f"{d.rate_mbit}mbit"]
-            procs.run(command, self.netns).check()
+            procs.run(["tc", *_netem(port, port.direction)], self.netns).check()
+
+    def impair(self, changes: dict[str, Direction]) -> int:
+        batch = "\n".join(" ".join(_netem(port, d)) for port, d in self._ports_named(changes)) + "\n"
+        procs.run(["tc", "-batch", "-"], self.netns, input=batch).check()
+        return time.time_ns()
 
     def counters(self, reset: bool = False, since: int | None = None) -> dict[str, dict]:
         shown = procs.run(["tc", "-s", "-j", "qdisc", "show"], self.netns).check()
@@ -218,6 +239,10 @@ class DelayLine(Emulator):
                 out[port.name]["windows_incomplete"] = bool(q.get("windows_incomplete"))
         out["_enobufs"] = {"dropped": stats.get("enobufs", 0)}
         return out
+
+    def impair(self, changes: dict[str, Direction]) -> int:
+        return set_queues(str(self.control), {port.queue: (d.delay_ms, d.jitter_ms, d.loss_pct)
+                                              for port, d in self._ports_named(changes)})
 
     def describe(self) -> dict:
         return {**super().describe(), "core": self.core}

@@ -16,7 +16,7 @@ import warnings
 import pytest
 
 from . import options, procs, results, session, topology
-from .measure import OverlayPath, StreamPath
+from .measure import FaultPath, OverlayPath, StreamPath
 from .session import OverlaySession
 
 
@@ -212,3 +212,20 @@ def stream_path(overlay, stream_server, concurrency: int, transport: str, overla
     `concurrency` clients at the far site watching the stream over `transport`."""
     return StreamPath(overlay, overlay_session.topology.stream_circuit(), overlay_session, request.node.nodeid,
                       stream_server, concurrency, transport)
+
+
+@pytest.fixture
+def fault_path(overlay, fault: topology.Fault, overlay_session: OverlaySession,
+               request: pytest.FixtureRequest) -> FaultPath:
+    """Name: fault_path. Scope: function. Depends on: overlay, fault (a scenario of the
+    topology's faults: section).
+
+    One WAN fault scenario through one overlay, applied by the link emulator while probes run
+    through the overlay; skipped, saying why, where the testbed cannot apply faults."""
+    if overlay.testbed.backend != "embedded" or overlay.testbed.emulator is None or \
+            overlay.testbed.emulator.kind == "none":
+        pytest.skip(f"WAN faults need the embedded testbed's link emulator; this run has the "
+                    f"{overlay.testbed.backend} testbed"
+                    + (" without one (--overlay-emulator=none)" if overlay.testbed.backend == "embedded" else
+                       ": faults across real hosts (firewall rules between them) are not built in this version"))
+    return FaultPath(overlay, fault, overlay_session, request.node.nodeid)

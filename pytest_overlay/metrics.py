@@ -31,11 +31,13 @@ class Metric:
     # (in the metric's unit): "udp_loss:50%" against a saved 0 % fires beyond 0.5 %.
     zero_base: float = 1.0
     streaming: bool = False
+    fault: bool = False  # measured under a WAN fault scenario (the faults suite)
     test: str = ""  # the suite's test function that measures it
 
     def __post_init__(self) -> None:
         if not self.test:
-            object.__setattr__(self, "test", "test_streaming" if self.streaming else f"test_{self.name}")
+            test = "test_streaming" if self.streaming else "test_fault" if self.fault else f"test_{self.name}"
+            object.__setattr__(self, "test", test)
 
     @property
     def worse(self) -> str:
@@ -45,7 +47,7 @@ class Metric:
         """Every limit a thresholds file may set for this metric, with what it means."""
         out = dict(self.settings)
         out[REGRESSION_PCT] = f"{self.headline} at most this much worse ({self.worse}) than in the compared run (%)"
-        if not self.streaming and self.unit != "%":
+        if not (self.streaming or self.fault) and self.unit != "%":
             if self.higher_is_worse:
                 out[MAX_OVER_HOST_PCT] = f"{self.headline} at most this much above the underlay's on the circuit (%)"
             else:
@@ -86,6 +88,22 @@ _ALL = [
     }, streaming=True),
     Metric("stream_ttff", "ms", "time to first frame per client", "mean", True, zero_base=0.001, streaming=True),
 ]
+FAULT_METRICS = [
+    Metric("outage_ms", "ms", "longest time without a reply on the affected circuit", "max", True, {
+        "max_over_down_ms": "the longest outage at most the fault's longest down time plus this (ms)",
+    }, fault=True),
+    Metric("detour_rtt", "ms", "RTT of replies to requests sent while the fault was on", "mean", True, fault=True),
+    Metric("fault_lost", "requests", "probe requests lost while the fault was on", "max", True, fault=True),
+    Metric("recovery_ms", "ms", "from the last heal to the first reply", "max", True, {
+        "max_ms": "the first reply at most this long after the heal (ms)",
+    }, fault=True),
+    Metric("recovery_level_ms", "ms", "from the last heal to RTT back within 1 ms of its level before the fault",
+           "max", True, {"max_ms": "RTT back to its level at most this long after the heal (ms)"}, fault=True),
+    Metric("fault_goodput", "Mbit/s", "TCP goodput per interval while the fault was on", "mean", False, {
+        "min_fraction_of_before": "mean goodput during the fault at least this share of before it (0..1)",
+    }, fault=True),
+]
+_ALL += FAULT_METRICS
 METRICS: dict[str, Metric] = {m.name: m for m in _ALL}
 
 

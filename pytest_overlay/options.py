@@ -60,6 +60,13 @@ def parse_buffers(value: str) -> str:
     return value
 
 
+def parse_names(value: str) -> list[str]:
+    names = [n.strip() for n in value.split(",") if n.strip()]
+    if not names:
+        raise argparse.ArgumentTypeError("give at least one name")
+    return names
+
+
 def bounded(kind: type, low: float, high: float) -> Callable[[str], float]:
     def parse(value: str):
         try:
@@ -132,6 +139,11 @@ def addoption(parser: pytest.Parser) -> None:
     _add(group, "--overlay-converge", None, "Seconds a container overlay has, once up, until every container "
          "answers every other over it; beyond, its bring-up fails (and is tried again). None: 30 + 100 x the "
          "topology's worst RTT.", type=bounded(float, 1, 3600), metavar="S")
+    _add(group, "--overlay-faults", None, "WAN fault scenarios of the topology's faults: section to run (the "
+         "faults suite runs only when named here or selected with -m faults).", type=parse_names,
+         metavar="NAME[,NAME...]")
+    _add(group, "--overlay-fault-bound", 120.0, "Seconds after a fault heals within which recovery must be seen; "
+         "beyond, it is reported as censored (> bound).", type=bounded(float, 1, 3600), metavar="SECONDS")
     _add(group, "--overlay-report", None, "Write Markdown, CSV, JSON, plots and an HTML page of the results to DIR.",
          metavar="DIR")
 

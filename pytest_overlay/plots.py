@@ -141,3 +141,35 @@ def streaming(records: list[Record], path: Path) -> bool:
     _save(fig, path)
     plt.close(fig)
     return True
+
+
+def fault_timeline(records: list[Record], fault: str, path: Path) -> bool:
+    """One WAN fault scenario: RTT against time from the fault's start, one line per overlay,
+    the fault's windows shaded, lost requests marked under the axis."""
+    chosen = [r for r in records if r.fault == fault and r.metric == "outage_ms" and r.extra.get("timeline")]
+    if not chosen:
+        return False
+    fig, ax = plt.subplots(figsize=(10, 4.5))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    steps = chosen[0].extra["steps"]
+    ons = [st["offset_ms"] / 1e3 for st in steps if st["what"] == "fault"]
+    offs = [st["offset_ms"] / 1e3 for st in steps if st["what"] == "heal"]
+    for i, (on, off) in enumerate(zip(ons, offs)):
+        ax.axvspan(on, off, color="grey", alpha=0.2, label="fault on" if i == 0 else None)
+    top = max((v for r in chosen for v in r.extra["timeline"]["rtt_ms"] if v is not None), default=1.0)
+    for i, r in enumerate(chosen):
+        colour = colours[i % len(colours)]
+        line = r.extra["timeline"]
+        got = [(t / 1e3, v) for t, v in zip(line["t_ms"], line["rtt_ms"]) if v is not None]
+        lost = [t / 1e3 for t, v in zip(line["t_ms"], line["rtt_ms"]) if v is None]
+        ax.plot([t for t, _ in got], [v for _, v in got], ".", markersize=2, color=colour,
+                label=f"{r.overlay}: RTT (n={len(got)} replies), outage {r.stats.max / 1e3:.2f} s")
+        ax.plot(lost, [-(0.03 + 0.03 * i) * top] * len(lost), "|", markersize=6, color=colour,
+                label=f"{r.overlay}: lost request (n={len(lost)})")
+    ax.set_xlabel("time from the fault's start (s); request send times")
+    ax.set_ylabel("round-trip time through the overlay (ms)")
+    ax.set_title(f"WAN fault {fault}: {chosen[0].src} -> {chosen[0].dst}")
+    ax.grid(alpha=0.3)
+    _legend_below(ax)
+    _save(fig, path)
+    return True

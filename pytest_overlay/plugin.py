@@ -12,6 +12,7 @@ import pytest
 
 from . import options, session
 from .fixtures import (  # noqa: F401  (fixtures are found on the plugin module)
+    fault_path,
     overlay,
     overlay_path,
     overlay_session,
@@ -30,6 +31,8 @@ MARKERS = {
     "tcp": "TCP measurements",
     "udp": "UDP measurements",
     "streaming": "RTSP streaming under concurrency",
+    "faults": "WAN faults (cut, partition, flap, loss burst, reroute): outage and recovery through each overlay; "
+              "runs only when selected (-m faults) or named (--overlay-faults)",
 }
 
 
@@ -52,11 +55,15 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     before it builds the next; circuits are cheap.
     """
     names = metafunc.fixturenames
-    if "overlay_path" not in names and "stream_path" not in names:
+    if "overlay_path" not in names and "stream_path" not in names and "fault_path" not in names:
         return
     state = session.get(metafunc.config)
     metafunc.parametrize("overlay", state.overlays, indirect=True, scope="session")
-    if "overlay_path" in names:
+    if "fault_path" in names:
+        none = pytest.param(None, id="no-faults", marks=pytest.mark.skip(
+            reason=f"topology {state.topology.name} declares no faults: add a faults: section (README, 'WAN faults')"))
+        metafunc.parametrize("fault", state.faults or [none], ids=lambda f: f.name if f else "no-faults")
+    elif "overlay_path" in names:
         metafunc.parametrize("circuit", state.topology.circuits, ids=lambda c: c.id)
     else:
         metafunc.parametrize("transport", state.option("overlay_stream_transport"))
@@ -72,6 +79,23 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
         benchmark.mark(items)
         state.request(items)
+        _hold_back_faults(config, items, state)
+
+
+def _hold_back_faults(config: pytest.Config, items: list[pytest.Item], state) -> None:
+    """The faults suite takes minutes per overlay: it runs only when -m names it or
+    --overlay-faults picks scenarios; otherwise its tests are deselected, said in one line."""
+    if "faults" in (config.getoption("markexpr") or "") or config.getoption("overlay_faults"):
+        return
+    held = [item for item in items if item.get_closest_marker("faults")]
+    if not held:
+        return
+    config.hook.pytest_deselected(items=held)
+    items[:] = [item for item in items if not item.get_closest_marker("faults")]
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(f"pytest-overlay: {len(held)} WAN fault test(s) not run (minutes each); run them with "
+                            "-m faults or --overlay-faults NAME,...")
 
 
 def pytest_deselected(items: list[pytest.Item]) -> None:

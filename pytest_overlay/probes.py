@@ -140,7 +140,7 @@ class ThroughputSamples:
             self.excluded + len(kept) - len(mbit))
 
 
-def _wait_listening(endpoint: Endpoint, port: int, proto: str, timeout: float = 5.0) -> None:
+def wait_listening(endpoint: Endpoint, port: int, proto: str, timeout: float = 5.0) -> None:
     flag = "-lnt" if proto == "tcp" else "-lnu"
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -156,7 +156,7 @@ def latency(src: Endpoint, dst: Endpoint, samples: int, interval_ms: float = 10.
     port = next(_ports)
     server = dst.start(f"irtt-{port}", ["irtt", "server", "-b", f"{dst.address}:{port}", "-i", "0", "--tstamp=none"])
     try:
-        _wait_listening(dst, port, "udp")
+        wait_listening(dst, port, "udp")
         duration = samples * interval_ms / 1000
         result = src.run(
             ["irtt", "client", "-Q", "-o", "-", "-i", f"{interval_ms}ms", "-d", f"{duration}s",
@@ -226,7 +226,7 @@ def throughput(src: Endpoint, dst: Endpoint, protocol: str, duration: float,
     port = next(_ports)
     server = dst.start(f"iperf3-{port}", ["iperf3", "-s", "-J", "-1", "-i", str(INTERVAL_S), "-B", dst.address, "-p", str(port)])
     try:
-        _wait_listening(dst, port, "tcp")
+        wait_listening(dst, port, "tcp")
         command = ["iperf3", "-c", dst.address, "-B", src.address, "-p", str(port), "-J", "--get-server-output",
                    "-t", str(duration), "-O", str(omit), "-i", str(INTERVAL_S)]
         if protocol == "udp":

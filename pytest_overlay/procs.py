@@ -6,11 +6,14 @@ pytest, which then tears down in order), and is ended by its pid and waited for.
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shlex
 import shutil
 import signal
+import socket
 import subprocess
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +30,32 @@ def in_netns(netns: str | None, command: list[str]) -> list[str]:
     nsenter, not `ip netns exec`: the latter remounts /sys, which dockerd cannot live with.
     """
     return ["nsenter", f"--net=/run/netns/{netns}", *command] if netns else list(command)
+
+
+CLONE_NEWNET = 0x40000000
+
+
+def connect_in_netns(netns: str, host: str, port: int, timeout: float = 5.0) -> socket.socket:
+    """A TCP connection made from inside a network namespace, without starting a process: a
+    short-lived thread enters the namespace (setns applies to the calling thread only) and
+    opens the socket, which stays in that namespace for whoever uses it."""
+    made: dict = {}
+
+    def enter_and_connect() -> None:
+        try:
+            with open(f"/run/netns/{netns}") as ns:
+                if ctypes.CDLL(None, use_errno=True).setns(ns.fileno(), CLONE_NEWNET) != 0:
+                    raise OSError(ctypes.get_errno(), f"setns into {netns}")
+            made["socket"] = socket.create_connection((host, port), timeout)
+        except OSError as e:
+            made["error"] = e
+
+    thread = threading.Thread(target=enter_and_connect, name=f"netns-{netns}")
+    thread.start()
+    thread.join()
+    if "error" in made:
+        raise made["error"]
+    return made["socket"]
 
 
 @dataclass(frozen=True)
@@ -131,6 +160,16 @@ class Daemon:
             return _tail(self.log.read_text(errors="replace"), lines)
         except OSError:
             return ""
+
+    def interrupt(self, timeout: float = 5.0) -> int | None:
+        """SIGINT, as Ctrl-C would (some tools write their results only then), then stop()."""
+        if self.popen.poll() is None:
+            self.popen.send_signal(signal.SIGINT)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        return self.stop(timeout)
 
     def stop(self, timeout: float = 5.0) -> int | None:
         """SIGTERM, wait, SIGKILL if it must: the process is reaped either way."""

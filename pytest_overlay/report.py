@@ -62,6 +62,79 @@ def _streaming_table(records: list[Record], notes: list[str]) -> str:
                           "Clip kbit/s", "Loss % mean", "Loss % max", "TTFF mean", "Client CPU %", "Verdict"], rows)
 
 
+def _ms(record: Record | None) -> str:
+    """A recovery time in ms, or "> bound" where it was not seen (censored)."""
+    if record is None:
+        return "-"
+    if record.extra.get("censored"):
+        return f"> {record.extra['bound_s'] * 1e3:.0f} (censored)"
+    return f"{record.stats.max:.0f}"
+
+
+def _faults_tables(records: list[Record], notes: list[str]) -> list[str]:
+    """A table per WAN fault scenario: a row per overlay."""
+    scenarios: dict[str, dict[str, dict[str, Record]]] = {}
+    for r in records:
+        if r.fault:
+            scenarios.setdefault(r.fault, {}).setdefault(r.overlay, {})[r.metric] = r
+    out = []
+    for name, by_overlay in scenarios.items():
+        rows, first = [], None
+        for overlay in sorted(by_overlay, key=lambda o: (o != BASELINE, o)):
+            m = by_overlay[overlay]
+            outage = m["outage_ms"]
+            first = first or outage
+            e = outage.extra
+            lost, detour = m.get("fault_lost"), m.get("detour_rtt")
+            during = (f"{detour.stats.mean:.1f} (p99 {detour.stats.p99:.1f}, n={detour.stats.n})" if detour
+                      else "no reply")
+            path = e.get("detour_path") or ("direct" if detour else "-")
+            events = e.get("control_events") or []
+            said = "; ".join(f"{ev['t_s']:+.1f} s {ev['what']}: {ev['to']}" for ev in events[:3])
+            said = (said + (f"; +{len(events) - 3} more" if len(events) > 3 else "")) if events else "no change"
+            watch = e.get("watch")
+            low, high = e.get("expected_outage_s", (None, None))
+            verdicts = {r.verdict for r in m.values()}
+            status = (_status(next(r for r in m.values() if not r.valid), notes) if not all(r.valid for r in m.values())
+                      else "fail" if "fail" in verdicts else "pass")
+            goodput = m.get("fault_goodput")
+            rows.append([
+                overlay, f"{outage.stats.max:.0f}", f"{lost.stats.max:.0f} of {lost.extra['sent']}" if lost else "-",
+                during, path, _ms(m.get("recovery_ms")), _ms(m.get("recovery_level_ms")),
+                f"{goodput.stats.mean:.0f} of {goodput.extra['before_mbit']:.0f} (n={goodput.stats.n})"
+                if goodput and goodput.extra.get("before_mbit") else "-",
+                f"{watch['outage_ms']:.0f}" if watch else "-",
+                f"{low:g}-{high:g} s: {'agrees' if e.get('agrees_with_timers') else 'DISAGREES'}"
+                if low is not None else "-",
+                said, status])
+        e = first.extra
+        steps = e["steps"]
+        heal = [st["offset_ms"] for st in steps if st["what"] == "heal"]
+        fault = e["fault"]
+        what = {"cut": f"link {', '.join(fault['links'])} drops everything for {fault['seconds']:g} s",
+                "partition": f"site {fault['site']} loses every link for {fault['seconds']:g} s",
+                "flap": f"link {', '.join(fault['links'])} down {fault['seconds']:g} s, up {fault['up_s']:g} s, "
+                        f"{fault['times']} times",
+                "loss": f"link {', '.join(fault['links'])} loses {fault['loss_pct']:g} % each way for "
+                        f"{fault['seconds']:g} s, a TCP transfer through it",
+                "reroute": f"link {', '.join(fault['links'])} RTT +{fault['add_rtt_ms']:g} ms for "
+                           f"{fault['seconds']:g} s"}[fault["kind"]]
+        watched = e["watch"]["circuit"] if e.get("watch") else "none"
+        title = (f"WAN fault {name}: {what}. Probe {first.src} -> {first.dst} through each overlay, one request per "
+                 f"{e['interval_ms']:g} ms (n = {e['outcome']['sent']} for {first.overlay}); applied at t = 0 by the "
+                 f"link emulator, last heal at +{heal[-1] / 1e3:.3f} s; all times in ms but the expected outage; "
+                 f"watched circuit {watched}")
+        out.append(_table(title, ["Overlay", "Outage", "Lost during", "RTT during", "Path during",
+                                  "First reply after heal", "RTT back to level", "TCP Mbit/s during / before",
+                                  f"Outage on {watched}", "Expected outage (timers)", "Control plane", "Verdict"], rows))
+        timers = {overlay: m["outage_ms"].extra.get("timers") or [] for overlay, m in by_overlay.items()}
+        lines = [f"  {overlay}: " + "; ".join(f"{t['what']} {t['default']} [{t['source']}]" for t in ts)
+                 for overlay, ts in sorted(timers.items()) if ts]
+        if lines:
+            out[-1] += "\nTimers (defaults, from each overlay's source or documentation):\n" + "\n".join(lines)
+    return out
+
+
 def _difference(record: Record, base: Record) -> str:
     """Difference of means with the 95 % interval of the difference (independent samples)."""
     diff = results.difference(record, base)
@@ -145,6 +218,7 @@ def tables(records: list[Record], topology: Topology, missing: list[Missing] = (
                           head + ["Verdict"], rows))
     if "stream_jitter" in by_metric:
         out.append(_streaming_table(records, notes))
+    out += _faults_tables(records, notes)
 
     compared = [(r, c) for r in _order(records, topology) for c in r.compared]
     if compared:
@@ -171,7 +245,8 @@ def exclusions_line(records: list[Record]) -> str:
     counted = {}
     for r in records:  # latency and jitter share a run, as do UDP's rate and loss
         if r.exclusions.get("n") and r.concurrency is None:
-            counted.setdefault((r.overlay, r.circuit, r.metric.split("_")[0] if r.metric != "jitter" else "latency"),
+            counted.setdefault((r.overlay, r.circuit, r.fault or (r.metric.split("_")[0] if r.metric != "jitter"
+                                                                   else "latency")),
                                (r, r.exclusions))
     if not counted:
         return ""
@@ -251,6 +326,10 @@ def write_files(directory: str | Path, records: list[Record], topology: Topology
         ("throughput.png", "Throughput per overlay", plots.throughput),
         ("streaming.png", "Streaming jitter and bitrate against concurrency", plots.streaming),
     ) if draw(records, out / name)]
+    for fault in dict.fromkeys(r.fault for r in records if r.fault):
+        name = f"fault_{fault}.png"
+        if plots.fault_timeline(records, fault, out / name):
+            pictures.append((name, f"WAN fault {fault}: RTT through each overlay against time"))
     written += [name for name, _ in pictures]
     (out / "index.html").write_text(_html(topology, header, text, pictures))
     written.append("index.html")

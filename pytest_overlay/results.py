@@ -19,8 +19,8 @@ SCHEMA = "pytest-overlay/results"
 # was requested and not measured, with why.
 # 3: `exclusions` (samples the emulator touched, left out and counted) and `measured` (the
 # measurement window in UTC, with the machine's steal time and CPU pressure).
-SCHEMA_VERSION = 3
-READABLE_VERSIONS = (1, 2, 3)
+SCHEMA_VERSION = 4
+READABLE_VERSIONS = (1, 2, 3, 4)
 BOOTSTRAP_RESAMPLES = 200
 
 # Two-sided 95 % Student t quantiles for small samples; 1.96 beyond.
@@ -145,6 +145,7 @@ class Record:
     total: float | None = None  # the whole run's value, where the metric has one (throughput)
     concurrency: int | None = None  # streaming level
     transport: str | None = None  # streaming: RTP over udp or tcp
+    fault: str | None = None  # the WAN fault scenario it was measured under (schema 4)
     vs_host: dict | None = None  # the underlay's value of the headline statistic
     compared: list[dict] = field(default_factory=list)  # against the saved run
     tries: int = 1  # measurements taken, the earlier ones invalid for the machine's load
@@ -162,7 +163,7 @@ class Record:
 
     @property
     def key(self) -> tuple:
-        return (self.overlay, self.metric, self.src, self.dst, self.concurrency, self.transport)
+        return (self.overlay, self.metric, self.src, self.dst, self.concurrency, self.transport, self.fault)
 
     def value(self, stat: str) -> float:
         """A statistic by name; `total` is the whole run's value where there is one."""
@@ -231,14 +232,16 @@ class Missing:
     concurrency: int | None = None
     transport: str | None = None
     test: str = ""
+    fault: str | None = None
 
     @property
     def key(self) -> tuple:
-        return (self.overlay, self.metric, self.src, self.dst, self.concurrency, self.transport)
+        return (self.overlay, self.metric, self.src, self.dst, self.concurrency, self.transport, self.fault)
 
     @property
     def where(self) -> str:
-        level = f" ({self.transport}, {self.concurrency} clients)" if self.concurrency is not None else ""
+        level = f" ({self.transport}, {self.concurrency} clients)" if self.concurrency is not None else \
+            f" ({self.fault})" if self.fault else ""
         return f"{self.src} – {self.dst}{level}"
 
 

@@ -38,13 +38,17 @@ class OverlaySession:
         """Note what every collected suite test is to measure (before -m/-k deselect any)."""
         for item in items:
             params = getattr(getattr(item, "callspec", None), "params", {})
-            if "overlay" not in params:
+            if "overlay" not in params or ("fault" in params and params["fault"] is None):
                 continue
-            circuit = params.get("circuit") or self.topology.stream_circuit()
+            fault = params.get("fault")
+            circuit = fault.probe if fault else params.get("circuit") or self.topology.stream_circuit()
+            wanted = metrics.measured_by(item.originalname)
+            if fault:  # these two exist only where the scenario makes them
+                wanted = [m for m in wanted if m != "detour_rtt" and (m != "fault_goodput" or fault.kind == "loss")]
             self.requested[item.nodeid] = [
                 Missing(params["overlay"], metric, circuit.src, circuit.dst, "not run", params.get("concurrency"),
-                        params.get("transport"), item.nodeid)
-                for metric in metrics.measured_by(item.originalname)]
+                        params.get("transport"), item.nodeid, fault.name if fault else None)
+                for metric in wanted]
 
     def note(self, nodeid: str, reason: str) -> None:
         if nodeid in self.requested:
@@ -60,6 +64,12 @@ class OverlaySession:
                     m.reason = self.reasons.get(nodeid, "not run (the session ended before it)")
                     out.append(m)
         return out
+
+    @property
+    def faults(self) -> list:
+        """The fault scenarios to run: those named by --overlay-faults, else all of the topology's."""
+        names = self.option("overlay_faults") or list(self.topology.faults)
+        return [self.topology.faults[n] for n in names]
 
     def option(self, name: str):
         return self.config.getoption(name)
@@ -152,6 +162,11 @@ def get(config: pytest.Config) -> OverlaySession:
         limits.check_circuits([c.id for c in topo.circuits])
     except topology.InputError as e:
         raise pytest.UsageError(str(e)) from None
+    unknown = [n for n in config.getoption("overlay_faults") or [] if n not in topo.faults]
+    if unknown:
+        raise pytest.UsageError(
+            f"--overlay-faults: no scenario {', '.join(unknown)} in {topo.path}; "
+            + (f"its scenarios: {', '.join(topo.faults)}" if topo.faults else "it has no faults: section"))
     state = OverlaySession(config, topo, limits, list(config.getoption("overlay")))
     if which is not None:
         try:

@@ -30,7 +30,7 @@ from typing import Callable
 from . import emulator as emu
 from . import procs
 from .paths import STATE_ROOT
-from .topology import Circuit, Topology
+from .topology import Circuit, Direction, Topology
 
 NETNS_DIR = Path("/run/netns")
 RUN_ID = re.compile(r"^[0-9a-f]{6}$")
@@ -98,6 +98,12 @@ class Testbed:
 
     def packets(self, label: str) -> dict[str, int] | None:
         raise NotImplementedError
+
+    def impair(self, changes: dict[str, Direction]) -> int:
+        """Give link directions ("A->B") new delay, jitter and loss at one moment: a WAN fault
+        starting or healing. Returns the wall clock (ns) at which it took effect."""
+        raise NotImplementedError(f"WAN faults on the {getattr(self, 'backend', '?')} testbed are not built in this "
+                                  "version (they need firewall rules between the hosts)")
 
     def count_udp(self, port: int) -> None:
         """Count packets to a UDP port on every link direction (e.g. 4789, VXLAN)."""
@@ -281,6 +287,11 @@ class EmulatedTestbed(Testbed):
     def start(self, site: str, name: str, command: list[str], ready: str | None = None,
               timeout: float = 10.0) -> procs.Daemon:
         return procs.start(name, command, self.run_dir / f"{site}-{name}.log", self.netns_of(site), ready, timeout)
+
+    def impair(self, changes: dict[str, Direction]) -> int:
+        if self.emulator is None or self.emulator.kind == "none":
+            raise NotImplementedError("WAN faults need a link emulator: --overlay-emulator=none applies none")
+        return self.emulator.impair(changes)
 
     def emulator_counters(self, reset: bool = False, since: int | None = None) -> dict[str, dict]:
         """The emulator's counters; `reset` starts a new window for the maximum release error;

@@ -26,7 +26,7 @@ import heapq
 import ipaddress
 import math
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -234,6 +234,60 @@ class Circuit:
         return f"{self.src}-{self.dst}"
 
 
+FAULT_KINDS = {
+    "cut": "the link between two sites drops everything for `seconds`, then comes back",
+    "partition": "every link of one site drops everything for `seconds`, then heals",
+    "flap": "the link goes down for `seconds` and up for `up_s`, `times` times",
+    "loss": "the link loses `loss_pct` % of packets each way for `seconds`",
+    "reroute": "the link's RTT steps up by `add_rtt_ms` for `seconds`, as when a provider moves a circuit",
+}
+
+
+@dataclass(frozen=True)
+class Fault:
+    """A WAN fault scenario: what happens to which links, and when, from its start."""
+
+    name: str
+    kind: str
+    links: tuple["Link", ...]  # the links it touches
+    seconds: float  # how long the fault (each down time, for a flap) lasts
+    probe: Circuit  # the circuit it affects, probed throughout
+    watch: Circuit | None = None  # a circuit it leaves alone, probed beside it
+    site: str | None = None  # the partitioned site
+    up_s: float = 0.0
+    times: int = 1
+    loss_pct: float = 100.0
+    add_rtt_ms: float = 0.0
+
+    @property
+    def duration_s(self) -> float:
+        """From the fault's start to its last heal."""
+        return self.times * self.seconds + (self.times - 1) * self.up_s
+
+    def faulty(self) -> dict[str, Direction]:
+        """The touched link directions ("A->B") while the fault is on."""
+        out = {}
+        for link in self.links:
+            for d in (link.forward, link.reverse):
+                if self.kind == "reroute":
+                    out[f"{d.src}->{d.dst}"] = replace(d, delay_ms=d.delay_ms + self.add_rtt_ms / 2)
+                else:
+                    out[f"{d.src}->{d.dst}"] = replace(d, loss_pct=self.loss_pct)
+        return out
+
+    def healthy(self) -> dict[str, Direction]:
+        """The touched link directions as the topology gives them."""
+        return {f"{d.src}->{d.dst}": d for link in self.links for d in (link.forward, link.reverse)}
+
+    def steps(self) -> list[tuple[float, str, dict[str, Direction]]]:
+        """(seconds from the fault's start, "fault" or "heal", the directions' new values)."""
+        out = []
+        for i in range(self.times):
+            start = i * (self.seconds + self.up_s)
+            out += [(start, "fault", self.faulty()), (start + self.seconds, "heal", self.healthy())]
+        return out
+
+
 @dataclass
 class Topology:
     name: str
@@ -244,6 +298,7 @@ class Topology:
     hub: str | None = None
     manager: str | None = None
     kv: str | None = None  # where an overlay's key-value store runs (Flannel's etcd)
+    faults: dict[str, Fault] = field(default_factory=dict)
     _routes: dict = field(default_factory=dict, repr=False)
 
     def stream_circuit(self) -> "Circuit":
@@ -318,7 +373,9 @@ class Topology:
         }
 
 
-TOP_KEYS = {"name", "sites", "links", "circuits", "hub", "manager", "kv", "description"}
+TOP_KEYS = {"name", "sites", "links", "circuits", "hub", "manager", "kv", "description", "faults"}
+FAULT_KEYS = {"kind", "link", "site", "seconds", "up_s", "times", "loss_pct", "add_rtt_ms", "probe", "watch"}
+FAULT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,39}$")
 SITE_KEYS = {"location", "host"}
 HOST_KEYS = {"ssh", "docker", "tls", "interface", "emulate", "address", "identity", "known_hosts"}
 TLS_KEYS = ("ca", "cert", "key")
@@ -428,6 +485,7 @@ def parse(data: Any, path: str | Path) -> Topology:
                 raise check.fail(data, key, key, f"unknown site {data[key]!r}; sites: {', '.join(sites)}")
             setattr(topo, key, data[key])
     topo.circuits = _parse_circuits(check, data, topo)
+    topo.faults = _parse_faults(check, data, topo)
     return topo
 
 
@@ -578,3 +636,96 @@ def _parse_circuits(check: Checker, data: LineDict, topo: Topology) -> list[Circ
             raise InputError(topo.path, line, where, f"no path from {circuit.src} to {circuit.dst} over the links")
         circuits.append(circuit)
     return circuits
+
+
+def _parse_faults(check: Checker, data: LineDict, topo: Topology) -> dict[str, Fault]:
+    """The `faults:` section: a mapping of scenario name to {kind, link or site, timing}."""
+    if "faults" not in data:
+        return {}
+    raw = check.mapping(data["faults"], "faults", data, "faults")
+    faults = {}
+    for name, spec in raw.items():
+        where = f"faults.{name}"
+        if not isinstance(name, str) or not FAULT_NAME.fullmatch(name):
+            raise check.fail(raw, name, f"faults.{name!r}", "a scenario name is a letter or digit, then up to 39 "
+                                                             "letters, digits, '_', '.' or '-'")
+        check.mapping(spec, where, raw, name)
+        check.keys(spec, FAULT_KEYS, where)
+        kind = spec.get("kind")
+        if not isinstance(kind, str) or kind not in FAULT_KINDS:
+            raise check.fail(spec, "kind" if "kind" in spec else None, f"{where}.kind",
+                             f"must be one of {', '.join(FAULT_KINDS)}, got {kind!r}")
+        flap = kind == "flap"
+        for key, kinds in (("link", {"cut", "flap", "loss", "reroute"}), ("site", {"partition"}),
+                           ("up_s", {"flap"}), ("times", {"flap"}), ("loss_pct", {"loss"}),
+                           ("add_rtt_ms", {"reroute"})):
+            if key in spec and kind not in kinds:
+                raise check.fail(spec, key, f"{where}.{key}", f"a {kind} fault takes no {key} (it is for "
+                                                               f"{', '.join(sorted(kinds))})")
+        if kind == "partition":
+            site = spec.get("site")
+            if not isinstance(site, str) or site not in topo.sites:
+                raise check.fail(spec, "site" if "site" in spec else None, f"{where}.site",
+                                 f"a partition names the site it cuts off; unknown site {site!r}; sites: "
+                                 f"{', '.join(topo.sites)}")
+            links = tuple(link for link in topo.links if site in (link.a, link.b))
+            others = [s for s in topo.sites if s != site]
+            probe_default = next((c for c in topo.circuits if site in (c.src, c.dst)), Circuit(others[0], site))
+        else:
+            ends = spec.get("link")
+            if not (isinstance(ends, list) and len(ends) == 2 and all(isinstance(e, str) and e in topo.sites
+                                                                       for e in ends)):
+                raise check.fail(spec, "link" if "link" in spec else None, f"{where}.link",
+                                 f"must name a link as [SITE, SITE] of sites {', '.join(topo.sites)}, got {ends!r}")
+            link = topo.link_between(*ends)
+            if link is None or ends[0] == ends[1]:
+                raise check.fail(spec, "link", f"{where}.link", f"no link between {ends[0]} and {ends[1]}")
+            links, site = (link,), None
+            probe_default = Circuit(ends[0], ends[1])
+        seconds = check.number(spec, "seconds", f"{where}.seconds", 2.0 if flap else 20.0, positive=True,
+                               maximum=3600)
+        fault = Fault(
+            name=name, kind=kind, links=links, seconds=seconds, site=site,
+            probe=_fault_circuit(check, spec, "probe", where, topo) or probe_default,
+            up_s=check.number(spec, "up_s", f"{where}.up_s", 3.0 if flap else 0.0, positive=flap, maximum=3600),
+            times=int(check.number(spec, "times", f"{where}.times", 5 if flap else 1, minimum=1, maximum=100)),
+            loss_pct=check.number(spec, "loss_pct", f"{where}.loss_pct", 5.0, positive=True, maximum=100)
+            if kind == "loss" else 100.0,
+            add_rtt_ms=check.number(spec, "add_rtt_ms", f"{where}.add_rtt_ms", 20.0, positive=True,
+                                    maximum=10_000) if kind == "reroute" else 0.0,
+        )
+        if "times" in spec and spec["times"] != int(spec["times"]):
+            raise check.fail(spec, "times", f"{where}.times", f"must be a whole number, got {spec['times']!r}")
+        watch = _fault_circuit(check, spec, "watch", where, topo)
+        if watch is None:
+            watch = next((c for c in _all_pairs(topo) if _untouched(topo, fault, c)), None)
+        elif not _untouched(topo, fault, watch):
+            raise check.fail(spec, "watch", f"{where}.watch", f"the fault touches {watch.id}'s path: the watched "
+                                                               "circuit is the one left alone")
+        faults[name] = replace(fault, watch=watch)
+    return faults
+
+
+def _fault_circuit(check: Checker, spec: LineDict, key: str, where: str, topo: Topology) -> Circuit | None:
+    if key not in spec:
+        return None
+    pair = spec[key]
+    if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(e, str) and e in topo.sites for e in pair)
+            and pair[0] != pair[1]):
+        raise check.fail(spec, key, f"{where}.{key}", f"must be [SRC, DST], two different sites of "
+                                                       f"{', '.join(topo.sites)}, got {pair!r}")
+    return Circuit(pair[0], pair[1])
+
+
+def _all_pairs(topo: Topology) -> list[Circuit]:
+    sites = list(topo.sites)
+    return topo.circuits + [Circuit(a, b) for i, a in enumerate(sites) for b in sites[i + 1:]]
+
+
+def _untouched(topo: Topology, fault: Fault, circuit: Circuit) -> bool:
+    """The circuit's path crosses none of the fault's links and ends at no partitioned site."""
+    if fault.site in (circuit.src, circuit.dst):
+        return False
+    hops = topo.path_between(circuit.src, circuit.dst)
+    touched = {frozenset((link.a, link.b)) for link in fault.links}
+    return not any(frozenset(pair) in touched for pair in zip(hops, hops[1:]))

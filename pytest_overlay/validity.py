@@ -290,3 +290,14 @@ def cpu_faults(cpu_pct: float, clients: int, limit: float = CPU_BOUND_PCT) -> li
         return [f"clients CPU-bound: {cpu_pct:.0f} % of a core for {clients} clients; "
                 "their own delays would pass for network jitter"]
     return []
+
+
+def outage_faults(troubles: list[Trouble], span_ns: tuple[int, int]) -> list[str]:
+    """An outage is the overlay's only if the emulator kept time on the path through it: a
+    late or dropping window inside the gap could have made (or lengthened) it."""
+    start, end = span_ns
+    inside = [t for t in troubles if t.start_ns < end and t.end_ns > start]
+    if not inside:
+        return []
+    worst = max(inside, key=lambda t: (t.late + t.dropped, t.max_late_us))
+    return [f"emulator released late or dropped on the probe's path inside the longest outage: {worst.describe()}"]

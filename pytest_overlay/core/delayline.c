@@ -7,7 +7,9 @@
  * Prints "ready" once every queue is bound. A datagram "stats" on the control socket is
  * answered with the counters as JSON ("stats reset" also restarts the window maximum;
  * "since=NS" adds each queue's late and drop windows that ended at or after NS, wall-clock
- * nanoseconds). SIGTERM or SIGINT ends it. Built on first use by pytest_overlay.emulator with cc.
+ * nanoseconds). "set NUM:DELAY_US:JITTER_US:LOSS_PPM ..." changes queues at once (a WAN fault
+ * starting or healing) and is answered with the wall-clock ns it took effect; packets already
+ * queued keep their release times. SIGTERM or SIGINT ends it. Built on first use by pytest_overlay.emulator with cc.
  *
  * Windows: late releases (and kernel queue drops) come in bursts, when this process or its
  * vCPU is descheduled. Each burst is kept as one window [first due, last release] in wall
@@ -43,6 +45,7 @@
 #define MAX_WINDOWS 256               /* per queue, a ring: the newest are kept */
 #define MERGE_GAP_NS 2000000LL        /* late releases this close make one window */
 #define DROP_POLL_NS 20000000LL       /* how often the kernel's queue drops are read */
+#define WIRE_MTU 1500                 /* a GSO packet's length over this is how many packets it stands for */
 
 /* Upper edges of the release-error histogram, in microseconds; the last bucket is open. */
 static const long hist_edges_us[HIST_BUCKETS - 1] = {
@@ -147,7 +150,9 @@ static void bind_queues(void) {
         char attrs[128];
         struct nfqnl_msg_config_cmd cmd = {.command = NFQNL_CFG_CMD_BIND, .pf = 0};
         config(queues[i].num, attrs, put_attr(attrs, 0, NFQA_CFG_CMD, &cmd, sizeof cmd));
-        struct nfqnl_msg_config_params params = {.copy_range = 0, .copy_mode = NFQNL_COPY_META};
+        /* One byte of payload, not metadata only: only then does the kernel say the packet's
+         * length (NFQA_CAP_LEN), which tells a GSO burst from one packet. */
+        struct nfqnl_msg_config_params params = {.copy_range = htonl(1), .copy_mode = NFQNL_COPY_PACKET};
         uint32_t maxlen = htonl(queues[i].cap), gso = htonl(NFQA_CFG_F_GSO);
         size_t off = put_attr(attrs, 0, NFQA_CFG_PARAMS, &params, sizeof params);
         off = put_attr(attrs, off, NFQA_CFG_QUEUE_MAXLEN, &maxlen, 4);
@@ -180,7 +185,7 @@ static void receive(int64_t now, int budget) {
         struct nfgenmsg *g = NLMSG_DATA(h);
         struct queue *q = find_queue(ntohs(g->res_id));
         if (!q) continue;
-        uint32_t id = 0;
+        uint32_t id = 0, segments = 1;
         int have_id = 0;
         int64_t arrival = now;
         size_t off = NLMSG_HDRLEN + NLMSG_ALIGN(sizeof *g);
@@ -191,6 +196,9 @@ static void receive(int64_t now, int budget) {
             if (type == NFQA_PACKET_HDR && a->nla_len >= NLA_HDRLEN + 4) {
                 id = ntohl(((struct nfqnl_msg_packet_hdr *)((char *)a + NLA_HDRLEN))->packet_id);
                 have_id = 1;
+            } else if (type == NFQA_CAP_LEN && a->nla_len >= NLA_HDRLEN + 4) {
+                uint32_t len = ntohl(*(uint32_t *)((char *)a + NLA_HDRLEN));
+                segments = len > WIRE_MTU ? (len + WIRE_MTU - 1) / WIRE_MTU : 1;
             } else if (type == NFQA_TIMESTAMP && a->nla_len >= NLA_HDRLEN + 16) {
                 struct nfqnl_msg_packet_timestamp *t = (void *)((char *)a + NLA_HDRLEN);
                 uint64_t sec = be64toh(t->sec), usec = be64toh(t->usec);
@@ -203,7 +211,11 @@ static void receive(int64_t now, int budget) {
         }
         if (!have_id) continue;
         q->queued++;
-        if (q->loss_ppm && rnd() * 1e6 < q->loss_ppm) {
+        /* Loss is per wire packet: a GSO burst of n goes whole with the chance that any of its
+         * n would have, as TCP then sees one loss event either way. */
+        double keep = 1.0 - q->loss_ppm / 1e6, kept = 1.0;
+        for (uint32_t k = 0; k < segments && k < 64; k++) kept *= keep;
+        if (q->loss_ppm && rnd() < 1.0 - kept) {
             q->lost++;
             verdict(NFQNL_MSG_VERDICT, q->num, NF_DROP, id);
             continue;
@@ -356,13 +368,40 @@ static int stats_json(char *out, size_t size, int reset, int64_t since) {
 
 static char reply[8 << 20];
 
+/* "set NUM:DELAY_US:JITTER_US:LOSS_PPM ...": every queue named is checked before any changes. */
+static int set_queues(char *request, char *out, size_t size) {
+    struct change { struct queue *q; int64_t delay, jitter; uint32_t loss_ppm; } changes[MAX_QUEUES];
+    int n = 0;
+    for (char *item = strtok(request + 3, " "); item; item = strtok(NULL, " ")) {
+        unsigned num;
+        double delay_us, jitter_us, loss_ppm;
+        if (sscanf(item, "%u:%lf:%lf:%lf", &num, &delay_us, &jitter_us, &loss_ppm) != 4 || n == MAX_QUEUES)
+            return snprintf(out, size, "{\"error\": \"bad item %.40s\"}", item);
+        struct queue *q = find_queue((uint16_t)num);
+        if (!q || delay_us < 0 || jitter_us < 0 || loss_ppm < 0 || loss_ppm > 1e6)
+            return snprintf(out, size, "{\"error\": \"no queue or bad value in %.40s\"}", item);
+        changes[n++] = (struct change){q, (int64_t)(delay_us * 1e3), (int64_t)(jitter_us * 1e3), (uint32_t)loss_ppm};
+    }
+    for (int i = 0; i < n; i++) {
+        changes[i].q->delay = changes[i].delay;
+        changes[i].q->jitter = changes[i].jitter;
+        changes[i].q->loss_ppm = changes[i].loss_ppm;
+    }
+    return snprintf(out, size, "{\"applied_ns\": %lld, \"queues\": %d}", (long long)now_ns(CLOCK_REALTIME), n);
+}
+
 static void serve_control(int control) {
-    char request[64];
+    char request[16384];
     struct sockaddr_un peer;
     socklen_t peer_len = sizeof peer;
     ssize_t n = recvfrom(control, request, sizeof request - 1, MSG_DONTWAIT, (struct sockaddr *)&peer, &peer_len);
     if (n <= 0 || peer_len <= sizeof(sa_family_t)) return;
     request[n] = 0;
+    if (!strncmp(request, "set ", 4)) {
+        int len = set_queues(request, reply, sizeof reply);
+        if (len > 0) sendto(control, reply, len, 0, (struct sockaddr *)&peer, peer_len);
+        return;
+    }
     if (strncmp(request, "stats", 5)) return;
     const char *since = strstr(request, "since=");
     int len = stats_json(reply, sizeof reply, strstr(request, "reset") != NULL, since ? strtoll(since + 6, NULL, 10) : -1);

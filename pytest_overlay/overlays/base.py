@@ -53,9 +53,18 @@ class Overlay:
     container_buffers = "tuned"  # or "docker": containers keep Docker's default TCP buffers
     converge_s: float | None = None  # how long every container has to answer every other (None: from the RTT)
 
+    # The timers that decide what a WAN fault does to it: (what, default, where it is set).
+    timers: tuple[tuple[str, str, str], ...] = ()
+
     def __init__(self, testbed: EmulatedTestbed) -> None:
         self.testbed = testbed
         self.timings: dict[str, float] = {}
+
+    def expected_outage_s(self, fault) -> tuple[float, float]:
+        """The longest outage its timers predict for a fault, as a range in seconds. An overlay
+        that follows the underlay is out for as long as the path is down, plus a few RTTs."""
+        down = fault.seconds if fault.kind in ("cut", "partition", "flap") else 0.0
+        return down, down + 1.0
 
     def up(self) -> None:
         """Build the overlay network and its endpoints."""
@@ -72,6 +81,15 @@ class Overlay:
     def datapath(self, src: str, dst: str) -> dict:
         """How traffic from src to dst travels: recorded with every result."""
         raise NotImplementedError
+
+    def control_state(self) -> dict[str, str]:
+        """What the overlay's control plane says now, one state per peering ("BRA->LJU":
+        "established"): polled during a WAN fault, its changes are the control plane's events."""
+        return {}
+
+    def control_logs(self) -> list[procs.Daemon]:
+        """The overlay's own daemons, whose log lines during a WAN fault are recorded."""
+        return []
 
     def wire_counters(self) -> dict[str, int] | None:
         """Packets of the overlay's encapsulation on the WAN, per link direction (None: none)."""
@@ -132,6 +150,15 @@ class ContainerDaemon(procs.Daemon):
     def __init__(self, name, command, log, popen, started, endpoint: ContainerEndpoint) -> None:
         super().__init__(name, command, log, popen, started)
         self.endpoint = endpoint
+
+    def interrupt(self, timeout: float = 5.0) -> int | None:
+        if self.alive():
+            self.endpoint.run(["sh", "-c", f"kill -INT $(cat /tmp/{self.name}.pid)"], timeout=timeout)
+            try:
+                self.popen.wait(timeout)
+            except subprocess.TimeoutExpired:
+                pass
+        return self.stop(timeout)
 
     def stop(self, timeout: float = 5.0) -> int | None:
         if self.alive():

@@ -16,6 +16,7 @@ cali veths and any route into the pool that a killed BIRD left behind.
 from __future__ import annotations
 
 import ipaddress
+import socket
 import time
 
 from .. import procs
@@ -68,6 +69,41 @@ template bgp mesh {{
 }}
 {sessions}
 """
+
+
+def bird_query(control: str, command: str, timeout: float = 5.0) -> str:
+    """A BIRD command over its control socket, without starting birdc (this is polled during a
+    WAN fault, beside a 10 ms probe); the reply as birdc prints it ("" if BIRD is not there).
+    BIRD's replies are lines of a 4-digit code, '-' (more follows) or ' ' (last), and text; a
+    line starting with a space continues the previous one."""
+    try:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as conn:
+            conn.settimeout(timeout)
+            conn.connect(control)
+            buffer = b""
+            while b"\n" not in buffer:  # the greeting: "0001 BIRD 2.x ready."
+                chunk = conn.recv(4096)
+                if not chunk:
+                    return ""
+                buffer += chunk
+            conn.sendall(command.encode() + b"\n")
+            buffer, lines = buffer.partition(b"\n")[2], []
+            while True:
+                while b"\n" not in buffer:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return "\n".join(lines)
+                    buffer += chunk
+                raw, _, buffer = buffer.partition(b"\n")
+                line = raw.decode(errors="replace")
+                if line[:4].isdigit():
+                    if line[4:5] == " " and line[0] in "089":  # 0000 done; 8xxx/9xxx errors end it too
+                        return "\n".join(lines + ([line[5:]] if line[0] != "0" else []))
+                    lines.append(line[5:])
+                elif line.startswith(" "):
+                    lines.append(line[1:])
+    except OSError:
+        return ""
 
 
 class CalicoOverlay(ContainerOverlay):
@@ -123,16 +159,33 @@ class CalicoOverlay(ContainerOverlay):
             for rule in FORWARD_RULES:
                 self._on_site(site, ["iptables", "-w", "-I", "FORWARD", *rule, "-j", "ACCEPT"], 30).check()
 
+    timers = (
+        ("BGP hold", "240 s (a session survives shorter cuts; its routes stay)", "BIRD 2 default hold time"),
+        ("BGP keepalive", "80 s (hold / 3)", "BIRD 2 default keepalive time"),
+        ("BGP connect retry", "1 s in this model (BIRD's default 120 s)", "bird_config() here"),
+    )
+
+    def _sessions(self, site: str) -> dict[str, str]:
+        """BIRD's BGP sessions at a site, by peer site: "Established", else BIRD's state and why."""
+        sessions = {}
+        shown = self._birdc(site, "show", "protocols").stdout if self.remote else \
+            bird_query(self._socket(site), "show protocols")
+        for line in shown.splitlines():
+            fields = line.split()
+            if len(fields) > 3 and fields[0].startswith("peer_"):
+                sessions[fields[0][5:]] = fields[-1] if fields[3] == "up" else " ".join(fields[3:])
+        return sessions
+
+    def control_state(self) -> dict[str, str]:
+        """Every BGP session, as BIRD at each end says it ("BRA->LJU": "Established")."""
+        return {f"{site}->{peer}": state for site in self.testbed.sites
+                for peer, state in self._sessions(site).items()}
+
     def _refresh(self) -> list[str]:
         """Every BGP session's state and every block's kernel route; what is still missing."""
         missing = []
         for site in self.testbed.sites:
-            shown = self._birdc(site, "show", "protocols")
-            self.sessions[site] = {}
-            for line in shown.stdout.splitlines():
-                fields = line.split()
-                if fields and fields[0].startswith("peer_"):
-                    self.sessions[site][fields[0][5:]] = fields[-1] if fields[3] == "up" else " ".join(fields[3:])
+            self.sessions[site] = self._sessions(site)
             self.learned[site] = {}
             for other, network in self.blocks.items():
                 if other == site:

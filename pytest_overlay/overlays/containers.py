@@ -201,6 +201,9 @@ class ContainerOverlay(Overlay):
     def _datapath(self, src: str, dst: str) -> dict:
         raise NotImplementedError
 
+    def control_logs(self) -> list[procs.Daemon]:
+        return list(self.daemons)
+
     def _check_daemons(self) -> None:
         """An overlay daemon that exited while the overlay came up: its log says why."""
         for daemon in self.daemons:

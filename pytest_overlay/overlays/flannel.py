@@ -50,6 +50,11 @@ class FlannelOverlay(ContainerOverlay):
     description = "Flannel 0.19 with the vxlan backend (VNI 1, UDP 8472), subnets leased in etcd"
     backend = "vxlan"
 
+    timers = (
+        ("subnet lease", "24 h, renewed 60 min before it ends", "flanneld -subnet-lease-renew-margin default"),
+        ("VXLAN forwarding", "static per lease: a cut changes no route, ARP or FDB entry", "flannel backend/vxlan"),
+    )
+
     def __init__(self, testbed: EmulatedTestbed) -> None:
         super().__init__(testbed)
         self.kv = testbed.topology.kv_site

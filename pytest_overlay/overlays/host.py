@@ -9,6 +9,7 @@ from .base import Overlay, SiteEndpoint
 class HostOverlay(Overlay):
     name = "host"
     description = "underlay, no overlay: site namespace to site namespace"
+    timers = (("routing", "static: traffic waits for its link to come back", "the testbed's routes"),)
 
     def endpoint(self, site: str):
         """The site's namespace; on a real host, a measurement container in the host's network."""

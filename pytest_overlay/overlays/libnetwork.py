@@ -104,6 +104,23 @@ class LibnetworkOverlay(ContainerOverlay):
         raise EngineError(f"swarm did not converge within {timeout:.0f} s (nodes: {states}); this is the "
                           f"environment failing, not a measurement\n{logs}")
 
+    timers = (
+        ("swarm heartbeat", "5 s (a node missing it is marked down)", "docker swarm init --dispatcher-heartbeat "
+                                                                      "default"),
+        ("VXLAN forwarding", "peers' entries stay programmed while the swarm's network database keeps them",
+         "moby libnetwork drivers/overlay (peerAdd/peerDelete)"),
+    )
+
+    def control_state(self) -> dict[str, str]:
+        """Every swarm node's state as the manager sees it ("node LJU": "ready" or "down")."""
+        site_of = {e.address: e.site for e in self.engines.values()}
+        try:
+            nodes = self._manager().client.nodes.list()
+        except Exception as e:  # noqa: BLE001  (the manager cut off is a state too)
+            return {"manager": f"unreachable ({type(e).__name__})"}
+        return {f"node {site_of.get(n.attrs.get('Status', {}).get('Addr'), n.id[:12])}":
+                n.attrs.get("Status", {}).get("State", "unknown") for n in nodes}
+
     def _network(self) -> None:
         options = {"encrypted": ""} if self.encrypted else {}
         network = self._manager().client.networks.create(self.network, driver="overlay", attachable=True,
