@@ -1,7 +1,7 @@
 """A userspace delay line on NFQUEUE: the link emulator for kernels without sch_netem.
 
-The kernel keeps every packet; this process only learns its id (metadata-only copy mode,
-GSO packets whole) and hands back verdicts when the packet is due. Accepts go out as batch
+The kernel keeps every packet; this process only learns its id, time and length (one byte
+of payload is copied, GSO packets whole) and hands back verdicts when the packet is due. Accepts go out as batch
 verdicts, so one syscall releases every packet that fell due together.
 
 Run inside the testbed's wan namespace, one queue per link direction (the packets forwarded
@@ -52,7 +52,7 @@ NFQNL_MSG_VERDICT_BATCH = 3
 NFQA_PACKET_HDR = 1
 NFQA_VERDICT_HDR = 2
 NFQA_TIMESTAMP = 4
-NFQA_CAP_LEN = 13  # the packet's length, where only its metadata is copied
+NFQA_CAP_LEN = 13  # the packet's length, where less of it is copied
 NFQA_CFG_CMD = 1
 NFQA_CFG_PARAMS = 2
 NFQA_CFG_QUEUE_MAXLEN = 3
@@ -83,7 +83,7 @@ SO_TIMESTAMPNS = 35
 # core (core/delayline.c) uses the same edges.
 HIST_EDGES_US = (25, 50, 100, 150, 200, 300, 400, 500, 700, 1000, 1500, 2000, 3000, 5000, 7000,
                  10000, 20000, 50000, 100000)
-MAX_WINDOWS = 256  # per queue; the newest are kept
+MAX_WINDOWS = 2048  # per queue; the newest are kept (a fault scenario runs minutes)
 WIRE_MTU = 1500  # a GSO packet's length over this is how many packets it stands for
 MERGE_GAP_NS = 2_000_000
 DROP_POLL_S = 0.02

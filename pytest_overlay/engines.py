@@ -182,8 +182,9 @@ class Engine:
         unmount_below(self.exec_root)
         unmount_below(self.data_root)
 
-    def stop(self) -> None:
-        """Remove this run's containers, leave the swarm, stop dockerd and delete its roots."""
+    def stop(self) -> list[str]:
+        """Remove this run's containers, leave the swarm, stop dockerd and delete its roots and
+        cgroups; the cgroups it could not remove (still holding a process), said."""
         if self.client is not None:
             try:
                 for container in self.client.containers.list(all=True, filters={"label": LABEL}):
@@ -199,6 +200,7 @@ class Engine:
         unmount_below(self.data_root)
         shutil.rmtree(self.data_root, ignore_errors=True)
         shutil.rmtree(self.state_dir, ignore_errors=True)
+        return procs.remove_cgroups(self.cgroup_parent)
 
 
 def unmount_below(path: Path) -> None:

@@ -96,7 +96,9 @@ class Outcome:
     outage_ns: tuple[int, int]  # the last reply before it was sent, the first after it
     lost_during: int  # requests sent while the fault was on that never came back
     sent_during: int
-    during_ms: list[float]  # RTTs of replies to requests sent while the fault was on
+    during_ms: list[float]  # RTTs of round trips begun while the fault was on and answered in their time
+    held: int  # requests sent while the fault was on that the overlay held and answered only after a heal
+    held_max_ms: float | None  # the longest of those round trips
     first_reply_ms: float | None  # from the last heal to the first reply after it; None: censored
     back_to_level_ms: float | None  # from the last heal to RTT back within LEVEL_MS; None: censored
     bound_s: float
@@ -129,29 +131,35 @@ def analyse(trips: list[Trip], steps: list[Step], interval_ms: float = INTERVAL_
     level = statistics.median(level_sample) if level_sample else None
     end_ns = trips[-1].send_ns if trips else last_heal
 
+    # Gaps between replies as they came back: a reply the overlay held through the fault and
+    # delivered after the heal ends the outage when it arrives, not when it was asked for.
     outage, span = 0.0, (0, 0)
-    marks = [trips[0].send_ns - int(interval_ms * 1e6)] if trips else []
-    marks += [t.send_ns for t in replies] + [end_ns + int(interval_ms * 1e6)]
+    marks = sorted(t.receive_ns for t in replies)
+    if marks:  # from the first reply on (the wait for it is one RTT, not an outage) to the last request
+        marks = [marks[0] - int(interval_ms * 1e6)] + marks + [end_ns + int(interval_ms * 1e6)]
     for a, b in zip(marks, marks[1:]):
         gap = (b - a) / 1e6 - interval_ms
         if gap > outage:
             outage, span = gap, (a, b)
 
-    def on(t: Trip) -> bool:
-        return any(start <= t.send_ns < stop for start, stop in windows)
+    def on(ns: int) -> bool:
+        return any(start <= ns < stop for start, stop in windows)
 
-    during = [t for t in trips if on(t)]
-    after = [t for t in replies if t.receive_ns and t.receive_ns >= last_heal]
+    during = [t for t in trips if on(t.send_ns)]
+    answered = [t for t in during if t.rtt_ms is not None]
+    # Held: answered only after a heal, and over twice as slowly as round trips of the time
+    # (the level, or those begun and answered while the fault was on): the overlay kept them.
+    usual = max([level or 0.0] + [statistics.median([t.rtt_ms for t in answered if on(t.receive_ns)] or [0.0])])
+    held = [t for t in answered if not on(t.receive_ns) and t.rtt_ms > 2 * usual]
+    carried = [t for t in answered if t not in held]
+    after = sorted((t for t in replies if t.receive_ns >= last_heal), key=lambda t: t.receive_ns)
     first_reply = (after[0].receive_ns - last_heal) / 1e6 if after else None
     back = None
     if level is not None:
         later = [t for t in trips if t.send_ns >= last_heal]
-        run = 0
-        for i, t in enumerate(later):
-            run = run + 1 if t.rtt_ms is not None and abs(t.rtt_ms - level) <= LEVEL_MS else 0
-            if run == LEVEL_RUN:
-                back = max(0.0, (later[i - LEVEL_RUN + 1].receive_ns - last_heal) / 1e6)
-                break
+        i = back_at(later, level)
+        if i is not None:  # timed at the middle of the run whose median is back
+            back = max(0.0, (later[i + LEVEL_RUN // 2].receive_ns - last_heal) / 1e6)
     observed = max(0.0, (end_ns - last_heal) / 1e9)
     if first_reply is not None and first_reply > bound_s * 1e3:
         first_reply = None
@@ -160,8 +168,19 @@ def analyse(trips: list[Trip], steps: list[Step], interval_ms: float = INTERVAL_
     return Outcome(
         sent=len(trips), replies=len(replies), level_ms=level, level_n=len(level_sample), outage_ms=max(0.0, outage),
         outage_ns=span, lost_during=sum(t.rtt_ms is None for t in during), sent_during=len(during),
-        during_ms=[t.rtt_ms for t in during if t.rtt_ms is not None], first_reply_ms=first_reply,
-        back_to_level_ms=back, bound_s=bound_s, observed_after_s=observed)
+        during_ms=[t.rtt_ms for t in carried], held=len(held), held_max_ms=max((t.rtt_ms for t in held), default=None),
+        first_reply_ms=first_reply, back_to_level_ms=back, bound_s=bound_s, observed_after_s=observed)
+
+
+def back_at(trips: list[Trip], level: float) -> int | None:
+    """Where the RTT is back at its level: the first of LEVEL_RUN round trips in a row, all
+    answered, whose median is within LEVEL_MS of it (a median: a userspace datapath's RTT
+    wanders by more than 1 ms from one packet to the next, its level does not)."""
+    for i in range(len(trips) - LEVEL_RUN + 1):
+        run = trips[i:i + LEVEL_RUN]
+        if all(t.rtt_ms is not None for t in run) and abs(statistics.median(t.rtt_ms for t in run) - level) <= LEVEL_MS:
+            return i
+    return None
 
 
 _LINE = re.compile(r"^seq=(\d+) rtt=([\d.]+)(ns|µs|us|ms|s)\b")
@@ -184,6 +203,7 @@ class LiveProbe:
 
     def __init__(self, src, dst, seconds: float, interval_ms: float = INTERVAL_MS) -> None:
         self.src, self.dst, self.interval_ms = src, dst, interval_ms
+        self._read, self._replies = 0, []
         port = next(probes._ports)
         self.output = f"/tmp/pytest-overlay-irtt-{port}.json"
         self.server = dst.start(f"irtt-{port}", ["irtt", "server", "-b", f"{dst.address}:{port}", "-i", "0",
@@ -198,10 +218,17 @@ class LiveProbe:
             raise
 
     def replies(self) -> list[tuple[int, float]]:
+        """Every reply so far; the log is read from where the last call left it."""
         try:
-            return live_replies(self.client.log.read_text(errors="replace"))
+            with open(self.client.log, "rb") as f:
+                f.seek(self._read)
+                chunk = f.read()
         except OSError:
-            return []
+            return self._replies
+        whole = chunk[:chunk.rfind(b"\n") + 1]  # a line still being written waits for the next call
+        self._read += len(whole)
+        self._replies += live_replies(whole.decode(errors="replace"))
+        return self._replies
 
     def finish(self) -> list[Trip]:
         """Stop the client (its JSON is written then) and the server; the round trips."""
@@ -314,13 +341,13 @@ class FaultRun:
 
 
 def recovered_live(replies: list[tuple[int, float]], level: float | None, after_seq: int) -> bool:
-    """The last LEVEL_RUN replies after `after_seq` are consecutive and within LEVEL_MS of the
-    level: the probe can stop."""
+    """The last LEVEL_RUN replies after `after_seq` are consecutive and their median within
+    LEVEL_MS of the level (as back_at() judges it afterwards): the probe can stop."""
     if level is None:
         return False
     tail = [r for r in replies if r[0] > after_seq][-LEVEL_RUN:]
     return (len(tail) == LEVEL_RUN and tail[-1][0] - tail[0][0] == LEVEL_RUN - 1
-            and all(abs(rtt - level) <= LEVEL_MS for _, rtt in tail))
+            and abs(statistics.median(rtt for _, rtt in tail) - level) <= LEVEL_MS)
 
 
 def run(overlay, fault: Fault, bound_s: float = BOUND_S, tcp: bool = False,

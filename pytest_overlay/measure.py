@@ -357,9 +357,11 @@ class FaultPath(OverlayPath):
         samples = probes.LatencySamples([[t.rtt_ms for t in replies]], len(run.trips), len(run.trips) - len(replies),
                                         faults.INTERVAL_MS, times_ns=[[(t.send_ns, t.receive_ns) for t in replies]])
         there, back = self.hops()
-        accounting = validity.account("latency", accrued, there, back, samples, self.rules,
+        rules = {**self.rules, "max_excluded_share_latency": self.rules["max_excluded_share_faults"]}
+        accounting = validity.account("latency", accrued, there, back, samples, rules,
                                       monitor.window(started, run.ended_ns))
-        problems = list(accounting.faults) + validity.outage_faults(accounting.troubles, outcome.outage_ns)
+        problems = list(accounting.faults) + validity.outage_faults(accounting.troubles, outcome.outage_ns,
+                                                                    faults.INTERVAL_MS)
         if run.restore_error:
             problems.append(f"the fault could not be healed ({run.restore_error}): what followed is not a recovery")
         for counts in accrued.values():

@@ -92,7 +92,8 @@ FAULT_METRICS = [
     Metric("outage_ms", "ms", "longest time without a reply on the affected circuit", "max", True, {
         "max_over_down_ms": "the longest outage at most the fault's longest down time plus this (ms)",
     }, fault=True),
-    Metric("detour_rtt", "ms", "RTT of replies to requests sent while the fault was on", "mean", True, fault=True),
+    Metric("detour_rtt", "ms", "RTT of round trips begun and answered while the fault was on", "mean", True,
+           fault=True),
     Metric("fault_lost", "requests", "probe requests lost while the fault was on", "max", True, fault=True),
     Metric("recovery_ms", "ms", "from the last heal to the first reply", "max", True, {
         "max_ms": "the first reply at most this long after the heal (ms)",

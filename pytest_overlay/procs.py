@@ -35,6 +35,41 @@ def in_netns(netns: str | None, command: list[str]) -> list[str]:
 CLONE_NEWNET = 0x40000000
 
 
+def cgroup_roots() -> list[Path]:
+    """Where the cgroup hierarchies are mounted (one per controller in v1, one in v2)."""
+    try:
+        lines = Path("/proc/self/mounts").read_text().splitlines()
+    except OSError:
+        return []
+    return [Path(f[1]) for f in (line.split() for line in lines) if len(f) > 2 and f[2] in ("cgroup", "cgroup2")]
+
+
+def cgroup_dirs(prefix: str) -> list[Path]:
+    """Every cgroup folder at the top of a hierarchy whose name starts with prefix (the
+    cgroup parents our engines are given: ovl<run>-<site>)."""
+    return sorted(d for root in cgroup_roots() for d in root.glob(f"{prefix}*") if d.is_dir())
+
+
+def remove_cgroups(prefix: str, attempts: int = 10) -> list[str]:
+    """Remove the cgroup folders named prefix* (and the ones inside them, deepest first); a
+    folder still holding a process stays. What could not be removed, said."""
+    left: list[str] = []
+    for attempt in range(attempts):
+        left = []
+        for top in cgroup_dirs(prefix):
+            for d in sorted((p for p in top.rglob("*") if p.is_dir()), key=lambda p: -len(p.parts)) + [top]:
+                try:
+                    d.rmdir()
+                except FileNotFoundError:
+                    pass
+                except OSError as e:
+                    left.append(f"{d}: {e.strerror}")
+        if not left:
+            return []
+        time.sleep(0.1 * (attempt + 1))  # a container's last process may still be exiting
+    return left
+
+
 def connect_in_netns(netns: str, host: str, port: int, timeout: float = 5.0) -> socket.socket:
     """A TCP connection made from inside a network namespace, without starting a process: a
     short-lived thread enters the namespace (setns applies to the calling thread only) and

@@ -100,7 +100,9 @@ def _faults_tables(records: list[Record], notes: list[str]) -> list[str]:
             goodput = m.get("fault_goodput")
             rows.append([
                 overlay, f"{outage.stats.max:.0f}", f"{lost.stats.max:.0f} of {lost.extra['sent']}" if lost else "-",
-                during, path, _ms(m.get("recovery_ms")), _ms(m.get("recovery_level_ms")),
+                during, path, (f"{e['outcome']['held']} (up to {e['outcome']['held_max_ms']:.0f})"
+                               if e["outcome"].get("held") else "0"),
+                _ms(m.get("recovery_ms")), _ms(m.get("recovery_level_ms")),
                 f"{goodput.stats.mean:.0f} of {goodput.extra['before_mbit']:.0f} (n={goodput.stats.n})"
                 if goodput and goodput.extra.get("before_mbit") else "-",
                 f"{watch['outage_ms']:.0f}" if watch else "-",
@@ -125,6 +127,7 @@ def _faults_tables(records: list[Record], notes: list[str]) -> list[str]:
                  f"link emulator, last heal at +{heal[-1] / 1e3:.3f} s; all times in ms but the expected outage; "
                  f"watched circuit {watched}")
         out.append(_table(title, ["Overlay", "Outage", "Lost during", "RTT during", "Path during",
+                                  "Held, answered after the heal",
                                   "First reply after heal", "RTT back to level", "TCP Mbit/s during / before",
                                   f"Outage on {watched}", "Expected outage (timers)", "Control plane", "Verdict"], rows))
         timers = {overlay: m["outage_ms"].extra.get("timers") or [] for overlay, m in by_overlay.items()}

@@ -165,8 +165,8 @@ class EmulatedTestbed(Testbed):
         self._save_state()
         self.progress(f"testbed {self.run_id}: {len(self.sites)} site namespaces and the WAN")
         for name in [self.wan] + [s.netns for s in self.sites.values()]:
-            self.created.append(name)
             procs.run(["ip", "netns", "add", name]).check()
+            self.created.append(name)  # once it exists: a name taken by another run is never ours to remove
         self._save_state()
         kind, self.emulator_reason = emu.choose(self.emulator_choice, self.wan)
         ports = self.ports = self._wire()
@@ -470,11 +470,13 @@ def sweep(state_root: Path | None = None, report: Callable[[str], None] = print,
         match = OUR_NETNS.match(name)
         if match:
             namespaces.setdefault(match.group(1), []).append(name)
+    cgroups = {m.group(1) for m in (OUR_NETNS.match(d.name) for d in procs.cgroup_dirs("ovl")) if m}
     removed = 0
-    for run_id in sorted(set(run_dirs) | set(namespaces)):
+    for run_id in sorted(set(run_dirs) | set(namespaces) | cgroups):
         if only is not None and run_id != only:
             continue
-        if not may_remove(run_id, root / run_id, force, report, ", ".join(namespaces.get(run_id, [])) or "files only"):
+        what = ", ".join(namespaces.get(run_id, [])) or ("files only" if run_id in run_dirs else "cgroups only")
+        if not may_remove(run_id, root / run_id, force, report, what):
             continue
         try:
             state = json.loads((run_dirs[run_id] / "state.json").read_text()) if run_id in run_dirs else {}
@@ -493,5 +495,8 @@ def sweep(state_root: Path | None = None, report: Callable[[str], None] = print,
             _remove_netns(name)
             report(f"removed namespace {name}")
             removed += 1
+        if run_id in cgroups:
+            left = procs.remove_cgroups(f"ovl{run_id}-", attempts=3)
+            report(f"removed the cgroups of run {run_id}" + (f"; left: {'; '.join(left[:3])}" if left else ""))
         shutil.rmtree(root / run_id, ignore_errors=True)
     return removed

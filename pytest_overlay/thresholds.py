@@ -31,6 +31,8 @@ SETTINGS[VALIDITY] = {
     "max_excluded_share_latency": "share of round trips that may be excluded because the emulator released late or "
                                   "dropped on their path while they crossed it (0..1)",
     "max_excluded_share_throughput": "... of throughput intervals (0..1)",
+    "max_excluded_share_faults": "... of a WAN fault scenario's round trips, whose figures are gaps and times at "
+                                 "the probe's 10 ms resolution (0..1)",
     "max_late_share_interval": "a throughput interval is excluded where the emulator's late or drop windows on its "
                                "path cover more than this share of it (0..1)",
     "max_stall_ms_tcp": "longest late release on a TCP run's path before its congestion control is the "

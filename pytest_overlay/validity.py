@@ -292,11 +292,13 @@ def cpu_faults(cpu_pct: float, clients: int, limit: float = CPU_BOUND_PCT) -> li
     return []
 
 
-def outage_faults(troubles: list[Trouble], span_ns: tuple[int, int]) -> list[str]:
+def outage_faults(troubles: list[Trouble], span_ns: tuple[int, int], resolution_ms: float) -> list[str]:
     """An outage is the overlay's only if the emulator kept time on the path through it: a
-    late or dropping window inside the gap could have made (or lengthened) it."""
+    window inside the gap that dropped, or released later than the outage's resolution,
+    could have made (or lengthened) it."""
     start, end = span_ns
-    inside = [t for t in troubles if t.start_ns < end and t.end_ns > start]
+    inside = [t for t in troubles if t.start_ns < end and t.end_ns > start
+              and (t.dropped or t.max_late_us > resolution_ms * 1e3)]
     if not inside:
         return []
     worst = max(inside, key=lambda t: (t.late + t.dropped, t.max_late_us))

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from pytest_overlay.paths import DATA_ROOT, STATE_ROOT
+from pytest_overlay.procs import cgroup_dirs
 
 pytest_plugins = ["pytester"]
 
@@ -223,6 +224,7 @@ def machine_state() -> dict:
         "links": [name for name in (line.split(":")[1].strip() for line in links.splitlines() if "ovl" in line)
                   if mine(name)],
         "processes": procs,
+        "cgroups": sorted({d.name for d in cgroup_dirs("ovl") if mine(d.name)}),
     }
 
 

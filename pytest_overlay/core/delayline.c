@@ -42,7 +42,7 @@
 #define SPIN_MAX_PENDING 256
 #define LOADED_MIN_SLEEP_NS 50000LL
 #define HIST_BUCKETS 20
-#define MAX_WINDOWS 256               /* per queue, a ring: the newest are kept */
+#define MAX_WINDOWS 2048              /* per queue, a ring: the newest are kept (a fault scenario runs minutes) */
 #define MERGE_GAP_NS 2000000LL        /* late releases this close make one window */
 #define DROP_POLL_NS 20000000LL       /* how often the kernel's queue drops are read */
 #define WIRE_MTU 1500                 /* a GSO packet's length over this is how many packets it stands for */

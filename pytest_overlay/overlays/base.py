@@ -151,22 +151,21 @@ class ContainerDaemon(procs.Daemon):
         super().__init__(name, command, log, popen, started)
         self.endpoint = endpoint
 
-    def interrupt(self, timeout: float = 5.0) -> int | None:
+    def _signal_inside(self, signal_name: str, timeout: float) -> None:
+        """Signal the process inside the container (its pid is there) and wait for it."""
         if self.alive():
-            self.endpoint.run(["sh", "-c", f"kill -INT $(cat /tmp/{self.name}.pid)"], timeout=timeout)
+            self.endpoint.run(["sh", "-c", f"kill -{signal_name} $(cat /tmp/{self.name}.pid)"], timeout=timeout)
             try:
                 self.popen.wait(timeout)
             except subprocess.TimeoutExpired:
                 pass
+
+    def interrupt(self, timeout: float = 5.0) -> int | None:
+        self._signal_inside("INT", timeout)
         return self.stop(timeout)
 
     def stop(self, timeout: float = 5.0) -> int | None:
-        if self.alive():
-            self.endpoint.run(["sh", "-c", f"kill $(cat /tmp/{self.name}.pid)"], timeout=timeout)
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                pass
+        self._signal_inside("TERM", timeout)
         return super().stop(timeout)
 
 

@@ -227,7 +227,9 @@ class ContainerOverlay(Overlay):
                     self._progress(f"removing network {self.network}: {error}")
             self.engines = {}
         with concurrent.futures.ThreadPoolExecutor(max(1, len(self.engines))) as pool:
-            list(pool.map(lambda e: e.stop(), self.engines.values()))
+            left = [why for kept in pool.map(lambda e: e.stop(), self.engines.values()) for why in kept]
+        if left:
+            self._progress(f"cgroups left (`clean` removes them once empty): {'; '.join(left[:3])}")
         for daemon in self.daemons:
             daemon.stop()
         if self.remote and self.daemons:  # what the daemons made on the hosts outside their process

@@ -23,7 +23,7 @@ faults:
 
 def test_a_short_cut_through_weave_and_libnetwork(tmp_path, clean_machine):
     """A 3 s cut is far under Weave's 60 s dead-connection timeout: no relay through C, the
-    outage is the cut's, as each overlay's timers say; the watched circuit A-C goes on."""
+    outage is the cut's, as each overlay's timers say; the watched circuit B-C goes on."""
     topo = tmp_path / "triangle.yaml"
     topo.write_text(TRIANGLE)
     out = tmp_path / "results.json"

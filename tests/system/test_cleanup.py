@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from pytest_overlay import topology
+from pytest_overlay import procs, topology
 from pytest_overlay.testbed import EmulatedTestbed
 
 from ..conftest import QUICK, ROOT, foreign_runs, left_behind, machine_state
@@ -70,9 +70,12 @@ def test_sigkill_mid_run_then_clean_removes_only_the_dead_run(clean_machine):
 
 
 def test_clean_leaves_alone_what_it_cannot_prove_over_unless_forced(clean_machine):
-    """A namespace that merely looks like ours (no run, no lock) is not clean's to remove."""
+    """A namespace or cgroup that merely looks like ours (no run, no lock) is not clean's to
+    remove; --force removes both."""
     foreign = "ovl0ddba1-X"
     subprocess.run(["ip", "netns", "add", foreign], check=True)
+    cgroup = procs.cgroup_roots()[0] / foreign
+    cgroup.mkdir()
     try:
         swept = subprocess.run([sys.executable, "-m", "pytest_overlay", "clean"], cwd=ROOT,
                                capture_output=True, text=True, timeout=60)
@@ -81,10 +84,12 @@ def test_clean_leaves_alone_what_it_cannot_prove_over_unless_forced(clean_machin
         assert foreign in machine_state()["netns"]
         forced = subprocess.run([sys.executable, "-m", "pytest_overlay", "clean", "--force"], cwd=ROOT,
                                 capture_output=True, text=True, timeout=60)
-        assert f"removed namespace {foreign}" in forced.stdout
-        assert foreign not in machine_state()["netns"]
+        assert f"removed namespace {foreign}" in forced.stdout and "removed the cgroups of run 0ddba1" in forced.stdout
+        assert foreign not in machine_state()["netns"] and not cgroup.exists()
     finally:
         subprocess.run(["ip", "netns", "delete", foreign], capture_output=True)
+        if cgroup.exists():
+            cgroup.rmdir()
 
 
 def test_a_run_of_another_session_is_not_counted_as_ours(clean_machine):

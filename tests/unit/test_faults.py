@@ -117,10 +117,10 @@ def test_an_overlay_that_relays_shows_a_detour_and_no_outage():
     trips = timeline(rtts)
     steps = [Step("fault", 0, trips[300].send_ns - MS), Step("heal", 2, trips[500].send_ns - MS)]
     outcome = faults.analyse(trips, steps)
-    assert outcome.outage_ms == pytest.approx(0, abs=0.01)
+    assert outcome.outage_ms == pytest.approx(15, abs=0.01)  # the RTT's step: one reply came 15 ms later
     assert outcome.lost_during == 0 and len(outcome.during_ms) == 200 and set(outcome.during_ms) == {35.0}
     assert outcome.level_ms == 20.0
-    assert outcome.back_to_level_ms == pytest.approx(21, abs=0.1)  # the first reply sent after the heal
+    assert outcome.back_to_level_ms == pytest.approx(10 * 10 + 1 + 20, abs=0.1)  # the middle of the first run back
 
 
 def test_recovery_not_seen_within_the_bound_is_censored():
@@ -137,9 +137,32 @@ def test_a_slow_return_to_level_is_timed_from_the_heal():
     trips = timeline(rtts)
     steps = [Step("fault", 0, trips[200].send_ns - MS), Step("heal", 1, trips[300].send_ns - MS)]
     outcome = faults.analyse(trips, steps)
-    assert outcome.outage_ms == pytest.approx(1000, abs=1)
+    assert outcome.outage_ms == pytest.approx(1000 + 10, abs=1)  # the first reply after took 10 ms longer
     assert outcome.first_reply_ms == pytest.approx(31, abs=0.1)
-    assert outcome.back_to_level_ms == pytest.approx(50 * 10 + 1 + 20, abs=0.1)
+    # The first run of 20 whose median is back holds 11 at 20 ms (from the 41st): its middle, the 51st.
+    assert outcome.back_to_level_ms == pytest.approx(51 * 10 + 1 + 20, abs=0.1)
+
+
+def test_replies_held_through_the_fault_end_the_outage_when_they_arrive():
+    """Weave's sleeve held requests sent during a partition and answered them seconds after
+    the heal (seen: RTT 2660 ms): they are no detour, and the outage lasts until they came."""
+    rtts = [20.0] * 200 + [None] * 80 + [2000.0 - 10 * i for i in range(20)] + [20.0] * 200
+    trips = timeline(rtts)
+    steps = [Step("fault", 0, trips[200].send_ns - MS), Step("heal", 1, trips[300].send_ns - MS)]
+    outcome = faults.analyse(trips, steps)
+    assert outcome.held == 20 and outcome.held_max_ms == 2000.0 and outcome.during_ms == []
+    assert outcome.lost_during == 80
+    # The last reply before came at 199 x 10 + 20 ms; the first after, to a request sent at the heal.
+    assert outcome.outage_ms == pytest.approx((3000 + 20) - (1990 + 20) - 10, abs=0.1)
+
+
+def test_a_wandering_rtt_is_back_at_its_level_by_its_median():
+    rtts = [20.0, 21.5] * 100 + [None] * 100 + [20.0, 22.0, 19.0, 21.5] * 50
+    trips = timeline(rtts)
+    steps = [Step("fault", 0, trips[200].send_ns - MS), Step("heal", 1, trips[300].send_ns - MS)]
+    outcome = faults.analyse(trips, steps)
+    assert outcome.level_ms == pytest.approx(20.75)
+    assert outcome.back_to_level_ms is not None and outcome.back_to_level_ms < 200
 
 
 def test_requests_in_flight_when_the_probe_stops_are_not_lost():
