@@ -69,3 +69,26 @@ def test_published_against_measured_is_drawn(tmp_path):
     assert plots.published_vs_measured(reference, records, path)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and path.stat().st_size > 10_000
     assert not plots.published_vs_measured(reference, [], tmp_path / "none.png")
+
+
+def _cut(overlay: str, fault: str, outage_ms: float, detour: list[float] | None = None, path: str = "") -> list:
+    out = [record("outage_ms", [outage_ms], overlay=overlay, src="BRA", dst="LJU", fault=fault,
+                  extra={"detour_path": path})]
+    if detour:
+        out.append(record("detour_rtt", detour, overlay=overlay, src="BRA", dst="LJU", fault=fault))
+    return out
+
+
+def test_the_cut_says_whether_a_relay_can_make_weaves_row():
+    reference = study.load_reference()
+    none = _cut("weave", "cut-BRA-LJU", 20_900) + _cut("libnetwork", "cut-BRA-LJU", 20_020)
+    assert "none relayed through a third site" in study.cut_answer(reference, none)
+    via_mil = none + _cut("weave", study.LONG_CUT, 61_000, [75.0, 76.0, 77.0] * 30, "BRA->MIL->LJU")
+    answer = study.cut_answer(reference, via_mil)
+    # (59.5 - 47.4) / (76 - 47.4): 42 % of round trips relayed would make the published mean ...
+    assert "42 % of the study's round trips would have had to take that path" in answer
+    assert "| cut-90s-BRA-LJU | weave      | 61.00" in answer and "BRA->MIL->LJU" in answer
+    # ... but a relay never lowers the minimum: 4.0 ms under libnetwork's says another path.
+    assert "4.0 ms under libnetwork's" in answer
+    via_ams = none + _cut("weave", study.LONG_CUT, 61_000, [48.0, 48.5, 49.0] * 30, "BRA->AMS->LJU")
+    assert "no share of relayed round trips would suffice" in study.cut_answer(reference, via_ams)
