@@ -158,8 +158,9 @@ def analyse(trips: list[Trip], steps: list[Step], interval_ms: float = INTERVAL_
     if level is not None:
         later = [t for t in trips if t.send_ns >= last_heal]
         i = back_at(later, level)
-        if i is not None:  # timed at the middle of the run whose median is back
-            back = max(0.0, (later[i + LEVEL_RUN // 2].receive_ns - last_heal) / 1e6)
+        if i is not None:  # timed at the run's first round trip that is itself back at the level
+            j = next(k for k in range(i, i + LEVEL_RUN) if abs(later[k].rtt_ms - level) <= LEVEL_MS)
+            back = max(0.0, (later[j].receive_ns - last_heal) / 1e6)
     observed = max(0.0, (end_ns - last_heal) / 1e9)
     if first_reply is not None and first_reply > bound_s * 1e3:
         first_reply = None
@@ -427,7 +428,7 @@ def run(overlay, fault: Fault, bound_s: float = BOUND_S, tcp: bool = False,
 
 def detour(wire: dict[str, int] | None, requests: int, exclude: set[str]) -> list[str]:
     """The link directions that carried the overlay's traffic while the fault was on, at least
-    half a packet per probe request (the watched circuit's own links left out)."""
+    half a packet per probe round trip answered then (the watched circuit's own links left out)."""
     if not wire or not requests:
         return []
     return sorted(link for link, n in wire.items() if n >= requests / 2 and link not in exclude)

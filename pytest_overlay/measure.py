@@ -379,7 +379,7 @@ class FaultPath(OverlayPath):
         if fault.watch:
             hops = self.state.topology.path_between(fault.watch.src, fault.watch.dst)
             exclude = {f"{a}->{b}" for a, b in zip(hops, hops[1:])} | {f"{b}->{a}" for a, b in zip(hops, hops[1:])}
-        detour_links = faults.detour(run.wire_during, outcome.sent_during, exclude)
+        detour_links = faults.detour(run.wire_during, len(outcome.during_ms), exclude)
         path = faults.relay_path(detour_links, fault.probe.src, fault.probe.dst)
         watch = faults.analyse(run.watch_trips, run.steps, bound_s=outcome.bound_s,
                                calm_until_ns=run.calm_until_ns) if run.watch_trips else None

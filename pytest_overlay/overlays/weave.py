@@ -178,10 +178,11 @@ class WeaveOverlay(ContainerOverlay):
     )
 
     def expected_outage_s(self, fault) -> tuple[float, float]:
-        """Under 60 s down, the connection outlives the cut and traffic waits for it; beyond,
-        it is declared dead and traffic is relayed after about that long."""
+        """Under 50 s down, the connection outlives the cut and traffic waits for it; beyond,
+        it is declared dead 60 s after the last heartbeat it had (one came up to 10 s before
+        the cut) and traffic is relayed by a third peer soon after."""
         low, high = super().expected_outage_s(fault)
-        return (60.0, 70.0) if low > 60.0 else (low, high + 2.0)
+        return (50.0, 62.0) if low > 50.0 else (low, high + 2.0)
 
     def control_state(self) -> dict[str, str]:
         """Every router's connection to every peer, as weaver reports it ("BRA->LJU":

@@ -120,7 +120,7 @@ def test_an_overlay_that_relays_shows_a_detour_and_no_outage():
     assert outcome.outage_ms == pytest.approx(15, abs=0.01)  # the RTT's step: one reply came 15 ms later
     assert outcome.lost_during == 0 and len(outcome.during_ms) == 200 and set(outcome.during_ms) == {35.0}
     assert outcome.level_ms == 20.0
-    assert outcome.back_to_level_ms == pytest.approx(10 * 10 + 1 + 20, abs=0.1)  # the middle of the first run back
+    assert outcome.back_to_level_ms == pytest.approx(21, abs=0.1)  # the first reply sent after the heal
 
 
 def test_recovery_not_seen_within_the_bound_is_censored():
@@ -139,8 +139,8 @@ def test_a_slow_return_to_level_is_timed_from_the_heal():
     outcome = faults.analyse(trips, steps)
     assert outcome.outage_ms == pytest.approx(1000 + 10, abs=1)  # the first reply after took 10 ms longer
     assert outcome.first_reply_ms == pytest.approx(31, abs=0.1)
-    # The first run of 20 whose median is back holds 11 at 20 ms (from the 41st): its middle, the 51st.
-    assert outcome.back_to_level_ms == pytest.approx(51 * 10 + 1 + 20, abs=0.1)
+    # The first run of 20 whose median is back starts at the 41st (11 at 20 ms); its first at 20 ms, the 50th.
+    assert outcome.back_to_level_ms == pytest.approx(50 * 10 + 1 + 20, abs=0.1)
 
 
 def test_replies_held_through_the_fault_end_the_outage_when_they_arrive():
