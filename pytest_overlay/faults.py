@@ -159,7 +159,7 @@ def analyse(trips: list[Trip], steps: list[Step], interval_ms: float = INTERVAL_
         later = [t for t in trips if t.send_ns >= last_heal]
         i = back_at(later, level)
         if i is not None:  # timed at the run's first round trip that is itself back at the level
-            j = next(k for k in range(i, i + LEVEL_RUN) if abs(later[k].rtt_ms - level) <= LEVEL_MS)
+            j = next((k for k in range(i, i + LEVEL_RUN) if abs(later[k].rtt_ms - level) <= LEVEL_MS), i)
             back = max(0.0, (later[j].receive_ns - last_heal) / 1e6)
     observed = max(0.0, (end_ns - last_heal) / 1e9)
     if first_reply is not None and first_reply > bound_s * 1e3:
