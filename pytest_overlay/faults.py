@@ -205,12 +205,9 @@ class LiveProbe:
     def __init__(self, src, dst, seconds: float, interval_ms: float = INTERVAL_MS) -> None:
         self.src, self.dst, self.interval_ms = src, dst, interval_ms
         self._read, self._replies = 0, []
-        port = next(probes._ports)
+        self.server, port = probes.irtt_server(dst)
         self.output = f"/tmp/pytest-overlay-irtt-{port}.json"
-        self.server = dst.start(f"irtt-{port}", ["irtt", "server", "-b", f"{dst.address}:{port}", "-i", "0",
-                                                 "--tstamp=none"])
         try:
-            probes.wait_listening(dst, port, "udp")
             self.client = src.start(f"irtt-client-{port}", [
                 "irtt", "client", "-o", self.output, "-i", f"{interval_ms}ms", "-d", f"{seconds:.0f}s",
                 "--tstamp=none", f"--local={src.address}:0", f"{dst.address}:{port}"])

@@ -114,9 +114,7 @@ class OverlayPath:
             hops = testbed.topology.path_between(self.circuit.src, self.circuit.dst)
             wire = {n: after.get(n, 0) - wire_before.get(n, 0) for n in (f"{a}->{b}" for a, b in zip(hops, hops[1:]))}
             faults += validity.wire_faults(self.overlay.name, wire, self.overlay.wire_what)
-        for counts in accrued.values():  # on the record as counts; the path's windows are in exclusions
-            counts.pop("windows", None)
-            counts.pop("windows_incomplete", None)
+        _counts_only(accrued)
         return Measured(samples, faults, accrued, wire, accounting=accounting, machine=window)
 
     def _latency(self) -> Measured:
@@ -280,6 +278,14 @@ class OverlayPath:
         return made
 
 
+def _counts_only(accrued: dict[str, dict]) -> None:
+    """The emulator's counters as a record keeps them: counts; the path's windows are in its
+    exclusions."""
+    for counts in accrued.values():
+        counts.pop("windows", None)
+        counts.pop("windows_incomplete", None)
+
+
 def loss_interval(lost: int | None, packets: int | None) -> float:
     """95 % half-width of a loss percentage over `packets` (binomial; rule of three at 0)."""
     if not packets:
@@ -358,17 +364,14 @@ class FaultPath(OverlayPath):
                                         faults.INTERVAL_MS, times_ns=[[(t.send_ns, t.receive_ns) for t in replies]])
         there, back = self.hops()
         rules = {**self.rules, "max_excluded_share_latency": self.rules["max_excluded_share_faults"]}
-        accounting = validity.account("latency", accrued, there, back, samples, rules,
-                                      monitor.window(started, run.ended_ns))
+        window = monitor.window(started, run.ended_ns)
+        accounting = validity.account("latency", accrued, there, back, samples, rules, window)
         problems = list(accounting.faults) + validity.outage_faults(accounting.troubles, outcome.outage_ns,
                                                                     faults.INTERVAL_MS)
         if run.restore_error:
             problems.append(f"the fault could not be healed ({run.restore_error}): what followed is not a recovery")
-        for counts in accrued.values():
-            counts.pop("windows", None)
-            counts.pop("windows_incomplete", None)
-        measured = Measured(samples, problems, accrued, None, accounting=accounting,
-                            machine=monitor.window(started, run.ended_ns))
+        _counts_only(accrued)
+        measured = Measured(samples, problems, accrued, None, accounting=accounting, machine=window)
         records = self._records(run, outcome, measured)
         self.state.cache[(self.overlay.name, self.fault.name)] = records
         return records

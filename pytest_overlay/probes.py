@@ -151,12 +151,22 @@ def wait_listening(endpoint: Endpoint, port: int, proto: str, timeout: float = 5
     raise ProbeError(f"server on {endpoint.name} port {port}/{proto} did not start listening within {timeout:g} s")
 
 
-def latency(src: Endpoint, dst: Endpoint, samples: int, interval_ms: float = 10.0) -> LatencySamples:
-    """`samples` UDP request/response round trips from src to dst, one every interval_ms."""
+def irtt_server(dst: Endpoint) -> tuple[procs.Daemon, int]:
+    """An irtt server at dst, already listening: its daemon and its port."""
     port = next(_ports)
     server = dst.start(f"irtt-{port}", ["irtt", "server", "-b", f"{dst.address}:{port}", "-i", "0", "--tstamp=none"])
     try:
         wait_listening(dst, port, "udp")
+    except BaseException:
+        server.stop()
+        raise
+    return server, port
+
+
+def latency(src: Endpoint, dst: Endpoint, samples: int, interval_ms: float = 10.0) -> LatencySamples:
+    """`samples` UDP request/response round trips from src to dst, one every interval_ms."""
+    server, port = irtt_server(dst)
+    try:
         duration = samples * interval_ms / 1000
         result = src.run(
             ["irtt", "client", "-Q", "-o", "-", "-i", f"{interval_ms}ms", "-d", f"{duration}s",
