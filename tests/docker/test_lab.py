@@ -22,7 +22,7 @@ from pytest_overlay import procs, topology
 from pytest_overlay.overlays import weave
 from pytest_overlay.paths import STATE_ROOT, find_binary
 
-from ..conftest import QUICK, ROOT, run_suites
+from ..conftest import PYTEST, QUICK, ROOT, run_suites
 
 pytestmark = pytest.mark.skipif(procs.missing({"dropbear": "dropbear-bin"}) != [],
                                 reason="dropbear (dropbear-bin) not installed: the lab's sshd")
@@ -51,6 +51,28 @@ def running_lab(tmp_path: Path):
     finally:
         gone = lab("down", str(out))
         assert gone.returncode == 0, gone.stdout + gone.stderr
+
+
+@pytest.fixture(scope="module")
+def shared_lab(tmp_path_factory):
+    """Name: shared_lab. Scope: module. One lab of `local` (its file, hosts A and B) for the
+    tests that leave its hosts as they found them, each of which checks so; down after the
+    module. Each lab up and down costs about 9 s."""
+    with running_lab(tmp_path_factory.mktemp("shared-lab")) as made:
+        yield made
+
+
+@contextlib.contextmanager
+def dropping(out: Path, site: str, *match: str):
+    """An iptables rule on a lab site's INPUT that drops `match`; removed afterwards, since
+    the lab outlives the test."""
+    netns = f"ovl{json.loads(Path(f'{out}.lab.json').read_text())['run_id']}-{site}"
+    rule = ["INPUT", *match, "-j", "DROP"]
+    procs.run(["iptables", "-w", "-I", *rule], netns).check()
+    try:
+        yield
+    finally:
+        procs.run(["iptables", "-w", "-D", *rule], netns).check()
 
 
 def docker_on(host: topology.RemoteHost, *args: str) -> subprocess.CompletedProcess:
@@ -128,68 +150,6 @@ def test_lab_sites_are_real_hosts_over_the_emulated_wan(tmp_path, clean_machine)
     assert not out.exists() and not Path(f"{out}.lab.json").exists()
 
 
-def test_hosts_not_ready_are_named_with_the_fix_before_anything_is_created(tmp_path, clean_machine):
-    with running_lab(tmp_path) as (out, a, b):
-        other_ca = tmp_path / "other"
-        other_ca.mkdir()
-        from pytest_overlay.pki import PKI
-
-        stranger = PKI(other_ca, "other").create().issue("stranger", client=True)
-        text = out.read_text()
-        wrong_cert = tmp_path / "wrong-cert.yaml"
-        wrong_cert.write_text(text.replace(a.tls["cert"], str(stranger.cert)).replace(a.tls["key"], str(stranger.key)))
-        no_docker = tmp_path / "no-docker.yaml"
-        no_docker.write_text(text.replace(b.docker, b.docker.replace(":2376", ":2399")))
-        for path, expected in ((wrong_cert, "A: Docker API at tcp://"), (no_docker, "B: Docker API at tcp://")):
-            refused = run_suites("suites/", *QUICK, f"--topology={path}", "--overlay=libnetwork", "-m", "latency")
-            assert refused.rc == pytest.ExitCode.USAGE_ERROR, refused.output
-            assert "nothing was created on any of them" in refused.output and expected in refused.output
-            if path == wrong_cert:
-                assert "rejected our client certificate" in refused.output
-        assert "connection refused: nothing listens there" in refused.output
-        assert "Fix: start dockerd with --tlsverify" in refused.output
-
-        # Emulation asked of a host whose kernel has no netem, on an interface it does not have.
-        emulating = yaml.safe_load(text)
-        emulating["sites"]["A"]["host"].update(emulate=True, interface="eth9")
-        (tmp_path / "emulate.yaml").write_text(yaml.safe_dump(emulating))
-        refused = run_suites("suites/", *QUICK, f"--topology={tmp_path / 'emulate.yaml'}", "--overlay=host", "-m", "latency")
-        assert refused.rc == pytest.ExitCode.USAGE_ERROR, refused.output
-        assert "A: kernel lacks sch_netem, so emulate: true cannot work" in refused.output
-        assert "A: no interface eth9" in refused.output
-
-        # A firewall between the sites: B drops the swarm's gossip over UDP.
-        netns = f"ovl{json.loads(Path(f'{out}.lab.json').read_text())['run_id']}-B"
-        procs.run(["iptables", "-w", "-I", "INPUT", "-p", "udp", "--dport", "7946", "-j", "DROP"], netns).check()
-        closed = run_suites("suites/", *QUICK, f"--topology={out}", "--overlay=libnetwork", "-m", "latency")
-        assert closed.rc == pytest.ExitCode.USAGE_ERROR, closed.output
-        assert "B: swarm port(s) 7946/udp not reachable from A" in closed.output
-        assert "Fix: open them in the firewalls between the sites" in closed.output
-        for host in (a, b):
-            assert docker_on(host, "info", "--format", "{{.Swarm.LocalNodeState}} {{.Containers}}").stdout.split() \
-                == ["inactive", "0"]
-
-
-def test_a_bring_up_that_fails_on_the_hosts_is_tried_again_from_scratch(tmp_path, clean_machine):
-    """The first attempt's network goes with it: the second one meets the same fault, not a
-    name left taken, and the hosts are left as they were."""
-    with running_lab(tmp_path) as (out, a, b):
-        netns = f"ovl{json.loads(Path(f'{out}.lab.json').read_text())['run_id']}-B"
-        # B drops VXLAN frames (the swarm-port check's small probe still gets through).
-        procs.run(["iptables", "-w", "-I", "INPUT", "-p", "udp", "--dport", "4789", "-m", "length",
-                   "--length", "80:65535", "-j", "DROP"], netns).check()
-        # 3 s to converge: a VXLAN that drops every frame never will, and the test need not wait the 32 s default.
-        run = run_suites("suites/", *QUICK, f"--topology={out}", "--overlay=libnetwork", "-m", "latency",
-                         "--overlay-converge=3")
-        assert run.rc == 1, run.output
-        assert "libnetwork: bring-up attempt 1 failed (libnetwork: no answer over the overlay within 3 s" in run.output
-        assert "the last one failed with EngineError: libnetwork: no answer over the overlay" in run.output, run.output
-        for host in (a, b):
-            state = docker_on(host, "info", "--format", "{{.Swarm.LocalNodeState}} {{.Containers}}")
-            assert state.stdout.split() == ["inactive", "0"]
-            assert docker_on(host, "network", "ls", "--filter", "label=pytest-overlay.run", "-q").stdout.strip() == ""
-
-
 def test_lab_down_after_its_keeper_was_killed(tmp_path, clean_machine):
     out = tmp_path / "lab.yaml"
     assert lab("up", "local", "--out", str(out)).returncode == 0
@@ -211,9 +171,68 @@ def test_lab_refuses_bad_input_before_anything_exists(tmp_path, clean_machine):
     assert refused.returncode == 2 and "not a lab's file" in refused.stderr
 
 
+def test_hosts_not_ready_are_named_with_the_fix_before_anything_is_created(shared_lab, tmp_path, clean_machine):
+    out, a, b = shared_lab
+    other_ca = tmp_path / "other"
+    other_ca.mkdir()
+    from pytest_overlay.pki import PKI
+
+    stranger = PKI(other_ca, "other").create().issue("stranger", client=True)
+    text = out.read_text()
+    wrong_cert = tmp_path / "wrong-cert.yaml"
+    wrong_cert.write_text(text.replace(a.tls["cert"], str(stranger.cert)).replace(a.tls["key"], str(stranger.key)))
+    no_docker = tmp_path / "no-docker.yaml"
+    no_docker.write_text(text.replace(b.docker, b.docker.replace(":2376", ":2399")))
+    for path, expected in ((wrong_cert, "A: Docker API at tcp://"), (no_docker, "B: Docker API at tcp://")):
+        refused = run_suites("suites/", *QUICK, f"--topology={path}", "--overlay=libnetwork", "-m", "latency")
+        assert refused.rc == pytest.ExitCode.USAGE_ERROR, refused.output
+        assert "nothing was created on any of them" in refused.output and expected in refused.output
+        if path == wrong_cert:
+            assert "rejected our client certificate" in refused.output
+    assert "connection refused: nothing listens there" in refused.output
+    assert "Fix: start dockerd with --tlsverify" in refused.output
+
+    # Emulation asked of a host whose kernel has no netem, on an interface it does not have.
+    emulating = yaml.safe_load(text)
+    emulating["sites"]["A"]["host"].update(emulate=True, interface="eth9")
+    (tmp_path / "emulate.yaml").write_text(yaml.safe_dump(emulating))
+    refused = run_suites("suites/", *QUICK, f"--topology={tmp_path / 'emulate.yaml'}", "--overlay=host", "-m", "latency")
+    assert refused.rc == pytest.ExitCode.USAGE_ERROR, refused.output
+    assert "A: kernel lacks sch_netem, so emulate: true cannot work" in refused.output
+    assert "A: no interface eth9" in refused.output
+
+    # A firewall between the sites: B drops the swarm's gossip over UDP.
+    with dropping(out, "B", "-p", "udp", "--dport", "7946"):
+        closed = run_suites("suites/", *QUICK, f"--topology={out}", "--overlay=libnetwork", "-m", "latency")
+    assert closed.rc == pytest.ExitCode.USAGE_ERROR, closed.output
+    assert "B: swarm port(s) 7946/udp not reachable from A" in closed.output
+    assert "Fix: open them in the firewalls between the sites" in closed.output
+    for host in (a, b):
+        assert docker_on(host, "info", "--format", "{{.Swarm.LocalNodeState}} {{.Containers}}").stdout.split() \
+            == ["inactive", "0"]
+
+
+def test_a_bring_up_that_fails_on_the_hosts_is_tried_again_from_scratch(shared_lab, tmp_path, clean_machine):
+    """The first attempt's network goes with it: the second one meets the same fault, not a
+    name left taken, and the hosts are left as they were."""
+    out, a, b = shared_lab
+    # B drops VXLAN frames (the swarm-port check's small probe still gets through). 3 s to
+    # converge: a VXLAN that drops every frame never will, and the test need not wait the 32 s default.
+    with dropping(out, "B", "-p", "udp", "--dport", "4789", "-m", "length", "--length", "80:65535"):
+        run = run_suites("suites/", *QUICK, f"--topology={out}", "--overlay=libnetwork", "-m", "latency",
+                         "--overlay-converge=3")
+    assert run.rc == 1, run.output
+    assert "libnetwork: bring-up attempt 1 failed (libnetwork: no answer over the overlay within 3 s" in run.output
+    assert "the last one failed with EngineError: libnetwork: no answer over the overlay" in run.output, run.output
+    for host in (a, b):
+        state = docker_on(host, "info", "--format", "{{.Swarm.LocalNodeState}} {{.Containers}}")
+        assert state.stdout.split() == ["inactive", "0"]
+        assert docker_on(host, "network", "ls", "--filter", "label=pytest-overlay.run", "-q").stdout.strip() == ""
+
+
 def kill_mid_run(out: Path, host: topology.RemoteHost, overlay: str) -> str:
     """SIGKILL a run over the lab once its measurement container runs on `host`; its output."""
-    run = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "suites/", *QUICK,
+    run = subprocess.Popen([*PYTEST, "suites/", *QUICK,
                             f"--topology={out}", f"--overlay={overlay}", "-m", "tcp", "--overlay-duration=30"],
                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 120
@@ -230,50 +249,52 @@ def clean_hosts(out: Path) -> subprocess.CompletedProcess:
     return swept
 
 
-def test_clean_removes_what_a_killed_run_left_on_the_hosts(tmp_path, clean_machine):
-    with running_lab(tmp_path) as (out, a, b):
-        output = kill_mid_run(out, b, "libnetwork")
-        assert "ovl" in docker_on(b, "ps", "-a", "--format", "{{.Names}}").stdout, output
-        swept = clean_hosts(out)
-        assert "left the swarm it made" in swept.stdout and "clean: 1 run(s) cleaned" in swept.stdout
-        for host in (a, b):
-            state = docker_on(host, "info", "--format", "{{.Swarm.LocalNodeState}} {{.Containers}}")
-            assert state.stdout.split() == ["inactive", "0"]
+def test_clean_removes_what_a_killed_run_left_on_the_hosts(shared_lab, tmp_path, clean_machine):
+    out, a, b = shared_lab
+    output = kill_mid_run(out, b, "libnetwork")
+    assert "ovl" in docker_on(b, "ps", "-a", "--format", "{{.Names}}").stdout, output
+    swept = clean_hosts(out)
+    assert "left the swarm it made" in swept.stdout and "clean: 1 run(s) cleaned" in swept.stdout
+    for host in (a, b):
+        state = docker_on(host, "info", "--format", "{{.Swarm.LocalNodeState}} {{.Containers}}")
+        assert state.stdout.split() == ["inactive", "0"]
 
 
 @pytest.mark.skipif(weave.missing_binaries() != [], reason="Weave Net's weaver/weaveutil not found on this machine")
-def test_weave_across_the_lab_hosts(tmp_path, clean_machine):
+def test_weave_across_the_lab_hosts(shared_lab, tmp_path, clean_machine):
     """weaver on each host, started over ssh; the containers attached by Weave's CNI plugin on
     their host; and afterwards nothing of Weave left on the hosts. A host without weaver is
     named before anything starts."""
-    with running_lab(tmp_path) as (out, a, b):
-        weaver = STATE_ROOT / json.loads(Path(f"{out}.lab.json").read_text())["run_id"] / "lab" / "B" / "bin" / "weaver"
-        target = weaver.readlink()
-        weaver.unlink()
+    out, a, b = shared_lab
+    weaver = STATE_ROOT / json.loads(Path(f"{out}.lab.json").read_text())["run_id"] / "lab" / "B" / "bin" / "weaver"
+    target = weaver.readlink()
+    weaver.unlink()
+    try:
         refused = run_suites("suites/", *QUICK, f"--topology={out}", "--overlay=weave", "-m", "latency")
-        assert refused.rc == pytest.ExitCode.USAGE_ERROR, refused.output
-        assert "B: weaver (Weave Net's router) is not installed or does not start" in refused.output
-        assert "A: weaver" not in refused.output
+    finally:
         weaver.symlink_to(target)
+    assert refused.rc == pytest.ExitCode.USAGE_ERROR, refused.output
+    assert "B: weaver (Weave Net's router) is not installed or does not start" in refused.output
+    assert "A: weaver" not in refused.output
 
-        results = tmp_path / "weave.json"
-        run = run_suites("suites/", *QUICK, f"--topology={out}", "--overlay=weave", "-m", "latency",
-                         f"--overlay-json={results}", timeout=600)
-        run.passed()
-        (record,) = json.loads(results.read_text())["results"]
-        assert record["valid"] and record["datapath"]["testbed"] == "remote"
-        assert record["datapath"]["kind"] in ("weave-sleeve", "weave-fastdp")
-        assert all(c["state"] == "established" for conns in record["datapath"]["peer_connections"].values()
-                   for c in conns)
-        assert 19 < record["stats"]["min"] < 35  # local.yaml: 20 ms, plus Weave's own path
-        assert_no_weave_on(a, b)
+    results = tmp_path / "weave.json"
+    run = run_suites("suites/", *QUICK, f"--topology={out}", "--overlay=weave", "-m", "latency",
+                     f"--overlay-json={results}", timeout=600)
+    run.passed()
+    (record,) = json.loads(results.read_text())["results"]
+    assert record["valid"] and record["datapath"]["testbed"] == "remote"
+    assert record["datapath"]["kind"] in ("weave-sleeve", "weave-fastdp")
+    assert all(c["state"] == "established" for conns in record["datapath"]["peer_connections"].values()
+               for c in conns)
+    assert 19 < record["stats"]["min"] < 35  # local.yaml: 20 ms, plus Weave's own path
+    assert_no_weave_on(a, b)
 
-        # Killed mid-run: the weavers run on, until `clean --topology` ends them and resets the hosts.
-        output = kill_mid_run(out, b, "weave")
-        assert ssh(a, "ip link show weave").returncode == 0, output
-        swept = clean_hosts(out)
-        assert "host A: ended weaver-A of run" in swept.stdout and "host B: ended weaver-B of run" in swept.stdout
-        assert_no_weave_on(a, b)
+    # Killed mid-run: the weavers run on, until `clean --topology` ends them and resets the hosts.
+    output = kill_mid_run(out, b, "weave")
+    assert ssh(a, "ip link show weave").returncode == 0, output
+    swept = clean_hosts(out)
+    assert "host A: ended weaver-A of run" in swept.stdout and "host B: ended weaver-B of run" in swept.stdout
+    assert_no_weave_on(a, b)
 
 
 def assert_no_weave_on(*hosts: topology.RemoteHost) -> None:
@@ -290,38 +311,38 @@ def assert_no_weave_on(*hosts: topology.RemoteHost) -> None:
     pytest.param("flannel", ["etcd", "flanneld"], marks=pytest.mark.skipif(
         find_binary("flanneld") is None, reason="Flannel's flanneld not found on this machine")),
     ("calico", ["bird"])])
-def test_flannel_and_calico_across_the_lab_hosts(tmp_path, clean_machine, overlay, daemons):
+def test_flannel_and_calico_across_the_lab_hosts(shared_lab, tmp_path, clean_machine, overlay, daemons):
     """Their daemons on every host, started over ssh (Flannel's certificates copied there);
     the hosts' dockerd untouched; and afterwards nothing of the overlay left on the hosts."""
-    with running_lab(tmp_path) as (out, a, b):
-        before = {host.ssh: docker_on(host, "info", "--format", "{{.ServerVersion}} {{.Swarm.LocalNodeState}}").stdout
-                  for host in (a, b)}
-        results = tmp_path / f"{overlay}.json"
-        run = run_suites("suites/", *QUICK, f"--topology={out}", f"--overlay={overlay}", "-m", "latency or tcp",
-                         f"--overlay-json={results}", timeout=600)
-        run.passed()
-        records = json.loads(results.read_text())["results"]
-        assert {r["metric"] for r in records} == {"latency", "tcp_throughput"}
-        for record in records:
-            path = record["datapath"]
-            assert record["valid"] and path["testbed"] == "remote", record
-            if overlay == "flannel":
-                assert path["kind"] == "flannel-vxlan" and len(set(path["leases"].values())) == 2
-                assert all(route for route in path["routes"].values())  # each site routes the other's lease
-                assert path["mtu"] == 1450  # flanneld's: the WAN's 1500 less VXLAN's 50
-            else:
-                assert path["kind"] == "calico-model" and path["mtu"] == 1500
-                assert all(set(peers.values()) == {"Established"} for peers in path["bgp_sessions"].values())
-                assert path["blocks"][record["dst"]] in path["routes_learned"][record["src"]]
-        latency = next(r for r in records if r["metric"] == "latency")
-        assert 19 < latency["stats"]["min"] < 30
-        live = " ".join(f"$(pgrep -x {d})" for d in daemons)
-        for host in (a, b):
-            left = ssh(host, f"ip -o link show; iptables -S; iptables -t nat -S; ip route show proto bird; "
-                             f"for p in {live}; do grep -q '^State:.*Z' /proc/$p/status || echo live $p; done")
-            assert left.returncode == 0, left.stderr
-            assert not re.search(r"flannel|cali|10\.4[08]\.|live", left.stdout, re.I), left.stdout
-            assert docker_on(host, "ps", "-aq").stdout.strip() == ""
-            assert docker_on(host, "network", "ls", "--filter", "label=pytest-overlay.run", "-q").stdout.strip() == ""
-            after = docker_on(host, "info", "--format", "{{.ServerVersion}} {{.Swarm.LocalNodeState}}").stdout
-            assert after == before[host.ssh]
+    out, a, b = shared_lab
+    before = {host.ssh: docker_on(host, "info", "--format", "{{.ServerVersion}} {{.Swarm.LocalNodeState}}").stdout
+              for host in (a, b)}
+    results = tmp_path / f"{overlay}.json"
+    run = run_suites("suites/", *QUICK, f"--topology={out}", f"--overlay={overlay}", "-m", "latency or tcp",
+                     f"--overlay-json={results}", timeout=600)
+    run.passed()
+    records = json.loads(results.read_text())["results"]
+    assert {r["metric"] for r in records} == {"latency", "tcp_throughput"}
+    for record in records:
+        path = record["datapath"]
+        assert record["valid"] and path["testbed"] == "remote", record
+        if overlay == "flannel":
+            assert path["kind"] == "flannel-vxlan" and len(set(path["leases"].values())) == 2
+            assert all(route for route in path["routes"].values())  # each site routes the other's lease
+            assert path["mtu"] == 1450  # flanneld's: the WAN's 1500 less VXLAN's 50
+        else:
+            assert path["kind"] == "calico-model" and path["mtu"] == 1500
+            assert all(set(peers.values()) == {"Established"} for peers in path["bgp_sessions"].values())
+            assert path["blocks"][record["dst"]] in path["routes_learned"][record["src"]]
+    latency = next(r for r in records if r["metric"] == "latency")
+    assert 19 < latency["stats"]["min"] < 30
+    live = " ".join(f"$(pgrep -x {d})" for d in daemons)
+    for host in (a, b):
+        left = ssh(host, f"ip -o link show; iptables -S; iptables -t nat -S; ip route show proto bird; "
+                         f"for p in {live}; do grep -q '^State:.*Z' /proc/$p/status || echo live $p; done")
+        assert left.returncode == 0, left.stderr
+        assert not re.search(r"flannel|cali|10\.4[08]\.|live", left.stdout, re.I), left.stdout
+        assert docker_on(host, "ps", "-aq").stdout.strip() == ""
+        assert docker_on(host, "network", "ls", "--filter", "label=pytest-overlay.run", "-q").stdout.strip() == ""
+        after = docker_on(host, "info", "--format", "{{.ServerVersion}} {{.Swarm.LocalNodeState}}").stdout
+        assert after == before[host.ssh]

@@ -18,7 +18,7 @@ from pytest_overlay.engines import EngineError
 from pytest_overlay.overlays.libnetwork import LibnetworkOverlay, esp_available
 from pytest_overlay.testbed import EmulatedTestbed
 
-from ..conftest import QUICK, RELAXED, RELAXED_FILE, ROOT, machine_state, run_suites, two_sites
+from ..conftest import PYTEST, QUICK, RELAXED, RELAXED_FILE, ROOT, machine_state, run_suites, two_sites
 
 
 def test_libnetwork_next_to_the_underlay(tmp_path, clean_machine):
@@ -80,7 +80,7 @@ def test_engine_that_fails_to_start_is_named_with_its_log(clean_machine):
 
 
 def test_sigkill_mid_run_then_clean_removes_engines_and_containers(clean_machine):
-    run = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "suites/", *QUICK,
+    run = subprocess.Popen([*PYTEST, "suites/", *QUICK,
                             "--overlay=libnetwork", "--overlay-duration=30"],
                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 60

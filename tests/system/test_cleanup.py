@@ -14,14 +14,14 @@ import pytest
 from pytest_overlay import procs, topology
 from pytest_overlay.testbed import EmulatedTestbed
 
-from ..conftest import QUICK, ROOT, foreign_runs, left_behind, machine_state
+from ..conftest import PYTEST, QUICK, ROOT, foreign_runs, left_behind, machine_state
 
 
 def start_run() -> subprocess.Popen:
     """A run that is measuring TCP for 30 s once its processes are up: whatever waits for
     them lands mid-measurement, not in a phase too short to be caught."""
     return subprocess.Popen(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "suites/", *QUICK, "-m", "tcp",
+        [*PYTEST, "suites/", *QUICK, "-m", "tcp",
          "--overlay-duration=30"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )

@@ -20,7 +20,7 @@ from pytest_overlay.overlays.host import HostOverlay
 from pytest_overlay.testbed import EmulatedTestbed
 from pytest_overlay.thresholds import load
 
-from ..conftest import QUICK, ROOT, machine_state
+from ..conftest import PYTEST, QUICK, ROOT, machine_state
 
 
 @pytest.mark.parametrize("core", ["compiled", "python"])
@@ -64,7 +64,7 @@ def test_a_stalled_delay_line_makes_the_measurement_invalid(clean_machine, monke
 
 
 def test_a_delay_line_that_dies_mid_run_stops_the_session(clean_machine):
-    run = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "suites/", *QUICK,
+    run = subprocess.Popen([*PYTEST, "suites/", *QUICK,
                             "-m", "latency or throughput", "--overlay-duration=4"],
                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 60

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from ..conftest import Run
+from ..conftest import Run, left_behind
 
 NODE = "suites/test_throughput.py::test_udp_throughput[host-A-B]"
 LOAD = "emulator touched 4 of 8 intervals (50.0 %, bound 25 %) on their path; worst A->B: 9 released late"
@@ -39,3 +39,12 @@ def test_any_other_failure_fails(tmp_path, output, reasons):
     assert run.starved() is None
     with pytest.raises(AssertionError):
         run.passed()
+
+
+def test_the_leak_check_leaves_a_lasting_run_its_cgroups_and_nothing_else():
+    before = {"netns": ["ovlaaaaaa-A"], "files": [], "links": [], "processes": [], "cgroups": []}
+    after = {"netns": ["ovlaaaaaa-A", "ovlbbbbbb-A"], "files": [], "links": [], "processes": [],
+             "cgroups": ["ovlaaaaaa-A", "ovlbbbbbb-A", "ovlcccccc-B"]}
+    assert left_behind(before, after) == {"netns": ["ovlbbbbbb-A"], "cgroups": ["ovlbbbbbb-A", "ovlcccccc-B"]}
+    gone = {**after, "netns": ["ovlbbbbbb-A"]}  # the lab went down during the test: its cgroups are a leak
+    assert left_behind(before, gone)["cgroups"] == ["ovlaaaaaa-A", "ovlbbbbbb-A", "ovlcccccc-B"]

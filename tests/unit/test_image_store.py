@@ -1,10 +1,12 @@
-"""One image store for every engine: the layers are shared by hard link (no per-site copy on
-disk), the metadata each engine rewrites is its own copy, and nothing is seeded where it
-cannot be shared or would overwrite an engine's data."""
+"""One image store for every engine: the store holds the layers by hard link, each engine's
+data root links to the store's layer folders (no per-site copy on disk, a few syscalls per
+layer), the metadata each engine rewrites is its own copy, removing an engine's data root
+leaves the store whole, and nothing is seeded over an engine's data."""
 
 from __future__ import annotations
 
 import os
+import shutil
 
 import pytest
 
@@ -28,9 +30,13 @@ def engine(site: str) -> engines.Engine:
 
 def imported(e: engines.Engine) -> None:
     """A data root as dockerd leaves it right after importing the image (and halting)."""
-    for path, text in ((LAYER, "ELF"), (METADATA, '{"Repositories": {}}'), ("network/files/local-kv.db", "x")):
+    for path, text in ((LAYER, "ELF"), ("overlay2/0f3c/link", "ABC"), ("overlay2/l/ABC", None),
+                       (METADATA, '{"Repositories": {}}'), ("network/files/local-kv.db", "x")):
         (e.data_root / path).parent.mkdir(parents=True, exist_ok=True)
-        (e.data_root / path).write_text(text)
+        if text is None:
+            (e.data_root / path).symlink_to("../0f3c/diff")  # overlay2's short name of a layer
+        else:
+            (e.data_root / path).write_text(text)
 
 
 def test_engines_share_the_layers_and_own_their_metadata(roots):
@@ -44,11 +50,16 @@ def test_engines_share_the_layers_and_own_their_metadata(roots):
     assert engines.seed(second, store)
     layer, meta = second.data_root / LAYER, second.data_root / METADATA
     assert os.stat(layer).st_ino == os.stat(store / LAYER).st_ino == os.stat(first.data_root / LAYER).st_ino
-    assert os.stat(layer).st_nlink == 3  # one file on disk for three engines' worth of image
+    assert os.stat(layer).st_nlink == 2  # the first engine's and the store's: the others link to the folder
+    assert (second.data_root / "overlay2/0f3c/diff").resolve() == (store / "overlay2/0f3c/diff").resolve()
+    assert (second.data_root / "overlay2/l/ABC/usr/bin/iperf3").read_text() == "ELF"  # short names resolve
+    assert not (second.data_root / "overlay2/0f3c/link").is_symlink()  # the layer's own metadata: a copy
     assert os.stat(meta).st_ino != os.stat(store / METADATA).st_ino
     meta.write_text("changed by engine B")
     assert (store / METADATA).read_text() == '{"Repositories": {}}'
     assert not list(second.data_root.parent.glob(".*seeding"))
+    shutil.rmtree(second.data_root)  # as an engine's stop does
+    assert (store / LAYER).read_text() == "ELF"
 
 
 def test_nothing_is_seeded_over_an_engines_data_or_from_a_store_that_is_not_whole(roots):
