@@ -58,15 +58,20 @@ def _rate_bytes(direction: Direction) -> float:
 
 
 def queue_packets(direction: Direction) -> int:
-    """Enough room for twice the bandwidth-delay product of full-size packets."""
-    bdp = _rate_bytes(direction) * (direction.delay_ms + 2 * direction.jitter_ms) / 1e3
-    return int(min(1_000_000, max(1000, math.ceil(2 * bdp / MTU))))
+    """Enough room for twice the bandwidth-delay product of full-size packets, and the
+    link's buffer behind its rate limit (netem holds both in one queue)."""
+    held_ms = direction.delay_ms + 2 * direction.jitter_ms
+    bdp = _rate_bytes(direction) * held_ms / 1e3
+    buffer = _rate_bytes(direction) * (direction.buffer_ms or 0.0) / 1e3
+    return int(min(1_000_000, max(1000, math.ceil((2 * bdp + buffer) / MTU))))
 
 
 def _tbf(direction: Direction, dev: str) -> list[str]:
+    """The link's rate limit, with the link's buffer in front of it: a packet that would wait
+    longer than buffer_ms is dropped, as a router's tail drop."""
     rate = _rate_bytes(direction)
     burst = int(max(128 * 1024, rate / 1000))
-    limit = int(max(256 * 1024, rate * (2 * direction.delay_ms + 10) / 1e3))
+    limit = int(max(2 * MTU, rate * (direction.buffer_ms or 0.0) / 1e3))
     return ["tc", "qdisc", "replace", "dev", dev, "root", "tbf",
             "rate", f"{direction.rate_mbit}mbit", "burst", str(burst), "limit", str(limit)]
 
@@ -93,6 +98,11 @@ class Emulator:
         WAN fault starting or healing); the wall clock (ns) at which they took effect."""
         raise NotImplementedError(f"the {self.kind or 'no'} emulator cannot change a link while it runs")
 
+    def rebuffer(self, directions: list[Direction]) -> None:
+        """Give rate-limited link directions a new buffer (their queue_ms) while the testbed
+        runs, for the latency-under-load experiment; the rest of each link is unchanged."""
+        raise NotImplementedError(f"the {self.kind or 'no'} emulator has no link buffers to change")
+
     def _ports_named(self, changes: dict[str, Direction]) -> list[tuple[Port, Direction]]:
         by_name = {p.name: p for p in self.ports}
         unknown = sorted(set(changes) - set(by_name))
@@ -109,7 +119,7 @@ class Emulator:
 
 
 def _netem(port: Port, d: Direction) -> list[str]:
-    command = ["qdisc", "replace", "dev", port.egress, "root", "netem", "limit", str(queue_packets(port.direction)),
+    command = ["qdisc", "replace", "dev", port.egress, "root", "netem", "limit", str(queue_packets(d)),
                "delay", f"{d.delay_ms}ms"]
     if d.jitter_ms:
         command += [f"{d.jitter_ms}ms"]
@@ -131,6 +141,9 @@ class Netem(Emulator):
         batch = "\n".join(" ".join(_netem(port, d)) for port, d in self._ports_named(changes)) + "\n"
         procs.run(["tc", "-batch", "-"], self.netns, input=batch).check()
         return time.time_ns()
+
+    def rebuffer(self, directions: list[Direction]) -> None:
+        self.impair({f"{d.src}->{d.dst}": d for d in directions})
 
     def counters(self, reset: bool = False, since: int | None = None) -> dict[str, dict]:
         shown = procs.run(["tc", "-s", "-j", "qdisc", "show"], self.netns).check()
@@ -239,6 +252,11 @@ class DelayLine(Emulator):
                 out[port.name]["windows_incomplete"] = bool(q.get("windows_incomplete"))
         out["_enobufs"] = {"dropped": stats.get("enobufs", 0)}
         return out
+
+    def rebuffer(self, directions: list[Direction]) -> None:
+        for port, d in self._ports_named({f"{d.src}->{d.dst}": d for d in directions}):
+            if d.rate_mbit:
+                procs.run(_tbf(d, port.egress), self.netns).check()
 
     def impair(self, changes: dict[str, Direction]) -> int:
         return set_queues(str(self.control), {port.queue: (d.delay_ms, d.jitter_ms, d.loss_pct)

@@ -3,7 +3,8 @@
 ``overlay_testbed`` (session: namespaces, links, emulator) → ``overlay`` (session, one per
 ``--overlay`` name) → ``overlay_path`` (per test, cheap: one circuit through one overlay,
 with the probes and the records they make). The streaming experiment adds ``stream_clip``
-(session), ``stream_server`` (session, one per overlay) and ``stream_path`` (per test).
+(session), ``stream_server`` (session, one per overlay) and ``stream_path`` (per test); the
+faults suite ``fault_path`` and the latency-under-load suite ``load_path`` (per test).
 Heavy layers are imported inside the fixtures that need them.
 """
 
@@ -16,7 +17,7 @@ import warnings
 import pytest
 
 from . import options, procs, results, session, topology
-from .measure import FaultPath, OverlayPath, StreamPath
+from .measure import FaultPath, LoadPath, OverlayPath, StreamPath
 from .session import OverlaySession
 
 
@@ -229,3 +230,20 @@ def fault_path(overlay, fault: topology.Fault, overlay_session: OverlaySession,
                     + (" without one (--overlay-emulator=none)" if overlay.testbed.backend == "embedded" else
                        ": faults across real hosts (firewall rules between them) are not built in this version"))
     return FaultPath(overlay, fault, overlay_session, request.node.nodeid)
+
+
+@pytest.fixture
+def load_path(overlay, load_level: tuple[topology.Circuit, float | None], overlay_session: OverlaySession,
+              request: pytest.FixtureRequest) -> LoadPath:
+    """Name: load_path. Scope: function. Depends on: overlay, load_level (a circuit of the
+    topology's load: section, and the link buffer to run it at, None for the links' own).
+
+    Latency under load on one circuit through one overlay; skipped, saying why, where the
+    testbed cannot set the link buffer asked for."""
+    circuit, queue_ms = load_level
+    bed = overlay.testbed
+    if queue_ms is not None and (bed.backend != "embedded" or bed.emulator is None or bed.emulator.kind == "none"):
+        pytest.skip(f"a link buffer of {queue_ms:g} ms needs the embedded testbed's link emulator; this run has the "
+                    f"{bed.backend} testbed" + (" without one (--overlay-emulator=none)" if bed.backend == "embedded"
+                                                else ", whose buffers are the hosts' own"))
+    return LoadPath(overlay, circuit, queue_ms, overlay_session, request.node.nodeid)

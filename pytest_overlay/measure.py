@@ -13,7 +13,7 @@ from typing import Callable
 import pytest
 
 from . import emulator as emu
-from . import faults, gates, machine, metrics, probes, results, streaming, validity
+from . import faults, gates, load, machine, metrics, probes, results, streaming, validity
 from .overlays import BASELINE, Overlay
 from .results import Record, Stats
 from .session import OverlaySession
@@ -33,6 +33,7 @@ class Measured:
     earlier_faults: list[str] = field(default_factory=list)  # why the tries before this one were invalid
     accounting: validity.Accounting | None = None
     machine: machine.Window | None = None
+    parts: dict[str, validity.Accounting] = field(default_factory=dict)  # a probe of several flows: each one's
 
     @property
     def exclusions(self) -> dict:
@@ -55,16 +56,17 @@ class OverlayPath:
         return self.state.thresholds.for_(VALIDITY, self.overlay.name, self.circuit.id)
 
     def _measure(self, kind: str, probe: Callable[[], object],
-                 check: Callable[[object], list[str]] = lambda samples: []) -> Measured:
+                 check: Callable[[object], list[str]] = lambda samples: [],
+                 once: Callable[[], Measured] | None = None) -> Measured:
         """Run a probe once per session, with the emulator's and the overlay's counters
-        around it. A run invalid only for the machine's load is taken again, up to
-        --overlay-retries times; the record says how many tries it took."""
+        around it (or `once`, which does). A run invalid only for the machine's load is taken
+        again, up to --overlay-retries times; the record says how many tries it took."""
         key = (self.overlay.name, self.circuit, kind)
         if key not in self.state.cache:
             retries = self.state.option("overlay_retries")
             earlier: list[str] = []
             for attempt in range(1, retries + 2):
-                measured = self._once(kind, probe, check)
+                measured = once() if once else self._once(kind, probe, check)
                 measured.tries, measured.earlier_faults = attempt, list(earlier)
                 faults = measured.faults + (measured.accounting.loss_faults if measured.accounting else [])
                 if attempt > retries or not validity.load_related(faults):
@@ -89,6 +91,18 @@ class OverlayPath:
         return [hop(a, b) for a, b in zip(there, there[1:])], [hop(a, b) for a, b in zip(back, back[1:])]
 
     def _once(self, kind: str, probe: Callable[[], object], check: Callable[[object], list[str]]) -> Measured:
+        samples, accrued, wire, window = self._bracketed(kind, probe)
+        there, back = self.hops()
+        accounting = validity.account(kind, accrued, there, back, samples, self.rules, window)
+        if accounting.kept and hasattr(samples, "keep"):
+            samples = samples.keep(accounting.kept)
+        faults = accounting.faults + check(samples) + self._wire_faults(wire)
+        _counts_only(accrued)
+        return Measured(samples, faults, accrued, wire, accounting=accounting, machine=window)
+
+    def _bracketed(self, kind: str, probe: Callable[[], object]) -> tuple[object, dict, dict | None, machine.Window]:
+        """The probe's samples with what the emulator accrued meanwhile (with its windows), the
+        packets the overlay put on each hop of the path, and the machine's window."""
         testbed = self.overlay.testbed
         self._stop_if_a_daemon_died(kind)
         monitor = machine.monitor()
@@ -102,20 +116,15 @@ class OverlayPath:
         ended = time.time_ns()
         self._stop_if_a_daemon_died(kind, "during")
         accrued = emu.delta(before, testbed.emulator_counters(since=started))
-        window = monitor.window(started, ended)
-        there, back = self.hops()
-        accounting = validity.account(kind, accrued, there, back, samples, self.rules, window)
-        if accounting.kept and hasattr(samples, "keep"):
-            samples = samples.keep(accounting.kept)
-        faults = accounting.faults + check(samples)
         wire = None
         if wire_before is not None:
             after = self.overlay.wire_counters()
             hops = testbed.topology.path_between(self.circuit.src, self.circuit.dst)
             wire = {n: after.get(n, 0) - wire_before.get(n, 0) for n in (f"{a}->{b}" for a, b in zip(hops, hops[1:]))}
-            faults += validity.wire_faults(self.overlay.name, wire, self.overlay.wire_what)
-        _counts_only(accrued)
-        return Measured(samples, faults, accrued, wire, accounting=accounting, machine=window)
+        return samples, accrued, wire, monitor.window(started, ended)
+
+    def _wire_faults(self, wire: dict | None) -> list[str]:
+        return [] if wire is None else validity.wire_faults(self.overlay.name, wire, self.overlay.wire_what)
 
     def _latency(self) -> Measured:
         samples, interval, rounds, warmup = (self.state.option(o) for o in (
@@ -439,3 +448,109 @@ class FaultPath(OverlayPath):
                 {"before_mbit": statistics.fmean(before) if before else None, "before_n": len(before),
                  "retransmits": run.tcp.retransmits, "interval_s": run.tcp.interval_s}, **level)
         return out
+
+
+class LoadPath(OverlayPath):
+    """Latency under load on one circuit through one overlay, at the links' own buffer or at
+    `queue_ms` set on every rate-limited direction of the circuit's path for the test."""
+
+    def __init__(self, overlay, circuit: Circuit, queue_ms: float | None, state, test) -> None:
+        super().__init__(overlay, circuit, state, test)
+        self.queue_ms = queue_ms
+        self.buffers = state.topology.with_queue(circuit, queue_ms)
+        self.expected = {**self.expected, "queue_ms": {f"{d.src}->{d.dst}": d.buffer_ms for d in self.buffers}}
+
+    @property
+    def buffer_ms(self) -> float:
+        """The most the path's buffers can add to a round trip: each rate-limited direction
+        full, both ways."""
+        return sum(d.buffer_ms for d in self.buffers)
+
+    def run(self) -> dict[str, Record]:
+        kind = f"load-{self.queue_ms}"
+        testbed = self.overlay.testbed
+        if self.queue_ms is not None:
+            testbed.rebuffer(self.buffers)
+            self.state.progress(f"{self.overlay.name} {self.circuit.id}: link buffers set to {self.queue_ms:g} ms "
+                                f"on {', '.join(self.expected['queue_ms'])}")
+        try:
+            measured = self._measure(kind, lambda: None, once=self._load_once)
+        finally:
+            if self.queue_ms is not None:
+                testbed.rebuffer(self.state.topology.with_queue(self.circuit, None))
+        return self._records(measured)
+
+    def _load_once(self) -> Measured:
+        seconds, flows = self.state.option("overlay_load_seconds"), self.state.option("overlay_load_flows")
+        run, accrued, wire, window = self._bracketed(
+            "load", lambda: load.run(self.src, self.dst, seconds, flows, self.state.progress))
+        there, back = self.hops()
+        rules = self.rules
+        latency = validity.account("latency", accrued, there, back, run.all_latency, rules, window)
+        goodput = {d: validity.account("tcp", accrued, there, back, f.sums, rules, window) for d, f in run.flows.items()}
+        if latency.kept:
+            n_idle = len(run.idle.rtt_ms)
+            run.idle, run.loaded = run.idle.keep(latency.kept[:n_idle]), run.loaded.keep(latency.kept[n_idle:])
+        for direction, accounting in goodput.items():
+            if accounting.kept:
+                run.flows[direction].sums = run.flows[direction].sums.keep(accounting.kept)
+        faults = latency.faults + [f"{d}: {f}" for d, acc in goodput.items() for f in acc.faults]
+        faults += self._wire_faults(wire)
+        _counts_only(accrued)
+        return Measured(run, faults, accrued, wire, accounting=latency, machine=window, parts=goodput)
+
+    def _records(self, measured: Measured) -> dict[str, Record]:
+        run: load.LoadRun = measured.samples
+        idle, loaded = run.idle.rtt_ms, run.loaded.rtt_ms
+        common = {"seconds": self.state.option("overlay_load_seconds"), "flows_each_way": len(run.flows["up"].per_flow_mbit),
+                  "buffer_ms": self.expected["queue_ms"], "buffers_both_ways_ms": self.buffer_ms,
+                  "warmup_s": load.WARMUP_S, "idle_s": load.IDLE_S}
+        icmp = {"idle_p50": load.median(run.icmp_idle_ms), "idle_p99": _p99(run.icmp_idle_ms), "idle_n": len(run.icmp_idle_ms),
+                "loaded_p50": load.median(run.icmp_loaded_ms), "loaded_p99": _p99(run.icmp_loaded_ms),
+                "loaded_n": len(run.icmp_loaded_ms)}
+        faults = [] if idle else ["no idle round trip came back (or every one was excluded): no level to compare with"]
+        latency = self.record("load_latency", loaded, measured, {
+            **common,
+            "idle": {"n": len(idle), "p50": load.median(idle), "p99": _p99(idle), "mean": _mean(idle),
+                     "sent": run.idle.sent, "lost": run.idle.lost},
+            "loaded": {"sent": run.loaded.sent, "lost": run.loaded.lost},
+            "induced_p50_ms": load.median(loaded) - load.median(idle), "induced_p99_ms": _p99(loaded) - _p99(idle),
+            "icmp": icmp, "interval_ms": load.INTERVAL_MS,
+            "idle_samples": [round(x, 3) for x in idle], "samples": [round(x, 3) for x in loaded],
+            "timeline": run.timeline,
+        }, faults=faults, queue_ms=self.queue_ms)
+        up, down = run.flows["up"], run.flows["down"]
+        sums = [a + b for a, b in zip(up.sums.mbit, down.sums.mbit)]
+        goodput_measured = Measured(run, measured.faults, measured.emulator, measured.wire, measured.tries,
+                                    measured.earlier_faults, _merged(measured.parts), measured.machine)
+        goodput = self.record("load_goodput", sums, goodput_measured, {
+            **common,
+            "per_flow_mbit": {d: [round(m, 2) for m in f.per_flow_mbit] for d, f in run.flows.items()},
+            "direction_mbit": {d: f.total_mbit for d, f in run.flows.items()},
+            "fairness": {d: load.jain(f.per_flow_mbit) for d, f in run.flows.items()},
+            "fairness_all": load.jain(up.per_flow_mbit + down.per_flow_mbit),
+            "retransmits": {d: f.retransmits for d, f in run.flows.items()},
+            "rate_mbit": self.expected["rate_mbit"], "interval_s": probes.INTERVAL_S,
+            "definition": "per interval: the receivers' goodput of every flow, both ways, summed",
+        }, total=up.total_mbit + down.total_mbit, queue_ms=self.queue_ms)
+        return {"load_latency": latency, "load_goodput": goodput}
+
+
+def _p99(values: list[float]) -> float:
+    return results.percentile(sorted(values), 99) if values else math.nan
+
+
+def _mean(values: list[float]) -> float:
+    return statistics.fmean(values) if values else math.nan
+
+
+def _merged(accountings: dict[str, validity.Accounting]) -> validity.Accounting:
+    """The accountings of several flow groups (one per direction) as one record's exclusions."""
+    parts = list(accountings.values())
+    merged = validity.Accounting("tcp", list(dict.fromkeys(link for a in parts for link in a.path)))
+    merged.n = sum(a.n for a in parts)
+    merged.excluded = sum(a.excluded for a in parts)
+    merged.rule = parts[0].rule if parts else ""
+    merged.troubles = [t for a in parts for t in a.troubles]
+    merged.faults = [f for a in parts for f in a.faults]
+    return merged

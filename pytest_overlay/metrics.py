@@ -32,11 +32,13 @@ class Metric:
     zero_base: float = 1.0
     streaming: bool = False
     fault: bool = False  # measured under a WAN fault scenario (the faults suite)
+    load: bool = False  # measured under load (the latency-under-load suite)
     test: str = ""  # the suite's test function that measures it
 
     def __post_init__(self) -> None:
         if not self.test:
-            test = "test_streaming" if self.streaming else "test_fault" if self.fault else f"test_{self.name}"
+            test = ("test_streaming" if self.streaming else "test_fault" if self.fault else
+                    "test_load" if self.load else f"test_{self.name}")
             object.__setattr__(self, "test", test)
 
     @property
@@ -47,7 +49,7 @@ class Metric:
         """Every limit a thresholds file may set for this metric, with what it means."""
         out = dict(self.settings)
         out[REGRESSION_PCT] = f"{self.headline} at most this much worse ({self.worse}) than in the compared run (%)"
-        if not (self.streaming or self.fault) and self.unit != "%":
+        if not (self.streaming or self.fault or self.load) and self.unit != "%":
             if self.higher_is_worse:
                 out[MAX_OVER_HOST_PCT] = f"{self.headline} at most this much above the underlay's on the circuit (%)"
             else:
@@ -105,6 +107,17 @@ FAULT_METRICS = [
     }, fault=True),
 ]
 _ALL += FAULT_METRICS
+LOAD_METRICS = [
+    Metric("load_latency", "ms", "RTT under load (TCP flows both ways on the circuit)", "p50", True, {
+        "max_induced_over_buffer_ms": "median RTT under load at most the idle median plus the path's link buffers "
+                                      "(both ways) plus this (ms): latency beyond the links' own queues",
+    }, zero_base=0.001, load=True),
+    Metric("load_goodput", "Mbit/s", "TCP goodput of the flows under load, summed", "total", False, {
+        "min_fraction_of_rate": "each direction's summed goodput at least this share of the circuit's rate (0..1)",
+        "min_fairness": "Jain's fairness index of the flows of each direction at least this (1/n..1)",
+    }, load=True),
+]
+_ALL += LOAD_METRICS
 METRICS: dict[str, Metric] = {m.name: m for m in _ALL}
 
 

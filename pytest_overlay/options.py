@@ -144,6 +144,10 @@ def addoption(parser: pytest.Parser) -> None:
          metavar="NAME[,NAME...]")
     _add(group, "--overlay-fault-bound", 120.0, "Seconds after a fault heals within which recovery must be seen; "
          "beyond, it is reported as censored (> bound).", type=bounded(float, 1, 3600), metavar="SECONDS")
+    _add(group, "--overlay-load-seconds", 20.0, "Seconds of TCP load in the latency-under-load suite (-m load), "
+         "after 2 s of warm-up and 5 s of idle probing.", type=bounded(float, 1, 3600), metavar="SECONDS")
+    _add(group, "--overlay-load-flows", 4, "TCP flows each way in the latency-under-load suite (flent's RRUL: 4).",
+         type=bounded(int, 1, 64), metavar="N")
     _add(group, "--overlay-report", None, "Write Markdown, CSV, JSON, plots and an HTML page of the results to DIR.",
          metavar="DIR")
 

@@ -173,3 +173,60 @@ def fault_timeline(records: list[Record], fault: str, path: Path) -> bool:
     _legend_below(ax)
     _save(fig, path)
     return True
+
+
+def load_timeline(records: list[Record], circuit: str, queue_ms: float | None, path: Path) -> bool:
+    """Latency under load as flent draws RRUL: RTT against time above, the flows' goodput per
+    direction below, one colour per overlay, the loaded window shaded."""
+    chosen = [r for r in records if r.metric == "load_latency" and r.circuit == circuit and r.queue_ms == queue_ms
+              and r.extra.get("timeline")]
+    if not chosen:
+        return False
+    fig, (rtt_ax, goodput_ax) = plt.subplots(2, 1, figsize=(10, 7), sharex=True)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    start, end = chosen[0].extra["timeline"]["loaded_s"]
+    for ax in (rtt_ax, goodput_ax):
+        ax.axvspan(start, end, color="grey", alpha=0.15)
+    for i, r in enumerate(chosen):
+        colour, line = colours[i % len(colours)], r.extra["timeline"]
+        rtt_ax.plot([t for t, _ in line["rtt"]], [v for _, v in line["rtt"]], ".", markersize=2, color=colour,
+                    label=f"{r.overlay}: RTT, irtt (n={len(line['rtt'])})")
+        for direction, style in (("up", "-"), ("down", "--")):
+            points = line["goodput"].get(direction, [])
+            goodput_ax.plot([t for t, _ in points], [v for _, v in points], style, color=colour,
+                            label=f"{r.overlay}: goodput {direction} (n={len(points)} intervals of 0.5 s)")
+    level = "the links' own buffers" if queue_ms is None else f"buffers of {queue_ms:g} ms"
+    rtt_ax.set_title(f"Latency under load, {circuit}, {level} (shaded: loaded, after warm-up)")
+    rtt_ax.set_ylabel("round-trip time (ms)")
+    goodput_ax.set_ylabel("goodput, flows summed (Mbit/s)")
+    goodput_ax.set_xlabel("time from the first probe (s)")
+    for ax in (rtt_ax, goodput_ax):
+        ax.grid(alpha=0.3)
+    _legend_below(goodput_ax)
+    rtt_ax.legend(fontsize=7, loc="upper left")
+    _save(fig, path)
+    return True
+
+
+def load_cdf(records: list[Record], circuit: str, queue_ms: float | None, path: Path) -> bool:
+    """CDFs of the RTT idle (dashed) and under load (solid), one colour per overlay."""
+    chosen = [r for r in records if r.metric == "load_latency" and r.circuit == circuit and r.queue_ms == queue_ms
+              and r.extra.get("samples")]
+    if not chosen:
+        return False
+    fig, ax = plt.subplots(figsize=(9, 5))
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, r in enumerate(chosen):
+        for key, style, what in (("idle_samples", "--", "idle"), ("samples", "-", "loaded")):
+            values = sorted(r.extra.get(key) or [])
+            if values:
+                ax.plot(values, [(k + 1) / len(values) for k in range(len(values))], style,
+                        color=colours[i % len(colours)], label=f"{r.overlay}: {what} (n={len(values)})")
+    level = "the links' own buffers" if queue_ms is None else f"buffers of {queue_ms:g} ms"
+    ax.set_title(f"RTT idle and under load, {circuit}, {level}")
+    ax.set_xlabel("round-trip time (ms)")
+    ax.set_ylabel("share of round trips at or below")
+    ax.grid(alpha=0.3)
+    _legend_below(ax)
+    _save(fig, path)
+    return True

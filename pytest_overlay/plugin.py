@@ -13,6 +13,7 @@ import pytest
 from . import options, session
 from .fixtures import (  # noqa: F401  (fixtures are found on the plugin module)
     fault_path,
+    load_path,
     overlay,
     overlay_path,
     overlay_session,
@@ -33,7 +34,12 @@ MARKERS = {
     "streaming": "RTSP streaming under concurrency",
     "faults": "WAN faults (cut, partition, flap, loss burst, reroute): outage and recovery through each overlay; "
               "runs only when selected (-m faults) or named (--overlay-faults)",
+    "load": "latency under load (flent's RRUL): RTT idle and beside TCP flows both ways, and the flows' goodput; "
+            "runs only when selected (-m load)",
 }
+# Suites that take minutes per overlay: they run only when -m names them (or, for faults,
+# --overlay-faults picks scenarios), never in a plain `pytest suites/`.
+HELD_BACK = {"faults": "WAN fault test(s)", "load": "latency-under-load test(s)"}
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -55,11 +61,14 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     before it builds the next; circuits are cheap.
     """
     names = metafunc.fixturenames
-    if "overlay_path" not in names and "stream_path" not in names and "fault_path" not in names:
+    if not {"overlay_path", "stream_path", "fault_path", "load_path"} & set(names):
         return
     state = session.get(metafunc.config)
     metafunc.parametrize("overlay", state.overlays, indirect=True, scope="session")
-    if "fault_path" in names:
+    if "load_path" in names:
+        metafunc.parametrize("load_level", state.topology.load.levels(),
+                             ids=lambda level: f"{level[0].id}-{'links' if level[1] is None else f'q{level[1]:g}ms'}")
+    elif "fault_path" in names:
         none = pytest.param(None, id="no-faults", marks=pytest.mark.skip(
             reason=f"topology {state.topology.name} declares no faults: add a faults: section (README, 'WAN faults')"))
         metafunc.parametrize("fault", state.faults or [none], ids=lambda f: f.name if f else "no-faults")
@@ -79,23 +88,25 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
         benchmark.mark(items)
         state.request(items)
-        _hold_back_faults(config, items, state)
+        for marker in HELD_BACK:
+            _hold_back(config, items, marker)
 
 
-def _hold_back_faults(config: pytest.Config, items: list[pytest.Item], state) -> None:
-    """The faults suite takes minutes per overlay: it runs only when -m names it or
-    --overlay-faults picks scenarios; otherwise its tests are deselected, said in one line."""
-    if "faults" in (config.getoption("markexpr") or "") or config.getoption("overlay_faults"):
+def _hold_back(config: pytest.Config, items: list[pytest.Item], marker: str) -> None:
+    """A suite of HELD_BACK runs only when -m names it (or --overlay-faults picks fault
+    scenarios); otherwise its tests are deselected, said in one line."""
+    if marker in (config.getoption("markexpr") or "") or (marker == "faults" and config.getoption("overlay_faults")):
         return
-    held = [item for item in items if item.get_closest_marker("faults")]
+    held = [item for item in items if item.get_closest_marker(marker)]
     if not held:
         return
     config.hook.pytest_deselected(items=held)
-    items[:] = [item for item in items if not item.get_closest_marker("faults")]
+    items[:] = [item for item in items if not item.get_closest_marker(marker)]
     reporter = config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None:
-        reporter.write_line(f"pytest-overlay: {len(held)} WAN fault test(s) not run (minutes each); run them with "
-                            "-m faults or --overlay-faults NAME,...")
+        named = " or --overlay-faults NAME,..." if marker == "faults" else ""
+        reporter.write_line(f"pytest-overlay: {len(held)} {HELD_BACK[marker]} not run (minutes each); run them with "
+                            f"-m {marker}{named}")
 
 
 def pytest_deselected(items: list[pytest.Item]) -> None:

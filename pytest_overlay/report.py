@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tabulate import tabulate
 
-from . import results
+from . import metrics, results
 from .results import Missing, Record
 from .topology import Topology
 
@@ -153,6 +153,56 @@ def _ratio(record: Record, base: Record | None) -> str:
     return results.UNKNOWN_OVERHEAD if value is None and not base.valid else "" if value is None else f"{value:.2f}"
 
 
+def _load_tables(records: list[Record], notes: list[str]) -> list[str]:
+    """A table per circuit and link buffer of the latency-under-load suite: a row per overlay,
+    then one sentence on which overlays add latency beyond the links' own buffers."""
+    levels: dict[tuple, dict[str, dict[str, Record]]] = {}
+    for r in records:
+        if metrics.get(r.metric).load:
+            levels.setdefault((r.circuit, r.queue_ms), {}).setdefault(r.overlay, {})[r.metric] = r
+    out = []
+    for (circuit, queue_ms), by_overlay in levels.items():
+        rows, beyond, within, first = [], [], [], None
+        for overlay in sorted(by_overlay, key=lambda o: (o != BASELINE, o)):
+            m = by_overlay[overlay]
+            latency, goodput = m.get("load_latency"), m.get("load_goodput")
+            if latency is None or goodput is None:
+                continue
+            first = first or latency
+            e, g = latency.extra, goodput.extra
+            excess = e["induced_p50_ms"] - e["buffers_both_ways_ms"]
+            if latency.valid:
+                (beyond if excess > 1.0 else within).append(f"{overlay} {e['induced_p50_ms']:+.1f} ms")
+            status = _status(next((r for r in (latency, goodput) if not r.valid), latency), notes) \
+                if not (latency.valid and goodput.valid) else \
+                "fail" if "fail" in (latency.verdict, goodput.verdict) else "pass"
+            rows.append([
+                overlay, f"{e['idle']['p50']:.2f} / {e['idle']['p99']:.2f} (n={e['idle']['n']})",
+                f"{latency.stats.p50:.2f} / {latency.stats.p99:.2f} (n={latency.stats.n})",
+                f"{e['induced_p50_ms']:+.2f} / {e['induced_p99_ms']:+.2f}",
+                f"{e['icmp']['idle_p50']:.2f} / {e['icmp']['loaded_p50']:.2f} (n={e['icmp']['loaded_n']})",
+                f"{g['direction_mbit']['up']:.0f} / {g['direction_mbit']['down']:.0f} (n={goodput.stats.n} intervals)",
+                f"{g['fairness']['up']:.2f} / {g['fairness']['down']:.2f}",
+                " / ".join(str(g["retransmits"][d]) for d in ("up", "down")), status])
+        if first is None:
+            continue
+        e = first.extra
+        buffers = ", ".join(f"{hop} {ms:g}" for hop, ms in e["buffer_ms"].items())
+        level = "the links' own buffers" if queue_ms is None else f"buffers set to {queue_ms:g} ms"
+        title = (f"Latency under load on {circuit} at {level} (RRUL: {e['flows_each_way']} TCP flows each way for "
+                 f"{e['seconds']:g} s after {e['warmup_s']:g} s; irtt and ICMP every {e['interval_ms']:g} ms; idle = "
+                 f"the {e['idle_s']:g} s before). RTT in ms: median / p99, n = round trips; goodput in Mbit/s "
+                 f"received, summed per direction (up: {circuit.split('-')[0]} to {circuit.split('-')[1]}); buffers "
+                 f"in ms: {buffers}")
+        out.append(_table(title, ["Overlay", "Idle RTT", "Loaded RTT", "Induced (loaded - idle)", "ICMP idle / loaded",
+                                  "Goodput up / down", "Jain up / down", "Retransmits up / down", "Verdict"], rows))
+        answer = (f"Added latency under load beyond the links' buffers ({e['buffers_both_ways_ms']:g} ms both ways), "
+                  f"median: " + (f"{', '.join(beyond)} (more than 1 ms beyond)" if beyond else "none")
+                  + (f"; within them: {', '.join(within)}" if within else ""))
+        out[-1] += "\n" + answer
+    return out
+
+
 def tables(records: list[Record], topology: Topology, missing: list[Missing] = ()) -> str:
     by_metric: dict[str, list[Record]] = {}
     for r in _order(records, topology):
@@ -222,6 +272,7 @@ def tables(records: list[Record], topology: Topology, missing: list[Missing] = (
     if "stream_jitter" in by_metric:
         out.append(_streaming_table(records, notes))
     out += _faults_tables(records, notes)
+    out += _load_tables(records, notes)
 
     compared = [(r, c) for r in _order(records, topology) for c in r.compared]
     if compared:
@@ -248,8 +299,8 @@ def exclusions_line(records: list[Record]) -> str:
     counted = {}
     for r in records:  # latency and jitter share a run, as do UDP's rate and loss
         if r.exclusions.get("n") and r.concurrency is None:
-            counted.setdefault((r.overlay, r.circuit, r.fault or (r.metric.split("_")[0] if r.metric != "jitter"
-                                                                   else "latency")),
+            counted.setdefault((r.overlay, r.circuit, r.fault or r.queue_ms, r.metric.split("_")[0] if r.metric != "jitter"
+                                else "latency"),
                                (r, r.exclusions))
     if not counted:
         return ""
@@ -329,6 +380,13 @@ def write_files(directory: str | Path, records: list[Record], topology: Topology
         ("throughput.png", "Throughput per overlay", plots.throughput),
         ("streaming.png", "Streaming jitter and bitrate against concurrency", plots.streaming),
     ) if draw(records, out / name)]
+    for circuit, queue_ms in dict.fromkeys((r.circuit, r.queue_ms) for r in records if r.metric == "load_latency"):
+        tag = f"{circuit}_{'links' if queue_ms is None else f'q{queue_ms:g}ms'}"
+        level = "the links' own buffers" if queue_ms is None else f"buffers of {queue_ms:g} ms"
+        if plots.load_timeline(records, circuit, queue_ms, out / f"load_{tag}.png"):
+            pictures.append((f"load_{tag}.png", f"Latency under load, {circuit}, {level}: RTT and goodput over time"))
+        if plots.load_cdf(records, circuit, queue_ms, out / f"load_cdf_{tag}.png"):
+            pictures.append((f"load_cdf_{tag}.png", f"RTT idle and under load, {circuit}, {level}"))
     for fault in dict.fromkeys(r.fault for r in records if r.fault):
         name = f"fault_{fault}.png"
         if plots.fault_timeline(records, fault, out / name):

@@ -19,8 +19,10 @@ SCHEMA = "pytest-overlay/results"
 # was requested and not measured, with why.
 # 3: `exclusions` (samples the emulator touched, left out and counted) and `measured` (the
 # measurement window in UTC, with the machine's steal time and CPU pressure).
-SCHEMA_VERSION = 4
-READABLE_VERSIONS = (1, 2, 3, 4)
+# 4: `fault`, the WAN fault scenario. 5: `queue_ms`, the link buffer a latency-under-load
+# record was measured at where the experiment set one.
+SCHEMA_VERSION = 5
+READABLE_VERSIONS = (1, 2, 3, 4, 5)
 BOOTSTRAP_RESAMPLES = 200
 
 # Two-sided 95 % Student t quantiles for small samples; 1.96 beyond.
@@ -146,6 +148,7 @@ class Record:
     concurrency: int | None = None  # streaming level
     transport: str | None = None  # streaming: RTP over udp or tcp
     fault: str | None = None  # the WAN fault scenario it was measured under (schema 4)
+    queue_ms: float | None = None  # latency under load: the buffer it set on the path's links (None: theirs)
     vs_host: dict | None = None  # the underlay's value of the headline statistic
     compared: list[dict] = field(default_factory=list)  # against the saved run
     tries: int = 1  # measurements taken, the earlier ones invalid for the machine's load
@@ -163,7 +166,8 @@ class Record:
 
     @property
     def key(self) -> tuple:
-        return (self.overlay, self.metric, self.src, self.dst, self.concurrency, self.transport, self.fault)
+        return (self.overlay, self.metric, self.src, self.dst, self.concurrency, self.transport, self.fault,
+                self.queue_ms)
 
     def value(self, stat: str) -> float:
         """A statistic by name; `total` is the whole run's value where there is one."""
@@ -233,15 +237,17 @@ class Missing:
     transport: str | None = None
     test: str = ""
     fault: str | None = None
+    queue_ms: float | None = None
 
     @property
     def key(self) -> tuple:
-        return (self.overlay, self.metric, self.src, self.dst, self.concurrency, self.transport, self.fault)
+        return (self.overlay, self.metric, self.src, self.dst, self.concurrency, self.transport, self.fault,
+                self.queue_ms)
 
     @property
     def where(self) -> str:
         level = f" ({self.transport}, {self.concurrency} clients)" if self.concurrency is not None else \
-            f" ({self.fault})" if self.fault else ""
+            f" ({self.fault})" if self.fault else f" (buffer {self.queue_ms:g} ms)" if self.queue_ms else ""
         return f"{self.src} – {self.dst}{level}"
 
 

@@ -41,13 +41,14 @@ class OverlaySession:
             if "overlay" not in params or ("fault" in params and params["fault"] is None):
                 continue
             fault = params.get("fault")
-            circuit = fault.probe if fault else params.get("circuit") or self.topology.stream_circuit()
+            circuit, queue_ms = params.get("load_level") or (None, None)
+            circuit = fault.probe if fault else circuit or params.get("circuit") or self.topology.stream_circuit()
             wanted = metrics.measured_by(item.originalname)
             if fault:  # these two exist only where the scenario makes them
                 wanted = [m for m in wanted if m != "detour_rtt" and (m != "fault_goodput" or fault.kind == "loss")]
             self.requested[item.nodeid] = [
                 Missing(params["overlay"], metric, circuit.src, circuit.dst, "not run", params.get("concurrency"),
-                        params.get("transport"), item.nodeid, fault.name if fault else None)
+                        params.get("transport"), item.nodeid, fault.name if fault else None, queue_ms)
                 for metric in wanted]
 
     def note(self, nodeid: str, reason: str) -> None:

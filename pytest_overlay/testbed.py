@@ -105,6 +105,11 @@ class Testbed:
         raise NotImplementedError(f"WAN faults on the {getattr(self, 'backend', '?')} testbed are not built in this "
                                   "version (they need firewall rules between the hosts)")
 
+    def rebuffer(self, directions: list[Direction]) -> None:
+        """Give rate-limited link directions a new buffer (queue_ms) while the testbed runs."""
+        raise NotImplementedError(f"link buffers on the {getattr(self, 'backend', '?')} testbed are the hosts' own: "
+                                  "this version does not change them")
+
     def count_udp(self, port: int) -> None:
         """Count packets to a UDP port on every link direction (e.g. 4789, VXLAN)."""
         self.count(str(port), ["-p", "udp", "--dport", str(port)])
@@ -292,6 +297,11 @@ class EmulatedTestbed(Testbed):
         if self.emulator is None or self.emulator.kind == "none":
             raise NotImplementedError("WAN faults need a link emulator: --overlay-emulator=none applies none")
         return self.emulator.impair(changes)
+
+    def rebuffer(self, directions: list[Direction]) -> None:
+        if self.emulator is None or self.emulator.kind == "none":
+            raise NotImplementedError("link buffers need a link emulator: --overlay-emulator=none applies none")
+        self.emulator.rebuffer(directions)
 
     def emulator_counters(self, reset: bool = False, since: int | None = None) -> dict[str, dict]:
         """The emulator's counters; `reset` starts a new window for the maximum release error;

@@ -206,6 +206,19 @@ class Direction:
     jitter_ms: float = 0.0
     loss_pct: float = 0.0
     rate_mbit: float | None = None
+    queue_ms: float | None = None  # the buffer in front of the rate limit; None: DEFAULT_QUEUE
+
+    @property
+    def buffer_ms(self) -> float | None:
+        """How long a packet may wait behind the rate limit before the link drops it (None:
+        no rate limit, so no queue builds). Default: the link's RTT plus 10 ms, about the
+        bandwidth-delay product a router of such a WAN is given."""
+        if not self.rate_mbit:
+            return None
+        return self.queue_ms if self.queue_ms is not None else 2 * self.delay_ms + DEFAULT_QUEUE_EXTRA_MS
+
+
+DEFAULT_QUEUE_EXTRA_MS = 10.0
 
 
 @dataclass(frozen=True)
@@ -288,6 +301,19 @@ class Fault:
         return out
 
 
+@dataclass(frozen=True)
+class Load:
+    """The latency-under-load experiment (`-m load`): the circuits it runs on, and the link
+    buffers (ms) it runs each at besides the links' own."""
+
+    circuits: list[Circuit]
+    queues_ms: tuple[float, ...]
+
+    def levels(self) -> list[tuple[Circuit, float | None]]:
+        """(circuit, buffer) pairs; None: the links' own buffer."""
+        return [(c, q) for c in self.circuits for q in (None, *self.queues_ms)]
+
+
 @dataclass
 class Topology:
     name: str
@@ -299,6 +325,7 @@ class Topology:
     manager: str | None = None
     kv: str | None = None  # where an overlay's key-value store runs (Flannel's etcd)
     faults: dict[str, Fault] = field(default_factory=dict)
+    load: "Load" = field(default_factory=lambda: Load([], ()))
     _routes: dict = field(default_factory=dict, repr=False)
 
     def stream_circuit(self) -> "Circuit":
@@ -370,10 +397,20 @@ class Topology:
             "jitter_ms": sum(d.jitter_ms for d in there + back),
             "loss_pct": (1 - delivered) * 100,
             "rate_mbit": min(rates) if rates else None,
+            "queue_ms": {f"{d.src}->{d.dst}": d.buffer_ms for d in there + back if d.buffer_ms is not None},
         }
 
+    def with_queue(self, circuit: Circuit, queue_ms: float | None) -> list[Direction]:
+        """The rate-limited directions of the circuit's path, both ways, with their buffer set
+        to queue_ms (None: the topology's own)."""
+        hops = self.path_between(circuit.src, circuit.dst)
+        pairs = list(zip(hops, hops[1:])) + list(zip(hops[::-1], hops[::-1][1:]))
+        directions = [self.link_between(a, b).direction(a) for a, b in pairs]
+        return [d if queue_ms is None else replace(d, queue_ms=queue_ms) for d in directions if d.rate_mbit]
 
-TOP_KEYS = {"name", "sites", "links", "circuits", "hub", "manager", "kv", "description", "faults"}
+
+TOP_KEYS = {"name", "sites", "links", "circuits", "hub", "manager", "kv", "description", "faults", "load"}
+LOAD_KEYS = {"circuits", "queue_ms"}
 FAULT_KEYS = {"kind", "link", "site", "seconds", "up_s", "times", "loss_pct", "add_rtt_ms", "probe", "watch"}
 FAULT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,39}$")
 SITE_KEYS = {"location", "host"}
@@ -382,7 +419,7 @@ TLS_KEYS = ("ca", "cert", "key")
 SSH_TARGET = re.compile(r"^(?P<user>[a-z_][a-z0-9_.-]{0,31})@(?P<address>[A-Za-z0-9.-]+|\[[0-9A-Fa-f:]+\])(?::(?P<port>\d{1,5}))?$")
 DOCKER_TARGET = re.compile(r"^tcp://(?P<address>[A-Za-z0-9.-]+|\[[0-9A-Fa-f:]+\]):(?P<port>\d{1,5})$")
 INTERFACE = re.compile(r"^[A-Za-z0-9_.@-]{1,15}$")
-LINK_KEYS = {"between", "from", "to", "rtt_ms", "delay_ms", "jitter_ms", "loss_pct", "rate_mbit"}
+LINK_KEYS = {"between", "from", "to", "rtt_ms", "delay_ms", "jitter_ms", "loss_pct", "rate_mbit", "queue_ms"}
 
 
 def resolve_path(spec: str) -> Path:
@@ -486,6 +523,7 @@ def parse(data: Any, path: str | Path) -> Topology:
             setattr(topo, key, data[key])
     topo.circuits = _parse_circuits(check, data, topo)
     topo.faults = _parse_faults(check, data, topo)
+    topo.load = _parse_load(check, data, topo)
     return topo
 
 
@@ -578,7 +616,11 @@ def _parse_link(check: Checker, item: LineDict, where: str, sites: dict[str, Sit
         jitter_ms=check.number(item, "jitter_ms", f"{where}.jitter_ms", 0.0, maximum=10_000),
         loss_pct=check.number(item, "loss_pct", f"{where}.loss_pct", 0.0, maximum=100),
         rate_mbit=check.number(item, "rate_mbit", f"{where}.rate_mbit", None, positive=True),
+        queue_ms=check.number(item, "queue_ms", f"{where}.queue_ms", None, positive=True, maximum=10_000),
     )
+    if common["queue_ms"] is not None and common["rate_mbit"] is None:
+        raise check.fail(item, "queue_ms", f"{where}.queue_ms", "a buffer fills only behind a rate limit: give "
+                                                                  "rate_mbit too, or drop queue_ms")
     line = line_of(item)
     if "between" in item:
         if "from" in item or "to" in item:
@@ -704,6 +746,45 @@ def _parse_faults(check: Checker, data: LineDict, topo: Topology) -> dict[str, F
                                                                "circuit is the one left alone")
         faults[name] = replace(fault, watch=watch)
     return faults
+
+
+def _parse_load(check: Checker, data: LineDict, topo: Topology) -> Load:
+    """The `load:` section: {circuits: [[SRC, DST], ...], queue_ms: [ms, ...]}; without it, every
+    circuit at the links' own buffers."""
+    if "load" not in data:
+        return Load(list(topo.circuits), ())
+    raw = check.mapping(data["load"], "load", data, "load")
+    check.keys(raw, LOAD_KEYS, "load")
+    circuits = list(topo.circuits)
+    if "circuits" in raw:
+        pairs = raw["circuits"]
+        if not isinstance(pairs, list) or not pairs:
+            raise check.fail(raw, "circuits", "load.circuits", "must be a non-empty list of [SRC, DST] pairs")
+        circuits = []
+        for i, pair in enumerate(pairs):
+            if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(e, str) and e in topo.sites
+                                                                      for e in pair) and pair[0] != pair[1]):
+                raise check.fail(raw, "circuits", f"load.circuits[{i}]", f"must be [SRC, DST], two different sites "
+                                                                         f"of {', '.join(topo.sites)}, got {pair!r}")
+            circuits.append(Circuit(pair[0], pair[1]))
+    queues: list[float] = []
+    if "queue_ms" in raw:
+        values = raw["queue_ms"]
+        if not isinstance(values, list):
+            raise check.fail(raw, "queue_ms", "load.queue_ms", f"must be a list of buffer sizes in ms, got {values!r}")
+        for i, value in enumerate(values):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                    or not 0 < value <= 10_000:
+                raise check.fail(raw, "queue_ms", f"load.queue_ms[{i}]",
+                                 f"must be a number of ms in (0, 10000], got {value!r}")
+            if float(value) in queues:
+                raise check.fail(raw, "queue_ms", f"load.queue_ms[{i}]", f"{value!r} is given twice")
+            queues.append(float(value))
+        bare = next((c for c in circuits if not topo.with_queue(c, None)), None)
+        if bare is not None and queues:
+            raise check.fail(raw, "queue_ms", "load.queue_ms", f"circuit {bare.id} has no rate_mbit on its path: "
+                                                                "no buffer fills there")
+    return Load(circuits, tuple(queues))
 
 
 def _fault_circuit(check: Checker, spec: LineDict, key: str, where: str, topo: Topology) -> Circuit | None:
