@@ -67,8 +67,9 @@ def queue_packets(direction: Direction) -> int:
 
 
 def _tbf(direction: Direction, dev: str) -> list[str]:
-    """The link's rate limit, with the link's buffer in front of it: a packet that would wait
-    longer than buffer_ms is dropped, as a router's tail drop."""
+    """The link's rate limit, with the link's buffer in front of it: tbf queues at most `limit`
+    bytes, which drain at the rate in buffer_ms; a packet beyond is dropped, as a router's
+    tail drop. (tc shows `lat`, (limit - burst) / rate: the wait left once the bucket is full.)"""
     rate = _rate_bytes(direction)
     burst = int(max(128 * 1024, rate / 1000))
     limit = int(max(2 * MTU, rate * (direction.buffer_ms or 0.0) / 1e3))

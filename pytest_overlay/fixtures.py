@@ -162,14 +162,34 @@ def overlay(request: pytest.FixtureRequest, overlay_testbed, overlay_session: Ov
 
 
 @pytest.fixture
-def overlay_path(overlay, circuit: topology.Circuit, overlay_session: OverlaySession,
+def cpu_budget() -> float | None:
+    """Name: cpu_budget. Scope: function. Depends on: nothing.
+
+    The CPU budget (cores) of a latency or throughput test: None, unless --overlay-cpu
+    parametrizes the tests over its budgets."""
+    return None
+
+
+@pytest.fixture
+def overlay_path(overlay, circuit: topology.Circuit, cpu_budget: float | None, overlay_session: OverlaySession,
                  request: pytest.FixtureRequest) -> OverlayPath:
-    """Name: overlay_path. Scope: function (cheap). Depends on: overlay, circuit.
+    """Name: overlay_path. Scope: function (cheap). Depends on: overlay, circuit, cpu_budget.
 
     One circuit through one overlay: runs the probes (each at most once per session, so
-    latency and jitter share one run) and records what the test measured.
+    latency and jitter share one run) and records what the test measured. At a CPU budget,
+    every site's overlay is held to it while the probes run; skipped, saying why, where
+    nothing can be held (the underlay, real hosts, no cgroup CPU controller).
     """
-    return OverlayPath(overlay, circuit, overlay_session, request.node.nodeid)
+    if cpu_budget is not None:
+        from . import budget
+
+        why = budget.unavailable() or ("the underlay runs no overlay process: a CPU budget caps nothing (its "
+                                       "unbudgeted record is every budget's baseline)" if overlay.name == "host" else
+                                       "CPU budgets on real hosts are not built in this version"
+                                       if overlay.testbed.backend != "embedded" else "")
+        if why:
+            pytest.skip(f"CPU budget {cpu_budget:g} cores: {why}")
+    return OverlayPath(overlay, circuit, overlay_session, request.node.nodeid, cpu=cpu_budget)
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from . import probes, procs
 from .probes import Endpoint, LatencySamples, ProbeError, ThroughputSamples
 
-IDLE_S = 5.0  # probing before the flows start: the idle RTT
+IDLE_S = 5.0  # probing before the flows start (at most as long as the load): the idle RTT
 SETTLE_S = 1.0  # the probes' first second (connection set-up) counts as neither idle nor loaded
 WARMUP_S = 2.0  # the flows' slow start, left out of goodput and of the loaded RTT
 TAIL_S = 1.0  # probing on after the flows end
@@ -64,6 +64,12 @@ class LoadRun:
         spans = self.idle.spans_ns + self.loaded.spans_ns
         return LatencySamples([rtts], self.idle.sent + self.loaded.sent, self.idle.lost + self.loaded.lost,
                               INTERVAL_MS, times_ns=[spans])
+
+
+def idle_seconds(seconds: float) -> float:
+    """How long the probes run idle before the flows: IDLE_S, or as long as a shorter load
+    (beyond the settling second)."""
+    return min(IDLE_S, max(seconds, SETTLE_S + 1))
 
 
 def jain(values: list[float]) -> float:
@@ -122,7 +128,8 @@ def run(src: Endpoint, dst: Endpoint, seconds: float, flows: int,
         progress=lambda message: None) -> LoadRun:
     """Idle probing, then `flows` TCP flows each way for `seconds` after WARMUP_S, probes
     throughout; every server ended, every client waited for, whatever fails."""
-    total = IDLE_S + WARMUP_S + seconds + TAIL_S
+    idle_s = idle_seconds(seconds)
+    total = idle_s + WARMUP_S + seconds + TAIL_S
     irtt, irtt_port = probes.irtt_server(dst)
     servers: dict[str, tuple[procs.Daemon, int]] = {}
     results: dict[str, object] = {}
@@ -153,7 +160,7 @@ def run(src: Endpoint, dst: Endpoint, seconds: float, flows: int,
             keep("ping", lambda: src.run(["ping", "-D", "-n", "-i", f"{INTERVAL_MS / 1000:g}", "-c", str(count),
                                           "-W", "2", dst.address], timeout=total + 30)),
         ]
-        time.sleep(IDLE_S)
+        time.sleep(idle_s)
         launched = time.time_ns()
         progress(f"load: {flows} TCP flow(s) each way for {WARMUP_S:g} + {seconds:g} s")
         loading = [keep(direction, lambda d=direction: src.run(

@@ -34,6 +34,7 @@ class Measured:
     accounting: validity.Accounting | None = None
     machine: machine.Window | None = None
     parts: dict[str, validity.Accounting] = field(default_factory=dict)  # a probe of several flows: each one's
+    cpu_used: dict = field(default_factory=dict)  # by site: CPU its overlay's cgroup used, and was throttled
 
     @property
     def exclusions(self) -> dict:
@@ -41,8 +42,10 @@ class Measured:
 
 
 class OverlayPath:
-    def __init__(self, overlay: Overlay, circuit: Circuit, state: OverlaySession, test: str) -> None:
+    def __init__(self, overlay: Overlay, circuit: Circuit, state: OverlaySession, test: str,
+                 cpu: float | None = None) -> None:
         self.overlay, self.circuit, self.state, self.test = overlay, circuit, state, test
+        self.cpu = cpu  # the CPU budget (cores) every site's overlay is held to while probing
         self.expected = state.topology.expected(circuit)
         self.src, self.dst = overlay.endpoints([circuit.src, circuit.dst])
 
@@ -61,7 +64,7 @@ class OverlayPath:
         """Run a probe once per session, with the emulator's and the overlay's counters
         around it (or `once`, which does). A run invalid only for the machine's load is taken
         again, up to --overlay-retries times; the record says how many tries it took."""
-        key = (self.overlay.name, self.circuit, kind)
+        key = (self.overlay.name, self.circuit, kind, self.cpu)
         if key not in self.state.cache:
             retries = self.state.option("overlay_retries")
             earlier: list[str] = []
@@ -78,6 +81,10 @@ class OverlayPath:
             self.state.cache[key] = measured
         return self.state.cache[key]
 
+    @property
+    def circuit_sites(self) -> set[str]:
+        return {self.circuit.src, self.circuit.dst}
+
     def hops(self) -> tuple[list[validity.Hop], list[validity.Hop]]:
         """The link directions from the circuit's source to its destination, and back."""
         topology = self.state.topology
@@ -91,29 +98,41 @@ class OverlayPath:
         return [hop(a, b) for a, b in zip(there, there[1:])], [hop(a, b) for a, b in zip(back, back[1:])]
 
     def _once(self, kind: str, probe: Callable[[], object], check: Callable[[object], list[str]]) -> Measured:
-        samples, accrued, wire, window = self._bracketed(kind, probe)
+        samples, accrued, wire, window, cpu_used = self._bracketed(kind, probe)
         there, back = self.hops()
         accounting = validity.account(kind, accrued, there, back, samples, self.rules, window)
         if accounting.kept and hasattr(samples, "keep"):
             samples = samples.keep(accounting.kept)
         faults = accounting.faults + check(samples) + self._wire_faults(wire)
         _counts_only(accrued)
-        return Measured(samples, faults, accrued, wire, accounting=accounting, machine=window)
+        return Measured(samples, faults, accrued, wire, accounting=accounting, machine=window, cpu_used=cpu_used)
 
-    def _bracketed(self, kind: str, probe: Callable[[], object]) -> tuple[object, dict, dict | None, machine.Window]:
+    def _bracketed(self, kind: str, probe: Callable[[], object]) -> tuple[object, dict, dict | None, machine.Window,
+                                                                          dict]:
         """The probe's samples with what the emulator accrued meanwhile (with its windows), the
-        packets the overlay put on each hop of the path, and the machine's window."""
+        packets the overlay put on each hop of the path, the machine's window, and the CPU the
+        overlay used at the circuit's two sites (held to the path's budget, if it has one)."""
         testbed = self.overlay.testbed
         self._stop_if_a_daemon_died(kind)
         monitor = machine.monitor()
+        if self.cpu is not None:
+            self.overlay.cap(self.cpu)
         started = time.time_ns()
         before, wire_before = testbed.emulator_counters(reset=True), self.overlay.wire_counters()
+        cpu_before = self.overlay.cpu_usage()
         try:
             samples = probe()
         except Exception:
             self._stop_if_a_daemon_died(kind)  # the cause, rather than the probe's own error
             raise
+        finally:
+            cpu_after = self.overlay.cpu_usage()
+            if self.cpu is not None:
+                self.overlay.cap(None)
         ended = time.time_ns()
+        seconds = (ended - started) / 1e9
+        cpu_used = {site: used.minus(cpu_before[site]).to_json(seconds)
+                    for site, used in cpu_after.items() if site in cpu_before and site in self.circuit_sites}
         self._stop_if_a_daemon_died(kind, "during")
         accrued = emu.delta(before, testbed.emulator_counters(since=started))
         wire = None
@@ -121,7 +140,7 @@ class OverlayPath:
             after = self.overlay.wire_counters()
             hops = testbed.topology.path_between(self.circuit.src, self.circuit.dst)
             wire = {n: after.get(n, 0) - wire_before.get(n, 0) for n in (f"{a}->{b}" for a, b in zip(hops, hops[1:]))}
-        return samples, accrued, wire, monitor.window(started, ended)
+        return samples, accrued, wire, monitor.window(started, ended), cpu_used
 
     def _wire_faults(self, wire: dict | None) -> list[str]:
         return [] if wire is None else validity.wire_faults(self.overlay.name, wire, self.overlay.wire_what)
@@ -165,8 +184,9 @@ class OverlayPath:
             invalid_reasons=list(faults), test=self.test, expected=self.expected, datapath=datapath,
             emulator=measured.emulator, tool=measured.samples.tool, tries=measured.tries,
             exclusions=measured.exclusions, measured=measured.machine.to_json() if measured.machine else {},
-            extra={**(extra or {}), **({"earlier_tries": measured.earlier_faults} if measured.earlier_faults else {})},
-            **fields,
+            extra={**(extra or {}), **({"earlier_tries": measured.earlier_faults} if measured.earlier_faults else {}),
+                   **({"cpu_used": measured.cpu_used} if measured.cpu_used else {})},
+            cpu=self.cpu, **fields,
         )
         return self.state.add(record)
 
@@ -482,29 +502,39 @@ class LoadPath(OverlayPath):
 
     def _load_once(self) -> Measured:
         seconds, flows = self.state.option("overlay_load_seconds"), self.state.option("overlay_load_flows")
-        run, accrued, wire, window = self._bracketed(
+        run, accrued, wire, window, cpu_used = self._bracketed(
             "load", lambda: load.run(self.src, self.dst, seconds, flows, self.state.progress))
         there, back = self.hops()
-        rules = self.rules
+        rules = {**self.rules, "max_excluded_share_latency": self.rules["max_excluded_share_load"],
+                 "max_excluded_share_throughput": 1.0}  # the goodput is judged on its whole loaded time, below
         latency = validity.account("latency", accrued, there, back, run.all_latency, rules, window)
         goodput = {d: validity.account("tcp", accrued, there, back, f.sums, rules, window) for d, f in run.flows.items()}
+        late = validity.late_share(latency.troubles, run.loaded_ns)
+        if late > self.rules["max_late_share_load"]:
+            cause = window.cause() if window else ""
+            goodput["up"].faults.append(
+                f"emulator released late or dropped on the path for {late * 100:.1f} % of the loaded time (bound "
+                f"{self.rules['max_late_share_load'] * 100:g} %): the flows' goodput may be its doing"
+                + (f": {cause}" if cause else ""))
         if latency.kept:
             n_idle = len(run.idle.rtt_ms)
             run.idle, run.loaded = run.idle.keep(latency.kept[:n_idle]), run.loaded.keep(latency.kept[n_idle:])
         for direction, accounting in goodput.items():
             if accounting.kept:
                 run.flows[direction].sums = run.flows[direction].sums.keep(accounting.kept)
-        faults = latency.faults + [f"{d}: {f}" for d, acc in goodput.items() for f in acc.faults]
+        faults = latency.faults + [f"{d} flows: {f}" for d, acc in goodput.items() for f in acc.faults]
         faults += self._wire_faults(wire)
         _counts_only(accrued)
-        return Measured(run, faults, accrued, wire, accounting=latency, machine=window, parts=goodput)
+        return Measured(run, faults, accrued, wire, accounting=latency, machine=window, parts=goodput,
+                        cpu_used=cpu_used)
 
     def _records(self, measured: Measured) -> dict[str, Record]:
         run: load.LoadRun = measured.samples
         idle, loaded = run.idle.rtt_ms, run.loaded.rtt_ms
         common = {"seconds": self.state.option("overlay_load_seconds"), "flows_each_way": len(run.flows["up"].per_flow_mbit),
                   "buffer_ms": self.expected["queue_ms"], "buffers_both_ways_ms": self.buffer_ms,
-                  "warmup_s": load.WARMUP_S, "idle_s": load.IDLE_S}
+                  "warmup_s": load.WARMUP_S,
+                  "idle_s": load.idle_seconds(self.state.option("overlay_load_seconds"))}
         icmp = {"idle_p50": load.median(run.icmp_idle_ms), "idle_p99": _p99(run.icmp_idle_ms), "idle_n": len(run.icmp_idle_ms),
                 "loaded_p50": load.median(run.icmp_loaded_ms), "loaded_p99": _p99(run.icmp_loaded_ms),
                 "loaded_n": len(run.icmp_loaded_ms)}
@@ -522,7 +552,8 @@ class LoadPath(OverlayPath):
         up, down = run.flows["up"], run.flows["down"]
         sums = [a + b for a, b in zip(up.sums.mbit, down.sums.mbit)]
         goodput_measured = Measured(run, measured.faults, measured.emulator, measured.wire, measured.tries,
-                                    measured.earlier_faults, _merged(measured.parts), measured.machine)
+                                    measured.earlier_faults, _merged(measured.parts), measured.machine,
+                                    cpu_used=measured.cpu_used)
         goodput = self.record("load_goodput", sums, goodput_measured, {
             **common,
             "per_flow_mbit": {d: [round(m, 2) for m in f.per_flow_mbit] for d, f in run.flows.items()},

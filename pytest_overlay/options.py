@@ -4,6 +4,7 @@ created), their defaults already parsed, and whether a session gave any of them.
 from __future__ import annotations
 
 import argparse
+import os
 from typing import Callable
 
 import pytest
@@ -58,6 +59,19 @@ def parse_buffers(value: str) -> str:
     if value not in ("tuned", "docker"):
         raise argparse.ArgumentTypeError(f"{value!r}; allowed: tuned, docker")
     return value
+
+
+def parse_cpu(value: str) -> list[float]:
+    try:
+        budgets = [float(v) for v in value.split(",") if v.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r}: give CPU budgets in cores separated by commas, e.g. "
+                                         "0.25,0.5,1") from None
+    cores = os.cpu_count() or 1
+    if not budgets or any(not 0.01 <= b <= cores for b in budgets) or len(set(budgets)) != len(budgets):
+        raise argparse.ArgumentTypeError(f"{value!r}: distinct budgets from 0.01 to {cores} cores (this machine's), "
+                                         "e.g. 0.25,0.5,1")
+    return sorted(budgets)
 
 
 def parse_names(value: str) -> list[str]:
@@ -148,6 +162,9 @@ def addoption(parser: pytest.Parser) -> None:
          "after 2 s of warm-up and 5 s of idle probing.", type=bounded(float, 1, 3600), metavar="SECONDS")
     _add(group, "--overlay-load-flows", 4, "TCP flows each way in the latency-under-load suite (flent's RRUL: 4).",
          type=bounded(int, 1, 64), metavar="N")
+    _add(group, "--overlay-cpu", None, "CPU budgets in cores (e.g. 0.25,0.5,1): the latency and throughput tests run "
+         "at each, with every site's overlay (its containers and daemons, not the kernel's datapath) held to it.",
+         type=parse_cpu, metavar="CORES[,CORES...]")
     _add(group, "--overlay-report", None, "Write Markdown, CSV, JSON, plots and an HTML page of the results to DIR.",
          metavar="DIR")
 

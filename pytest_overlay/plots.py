@@ -230,3 +230,33 @@ def load_cdf(records: list[Record], circuit: str, queue_ms: float | None, path: 
     _legend_below(ax)
     _save(fig, path)
     return True
+
+
+def cpu_budgets(records: list[Record], path: Path) -> bool:
+    """TCP goodput and p99 RTT against the CPU budget, one line per overlay and circuit; the
+    unlimited run drawn at the machine's core count."""
+    import os
+
+    chosen = [r for r in records if r.metric in ("tcp_throughput", "latency") and r.valid]
+    if not any(r.cpu is not None for r in chosen):
+        return False
+    cores = float(os.cpu_count() or 1)
+    fig, (tcp_ax, rtt_ax) = plt.subplots(1, 2, figsize=(11, 4.5))
+    for (overlay, circuit) in dict.fromkeys((r.overlay, r.circuit) for r in chosen):
+        for ax, metric, value, what in ((tcp_ax, "tcp_throughput", lambda r: r.total, "goodput"),
+                                        (rtt_ax, "latency", lambda r: r.stats.p99, "p99")):
+            points = sorted((r.cpu if r.cpu is not None else cores, value(r), r.stats.n) for r in chosen
+                            if r.overlay == overlay and r.circuit == circuit and r.metric == metric)
+            if points:
+                ax.plot([x for x, _, _ in points], [y for _, y, _ in points], "o-",
+                        label=f"{overlay} {circuit} (n={min(n for _, _, n in points)}+ per point)")
+    tcp_ax.set_ylabel("TCP goodput (Mbit/s)")
+    rtt_ax.set_ylabel("RTT, 99th percentile (ms)")
+    for ax in (tcp_ax, rtt_ax):
+        ax.set_xlabel(f"CPU budget of each site's overlay (cores; {cores:g} = unlimited)")
+        ax.set_xscale("log", base=2)
+        ax.grid(alpha=0.3)
+    fig.suptitle("What a CPU budget does to each datapath")
+    _legend_below(tcp_ax)
+    _save(fig, path)
+    return True

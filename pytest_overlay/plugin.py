@@ -12,6 +12,7 @@ import pytest
 
 from . import options, session
 from .fixtures import (  # noqa: F401  (fixtures are found on the plugin module)
+    cpu_budget,
     fault_path,
     load_path,
     overlay,
@@ -74,6 +75,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         metafunc.parametrize("fault", state.faults or [none], ids=lambda f: f.name if f else "no-faults")
     elif "overlay_path" in names:
         metafunc.parametrize("circuit", state.topology.circuits, ids=lambda c: c.id)
+        if state.option("overlay_cpu"):  # unlimited first: every budget's reference, and the underlay's only run
+            metafunc.parametrize("cpu_budget", [None, *state.option("overlay_cpu")],
+                                 ids=lambda cores: "cpu-unlimited" if cores is None else f"cpu{cores:g}")
     else:
         metafunc.parametrize("transport", state.option("overlay_stream_transport"))
         metafunc.parametrize("concurrency", state.option("overlay_concurrency"))

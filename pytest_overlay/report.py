@@ -138,6 +138,11 @@ def _faults_tables(records: list[Record], notes: list[str]) -> list[str]:
     return out
 
 
+def _who(record: Record) -> str:
+    """The overlay column: the overlay, and its CPU budget where it had one."""
+    return record.overlay if record.cpu is None else f"{record.overlay} (CPU {record.cpu:g})"
+
+
 def _difference(record: Record, base: Record) -> str:
     """Difference of means with the 95 % interval of the difference (independent samples)."""
     diff = results.difference(record, base)
@@ -203,6 +208,55 @@ def _load_tables(records: list[Record], notes: list[str]) -> list[str]:
     return out
 
 
+def _budget_tables(records: list[Record], notes: list[str]) -> list[str]:
+    """With --overlay-cpu: per circuit, a row per overlay and budget (TCP goodput, RTT, the CPU
+    its cgroups used and how often the quota held them back), then one sentence on which
+    overlays keep their throughput and latency at their smallest budget."""
+    if not any(r.cpu is not None for r in records):
+        return []
+    rows_by_circuit: dict[str, dict[tuple, dict[str, Record]]] = {}
+    for r in records:
+        if r.metric in ("tcp_throughput", "latency"):
+            rows_by_circuit.setdefault(r.circuit, {}).setdefault((r.overlay, r.cpu), {})[r.metric] = r
+    out = []
+    for circuit, by_level in rows_by_circuit.items():
+        rows, kept, lost = [], [], []
+        for (overlay, cpu) in sorted(by_level, key=lambda k: (k[0] != BASELINE, k[0], -(k[1] or 1e9))):
+            m = by_level[(overlay, cpu)]
+            tcp, latency = m.get("tcp_throughput"), m.get("latency")
+            used = (tcp or latency).extra.get("cpu_used") or {}
+            cores = sum(u["cores_used"] or 0 for u in used.values())
+            throttled = max((u["throttled_share"] for u in used.values()), default=0.0)
+            status = next((_status(r, notes) for r in (tcp, latency) if r is not None and not r.valid),
+                          "fail" if any(r is not None and r.verdict == "fail" for r in (tcp, latency)) else "pass")
+            rows.append([overlay, "unlimited" if cpu is None else f"{cpu:g}",
+                         f"{tcp.total:.0f} (n={tcp.stats.n})" if tcp and tcp.valid else "-",
+                         f"{latency.stats.p50:.2f} / {latency.stats.p99:.2f} (n={latency.stats.n})"
+                         if latency and latency.valid else "-",
+                         f"{cores:.2f}" if used else "-", f"{throttled * 100:.0f} %" if used else "-", status])
+        for overlay in dict.fromkeys(o for o, _ in by_level):
+            budgets = sorted(c for o, c in by_level if o == overlay and c is not None)
+            free, tight = by_level.get((overlay, None), {}), by_level.get((overlay, budgets[0]), {}) if budgets else {}
+            if not budgets or "tcp_throughput" not in free or "tcp_throughput" not in tight \
+                    or not (free["tcp_throughput"].valid and tight["tcp_throughput"].valid):
+                continue
+            share = tight["tcp_throughput"].total / free["tcp_throughput"].total if free["tcp_throughput"].total else 0
+            p99 = (tight["latency"].stats.p99 - free["latency"].stats.p99) if "latency" in free and "latency" in tight \
+                else 0.0
+            said = f"{overlay} {share * 100:.0f} % of its TCP goodput, p99 {p99:+.2f} ms at {budgets[0]:g} cores"
+            (kept if share >= 0.9 and p99 <= 1.0 else lost).append(said)
+        title = (f"CPU budgets on {circuit}: every site's overlay (its containers and daemons; not the kernel's datapath) "
+                 "held to a budget in cores. TCP goodput in Mbit/s (n = 0.5 s intervals); RTT in ms, median / p99 "
+                 "(n = round trips); CPU used by the circuit's two sites' overlay cgroups in cores, and the share "
+                 "of quota periods in which they were held back, during the TCP run")
+        out.append(_table(title, ["Overlay", "Budget (cores)", "TCP goodput", "RTT", "CPU used", "Throttled",
+                                  "Verdict"], rows))
+        if kept or lost:
+            out[-1] += ("\nAt their smallest budget, kept throughput (90 %) and latency (p99 within 1 ms): "
+                        + (", ".join(kept) or "none") + "; did not: " + (", ".join(lost) or "none"))
+    return out
+
+
 def tables(records: list[Record], topology: Topology, missing: list[Missing] = ()) -> str:
     by_metric: dict[str, list[Record]] = {}
     for r in _order(records, topology):
@@ -219,7 +273,7 @@ def tables(records: list[Record], topology: Topology, missing: list[Missing] = (
         rows = []
         for r in by_metric["latency"]:
             base = results.baseline(records, r)
-            row = [circuit_name(r), r.overlay, _f(r.stats.min), _f(r.stats.mean), _f(r.stats.p99),
+            row = [circuit_name(r), _who(r), _f(r.stats.min), _f(r.stats.mean), _f(r.stats.p99),
                    _f(r.stats.ci95, 3), r.stats.n, _f(r.expected["rtt_ms"], 1)]
             if compare:
                 row.append("" if r.overlay == BASELINE or base is None else _difference(r, base))
@@ -229,7 +283,7 @@ def tables(records: list[Record], topology: Topology, missing: list[Missing] = (
         out.append(_table("Latency: round-trip time in ms (irtt request/response; n = round trips)", head + ["Verdict"], rows))
 
     if "jitter" in by_metric:
-        rows = [[circuit_name(r), r.overlay, _f(r.stats.mean, 3), _f(r.stats.p50, 3), _f(r.stats.p99, 3),
+        rows = [[circuit_name(r), _who(r), _f(r.stats.mean, 3), _f(r.stats.p50, 3), _f(r.stats.p99, 3),
                  _f(r.stats.max, 3), r.stats.n, _status(r, notes)] for r in by_metric["jitter"]]
         out.append(_table("Jitter: IPDV |RTT[i] - RTT[i-1]| in ms (n = consecutive pairs of round trips)",
                           ["Circuit", "Overlay", "Mean", "Median", "99th %", "Max", "n", "Verdict"], rows))
@@ -238,7 +292,7 @@ def tables(records: list[Record], topology: Topology, missing: list[Missing] = (
         rows = []
         for r in by_metric["tcp_throughput"]:
             base = results.baseline(records, r)
-            row = [circuit_name(r), r.overlay, _f(r.total, 0), _f(r.stats.min, 0),
+            row = [circuit_name(r), _who(r), _f(r.total, 0), _f(r.stats.min, 0),
                    _f(r.stats.mean, 0), _f(r.stats.ci95, 0), _f(r.stats.max, 0), r.stats.n,
                    r.extra.get("retransmits"), _f(r.expected["rate_mbit"], 0)]
             if compare:
@@ -251,14 +305,14 @@ def tables(records: list[Record], topology: Topology, missing: list[Missing] = (
                           head + ["Verdict"], rows))
 
     if "udp_throughput" in by_metric:
-        losses = {(r.overlay, r.circuit): r for r in by_metric.get("udp_loss", [])}
+        losses = {(r.overlay, r.circuit, r.cpu): r for r in by_metric.get("udp_loss", [])}
         rows = []
         for r in by_metric["udp_throughput"]:
-            loss = losses.get((r.overlay, r.circuit))
+            loss = losses.get((r.overlay, r.circuit, r.cpu))
             status = _status(r, notes)
             if loss and r.valid and loss.verdict != "pass":
                 status = f"{status} (loss: {loss.verdict})"
-            row = [circuit_name(r), r.overlay, _f(r.extra.get("offered_mbit"), 0), _f(r.total, 0),
+            row = [circuit_name(r), _who(r), _f(r.extra.get("offered_mbit"), 0), _f(r.total, 0),
                    _f(r.stats.mean, 0), _f(r.stats.ci95, 0), r.stats.n, _f(loss.stats.mean, 3) if loss else "-",
                    r.extra.get("packets")]
             if compare:
@@ -273,10 +327,11 @@ def tables(records: list[Record], topology: Topology, missing: list[Missing] = (
         out.append(_streaming_table(records, notes))
     out += _faults_tables(records, notes)
     out += _load_tables(records, notes)
+    out += _budget_tables(records, notes)
 
     compared = [(r, c) for r in _order(records, topology) for c in r.compared]
     if compared:
-        rows = [[circuit_name(r), r.overlay, r.metric, c["stat"], f"{c['saved']:.3f}", f"{c['now']:.3f}", r.unit,
+        rows = [[circuit_name(r), _who(r), r.metric, c["stat"], f"{c['saved']:.3f}", f"{c['now']:.3f}", r.unit,
                  _change(c), _noise(c), "yes" if c["within_noise"] else "no", c["gate"] or "-"]
                 for r, c in compared]
         out.append(_table(f"Compared with saved run {compared[0][1]['run']} (noise: the combined 95 % "
@@ -379,6 +434,7 @@ def write_files(directory: str | Path, records: list[Record], topology: Topology
         ("latency_cdf.png", "Latency CDF per circuit", plots.latency_cdf),
         ("throughput.png", "Throughput per overlay", plots.throughput),
         ("streaming.png", "Streaming jitter and bitrate against concurrency", plots.streaming),
+        ("cpu_budgets.png", "TCP goodput and p99 RTT against each overlay's CPU budget", plots.cpu_budgets),
     ) if draw(records, out / name)]
     for circuit, queue_ms in dict.fromkeys((r.circuit, r.queue_ms) for r in records if r.metric == "load_latency"):
         tag = f"{circuit}_{'links' if queue_ms is None else f'q{queue_ms:g}ms'}"

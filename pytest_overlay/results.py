@@ -20,7 +20,8 @@ SCHEMA = "pytest-overlay/results"
 # 3: `exclusions` (samples the emulator touched, left out and counted) and `measured` (the
 # measurement window in UTC, with the machine's steal time and CPU pressure).
 # 4: `fault`, the WAN fault scenario. 5: `queue_ms`, the link buffer a latency-under-load
-# record was measured at where the experiment set one.
+# record was measured at where the experiment set one; `cpu`, the CPU budget (cores) its
+# overlay was held to.
 SCHEMA_VERSION = 5
 READABLE_VERSIONS = (1, 2, 3, 4, 5)
 BOOTSTRAP_RESAMPLES = 200
@@ -149,6 +150,7 @@ class Record:
     transport: str | None = None  # streaming: RTP over udp or tcp
     fault: str | None = None  # the WAN fault scenario it was measured under (schema 4)
     queue_ms: float | None = None  # latency under load: the buffer it set on the path's links (None: theirs)
+    cpu: float | None = None  # the CPU budget (cores) every site's overlay was held to (None: none)
     vs_host: dict | None = None  # the underlay's value of the headline statistic
     compared: list[dict] = field(default_factory=list)  # against the saved run
     tries: int = 1  # measurements taken, the earlier ones invalid for the machine's load
@@ -167,7 +169,7 @@ class Record:
     @property
     def key(self) -> tuple:
         return (self.overlay, self.metric, self.src, self.dst, self.concurrency, self.transport, self.fault,
-                self.queue_ms)
+                self.queue_ms, self.cpu)
 
     def value(self, stat: str) -> float:
         """A statistic by name; `total` is the whole run's value where there is one."""
@@ -197,9 +199,10 @@ class Record:
 
 
 def baseline(records: list[Record], record: Record, overlay: str = "host") -> Record | None:
-    """The underlay's record of the same metric on the same circuit (and streaming level)."""
+    """The underlay's record of the same metric on the same circuit (and streaming level, and
+    link buffer); at any CPU budget of the overlay's, the underlay's own (it has none)."""
     for other in records:
-        if other.overlay == overlay and other.key[1:] == record.key[1:]:
+        if other.overlay == overlay and other.key[1:-1] == record.key[1:-1] and other.cpu is None:
             return other
     return None
 
@@ -238,16 +241,18 @@ class Missing:
     test: str = ""
     fault: str | None = None
     queue_ms: float | None = None
+    cpu: float | None = None
 
     @property
     def key(self) -> tuple:
         return (self.overlay, self.metric, self.src, self.dst, self.concurrency, self.transport, self.fault,
-                self.queue_ms)
+                self.queue_ms, self.cpu)
 
     @property
     def where(self) -> str:
         level = f" ({self.transport}, {self.concurrency} clients)" if self.concurrency is not None else \
-            f" ({self.fault})" if self.fault else f" (buffer {self.queue_ms:g} ms)" if self.queue_ms else ""
+            f" ({self.fault})" if self.fault else f" (buffer {self.queue_ms:g} ms)" if self.queue_ms else \
+            f" (CPU {self.cpu:g})" if self.cpu else ""
         return f"{self.src} – {self.dst}{level}"
 
 

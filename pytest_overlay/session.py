@@ -48,7 +48,8 @@ class OverlaySession:
                 wanted = [m for m in wanted if m != "detour_rtt" and (m != "fault_goodput" or fault.kind == "loss")]
             self.requested[item.nodeid] = [
                 Missing(params["overlay"], metric, circuit.src, circuit.dst, "not run", params.get("concurrency"),
-                        params.get("transport"), item.nodeid, fault.name if fault else None, queue_ms)
+                        params.get("transport"), item.nodeid, fault.name if fault else None, queue_ms,
+                        params.get("cpu_budget"))
                 for metric in wanted]
 
     def note(self, nodeid: str, reason: str) -> None:

@@ -33,6 +33,9 @@ SETTINGS[VALIDITY] = {
     "max_excluded_share_throughput": "... of throughput intervals (0..1)",
     "max_excluded_share_faults": "... of a WAN fault scenario's round trips, whose figures are gaps and times at "
                                  "the probe's 10 ms resolution (0..1)",
+    "max_excluded_share_load": "... of a latency-under-load run's round trips, whose headline is the median (0..1)",
+    "max_late_share_load": "share of a latency-under-load run's loaded time the emulator may spend releasing late "
+                           "or dropping on the circuit's path before the flows' summed goodput is its doing (0..1)",
     "max_late_share_interval": "a throughput interval is excluded where the emulator's late or drop windows on its "
                                "path cover more than this share of it (0..1)",
     "max_stall_ms_tcp": "longest late release on a TCP run's path before its congestion control is the "

@@ -495,6 +495,11 @@ def parse(data: Any, path: str | Path) -> Topology:
             directions[(d.src, d.dst)] = (d, line)
             pairs_seen.setdefault(frozenset((d.src, d.dst)), line)
 
+    buffered = next(((d, line) for d, line in directions.values() if d.queue_ms is not None), None)
+    if remote and buffered:
+        raise InputError(path, buffered[1], "links", f"queue_ms on {buffered[0].src}->{buffered[0].dst}: across real "
+                                                     "hosts the links' buffers are the hosts' own; remove queue_ms")
+
     links: list[Link] = []
     linked: set[frozenset] = set()
     for (src, dst), (d, line) in directions.items():

@@ -152,6 +152,22 @@ def interval_spans(spans_ns: list[tuple[int, int]], hops: list[Hop]) -> list[lis
     return [[(h.link, lo - lead, hi) for h in hops] for lo, hi in spans_ns]
 
 
+def late_share(troubles: list[Trouble], window: tuple[int, int]) -> float:
+    """The share of a window (wall ns) covered by the emulator's late or drop windows on any
+    of the given link directions, overlapping ones counted once."""
+    start, end = window
+    if end <= start:
+        return 0.0
+    spans = sorted((max(t.start_ns, start), min(t.end_ns, end)) for t in troubles if t.end_ns > start and t.start_ns < end)
+    covered, reach = 0, start
+    for lo, hi in spans:
+        lo = max(lo, reach)
+        if hi > lo:
+            covered += hi - lo
+            reach = hi
+    return covered / (end - start)
+
+
 def wilson_lower(k: int, n: int, z: float = Z95) -> float:
     """One-sided lower confidence bound of a share k/n (Wilson score)."""
     if n <= 0 or k <= 0:

@@ -95,6 +95,15 @@ class Overlay:
         """Packets of the overlay's encapsulation on the WAN, per link direction (None: none)."""
         return None
 
+    def cap(self, cores: float | None) -> None:
+        """Hold what the overlay runs in userspace at every site to `cores` of CPU (None: no
+        limit). The underlay runs nothing of its own to cap."""
+        raise NotImplementedError(f"{self.name} runs no overlay process: a CPU budget would cap nothing")
+
+    def cpu_usage(self) -> dict:
+        """CPU used so far by each site's overlay cgroup (budget.Usage by site); {} where none."""
+        return {}
+
 
 def host_reset(links: list[str], marks: list[str], chain_prefix: str) -> str:
     """Shell (as root, on a real host) removing what an overlay's daemon leaves there besides

@@ -12,7 +12,7 @@ from typing import Callable
 
 import docker
 
-from .. import engines, procs
+from .. import budget, engines, procs
 from ..engines import LABEL, Engine, EngineError
 from ..paths import find_binary
 from ..testbed import EmulatedTestbed
@@ -36,6 +36,8 @@ class ContainerOverlay(Overlay):
         self.engines: dict[str, Engine] = {}
         self.containers: dict[str, ContainerEndpoint] = {}
         self.daemons: list[procs.Daemon] = []  # the overlay's own daemons, besides the engines
+        self.site_daemons: dict[str, list[procs.Daemon]] = {}  # the same, by the site they serve
+        self.budgets_placed = False  # the daemons moved into their site's budget cgroup
         self.mtu: int | None = None
         # Interfaces each site had before this overlay: what it adds (docker0, weave's bridge,
         # flannel.1, ...) goes when it goes, so the next overlay of the run starts clean.
@@ -80,8 +82,27 @@ class ContainerOverlay(Overlay):
             daemon = procs.start(name, command, directory / "log", self.testbed.netns_of(site), cwd=directory,
                                  env=env, own_pid_namespace=own_pid_namespace)
         self.daemons.append(daemon)
+        self.site_daemons.setdefault(site, []).append(daemon)
         self.testbed.track(daemon)
         return daemon
+
+    def cap(self, cores: float | None) -> None:
+        """Every site's overlay (its engine's containers and its daemons, not the kernel's
+        datapath) held to `cores` of CPU; None lifts the limit."""
+        if self.remote:
+            raise NotImplementedError("CPU budgets on real hosts are not built in this version")
+        for site, engine in self.engines.items():
+            pids = [pid for d in self.site_daemons.get(site, []) if d.alive() for pid in budget.process_tree(d.pid)]
+            budget.SiteBudget(engine.cgroup_parent).apply(cores, pids)
+
+    def cpu_usage(self) -> dict[str, budget.Usage]:
+        if self.remote or not budget.roots():
+            return {}
+        if not self.budgets_placed:  # the daemons counted from the first measurement on, budget or none
+            self.cap(None)
+            self.budgets_placed = True
+        used = {site: budget.SiteBudget(engine.cgroup_parent).usage() for site, engine in self.engines.items()}
+        return {site: u for site, u in used.items() if u is not None}
 
     def _site_files(self, name: str, site: str, files: dict[str, Path]) -> dict[str, str]:
         """Where daemon `name` at `site` finds these files: here, or copied to its directory
@@ -232,6 +253,10 @@ class ContainerOverlay(Overlay):
             self._progress(f"cgroups left (`clean` removes them once empty): {'; '.join(left[:3])}")
         for daemon in self.daemons:
             daemon.stop()
+        for engine in self.engines.values():  # a budget's daemons cgroup held them until now
+            left = procs.remove_cgroups(engine.cgroup_parent)
+            if left:
+                self._progress(f"cgroups left (`clean` removes them once empty): {'; '.join(left[:3])}")
         if self.remote and self.daemons:  # what the daemons made on the hosts outside their process
             from ..remote import end_host_daemons
 
@@ -241,7 +266,8 @@ class ContainerOverlay(Overlay):
         if self.engines:
             engines.remove_run_files(self.testbed.run_id, self.testbed.run_dir)
         shutil.rmtree(self.state_dir, ignore_errors=True)
-        self.engines, self.containers, self.daemons = {}, {}, []
+        self.engines, self.containers, self.daemons, self.site_daemons = {}, {}, [], {}
+        self.budgets_placed = False
         self.timings["down_s"] = time.monotonic() - started
 
     def endpoint(self, site: str) -> ContainerEndpoint:

@@ -176,6 +176,8 @@ BAD_HOSTS = [
      "sites.A.host.password", "unknown key"),
     ("one site embedded", REMOTE.replace("    host: {ssh: ops@192.0.2.1}\n", "    location: here\n"), 3,
      "sites.A.host", "every site must"),
+    ("a link buffer on real hosts", REMOTE.replace("rtt_ms: 20}", "rtt_ms: 20, rate_mbit: 100, queue_ms: 5}"), 11,
+     "links", "across real hosts the links' buffers are the hosts' own"),
 ]
 
 
