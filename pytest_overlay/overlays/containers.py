@@ -94,13 +94,13 @@ class ContainerOverlay(Overlay):
         for site, engine in self.engines.items():
             pids = [pid for d in self.site_daemons.get(site, []) if d.alive() for pid in budget.process_tree(d.pid)]
             budget.SiteBudget(engine.cgroup_parent).apply(cores, pids)
+        self.budgets_placed = True
 
     def cpu_usage(self) -> dict[str, budget.Usage]:
         if self.remote or not budget.roots():
             return {}
         if not self.budgets_placed:  # the daemons counted from the first measurement on, budget or none
             self.cap(None)
-            self.budgets_placed = True
         used = {site: budget.SiteBudget(engine.cgroup_parent).usage() for site, engine in self.engines.items()}
         return {site: u for site, u in used.items() if u is not None}
 
@@ -248,15 +248,13 @@ class ContainerOverlay(Overlay):
                     self._progress(f"removing network {self.network}: {error}")
             self.engines = {}
         with concurrent.futures.ThreadPoolExecutor(max(1, len(self.engines))) as pool:
-            left = [why for kept in pool.map(lambda e: e.stop(), self.engines.values()) for why in kept]
-        if left:
-            self._progress(f"cgroups left (`clean` removes them once empty): {'; '.join(left[:3])}")
+            list(pool.map(lambda e: e.stop(), self.engines.values()))
         for daemon in self.daemons:
             daemon.stop()
-        for engine in self.engines.values():  # a budget's daemons cgroup held them until now
-            left = procs.remove_cgroups(engine.cgroup_parent)
-            if left:
-                self._progress(f"cgroups left (`clean` removes them once empty): {'; '.join(left[:3])}")
+        # The site's cgroups go once the daemons in its budget's child have ended too.
+        left = [why for engine in self.engines.values() for why in procs.remove_cgroups(engine.cgroup_parent)]
+        if left:
+            self._progress(f"cgroups left (`clean` removes them once empty): {'; '.join(left[:3])}")
         if self.remote and self.daemons:  # what the daemons made on the hosts outside their process
             from ..remote import end_host_daemons
 
