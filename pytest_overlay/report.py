@@ -354,9 +354,8 @@ def exclusions_line(records: list[Record]) -> str:
     counted = {}
     for r in records:  # latency and jitter share a run, as do UDP's rate and loss
         if r.exclusions.get("n") and r.concurrency is None:
-            counted.setdefault((r.overlay, r.circuit, r.fault or r.queue_ms, r.metric.split("_")[0] if r.metric != "jitter"
-                                else "latency"),
-                               (r, r.exclusions))
+            run = r.fault or (r.queue_ms, r.cpu, r.metric.split("_")[0] if r.metric != "jitter" else "latency")
+            counted.setdefault((r.overlay, r.circuit, run), (r, r.exclusions))
     if not counted:
         return ""
     shares = sorted(((e["n_excluded"] / e["n"], r, e) for r, e in counted.values()), key=lambda x: x[0])
