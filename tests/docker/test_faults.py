@@ -39,7 +39,9 @@ def test_a_short_cut_through_weave_and_libnetwork(tmp_path, clean_machine):
         assert applied - 10 <= outage["stats"]["max"] <= applied + 3000, e["outcome"]
         assert e["agrees_with_timers"] and e["detour_path"] == ""
         assert e["watch"]["circuit"] == "B-C" and e["watch"]["outage_ms"] < 200
-        assert records[(overlay, "fault_lost")]["stats"]["max"] > 250  # 3 s at one request per 10 ms
+        # 3 s at one request per 10 ms: lost, or held by the overlay and answered after the heal
+        # (Weave holds some; they are counted apart, as `held`).
+        assert records[(overlay, "fault_lost")]["stats"]["max"] + e["outcome"].get("held", 0) > 250, e["outcome"]
         assert not records[(overlay, "recovery_ms")]["extra"]["censored"]
         assert outage["fault"] == "cut-A-B" and outage["verdict"] == "pass"
     weave = records[("weave", "outage_ms")]["extra"]
