@@ -8,7 +8,6 @@ import os
 
 import pytest
 
-from pytest_overlay.paths import find_binary
 
 from ..conftest import QUICK, ROOT, run_suites
 
@@ -68,8 +67,7 @@ def test_weave_encrypted_uses_sleeves_nacl(tmp_path, sleeve_limits, clean_machin
 
 
 def test_missing_weaver_skips_naming_it():
-    hidden = ":".join(d for d in os.environ["PATH"].split(":")
-                      if not (find_binary("weaver") or "").startswith(d + "/"))
+    hidden = ":".join(d for d in os.environ["PATH"].split(":") if not os.path.exists(os.path.join(d, "weaver")))
     run = run_suites("suites/", *QUICK, "--overlay=weave", "-m", "latency", "-rs",
                      env={"PATH": hidden, "PYTEST_OVERLAY_BIN": ""})
     assert run.rc == 0 and "1 skipped" in run.output, run.output
