@@ -141,22 +141,3 @@ def _stat(path: Path) -> dict[str, int]:
         if value.strip().lstrip("-").isdigit():
             out[key] = int(value)
     return out
-
-
-def process_tree(pid: int) -> list[int]:
-    """A process and every descendant of it (a daemon started through unshare forks the real
-    one), from /proc."""
-    children: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                ppid = int(Path(f"/proc/{entry}/stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(ppid, []).append(int(entry))
-    out, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        out.append(current)
-        todo += children.get(current, [])
-    return out

@@ -147,10 +147,7 @@ def run(src: Endpoint, dst: Endpoint, seconds: float, flows: int,
 
     try:
         for direction in DIRECTIONS:
-            port = next(probes._ports)
-            servers[direction] = (dst.start(f"iperf3-{port}", ["iperf3", "-s", "-J", "-1", "-i", str(probes.INTERVAL_S),
-                                                               "-B", dst.address, "-p", str(port)]), port)
-            probes.wait_listening(dst, port, "tcp")
+            servers[direction] = probes.iperf3_server(dst)
         count = int(total * 1000 / INTERVAL_MS)
         started = time.time_ns()
         probing = [

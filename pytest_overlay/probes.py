@@ -163,6 +163,19 @@ def irtt_server(dst: Endpoint) -> tuple[procs.Daemon, int]:
     return server, port
 
 
+def iperf3_server(dst: Endpoint) -> tuple[procs.Daemon, int]:
+    """An iperf3 server at dst for one test, already listening: its daemon and its port."""
+    port = next(_ports)
+    server = dst.start(f"iperf3-{port}", ["iperf3", "-s", "-J", "-1", "-i", str(INTERVAL_S), "-B", dst.address,
+                                          "-p", str(port)])
+    try:
+        wait_listening(dst, port, "tcp")
+    except BaseException:
+        server.stop()
+        raise
+    return server, port
+
+
 def latency(src: Endpoint, dst: Endpoint, samples: int, interval_ms: float = 10.0) -> LatencySamples:
     """`samples` UDP request/response round trips from src to dst, one every interval_ms."""
     server, port = irtt_server(dst)
@@ -233,10 +246,8 @@ def repeated_throughput(src: Endpoint, dst: Endpoint, protocol: str, duration: f
 def throughput(src: Endpoint, dst: Endpoint, protocol: str, duration: float,
                udp_rate_mbit: float | None = None, omit: float = 1.0) -> ThroughputSamples:
     """iperf3 from src to dst for `duration` seconds after `omit` seconds of warm-up."""
-    port = next(_ports)
-    server = dst.start(f"iperf3-{port}", ["iperf3", "-s", "-J", "-1", "-i", str(INTERVAL_S), "-B", dst.address, "-p", str(port)])
+    server, port = iperf3_server(dst)
     try:
-        wait_listening(dst, port, "tcp")
         command = ["iperf3", "-c", dst.address, "-B", src.address, "-p", str(port), "-J", "--get-server-output",
                    "-t", str(duration), "-O", str(omit), "-i", str(INTERVAL_S)]
         if protocol == "udp":

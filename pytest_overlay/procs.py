@@ -70,6 +70,21 @@ def remove_cgroups(prefix: str, attempts: int = 10) -> list[str]:
     return left
 
 
+def process_tree(pid: int) -> list[int]:
+    """A process and every descendant of it (a daemon started through unshare forks the real
+    one), from each thread's children in /proc."""
+    out, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        out.append(current)
+        for task in Path(f"/proc/{current}/task").glob("*/children"):
+            try:
+                todo += [int(child) for child in task.read_text().split()]
+            except OSError:
+                pass  # the thread or the process ended meanwhile
+    return out
+
+
 def connect_in_netns(netns: str, host: str, port: int, timeout: float = 5.0) -> socket.socket:
     """A TCP connection made from inside a network namespace, without starting a process: a
     short-lived thread enters the namespace (setns applies to the calling thread only) and

@@ -92,7 +92,7 @@ class ContainerOverlay(Overlay):
         if self.remote:
             raise NotImplementedError("CPU budgets on real hosts are not built in this version")
         for site, engine in self.engines.items():
-            pids = [pid for d in self.site_daemons.get(site, []) if d.alive() for pid in budget.process_tree(d.pid)]
+            pids = [pid for d in self.site_daemons.get(site, []) if d.alive() for pid in procs.process_tree(d.pid)]
             budget.SiteBudget(engine.cgroup_parent).apply(cores, pids)
         self.budgets_placed = True
 

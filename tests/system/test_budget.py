@@ -20,7 +20,7 @@ def test_a_busy_daemon_is_held_to_its_budget_and_the_cgroups_go():
     spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"])
     try:
         site = budget.SiteBudget(name)
-        site.apply(0.2, budget.process_tree(spinner.pid))
+        site.apply(0.2, procs.process_tree(spinner.pid))
         before, started = site.usage(), time.monotonic()
         time.sleep(1.5)
         used = site.usage().minus(before).to_json(time.monotonic() - started)

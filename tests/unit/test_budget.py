@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_overlay import budget, options, plots, report, topology
+from pytest_overlay import budget, options, plots, procs, report, topology
 
 from .records import record
 
@@ -62,8 +62,8 @@ def test_cgroup_v2_limit_and_usage(tmp_path, monkeypatch):
 
 
 def test_a_daemon_is_found_with_its_children():
-    assert budget.process_tree(os.getpid())[0] == os.getpid()
-    assert os.getpid() in budget.process_tree(os.getppid())
+    assert procs.process_tree(os.getpid())[0] == os.getpid()
+    assert os.getpid() in procs.process_tree(os.getppid())
 
 
 def _at(metric: str, overlay: str, cpu: float | None, value: float, cores: float, throttled: float):
