@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 SHARED_BIN := $(abspath ../shared/bin)
 export PATH := $(if $(wildcard $(SHARED_BIN)),$(SHARED_BIN):,)$(PATH)
 APT_PACKAGES := iperf3 irtt iptables iproute2 iputils-ping util-linux procps docker.io mmdebstrap openssl gcc libc6-dev \
-	etcd-server etcd-client bird2 libpcap0.8 dropbear-bin openssh-client \
+	etcd-server etcd-client bird2 stress-ng libpcap0.8 dropbear-bin openssh-client \
 	gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad \
 	gstreamer1.0-plugins-ugly gir1.2-gst-rtsp-server-1.0 python3-gi python3-venv python3-pip \
 	chromium chromium-driver

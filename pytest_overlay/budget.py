@@ -105,13 +105,17 @@ class SiteBudget:
             parent = self.roots["cpu"] / self.name
             (parent / "cgroup.subtree_control").write_text("+cpu")
             (parent / "cpu.max").write_text(f"{int(cores * PERIOD_US)} {PERIOD_US}" if cores else f"max {PERIOD_US}")
-        keys = ("cpu", "acct") if self.roots["cpu"] != self.roots["acct"] else ("cpu",)
         for pid in pids:
-            for key in keys:
+            for procs_file in self.procs_files():
                 try:
-                    (self._dir(key, DAEMONS) / "cgroup.procs").write_text(str(pid))
+                    procs_file.write_text(str(pid))
                 except ProcessLookupError:
                     pass  # exited since it was listed
+
+    def procs_files(self) -> list[Path]:
+        """Where a pid is written to put it in the daemons child, in each hierarchy."""
+        keys = ("cpu", "acct") if self.roots["cpu"] != self.roots["acct"] else ("cpu",)
+        return [self._dir(key, DAEMONS) / "cgroup.procs" for key in keys]
 
     def usage(self) -> Usage | None:
         """What the cgroup used so far (None where it does not exist yet)."""

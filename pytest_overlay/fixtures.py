@@ -16,8 +16,10 @@ import warnings
 
 import pytest
 
+from . import noise as noise_tools
 from . import options, procs, results, session, topology
 from .measure import FaultPath, LoadPath, OverlayPath, StreamPath
+from .noise import Noise
 from .session import OverlaySession
 
 
@@ -69,6 +71,8 @@ def overlay_testbed(overlay_session: OverlaySession):
         bed = RemoteTestbed(topology, progress=overlay_session.progress, overlays=overlay_session.overlays)
     else:
         problems = procs.missing(probes.TOOLS)
+        if overlay_session.option("overlay_noise"):
+            problems += procs.missing(noise_tools.TOOLS)
         if os.geteuid() != 0:
             problems.append("root (network namespaces and NFQUEUE need it)")
         if problems:
@@ -171,14 +175,25 @@ def cpu_budget() -> float | None:
 
 
 @pytest.fixture
-def overlay_path(overlay, circuit: topology.Circuit, cpu_budget: float | None, overlay_session: OverlaySession,
-                 request: pytest.FixtureRequest) -> OverlayPath:
-    """Name: overlay_path. Scope: function (cheap). Depends on: overlay, circuit, cpu_budget.
+def noise() -> Noise | None:
+    """Name: noise. Scope: function. Depends on: nothing.
+
+    The noisy neighbour of a latency or throughput test: None, unless --overlay-noise
+    parametrizes the tests over its neighbours."""
+    return None
+
+
+@pytest.fixture
+def overlay_path(overlay, circuit: topology.Circuit, cpu_budget: float | None, noise: Noise | None,
+                 overlay_session: OverlaySession, request: pytest.FixtureRequest) -> OverlayPath:
+    """Name: overlay_path. Scope: function (cheap). Depends on: overlay, circuit, cpu_budget, noise.
 
     One circuit through one overlay: runs the probes (each at most once per session, so
     latency and jitter share one run) and records what the test measured. At a CPU budget,
     every site's overlay is held to it while the probes run; skipped, saying why, where
-    nothing can be held (the underlay, real hosts, no cgroup CPU controller).
+    nothing can be held (the underlay, real hosts, no cgroup CPU controller). Beside a
+    noisy neighbour, its hogs run while the probes do (the underlay's too: it shows what
+    the neighbour costs the emulated WAN itself).
     """
     if cpu_budget is not None:
         from . import budget
@@ -189,7 +204,14 @@ def overlay_path(overlay, circuit: topology.Circuit, cpu_budget: float | None, o
                                        if overlay.testbed.backend != "embedded" else "")
         if why:
             pytest.skip(f"CPU budget {cpu_budget:g} cores: {why}")
-    return OverlayPath(overlay, circuit, overlay_session, request.node.nodeid, cpu=cpu_budget)
+    if noise is not None:
+        from . import budget
+
+        why = budget.unavailable() or ("noisy neighbours on real hosts are not built in this version"
+                                       if overlay.testbed.backend != "embedded" else "")
+        if why:
+            pytest.skip(f"neighbour {noise.label}: {why}")
+    return OverlayPath(overlay, circuit, overlay_session, request.node.nodeid, cpu=cpu_budget, noise=noise)
 
 
 @pytest.fixture(scope="session")

@@ -4,6 +4,7 @@ their validity, thresholds and gates."""
 
 from __future__ import annotations
 
+import contextlib
 import math
 import statistics
 import time
@@ -14,11 +15,25 @@ import pytest
 
 from . import emulator as emu
 from . import faults, gates, load, machine, metrics, probes, results, streaming, validity
+from .noise import Neighbour, Noise
 from .overlays import BASELINE, Overlay
 from .results import Record, Stats
 from .session import OverlaySession
 from .thresholds import VALIDITY
 from .topology import Circuit, Fault
+
+
+@dataclass
+class Bracket:
+    """A probe's samples and what happened around them while it ran."""
+
+    samples: object
+    accrued: dict  # what the emulator accrued, with its late windows
+    wire: dict[str, int] | None  # packets the overlay put on each hop of the path
+    window: machine.Window
+    cpu_used: dict  # by site: the overlay's cgroup
+    noise_used: dict  # by site: the neighbour's hog
+    faults: list[str]  # a neighbour that was not there throughout
 
 
 @dataclass
@@ -35,6 +50,7 @@ class Measured:
     machine: machine.Window | None = None
     parts: dict[str, validity.Accounting] = field(default_factory=dict)  # a probe of several flows: each one's
     cpu_used: dict = field(default_factory=dict)  # by site: CPU its overlay's cgroup used, and was throttled
+    noise_used: dict = field(default_factory=dict)  # by site: CPU the neighbour's hog used
 
     @property
     def exclusions(self) -> dict:
@@ -43,9 +59,10 @@ class Measured:
 
 class OverlayPath:
     def __init__(self, overlay: Overlay, circuit: Circuit, state: OverlaySession, test: str,
-                 cpu: float | None = None) -> None:
+                 cpu: float | None = None, noise: Noise | None = None) -> None:
         self.overlay, self.circuit, self.state, self.test = overlay, circuit, state, test
         self.cpu = cpu  # the CPU budget (cores) every site's overlay is held to while probing
+        self.noise = noise  # the neighbour whose hogs run beside it while probing
         self.expected = state.topology.expected(circuit)
         self.src, self.dst = overlay.endpoints([circuit.src, circuit.dst])
 
@@ -64,7 +81,7 @@ class OverlayPath:
         """Run a probe once per session, with the emulator's and the overlay's counters
         around it (or `once`, which does). A run invalid only for the machine's load is taken
         again, up to --overlay-retries times; the record says how many tries it took."""
-        key = (self.overlay.name, self.circuit, kind, self.cpu)
+        key = (self.overlay.name, self.circuit, kind, self.cpu, self.noise)
         if key not in self.state.cache:
             retries = self.state.option("overlay_retries")
             earlier: list[str] = []
@@ -98,35 +115,53 @@ class OverlayPath:
         return [hop(a, b) for a, b in zip(there, there[1:])], [hop(a, b) for a, b in zip(back, back[1:])]
 
     def _once(self, kind: str, probe: Callable[[], object], check: Callable[[object], list[str]]) -> Measured:
-        samples, accrued, wire, window, cpu_used = self._bracketed(kind, probe)
+        b = self._bracketed(kind, probe)
+        samples = b.samples
         there, back = self.hops()
-        accounting = validity.account(kind, accrued, there, back, samples, self.rules, window)
+        accounting = validity.account(kind, b.accrued, there, back, samples, self.rules, b.window)
         if accounting.kept and hasattr(samples, "keep"):
             samples = samples.keep(accounting.kept)
-        faults = accounting.faults + check(samples) + self._wire_faults(wire)
-        _counts_only(accrued)
-        return Measured(samples, faults, accrued, wire, accounting=accounting, machine=window, cpu_used=cpu_used)
+        faults = accounting.faults + check(samples) + self._wire_faults(b.wire) + b.faults
+        _counts_only(b.accrued)
+        return Measured(samples, faults, b.accrued, b.wire, accounting=accounting, machine=b.window,
+                        cpu_used=b.cpu_used, noise_used=b.noise_used)
 
-    def _bracketed(self, kind: str, probe: Callable[[], object]) -> tuple[object, dict, dict | None, machine.Window,
-                                                                          dict]:
+    def _neighbour(self) -> Neighbour | contextlib.nullcontext:
+        """The hogs beside the overlay at every site the path crosses, or nothing."""
+        if self.noise is None:
+            return contextlib.nullcontext()
+        testbed = self.overlay.testbed
+        sites = testbed.topology.path_between(self.circuit.src, self.circuit.dst)
+        return Neighbour(self.noise, testbed.prefix, {site: testbed.netns_of(site) for site in sites},
+                         testbed.run_dir / "noise")
+
+    def _bracketed(self, kind: str, probe: Callable[[], object]) -> Bracket:
         """The probe's samples with what the emulator accrued meanwhile (with its windows), the
         packets the overlay put on each hop of the path, the machine's window, and the CPU the
-        overlay used at the circuit's two sites (held to the path's budget, if it has one)."""
+        overlay used at the circuit's two sites (held to the path's budget, if it has one) and
+        the neighbour's hogs beside it (if it has one)."""
         testbed = self.overlay.testbed
         self._stop_if_a_daemon_died(kind)
         monitor = machine.monitor()
         if self.cpu is not None:
             self.overlay.cap(self.cpu)
-        started = time.time_ns()
-        before, wire_before = testbed.emulator_counters(reset=True), self.overlay.wire_counters()
-        cpu_before = self.overlay.cpu_usage()
+        noise_used: dict = {}
+        noise_faults: list[str] = []
         try:
-            samples = probe()
-        except Exception:
-            self._stop_if_a_daemon_died(kind)  # the cause, rather than the probe's own error
-            raise
+            with self._neighbour() as neighbour:
+                started = time.time_ns()
+                before, wire_before = testbed.emulator_counters(reset=True), self.overlay.wire_counters()
+                cpu_before = self.overlay.cpu_usage()
+                try:
+                    samples = probe()
+                except Exception:
+                    self._stop_if_a_daemon_died(kind)  # the cause, rather than the probe's own error
+                    raise
+                finally:
+                    cpu_after = self.overlay.cpu_usage()
+                if neighbour is not None:
+                    noise_used, noise_faults = neighbour.used(), neighbour.dead()
         finally:
-            cpu_after = self.overlay.cpu_usage()
             if self.cpu is not None:
                 self.overlay.cap(None)
         ended = time.time_ns()
@@ -140,7 +175,7 @@ class OverlayPath:
             after = self.overlay.wire_counters()
             hops = testbed.topology.path_between(self.circuit.src, self.circuit.dst)
             wire = {n: after.get(n, 0) - wire_before.get(n, 0) for n in (f"{a}->{b}" for a, b in zip(hops, hops[1:]))}
-        return samples, accrued, wire, monitor.window(started, ended), cpu_used
+        return Bracket(samples, accrued, wire, monitor.window(started, ended), cpu_used, noise_used, noise_faults)
 
     def _wire_faults(self, wire: dict | None) -> list[str]:
         return [] if wire is None else validity.wire_faults(self.overlay.name, wire, self.overlay.wire_what)
@@ -185,8 +220,9 @@ class OverlayPath:
             emulator=measured.emulator, tool=measured.samples.tool, tries=measured.tries,
             exclusions=measured.exclusions, measured=measured.machine.to_json() if measured.machine else {},
             extra={**(extra or {}), **({"earlier_tries": measured.earlier_faults} if measured.earlier_faults else {}),
-                   **({"cpu_used": measured.cpu_used} if measured.cpu_used else {})},
-            cpu=self.cpu, **fields,
+                   **({"cpu_used": measured.cpu_used} if measured.cpu_used else {}),
+                   **({"noise_used": measured.noise_used} if measured.noise_used else {})},
+            cpu=self.cpu, noise=self.noise.label if self.noise else None, **fields,
         )
         return self.state.add(record)
 
@@ -502,8 +538,8 @@ class LoadPath(OverlayPath):
 
     def _load_once(self) -> Measured:
         seconds, flows = self.state.option("overlay_load_seconds"), self.state.option("overlay_load_flows")
-        run, accrued, wire, window, cpu_used = self._bracketed(
-            "load", lambda: load.run(self.src, self.dst, seconds, flows, self.state.progress))
+        b = self._bracketed("load", lambda: load.run(self.src, self.dst, seconds, flows, self.state.progress))
+        run, accrued, wire, window = b.samples, b.accrued, b.wire, b.window
         there, back = self.hops()
         rules = {**self.rules, "max_excluded_share_latency": self.rules["max_excluded_share_load"],
                  "max_excluded_share_throughput": 1.0}  # the goodput is judged on its whole loaded time, below
@@ -526,7 +562,7 @@ class LoadPath(OverlayPath):
         faults += self._wire_faults(wire)
         _counts_only(accrued)
         return Measured(run, faults, accrued, wire, accounting=latency, machine=window, parts=goodput,
-                        cpu_used=cpu_used)
+                        cpu_used=b.cpu_used)
 
     def _records(self, measured: Measured) -> dict[str, Record]:
         run: load.LoadRun = measured.samples

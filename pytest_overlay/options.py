@@ -9,7 +9,7 @@ from typing import Callable
 
 import pytest
 
-from . import gates
+from . import gates, noise
 from .overlays import ALL, BASELINE, KNOWN
 
 EMULATORS = ("auto", "netem", "delayline", "none")
@@ -165,6 +165,10 @@ def addoption(parser: pytest.Parser) -> None:
     _add(group, "--overlay-cpu", None, "CPU budgets in cores (e.g. 0.25,0.5,1): the latency and throughput tests run "
          "at each, with every site's overlay (its containers and daemons, not the kernel's datapath) held to it.",
          type=parse_cpu, metavar="CORES[,CORES...]")
+    _add(group, "--overlay-noise", None, "Noisy neighbours (stress-ng): the latency and throughput tests run without "
+         "one and beside each, a cpu or memory-bandwidth hog at every site the path crosses, held to CORES "
+         f"(default {noise.DEFAULT_CORES:g}) per site, e.g. cpu,memory:0.25.", type=noise.parse,
+         metavar="KIND[:CORES][,...]")
     _add(group, "--overlay-report", None, "Write Markdown, CSV, JSON, plots and an HTML page of the results to DIR.",
          metavar="DIR")
 
@@ -176,5 +180,10 @@ def given(config: pytest.Config) -> list[str]:
 
 def recorded(config: pytest.Config) -> dict:
     """Every option's value, for the run's metadata."""
-    return {dest: config.getoption(dest) for dest in DEFAULTS if dest != "overlay_compare_fail"} | {
+    def plain(value):
+        if isinstance(value, list):
+            return [plain(v) for v in value]
+        return value.label if isinstance(value, noise.Noise) else value
+
+    return {dest: plain(config.getoption(dest)) for dest in DEFAULTS if dest != "overlay_compare_fail"} | {
         "overlay_compare_fail": [str(g) for g in config.getoption("overlay_compare_fail")]}

@@ -237,7 +237,7 @@ def cpu_budgets(records: list[Record], path: Path) -> bool:
     unlimited run drawn at the machine's core count."""
     import os
 
-    chosen = [r for r in records if r.metric in ("tcp_throughput", "latency") and r.valid]
+    chosen = [r for r in records if r.metric in ("tcp_throughput", "latency") and r.valid and not r.noise]
     if not any(r.cpu is not None for r in chosen):
         return False
     cores = float(os.cpu_count() or 1)

@@ -15,6 +15,7 @@ from .fixtures import (  # noqa: F401  (fixtures are found on the plugin module)
     cpu_budget,
     fault_path,
     load_path,
+    noise,
     overlay,
     overlay_path,
     overlay_session,
@@ -78,6 +79,9 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
         if state.option("overlay_cpu"):  # unlimited first: every budget's reference, and the underlay's only run
             metafunc.parametrize("cpu_budget", [None, *state.option("overlay_cpu")],
                                  ids=lambda cores: "cpu-unlimited" if cores is None else f"cpu{cores:g}")
+        if state.option("overlay_noise"):  # alone first: every neighbour's reference
+            metafunc.parametrize("noise", [None, *state.option("overlay_noise")],
+                                 ids=lambda n: "noise-none" if n is None else n.id)
     else:
         metafunc.parametrize("transport", state.option("overlay_stream_transport"))
         metafunc.parametrize("concurrency", state.option("overlay_concurrency"))

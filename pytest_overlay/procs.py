@@ -16,6 +16,7 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 from pathlib import Path
 
 
@@ -252,12 +253,14 @@ OWN_PID_NAMESPACE = ["unshare", "--pid", "--fork", "--kill-child", "--mount-proc
 
 def start(name: str, command: list[str], log: Path, netns: str | None = None,
           ready: str | None = None, timeout: float = 10.0, cwd: Path | None = None,
-          env: dict[str, str] | None = None, own_pid_namespace: bool = False) -> Daemon:
+          env: dict[str, str] | None = None, own_pid_namespace: bool = False,
+          preexec: Callable[[], None] | None = None) -> Daemon:
     """Start a daemon; with `ready`, wait until it prints that line on stdout.
 
     `own_pid_namespace` runs it as PID 1 of a new PID namespace (weaver needs that here:
     it opens /proc/1/ns/net, which this VM refuses to the host's PID 1). `env` is added to
-    this process's environment (secrets go there, never on the command line).
+    this process's environment (secrets go there, never on the command line). `preexec` runs
+    in the child before it executes the command (e.g. to enter a cgroup before it forks).
     """
     if own_pid_namespace:
         command = [*OWN_PID_NAMESPACE, *command]
@@ -272,6 +275,7 @@ def start(name: str, command: list[str], log: Path, netns: str | None = None,
             start_new_session=True,
             cwd=cwd,
             env={**os.environ, **env} if env else None,
+            preexec_fn=preexec,
         )
     daemon = Daemon(name, full, log, popen, start_time(popen.pid), own_pid_namespace)
     if ready:

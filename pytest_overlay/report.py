@@ -139,8 +139,9 @@ def _faults_tables(records: list[Record], notes: list[str]) -> list[str]:
 
 
 def _who(record: Record) -> str:
-    """The overlay column: the overlay, and its CPU budget where it had one."""
-    return record.overlay if record.cpu is None else f"{record.overlay} (CPU {record.cpu:g})"
+    """The overlay column: the overlay, its CPU budget and its neighbour where it had them."""
+    held = ([] if record.cpu is None else [f"CPU {record.cpu:g}"]) + ([f"beside {record.noise}"] if record.noise else [])
+    return f"{record.overlay} ({', '.join(held)})" if held else record.overlay
 
 
 def _difference(record: Record, base: Record) -> str:
@@ -208,52 +209,94 @@ def _load_tables(records: list[Record], notes: list[str]) -> list[str]:
     return out
 
 
-def _budget_tables(records: list[Record], notes: list[str]) -> list[str]:
-    """With --overlay-cpu: per circuit, a row per overlay and budget (TCP goodput, RTT, the CPU
-    its cgroups used and how often the quota held them back), then one sentence on which
-    overlays keep their throughput and latency at their smallest budget."""
-    if not any(r.cpu is not None for r in records):
+def _kept(free: dict[str, Record], held: dict[str, Record]) -> tuple[float, float] | None:
+    """Share of its TCP goodput and p99 RTT increase a run kept under a condition, against the
+    same overlay without it; None where either TCP run cannot be vouched for."""
+    if "tcp_throughput" not in free or "tcp_throughput" not in held \
+            or not (free["tcp_throughput"].valid and held["tcp_throughput"].valid):
+        return None
+    share = held["tcp_throughput"].total / free["tcp_throughput"].total if free["tcp_throughput"].total else 0.0
+    p99 = held["latency"].stats.p99 - free["latency"].stats.p99 \
+        if "latency" in free and "latency" in held and free["latency"].valid and held["latency"].valid else 0.0
+    return share, p99
+
+
+def _stress_tables(records: list[Record], notes: list[str]) -> list[str]:
+    """With --overlay-cpu or --overlay-noise: per circuit, a row per overlay, budget and
+    neighbour (TCP goodput, RTT, the CPU its cgroups used and how often the quota held them
+    back, the CPU the neighbour used), then one sentence on which overlays keep their
+    throughput and latency at their smallest budget, and one on which keep them beside each
+    neighbour."""
+    budgets, neighbours = any(r.cpu is not None for r in records), any(r.noise for r in records)
+    if not budgets and not neighbours:
         return []
     rows_by_circuit: dict[str, dict[tuple, dict[str, Record]]] = {}
     for r in records:
         if r.metric in ("tcp_throughput", "latency"):
-            rows_by_circuit.setdefault(r.circuit, {}).setdefault((r.overlay, r.cpu), {})[r.metric] = r
+            rows_by_circuit.setdefault(r.circuit, {}).setdefault((r.overlay, r.cpu, r.noise), {})[r.metric] = r
     out = []
     for circuit, by_level in rows_by_circuit.items():
-        rows, kept, lost = [], [], []
-        for (overlay, cpu) in sorted(by_level, key=lambda k: (k[0] != BASELINE, k[0], -(k[1] or 1e9))):
-            m = by_level[(overlay, cpu)]
+        rows, kept, lost, beside = [], [], [], {}
+        for key in sorted(by_level, key=lambda k: (k[0] != BASELINE, k[0], -(k[1] or 1e9), k[2] or "")):
+            overlay, cpu, noise = key
+            m = by_level[key]
             tcp, latency = m.get("tcp_throughput"), m.get("latency")
             used = (tcp or latency).extra.get("cpu_used") or {}
+            hog = (tcp or latency).extra.get("noise_used") or {}
             cores = sum(u["cores_used"] or 0 for u in used.values())
             throttled = max((u["throttled_share"] for u in used.values()), default=0.0)
             status = next((_status(r, notes) for r in (tcp, latency) if r is not None and not r.valid),
                           "fail" if any(r is not None and r.verdict == "fail" for r in (tcp, latency)) else "pass")
-            rows.append([overlay, "unlimited" if cpu is None else f"{cpu:g}",
+            rows.append([overlay] + (["unlimited" if cpu is None else f"{cpu:g}"] if budgets else [])
+                        + ([noise or "none"] if neighbours else []) + [
                          f"{tcp.total:.0f} (n={tcp.stats.n})" if tcp and tcp.valid else "-",
                          f"{latency.stats.p50:.2f} / {latency.stats.p99:.2f} (n={latency.stats.n})"
                          if latency and latency.valid else "-",
-                         f"{cores:.2f}" if used else "-", f"{throttled * 100:.0f} %" if used else "-", status])
-        for overlay in dict.fromkeys(o for o, _ in by_level):
-            budgets = sorted(c for o, c in by_level if o == overlay and c is not None)
-            free, tight = by_level.get((overlay, None), {}), by_level.get((overlay, budgets[0]), {}) if budgets else {}
-            if not budgets or "tcp_throughput" not in free or "tcp_throughput" not in tight \
-                    or not (free["tcp_throughput"].valid and tight["tcp_throughput"].valid):
-                continue
-            share = tight["tcp_throughput"].total / free["tcp_throughput"].total if free["tcp_throughput"].total else 0
-            p99 = (tight["latency"].stats.p99 - free["latency"].stats.p99) if "latency" in free and "latency" in tight \
-                else 0.0
-            said = f"{overlay} {share * 100:.0f} % of its TCP goodput, p99 {p99:+.2f} ms at {budgets[0]:g} cores"
-            (kept if share >= 0.9 and p99 <= 1.0 else lost).append(said)
-        title = (f"CPU budgets on {circuit}: every site's overlay (its containers and daemons; not the kernel's datapath) "
-                 "held to a budget in cores. TCP goodput in Mbit/s (n = 0.5 s intervals); RTT in ms, median / p99 "
-                 "(n = round trips); CPU used by the circuit's two sites' overlay cgroups in cores, and the share "
-                 "of quota periods in which they were held back, during the TCP run")
-        out.append(_table(title, ["Overlay", "Budget (cores)", "TCP goodput", "RTT", "CPU used", "Throttled",
-                                  "Verdict"], rows))
+                         f"{cores:.2f}" if used else "-", f"{throttled * 100:.0f} %" if used else "-"]
+                        + ([f"{sum(u['cores_used'] or 0 for u in hog.values()):.2f} ({len(hog)} sites)" if hog else "-"]
+                           if neighbours else []) + [status])
+            if noise and cpu is None:
+                change = _kept(by_level.get((overlay, None, None), {}), m)
+                if change is not None:
+                    beside.setdefault(noise, {})[overlay] = change
+
+        for overlay in dict.fromkeys(k[0] for k in by_level):
+            smallest = sorted(c for o, c, n in by_level if o == overlay and c is not None and n is None)
+            change = _kept(by_level.get((overlay, None, None), {}),
+                           by_level.get((overlay, smallest[0], None), {})) if smallest else None
+            if change is not None:
+                (kept if change[0] >= 0.9 and change[1] <= 1.0 else lost).append(
+                    f"{overlay} {change[0] * 100:.0f} % of its TCP goodput, p99 {change[1]:+.2f} ms at "
+                    f"{smallest[0]:g} cores")
+        title = (f"{'CPU budgets' if budgets else ''}{' and ' if budgets and neighbours else ''}"
+                 f"{'noisy neighbours' if neighbours else ''} on {circuit}: "
+                 + ("every site's overlay (its containers and daemons; not the kernel's datapath) held to a budget "
+                    "in cores; " if budgets else "")
+                 + ("a neighbour is a stress-ng hog (kind:cores per site) in its own cgroup at every site the path "
+                    "crosses, running while the probes did; " if neighbours else "")
+                 + "TCP goodput in Mbit/s (n = 0.5 s intervals); RTT in ms, median / p99 (n = round trips); CPU used "
+                 "by the circuit's two sites' overlay cgroups in cores, and the share of quota periods in which they "
+                 "were held back, during the TCP run" + ("; the neighbour's CPU in cores, summed over its sites"
+                                                         if neighbours else ""))
+        head = ["Overlay"] + (["Budget (cores)"] if budgets else []) + (["Neighbour"] if neighbours else []) + [
+            "TCP goodput", "RTT", "CPU used", "Throttled"] + (["Neighbour CPU"] if neighbours else []) + ["Verdict"]
+        out.append(_table(title, head, rows))
         if kept or lost:
             out[-1] += ("\nAt their smallest budget, kept throughput (90 %) and latency (p99 within 1 ms): "
                         + (", ".join(kept) or "none") + "; did not: " + (", ".join(lost) or "none"))
+        for noise, changes in beside.items():
+            # On one machine the neighbour slows the emulated WAN too: the underlay's own change is
+            # that part, and an overlay is judged on what it adds to it.
+            _, wan = changes.get(BASELINE, (1.0, 0.0))
+            fine, hurt = [], []
+            for overlay, (share, p99) in changes.items():
+                if overlay == BASELINE:
+                    continue
+                (fine if share >= 0.9 and p99 - wan <= 1.0 else hurt).append(
+                    f"{overlay} {share * 100:.0f} %, p99 {p99:+.2f} ms")
+            out[-1] += (f"\nBeside a {noise} neighbour, kept throughput (90 %) and latency (p99 within 1 ms of the "
+                        "underlay's own change" + (f", {wan:+.2f} ms" if BASELINE in changes else "") + "): "
+                        + (", ".join(fine) or "none") + "; did not: " + (", ".join(hurt) or "none"))
     return out
 
 
@@ -305,10 +348,10 @@ def tables(records: list[Record], topology: Topology, missing: list[Missing] = (
                           head + ["Verdict"], rows))
 
     if "udp_throughput" in by_metric:
-        losses = {(r.overlay, r.circuit, r.cpu): r for r in by_metric.get("udp_loss", [])}
+        losses = {(r.overlay, r.circuit, r.cpu, r.noise): r for r in by_metric.get("udp_loss", [])}
         rows = []
         for r in by_metric["udp_throughput"]:
-            loss = losses.get((r.overlay, r.circuit, r.cpu))
+            loss = losses.get((r.overlay, r.circuit, r.cpu, r.noise))
             status = _status(r, notes)
             if loss and r.valid and loss.verdict != "pass":
                 status = f"{status} (loss: {loss.verdict})"
@@ -327,7 +370,7 @@ def tables(records: list[Record], topology: Topology, missing: list[Missing] = (
         out.append(_streaming_table(records, notes))
     out += _faults_tables(records, notes)
     out += _load_tables(records, notes)
-    out += _budget_tables(records, notes)
+    out += _stress_tables(records, notes)
 
     compared = [(r, c) for r in _order(records, topology) for c in r.compared]
     if compared:
@@ -354,7 +397,7 @@ def exclusions_line(records: list[Record]) -> str:
     counted = {}
     for r in records:  # latency and jitter share a run, as do UDP's rate and loss
         if r.exclusions.get("n") and r.concurrency is None:
-            run = r.fault or (r.queue_ms, r.cpu, r.metric.split("_")[0] if r.metric != "jitter" else "latency")
+            run = r.fault or (r.queue_ms, r.cpu, r.noise, r.metric.split("_")[0] if r.metric != "jitter" else "latency")
             counted.setdefault((r.overlay, r.circuit, run), (r, r.exclusions))
     if not counted:
         return ""

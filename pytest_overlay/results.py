@@ -21,9 +21,9 @@ SCHEMA = "pytest-overlay/results"
 # measurement window in UTC, with the machine's steal time and CPU pressure).
 # 4: `fault`, the WAN fault scenario. 5: `queue_ms`, the link buffer a latency-under-load
 # record was measured at where the experiment set one; `cpu`, the CPU budget (cores) its
-# overlay was held to.
-SCHEMA_VERSION = 5
-READABLE_VERSIONS = (1, 2, 3, 4, 5)
+# overlay was held to. 6: `noise`, the neighbour (stress-ng kind:cores per site) it ran beside.
+SCHEMA_VERSION = 6
+READABLE_VERSIONS = (1, 2, 3, 4, 5, 6)
 BOOTSTRAP_RESAMPLES = 200
 
 # Two-sided 95 % Student t quantiles for small samples; 1.96 beyond.
@@ -151,6 +151,7 @@ class Record:
     fault: str | None = None  # the WAN fault scenario it was measured under (schema 4)
     queue_ms: float | None = None  # latency under load: the buffer it set on the path's links (None: theirs)
     cpu: float | None = None  # the CPU budget (cores) every site's overlay was held to (None: none)
+    noise: str | None = None  # the noisy neighbour beside it, kind:cores per site (None: alone)
     vs_host: dict | None = None  # the underlay's value of the headline statistic
     compared: list[dict] = field(default_factory=list)  # against the saved run
     tries: int = 1  # measurements taken, the earlier ones invalid for the machine's load
@@ -169,7 +170,7 @@ class Record:
     @property
     def key(self) -> tuple:
         return (self.overlay, self.metric, self.src, self.dst, self.concurrency, self.transport, self.fault,
-                self.queue_ms, self.cpu)
+                self.queue_ms, self.cpu, self.noise)
 
     def value(self, stat: str) -> float:
         """A statistic by name; `total` is the whole run's value where there is one."""
@@ -199,10 +200,11 @@ class Record:
 
 
 def baseline(records: list[Record], record: Record, overlay: str = "host") -> Record | None:
-    """The underlay's record of the same metric on the same circuit (and streaming level, and
-    link buffer); at any CPU budget of the overlay's, the underlay's own (it has none)."""
+    """The underlay's record of the same metric on the same circuit (and streaming level, link
+    buffer and neighbour); at any CPU budget of the overlay's, the underlay's own (it has none)."""
     for other in records:
-        if other.overlay == overlay and other.key[1:-1] == record.key[1:-1] and other.cpu is None:
+        if other.overlay == overlay and other.key[1:-2] == record.key[1:-2] and other.cpu is None \
+                and other.noise == record.noise:
             return other
     return None
 
@@ -242,17 +244,18 @@ class Missing:
     fault: str | None = None
     queue_ms: float | None = None
     cpu: float | None = None
+    noise: str | None = None
 
     @property
     def key(self) -> tuple:
         return (self.overlay, self.metric, self.src, self.dst, self.concurrency, self.transport, self.fault,
-                self.queue_ms, self.cpu)
+                self.queue_ms, self.cpu, self.noise)
 
     @property
     def where(self) -> str:
         level = f" ({self.transport}, {self.concurrency} clients)" if self.concurrency is not None else \
             f" ({self.fault})" if self.fault else f" (buffer {self.queue_ms:g} ms)" if self.queue_ms else \
-            f" (CPU {self.cpu:g})" if self.cpu else ""
+            f" (CPU {self.cpu:g})" if self.cpu else f" (beside {self.noise})" if self.noise else ""
         return f"{self.src} – {self.dst}{level}"
 
 

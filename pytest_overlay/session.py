@@ -49,7 +49,7 @@ class OverlaySession:
             self.requested[item.nodeid] = [
                 Missing(params["overlay"], metric, circuit.src, circuit.dst, "not run", params.get("concurrency"),
                         params.get("transport"), item.nodeid, fault.name if fault else None, queue_ms,
-                        params.get("cpu_budget"))
+                        params.get("cpu_budget"), params["noise"].label if params.get("noise") else None)
                 for metric in wanted]
 
     def note(self, nodeid: str, reason: str) -> None:
