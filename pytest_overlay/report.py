@@ -300,6 +300,14 @@ def _stress_tables(records: list[Record], notes: list[str]) -> list[str]:
     return out
 
 
+def stress_sections(records: list[Record]) -> list[str]:
+    """The latency-under-load and CPU-budget tables with their answers, and the reasons of
+    their INVALID rows: what the study's future-work part reports."""
+    notes: list[str] = []
+    out = _load_tables(records, notes) + _stress_tables(records, notes)
+    return out + (["\n".join(notes)] if notes else [])
+
+
 def tables(records: list[Record], topology: Topology, missing: list[Missing] = ()) -> str:
     by_metric: dict[str, list[Record]] = {}
     for r in _order(records, topology):

@@ -7,6 +7,8 @@ Parts, each a pytest run of the suites:
   3. streaming on geant-star.yaml: the concurrency sweep, every overlay;
   4. the cut on BRA-LJU through Weave and libnetwork, 20 s and 90 s (past Weave's 60 s
      dead-connection timeout): can a relayed path make the study's Weave BRA-LJU row?
+  5. the study's future work, on AMS-MIL: latency under load (RRUL) at the links' buffers and
+     at 5 ms, and the CPU sweep, every overlay.
 Then one report (Markdown and HTML) judged by rules it states.
 """
 
@@ -33,6 +35,7 @@ MEAN_WITHIN_MS = 1.0  # a measured mean "reproduces" the published one within th
 OVERHEAD_WITHIN_MS = 0.5  # an overlay's overhead over libnetwork "reproduces" within this
 LONG_CUT_S = 90.0  # past Weave's 60 s HeartbeatTimeout (router/network_router.go): long enough to see a relay
 LONG_CUT = "cut-90s-BRA-LJU"
+STRESS_CIRCUIT = "AMS-MIL"  # the load section of geant.yaml names it
 
 
 @dataclass
@@ -55,7 +58,9 @@ class Budget:
     duration_s: float = 2.0
     stream_seconds: float = 6.0
     concurrency: tuple[int, ...] = (1, 5, 10, 25, 50)
-    bringup_s: float = 40.0  # measured: 30-44 s per container overlay on 4 sites, the image imported into each
+    bringup_s: float = 10.0  # measured: 5-10 s per container overlay on 4 sites, the image's layers linked
+    load_seconds: float = 10.0
+    cpu_budgets: tuple[float, ...] = (0.1, 0.25, 0.5, 1.0)
 
     def ptp_s(self, overlays: int, circuits: int) -> float:
         per_circuit = (self.samples + 10) * self.interval_ms / 1000 + 2 * (self.duration_s + 3.5)
@@ -64,6 +69,14 @@ class Budget:
     def stream_s(self, overlays: int) -> float:
         per_level = self.stream_seconds + 6
         return (overlays - 1) * self.bringup_s + overlays * len(self.concurrency) * per_level + 15
+
+    def stress_s(self, overlays: int, buffers: int = 2) -> float:
+        """RRUL at each buffer for every overlay, then latency and TCP unlimited and at each
+        budget (the underlay unlimited only)."""
+        rrul = 5 + 1 + 2 + self.load_seconds + 1 + 4
+        level = (self.samples + 10) * self.interval_ms / 1000 + self.duration_s + 4.5
+        return ((overlays - 1) * self.bringup_s + overlays * buffers * rrul
+                + (1 + (overlays - 1) * (1 + len(self.cpu_budgets))) * level)
 
 
 @dataclass
@@ -94,6 +107,12 @@ class Study:
                  [f"--topology={self.out / 'geant-cuts.yaml'}", "--overlay=weave,libnetwork", "-m", "faults",
                   f"--overlay-faults=cut-BRA-LJU,{LONG_CUT}"],
                  b.bringup_s + 2 * (2 * 30 + LONG_CUT_S + 10), "cuts.json", "cuts"),
+            Part("the study's future work on AMS-MIL: latency under load at two link buffers, and CPU budgets "
+                 f"({', '.join(f'{c:g}' for c in b.cpu_budgets)} cores; every overlay)",
+                 ["--topology=geant", "--overlay=all", "-m", "load or latency or tcp", "-k", STRESS_CIRCUIT,
+                  f"--overlay-cpu={','.join(f'{c:g}' for c in b.cpu_budgets)}", *common,
+                  f"--overlay-load-seconds={b.load_seconds:g}"],
+                 b.stress_s(5), "stress.json", "stress"),
         ]
 
     def write_topologies(self) -> None:
@@ -322,6 +341,17 @@ def cut_answer(reference: dict, cuts: list[Record]) -> str:
     return table + "\n\n" + answer
 
 
+def stress_answer(stress: list[Record]) -> str:
+    """The study asks for a heavily shared environment and for CPU capping: the RRUL tables and
+    the CPU sweep on one circuit, each ending with its answer in one sentence."""
+    from . import report
+
+    sections = report.stress_sections(stress)
+    if not sections:
+        return "Not measured in this run (see stress/report.md, 'Not measured')."
+    return "\n\n".join(s.replace("\n|", "\n\n|", 1) for s in sections)
+
+
 def _table(head: list[str], rows: list[list[str]]) -> str:
     from tabulate import tabulate
 
@@ -361,6 +391,11 @@ def write_report(out: Path, parts: list[Part], wall_s: float) -> list[str]:
         f"{LONG_CUT_S:g} s (Weave declares a connection dead after 60 s without heartbeats, "
         "router/network_router.go), probed at 100 round trips a second; see cuts/report.md and cuts/index.html.\n\n"
         + cut_answer(reference, load_records(out / "cuts.json")),
+        "## Future work: a shared host, and CPU capping\n\nThe study's future work asks how the overlays fare "
+        "\"in a heavily shared environment\" and \"with more compute resources (CPU capping)\". On "
+        f"{STRESS_CIRCUIT}: RRUL (TCP flows both ways beside latency probes) at the links' own buffers and at 5 ms, "
+        "and latency and TCP with every site's overlay held to a CPU budget; see stress/report.md and "
+        "stress/index.html.\n\n" + stress_answer(load_records(out / "stress.json")),
     ]
     streaming = out / "streaming"
     if (streaming / "report.md").exists():
@@ -372,11 +407,12 @@ def write_report(out: Path, parts: list[Part], wall_s: float) -> list[str]:
     body = []
     for block in text.split("\n\n"):
         if block.startswith("|"):
-            lines = [l for l in block.splitlines() if not set(l) <= set("|-: ")]
+            lines = [l for l in block.splitlines() if l.startswith("|") and not set(l) <= set("|-: ")]
             cells = [[c.strip() for c in l.strip("|").split("|")] for l in lines]
             body.append("<table>" + "".join("<tr>" + "".join(
                 f"<t{'h' if i == 0 else 'd'}>{html.escape(c)}</t{'h' if i == 0 else 'd'}>" for c in row) + "</tr>"
                 for i, row in enumerate(cells)) + "</table>")
+            body += [f"<p>{html.escape(l)}</p>" for l in block.splitlines() if not l.startswith("|")]
         elif block.startswith("#"):
             level = len(block) - len(block.lstrip("#"))
             body.append(f"<h{level}>{html.escape(block.lstrip('# '))}</h{level}>")
@@ -388,7 +424,9 @@ def write_report(out: Path, parts: list[Part], wall_s: float) -> list[str]:
         body.insert(1, "<h2>Published against measured</h2><img src='published_vs_measured.png' "
                        "alt='published against measured mean RTT, per circuit and overlay'>")
     for image in ("ptp/latency_cdf.png", "ptp/throughput.png", "streaming/streaming.png",
-                  "cuts/fault_cut-BRA-LJU.png", f"cuts/fault_{LONG_CUT}.png"):
+                  "cuts/fault_cut-BRA-LJU.png", f"cuts/fault_{LONG_CUT}.png",
+                  *(f"stress/{kind}_{STRESS_CIRCUIT}_{level}.png" for level in ("links", "q5ms")
+                    for kind in ("load", "load_cdf")), "stress/cpu_budgets.png"):
         if (out / image).exists():
             body.append(f"<h2>{image}</h2><img src='{image}' alt='{image}'>")
     style = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"

@@ -92,3 +92,27 @@ def test_the_cut_says_whether_a_relay_can_make_weaves_row():
     assert "4.0 ms under libnetwork's" in answer
     via_ams = none + _cut("weave", study.LONG_CUT, 61_000, [48.0, 48.5, 49.0] * 30, "BRA->AMS->LJU")
     assert "no share of relayed round trips would suffice" in study.cut_answer(reference, via_ams)
+
+
+def test_the_future_work_part_answers_with_the_rrul_and_cpu_tables(tmp_path):
+    import json
+    from pathlib import Path
+
+    loaded = json.loads((Path(__file__).parent / "data" / "load-records.json").read_text())
+    budgeted = []
+    for overlay, cpu, mbit in (("weave", None, 110.0), ("weave", 0.1, 14.0), ("libnetwork", None, 930.0),
+                               ("libnetwork", 0.1, 925.0)):
+        r = record("tcp_throughput", [mbit] * 10, overlay=overlay, src="AMS", dst="MIL", cpu=cpu, total=mbit,
+                   expected={"rtt_ms": 36.8, "rate_mbit": 1000.0}, extra={"cpu_used": {"AMS": {
+                       "cores_used": 0.1, "throttled_share": 0.5}}})
+        r.verdict = "pass"
+        budgeted.append(r.to_json())
+    (tmp_path / "stress.json").write_text(json.dumps({"version": 6, "results": loaded + budgeted}))
+    parts = [study.Part("x", [], 1.0, "x.json")]
+    study.write_report(tmp_path, parts, 60.0)
+    text = (tmp_path / "report.md").read_text()
+    section = text.split("## Future work: a shared host, and CPU capping")[1]
+    assert "Latency under load on AMS-MIL" in section and "Added latency under load beyond the links' buffers" in section
+    assert "did not: weave 13 % of its TCP goodput" in section and "libnetwork 99 % of its TCP goodput" in section
+    page = (tmp_path / "index.html").read_text()
+    assert "<p>At their smallest budget, kept throughput" in page  # the answer a paragraph, not a table row
