@@ -1,10 +1,12 @@
 """Command line: ``python -m pytest_overlay clean`` removes what killed runs left behind;
 ``python -m pytest_overlay study`` reproduces the study and reports beside its figures;
-``python -m pytest_overlay lab up|down`` stands up a topology's sites as real hosts here."""
+``python -m pytest_overlay lab up|down`` stands up a topology's sites as real hosts here;
+``python -m pytest_overlay topology mesh --sites 20 --out FILE`` writes a topology of N sites."""
 
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from pathlib import Path
 
@@ -40,7 +42,10 @@ def main(argv: list[str] | None = None) -> int:
     lab_keep.add_argument("--image", choices=lab.IMAGE_CHOICES, default="loaded")
     lab_down = actions.add_parser("down", help="remove the lab that FILE describes, and FILE")
     lab_down.add_argument("file", type=Path)
+    _topology_parser(commands)
     args = parser.parse_args(argv)
+    if args.command == "topology":
+        return _generate(args, argv)
     if args.command == "lab":
         try:
             if args.action == "up":
@@ -71,6 +76,44 @@ def main(argv: list[str] | None = None) -> int:
             reproduction.write_report(Path(args.out), [], 0)
             return 0
         return reproduction.Study(Path(args.out)).run()
+    return 0
+
+
+def _topology_parser(commands) -> None:
+    from . import generate
+
+    made = commands.add_parser("topology", help="write a topology of N sites over European cities: full mesh, "
+                                                "star, ring or random geometric, RTTs from great-circle distances")
+    made.add_argument("kind", choices=generate.KINDS, help="the shape")
+    made.add_argument("--sites", type=int, required=True, help="how many sites (the first N cities of "
+                                                               "pytest_overlay/data/cities.yaml)")
+    made.add_argument("--out", type=Path, required=True, help="the topology file to write")
+    made.add_argument("--hop-ms", type=float, default=1.0, help="RTT each link adds. Default: %(default)r")
+    made.add_argument("--stretch", type=float, default=1.0,
+                      help="route length over great-circle distance (1 or more). Default: %(default)r")
+    made.add_argument("--rate-mbit", type=float, default=1000.0, help="each link's rate. Default: %(default)r")
+    made.add_argument("--jitter-ms", type=float, default=0.0, help="each link's jitter. Default: %(default)r")
+    made.add_argument("--degree", type=float, default=3.0,
+                      help="random: mean links per site. Default: %(default)r")
+    made.add_argument("--seed", type=int, default=1, help="random: the seed. Default: %(default)r")
+
+
+def _generate(args: argparse.Namespace, argv: list[str] | None) -> int:
+    from . import generate
+
+    spec = generate.Spec(args.kind, args.sites, args.hop_ms, args.stretch, args.rate_mbit, args.jitter_ms,
+                         args.degree, args.seed)
+    try:
+        spec.check()
+    except ValueError as e:
+        print(f"topology: {e}", file=sys.stderr)
+        return 2
+    command = "python -m pytest_overlay " + shlex.join(sys.argv[1:] if argv is None else argv)
+    data = generate.write(spec, args.out, command)
+    parsed = topology.load(args.out)  # what the suites will read: valid, or it says why
+    print(f"topology: wrote {args.out}: {len(parsed.sites)} sites, {len(parsed.links)} links, "
+          f"{len(parsed.circuits)} circuits (every linked pair); RTT {min(l['rtt_ms'] for l in data['links']):g} to "
+          f"{max(l['rtt_ms'] for l in data['links']):g} ms")
     return 0
 
 

@@ -77,6 +77,14 @@ def _tbf(direction: Direction, dev: str) -> list[str]:
             "rate", f"{direction.rate_mbit}mbit", "burst", str(burst), "limit", str(limit)]
 
 
+def _tc_batch(netns: str, commands: list[list[str]]) -> None:
+    """tc commands in one process: with a link per pair of 50 sites, tc started once per device
+    cost 34 ms each (it reads every device of the namespace first), 83 s in all."""
+    if commands:
+        batch = "".join(" ".join(c[1:] if c[0] == "tc" else c) + "\n" for c in commands)
+        procs.run(["tc", "-batch", "-"], netns, input=batch).check()
+
+
 class Emulator:
     kind = ""
 
@@ -135,12 +143,10 @@ class Netem(Emulator):
     kind = "netem"
 
     def start(self) -> None:
-        for port in self.ports:
-            procs.run(["tc", *_netem(port, port.direction)], self.netns).check()
+        _tc_batch(self.netns, [_netem(port, port.direction) for port in self.ports])
 
     def impair(self, changes: dict[str, Direction]) -> int:
-        batch = "\n".join(" ".join(_netem(port, d)) for port, d in self._ports_named(changes)) + "\n"
-        procs.run(["tc", "-batch", "-"], self.netns, input=batch).check()
+        _tc_batch(self.netns, [_netem(port, d) for port, d in self._ports_named(changes)])
         return time.time_ns()
 
     def rebuffer(self, directions: list[Direction]) -> None:
@@ -231,9 +237,7 @@ class DelayLine(Emulator):
             "delayline", self.command(), self.run_dir / "delayline.log", self.netns, ready="ready",
         ))
         procs.run(["iptables-restore", "-w", "--noflush"], self.netns, input="\n".join(rules)).check()
-        for port in self.ports:
-            if port.direction.rate_mbit:
-                procs.run(_tbf(port.direction, port.egress), self.netns).check()
+        _tc_batch(self.netns, [_tbf(port.direction, port.egress) for port in self.ports if port.direction.rate_mbit])
 
     def counters(self, reset: bool = False, since: int | None = None) -> dict[str, dict]:
         stats = query_stats(str(self.control), reset=reset, since=since)
@@ -255,9 +259,8 @@ class DelayLine(Emulator):
         return out
 
     def rebuffer(self, directions: list[Direction]) -> None:
-        for port, d in self._ports_named({f"{d.src}->{d.dst}": d for d in directions}):
-            if d.rate_mbit:
-                procs.run(_tbf(d, port.egress), self.netns).check()
+        _tc_batch(self.netns, [_tbf(d, port.egress) for port, d in
+                               self._ports_named({f"{d.src}->{d.dst}": d for d in directions}) if d.rate_mbit])
 
     def impair(self, changes: dict[str, Direction]) -> int:
         return set_queues(str(self.control), {port.queue: (d.delay_ms, d.jitter_ms, d.loss_pct)

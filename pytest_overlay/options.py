@@ -74,6 +74,17 @@ def parse_cpu(value: str) -> list[float]:
     return sorted(budgets)
 
 
+def parse_circuits(value: str) -> tuple[str, int, int]:
+    """--overlay-circuits: all, or sample:K[:SEED] of every pair of sites."""
+    if value == "all":
+        return ("all", 0, 0)
+    kind, _, rest = value.partition(":")
+    count, _, seed = rest.partition(":")
+    if kind == "sample" and count.isdigit() and int(count) >= 1 and (not seed or seed.isdigit()):
+        return ("sample", int(count), int(seed or 0))
+    raise argparse.ArgumentTypeError(f"{value!r}; allowed: all, or sample:K[:SEED] (e.g. sample:20)")
+
+
 def parse_names(value: str) -> list[str]:
     names = [n.strip() for n in value.split(",") if n.strip()]
     if not names:
@@ -111,6 +122,9 @@ def addoption(parser: pytest.Parser) -> None:
          "host is the underlay baseline, measured first.", type=parse_overlays, metavar="NAME[,NAME...]")
     _add(group, "--topology", "geant", "Topology file, or the name of a bundled one "
          f"({', '.join(BUNDLED_TOPOLOGIES)}).", metavar="PATH|NAME")
+    _add(group, "--overlay-circuits", None, "Circuits to measure instead of the topology's (its circuits:, else "
+         "every linked pair): all (every pair of sites, N(N-1)/2), or sample:K[:SEED], K of them drawn at random, "
+         "the same K for the same topology and seed.", type=parse_circuits, metavar="all|sample:K[:SEED]")
     _add(group, "--overlay-emulator", "auto", "WAN link emulator: auto (netem where the kernel has it, else the "
          "NFQUEUE delay line), netem, delayline, or none (links without delay).", type=parse_emulator, metavar="KIND")
     _add(group, "--overlay-samples", 500, "Request/response round trips per circuit for latency and jitter.",

@@ -160,6 +160,9 @@ def get(config: pytest.Config) -> OverlaySession:
                                 "(the latest saved run) or --overlay-compare=NUM|NAME")
     try:
         topo = topology.load(config.getoption("topology"))
+        chosen = config.getoption("overlay_circuits")
+        if chosen:
+            topo.circuits = _circuits(topo, *chosen)
         limits = thresholds.load(config.getoption("overlay_thresholds"))
         limits.check_circuits([c.id for c in topo.circuits])
     except topology.InputError as e:
@@ -177,6 +180,21 @@ def get(config: pytest.Config) -> OverlaySession:
             raise pytest.UsageError(f"--overlay-compare: {e}") from None
     config.stash[_key] = state
     return state
+
+
+def _circuits(topo: topology.Topology, how: str, count: int, seed: int) -> list[topology.Circuit]:
+    """--overlay-circuits: every pair of sites, or a seeded sample of them (in the topology's order)."""
+    import random
+
+    sites = list(topo.sites)
+    pairs = [topology.Circuit(a, b) for i, a in enumerate(sites) for b in sites[i + 1:]]
+    if how == "all":
+        return pairs
+    if count > len(pairs):
+        raise pytest.UsageError(f"--overlay-circuits=sample:{count}: {topo.name} has {len(pairs)} pairs of sites; "
+                                f"give at most {len(pairs)}, or all")
+    drawn = set(random.Random(f"{topo.name}:{seed}").sample(range(len(pairs)), count))
+    return [c for i, c in enumerate(pairs) if i in drawn]
 
 
 def existing(config: pytest.Config) -> OverlaySession | None:

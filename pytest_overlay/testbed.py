@@ -183,8 +183,11 @@ class EmulatedTestbed(Testbed):
         self.timings["up_s"] = time.monotonic() - started
 
     def _mac(self, link: int, end: int) -> str:
-        """A locally administered MAC that names the run, the link and the end."""
-        return "02:{}:{}:{}:{:02x}:{:02x}".format(self.run_id[0:2], self.run_id[2:4], self.run_id[4:6], link, end)
+        """A locally administered MAC that names the run, the link and the end (of four: two
+        veth pairs per link), in its last 16 bits."""
+        value = 4 * link + end
+        return "02:{}:{}:{}:{:02x}:{:02x}".format(self.run_id[0:2], self.run_id[2:4], self.run_id[4:6],
+                                                  value >> 8, value & 0xFF)
 
     def _wire(self) -> list[emu.Port]:
         """Links, addresses, static neighbours and routes, one `ip -batch` per namespace.

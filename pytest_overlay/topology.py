@@ -39,7 +39,7 @@ TOPOLOGY_DIR = next((d for d in (Path(__file__).resolve().parent / "topologies",
                     Path(__file__).resolve().parent / "topologies")
 SITE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,11}$")
 RESERVED_SITE_NAMES = {"wan"}  # the testbed's own namespace is ovl<run>-wan
-MAX_LINKS = 255
+MAX_LINKS = 2048  # the delay line's queues (two per link); MACs hold 16 384
 MAX_NUMBER = 1e12  # no setting of ours is larger; a longer number is a typo, not a value
 
 
@@ -342,46 +342,56 @@ class Topology:
         """The key-value store's site: `kv`, else the swarm manager, else the first site."""
         return self.kv or self.manager or next(iter(self.sites))
 
+    def _index(self) -> dict[str, dict[str, Link]]:
+        """Each site's links by peer, built once (again if links were added since)."""
+        if self._routes.get("links") != len(self.links):
+            self._routes.clear()
+            self._routes["links"] = len(self.links)
+            adjacent: dict[str, dict[str, Link]] = {}
+            for link in self.links:
+                adjacent.setdefault(link.a, {})[link.b] = link
+                adjacent.setdefault(link.b, {})[link.a] = link
+            self._routes["adjacent"] = adjacent
+        return self._routes["adjacent"]
+
     def link_between(self, a: str, b: str) -> Link | None:
-        for link in self.links:
-            if {link.a, link.b} == {a, b}:
-                return link
-        return None
+        return self._index().get(a, {}).get(b)
 
     def path_between(self, src: str, dst: str) -> list[str]:
         """Sites from src to dst (both included) on the fewest hops, then the lowest delay.
 
         As on a real WAN, linked sites talk over their own link even where a detour is faster.
+        One search from each source finds its paths to every site: all pairs cost
+        O(sites x links x log sites), not a search per pair.
         """
-        key = (src, dst)
-        if key not in self._routes:
-            self._routes[key] = self._shortest(src, dst)
-        return self._routes[key]
-
-    def _shortest(self, src: str, dst: str) -> list[str]:
-        best: dict[str, tuple[int, float]] = {src: (0, 0.0)}
-        previous: dict[str, str] = {}
-        heap = [((0, 0.0), src)]
-        while heap:
-            cost, site = heapq.heappop(heap)
-            if site == dst:
-                break
-            if cost > best[site]:
-                continue
-            for link in self.links:
-                if site not in (link.a, link.b):
-                    continue
-                peer = link.b if site == link.a else link.a
-                new = (cost[0] + 1, cost[1] + link.direction(site).delay_ms)
-                if new < best.get(peer, (math.inf, math.inf)):
-                    best[peer], previous[peer] = new, site
-                    heapq.heappush(heap, (new, peer))
-        if dst not in best:
+        self._index()
+        trees = self._routes.setdefault("trees", {})
+        if src not in trees:
+            trees[src] = self._tree(src)
+        previous = trees[src]
+        if dst != src and dst not in previous:
             return []
         hops = [dst]
         while hops[-1] != src:
             hops.append(previous[hops[-1]])
         return hops[::-1]
+
+    def _tree(self, src: str) -> dict[str, str]:
+        """Dijkstra from src on (hops, delay): each reached site's predecessor."""
+        adjacent = self._index()
+        best: dict[str, tuple[int, float]] = {src: (0, 0.0)}
+        previous: dict[str, str] = {}
+        heap = [((0, 0.0), src)]
+        while heap:
+            cost, site = heapq.heappop(heap)
+            if cost > best[site]:
+                continue
+            for peer, link in adjacent.get(site, {}).items():
+                new = (cost[0] + 1, cost[1] + link.direction(site).delay_ms)
+                if new < best.get(peer, (math.inf, math.inf)):
+                    best[peer], previous[peer] = new, site
+                    heapq.heappush(heap, (new, peer))
+        return previous
 
     def expected(self, circuit: Circuit) -> dict[str, float | None]:
         """What the emulated WAN should show on a circuit: RTT, jitter, loss and rate."""
@@ -510,8 +520,8 @@ def parse(data: Any, path: str | Path) -> Topology:
             links.append(Link(len(links), src, dst, d, directions[(dst, src)][0]))
 
     if len(links) > MAX_LINKS:
-        raise check.fail(data, "links", "links", f"{len(links)} links; at most {MAX_LINKS} (the testbed encodes a "
-                                                  "link's index in its interfaces' MAC addresses)")
+        raise check.fail(data, "links", "links", f"{len(links)} links; at most {MAX_LINKS} (the delay line "
+                                                  "has two queues per link, 4 096 in all)")
     reached = {site for link in links for site in (link.a, link.b)}
     for site_name in sites:
         if site_name not in reached:

@@ -35,7 +35,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#define MAX_QUEUES 1024
+#define MAX_QUEUES 4096
 #define SOCKET_BUFFER (64 << 20)
 #define LATE_LIMIT_NS 1000000LL
 #define MAX_SPIN_NS 300000LL
@@ -74,6 +74,7 @@ struct queue {
 };
 
 static struct queue queues[MAX_QUEUES];
+static int16_t queue_of[65536]; /* queue number -> index in queues + 1 (0: none): one lookup per packet */
 static int nqueues, nl;
 static uint32_t seq;
 static int64_t wall_offset, wake_lag, last_drop_poll;
@@ -94,9 +95,7 @@ static double rnd(void) { /* xorshift64*: reproducible from the seed, like delay
 }
 
 static struct queue *find_queue(uint16_t num) {
-    for (int i = 0; i < nqueues; i++)
-        if (queues[i].num == num) return &queues[i];
-    return NULL;
+    return queue_of[num] ? &queues[queue_of[num] - 1] : NULL;
 }
 
 static size_t put_attr(char *buf, size_t off, uint16_t type, const void *data, uint16_t len) {
@@ -475,9 +474,10 @@ int main(int argc, char **argv) {
             unsigned num, maxlen;
             double delay_us, jitter_us, loss_ppm;
             if (sscanf(argv[++i], "%u:%lf:%lf:%lf:%u", &num, &delay_us, &jitter_us, &loss_ppm, &maxlen) != 5
-                || num > 65535 || maxlen == 0)
+                || num > 65535 || maxlen == 0 || queue_of[num])
                 usage();
             struct queue *q = &queues[nqueues++];
+            queue_of[num] = (int16_t)nqueues;
             q->num = num;
             q->delay = (int64_t)(delay_us * 1000);
             q->jitter = (int64_t)(jitter_us * 1000);

@@ -130,13 +130,36 @@ def test_links_form_one_network(tmp_path):
         topology.load(write(tmp_path, text))
 
 
-def test_link_count_the_naming_scheme_can_encode(tmp_path):
-    names = [f"S{i}" for i in range(24)]
-    pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1:]][:256]
-    text = ("name: big\nsites:\n" + "".join(f"  {n}: {{}}\n" for n in names) + "links:\n"
-            + "".join(f"  - {{between: [{a}, {b}], rtt_ms: 1}}\n" for a, b in pairs))
-    with pytest.raises(InputError, match="256 links; at most 255"):
-        topology.load(write(tmp_path, text))
+def test_link_count_the_delay_line_can_carry(tmp_path):
+    names = [f"S{i}" for i in range(65)]
+    pairs = [(a, b) for i, a in enumerate(names) for b in names[i + 1:]]
+
+    def text(count: int) -> str:
+        return ("name: big\nsites:\n" + "".join(f"  {n}: {{}}\n" for n in names) + "links:\n"
+                + "".join(f"  - {{between: [{a}, {b}], rtt_ms: 1}}\n" for a, b in pairs[:count]))
+
+    assert len(topology.load(write(tmp_path, text(topology.MAX_LINKS))).links) == 2048  # past the old 255
+    with pytest.raises(InputError, match="2049 links; at most 2048"):
+        topology.load(write(tmp_path, text(topology.MAX_LINKS + 1)))
+
+
+def test_routes_of_a_long_chain_cost_one_search_per_source():
+    sites = {f"S{i}": {} for i in range(200)}
+    chain = topology.parse({"name": "chain", "sites": sites,
+                            "links": [{"between": [f"S{i}", f"S{i + 1}"], "rtt_ms": 1} for i in range(199)]}, "c.yaml")
+    assert chain.path_between("S3", "S0") == ["S3", "S2", "S1", "S0"]
+    chain._routes.clear()
+    assert all(len(chain.path_between("S0", f"S{i}")) == i + 1 for i in range(200))
+    assert list(chain._routes["trees"]) == ["S0"]  # 200 destinations from one search
+
+
+def test_a_shorter_detour_loses_to_the_direct_link_and_a_tie_in_hops_to_the_lower_delay():
+    topo = topology.parse({"name": "t", "sites": {"A": {}, "B": {}, "C": {}, "D": {}}, "links": [
+        {"between": ["A", "B"], "rtt_ms": 50}, {"between": ["A", "C"], "rtt_ms": 2}, {"between": ["C", "B"], "rtt_ms": 2},
+        {"between": ["A", "D"], "rtt_ms": 9}, {"between": ["D", "C"], "rtt_ms": 1}]}, "t.yaml")
+    assert topo.path_between("A", "B") == ["A", "B"]
+    assert topo.path_between("D", "B") == ["D", "C", "B"]  # two hops either way: via C's 0.5 + 1 ms one-way
+    assert topo.link_between("B", "A") is topo.links[0] and topo.link_between("B", "D") is None
 
 
 REMOTE = """\
