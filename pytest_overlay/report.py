@@ -184,10 +184,12 @@ def _load_tables(records: list[Record], notes: list[str]) -> list[str]:
                 "fail" if "fail" in (latency.verdict, goodput.verdict) else "pass"
             rows.append([
                 overlay, f"{e['idle']['p50']:.2f} / {e['idle']['p99']:.2f} (n={e['idle']['n']})",
-                f"{latency.stats.p50:.2f} / {latency.stats.p99:.2f} (n={latency.stats.n})",
+                f"{latency.stats.p50:.2f} ±{latency.stats.interval('p50'):.2f} / {latency.stats.p99:.2f} "
+                f"(n={latency.stats.n})",
                 f"{e['induced_p50_ms']:+.2f} / {e['induced_p99_ms']:+.2f}",
                 f"{e['icmp']['idle_p50']:.2f} / {e['icmp']['loaded_p50']:.2f} (n={e['icmp']['loaded_n']})",
-                f"{g['direction_mbit']['up']:.0f} / {g['direction_mbit']['down']:.0f} (n={goodput.stats.n} intervals)",
+                f"{g['direction_mbit']['up']:.0f} / {g['direction_mbit']['down']:.0f}",
+                f"{goodput.stats.mean:.0f} ±{goodput.stats.ci95:.0f} (n={goodput.stats.n} intervals)",
                 f"{g['fairness']['up']:.2f} / {g['fairness']['down']:.2f}",
                 " / ".join(str(g["retransmits"][d]) for d in ("up", "down")), status])
         if first is None:
@@ -197,11 +199,14 @@ def _load_tables(records: list[Record], notes: list[str]) -> list[str]:
         level = "the links' own buffers" if queue_ms is None else f"buffers set to {queue_ms:g} ms"
         title = (f"Latency under load on {circuit} at {level} (RRUL: {e['flows_each_way']} TCP flows each way for "
                  f"{e['seconds']:g} s after {e['warmup_s']:g} s; irtt and ICMP every {e['interval_ms']:g} ms; idle = "
-                 f"the {e['idle_s']:g} s before). RTT in ms: median / p99, n = round trips; goodput in Mbit/s "
-                 f"received, summed per direction (up: {circuit.split('-')[0]} to {circuit.split('-')[1]}); buffers "
+                 f"the {e['idle_s']:g} s before). RTT in ms: median / p99, n = round trips, ± the median's 95 % "
+                 f"interval (bootstrap); goodput in Mbit/s received, summed per direction (up: "
+                 f"{circuit.split('-')[0]} to {circuit.split('-')[1]}), and both ways per 0.5 s interval: mean ± its "
+                 f"95 % interval; buffers "
                  f"in ms: {buffers}")
         out.append(_table(title, ["Overlay", "Idle RTT", "Loaded RTT", "Induced (loaded - idle)", "ICMP idle / loaded",
-                                  "Goodput up / down", "Jain up / down", "Retransmits up / down", "Verdict"], rows))
+                                  "Goodput up / down", "Goodput sum", "Jain up / down", "Retransmits up / down",
+                                  "Verdict"], rows))
         answer = (f"Added latency under load beyond the links' buffers ({e['buffers_both_ways_ms']:g} ms both ways), "
                   f"median: " + (f"{', '.join(beyond)} (more than 1 ms beyond)" if beyond else "none")
                   + (f"; within them: {', '.join(within)}" if within else ""))
