@@ -19,11 +19,14 @@ from ..conftest import PYTEST, QUICK, ROOT, foreign_runs, left_behind, machine_s
 
 def start_run() -> subprocess.Popen:
     """A run that is measuring TCP for 30 s once its processes are up: whatever waits for
-    them lands mid-measurement, not in a phase too short to be caught."""
+    them lands mid-measurement, not in a phase too short to be caught. SIGINT is given its
+    default action first: a shell without job control starts background commands with it
+    ignored, Python then keeps ignoring it, and Ctrl-C would test nothing."""
     return subprocess.Popen(
         [*PYTEST, "suites/", *QUICK, "-m", "tcp",
          "--overlay-duration=30"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
 
 
