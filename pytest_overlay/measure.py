@@ -4,6 +4,7 @@ their validity, thresholds and gates."""
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import math
 import statistics
@@ -51,6 +52,7 @@ class Measured:
     parts: dict[str, validity.Accounting] = field(default_factory=dict)  # a probe of several flows: each one's
     cpu_used: dict = field(default_factory=dict)  # by site: CPU its overlay's cgroup used, and was throttled
     noise_used: dict = field(default_factory=dict)  # by site: CPU the neighbour's hog used
+    beside: list[str] = field(default_factory=list)  # circuits probed at the same time (--overlay-parallel)
 
     @property
     def exclusions(self) -> dict:
@@ -82,6 +84,8 @@ class OverlayPath:
         around it (or `once`, which does). A run invalid only for the machine's load is taken
         again, up to --overlay-retries times; the record says how many tries it took."""
         key = (self.overlay.name, self.circuit, kind, self.cpu, self.noise)
+        if key not in self.state.cache and kind == "latency" and once is None:
+            self._latency_beside_others()
         if key not in self.state.cache:
             retries = self.state.option("overlay_retries")
             earlier: list[str] = []
@@ -180,11 +184,78 @@ class OverlayPath:
     def _wire_faults(self, wire: dict | None) -> list[str]:
         return [] if wire is None else validity.wire_faults(self.overlay.name, wire, self.overlay.wire_what)
 
-    def _latency(self) -> Measured:
+    def _latency_probe(self) -> probes.LatencySamples:
         samples, interval, rounds, warmup = (self.state.option(o) for o in (
             "overlay_samples", "overlay_interval", "overlay_rounds", "overlay_warmup"))
-        return self._measure("latency", lambda: probes.repeated_latency(
-            self.src, self.dst, samples, interval, rounds, warmup))
+        return probes.repeated_latency(self.src, self.dst, samples, interval, rounds, warmup)
+
+    def _latency(self) -> Measured:
+        return self._measure("latency", self._latency_probe)
+
+    def _links(self) -> set[frozenset[str]]:
+        sites = self.state.topology.path_between(self.circuit.src, self.circuit.dst)
+        return {frozenset(pair) for pair in zip(sites, sites[1:])}
+
+    def _latency_beside_others(self) -> None:
+        """With --overlay-parallel N: probe this circuit's latency together with up to N - 1
+        circuits still to be measured whose paths share no link with it or each other, one
+        emulator bracket around them all; each is judged on its own path's windows, so a
+        circuit the others disturbed is excluded or INVALID like any other. A result invalid
+        only for the machine's load is not kept: its circuit is measured again alone."""
+        at_once = self.state.option("overlay_parallel")
+        if at_once < 2 or self.cpu is not None or self.noise is not None:
+            return
+        wanted = {Circuit(m.src, m.dst) for nodeid, asked in self.state.requested.items()
+                  if self.state.reasons.get(nodeid) != "deselected" for m in asked
+                  if m.metric == "latency" and m.overlay == self.overlay.name and m.cpu is None and m.noise is None}
+        batch, used = [self], set(self._links())
+        for circuit in (c for c in self.state.topology.circuits if c in wanted):
+            if len(batch) == at_once:
+                break
+            if (self.overlay.name, circuit, "latency", None, None) in self.state.cache or circuit == self.circuit:
+                continue
+            other = OverlayPath(self.overlay, circuit, self.state, "")
+            if not other._links() & used:
+                batch.append(other)
+                used |= other._links()
+        if len(batch) < 2:
+            return
+        self.state.progress(f"{self.overlay.name}: latency of {', '.join(p.circuit.id for p in batch)} at once "
+                            "(their paths share no link)")
+        testbed = self.overlay.testbed
+        self._stop_if_a_daemon_died("latency")
+        monitor = machine.monitor()
+        started = time.time_ns()
+        before, wire_before = testbed.emulator_counters(reset=True), self.overlay.wire_counters()
+        with concurrent.futures.ThreadPoolExecutor(len(batch)) as pool:
+            results = list(pool.map(lambda path: path._latency_probe(), batch))
+        ended = time.time_ns()
+        self._stop_if_a_daemon_died("latency", "during")
+        accrued = emu.delta(before, testbed.emulator_counters(since=started))
+        wire_after = self.overlay.wire_counters() if wire_before is not None else None
+        window = monitor.window(started, ended)
+        judged = []
+        for path, samples in zip(batch, results):
+            there, back = path.hops()
+            accounting = validity.account("latency", accrued, there, back, samples, path.rules, window)
+            if accounting.kept:
+                samples = samples.keep(accounting.kept)
+            wire = None
+            if wire_after is not None:
+                hops = self.state.topology.path_between(path.circuit.src, path.circuit.dst)
+                wire = {n: wire_after.get(n, 0) - wire_before.get(n, 0)
+                        for n in (f"{a}->{b}" for a, b in zip(hops, hops[1:]))}
+            measured = Measured(samples, accounting.faults + path._wire_faults(wire), accrued, wire,
+                                accounting=accounting, machine=window,
+                                beside=[p.circuit.id for p in batch if p is not path])
+            judged.append((path, measured))
+        _counts_only(accrued)
+        for path, measured in judged:
+            faults = measured.faults + measured.accounting.loss_faults
+            if validity.load_related(faults):
+                self.state.repeated.append(f"{self.overlay.name} {path.circuit.id} latency (beside others): {faults[0]}")
+                continue
+            self.state.cache[(self.overlay.name, path.circuit, "latency", None, None)] = measured
 
     def _throughput(self, protocol: str) -> Measured:
         duration, rounds = self.state.option("overlay_duration"), self.state.option("overlay_rounds")
@@ -221,7 +292,8 @@ class OverlayPath:
             exclusions=measured.exclusions, measured=measured.machine.to_json() if measured.machine else {},
             extra={**(extra or {}), **({"earlier_tries": measured.earlier_faults} if measured.earlier_faults else {}),
                    **({"cpu_used": measured.cpu_used} if measured.cpu_used else {}),
-                   **({"noise_used": measured.noise_used} if measured.noise_used else {})},
+                   **({"noise_used": measured.noise_used} if measured.noise_used else {}),
+                   **({"measured_beside": measured.beside} if measured.beside else {})},
             cpu=self.cpu, noise=self.noise.label if self.noise else None, **fields,
         )
         return self.state.add(record)

@@ -144,6 +144,9 @@ def addoption(parser: pytest.Parser) -> None:
          "was busy (the emulator touched too many samples, clients or sender CPU-bound); the record says how many "
          "tries it took, and the summary how many were repeated and why.",
          type=bounded(int, 0, 10), metavar="N")
+    _add(group, "--overlay-parallel", 1, "Probe the latency of up to N circuits at once where their paths share no "
+         "link (each judged on its own path's emulator windows); 1 probes one circuit at a time.",
+         type=bounded(int, 1, 64), metavar="N")
     _add(group, "--overlay-warmup", 10, "Round trips discarded at the start of every latency round.",
          type=bounded(int, 0, 100_000), metavar="N")
     _add(group, "--overlay-save", None, "Save the results in pytest-benchmark's storage (--benchmark-storage), "
