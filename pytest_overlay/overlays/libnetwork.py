@@ -125,8 +125,14 @@ class LibnetworkOverlay(ContainerOverlay):
         options = {"encrypted": ""} if self.encrypted else {}
         network = self._manager().client.networks.create(self.network, driver="overlay", attachable=True,
                                                          labels={LABEL: self.testbed.run_id}, options=options)
-        network.reload()
-        self.vni = (network.attrs.get("Options") or {}).get("com.docker.network.driver.overlay.vxlanid_list")
+        # The manager allocates the VNI after create returns: wait until the network shows it.
+        deadline = time.monotonic() + 10
+        while True:
+            network.reload()
+            self.vni = (network.attrs.get("Options") or {}).get("com.docker.network.driver.overlay.vxlanid_list")
+            if self.vni or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
         self._progress(f"network {self.network} (VNI {self.vni})")
 
     def _datapath(self, src: str, dst: str) -> dict:
