@@ -176,10 +176,13 @@ class OverlayPath:
         accrued = emu.delta(before, testbed.emulator_counters(since=started))
         wire = None
         if wire_before is not None:
-            after = self.overlay.wire_counters()
-            hops = testbed.topology.path_between(self.circuit.src, self.circuit.dst)
-            wire = {n: after.get(n, 0) - wire_before.get(n, 0) for n in (f"{a}->{b}" for a, b in zip(hops, hops[1:]))}
+            wire = self._wire_on_path(wire_before, self.overlay.wire_counters())
         return Bracket(samples, accrued, wire, monitor.window(started, ended), cpu_used, noise_used, noise_faults)
+
+    def _wire_on_path(self, before: dict[str, int], after: dict[str, int]) -> dict[str, int]:
+        """Packets the overlay put on each hop of this circuit's path between two readings."""
+        hops = self.state.topology.path_between(self.circuit.src, self.circuit.dst)
+        return {n: after.get(n, 0) - before.get(n, 0) for n in (f"{a}->{b}" for a, b in zip(hops, hops[1:]))}
 
     def _wire_faults(self, wire: dict | None) -> list[str]:
         return [] if wire is None else validity.wire_faults(self.overlay.name, wire, self.overlay.wire_what)
@@ -240,11 +243,7 @@ class OverlayPath:
             accounting = validity.account("latency", accrued, there, back, samples, path.rules, window)
             if accounting.kept:
                 samples = samples.keep(accounting.kept)
-            wire = None
-            if wire_after is not None:
-                hops = self.state.topology.path_between(path.circuit.src, path.circuit.dst)
-                wire = {n: wire_after.get(n, 0) - wire_before.get(n, 0)
-                        for n in (f"{a}->{b}" for a, b in zip(hops, hops[1:]))}
+            wire = None if wire_after is None else path._wire_on_path(wire_before, wire_after)
             measured = Measured(samples, accounting.faults + path._wire_faults(wire), accrued, wire,
                                 accounting=accounting, machine=window,
                                 beside=[p.circuit.id for p in batch if p is not path])
