@@ -426,7 +426,7 @@ def loss_interval(lost: int | None, packets: int | None) -> float:
     """95 % half-width of a loss percentage over `packets` (binomial; rule of three at 0)."""
     if not packets:
         return math.inf
-    p = (lost or 0) / packets
+    p = min((lost or 0) / packets, 1.0)
     if p == 0:
         return 3 / packets * 100
     return 1.96 * math.sqrt(p * (1 - p) / packets) * 100

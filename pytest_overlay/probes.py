@@ -288,14 +288,29 @@ def parse_iperf3(output: str, protocol: str, udp_rate_mbit: float | None = None,
             retransmits=end["sum_sent"].get("retransmits"), offsets_s=offsets,
         )
     total = end.get("sum_received", end["sum"])
+    packets, lost = _udp_loss(received, total)
     return ThroughputSamples(
         "udp", [i["bits_per_second"] / 1e6 for i in intervals],
         total["bits_per_second"] / 1e6, INTERVAL_S,
-        lost_pct=total.get("lost_percent", 0.0), jitter_ms=total.get("jitter_ms"),
+        lost_pct=100 * lost / packets if packets else 0.0, jitter_ms=total.get("jitter_ms"),
         offered_mbit=udp_rate_mbit, sent_mbit=(end.get("sum_sent") or {}).get("bits_per_second", 0) / 1e6 or None,
-        extra={"packets": total.get("packets"), "lost_packets": total.get("lost_packets"), "socket_buffer": UDP_BUFFER},
+        extra={"packets": packets, "lost_packets": lost, "socket_buffer": UDP_BUFFER},
         offsets_s=offsets,
     )
+
+
+def _udp_loss(received: list[dict], total: dict) -> tuple[int, int]:
+    """Datagrams expected and lost after the warm-up, summed over the receiver's own intervals.
+
+    The client's ``sum_received`` is not used: with ``--omit`` and an offered rate above what
+    the path carries, iperf3 3.12 counts the warm-up's losses in it but not its datagrams
+    (esnet/iperf#1489: 107 802 lost of 89 269, "120 %"). The receiver's intervals after the
+    warm-up add up to its own correct total.
+    """
+    kept = [i["sum"] for i in received if not i["sum"].get("omitted") and "packets" in i["sum"]]
+    if kept:
+        return sum(i["packets"] for i in kept), sum(i.get("lost_packets", 0) for i in kept)
+    return total.get("packets") or 0, total.get("lost_packets") or 0
 
 
 def versions() -> dict[str, str]:

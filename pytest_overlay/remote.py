@@ -11,11 +11,16 @@ that existed is used and left as it was.
 from __future__ import annotations
 
 import base64
+import contextlib
+import ipaddress
 import io
 import json
+import os
 import re
+import select
 import shlex
 import shutil
+import socket
 import subprocess
 import tarfile
 import time
@@ -25,7 +30,7 @@ from typing import Callable
 
 import docker
 
-from . import procs
+from . import hostnet, procs
 from .engines import LABEL, Engine, build_image_tar, import_image
 from .overlays.base import ContainerEndpoint
 from .paths import AGENTS, STATE_ROOT
@@ -82,6 +87,47 @@ def host_run(host: RemoteHost, script: str, timeout: float | None = 60, input: s
                      input=input)
 
 
+class HostLock:
+    """The run's hold on a host for as long as this process lives: an flock on a file in the
+    host's /run/lock, held by a `cat` at the far end of an ssh session whose stdin is ours.
+    When this process ends, even by SIGKILL, the session closes and the lock goes with it; a
+    second run is refused with the holder named (the file says which run, where, since when)."""
+
+    def __init__(self, host: RemoteHost, run_id: str) -> None:
+        self.host, self.run_id = host, run_id
+        self.path = f"/run/lock/pytest-overlay-host-{host.address}.lock"
+        self.session: subprocess.Popen | None = None
+
+    def acquire(self, timeout: float = 20) -> str | None:
+        """None once held; otherwise why not (the holder, or what went wrong)."""
+        holder = f"run {self.run_id} from {socket.gethostname()} (pid {os.getpid()}), since {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime())} UTC"
+        script = (f"exec 9>>{self.path}\nif ! flock -n 9; then echo busy; cat {self.path}; exit 0; fi\n"
+                  f"echo {shlex.quote(holder)} > {self.path}\necho locked\nexec cat > /dev/null")
+        self.session = subprocess.Popen(ssh_command(self.host, as_root(script)), stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        ready, _, _ = select.select([self.session.stdout], [], [], timeout)
+        first = self.session.stdout.readline().strip() if ready else ""
+        if first == "locked":
+            return None
+        said = self.session.stdout.read() if first == "busy" else ""
+        self.release()
+        if first == "busy":
+            return f"in use by another pytest-overlay: {said.strip() or 'a run that did not say which'}"
+        return f"could not take the run's lock on it (flock over ssh{': ' + first if first else ' did not answer'})"
+
+    def release(self) -> None:
+        if self.session is None:
+            return
+        session, self.session = self.session, None
+        with contextlib.suppress(OSError):
+            session.stdin.close()
+        try:
+            session.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            session.kill()
+            session.wait()
+
+
 @dataclass
 class HostDaemon:
     """A daemon this run started on a host over ssh, as `setsid` leaves it: its pid and log
@@ -100,7 +146,7 @@ class HostDaemon:
         never onto a command line (secrets are among it)."""
         env = env or {}
         read = "".join(f"IFS= read -r {key}; export {key}\n" for key in env)
-        script = (f"mkdir -p {shlex.quote(directory)} && cd {shlex.quote(directory)}\n{read}"
+        script = (f"umask 077 && mkdir -p {shlex.quote(directory)} && cd {shlex.quote(directory)}\n{read}"
                   f"setsid {shlex.join(command)} > log 2>&1 < /dev/null &\necho $! > pid")
         host_run(host, script, 60, input="".join(f"{value}\n" for value in env.values()) if env else None).check()
         return cls(name, host, directory)
@@ -152,15 +198,24 @@ class RemoteEngine(Engine):
     def start(self, timeout: float = 60) -> None:
         raise RemoteError("a remote engine is the host's own; it is not started by this run")
 
-    def stop(self) -> None:
-        """Remove this run's containers from the host; its engine keeps running."""
+    def stop(self) -> list[str]:
+        """Remove this run's containers from the host (its engine keeps running), each on its
+        own; returns what could not be removed, and why."""
         if self.client is None:
-            return
+            return []
         try:
-            for container in self.client.containers.list(all=True, filters={"label": f"{LABEL}={self.run_id}"}):
+            containers = self.client.containers.list(all=True, filters={"label": f"{LABEL}={self.run_id}"})
+        except (docker.errors.DockerException, OSError) as e:
+            return [f"host {self.site}: listing the run's containers: {_tls_reason(e)}"]
+        errors = []
+        for container in containers:
+            try:
                 container.remove(force=True)
-        except (docker.errors.APIError, docker.errors.DockerException, OSError):
-            pass
+            except docker.errors.NotFound:
+                pass
+            except (docker.errors.DockerException, OSError) as e:
+                errors.append(f"host {self.site}: container {container.name} not removed: {str(e)[-200:]}")
+        return errors
 
 
 @dataclass
@@ -207,7 +262,8 @@ class RemoteTestbed(Testbed):
         self.run_dir.mkdir(parents=True, mode=0o700)
         self._lock = hold_lock(self.run_dir / "lock")
         self._save_state()
-        problems = self.check()
+        problems = self._lock_hosts()
+        problems = problems or self.check()
         if problems:
             raise RemoteError("the hosts are not ready; nothing was created on any of them:\n"
                               + "\n".join(f"  {p}" for p in problems))
@@ -215,6 +271,21 @@ class RemoteTestbed(Testbed):
         self.timings["up_s"] = time.monotonic() - started
         ready = ", ".join(f"{n} ({h.address}, Docker {self.versions[n]})" for n, h in self.hosts.items())
         self.progress(f"remote hosts ready: {ready}")
+
+    def _lock_hosts(self) -> list[Check]:
+        """Each host held by this run for its life; a host another run holds is named with it."""
+        self.host_locks: list[HostLock] = []
+        problems = []
+        for name, host in self.hosts.items():
+            if not host.ssh:
+                continue  # check() names it
+            lock = HostLock(host, self.run_id)
+            refused = lock.acquire()
+            if refused:
+                problems.append(Check(name, refused, "wait for that run to end, or run against other hosts"))
+            else:
+                self.host_locks.append(lock)
+        return problems
 
     def check(self) -> list[Check]:
         """Every host's prerequisites, all of them, before anything is created."""
@@ -320,7 +391,54 @@ class RemoteTestbed(Testbed):
             if tested.run(f"test -e /sys/class/net/{device}").rc == 0:
                 problems.append(Check(name, f"{whose}'s {device} is already up: another {whose} runs on this host",
                                       f"run on hosts without {whose}, or stop it"))
+        problems += self._check_ranges(name, wanted, tested)
+        for process, whose in self._rival_daemons(wanted).items():  # live ones: a killed one lingers as a zombie
+            found = tested.run(f"for p in $(pgrep -x {process}); do grep -q '^State:.*Z' /proc/$p/status || "
+                               "echo $p; done")
+            if found.stdout.split():
+                problems.append(Check(name, f"{process} already runs there (pid {', '.join(found.stdout.split())}): "
+                                            f"another {whose}, whose chains, routes and devices ours would fight "
+                                            "over", f"run on hosts without {whose}, or stop it"))
         return problems
+
+    @staticmethod
+    def _check_ranges(name: str, wanted: set[str], tested) -> list[Check]:
+        """The overlays' address ranges against the host's routes: a route inside one (a
+        Kubernetes pod network, a VPN) would take the overlay's traffic or lose its own.
+        Wider routes (a 10.0.0.0/8 towards a corporate network) are left: ours are more specific."""
+        from .overlays import calico, flannel, weave
+
+        ranges = {}
+        if wanted & {"weave", "weave-encrypted"}:
+            ranges[weave.IPALLOC_RANGE] = "Weave Net's IPAM range"
+        if any(o.startswith("flannel") for o in wanted):
+            ranges[flannel.NETWORK] = "Flannel's network"
+        if "calico" in wanted:
+            ranges[str(calico.POOL)] = "Calico's pool"
+        if not ranges:
+            return []
+        routes = tested.run("ip -4 route show table all").stdout.splitlines()
+        problems = []
+        for route in routes:
+            found = hostnet.route_destination(route.split())
+            for cidr, what in ranges.items():
+                if found is not None and found.prefixlen and found.subnet_of(ipaddress.ip_network(cidr)):
+                    problems.append(Check(name, f"route '{route.strip()}' lies inside {what} {cidr}: the overlay "
+                                                "would take its traffic or lose its own",
+                                          "run on hosts without it, or remove the route"))
+        return problems
+
+    @staticmethod
+    def _rival_daemons(wanted: set[str]) -> dict[str, str]:
+        """Daemons of another instance of an overlay asked for (a Kubernetes node's own)."""
+        rivals = {}
+        if wanted & {"weave", "weave-encrypted"}:
+            rivals["weaver"] = "Weave Net"
+        if any(o.startswith("flannel") for o in wanted):
+            rivals["flanneld"] = "Flannel"
+        if "calico" in wanted:
+            rivals.update({"calico-node": "Calico", "bird": "BIRD (Calico's BGP)"})
+        return rivals
 
     def _check_emulation(self, name: str, host: RemoteHost, tested) -> list[Check]:
         """emulate: true replaces the interface's root qdisc with netem per destination: the
@@ -446,7 +564,10 @@ class RemoteTestbed(Testbed):
             for name, path in files.items():
                 tar.add(str(path), arcname=name)
         quoted = shlex.quote(directory)
-        self.host_run(site, f"mkdir -p {quoted} && cd {quoted} && umask 077 && base64 -d | tar -x --no-same-owner",
+        names = " ".join(shlex.quote(name) for name in files)
+        # As root, tar restores the archive's modes whatever the umask: they are set after it.
+        self.host_run(site, f"umask 077 && mkdir -p {quoted} && cd {quoted} && base64 -d | tar -x --no-same-owner "
+                            f"--no-same-permissions && chmod 0700 . && chmod 0600 -- {names}",
                       60, input=base64.b64encode(data.getvalue()).decode()).check()
         return {name: f"{directory}/{name}" for name in files}
 
@@ -519,14 +640,19 @@ class RemoteTestbed(Testbed):
             if engine.client is not None:
                 engine.client.close()
         self.engines, self.host_endpoints = {}, {}
+        for host_lock in getattr(self, "host_locks", []):
+            host_lock.release()
+        self.host_locks = []
         lock = getattr(self, "_lock", None)
         if lock is not None:
             lock.close()
             self._lock = None
-        shutil.rmtree(self.run_dir, ignore_errors=True)
         self.timings["down_s"] = time.monotonic() - started
-        if errors:
-            raise RemoteError("teardown on the hosts finished with errors:\n" + "\n".join(errors))
+        if errors:  # the run's state stays: `clean --topology` proves the run over by it, and finishes
+            raise RemoteError("teardown on the hosts finished with errors (every other step ran; the run's state "
+                              f"is kept in {self.run_dir}: `python -m pytest_overlay clean --topology FILE` "
+                              "finishes the job):\n" + "\n".join(errors))
+        shutil.rmtree(self.run_dir, ignore_errors=True)
 
 
 def netem_commands(topology: Topology, site: str, host: RemoteHost) -> list[list[str]]:
@@ -581,10 +707,11 @@ def remove_networks(engines: dict, run_id: str, name: str | None = None) -> list
 def remove_run(engines: dict[str, RemoteEngine], run_id: str, leave_swarm: bool) -> list[str]:
     """Remove a run's containers, then its networks (a swarm's only through a manager, once
     nothing is attached), then leave the swarm if the run made it. Returns what failed."""
+    errors = []
     for engine in engines.values():
         engine.run_id = run_id
-        engine.stop()
-    errors = remove_networks(engines, run_id)
+        errors += engine.stop()
+    errors += remove_networks(engines, run_id)
     if leave_swarm:
         for name, engine in engines.items():
             try:
@@ -629,9 +756,12 @@ def clean_hosts(topology: Topology, report: Callable[[str], None] = print, force
             state = {}
         for error in remove_run(engines, run_id, state.get("swarm_created", False)):
             report(error)
-        for name, daemons in end_host_daemons(ssh_hosts, run_id).items():
+        ended, failed = end_host_daemons(ssh_hosts, run_id)
+        for name, daemons in ended.items():
             for daemon in daemons:
                 report(f"host {name}: ended {daemon} of run {run_id}")
+        for failure in failed:
+            report(f"{failure} (run {run_id}; its state on the host is kept for another clean)")
         report(f"removed what run {run_id} left on {', '.join(engines)}"
                + ("; left the swarm it made" if state.get("swarm_created") else ""))
         cleaned += 1
@@ -640,13 +770,48 @@ def clean_hosts(topology: Topology, report: Callable[[str], None] = print, force
     return cleaned
 
 
-def end_host_daemons(hosts: dict[str, RemoteHost], run_id: str) -> dict[str, list[str]]:
-    """Kill the daemons a run started on the hosts (each by its pid file, and only while that
-    pid still runs from the run's directory), reset what they made there outside their
-    process, then remove the run's directory on every host. Returns the daemons ended."""
-    from .overlays import calico, flannel, weave
+def record_host_network(host: RemoteHost, run_id: str, site: str, overlay: str) -> None:
+    """Read the host's network before `overlay`'s first daemon starts there, and keep the
+    reading on the host, where teardown and `clean` (from any later run) find it."""
+    directory = f"{HOST_STATE}/{run_id}/host"
+    host_run(host, f"umask 077; mkdir -p {directory} && {{\necho {shlex.quote(_FOOTPRINT + overlay)}\n"
+                   f"{hostnet.SNAPSHOT_SCRIPT}}} > {directory}/net-{site}.before", 60).check()
 
-    resets = {"weaver": weave.HOST_RESET, "flanneld": flannel.HOST_RESET, "bird": calico.HOST_RESET}
+
+_FOOTPRINT = "### footprint "
+_NOW = "### now"
+
+
+def undo_host_network(host: RemoteHost, run_id: str, site: str) -> list[str]:
+    """Remove from the host what the overlay's footprint claims and was not there when
+    record_host_network read it; nothing else. Returns the removals that failed."""
+    from . import overlays
+
+    read = host_run(host, f"f={HOST_STATE}/{run_id}/host/net-{site}.before; [ -f $f ] || exit 0; cat $f; "
+                          f"echo '{_NOW}'\n{hostnet.SNAPSHOT_SCRIPT}", 60)
+    if not read.ok:
+        return [f"reading the network: {(read.stderr or read.stdout).strip()[-200:]}"]
+    if _NOW not in read.stdout:
+        return []
+    before, now = read.stdout.split(f"{_NOW}\n", 1)
+    header = before.splitlines()[0] if before else ""
+    overlay = header[len(_FOOTPRINT):] if header.startswith(_FOOTPRINT) else ""
+    footprint = getattr(overlays.get(overlay), "footprint", None) if overlay in overlays.IMPLEMENTED else None
+    if footprint is None:
+        return [f"no footprint known for {overlay!r}: the host's network was left as it is"]
+    commands = hostnet.undo(hostnet.Snapshot.parse(before), hostnet.Snapshot.parse(now), footprint)
+    if not commands:
+        return []
+    done = host_run(host, hostnet.script(commands), 120)
+    return [line for line in done.stdout.splitlines() if line.startswith("failed: ")] + (
+        [] if done.ok else [f"exit {done.rc}: {done.stderr.strip()[-200:]}"])
+
+
+def end_host_daemons(hosts: dict[str, RemoteHost], run_id: str) -> tuple[dict[str, list[str]], list[str]]:
+    """Kill the daemons a run started on the hosts (each by its pid file, and only while that
+    pid still runs from the run's directory), then remove from each host's network what they
+    added there outside their process (hostnet). A site's files go only once that succeeded,
+    so `clean --topology` can finish the job. Returns the daemons ended and what failed."""
     directory = f"{HOST_STATE}/{run_id}"
 
     def end(site: str) -> str:  # a site's own daemons only: the lab's hosts share one file system
@@ -654,13 +819,19 @@ def end_host_daemons(hosts: dict[str, RemoteHost], run_id: str) -> dict[str, lis
                 f'for f in "$d"/host/*-{site}/pid; do [ -f "$f" ] || continue\n'
                 '  p=$(cat "$f"); n=$(basename "$(dirname "$f")")\n'
                 '  if grep -qaF -- "$d/" /proc/$p/cmdline 2>/dev/null; then kill -KILL $p; echo "$n"; fi\n'
-                'done\n' + "".join(f'if [ -d "$d"/host/{daemon}-{site} ]; then sleep 0.5\n{reset}fi\n'
-                                    for daemon, reset in resets.items()))
+                'done\n')
 
     ended = {name: host_run(host, end(name), 120).stdout.split() for name, host in hosts.items()}
-    for host in hosts.values():  # only now: on one machine (the lab) the hosts share this directory
-        host_run(host, f'rm -rf {directory}/host; rmdir {directory} 2>/dev/null || true', 60)
-    return ended
+    if any(ended.values()):
+        time.sleep(0.5)  # the killed daemons' own devices and sockets go with them first
+    failed = []
+    for name, host in hosts.items():
+        errors = undo_host_network(host, run_id, name)
+        failed += [f"host {name}: {error}" for error in errors]
+        if not errors:  # per site: on one machine (the lab) the hosts share this directory
+            host_run(host, f'rm -rf {directory}/host/*-{name} {directory}/host/net-{name}.before; '
+                           f'rmdir {directory}/host {directory} 2>/dev/null || true', 60)
+    return ended, failed
 
 
 def _tls_reason(error: Exception) -> str:

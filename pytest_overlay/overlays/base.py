@@ -105,21 +105,6 @@ class Overlay:
         return {}
 
 
-def host_reset(links: list[str], marks: list[str], chain_prefix: str) -> str:
-    """Shell (as root, on a real host) removing what an overlay's daemon leaves there besides
-    its process, as its own reset does: its links, every iptables rule naming one of
-    `marks`, and every chain whose name starts with `chain_prefix`."""
-    marks_grep = " ".join(f"-e {shlex.quote(mark)}" for mark in marks)
-    return ((f"for link in {' '.join(links)}; do ip link del $link 2>/dev/null || true; done\n" if links else "")
-            + "for table in filter nat; do\n"
-            + f"  iptables -w -t $table -S | grep {marks_grep} | grep '^-A' | sed 's/^-A/-D/' |\n"
-            '    while IFS= read -r rule; do eval "iptables -w -t $table $rule" || true; done\n'
-            f"  for chain in $(iptables -w -t $table -S | awk '$1 == \"-N\" && $2 ~ /^{chain_prefix}/ {{print $2}}'); do\n"
-            "    iptables -w -t $table -F $chain; iptables -w -t $table -X $chain\n"
-            "  done\n"
-            "done\n")
-
-
 class OverlayUnavailable(Exception):
     """The overlay cannot run on this machine; the message says what it lacks."""
 

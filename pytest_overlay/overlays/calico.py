@@ -21,8 +21,9 @@ import time
 
 from .. import procs
 from ..engines import Engine, EngineError
+from ..hostnet import Footprint
 from ..testbed import EmulatedTestbed
-from .base import OverlayUnavailable, host_reset
+from .base import OverlayUnavailable
 from .containers import ContainerOverlay
 
 POOL = ipaddress.ip_network("10.48.0.0/16")
@@ -34,8 +35,7 @@ BINARIES = {"bird": "BIRD, the BGP daemon", "birdc": "BIRD's client"}  # on ever
 FORWARD_RULES = (["-i", "cali+"], ["-o", "cali+"])  # what felix would allow: workload traffic
 # What BIRD leaves on a host besides its process: the FORWARD rules, and, if it was killed,
 # its routes into the pool.
-HOST_RESET = (host_reset([], ["cali+"], "cali-")
-              + f"ip -4 route show proto bird root {POOL} | while IFS= read -r route; do ip route del $route; done\n")
+HOST_FOOTPRINT = Footprint("calico", marks=("cali+",), chain_prefixes=("cali-",), routes_within=str(POOL))
 MODEL = ("model of Calico's data plane: real BIRD iBGP full mesh, /26 blocks, cali veths with /32 routes and "
          "proxy ARP; calico-node (felix, confd) not run")
 
@@ -47,7 +47,8 @@ def block(index: int) -> ipaddress.IPv4Network:
 
 def bird_config(router_id: str, own_block: str, peers: dict[str, str]) -> str:
     """BIRD 2 configuration for one site: announce the site's block to every peer (iBGP,
-    multihop: peers are sites, not neighbours on a segment) and install what it learns."""
+    multihop: peers are sites, not neighbours on a segment) and install what it learns of
+    the pool's blocks, and nothing else (a peer's default route never reaches the kernel)."""
     sessions = "\n".join(f"protocol bgp peer_{name} from mesh {{ neighbor {address} as {AS_NUMBER}; }}"
                          for name, address in peers.items())
     return f"""\
@@ -65,7 +66,7 @@ template bgp mesh {{
   local {router_id} as {AS_NUMBER};
   multihop;
   connect retry time 1;
-  ipv4 {{ import all; export where proto = "blocks"; gateway recursive; }};
+  ipv4 {{ import where net ~ [ {POOL}{{{BLOCK_PREFIX},{BLOCK_PREFIX}}} ]; export where proto = "blocks"; gateway recursive; }};
 }}
 {sessions}
 """
@@ -109,6 +110,7 @@ def bird_query(control: str, command: str, timeout: float = 5.0) -> str:
 class CalicoOverlay(ContainerOverlay):
     name = "calico"
     description = "Calico's data plane (model): BIRD iBGP full mesh AS 64512, /26 blocks, no encapsulation"
+    footprint = HOST_FOOTPRINT
     wire_key = "workload_packets_on_wan"
     wire_what = "unencapsulated packets from workload addresses"
 

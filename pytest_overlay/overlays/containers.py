@@ -14,6 +14,7 @@ import docker
 
 from .. import budget, engines, procs
 from ..engines import LABEL, Engine, EngineError
+from ..hostnet import Footprint
 from ..paths import find_binary
 from ..testbed import EmulatedTestbed
 from .base import ContainerEndpoint, Overlay
@@ -34,6 +35,9 @@ class ContainerOverlay(Overlay):
     # The Docker network the overlay makes for its containers, if any: on real hosts it goes
     # with the overlay, so that a bring-up tried again can make it anew.
     network: str | None = None
+    # What the overlay's daemons add to a real host's network by themselves (hostnet): read
+    # before the first one starts there, and undone at teardown.
+    footprint: Footprint | None = None
 
     def __init__(self, testbed: EmulatedTestbed) -> None:
         super().__init__(testbed)
@@ -77,8 +81,10 @@ class ContainerOverlay(Overlay):
         """Start one of the overlay's daemons where the site is: in its namespace, or on its
         host over ssh; in its own directory, and tracked so a death stops the session."""
         if self.remote:
-            from ..remote import HostDaemon
+            from ..remote import HostDaemon, record_host_network
 
+            if self.footprint is not None and site not in self.site_daemons:
+                record_host_network(self.testbed.hosts[site], self.testbed.run_id, site, self.name)
             command = [*procs.OWN_PID_NAMESPACE, *command] if own_pid_namespace else command
             daemon = HostDaemon.start(name, self.testbed.hosts[site], self.testbed.host_dir(name), command, env)
         else:
@@ -243,8 +249,12 @@ class ContainerOverlay(Overlay):
         started = time.monotonic()
         self.testbed.untrack(self.daemons + [e.daemon for e in self.engines.values() if e.daemon])
         if self.remote:  # the engines stay; this overlay's containers and network go
-            for site, engine in self.engines.items():
-                self._remove_container(engine, f"ovl{self.testbed.run_id}-{site}")
+            for site, engine in self.engines.items():  # one host failing stops none of the rest
+                try:
+                    self._remove_container(engine, f"ovl{self.testbed.run_id}-{site}")
+                except (docker.errors.DockerException, OSError) as e:
+                    self._progress(f"container at {site} not removed ({str(e)[-160:]}); the testbed's teardown "
+                                   "tries again, then `clean --topology`")
             if self.network and self.engines:
                 from ..remote import remove_networks
 
@@ -262,7 +272,9 @@ class ContainerOverlay(Overlay):
         if self.remote and self.daemons:  # what the daemons made on the hosts outside their process
             from ..remote import end_host_daemons
 
-            end_host_daemons(self.testbed.hosts, self.testbed.run_id)
+            _, failed = end_host_daemons(self.testbed.hosts, self.testbed.run_id)
+            for failure in failed:
+                self._progress(f"teardown on the hosts: {failure} (`clean --topology` tries again)")
         if self.testbed.created:  # the sites still exist
             self._remove_added_links()
         if self.engines:

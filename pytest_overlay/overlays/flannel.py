@@ -23,10 +23,11 @@ import time
 from .. import emulator as emu
 from .. import procs
 from ..engines import LABEL, EngineError
+from ..hostnet import Footprint
 from ..paths import find_binary
 from ..pki import PKI, Credentials
 from ..testbed import EmulatedTestbed
-from .base import OverlayUnavailable, host_reset
+from .base import OverlayUnavailable
 from .containers import ContainerOverlay
 
 NETWORK = "10.40.0.0/16"
@@ -42,12 +43,14 @@ OVERLAYS = ("flannel", "flannel-udp", "flannel-host-gw")
 BINARIES = {"flanneld": "Flannel's daemon"}  # on every real host
 KV_BINARIES = {"etcd": "etcd's server", "etcdctl": "etcd's client"}  # on the key-value site's host
 # What flanneld leaves on a host besides its process.
-HOST_RESET = host_reset(list(DEVICES.values()), ["FLANNEL", "flanneld"], "FLANNEL")
+HOST_FOOTPRINT = Footprint("flannel", links=tuple(DEVICES.values()), marks=("FLANNEL", "flanneld"),
+                           chain_prefixes=("FLANNEL",), routes_within=NETWORK)
 
 
 class FlannelOverlay(ContainerOverlay):
     name = "flannel"
     description = "Flannel 0.19 with the vxlan backend (VNI 1, UDP 8472), subnets leased in etcd"
+    footprint = HOST_FOOTPRINT
     backend = "vxlan"
 
     timers = (

@@ -20,9 +20,10 @@ import time
 
 from .. import procs
 from ..engines import Engine, EngineError
+from ..hostnet import Footprint
 from ..paths import find_binary
 from ..testbed import EmulatedTestbed
-from .base import OverlayUnavailable, host_reset
+from .base import OverlayUnavailable
 from .libnetwork import esp_available
 from .containers import ContainerOverlay
 
@@ -43,15 +44,17 @@ def missing_binaries() -> list[str]:
     return [f"{name} ({what})" for name, what in BINARIES.items() if find_binary(name) is None]
 
 
-# What weaver leaves on a host besides its process (its fastdp datapath is not a link).
-HOST_RESET = ("if [ -d /sys/class/net/datapath ]; then weaveutil delete-datapath datapath || true; fi\n"
-              + host_reset([BRIDGE, "vethwe-bridge", "vethwe-pcap", f"vxlan-{FASTDP_PORT}"],
-                           ["WEAVE", f" {BRIDGE} ", "Weave Net"], "WEAVE"))
+# What weaver leaves on a host besides its process (its fastdp datapath is an openvswitch
+# device, removed by weaveutil): removed at teardown where the run added it.
+HOST_FOOTPRINT = Footprint("weave", links=(BRIDGE, "vethwe-bridge", "vethwe-pcap", f"vxlan-{FASTDP_PORT}", "datapath"),
+                           marks=("WEAVE", f" {BRIDGE} ", "Weave Net"), chain_prefixes=("WEAVE",),
+                           link_removers={"datapath": ("weaveutil", "delete-datapath", "datapath")})
 
 
 class WeaveOverlay(ContainerOverlay):
     name = "weave"
     description = "Weave Net 2.8 routers, one per site, full mesh; containers on Weave's bridge (sleeve or fastdp)"
+    footprint = HOST_FOOTPRINT
     encrypted = False
 
     def __init__(self, testbed: EmulatedTestbed) -> None:
@@ -96,15 +99,21 @@ class WeaveOverlay(ContainerOverlay):
         bed = self.testbed
         sites = list(bed.sites.values())
         env = {"CHECKPOINT_DISABLE": "1"}  # no call home for a version check
-        if self.encrypted:
+        if self.encrypted or self.remote:
             env["WEAVE_PASSWORD"] = secrets.token_hex(16)  # made for the run, never recorded
+        trusted = []
+        if self.remote and not self.encrypted:
+            # Real hosts' weavers listen on their address: only a peer knowing the run's password
+            # may join. The run's own hosts are trusted subnets, so the data between them is
+            # not encrypted and the datapath measured is the one asked for.
+            trusted = ["--trusted-subnets", ",".join(f"{site.address}/32" for site in sites)]
         self._progress(f"starting weaver at {', '.join(h.name for h in sites)}"
                        + (" (encrypted)" if self.encrypted else ""))
         for index, site in enumerate(sites):
             arguments = ["--name", self._peer_name(index + 1), "--nickname", site.name,
                          "--host", site.address, "--port", str(CONTROL_PORT), "--http-addr", HTTP_ADDR,
                          "--status-addr", "", "--metrics-addr", "", "--docker-api", "", "--no-dns", "--no-discovery",
-                         "--ipalloc-range", IPALLOC_RANGE, "--ipalloc-init", f"consensus={len(sites)}"]
+                         "--ipalloc-range", IPALLOC_RANGE, "--ipalloc-init", f"consensus={len(sites)}", *trusted]
             peers = [other.address for other in sites if other is not site]  # after every flag: Go stops there
             name = f"weaver-{site.name}"
             self._start_daemon(name, site.name, [
@@ -167,7 +176,7 @@ class WeaveOverlay(ContainerOverlay):
             self.connections[site] = [
                 {"address": c.get("Address"), "state": c.get("State"), "info": c.get("Info"),
                  "datapath": (c.get("Attrs") or {}).get("name") or (c.get("Info") or "").split(" ")[0],
-                 "mtu": (c.get("Attrs") or {}).get("mtu")}
+                 "mtu": (c.get("Attrs") or {}).get("mtu"), "encrypted": (c.get("Attrs") or {}).get("encrypted")}
                 for c in router.get("Connections") or []]
 
     timers = (
@@ -230,7 +239,9 @@ class WeaveOverlay(ContainerOverlay):
             "udp_port": FASTDP_PORT if kind == "fastdp" else CONTROL_PORT,
             "encrypted": self.encrypted,
             "encryption_reported": self.router.get(src, {}).get("encryption"),
-            "peer_connections": {site: [{k: c[k] for k in ("address", "state", "info", "mtu")} for c in conns]
+            "peers_authenticated": self.encrypted or self.remote,  # by a password made for the run
+            "peer_connections": {site: [{k: c[k] for k in ("address", "state", "info", "mtu", "encrypted")}
+                                        for c in conns]
                                  for site, conns in self.connections.items() if site in (src, dst)},
             "ipam_range": IPALLOC_RANGE,
         }

@@ -18,8 +18,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pytest_overlay import procs, topology
+from pytest_overlay import hostnet, overlays, procs, remote, topology
 from pytest_overlay.overlays import weave
+from pytest_overlay.remote import RemoteTestbed
 from pytest_overlay.paths import STATE_ROOT, find_binary
 
 from ..conftest import PYTEST, QUICK, ROOT, run_suites
@@ -63,11 +64,11 @@ def shared_lab(tmp_path_factory):
 
 
 @contextlib.contextmanager
-def dropping(out: Path, site: str, *match: str):
-    """An iptables rule on a lab site's INPUT that drops `match`; removed afterwards, since
-    the lab outlives the test."""
+def dropping(out: Path, site: str, *match: str, target: tuple[str, ...] = ("DROP",)):
+    """An iptables rule on a lab site's INPUT that drops `match` (or whatever `target` does);
+    removed afterwards, since the lab outlives the test."""
     netns = f"ovl{json.loads(Path(f'{out}.lab.json').read_text())['run_id']}-{site}"
-    rule = ["INPUT", *match, "-j", "DROP"]
+    rule = ["INPUT", *match, "-j", *target]
     procs.run(["iptables", "-w", "-I", *rule], netns).check()
     try:
         yield
@@ -260,6 +261,102 @@ def test_clean_removes_what_a_killed_run_left_on_the_hosts(shared_lab, tmp_path,
         assert state.stdout.split() == ["inactive", "0"]
 
 
+def test_a_host_whose_docker_api_fails_in_teardown_stops_no_other_step(shared_lab, clean_machine):
+    """Calico up across the lab; then host B's Docker API refuses connections. Teardown still
+    ends BIRD on both hosts and removes A's container; it names what failed on B and keeps the
+    run's state, and `clean --topology` finishes the job once B answers again."""
+    out, a, b = shared_lab
+    bed = RemoteTestbed(topology.load(out), overlays=["calico"])
+    bed.up()
+    overlay = overlays.get("calico")(bed)
+    try:
+        overlay.up()
+        with dropping(out, "B", "-p", "tcp", "--dport", b.docker.rsplit(":", 1)[1],
+                      target=("REJECT", "--reject-with", "tcp-reset")):
+            overlay.down()
+            with pytest.raises(remote.RemoteError, match=r"(?s)every other step ran.*host B: "):
+                bed.down()
+    except BaseException:
+        overlay.down()
+        bed.down()
+        raise
+    for host in (a, b):  # BIRD ended and its routes gone on both hosts, B's included
+        left = ssh(host, "ip route show proto bird; for p in $(pgrep -x bird); do "
+                         "grep -q '^State:.*Z' /proc/$p/status || echo live $p; done")
+        assert left.returncode == 0 and left.stdout.strip() == "", left.stdout + left.stderr
+    assert docker_on(a, "ps", "-aq").stdout.strip() == ""
+    assert docker_on(b, "ps", "-aq").stdout.strip() != ""  # what B's API could not be asked to remove
+    assert (bed.run_dir / "state.json").exists()
+    swept = clean_hosts(out)
+    assert f"removed what run {bed.run_id} left" in swept.stdout, swept.stdout
+    assert docker_on(b, "ps", "-aq").stdout.strip() == ""
+
+
+HOLDER = """
+import sys, time
+from pytest_overlay import remote, topology
+lock = remote.HostLock(topology.load(sys.argv[1]).sites["A"].host, "f00d01")
+assert lock.acquire() is None
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_second_run_against_the_same_hosts_is_refused_naming_the_first(shared_lab, clean_machine):
+    """Host A held by another run (a process holding the run's lock there): the run is refused
+    before anything is made, with the holder named; once the holder is killed, the lock is free."""
+    out, a, b = shared_lab
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(out)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        refused = run_suites("suites/", *QUICK, f"--topology={out}", "--overlay=host", "-m", "latency")
+        assert refused.rc == pytest.ExitCode.USAGE_ERROR, refused.output
+        assert re.search(r"A: in use by another pytest-overlay: run f00d01 from \S+ \(pid \d+\), since ", refused.output)
+        assert "B: in use" not in refused.output
+    finally:
+        holder.kill()  # SIGKILL: no teardown of its own
+        holder.wait()
+    lock = remote.HostLock(a, "f00d02")
+    deadline = time.monotonic() + 15
+    while (why := lock.acquire()) is not None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    lock.release()
+    assert why is None, why
+
+
+# "Someone else's" network on a host: a Kubernetes node's Flannel (chains, a rule commented
+# as flanneld's), its service range's route and a Docker network of its own.
+NEIGHBOUR = "\n".join([
+    "iptables -w -N FLANNEL-FWD",
+    "iptables -w -A FLANNEL-FWD -s 10.244.0.0/16 -m comment --comment 'flanneld forward' -j ACCEPT",
+    "iptables -w -A FORWARD -m comment --comment 'flanneld forward' -j FLANNEL-FWD",
+    "iptables -w -t nat -N FLANNEL-POSTRTG",
+    "iptables -w -t nat -A FLANNEL-POSTRTG -s 10.244.0.0/16 -d 10.244.0.0/16 -m comment --comment 'flanneld masq' -j RETURN",
+    "ip route add blackhole 10.96.0.0/12",
+])
+NEIGHBOUR_GONE = "\n".join([
+    "iptables -w -D FORWARD -m comment --comment 'flanneld forward' -j FLANNEL-FWD",
+    "iptables -w -F FLANNEL-FWD", "iptables -w -X FLANNEL-FWD",
+    "iptables -w -t nat -F FLANNEL-POSTRTG", "iptables -w -t nat -X FLANNEL-POSTRTG",
+    "ip route del blackhole 10.96.0.0/12",
+])
+
+
+@contextlib.contextmanager
+def neighbour_on(host: topology.RemoteHost):
+    """The neighbour's network planted on `host` for the test, and taken away after it;
+    yields a reading of the host's network (iptables, links, routes, Docker networks)."""
+    planted = ssh(host, NEIGHBOUR)
+    assert planted.returncode == 0, planted.stderr
+    assert docker_on(host, "network", "create", "someones-net").returncode == 0
+    try:
+        yield lambda: [line for line in ssh(host, hostnet.SNAPSHOT_SCRIPT).stdout.splitlines()
+                       if not line.startswith("# ")] + docker_on(host, "network", "ls", "--format", "{{.Name}}").stdout.split()
+    finally:
+        docker_on(host, "network", "rm", "someones-net")
+        ssh(host, NEIGHBOUR_GONE)
+
+
 @pytest.mark.skipif(weave.missing_binaries() != [], reason="Weave Net's weaver/weaveutil not found on this machine")
 def test_weave_across_the_lab_hosts(shared_lab, tmp_path, clean_machine):
     """weaver on each host, started over ssh; the containers attached by Weave's CNI plugin on
@@ -276,16 +373,29 @@ def test_weave_across_the_lab_hosts(shared_lab, tmp_path, clean_machine):
     assert refused.rc == pytest.ExitCode.USAGE_ERROR, refused.output
     assert "B: weaver (Weave Net's router) is not installed or does not start" in refused.output
     assert "A: weaver" not in refused.output
+    assert ssh(a, "ip route add blackhole 10.32.9.0/24").returncode == 0  # a route inside Weave's range
+    try:
+        refused = run_suites("suites/", *QUICK, f"--topology={out}", "--overlay=weave", "-m", "latency")
+    finally:
+        ssh(a, "ip route del blackhole 10.32.9.0/24")
+    assert refused.rc == pytest.ExitCode.USAGE_ERROR, refused.output
+    assert "A: route 'blackhole 10.32.9.0/24' lies inside Weave Net's IPAM range 10.32.0.0/12" in refused.output
 
     results = tmp_path / "weave.json"
-    run = run_suites("suites/", *QUICK, f"--topology={out}", "--overlay=weave", "-m", "latency",
-                     f"--overlay-json={results}", timeout=600)
-    run.passed()
+    with neighbour_on(a) as reading:
+        before = reading()
+        run = run_suites("suites/", *QUICK, f"--topology={out}", "--overlay=weave", "-m", "latency",
+                         f"--overlay-json={results}", timeout=600)
+        run.passed()
+        assert reading() == before  # the neighbour's chains, rules, route and network as they were
     (record,) = json.loads(results.read_text())["results"]
     assert record["valid"] and record["datapath"]["testbed"] == "remote"
     assert record["datapath"]["kind"] in ("weave-sleeve", "weave-fastdp")
     assert all(c["state"] == "established" for conns in record["datapath"]["peer_connections"].values()
                for c in conns)
+    # Joined by a password made for the run, the data between the run's own hosts not encrypted.
+    assert record["datapath"]["encryption_reported"] and not record["datapath"]["encrypted"]
+    assert not any(c["encrypted"] for conns in record["datapath"]["peer_connections"].values() for c in conns)
     assert 19 < record["stats"]["min"] < 35  # local.yaml: 20 ms, plus Weave's own path
     assert_no_weave_on(a, b)
 
@@ -318,9 +428,12 @@ def test_flannel_and_calico_across_the_lab_hosts(shared_lab, tmp_path, clean_mac
     before = {host.ssh: docker_on(host, "info", "--format", "{{.ServerVersion}} {{.Swarm.LocalNodeState}}").stdout
               for host in (a, b)}
     results = tmp_path / f"{overlay}.json"
-    run = run_suites("suites/", *QUICK, f"--topology={out}", f"--overlay={overlay}", "-m", "latency or tcp",
-                     f"--overlay-json={results}", timeout=600)
-    run.passed()
+    with neighbour_on(a) as reading:
+        network_before = reading()
+        run = run_suites("suites/", *QUICK, f"--topology={out}", f"--overlay={overlay}", "-m", "latency or tcp",
+                         f"--overlay-json={results}", timeout=600)
+        run.passed()
+        assert reading() == network_before  # the neighbour's chains, rules, route and network as they were
     records = json.loads(results.read_text())["results"]
     assert {r["metric"] for r in records} == {"latency", "tcp_throughput"}
     for record in records:
