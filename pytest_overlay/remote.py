@@ -23,6 +23,7 @@ import shutil
 import socket
 import subprocess
 import tarfile
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -249,6 +250,8 @@ class RemoteTestbed(Testbed):
         self.host_endpoints: dict[str, ContainerEndpoint] = {}
         self.image: str | None = None
         self.swarm_created = False
+        self.swarm_ids: dict = {}  # the swarm this run made: {"cluster": id, "nodes": {site: node id}}
+        self._state_lock = threading.Lock()
         self.created: list[str] = []  # namespaces: none, ever
         self.wan = None
         self.emulator = None
@@ -547,10 +550,20 @@ class RemoteTestbed(Testbed):
         self._save_state()
         return self.engines[manager], True
 
+    def swarm_member(self, site: str, node_id: str, cluster_id: str | None = None) -> None:
+        """A host joined the swarm this run made, as which node (and, from the manager, which
+        cluster): `clean` leaves a swarm on a host only while the host is still that node."""
+        with self._state_lock:
+            if cluster_id:
+                self.swarm_ids["cluster"] = cluster_id
+            self.swarm_ids.setdefault("nodes", {})[site] = node_id
+            self._save_state()
+
     def _save_state(self) -> None:
-        """What `clean --topology` needs after this run is killed: whether it made the swarm."""
+        """What `clean --topology` needs after this run is killed: whether it made the swarm,
+        and its cluster's and nodes' ids."""
         self._write_state({"run_id": self.run_id, "backend": self.backend, "swarm_created": self.swarm_created,
-                           "hosts": {n: h.docker for n, h in self.hosts.items()}})
+                           "swarm": self.swarm_ids, "hosts": {n: h.docker for n, h in self.hosts.items()}})
 
     def host_run(self, site: str, script: str, timeout: float | None = 60,
                  input: str | None = None) -> procs.CommandResult:
@@ -629,7 +642,7 @@ class RemoteTestbed(Testbed):
         """Remove what the run made on every host (containers, networks, a swarm it made);
         best effort: every host is visited even when one fails."""
         started = time.monotonic()
-        errors = remove_run(self.engines, self.run_id, self.swarm_created)
+        errors = remove_run(self.engines, self.run_id, set(self.engines) if self.swarm_created else set())
         for name in self.emulated:
             host = self.hosts[name]
             removed = _ssh_run(host, as_root(shlex.join(["tc", "qdisc", "del", "dev", host.interface, "root"])), 60)
@@ -704,21 +717,48 @@ def remove_networks(engines: dict, run_id: str, name: str | None = None) -> list
     return errors
 
 
-def remove_run(engines: dict[str, RemoteEngine], run_id: str, leave_swarm: bool) -> list[str]:
+def remove_run(engines: dict[str, RemoteEngine], run_id: str, leave_swarm: set[str]) -> list[str]:
     """Remove a run's containers, then its networks (a swarm's only through a manager, once
-    nothing is attached), then leave the swarm if the run made it. Returns what failed."""
+    nothing is attached), then take the hosts in `leave_swarm` out of the swarm the run made.
+    Returns what failed."""
     errors = []
     for engine in engines.values():
         engine.run_id = run_id
         errors += engine.stop()
     errors += remove_networks(engines, run_id)
-    if leave_swarm:
-        for name, engine in engines.items():
-            try:
-                engine.client.swarm.leave(force=True)
-            except Exception as e:  # noqa: BLE001
-                errors.append(f"host {name}: leaving the swarm: {e}")
+    for name in sorted(leave_swarm & set(engines)):
+        try:
+            engines[name].client.swarm.leave(force=True)
+        except Exception as e:  # noqa: BLE001
+            errors.append(f"host {name}: leaving the swarm: {e}")
     return errors
+
+
+def swarm_to_leave(engines: dict[str, RemoteEngine], state: dict, held: set[str],
+                   report: Callable[[str], None]) -> set[str]:
+    """The hosts a killed run's swarm may be left on: those still the very node the run made
+    them (their node id as recorded), and not held by a live run (which may use the swarm)."""
+    if not state.get("swarm_created"):
+        return set()
+    nodes = (state.get("swarm") or {}).get("nodes", {})
+    leave = set()
+    for name, engine in engines.items():
+        if name in held:
+            report(f"host {name}: in use by a live run; its swarm is left as it is")
+            continue
+        try:
+            node = engine.client.info().get("Swarm", {}).get("NodeID") or ""
+        except Exception as e:  # noqa: BLE001
+            report(f"host {name}: swarm state unknown ({_tls_reason(e)}); left as it is")
+            continue
+        if not node:
+            continue
+        if nodes.get(name) == node:
+            leave.add(name)
+        else:
+            report(f"host {name}: its swarm node {node[:12]} is not the one run {state.get('run_id')} made "
+                   f"({(nodes.get(name) or 'none recorded')[:12]}); left as it is")
+    return leave
 
 
 def clean_hosts(topology: Topology, report: Callable[[str], None] = print, force: bool = False,
@@ -746,6 +786,13 @@ def clean_hosts(topology: Topology, report: Callable[[str], None] = print, force
     for name, host in ssh_hosts.items():  # runs that started daemons there
         listed = host_run(host, f"ls -d {HOST_STATE}/*/host/*/pid 2>/dev/null || true", 60)
         found |= {line.split("/")[-4] for line in listed.stdout.split() if RUN_ID.match(line.split("/")[-4])}
+    locks, held = [], set()  # hosts a live run holds: their swarm is not ours to leave
+    for name, host in ssh_hosts.items():
+        lock = HostLock(host, "clean")
+        if lock.acquire() is None:
+            locks.append(lock)
+        else:
+            held.add(name)
     cleaned = 0
     for run_id in sorted(r for r in found if r):
         if not may_remove(run_id, root / run_id, force, report, "on the hosts"):
@@ -754,7 +801,8 @@ def clean_hosts(topology: Topology, report: Callable[[str], None] = print, force
             state = json.loads((root / run_id / "state.json").read_text())
         except (OSError, ValueError):
             state = {}
-        for error in remove_run(engines, run_id, state.get("swarm_created", False)):
+        leave = swarm_to_leave(engines, state, held, report)
+        for error in remove_run(engines, run_id, leave):
             report(error)
         ended, failed = end_host_daemons(ssh_hosts, run_id)
         for name, daemons in ended.items():
@@ -763,10 +811,12 @@ def clean_hosts(topology: Topology, report: Callable[[str], None] = print, force
         for failure in failed:
             report(f"{failure} (run {run_id}; its state on the host is kept for another clean)")
         report(f"removed what run {run_id} left on {', '.join(engines)}"
-               + ("; left the swarm it made" if state.get("swarm_created") else ""))
+               + (f"; left the swarm it made on {', '.join(sorted(leave))}" if leave else ""))
         cleaned += 1
     for engine in engines.values():
         engine.client.close()
+    for lock in locks:
+        lock.release()
     return cleaned
 
 

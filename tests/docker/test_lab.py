@@ -82,6 +82,17 @@ def docker_on(host: topology.RemoteHost, *args: str) -> subprocess.CompletedProc
                           timeout=60)
 
 
+# Another run's hold on host A: the product's own lock, taken by a process of its own.
+HOLDER = """
+import sys, time
+from pytest_overlay import remote, topology
+lock = remote.HostLock(topology.load(sys.argv[1]).sites["A"].host, "f00d01")
+assert lock.acquire() is None
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
 def test_lab_sites_are_real_hosts_over_the_emulated_wan(tmp_path, clean_machine):
     out = tmp_path / "lab.yaml"
     made = lab("up", "local", "--out", str(out), "--image", "missing")  # imported over the Docker API
@@ -251,14 +262,25 @@ def clean_hosts(out: Path) -> subprocess.CompletedProcess:
 
 
 def test_clean_removes_what_a_killed_run_left_on_the_hosts(shared_lab, tmp_path, clean_machine):
+    """A killed run's containers, networks and swarm go; but not the swarm on a host a live
+    run holds (it may be using that swarm), nor on a host that is no longer the node the run
+    made it."""
     out, a, b = shared_lab
     output = kill_mid_run(out, b, "libnetwork")
     assert "ovl" in docker_on(b, "ps", "-a", "--format", "{{.Names}}").stdout, output
-    swept = clean_hosts(out)
-    assert "left the swarm it made" in swept.stdout and "clean: 1 run(s) cleaned" in swept.stdout
-    for host in (a, b):
-        state = docker_on(host, "info", "--format", "{{.Swarm.LocalNodeState}} {{.Containers}}")
-        assert state.stdout.split() == ["inactive", "0"]
+    holder = subprocess.Popen([sys.executable, "-c", HOLDER, str(out)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"  # a live run on host A
+        swept = clean_hosts(out)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert "clean: 1 run(s) cleaned" in swept.stdout and "left the swarm it made on B" in swept.stdout, swept.stdout
+    assert "host A: in use by a live run; its swarm is left as it is" in swept.stdout
+    states = {h.ssh: docker_on(h, "info", "--format", "{{.Swarm.LocalNodeState}} {{.Containers}}").stdout.split()
+              for h in (a, b)}
+    assert states == {a.ssh: ["active", "0"], b.ssh: ["inactive", "0"]}
+    assert docker_on(a, "swarm", "leave", "--force").returncode == 0  # the lab as it was, for the next test
 
 
 def test_a_host_whose_docker_api_fails_in_teardown_stops_no_other_step(shared_lab, clean_machine):
@@ -292,14 +314,6 @@ def test_a_host_whose_docker_api_fails_in_teardown_stops_no_other_step(shared_la
     assert docker_on(b, "ps", "-aq").stdout.strip() == ""
 
 
-HOLDER = """
-import sys, time
-from pytest_overlay import remote, topology
-lock = remote.HostLock(topology.load(sys.argv[1]).sites["A"].host, "f00d01")
-assert lock.acquire() is None
-print("held", flush=True)
-time.sleep(600)
-"""
 
 
 def test_a_second_run_against_the_same_hosts_is_refused_naming_the_first(shared_lab, clean_machine):
