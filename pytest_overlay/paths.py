@@ -9,6 +9,9 @@ from pathlib import Path
 STATE_ROOT = Path(os.environ.get("PYTEST_OVERLAY_STATE", "/run/pytest-overlay"))  # per run: pids, sockets, logs
 DATA_ROOT = Path(os.environ.get("PYTEST_OVERLAY_DATA", "/var/lib/pytest-overlay"))  # per run: Docker data roots
 CACHE = Path(os.environ.get("PYTEST_OVERLAY_CACHE", "/var/cache/pytest-overlay"))  # kept: image, clips
+# Host keys of real hosts whose topology names no known_hosts: recorded on first contact (ssh's
+# accept-new), checked on every later one.
+KNOWN_HOSTS = Path(os.environ.get("PYTEST_OVERLAY_KNOWN_HOSTS", Path.home() / ".ssh" / "known_hosts"))
 AGENTS = Path(__file__).resolve().parent / "agents"  # programs that run inside sites and containers
 IMAGE_AGENTS = "/opt/pytest-overlay"  # where the measurement image holds the same programs
 

@@ -34,7 +34,7 @@ import docker
 from . import hostnet, procs
 from .engines import LABEL, Engine, build_image_tar, import_image
 from .overlays.base import ContainerEndpoint
-from .paths import AGENTS, STATE_ROOT
+from .paths import AGENTS, KNOWN_HOSTS, STATE_ROOT
 from .testbed import RUN_ID, SiteHandle, Testbed, hold_lock, may_remove, new_run_id, tcp_sysctls
 from .topology import RemoteHost, Topology
 
@@ -56,14 +56,31 @@ class RemoteError(RuntimeError):
 
 
 def ssh_options(host: RemoteHost) -> list[str]:
-    """Keys only (BatchMode), no lingering master connection, and the known host key
-    demanded when a file names it."""
+    """Keys only (BatchMode), no lingering master connection, and the host's key always
+    checked: against the topology's known_hosts, or against KNOWN_HOSTS, which records it on
+    first contact (ssh's accept-new) and refuses a changed key after."""
     options = ["-o", "BatchMode=yes", "-o", "ConnectTimeout=10", "-o", "ControlMaster=no"]
     if host.known_hosts:
         options += ["-o", f"UserKnownHostsFile={host.known_hosts}", "-o", "StrictHostKeyChecking=yes"]
+    else:
+        options += ["-o", f"UserKnownHostsFile={KNOWN_HOSTS}", "-o", "StrictHostKeyChecking=accept-new"]
     if host.identity:
         options += ["-o", "IdentitiesOnly=yes"]
     return options
+
+
+def ssh_key_name(host: RemoteHost) -> str:
+    """How known_hosts names the host: its address, with the port when it is not 22."""
+    target, _, port = host.ssh.rpartition(":") if host.ssh.count(":") == 1 else (host.ssh, "", "")
+    name = target.rpartition("@")[2]
+    return f"[{name}]:{port}" if port and port != "22" else name
+
+
+def recorded_key(host: RemoteHost) -> str | None:
+    """The fingerprint KNOWN_HOSTS holds for the host (None before the first contact)."""
+    found = procs.run(["ssh-keygen", "-l", "-F", ssh_key_name(host), "-f", str(KNOWN_HOSTS)], timeout=10)
+    lines = [line for line in found.stdout.splitlines() if line and not line.startswith("#")]
+    return lines[0].split(None, 1)[1] if found.ok and lines else None
 
 
 def ssh_command(host: RemoteHost, command: str) -> list[str]:
@@ -110,11 +127,18 @@ class HostLock:
         first = self.session.stdout.readline().strip() if ready else ""
         if first == "locked":
             return None
-        said = self.session.stdout.read() if first == "busy" else ""
-        self.release()
-        if first == "busy":
+        session, self.session = self.session, None
+        if first == "busy":  # the far end names the holder and exits
+            said = session.stdout.read()  # through the buffer readline() filled
+            session.wait(timeout=10)
             return f"in use by another pytest-overlay: {said.strip() or 'a run that did not say which'}"
-        return f"could not take the run's lock on it (flock over ssh{': ' + first if first else ' did not answer'})"
+        try:
+            _, error = session.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            session.kill()
+            _, error = session.communicate()
+        why = (error.strip().splitlines() or [first or "no answer"])[-1]  # ssh's own last word
+        return f"could not take the run's lock on it over ssh ({why})"
 
     def release(self) -> None:
         if self.session is None:
@@ -265,7 +289,16 @@ class RemoteTestbed(Testbed):
         self.run_dir.mkdir(parents=True, mode=0o700)
         self._lock = hold_lock(self.run_dir / "lock")
         self._save_state()
+        first = [name for name, host in self.hosts.items() if host.ssh and not host.known_hosts
+                 and recorded_key(host) is None]
+        if first:
+            KNOWN_HOSTS.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         problems = self._lock_hosts()
+        for name in first:
+            key = recorded_key(self.hosts[name])
+            if key:
+                self.progress(f"host {name}: first contact over ssh; its key ({key}) is now recorded in "
+                              f"{KNOWN_HOSTS} and checked from now on")
         problems = problems or self.check()
         if problems:
             raise RemoteError("the hosts are not ready; nothing was created on any of them:\n"

@@ -338,6 +338,38 @@ def test_a_second_run_against_the_same_hosts_is_refused_naming_the_first(shared_
     assert why is None, why
 
 
+def test_host_keys_are_recorded_on_first_contact_and_checked_after(shared_lab, tmp_path, clean_machine):
+    """A topology naming no known_hosts: the first run records each host's key and says so,
+    the next one says nothing, and once A's key is not the one recorded, A is refused."""
+    out, a, b = shared_lab
+    data = yaml.safe_load(out.read_text())
+    for site in data["sites"].values():
+        del site["host"]["known_hosts"]
+    bare = tmp_path / "no-known-hosts.yaml"
+    bare.write_text(yaml.safe_dump(data))
+    known = tmp_path / "known_hosts"
+    env = {"PYTEST_OVERLAY_KNOWN_HOSTS": str(known)}
+    first = run_suites("suites/", *QUICK, f"--topology={bare}", "--overlay=host", "-m", "latency", env=env)
+    first.passed()
+    for site in ("A", "B"):
+        assert re.search(rf"host {site}: first contact over ssh; its key \(ED25519 SHA256:\S+\) is now recorded in "
+                         rf"{re.escape(str(known))}", first.output), first.output
+    again = run_suites("suites/", *QUICK, f"--topology={bare}", "--overlay=host", "-m", "latency", env=env)
+    again.passed()
+    assert "first contact" not in again.output
+
+    impostor = tmp_path / "impostor"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(impostor)], check=True)
+    address = a.ssh.rpartition("@")[2]
+    subprocess.run(["ssh-keygen", "-q", "-R", address, "-f", str(known)], check=True, capture_output=True)
+    with known.open("a") as file:  # A's entry now holds another key
+        file.write(f"{address} {' '.join(impostor.with_suffix('.pub').read_text().split()[:2])}\n")
+    refused = run_suites("suites/", *QUICK, f"--topology={bare}", "--overlay=host", "-m", "latency", env=env)
+    assert refused.rc == pytest.ExitCode.USAGE_ERROR, refused.output
+    assert "A: could not take the run's lock on it over ssh (Host key verification failed.)" in refused.output
+    assert "B: could not" not in refused.output
+
+
 # "Someone else's" network on a host: a Kubernetes node's Flannel (chains, a rule commented
 # as flanneld's), its service range's route and a Docker network of its own.
 NEIGHBOUR = "\n".join([

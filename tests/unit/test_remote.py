@@ -2,6 +2,7 @@
 went wrong (from errors captured against the lab's real daemons)."""
 
 from pytest_overlay import remote
+from pytest_overlay.paths import KNOWN_HOSTS
 from pytest_overlay.topology import RemoteHost
 
 HOST = RemoteHost("198.18.0.1", ssh="ops@192.0.2.1:2222", docker="tcp://192.0.2.1:2376",
@@ -16,9 +17,11 @@ def test_ssh_uses_keys_only_and_the_known_host_key():
     assert ["-i", "/k/id_ed25519"] == command[command.index("-i"):command.index("-i") + 2]
     for option in ("BatchMode=yes", "StrictHostKeyChecking=yes", "UserKnownHostsFile=/k/known_hosts", "ControlMaster=no"):
         assert option in command
-    plain = RemoteHost("192.0.2.9", ssh="ops@192.0.2.9")
+    plain = RemoteHost("192.0.2.9", ssh="ops@192.0.2.9")  # no known_hosts: recorded on first contact, then checked
     assert remote.ssh_command(plain, "true") == ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10", "-o",
-                                                 "ControlMaster=no", "ops@192.0.2.9", "true"]
+                                                 "ControlMaster=no", "-o", f"UserKnownHostsFile={KNOWN_HOSTS}",
+                                                 "-o", "StrictHostKeyChecking=accept-new", "ops@192.0.2.9", "true"]
+    assert remote.ssh_key_name(plain) == "192.0.2.9" and remote.ssh_key_name(HOST) == "[192.0.2.1]:2222"
 
 
 def test_docker_command_line_carries_the_client_certificate():
