@@ -503,11 +503,16 @@ class RemoteTestbed(Testbed):
     def emulate(self) -> None:
         """Give each emulating host's outgoing traffic its links' delay, jitter, loss and rate,
         per destination (netem under htb, one class per other site)."""
+        handle = qdisc_handle(self.run_id)
         for name, host in self.hosts.items():
             if host.emulate:
-                script = "\n".join(shlex.join(c) for c in netem_commands(self.topology, name, host))
-                _ssh_run(host, as_root(script), 60).check()
-                self.emulated.append(name)
+                self.emulated.append(name)  # recorded first: a kill from here on leaves it to `clean`
+                self._save_state()
+                script = "\n".join(shlex.join(c) for c in netem_commands(self.topology, name, host, handle))
+                applied = _ssh_run(host, as_root(script), 60)
+                if not applied.ok:  # down() (from __enter__) removes what was applied, this host's part too
+                    raise RemoteError(f"host {name}: netem on {host.interface} failed (exit {applied.rc}): "
+                                      f"{(applied.stderr or applied.stdout).strip()[-300:]}")
                 self.progress(f"{name}: netem on {host.interface} for the links to "
                               f"{', '.join(o for o in self.hosts if o != name)}")
 
@@ -596,7 +601,8 @@ class RemoteTestbed(Testbed):
         """What `clean --topology` needs after this run is killed: whether it made the swarm,
         and its cluster's and nodes' ids."""
         self._write_state({"run_id": self.run_id, "backend": self.backend, "swarm_created": self.swarm_created,
-                           "swarm": self.swarm_ids, "hosts": {n: h.docker for n, h in self.hosts.items()}})
+                           "swarm": self.swarm_ids, "emulated": {n: self.hosts[n].interface for n in self.emulated},
+                           "hosts": {n: h.docker for n, h in self.hosts.items()}})
 
     def host_run(self, site: str, script: str, timeout: float | None = 60,
                  input: str | None = None) -> procs.CommandResult:
@@ -676,11 +682,7 @@ class RemoteTestbed(Testbed):
         best effort: every host is visited even when one fails."""
         started = time.monotonic()
         errors = remove_run(self.engines, self.run_id, set(self.engines) if self.swarm_created else set())
-        for name in self.emulated:
-            host = self.hosts[name]
-            removed = _ssh_run(host, as_root(shlex.join(["tc", "qdisc", "del", "dev", host.interface, "root"])), 60)
-            if not removed.ok:
-                errors.append(f"host {name}: netem on {host.interface} not removed: {removed.stderr.strip()[-200:]}")
+        errors += remove_netem({n: self.hosts[n] for n in self.emulated}, self.run_id, report=lambda m: None)
         self.emulated = []
         for engine in self.engines.values():
             if engine.client is not None:
@@ -701,13 +703,30 @@ class RemoteTestbed(Testbed):
         shutil.rmtree(self.run_dir, ignore_errors=True)
 
 
-def netem_commands(topology: Topology, site: str, host: RemoteHost) -> list[list[str]]:
-    """tc commands for one emulating host: an htb root whose default class is unshaped, and
-    per other site a class (the path's rate), a netem (its one-way delay, jitter and loss) and
-    a filter on that site's address. Paths over several links add up, as on the testbed."""
+def qdisc_handle(run_id: str) -> str:
+    """The major handle of the run's root qdisc on a host: from its id, so that teardown and
+    `clean` remove a root qdisc only while it is still the run's own."""
+    return f"{int(run_id[:4], 16) or 1:x}"
+
+
+def remove_netem_script(dev: str, handle: str) -> str:
+    """Shell removing the root qdisc of `dev` if it is the run's (htb with its handle); says
+    what it did, or that the root is someone else's now."""
+    quoted = shlex.quote(dev)
+    return (f"root=$(tc qdisc show dev {quoted} root)\n"
+            f'case "$root" in "qdisc htb {handle}: root"*) tc qdisc del dev {quoted} root && echo removed ;;\n'
+            '  *) echo "not ours: $root" ;; esac')
+
+
+def netem_commands(topology: Topology, site: str, host: RemoteHost, handle: str = "1") -> list[list[str]]:
+    """tc commands for one emulating host: an htb root (major `handle`, the run's) whose
+    default class is unshaped, and per other site a class (the path's rate), a netem (its
+    one-way delay, jitter and loss) and a filter on that site's address. Paths over several
+    links add up, as on the testbed."""
     dev = host.interface
-    commands = [["tc", "qdisc", "replace", "dev", dev, "root", "handle", "1:", "htb", "default", "1"],
-                ["tc", "class", "add", "dev", dev, "parent", "1:", "classid", "1:1", "htb", "rate", UNSHAPED]]
+    commands = [["tc", "qdisc", "replace", "dev", dev, "root", "handle", f"{handle}:", "htb", "default", "1"],
+                ["tc", "class", "add", "dev", dev, "parent", f"{handle}:", "classid", f"{handle}:1", "htb", "rate",
+                 UNSHAPED]]
     for index, other in enumerate(o for o in topology.sites if o != site):
         hops = topology.path_between(site, other)
         there = [topology.link_between(a, b).direction(a) for a, b in zip(hops, hops[1:])]
@@ -715,18 +734,18 @@ def netem_commands(topology: Topology, site: str, host: RemoteHost) -> list[list
         delivered = 1.0
         for d in there:
             delivered *= 1 - d.loss_pct / 100
-        classid, handle = f"1:{10 + index}", f"{10 + index}:"
+        classid, child = f"{handle}:{10 + index}", f"{10 + index}:"
         rate = f"{min(rates):g}mbit" if rates else UNSHAPED
-        netem = ["tc", "qdisc", "add", "dev", dev, "parent", classid, "handle", handle, "netem", "limit", "100000",
+        netem = ["tc", "qdisc", "add", "dev", dev, "parent", classid, "handle", child, "netem", "limit", "100000",
                  "delay", f"{sum(d.delay_ms for d in there):g}ms"]
         jitter = sum(d.jitter_ms for d in there)
         if jitter:
             netem += [f"{jitter:g}ms"]
         if delivered < 1:
             netem += ["loss", f"{(1 - delivered) * 100:g}%"]
-        commands += [["tc", "class", "add", "dev", dev, "parent", "1:", "classid", classid, "htb", "rate", rate],
+        commands += [["tc", "class", "add", "dev", dev, "parent", f"{handle}:", "classid", classid, "htb", "rate", rate],
                      netem,
-                     ["tc", "filter", "add", "dev", dev, "parent", "1:", "protocol", "ip", "prio", "1", "u32",
+                     ["tc", "filter", "add", "dev", dev, "parent", f"{handle}:", "protocol", "ip", "prio", "1", "u32",
                       "match", "ip", "dst", f"{topology.sites[other].host.address}/32", "flowid", classid]]
     return commands
 
@@ -764,6 +783,24 @@ def remove_run(engines: dict[str, RemoteEngine], run_id: str, leave_swarm: set[s
             engines[name].client.swarm.leave(force=True)
         except Exception as e:  # noqa: BLE001
             errors.append(f"host {name}: leaving the swarm: {e}")
+    return errors
+
+
+def remove_netem(hosts: dict[str, RemoteHost], run_id: str, report: Callable[[str], None]) -> list[str]:
+    """Take the run's root qdisc off each host's interface, where it is still the run's."""
+    errors = []
+    for name, host in hosts.items():
+        if not host.ssh or not host.interface:
+            continue
+        done = _ssh_run(host, as_root(remove_netem_script(host.interface, qdisc_handle(run_id))), 60)
+        if not done.ok:
+            errors.append(f"host {name}: netem on {host.interface} not removed: "
+                          f"{(done.stderr or done.stdout).strip()[-200:]}")
+        elif done.stdout.startswith("removed"):
+            report(f"host {name}: removed run {run_id}'s netem from {host.interface}")
+        elif not any(f"qdisc {kind} " in done.stdout for kind in DEFAULT_QDISCS):  # never applied: nothing to say
+            report(f"host {name}: the root qdisc of {host.interface} is not run {run_id}'s any more "
+                   f"({done.stdout.strip()[9:][:120]}); left as it is")
     return errors
 
 
@@ -826,6 +863,14 @@ def clean_hosts(topology: Topology, report: Callable[[str], None] = print, force
             locks.append(lock)
         else:
             held.add(name)
+    endpoints = {h.docker for h in ssh_hosts.values()}
+    for state_file in root.glob("*/state.json"):  # runs killed once netem was on, before any container
+        try:
+            state = json.loads(state_file.read_text())
+        except (OSError, ValueError):
+            continue
+        if state.get("emulated") and endpoints & set((state.get("hosts") or {}).values()):
+            found.add(state_file.parent.name)
     cleaned = 0
     for run_id in sorted(r for r in found if r):
         if not may_remove(run_id, root / run_id, force, report, "on the hosts"):
@@ -836,6 +881,9 @@ def clean_hosts(topology: Topology, report: Callable[[str], None] = print, force
             state = {}
         leave = swarm_to_leave(engines, state, held, report)
         for error in remove_run(engines, run_id, leave):
+            report(error)
+        emulated = {n: ssh_hosts[n] for n in (state.get("emulated") or {}) if n in ssh_hosts}
+        for error in remove_netem(emulated, run_id, report):
             report(error)
         ended, failed = end_host_daemons(ssh_hosts, run_id)
         for name, daemons in ended.items():

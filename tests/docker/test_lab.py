@@ -338,6 +338,40 @@ def test_a_second_run_against_the_same_hosts_is_refused_naming_the_first(shared_
     assert why is None, why
 
 
+def test_clean_removes_a_killed_runs_netem_and_nothing_else(shared_lab, clean_machine):
+    """A run killed with its shaping on the hosts: `clean --topology` takes the run's root
+    qdisc off A, and leaves B's, which someone replaced since. (This kernel has no netem, so
+    the run's qdisc is its htb root alone, put there as the run would, and the run is a
+    killed one whose state names both hosts as shaped.)"""
+    out, a, b = shared_lab
+    kill_mid_run(out, b, "host")
+    (state_file,) = [f for f in STATE_ROOT.glob("*/state.json") if json.loads(f.read_text()).get("backend") == "remote"
+                     and not (f.parent / "lab").exists()]
+    run_id = state_file.parent.name
+    devices = {}
+    for host, handle in ((a, remote.qdisc_handle(run_id)), (b, "7e57")):
+        devices[host.ssh] = ssh(host, f"ip -o -4 addr show to {host.address}/32 | cut -d' ' -f2").stdout.strip()
+        assert ssh(host, f"tc qdisc replace dev {devices[host.ssh]} root handle {handle}: htb default 1").returncode == 0
+    state = json.loads(state_file.read_text())
+    state["emulated"] = {"A": devices[a.ssh], "B": devices[b.ssh]}
+    state_file.write_text(json.dumps(state))
+    topo = yaml.safe_load(out.read_text())
+    for site, host in (("A", a), ("B", b)):
+        topo["sites"][site]["host"]["interface"] = devices[host.ssh]
+    shaped = out.with_name("lab-shaped.yaml")
+    shaped.write_text(yaml.safe_dump(topo))
+    try:
+        swept = subprocess.run([sys.executable, "-m", "pytest_overlay", "clean", "--topology", str(shaped)], cwd=ROOT,
+                               capture_output=True, text=True, timeout=180)
+        assert f"host A: removed run {run_id}'s netem from {devices[a.ssh]}" in swept.stdout, swept.stdout + swept.stderr
+        assert f"host B: the root qdisc of {devices[b.ssh]} is not run {run_id}'s any more" in swept.stdout
+        assert "htb" not in ssh(a, f"tc qdisc show dev {devices[a.ssh]} root").stdout
+        assert "htb 7e57:" in ssh(b, f"tc qdisc show dev {devices[b.ssh]} root").stdout
+    finally:
+        ssh(b, f"tc qdisc del dev {devices[b.ssh]} root")
+        ssh(a, f"tc qdisc del dev {devices[a.ssh]} root 2>/dev/null || true")
+
+
 def test_host_keys_are_recorded_on_first_contact_and_checked_after(shared_lab, tmp_path, clean_machine):
     """A topology naming no known_hosts: the first run records each host's key and says so,
     the next one says nothing, and once A's key is not the one recorded, A is refused."""

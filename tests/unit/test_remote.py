@@ -61,6 +61,10 @@ def test_emulation_gives_each_destination_its_path(tmp_path):
     # A to C crosses both links: the delays add up, the losses compound, the slowest rate holds
     assert "tc class add dev eth0 parent 1: classid 1:11 htb rate 100mbit" in commands
     assert "tc qdisc add dev eth0 parent 1:11 handle 11: netem limit 100000 delay 15ms 0.5ms loss 1.99%" in commands
+    marked = [" ".join(c) for c in remote.netem_commands(topo, "A", topo.sites["A"].host, remote.qdisc_handle("3714ed"))]
+    assert marked[0] == "tc qdisc replace dev eth0 root handle 3714: htb default 1"  # the run's, as clean checks
+    assert all("1:" not in c.replace("11:", "").replace("10:", "") for c in marked if "parent" in c)
+    assert remote.qdisc_handle("0000ab") == "1"
     assert remote.as_root("tc qdisc del dev eth0 root") == (
         "if [ \"$(id -u)\" -eq 0 ]; then sh -ec 'tc qdisc del dev eth0 root'; "
         "else sudo -n sh -ec 'tc qdisc del dev eth0 root'; fi")
