@@ -143,5 +143,12 @@ def _route_selector(words: list[str]) -> tuple[ipaddress.IPv4Network, list[str]]
 
 def script(commands: list[list[str]]) -> str:
     """Shell that runs each command on its own (a failure does not stop the rest) and names
-    the ones that failed on stdout, one per line."""
-    return "".join(f"{shlex.join(c)} 2>/dev/null || echo {shlex.quote('failed: ' + shlex.join(c))}\n" for c in commands)
+    the ones that failed on stdout, one per line. A link already gone is no failure: the
+    other end of a veth goes with the first."""
+    lines = []
+    for c in commands:
+        run = f"{shlex.join(c)} 2>/dev/null || echo {shlex.quote('failed: ' + shlex.join(c))}"
+        if c[:3] == ["ip", "link", "del"]:
+            run = f"if ip link show dev {shlex.quote(c[3])} > /dev/null 2>&1; then {run}; fi"
+        lines.append(run + "\n")
+    return "".join(lines)

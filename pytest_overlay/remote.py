@@ -49,6 +49,7 @@ HOST_STATE = "/run/pytest-overlay"
 HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEFAULT_QDISCS = {"noqueue", "pfifo_fast", "fq_codel", "fq", "mq", "pfifo"}  # what a kernel sets up itself
 UNSHAPED = "100gbit"
+GWBRIDGE = "docker_gwbridge"  # Docker's bridge from a swarm's containers to their host
 
 
 class RemoteError(RuntimeError):
@@ -275,6 +276,7 @@ class RemoteTestbed(Testbed):
         self.image: str | None = None
         self.swarm_created = False
         self.swarm_ids: dict = {}  # the swarm this run made: {"cluster": id, "nodes": {site: node id}}
+        self.gwbridge_made: list[str] = []  # hosts that had no docker_gwbridge before the run's swarm
         self._state_lock = threading.Lock()
         self.created: list[str] = []  # namespaces: none, ever
         self.wan = None
@@ -585,6 +587,9 @@ class RemoteTestbed(Testbed):
         if existing is not None:
             return existing, False
         self.swarm_created = True
+        # Docker makes docker_gwbridge on a host's first swarm attachment and keeps it after
+        # the swarm is left: where it was not there before, it is the run's to remove.
+        self.gwbridge_made = sorted(n for n, e in self.engines.items() if not e.client.networks.list(names=[GWBRIDGE]))
         self._save_state()
         return self.engines[manager], True
 
@@ -601,7 +606,8 @@ class RemoteTestbed(Testbed):
         """What `clean --topology` needs after this run is killed: whether it made the swarm,
         and its cluster's and nodes' ids."""
         self._write_state({"run_id": self.run_id, "backend": self.backend, "swarm_created": self.swarm_created,
-                           "swarm": self.swarm_ids, "emulated": {n: self.hosts[n].interface for n in self.emulated},
+                           "swarm": self.swarm_ids, "gwbridge_made": self.gwbridge_made,
+                           "emulated": {n: self.hosts[n].interface for n in self.emulated},
                            "hosts": {n: h.docker for n, h in self.hosts.items()}})
 
     def host_run(self, site: str, script: str, timeout: float | None = 60,
@@ -681,7 +687,8 @@ class RemoteTestbed(Testbed):
         """Remove what the run made on every host (containers, networks, a swarm it made);
         best effort: every host is visited even when one fails."""
         started = time.monotonic()
-        errors = remove_run(self.engines, self.run_id, set(self.engines) if self.swarm_created else set())
+        errors = remove_run(self.engines, self.run_id, set(self.engines) if self.swarm_created else set(),
+                            set(self.gwbridge_made))
         errors += remove_netem({n: self.hosts[n] for n in self.emulated}, self.run_id, report=lambda m: None)
         self.emulated = []
         for engine in self.engines.values():
@@ -769,10 +776,11 @@ def remove_networks(engines: dict, run_id: str, name: str | None = None) -> list
     return errors
 
 
-def remove_run(engines: dict[str, RemoteEngine], run_id: str, leave_swarm: set[str]) -> list[str]:
+def remove_run(engines: dict[str, RemoteEngine], run_id: str, leave_swarm: set[str],
+               gwbridge_made: set[str] = frozenset()) -> list[str]:
     """Remove a run's containers, then its networks (a swarm's only through a manager, once
-    nothing is attached), then take the hosts in `leave_swarm` out of the swarm the run made.
-    Returns what failed."""
+    nothing is attached), then take the hosts in `leave_swarm` out of the swarm the run made,
+    with the docker_gwbridge that swarm made there. Returns what failed."""
     errors = []
     for engine in engines.values():
         engine.run_id = run_id
@@ -781,6 +789,11 @@ def remove_run(engines: dict[str, RemoteEngine], run_id: str, leave_swarm: set[s
     for name in sorted(leave_swarm & set(engines)):
         try:
             engines[name].client.swarm.leave(force=True)
+            if name in gwbridge_made:
+                for network in engines[name].client.networks.list(names=[GWBRIDGE]):
+                    network.remove()
+        except docker.errors.NotFound:
+            pass
         except Exception as e:  # noqa: BLE001
             errors.append(f"host {name}: leaving the swarm: {e}")
     return errors
@@ -880,7 +893,7 @@ def clean_hosts(topology: Topology, report: Callable[[str], None] = print, force
         except (OSError, ValueError):
             state = {}
         leave = swarm_to_leave(engines, state, held, report)
-        for error in remove_run(engines, run_id, leave):
+        for error in remove_run(engines, run_id, leave, set(state.get("gwbridge_made") or [])):
             report(error)
         emulated = {n: ssh_hosts[n] for n in (state.get("emulated") or {}) if n in ssh_hosts}
         for error in remove_netem(emulated, run_id, report):

@@ -89,3 +89,20 @@ def test_what_another_overlay_adds_is_not_ours_to_remove(namespace, clean_machin
     for command in NEIGHBOUR:
         procs.run(command, namespace).check()
     assert hostnet.undo(hostnet.Snapshot.parse(before), hostnet.Snapshot.parse(reading(namespace)), WEAVE) == []
+
+
+def test_a_veth_pair_is_undone_without_a_failure_for_its_second_end(namespace, clean_machine):
+    """Weave's vethwe-bridge and vethwe-pcap are one veth pair: removing one removes both, and
+    the other's removal is not a failure (a failure keeps the run's state for `clean`)."""
+    from pytest_overlay.overlays.weave import HOST_FOOTPRINT as WEAVE
+
+    before = reading(namespace)
+    for command in (["ip", "link", "add", "weave", "type", "bridge"],
+                    ["ip", "link", "add", "vethwe-bridge", "type", "veth", "peer", "name", "vethwe-pcap"],
+                    ["ip", "link", "set", "vethwe-bridge", "master", "weave"]):
+        procs.run(command, namespace).check()
+    commands = hostnet.undo(hostnet.Snapshot.parse(before), hostnet.Snapshot.parse(reading(namespace)), WEAVE)
+    assert sorted(c[-1] for c in commands) == ["vethwe-bridge", "vethwe-pcap", "weave"]
+    done = procs.run(["sh", "-c", hostnet.script(commands)], namespace)
+    assert done.ok and done.stdout == "", done.stdout
+    assert reading(namespace) == before
