@@ -26,6 +26,10 @@ def main(argv: list[str] | None = None) -> int:
                                               "embedded testbed and report beside the published figures")
     study.add_argument("--out", default="study", help="directory for the results and the report. Default: %(default)r")
     study.add_argument("--report-only", action="store_true", help="rewrite the report from the results in --out")
+    study.add_argument("--parts", type=_study_parts, default=None,
+                       help="run only these parts (numbers 1 to 5, comma-separated: 1 point-to-point, 2 Docker's "
+                            "buffers, 3 streaming, 4 the cut, 5 future work); the report uses every part's results "
+                            "in --out. Default: all")
     labs = commands.add_parser("lab", help="a local lab: the topology's sites as real hosts (sshd, dockerd over "
                                            "TLS) on this machine, joined by the emulated WAN")
     actions = labs.add_subparsers(dest="action", required=True)
@@ -75,8 +79,18 @@ def main(argv: list[str] | None = None) -> int:
         if args.report_only:
             reproduction.write_report(Path(args.out), [], 0)
             return 0
-        return reproduction.Study(Path(args.out)).run()
+        return reproduction.Study(Path(args.out)).run(args.parts)
     return 0
+
+
+def _study_parts(text: str) -> set[int]:
+    try:
+        parts = {int(x) for x in text.split(",") if x.strip()}
+    except ValueError:
+        parts = set()
+    if not parts or not parts <= {1, 2, 3, 4, 5}:
+        raise argparse.ArgumentTypeError(f"{text!r}: give part numbers from 1 to 5, comma-separated (e.g. 1,3)")
+    return parts
 
 
 def _topology_parser(commands) -> None:

@@ -3,6 +3,8 @@ set our figures beside it."""
 
 from __future__ import annotations
 
+import re
+
 from pytest_overlay import study
 
 from .records import record
@@ -116,3 +118,13 @@ def test_the_future_work_part_answers_with_the_rrul_and_cpu_tables(tmp_path):
     assert "did not: weave 13 % of its TCP goodput" in section and "libnetwork 99 % of its TCP goodput" in section
     page = (tmp_path / "index.html").read_text()
     assert "<p>At their smallest budget, kept throughput" in page  # the answer a paragraph, not a table row
+
+
+def test_only_the_parts_asked_for_run_and_the_report_says_which(tmp_path):
+    """`study --parts 2,3`: parts 2 and 3 run (here `true` stands in for pytest), the others
+    do not, and the report's first line says which ran and which results are older."""
+    (tmp_path / "ptp.json").write_text('{"schema": "pytest-overlay/results", "version": 6, "results": []}')
+    assert study.Study(tmp_path, python="true").run({2, 3}) == 0
+    first = (tmp_path / "report.md").read_text().split("\n\n")[2]
+    assert re.search(r"part 1: results of an earlier run; part 2: \d+ s; part 3: \d+ s; part 4: not run; "
+                     r"part 5: not run\.", first), first
