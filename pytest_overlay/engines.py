@@ -14,6 +14,7 @@ import fcntl
 import hashlib
 import os
 import shutil
+import socket
 import subprocess
 import time
 from dataclasses import dataclass, field
@@ -215,11 +216,46 @@ def unmount_below(path: Path) -> None:
 
 
 def remove_run_files(run_id: str, state_dir: Path) -> None:
-    """What a run's engines leave once stopped (or killed): mounts under their roots, and
-    the data roots."""
+    """What a run's engines leave once stopped (or killed): mounts under their roots, the
+    sockets their containers' shims left, and the data roots."""
     unmount_below(state_dir)
     unmount_below(DATA_ROOT / run_id)
+    remove_shim_sockets(state_dir, DATA_ROOT / run_id)
     shutil.rmtree(DATA_ROOT / run_id, ignore_errors=True)
+
+
+SHIM_SOCKETS = Path("/run/containerd/s")  # containerd 1.6 puts every shim's socket here, whose containerd it is
+
+
+def shim_socket(exec_root: Path, container_id: str) -> Path:
+    """Where containerd 1.6 puts the shim socket of a container of dockerd's own containerd
+    (runtime/v2/shim SocketAddress: sha256 of its address, namespace and the container's id)."""
+    address = exec_root / "containerd" / "containerd.sock"
+    return SHIM_SOCKETS / hashlib.sha256(os.path.join(str(address), "moby", container_id).encode()).hexdigest()
+
+
+def remove_shim_sockets(state_dir: Path, data_roots: Path) -> list[Path]:
+    """The sockets a killed run's shims left: found by the run's own containers (their ids in
+    each site's data root) and its engines' addresses, so never another's; removed where
+    nothing listens. Returns what was removed."""
+    removed = []
+    for containers in data_roots.glob("*/containers"):
+        exec_root = state_dir / f"docker-{containers.parent.name}" / "exec"
+        for container in containers.iterdir():
+            path = shim_socket(exec_root, container.name)
+            if path.is_socket() and not _listening(path):
+                path.unlink(missing_ok=True)
+                removed.append(path)
+    return removed
+
+
+def _listening(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        try:
+            probe.connect(str(path))
+            return True
+        except OSError:
+            return False
 
 
 # --- one image store for every engine ------------------------------------------------------

@@ -11,7 +11,8 @@ import time
 
 import pytest
 
-from pytest_overlay import procs, topology
+from pytest_overlay import engines, procs, topology
+from pytest_overlay.paths import DATA_ROOT
 from pytest_overlay.testbed import EmulatedTestbed
 
 from ..conftest import PYTEST, QUICK, ROOT, foreign_runs, left_behind, machine_state
@@ -70,6 +71,27 @@ def test_sigkill_mid_run_then_clean_removes_only_the_dead_run(clean_machine):
         assert live.run("A", ["ping", "-c", "1", "-W", "2", live.address("B")]).ok
         assert set(after["processes"]) <= set(during["processes"]) - set(left["processes"]) | set(
             p for p in after["processes"] if p in left["processes"] and p in [d.pid for d in live.emulator.daemons])
+
+
+def test_clean_after_sigkill_removes_the_sockets_its_containers_shims_left(clean_machine):
+    """A run with containers killed mid-measurement: its engines' shims leave their sockets
+    in containerd's shared /run/containerd/s when `clean` ends them; `clean` removes those,
+    found by the run's own container ids and engine addresses."""
+    sockets = set(os.listdir(engines.SHIM_SOCKETS)) if engines.SHIM_SOCKETS.exists() else set()
+    run = subprocess.Popen([*PYTEST, "suites/", *QUICK, "--overlay=libnetwork", "-m", "tcp", "--overlay-duration=30"],
+                           cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and not list(DATA_ROOT.glob("*/*/containers/*")):
+        time.sleep(0.2)
+    time.sleep(1)  # the containers' shims are up once their data roots hold them
+    run.kill()
+    output, _ = run.communicate(timeout=30)
+    made = set(os.listdir(engines.SHIM_SOCKETS)) - sockets
+    assert made, output
+    swept = subprocess.run([sys.executable, "-m", "pytest_overlay", "clean"], cwd=ROOT,
+                           capture_output=True, text=True, timeout=60)
+    assert swept.returncode == 0, swept.stderr
+    assert set(os.listdir(engines.SHIM_SOCKETS)) & made == set()
 
 
 def test_clean_leaves_alone_what_it_cannot_prove_over_unless_forced(clean_machine):
