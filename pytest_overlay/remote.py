@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import contextlib
+import dataclasses
 import ipaddress
 import io
 import json
@@ -439,20 +440,19 @@ class RemoteTestbed(Testbed):
                                             "over", f"run on hosts without {whose}, or stop it"))
         return problems
 
-    @staticmethod
-    def _check_ranges(name: str, wanted: set[str], tested) -> list[Check]:
+    def _check_ranges(self, name: str, wanted: set[str], tested) -> list[Check]:
         """The overlays' address ranges against the host's routes: a route inside one (a
         Kubernetes pod network, a VPN) would take the overlay's traffic or lose its own.
-        Wider routes (a 10.0.0.0/8 towards a corporate network) are left: ours are more specific."""
-        from .overlays import calico, flannel, weave
-
+        Wider routes (a 10.0.0.0/8 towards a corporate network) are left: ours are more specific.
+        The ranges are the topology's (`ranges:`), so a host can be met by moving them."""
+        own = self.topology.ranges
         ranges = {}
         if wanted & {"weave", "weave-encrypted"}:
-            ranges[weave.IPALLOC_RANGE] = "Weave Net's IPAM range"
+            ranges[own["weave"]] = "Weave Net's IPAM range"
         if any(o.startswith("flannel") for o in wanted):
-            ranges[flannel.NETWORK] = "Flannel's network"
+            ranges[own["flannel"]] = "Flannel's network"
         if "calico" in wanted:
-            ranges[str(calico.POOL)] = "Calico's pool"
+            ranges[own["calico"]] = "Calico's pool"
         if not ranges:
             return []
         routes = tested.run("ip -4 route show table all").stdout.splitlines()
@@ -463,7 +463,7 @@ class RemoteTestbed(Testbed):
                 if found is not None and found.prefixlen and found.subnet_of(ipaddress.ip_network(cidr)):
                     problems.append(Check(name, f"route '{route.strip()}' lies inside {what} {cidr}: the overlay "
                                                 "would take its traffic or lose its own",
-                                          "run on hosts without it, or remove the route"))
+                                          "remove the route, or move the range (ranges: in the topology)"))
         return problems
 
     @staticmethod
@@ -914,11 +914,13 @@ def clean_hosts(topology: Topology, report: Callable[[str], None] = print, force
     return cleaned
 
 
-def record_host_network(host: RemoteHost, run_id: str, site: str, overlay: str) -> None:
-    """Read the host's network before `overlay`'s first daemon starts there, and keep the
-    reading on the host, where teardown and `clean` (from any later run) find it."""
+def record_host_network(host: RemoteHost, run_id: str, site: str, overlay: str, addresses: str | None) -> None:
+    """Read the host's network before `overlay`'s first daemon starts there (its containers'
+    addresses in `addresses`), and keep the reading on the host, where teardown and `clean`
+    (from any later run) find it."""
     directory = f"{HOST_STATE}/{run_id}/host"
-    host_run(host, f"umask 077; mkdir -p {directory} && {{\necho {shlex.quote(_FOOTPRINT + overlay)}\n"
+    header = f"{_FOOTPRINT}{overlay} {addresses or '-'}"
+    host_run(host, f"umask 077; mkdir -p {directory} && {{\necho {shlex.quote(header)}\n"
                    f"{hostnet.SNAPSHOT_SCRIPT}}} > {directory}/net-{site}.before", 60).check()
 
 
@@ -939,10 +941,12 @@ def undo_host_network(host: RemoteHost, run_id: str, site: str) -> list[str]:
         return []
     before, now = read.stdout.split(f"{_NOW}\n", 1)
     header = before.splitlines()[0] if before else ""
-    overlay = header[len(_FOOTPRINT):] if header.startswith(_FOOTPRINT) else ""
+    overlay, _, addresses = (header[len(_FOOTPRINT):] if header.startswith(_FOOTPRINT) else "").partition(" ")
     footprint = getattr(overlays.get(overlay), "footprint", None) if overlay in overlays.IMPLEMENTED else None
     if footprint is None:
         return [f"no footprint known for {overlay!r}: the host's network was left as it is"]
+    if footprint.routes_within and addresses not in ("", "-"):  # the run's own range (a topology's `ranges:`)
+        footprint = dataclasses.replace(footprint, routes_within=addresses)
     commands = hostnet.undo(hostnet.Snapshot.parse(before), hostnet.Snapshot.parse(now), footprint)
     if not commands:
         return []

@@ -326,6 +326,7 @@ class Topology:
     kv: str | None = None  # where an overlay's key-value store runs (Flannel's etcd)
     faults: dict[str, Fault] = field(default_factory=dict)
     load: "Load" = field(default_factory=lambda: Load([], ()))
+    ranges: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_RANGES))
     _routes: dict = field(default_factory=dict, repr=False)
 
     def stream_circuit(self) -> "Circuit":
@@ -419,7 +420,13 @@ class Topology:
         return [d if queue_ms is None else replace(d, queue_ms=queue_ms) for d in directions if d.rate_mbit]
 
 
-TOP_KEYS = {"name", "sites", "links", "circuits", "hub", "manager", "kv", "description", "faults", "load"}
+TOP_KEYS = {"name", "sites", "links", "circuits", "hub", "manager", "kv", "description", "faults", "load", "ranges"}
+# The address range each overlay gives its containers; `ranges:` in a topology moves them (say,
+# off a range the hosts already route). The host bits of each block it carves per site:
+# Flannel leases a /24 per site, Calico's BIRD announces a /26 block per site.
+DEFAULT_RANGES = {"weave": "10.32.0.0/12", "flannel": "10.40.0.0/16", "calico": "10.48.0.0/16"}
+RANGE_BLOCKS = {"weave": 24, "flannel": 24, "calico": 26}
+TESTBED_ADDRESSES = ipaddress.ip_network("198.18.0.0/15")  # the sites' and the lab's own (RFC 2544)
 LOAD_KEYS = {"circuits", "queue_ms"}
 FAULT_KEYS = {"kind", "link", "site", "seconds", "up_s", "times", "loss_pct", "add_rtt_ms", "probe", "watch"}
 FAULT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,39}$")
@@ -539,7 +546,36 @@ def parse(data: Any, path: str | Path) -> Topology:
     topo.circuits = _parse_circuits(check, data, topo)
     topo.faults = _parse_faults(check, data, topo)
     topo.load = _parse_load(check, data, topo)
+    topo.ranges = _parse_ranges(check, data, len(sites))
     return topo
+
+
+def _parse_ranges(check: Checker, data: LineDict, sites: int) -> dict[str, str]:
+    """The `ranges:` section: {weave|flannel|calico: CIDR}; each must hold a block per site
+    and keep clear of the testbed's own addresses."""
+    ranges = dict(DEFAULT_RANGES)
+    if "ranges" not in data:
+        return ranges
+    raw = check.mapping(data["ranges"], "ranges", data, "ranges")
+    check.keys(raw, set(DEFAULT_RANGES), "ranges")
+    for overlay, value in raw.items():
+        where = f"ranges.{overlay}"
+        try:
+            network = ipaddress.IPv4Network(value) if isinstance(value, str) else None
+        except ValueError as e:
+            raise check.fail(raw, overlay, where, f"must be an IPv4 network such as {DEFAULT_RANGES[overlay]}: {e}")
+        if network is None:
+            raise check.fail(raw, overlay, where, f"must be an IPv4 network such as {DEFAULT_RANGES[overlay]}, "
+                                                  f"got {value!r}")
+        block = RANGE_BLOCKS[overlay]
+        blocks = 2 ** (block - network.prefixlen) if network.prefixlen <= block else 0
+        if blocks < sites:
+            raise check.fail(raw, overlay, where, f"{network} holds {blocks} /{block} block(s); {sites} sites "
+                                                  "need one each")
+        if network.overlaps(TESTBED_ADDRESSES):
+            raise check.fail(raw, overlay, where, f"{network} overlaps the testbed's own {TESTBED_ADDRESSES}")
+        ranges[overlay] = str(network)
+    return ranges
 
 
 def _parse_host(check: Checker, spec: LineDict, where: str, base: Path) -> RemoteHost:

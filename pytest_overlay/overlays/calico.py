@@ -16,6 +16,7 @@ cali veths and any route into the pool that a killed BIRD left behind.
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import socket
 import time
 
@@ -23,10 +24,11 @@ from .. import procs
 from ..engines import Engine, EngineError
 from ..hostnet import Footprint
 from ..testbed import EmulatedTestbed
+from ..topology import DEFAULT_RANGES
 from .base import OverlayUnavailable
 from .containers import ContainerOverlay
 
-POOL = ipaddress.ip_network("10.48.0.0/16")
+POOL = ipaddress.ip_network(DEFAULT_RANGES["calico"])  # the default; a topology's `ranges:` moves it
 BLOCK_PREFIX = 26
 AS_NUMBER = 64512
 GATEWAY = "169.254.1.1"
@@ -40,12 +42,12 @@ MODEL = ("model of Calico's data plane: real BIRD iBGP full mesh, /26 blocks, ca
          "proxy ARP; calico-node (felix, confd) not run")
 
 
-def block(index: int) -> ipaddress.IPv4Network:
+def block(index: int, pool: ipaddress.IPv4Network = POOL) -> ipaddress.IPv4Network:
     """The index-th /26 block of the pool, one per site (Calico's default block size)."""
-    return list(POOL.subnets(new_prefix=BLOCK_PREFIX))[index]
+    return next(itertools.islice(pool.subnets(new_prefix=BLOCK_PREFIX), index, None))
 
 
-def bird_config(router_id: str, own_block: str, peers: dict[str, str]) -> str:
+def bird_config(router_id: str, own_block: str, peers: dict[str, str], pool: ipaddress.IPv4Network = POOL) -> str:
     """BIRD 2 configuration for one site: announce the site's block to every peer (iBGP,
     multihop: peers are sites, not neighbours on a segment) and install what it learns of
     the pool's blocks, and nothing else (a peer's default route never reaches the kernel)."""
@@ -66,7 +68,7 @@ template bgp mesh {{
   local {router_id} as {AS_NUMBER};
   multihop;
   connect retry time 1;
-  ipv4 {{ import where net ~ [ {POOL}{{{BLOCK_PREFIX},{BLOCK_PREFIX}}} ]; export where proto = "blocks"; gateway recursive; }};
+  ipv4 {{ import where net ~ [ {pool}{{{BLOCK_PREFIX},{BLOCK_PREFIX}}} ]; export where proto = "blocks"; gateway recursive; }};
 }}
 {sessions}
 """
@@ -116,7 +118,8 @@ class CalicoOverlay(ContainerOverlay):
 
     def __init__(self, testbed: EmulatedTestbed) -> None:
         super().__init__(testbed)
-        self.blocks = {site: block(i) for i, site in enumerate(testbed.sites)}
+        self.pool = ipaddress.ip_network(testbed.topology.ranges["calico"])
+        self.blocks = {site: block(i, self.pool) for i, site in enumerate(testbed.sites)}
         self.sessions: dict[str, dict[str, str]] = {}  # site -> peer -> BGP state
         self.learned: dict[str, dict[str, str]] = {}  # site -> block -> the kernel route BIRD installed
 
@@ -133,7 +136,7 @@ class CalicoOverlay(ContainerOverlay):
         except BaseException:
             self.down()
             raise
-        self.testbed.count("calico", ["-s", str(POOL)])  # on real hosts: not ours to count
+        self.testbed.count("calico", ["-s", str(self.pool)])  # on real hosts: not ours to count
         self.timings["up_s"] = time.monotonic() - started
         self._progress(f"up in {self.timings['up_s']:.1f} s: {len(self.blocks)} blocks learned everywhere, "
                        f"MTU {self.mtu}, {len(self.containers)} containers")
@@ -153,7 +156,7 @@ class CalicoOverlay(ContainerOverlay):
             peers = {other: h.address for other, h in sites.items() if other != site}
             config = self.state_dir / f"{site}-bird.conf"
             config.parent.mkdir(parents=True, exist_ok=True)
-            config.write_text(bird_config(handle.address, str(self.blocks[site]), peers))
+            config.write_text(bird_config(handle.address, str(self.blocks[site]), peers, self.pool))
             (config_path,) = self._site_files(name, site, {"bird.conf": config}).values()
             self._start_daemon(name, site, ["bird", "-f", "-c", config_path, "-s", self._socket(site),
                                             "-P", str(self._daemon_dir(name) / "bird.pid")])

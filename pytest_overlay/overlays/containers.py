@@ -84,7 +84,8 @@ class ContainerOverlay(Overlay):
             from ..remote import HostDaemon, record_host_network
 
             if self.footprint is not None and site not in self.site_daemons:
-                record_host_network(self.testbed.hosts[site], self.testbed.run_id, site, self.name)
+                record_host_network(self.testbed.hosts[site], self.testbed.run_id, site, self.name,
+                                    self.testbed.topology.ranges.get(self.footprint.overlay))
             command = [*procs.OWN_PID_NAMESPACE, *command] if own_pid_namespace else command
             daemon = HostDaemon.start(name, self.testbed.hosts[site], self.testbed.host_dir(name), command, env)
         else:

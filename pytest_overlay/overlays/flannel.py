@@ -27,10 +27,11 @@ from ..hostnet import Footprint
 from ..paths import find_binary
 from ..pki import PKI, Credentials
 from ..testbed import EmulatedTestbed
+from ..topology import DEFAULT_RANGES
 from .base import OverlayUnavailable
 from .containers import ContainerOverlay
 
-NETWORK = "10.40.0.0/16"
+NETWORK = DEFAULT_RANGES["flannel"]  # the default; a topology's `ranges:` moves it
 SUBNET_LEN = 24
 PREFIX = "/coreos.com/network"
 ETCD_PORT = 2379
@@ -175,7 +176,7 @@ class FlannelOverlay(ContainerOverlay):
             time.sleep(0.2)
         else:
             raise EngineError(f"etcd at {self.kv} not healthy within 30 s; its log:\n{daemon.log_tail(15)}")
-        config = {"Network": NETWORK, "SubnetLen": SUBNET_LEN, "Backend": BACKENDS[self.backend]}
+        config = {"Network": self.testbed.topology.ranges["flannel"], "SubnetLen": SUBNET_LEN, "Backend": BACKENDS[self.backend]}
         self._etcdctl("put", f"{PREFIX}/config", json.dumps(config)).check()
 
     # --- flanneld -----------------------------------------------------------------------------

@@ -23,6 +23,7 @@ from ..engines import Engine, EngineError
 from ..hostnet import Footprint
 from ..paths import find_binary
 from ..testbed import EmulatedTestbed
+from ..topology import DEFAULT_RANGES
 from .base import OverlayUnavailable
 from .libnetwork import esp_available
 from .containers import ContainerOverlay
@@ -30,7 +31,7 @@ from .containers import ContainerOverlay
 CONTROL_PORT = 6783  # TCP: the mesh; UDP: sleeve
 FASTDP_PORT = 6784  # UDP: fastdp's VXLAN
 HTTP_ADDR = "127.0.0.1:6784"  # weaver's API, inside each site only
-IPALLOC_RANGE = "10.32.0.0/12"
+IPALLOC_RANGE = DEFAULT_RANGES["weave"]  # the default; a topology's `ranges:` moves it
 BRIDGE = "weave"
 BINARIES = {"weaver": "Weave Net's router", "weaveutil": "Weave Net's helper and CNI plugin"}
 GET = """\
@@ -59,6 +60,7 @@ class WeaveOverlay(ContainerOverlay):
 
     def __init__(self, testbed: EmulatedTestbed) -> None:
         super().__init__(testbed)
+        self.ipalloc_range = testbed.topology.ranges["weave"]
         self.connections: dict[str, list[dict]] = {}
         self.router: dict[str, dict] = {}
 
@@ -113,7 +115,8 @@ class WeaveOverlay(ContainerOverlay):
             arguments = ["--name", self._peer_name(index + 1), "--nickname", site.name,
                          "--host", site.address, "--port", str(CONTROL_PORT), "--http-addr", HTTP_ADDR,
                          "--status-addr", "", "--metrics-addr", "", "--docker-api", "", "--no-dns", "--no-discovery",
-                         "--ipalloc-range", IPALLOC_RANGE, "--ipalloc-init", f"consensus={len(sites)}", *trusted]
+                         "--ipalloc-range", self.ipalloc_range, "--ipalloc-init", f"consensus={len(sites)}",
+                         *trusted]
             peers = [other.address for other in sites if other is not site]  # after every flag: Go stops there
             name = f"weaver-{site.name}"
             self._start_daemon(name, site.name, [
@@ -243,7 +246,7 @@ class WeaveOverlay(ContainerOverlay):
             "peer_connections": {site: [{k: c[k] for k in ("address", "state", "info", "mtu", "encrypted")}
                                         for c in conns]
                                  for site, conns in self.connections.items() if site in (src, dst)},
-            "ipam_range": IPALLOC_RANGE,
+            "ipam_range": self.ipalloc_range,
         }
 
     def _kinds(self) -> set[str]:

@@ -8,7 +8,7 @@ import json
 
 from pytest_overlay.overlays import calico
 
-from ..conftest import QUICK, run_suites
+from ..conftest import QUICK, run_suites, two_sites
 
 
 def test_bird_config_announces_the_block_to_every_peer():
@@ -40,3 +40,17 @@ def test_calico_next_to_the_underlay(tmp_path, clean_machine):
     tcp = {r["overlay"]: r["total"] for r in json.loads(out.read_text())["results"]
            if r["metric"] == "tcp_throughput" and r["dst"] == "AMS"}
     assert tcp["calico"] > 0.9 * tcp["host"]  # no encapsulation, no userspace: the underlay's rate
+
+
+def test_calico_in_a_pool_the_topology_moved(tmp_path, clean_machine):
+    """`ranges: {calico: ...}`: the sites' blocks come from the topology's pool, and BIRD
+    (whose import filter names that pool) learns them."""
+    out = tmp_path / "results.json"
+    run = run_suites("suites/", *QUICK, f"--topology={two_sites(tmp_path, 10, 'ranges: {calico: 10.77.0.0/24}')}",
+                     "--overlay=calico", "-m", "latency", f"--overlay-json={out}", timeout=600)
+    run.passed()
+    (record,) = json.loads(out.read_text())["results"]
+    assert record["valid"]
+    path = record["datapath"]
+    assert set(path["blocks"].values()) == {"10.77.0.0/26", "10.77.0.64/26"}
+    assert path["blocks"]["B"] in path["routes_learned"]["A"]

@@ -225,3 +225,26 @@ def test_host_entries_resolve_addresses_and_certificates(tmp_path):
     assert (topo.sites["A"].host.address, topo.sites["A"].host.identity) == ("198.18.0.1", str(tmp_path / "key.pem"))
     assert (b.address, b.docker) == ("192.0.2.2", "tcp://192.0.2.2:2376")
     assert b.tls == {k: str(tmp_path / f"{k}.pem") for k in ("ca", "cert", "key")}
+
+
+def test_overlay_ranges_default_and_move(tmp_path):
+    assert topology.load(write(tmp_path, GOOD)).ranges == topology.DEFAULT_RANGES
+    moved = topology.load(write(tmp_path, GOOD + "ranges: {calico: 10.77.0.0/24, weave: 172.30.0.0/16}\n"))
+    assert moved.ranges == {**topology.DEFAULT_RANGES, "calico": "10.77.0.0/24", "weave": "172.30.0.0/16"}
+
+
+@pytest.mark.parametrize("ranges, field, message", [
+    ("{cilium: 10.0.0.0/16}", "ranges.cilium", "unknown key"),
+    ("{flannel: 10.40.0.1/16}", "ranges.flannel", "has host bits set"),
+    ("{flannel: 10.40.0.0/23}", "ranges.flannel", "10.40.0.0/23 holds 2 /24 block(s); 3 sites need one each"),
+    ("{flannel: 10.40.0.0/25}", "ranges.flannel", "10.40.0.0/25 holds 0 /24 block(s); 3 sites need one each"),
+    ("{calico: 10.48.0.0/26}", "ranges.calico", "10.48.0.0/26 holds 1 /26 block(s); 3 sites need one each"),
+    ("{weave: 198.18.0.0/16}", "ranges.weave", "overlaps the testbed's own 198.18.0.0/15"),
+    ("{weave: 12}", "ranges.weave", "must be an IPv4 network such as 10.32.0.0/12, got 12"),
+], ids=["unknown", "host-bits", "flannel-small", "flannel-none", "calico-small", "testbed", "not-a-network"])
+def test_bad_overlay_range_names_its_line(tmp_path, ranges, field, message):
+    path = write(tmp_path, GOOD + f"ranges: {ranges}\n")
+    with pytest.raises(InputError) as error:
+        topology.load(path)
+    assert (error.value.line, error.value.field) == (10, field)
+    assert message in error.value.message
