@@ -29,7 +29,7 @@ from typing import Callable
 
 from . import emulator as emu
 from . import procs
-from .paths import STATE_ROOT
+from .paths import DATA_ROOT, STATE_ROOT
 from .topology import Circuit, Direction, Topology
 
 NETNS_DIR = Path("/run/netns")
@@ -41,8 +41,17 @@ WIRE_CHAIN = "OVL-WIRE"
 LOCK = "lock"
 
 
-def new_run_id() -> str:
-    return secrets.token_hex(3)
+def new_run_id(state_root: Path | None = None) -> str:
+    """An id no run on this machine has left a trace of (state, Docker data, namespaces).
+    Ids are 24 bits so that every name built on them fits an interface name (15 characters:
+    "ovl" + id + "-" + a site) and a MAC; passing over those in use makes a collision on one
+    machine impossible rather than unlikely."""
+    roots = (state_root or STATE_ROOT, DATA_ROOT)
+    taken = {p.name for root in roots if root.is_dir() for p in root.iterdir()}
+    taken |= {m.group(1) for name in (os.listdir(NETNS_DIR) if NETNS_DIR.is_dir() else []) if (m := OUR_NETNS.match(name))}
+    while (candidate := secrets.token_hex(3)) in taken:
+        pass
+    return candidate
 
 
 def tcp_buffer_max(rtt_ms: float, rate_mbit: float | None) -> int:

@@ -66,3 +66,14 @@ def test_failed_command_shows_command_exit_code_and_output():
     else:
         raise AssertionError("check() passed a failed command")
     assert procs.run(["/nonexistent/tool"]).rc == 127
+
+
+def test_a_run_id_never_repeats_one_in_use_on_this_machine(tmp_path, monkeypatch):
+    """The first ids drawn are taken (a run's state folder, a dead run's data root): the one
+    returned is the first free one."""
+    (tmp_path / "state" / "aaaaaa").mkdir(parents=True)
+    (tmp_path / "data" / "bbbbbb").mkdir(parents=True)
+    monkeypatch.setattr(testbed, "DATA_ROOT", tmp_path / "data")
+    drawn = iter(["aaaaaa", "bbbbbb", "cccccc"])
+    monkeypatch.setattr(testbed.secrets, "token_hex", lambda n: next(drawn))
+    assert testbed.new_run_id(tmp_path / "state") == "cccccc"
