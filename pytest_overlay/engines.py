@@ -102,6 +102,7 @@ class Engine:
     state_dir: Path
     extra_args: list[str] = field(default_factory=list)  # what an overlay needs of dockerd (flannel: --bip, --mtu)
     daemon: procs.Daemon | None = None
+    containerd: procs.Daemon | None = None
     client: docker.DockerClient | None = field(default=None, repr=False)
 
     @property
@@ -115,6 +116,11 @@ class Engine:
     @property
     def socket(self) -> Path:
         return self.state_dir / "docker.sock"
+
+    @property
+    def containerd_socket(self) -> Path:
+        """Where the engine's own containerd listens: where dockerd would put its managed one."""
+        return self.exec_root / "containerd" / "containerd.sock"
 
     @property
     def cgroup_parent(self) -> str:
@@ -132,11 +138,13 @@ class Engine:
         # cgroup v2 hosts with systemd) dockerd refuses a --cgroup-parent that is not a .slice.
         config = self.state_dir / "daemon.json"
         config.write_text("{}\n")
+        self._start_containerd(timeout)
         command = [
             "dockerd", "--config-file", str(config), "--exec-opt", "native.cgroupdriver=cgroupfs",
             "--data-root", str(self.data_root), "--exec-root", str(self.exec_root),
             "--pidfile", str(self.state_dir / "dockerd.pid"), "-H", self.url,
-            "--cgroup-parent", self.cgroup_parent, "--userland-proxy=false", "--log-level=warn", *self.extra_args,
+            "--containerd", str(self.containerd_socket), "--cgroup-parent", self.cgroup_parent,
+            "--userland-proxy=false", "--log-level=warn", *self.extra_args,
         ]
         self.daemon = procs.start(f"dockerd-{self.site}", command, self.state_dir / "dockerd.log", self.netns)
         deadline = time.monotonic() + timeout
@@ -151,6 +159,26 @@ class Engine:
                 time.sleep(0.05)
         raise EngineError(f"Docker engine of site {self.site} did not answer on {self.socket} within "
                           f"{timeout:g} s; its log:\n{self.daemon.log_tail()}")
+
+    def _start_containerd(self, timeout: float) -> None:
+        """The engine's own containerd, configured as dockerd configures its managed one. Left
+        to itself, dockerd uses /run/containerd/containerd.sock wherever a containerd listens
+        there (the host's own), and a killed run's containers would live on in it."""
+        config = self.state_dir / "containerd.toml"
+        config.write_text(f'version = 2\nroot = "{self.data_root}/containerd/daemon"\n'
+                          f'state = "{self.exec_root}/containerd/daemon"\n'
+                          'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n'
+                          f'[grpc]\n  address = "{self.containerd_socket}"\n'
+                          f'[debug]\n  address = "{self.exec_root}/containerd/containerd-debug.sock"\n')
+        self.containerd_socket.parent.mkdir(parents=True, exist_ok=True)
+        self.containerd = procs.start(f"containerd-{self.site}", ["containerd", "--config", str(config)],
+                                      self.state_dir / "containerd.log", self.netns)
+        deadline = time.monotonic() + timeout
+        while not self.containerd_socket.is_socket():
+            if not self.containerd.alive() or time.monotonic() > deadline:
+                raise EngineError(f"Docker engine of site {self.site}: its containerd did not start; its log:\n"
+                                  f"{self.containerd.log_tail()}")
+            time.sleep(0.02)
 
     def load_image(self, tar_path: Path, tag: str) -> bool:
         """Import the image where the engine lacks it; True if it had to."""
@@ -197,6 +225,8 @@ class Engine:
             self.client = None
         if self.daemon is not None:
             self.daemon.stop(timeout=20)
+        if self.containerd is not None:  # after dockerd, which stops its containers through it
+            self.containerd.stop(timeout=10)
         unmount_below(self.exec_root)
         unmount_below(self.data_root)
         shutil.rmtree(self.data_root, ignore_errors=True)

@@ -46,6 +46,12 @@ class Footprint:
         return bool(self.chain_prefixes) and name.startswith(self.chain_prefixes)
 
 
+# A site namespace of the embedded testbed is the run's own: whatever an overlay added there is
+# the overlay's.
+EVERYTHING = Footprint("everything", link_prefixes=("",), marks=("",), chain_prefixes=("",),
+                       routes_within="0.0.0.0/0")
+
+
 @dataclass
 class Snapshot:
     """A host's network as SNAPSHOT_SCRIPT printed it."""

@@ -12,7 +12,7 @@ from typing import Callable
 
 import docker
 
-from .. import budget, engines, procs
+from .. import budget, engines, hostnet, procs
 from ..engines import LABEL, Engine, EngineError
 from ..hostnet import Footprint
 from ..paths import find_binary
@@ -49,17 +49,24 @@ class ContainerOverlay(Overlay):
         self.mtu: int | None = None
         # Interfaces each site had before this overlay: what it adds (docker0, weave's bridge,
         # flannel.1, ...) goes when it goes, so the next overlay of the run starts clean.
-        self.links_before = {site: self._links(site) for site in testbed.sites} if testbed.backend == "embedded" else {}
+        self.network_before = {site: self._site_network(site) for site in testbed.sites} \
+            if testbed.backend == "embedded" else {}
         self.state_dir = testbed.run_dir / self.name  # the overlay's own files (configs, keys, logs)
 
-    def _links(self, site: str) -> set[str]:
-        shown = procs.run(["ip", "-o", "link", "show"], self.testbed.netns_of(site)).stdout
-        return {line.split(":")[1].strip().split("@")[0] for line in shown.splitlines() if ":" in line}
+    def _site_network(self, site: str) -> hostnet.Snapshot:
+        return hostnet.Snapshot.parse(procs.run(["sh", "-c", hostnet.SNAPSHOT_SCRIPT], self.testbed.netns_of(site)).stdout)
 
-    def _remove_added_links(self) -> None:
-        for site, before in self.links_before.items():
-            for name in sorted(self._links(site) - before):
-                procs.run(["ip", "link", "delete", name], self.testbed.netns_of(site))
+    def _restore_sites(self) -> None:
+        """Each site's namespace as it was before this overlay: its links (docker0, Weave's
+        bridge, flannel.1, ...), iptables chains and rules (Docker's, Weave's, ...) and routes
+        go, so the next overlay of the run starts clean."""
+        def restore(site: str) -> None:
+            commands = hostnet.undo(self.network_before[site], self._site_network(site), hostnet.EVERYTHING)
+            if commands:
+                procs.run(["sh", "-c", hostnet.script(commands)], self.testbed.netns_of(site))
+
+        with concurrent.futures.ThreadPoolExecutor(max(1, min(8, len(self.network_before)))) as pool:
+            list(pool.map(restore, self.network_before))
 
     def _progress(self, message: str) -> None:
         self.testbed.progress(f"{self.name}: {message}")
@@ -148,6 +155,7 @@ class ContainerOverlay(Overlay):
         image, self.timings["engines_s"] = engines.start_all(list(self.engines.values()), self._progress)
         for engine in self.engines.values():
             bed.track(engine.daemon)
+            bed.track(engine.containerd)
         return image
 
     def _tcp_buffers(self, site: str) -> dict[str, str]:
@@ -248,7 +256,7 @@ class ContainerOverlay(Overlay):
 
     def down(self) -> None:
         started = time.monotonic()
-        self.testbed.untrack(self.daemons + [e.daemon for e in self.engines.values() if e.daemon])
+        self.testbed.untrack(self.daemons + [d for e in self.engines.values() for d in (e.daemon, e.containerd) if d])
         if self.remote:  # the engines stay; this overlay's containers and network go
             for site, engine in self.engines.items():  # one host failing stops none of the rest
                 try:
@@ -277,7 +285,7 @@ class ContainerOverlay(Overlay):
             for failure in failed:
                 self._progress(f"teardown on the hosts: {failure} (`clean --topology` tries again)")
         if self.testbed.created:  # the sites still exist
-            self._remove_added_links()
+            self._restore_sites()
         if self.engines:
             engines.remove_run_files(self.testbed.run_id, self.testbed.run_dir)
         shutil.rmtree(self.state_dir, ignore_errors=True)

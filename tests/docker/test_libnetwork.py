@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_overlay import engines, paths, topology
+from pytest_overlay import engines, paths, procs, topology
 from pytest_overlay.engines import EngineError
 from pytest_overlay.overlays.libnetwork import LibnetworkOverlay, esp_available
 from pytest_overlay.testbed import EmulatedTestbed
@@ -66,7 +66,7 @@ def test_swarm_holds_at_150_ms(tmp_path, clean_machine):
 
 def test_engine_that_fails_to_start_is_named_with_its_log(clean_machine):
     with EmulatedTestbed(topology.load("local")) as bed:
-        # A file where site B's data root must be: its dockerd cannot start.
+        # A file where site B's data root must be: its engine (containerd first) cannot start.
         blocker = paths.DATA_ROOT / bed.run_id / "B"
         blocker.parent.mkdir(parents=True)
         blocker.write_text("not a directory")
@@ -75,7 +75,7 @@ def test_engine_that_fails_to_start_is_named_with_its_log(clean_machine):
             overlay.up()
     message = str(error.value)
     assert "Docker engine of site B" in message
-    assert "canonical path points to a file" in message  # dockerd's own words, from its log
+    assert f"mkdir {paths.DATA_ROOT / bed.run_id / 'B'}: not a directory" in message  # containerd's words, from its log
     assert "site A" not in message
 
 
@@ -153,3 +153,49 @@ def test_engines_ignore_the_hosts_daemon_json_and_use_cgroupfs(tmp_path, clean_m
         host_config.unlink()
     assert info["CgroupDriver"] == "cgroupfs"
     assert "10.99.0.1" not in bridge and "172.17.0.1" in bridge
+
+
+HOST_CONTAINERD = Path("/run/containerd/containerd.sock")
+
+
+@pytest.fixture
+def host_containerd(tmp_path):
+    """Name: host_containerd. Scope: function. A containerd listening where a host's own
+    listens (/run/containerd/containerd.sock), as on a machine that runs one: the machine's,
+    if it has one, else one started for the test and ended after it."""
+    if HOST_CONTAINERD.is_socket():
+        yield HOST_CONTAINERD
+        return
+    config = tmp_path / "config.toml"
+    config.write_text(f'version = 2\nroot = "{tmp_path}/root"\nstate = "{tmp_path}/state"\n'
+                      f'disabled_plugins = ["io.containerd.grpc.v1.cri"]\n[grpc]\n  address = "{HOST_CONTAINERD}"\n')
+    daemon = procs.start("host-containerd", ["containerd", "--config", str(config)], tmp_path / "log")
+    try:
+        deadline = time.monotonic() + 10
+        while not HOST_CONTAINERD.is_socket() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        yield HOST_CONTAINERD
+    finally:
+        daemon.stop()
+        HOST_CONTAINERD.unlink(missing_ok=True)
+        HOST_CONTAINERD.with_name("containerd.sock.ttrpc").unlink(missing_ok=True)
+
+
+def test_each_engine_has_its_own_containerd_even_beside_the_hosts(host_containerd, clean_machine):
+    """With a containerd at the host's usual socket, each site's engine still runs its
+    containers through a containerd of its own (a dockerd left to itself would use the
+    host's, where a killed run's containers would outlive the sweep)."""
+    def tasks(address: Path) -> str:
+        return procs.run(["ctr", "-a", str(address), "-n", "moby", "tasks", "ls", "-q"]).check().stdout
+
+    with EmulatedTestbed(topology.load("local")) as bed:
+        overlay = LibnetworkOverlay(bed)
+        overlay.up()
+        try:
+            for site, engine in overlay.engines.items():
+                assert engine.containerd.alive() and engine.containerd_socket.is_socket()
+                ours = engine.client.containers.get(f"ovl{bed.run_id}-{site}").id
+                assert ours in tasks(engine.containerd_socket).split()
+                assert ours not in tasks(host_containerd).split()
+        finally:
+            overlay.down()
