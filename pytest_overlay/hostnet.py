@@ -2,7 +2,7 @@
 
 weaver, flanneld and BIRD add iptables chains and rules, links and routes of their own accord;
 the run cannot list them in advance. So the run reads the host's network (iptables' filter
-and nat tables, links, BIRD's routes) before the overlay's first daemon starts there, keeps
+and nat tables, links, routes) before the overlay's first daemon starts there, keeps
 that reading on the host beside the daemons' pid files, and at teardown (or at `clean`, after a
 kill) removes what is there now and was not then, and only what the overlay's footprint
 claims: a Kubernetes node's own Flannel chains, rules and routes, present before, stay as they
@@ -143,7 +143,8 @@ def _route_selector(words: list[str]) -> tuple[ipaddress.IPv4Network, list[str]]
     if network is None:
         return None
     head = words[:2] if words[0] in ROUTE_TYPES else words[:1]
-    keyed = [w for key, value in zip(words, words[1:]) if key in ("via", "dev", "proto", "metric") for w in (key, value)]
+    keyed = [w for key, value in zip(words, words[1:]) if key in ("via", "dev", "proto", "metric")
+             for w in (key, value)]
     return network, [*head, *keyed]
 
 

@@ -120,7 +120,8 @@ class HostLock:
 
     def acquire(self, timeout: float = 20) -> str | None:
         """None once held; otherwise why not (the holder, or what went wrong)."""
-        holder = f"run {self.run_id} from {socket.gethostname()} (pid {os.getpid()}), since {time.strftime('%Y-%m-%d %H:%M:%S', time.gmtime())} UTC"
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
+        holder = f"run {self.run_id} from {socket.gethostname()} (pid {os.getpid()}), since {since} UTC"
         script = (f"exec 9>>{self.path}\nif ! flock -n 9; then echo busy; cat {self.path}; exit 0; fi\n"
                   f"echo {shlex.quote(holder)} > {self.path}\necho locked\nexec cat > /dev/null")
         self.session = subprocess.Popen(ssh_command(self.host, as_root(script)), stdin=subprocess.PIPE,
@@ -713,7 +714,8 @@ class RemoteTestbed(Testbed):
 def qdisc_handle(run_id: str) -> str:
     """The major handle of the run's root qdisc on a host: from its id, so that teardown and
     `clean` remove a root qdisc only while it is still the run's own."""
-    return f"{int(run_id[:4], 16) or 1:x}"
+    major = int(run_id[:4], 16)
+    return f"{major if 0 < major < 0xFFFF else 1:x}"  # 0 is no handle, ffff: is the ingress qdisc's
 
 
 def remove_netem_script(dev: str, handle: str) -> str:
@@ -817,17 +819,18 @@ def remove_netem(hosts: dict[str, RemoteHost], run_id: str, report: Callable[[st
     return errors
 
 
-def swarm_to_leave(engines: dict[str, RemoteEngine], state: dict, held: set[str],
+def swarm_to_leave(engines: dict[str, RemoteEngine], state: dict, held: dict[str, str],
                    report: Callable[[str], None]) -> set[str]:
     """The hosts a killed run's swarm may be left on: those still the very node the run made
-    them (their node id as recorded), and not held by a live run (which may use the swarm)."""
+    them (their node id as recorded), and not held by a live run (which may use the swarm);
+    `held` says why each held host is."""
     if not state.get("swarm_created"):
         return set()
     nodes = (state.get("swarm") or {}).get("nodes", {})
     leave = set()
     for name, engine in engines.items():
         if name in held:
-            report(f"host {name}: in use by a live run; its swarm is left as it is")
+            report(f"host {name}: {held[name]}; its swarm is left as it is")
             continue
         try:
             node = engine.client.info().get("Swarm", {}).get("NodeID") or ""
@@ -869,13 +872,14 @@ def clean_hosts(topology: Topology, report: Callable[[str], None] = print, force
     for name, host in ssh_hosts.items():  # runs that started daemons there
         listed = host_run(host, f"ls -d {HOST_STATE}/*/host/*/pid 2>/dev/null || true", 60)
         found |= {line.split("/")[-4] for line in listed.stdout.split() if RUN_ID.match(line.split("/")[-4])}
-    locks, held = [], set()  # hosts a live run holds: their swarm is not ours to leave
+    locks, held = [], {}  # hosts a live run holds (or whose lock could not be asked): their swarm stays
     for name, host in ssh_hosts.items():
         lock = HostLock(host, "clean")
-        if lock.acquire() is None:
+        refused = lock.acquire()
+        if refused is None:
             locks.append(lock)
         else:
-            held.add(name)
+            held[name] = refused
     endpoints = {h.docker for h in ssh_hosts.values()}
     for state_file in root.glob("*/state.json"):  # runs killed once netem was on, before any container
         try:

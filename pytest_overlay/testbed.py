@@ -48,7 +48,8 @@ def new_run_id(state_root: Path | None = None) -> str:
     machine impossible rather than unlikely."""
     roots = (state_root or STATE_ROOT, DATA_ROOT)
     taken = {p.name for root in roots if root.is_dir() for p in root.iterdir()}
-    taken |= {m.group(1) for name in (os.listdir(NETNS_DIR) if NETNS_DIR.is_dir() else []) if (m := OUR_NETNS.match(name))}
+    namespaces = os.listdir(NETNS_DIR) if NETNS_DIR.is_dir() else []
+    taken |= {m.group(1) for name in namespaces if (m := OUR_NETNS.match(name))}
     while (candidate := secrets.token_hex(3)) in taken:
         pass
     return candidate

@@ -68,7 +68,11 @@ template bgp mesh {{
   local {router_id} as {AS_NUMBER};
   multihop;
   connect retry time 1;
-  ipv4 {{ import where net ~ [ {pool}{{{BLOCK_PREFIX},{BLOCK_PREFIX}}} ]; export where proto = "blocks"; gateway recursive; }};
+  ipv4 {{
+    import where net ~ [ {pool}{{{BLOCK_PREFIX},{BLOCK_PREFIX}}} ];
+    export where proto = "blocks";
+    gateway recursive;
+  }};
 }}
 {sessions}
 """

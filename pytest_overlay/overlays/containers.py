@@ -54,7 +54,8 @@ class ContainerOverlay(Overlay):
         self.state_dir = testbed.run_dir / self.name  # the overlay's own files (configs, keys, logs)
 
     def _site_network(self, site: str) -> hostnet.Snapshot:
-        return hostnet.Snapshot.parse(procs.run(["sh", "-c", hostnet.SNAPSHOT_SCRIPT], self.testbed.netns_of(site)).stdout)
+        read = procs.run(["sh", "-c", hostnet.SNAPSHOT_SCRIPT], self.testbed.netns_of(site))
+        return hostnet.Snapshot.parse(read.stdout)
 
     def _restore_sites(self) -> None:
         """Each site's namespace as it was before this overlay: its links (docker0, Weave's

@@ -176,7 +176,8 @@ class FlannelOverlay(ContainerOverlay):
             time.sleep(0.2)
         else:
             raise EngineError(f"etcd at {self.kv} not healthy within 30 s; its log:\n{daemon.log_tail(15)}")
-        config = {"Network": self.testbed.topology.ranges["flannel"], "SubnetLen": SUBNET_LEN, "Backend": BACKENDS[self.backend]}
+        config = {"Network": self.testbed.topology.ranges["flannel"], "SubnetLen": SUBNET_LEN,
+                  "Backend": BACKENDS[self.backend]}
         self._etcdctl("put", f"{PREFIX}/config", json.dumps(config)).check()
 
     # --- flanneld -----------------------------------------------------------------------------

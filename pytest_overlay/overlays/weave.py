@@ -23,7 +23,6 @@ from ..engines import Engine, EngineError
 from ..hostnet import Footprint
 from ..paths import find_binary
 from ..testbed import EmulatedTestbed
-from ..topology import DEFAULT_RANGES
 from .base import OverlayUnavailable
 from .libnetwork import esp_available
 from .containers import ContainerOverlay
@@ -31,7 +30,6 @@ from .containers import ContainerOverlay
 CONTROL_PORT = 6783  # TCP: the mesh; UDP: sleeve
 FASTDP_PORT = 6784  # UDP: fastdp's VXLAN
 HTTP_ADDR = "127.0.0.1:6784"  # weaver's API, inside each site only
-IPALLOC_RANGE = DEFAULT_RANGES["weave"]  # the default; a topology's `ranges:` moves it
 BRIDGE = "weave"
 BINARIES = {"weaver": "Weave Net's router", "weaveutil": "Weave Net's helper and CNI plugin"}
 GET = """\
@@ -47,7 +45,8 @@ def missing_binaries() -> list[str]:
 
 # What weaver leaves on a host besides its process (its fastdp datapath is an openvswitch
 # device, removed by weaveutil): removed at teardown where the run added it.
-HOST_FOOTPRINT = Footprint("weave", links=(BRIDGE, "vethwe-bridge", "vethwe-pcap", f"vxlan-{FASTDP_PORT}", "datapath"),
+HOST_FOOTPRINT = Footprint("weave", links=(BRIDGE, "vethwe-bridge", "vethwe-pcap", f"vxlan-{FASTDP_PORT}",
+                                          "datapath"),
                            marks=("WEAVE", f" {BRIDGE} ", "Weave Net"), chain_prefixes=("WEAVE",),
                            link_removers={"datapath": ("weaveutil", "delete-datapath", "datapath")})
 
