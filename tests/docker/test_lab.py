@@ -539,3 +539,25 @@ def test_flannel_and_calico_across_the_lab_hosts(shared_lab, tmp_path, clean_mac
         assert docker_on(host, "network", "ls", "--filter", "label=pytest-overlay.run", "-q").stdout.strip() == ""
         after = docker_on(host, "info", "--format", "{{.ServerVersion}} {{.Swarm.LocalNodeState}}").stdout
         assert after == before[host.ssh]
+
+
+def test_what_a_run_puts_on_a_host_is_for_root_only(shared_lab, tmp_path, clean_machine):
+    """Files copied to a host (keys among them) and a daemon's folder, log and pid file: root's
+    alone, whatever the copied file's own mode was."""
+    out, a, b = shared_lab
+    bed = RemoteTestbed(topology.load(out))
+    key = tmp_path / "key.pem"
+    key.write_text("not a real key")
+    key.chmod(0o644)
+    files = f"{remote.HOST_STATE}/{bed.run_id}/host/files-A"
+    bed.put_files("A", files, {"key.pem": key})
+    # A daemon's command line names its folder (so only it is ever signalled): this one too.
+    daemon = remote.HostDaemon.start("sleeper-A", a, bed.host_dir("sleeper-A"),
+                                     ["python3", "-c", "import time; time.sleep(30)", bed.host_dir("sleeper-A") + "/"])
+    try:
+        paths = [files, f"{files}/key.pem", daemon.directory, f"{daemon.directory}/log", f"{daemon.directory}/pid"]
+        modes = ssh(a, "stat -c %a " + " ".join(paths)).stdout.split()
+        assert modes == ["700", "600", "700", "600", "600"], dict(zip(paths, modes))
+    finally:
+        daemon.stop()
+        ssh(a, f"rm -rf {remote.HOST_STATE}/{bed.run_id}")
