@@ -18,7 +18,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 
 TABLES = ("filter", "nat")
-ROUTE_TYPES = ("blackhole", "unreachable", "prohibit", "throw")
+ROUTE_TYPES = ("blackhole", "unreachable", "prohibit", "throw", "local", "broadcast")
 _SECTION = "### pytest-overlay "
 SNAPSHOT_SCRIPT = "".join(f"echo '{_SECTION}iptables {t}'; iptables-save -t {t}\n" for t in TABLES) + (
     f"echo '{_SECTION}links'; ip -o link show | cut -d: -f2 | cut -d@ -f1\n"
@@ -127,22 +127,29 @@ def undo(before: Snapshot, after: Snapshot, footprint: Footprint) -> list[list[s
     return commands
 
 
-def route_destination(words: list[str]) -> ipaddress.IPv4Network | None:
-    """The destination of a route as `ip route show` prints it (after its type, if any)."""
-    head = words[:2] if words and words[0] in ROUTE_TYPES + ("local", "broadcast") and len(words) > 1 else words[:1]
+def _route_head(words: list[str]) -> tuple[list[str], ipaddress.IPv4Network] | None:
+    """A route of `ip route show`: its type (if any) and destination, as words, and the
+    destination as a network."""
+    head = words[:2] if words and words[0] in ROUTE_TYPES and len(words) > 1 else words[:1]
     try:
-        return ipaddress.ip_network("0.0.0.0/0" if head[-1] == "default" else head[-1], strict=False)
+        return head, ipaddress.ip_network("0.0.0.0/0" if head[-1] == "default" else head[-1], strict=False)
     except (IndexError, ValueError):
         return None
+
+
+def route_destination(words: list[str]) -> ipaddress.IPv4Network | None:
+    """The destination of a route as `ip route show` prints it."""
+    found = _route_head(words)
+    return found[1] if found else None
 
 
 def _route_selector(words: list[str]) -> tuple[ipaddress.IPv4Network, list[str]] | None:
     """A route of `ip route show`: its destination, and what `ip route del` needs to remove
     exactly it (type, prefix, gateway, device, protocol, metric; not the kernel's flags)."""
-    network = route_destination(words)
-    if network is None:
+    found = _route_head(words)
+    if found is None:
         return None
-    head = words[:2] if words[0] in ROUTE_TYPES else words[:1]
+    head, network = found
     keyed = [w for key, value in zip(words, words[1:]) if key in ("via", "dev", "proto", "metric")
              for w in (key, value)]
     return network, [*head, *keyed]

@@ -107,6 +107,11 @@ def host_run(host: RemoteHost, script: str, timeout: float | None = 60, input: s
                      input=input)
 
 
+def _families(wanted: set[str]) -> set[str]:
+    """The overlays asked for that run daemons on hosts, by family (flannel-udp is Flannel)."""
+    return {name.split("-")[0] for name in wanted} & {"weave", "flannel", "calico"}
+
+
 class HostLock:
     """The run's hold on a host for as long as this process lives: an flock on a file in the
     host's /run/lock, held by a `cat` at the far end of an ssh session whose stdin is ours.
@@ -446,14 +451,8 @@ class RemoteTestbed(Testbed):
         Kubernetes pod network, a VPN) would take the overlay's traffic or lose its own.
         Wider routes (a 10.0.0.0/8 towards a corporate network) are left: ours are more specific.
         The ranges are the topology's (`ranges:`), so a host can be met by moving them."""
-        own = self.topology.ranges
-        ranges = {}
-        if wanted & {"weave", "weave-encrypted"}:
-            ranges[own["weave"]] = "Weave Net's IPAM range"
-        if any(o.startswith("flannel") for o in wanted):
-            ranges[own["flannel"]] = "Flannel's network"
-        if "calico" in wanted:
-            ranges[own["calico"]] = "Calico's pool"
+        what = {"weave": "Weave Net's IPAM range", "flannel": "Flannel's network", "calico": "Calico's pool"}
+        ranges = {self.topology.ranges[family]: what[family] for family in _families(wanted)}
         if not ranges:
             return []
         routes = tested.run("ip -4 route show table all").stdout.splitlines()
@@ -470,14 +469,9 @@ class RemoteTestbed(Testbed):
     @staticmethod
     def _rival_daemons(wanted: set[str]) -> dict[str, str]:
         """Daemons of another instance of an overlay asked for (a Kubernetes node's own)."""
-        rivals = {}
-        if wanted & {"weave", "weave-encrypted"}:
-            rivals["weaver"] = "Weave Net"
-        if any(o.startswith("flannel") for o in wanted):
-            rivals["flanneld"] = "Flannel"
-        if "calico" in wanted:
-            rivals.update({"calico-node": "Calico", "bird": "BIRD (Calico's BGP)"})
-        return rivals
+        rivals = {"weave": {"weaver": "Weave Net"}, "flannel": {"flanneld": "Flannel"},
+                  "calico": {"calico-node": "Calico", "bird": "BIRD (Calico's BGP)"}}
+        return {process: whose for family in _families(wanted) for process, whose in rivals[family].items()}
 
     def _check_emulation(self, name: str, host: RemoteHost, tested) -> list[Check]:
         """emulate: true replaces the interface's root qdisc with netem per destination: the

@@ -14,7 +14,6 @@ import docker
 
 from .. import budget, engines, hostnet, procs
 from ..engines import LABEL, Engine, EngineError
-from ..hostnet import Footprint
 from ..paths import find_binary
 from ..testbed import EmulatedTestbed
 from .base import ContainerEndpoint, Overlay
@@ -37,7 +36,7 @@ class ContainerOverlay(Overlay):
     network: str | None = None
     # What the overlay's daemons add to a real host's network by themselves (hostnet): read
     # before the first one starts there, and undone at teardown.
-    footprint: Footprint | None = None
+    footprint: hostnet.Footprint | None = None
 
     def __init__(self, testbed: EmulatedTestbed) -> None:
         super().__init__(testbed)
