@@ -81,15 +81,15 @@ def test_clean_after_sigkill_removes_the_sockets_its_containers_shims_left(clean
     run = subprocess.Popen([*PYTEST, "suites/", *QUICK, "--overlay=libnetwork", "-m", "tcp", "--overlay-duration=30"],
                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     deadline = time.monotonic() + 90
-    while time.monotonic() < deadline and not list(DATA_ROOT.glob("*/*/containers/*")):
+    made: set[str] = set()
+    while time.monotonic() < deadline and not made:  # a container's shim is up
         time.sleep(0.2)
-    time.sleep(1)  # the containers' shims are up once their data roots hold them
+        made = set(os.listdir(engines.SHIM_SOCKETS)) - sockets if engines.SHIM_SOCKETS.exists() else set()
     run.kill()
     output, _ = run.communicate(timeout=30)
-    made = set(os.listdir(engines.SHIM_SOCKETS)) - sockets
-    assert made, output
     swept = subprocess.run([sys.executable, "-m", "pytest_overlay", "clean"], cwd=ROOT,
                            capture_output=True, text=True, timeout=60)
+    assert made, output
     assert swept.returncode == 0, swept.stderr
     assert set(os.listdir(engines.SHIM_SOCKETS)) & made == set()
 
