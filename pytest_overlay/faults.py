@@ -15,7 +15,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 
-from . import probes, procs
+from . import probes
 from .topology import Fault
 
 INTERVAL_MS = 10.0  # one round trip every 10 ms: outage and recovery resolve to 10 ms
@@ -270,7 +270,7 @@ class ControlWatch(threading.Thread):
         self.halt = threading.Event()
         self.state: dict[str, str] | None = None
         self.initial: dict[str, str] = {}
-        self.logs = {d.name: _size(d) for d in overlay.control_logs()}
+        self.logs = {d.name: d.log_size() for d in overlay.control_logs()}
 
     def poll(self) -> None:
         try:
@@ -296,22 +296,10 @@ class ControlWatch(threading.Thread):
         self.join(timeout=30)
         out = {}
         for daemon in self.overlay.control_logs():
-            try:
-                with open(daemon.log, "rb") as f:
-                    f.seek(self.logs.get(daemon.name, 0))
-                    lines = f.read().decode(errors="replace").splitlines()
-            except OSError:
-                continue
+            lines = daemon.log_from(self.logs.get(daemon.name, 0)).splitlines()
             if lines:
                 out[daemon.name] = lines[-LOG_LINES:]
         return out
-
-
-def _size(daemon: procs.Daemon) -> int:
-    try:
-        return daemon.log.stat().st_size
-    except OSError:
-        return 0
 
 
 @dataclass
@@ -391,12 +379,12 @@ def run(overlay, fault: Fault, bound_s: float = BOUND_S, tcp: bool = False,
                 if what == "heal" and wire_before is not None and wire_during is None:
                     after = overlay.wire_counters() or {}
                     wire_during = {k: v - wire_before.get(k, 0) for k, v in after.items() if v - wire_before.get(k, 0)}
-                steps.append(Step(what, planned, testbed.impair(changes)))
+                steps.append(Step(what, planned, testbed.impair(changes, overlay.routed())))
                 progress(f"{overlay.name} {fault.name}: {what} at +{planned:g} s")
         finally:
             if not steps or steps[-1].what != "heal":
                 try:
-                    steps.append(Step("heal", time.monotonic() - begin, testbed.impair(fault.healthy())))
+                    steps.append(Step("heal", time.monotonic() - begin, testbed.impair(fault.healthy(), overlay.routed())))
                 except Exception as e:  # noqa: BLE001  (the testbed's teardown removes the emulator anyway)
                     restore_error = f"{type(e).__name__}: {e}"
         healed_seq = max((seq for seq, _ in probe.replies()), default=-1)

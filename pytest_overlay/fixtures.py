@@ -132,11 +132,9 @@ def overlay(request: pytest.FixtureRequest, overlay_testbed, overlay_session: Ov
     from . import overlays
 
     name = request.param
-    if overlay_testbed.backend == "remote":
-        from .remote import UNSUPPORTED_OVERLAYS
-
-        if name in UNSUPPORTED_OVERLAYS:
-            pytest.skip(f"{name} across real hosts is not supported in this version: {UNSUPPORTED_OVERLAYS[name]}")
+    unsupported = overlays.get(name).remote_unsupported
+    if overlay_testbed.backend == "remote" and unsupported:
+        pytest.skip(f"{name} across real hosts is not supported in this version: {unsupported}")
     for attempt in range(1, BRINGUP_ATTEMPTS + 1):
         instance = overlays.get(name)(overlay_testbed)
         instance.container_buffers = overlay_session.option("overlay_container_buffers")
@@ -263,14 +261,12 @@ def fault_path(overlay, fault: topology.Fault, overlay_session: OverlaySession,
     """Name: fault_path. Scope: function. Depends on: overlay, fault (a scenario of the
     topology's faults: section).
 
-    One WAN fault scenario through one overlay, applied by the link emulator while probes run
-    through the overlay; skipped, saying why, where the testbed cannot apply faults."""
-    if overlay.testbed.backend != "embedded" or overlay.testbed.emulator is None or \
-            overlay.testbed.emulator.kind == "none":
-        pytest.skip(f"WAN faults need the embedded testbed's link emulator; this run has the "
-                    f"{overlay.testbed.backend} testbed"
-                    + (" without one (--overlay-emulator=none)" if overlay.testbed.backend == "embedded" else
-                       ": faults across real hosts (firewall rules between them) are not built in this version"))
+    One WAN fault scenario through one overlay, applied by the link emulator (on real hosts:
+    firewall rules between them, and netem where they emulate) while probes run through the
+    overlay; skipped, saying why, where the testbed cannot apply this fault."""
+    why = overlay.testbed.fault_unsupported(fault.faulty())
+    if why:
+        pytest.skip(f"fault {fault.name} cannot be applied on the {overlay.testbed.backend} testbed: {why}")
     return FaultPath(overlay, fault, overlay_session, request.node.nodeid)
 
 

@@ -212,6 +212,21 @@ class Daemon:
         except OSError:
             return ""
 
+    def log_size(self) -> int:
+        try:
+            return self.log.stat().st_size
+        except OSError:
+            return 0
+
+    def log_from(self, offset: int) -> str:
+        """What the daemon logged after the first `offset` bytes."""
+        try:
+            with open(self.log, "rb") as f:
+                f.seek(offset)
+                return f.read().decode(errors="replace")
+        except OSError:
+            return ""
+
     def interrupt(self, timeout: float = 5.0) -> int | None:
         """SIGINT, as Ctrl-C would (some tools write their results only then), then stop()."""
         if self.popen.poll() is None:

@@ -11,8 +11,8 @@ that existed is used and left as it was.
 from __future__ import annotations
 
 import base64
+import concurrent.futures
 import contextlib
-import dataclasses
 import ipaddress
 import io
 import json
@@ -32,22 +32,21 @@ from typing import Callable
 
 import docker
 
-from . import hostnet, procs
+from . import hostfaults, hostnet, overlays, procs
+from .hosts import (HOST_PATH, HOST_STATE, as_root, end_host_daemons, host_run, recorded_key, remove_networks, ssh_options,
+                    ssh_command, ssh_run)
 from .engines import LABEL, Engine, build_image_tar, import_image
-from .overlays.base import ContainerEndpoint
+from .overlays.base import ContainerEndpoint, HostNeeds
 from .paths import AGENTS, KNOWN_HOSTS, STATE_ROOT
 from .testbed import RUN_ID, SiteHandle, Testbed, hold_lock, may_remove, new_run_id, tcp_sysctls
-from .topology import RemoteHost, Topology
+from .topology import Direction, RemoteHost, Topology
 
 MIN_DOCKER = (20, 10)
 API_VERSION = "1.41"
 MAX_CLOCK_SKEW_S = 1.0
 PORT_CHECK_S = 20.0
 # Overlays that run only on the embedded testbed, and why.
-UNSUPPORTED_OVERLAYS = {"libnetwork-encrypted": "its probe of the kernel's ESP runs in the emulated WAN, not on hosts"}
 # Where a run keeps its files on a host, and where binaries installed by hand are found.
-HOST_STATE = "/run/pytest-overlay"
-HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 DEFAULT_QDISCS = {"noqueue", "pfifo_fast", "fq_codel", "fq", "mq", "pfifo"}  # what a kernel sets up itself
 UNSHAPED = "100gbit"
 GWBRIDGE = "docker_gwbridge"  # Docker's bridge from a swarm's containers to their host
@@ -55,61 +54,6 @@ GWBRIDGE = "docker_gwbridge"  # Docker's bridge from a swarm's containers to the
 
 class RemoteError(RuntimeError):
     pass
-
-
-def ssh_options(host: RemoteHost) -> list[str]:
-    """Keys only (BatchMode), no lingering master connection, and the host's key always
-    checked: against the topology's known_hosts, or against KNOWN_HOSTS, which records it on
-    first contact (ssh's accept-new) and refuses a changed key after."""
-    options = ["-o", "BatchMode=yes", "-o", "ConnectTimeout=10", "-o", "ControlMaster=no"]
-    if host.known_hosts:
-        options += ["-o", f"UserKnownHostsFile={host.known_hosts}", "-o", "StrictHostKeyChecking=yes"]
-    else:
-        options += ["-o", f"UserKnownHostsFile={KNOWN_HOSTS}", "-o", "StrictHostKeyChecking=accept-new"]
-    if host.identity:
-        options += ["-o", "IdentitiesOnly=yes"]
-    return options
-
-
-def ssh_key_name(host: RemoteHost) -> str:
-    """How known_hosts names the host: its address, with the port when it is not 22."""
-    target, _, port = host.ssh.rpartition(":") if host.ssh.count(":") == 1 else (host.ssh, "", "")
-    name = target.rpartition("@")[2]
-    return f"[{name}]:{port}" if port and port != "22" else name
-
-
-def recorded_key(host: RemoteHost) -> str | None:
-    """The fingerprint KNOWN_HOSTS holds for the host (None before the first contact)."""
-    found = procs.run(["ssh-keygen", "-l", "-F", ssh_key_name(host), "-f", str(KNOWN_HOSTS)], timeout=10)
-    lines = [line for line in found.stdout.splitlines() if line and not line.startswith("#")]
-    return lines[0].split(None, 1)[1] if found.ok and lines else None
-
-
-def ssh_command(host: RemoteHost, command: str) -> list[str]:
-    target, _, port = host.ssh.rpartition(":") if host.ssh.count(":") == 1 else (host.ssh, "", "")
-    return ["ssh", *ssh_options(host), *(["-i", host.identity] if host.identity else []),
-            *(["-p", port] if port else []), target, command]
-
-
-def as_root(script: str) -> str:
-    """A remote shell command running `script` as root: directly, or through sudo -n."""
-    quoted = shlex.quote(script)
-    return f'if [ "$(id -u)" -eq 0 ]; then sh -ec {quoted}; else sudo -n sh -ec {quoted}; fi'
-
-
-def _ssh_run(host: RemoteHost, command: str, timeout: float = 30) -> procs.CommandResult:
-    return procs.run(ssh_command(host, command), timeout=timeout)
-
-
-def host_run(host: RemoteHost, script: str, timeout: float | None = 60, input: str | None = None) -> procs.CommandResult:
-    """`script` as root on the host, with binaries installed by hand (/usr/local) on PATH."""
-    return procs.run(ssh_command(host, as_root(f"PATH={HOST_PATH}; export PATH\n{script}")), timeout=timeout,
-                     input=input)
-
-
-def _families(wanted: set[str]) -> set[str]:
-    """The overlays asked for that run daemons on hosts, by family (flannel-udp is Flannel)."""
-    return {name.split("-")[0] for name in wanted} & {"weave", "flannel", "calico"}
 
 
 class HostLock:
@@ -159,48 +103,6 @@ class HostLock:
         except subprocess.TimeoutExpired:
             session.kill()
             session.wait()
-
-
-@dataclass
-class HostDaemon:
-    """A daemon this run started on a host over ssh, as `setsid` leaves it: its pid and log
-    in the run's directory there. Only that pid is ever signalled, and only while its command
-    line still names the run's directory (a pid reused by another process is left alone)."""
-
-    name: str
-    host: RemoteHost
-    directory: str
-    returncode: int | None = None  # not known across ssh
-
-    @classmethod
-    def start(cls, name: str, host: RemoteHost, directory: str, command: list[str],
-              env: dict[str, str] | None = None) -> HostDaemon:
-        """Start `command` in `directory` (created) on the host. `env` goes over ssh's stdin,
-        never onto a command line (secrets are among it)."""
-        env = env or {}
-        read = "".join(f"IFS= read -r {key}; export {key}\n" for key in env)
-        script = (f"umask 077 && mkdir -p {shlex.quote(directory)} && cd {shlex.quote(directory)}\n{read}"
-                  f"setsid {shlex.join(command)} > log 2>&1 < /dev/null &\necho $! > pid")
-        host_run(host, script, 60, input="".join(f"{value}\n" for value in env.values()) if env else None).check()
-        return cls(name, host, directory)
-
-    def _signal(self, signal_name: str) -> str:
-        d = shlex.quote(self.directory)
-        return (f'p=$(cat {d}/pid 2>/dev/null) || exit 1\n'
-                f'grep -qaF -- {d}/ /proc/$p/cmdline 2>/dev/null || exit 1\nkill -{signal_name} $p')
-
-    def alive(self) -> bool:
-        return host_run(self.host, self._signal("0"), 30).ok
-
-    def log_tail(self, lines: int = 20) -> str:
-        return host_run(self.host, f"tail -n {lines} {shlex.quote(self.directory)}/log", 30).stdout
-
-    def stop(self, timeout: float = 5.0) -> None:
-        """SIGTERM, then SIGKILL after `timeout`."""
-        script = (f"{self._signal('TERM')} || exit 0\n"
-                  f"for i in $(seq {int(timeout * 10)}); do kill -0 $p 2>/dev/null || exit 0; sleep 0.1; done\n"
-                  "kill -KILL $p")
-        host_run(self.host, script, timeout + 30)
 
 
 @dataclass
@@ -291,6 +193,9 @@ class RemoteTestbed(Testbed):
         self.timings: dict[str, float] = {}
         self.versions: dict[str, str] = {}
         self.emulated: list[str] = []  # hosts whose interface got netem: restored at the end
+        self.impaired: dict[str, Direction] = {}  # link directions a WAN fault holds now ("A->B")
+        self.faulted: list[str] = []  # hosts that may hold the run's fault chain: it goes at the end
+        self._iptables: dict[str, str | None] = {}  # per host: why it cannot take a fault's rules
 
     # --- bring-up -------------------------------------------------------------------------
     def up(self) -> None:
@@ -396,63 +301,62 @@ class RemoteTestbed(Testbed):
             problems += self._check_overlay_binaries(name, tested)
         return problems
 
-    def _check_overlay_binaries(self, name: str, tested) -> list[Check]:
-        """The daemons of the overlays asked for, installed on the host and able to start
-        (weaver needs libpcap), and none of those overlays already up there (someone else's)."""
-        from .overlays import calico, flannel, weave
+    def _host_needs(self) -> list[HostNeeds]:
+        """What the overlays asked for need on a host, one declaration per family (weave and
+        weave-encrypted are one Weave Net)."""
+        found: dict[str, HostNeeds] = {}
+        for name in self.overlays:
+            needs = overlays.get(name).host_needs
+            if needs is not None:
+                found.setdefault(needs.family, needs)
+        return list(found.values())
 
-        wanted = set(self.overlays)
+    def _check_overlay_binaries(self, name: str, tested) -> list[Check]:
+        """The daemons of the overlays asked for, installed on the host and able to start,
+        none of those overlays already up there (someone else's), and their ranges free: all
+        as each overlay declares (its `host_needs`)."""
+        wanted = self._host_needs()
         needs: dict[str, tuple[str, str]] = {}  # binary -> (what it is, how to install it)
-        devices: dict[str, str] = {}  # a device the overlay makes -> whose it is
-        if wanted & {"weave", "weave-encrypted"}:
-            needs.update({b: (what, f"install Weave Net 2.8.1's {', '.join(weave.BINARIES)} in /usr/local/bin, "
-                                    "and libpcap0.8") for b, what in weave.BINARIES.items()})
-            needs["python3"] = ("Python 3, which reads weaver's status API there", "apt-get install python3")
-            devices[weave.BRIDGE] = "Weave Net"
-        if wanted & set(flannel.OVERLAYS):
-            needs.update({b: (what, "install Flannel 0.19.2's flanneld in /usr/local/bin")
-                          for b, what in flannel.BINARIES.items()})
-            if name == self.topology.kv_site:
-                needs.update({b: (what, "apt-get install etcd-server etcd-client")
-                              for b, what in flannel.KV_BINARIES.items()})
-            devices.update({device: "Flannel" for device in flannel.DEVICES.values()})
         problems = []
-        if "calico" in wanted:
-            needs.update({b: (what, "apt-get install bird2 (its service need not run)")
-                          for b, what in calico.BINARIES.items()})
-            if tested.run("ss -Hltn 'sport = :179' | grep -q .").rc == 0:
-                problems.append(Check(name, "a BGP speaker already listens on 179/tcp (a BIRD of someone else's?)",
-                                      "run on hosts without one, or stop it (systemctl stop bird)"))
+        for declared in wanted:
+            needs.update(declared.binaries)
+            if name == self.topology.kv_site:
+                needs.update(declared.kv_binaries)
+            for port, (holder, fix) in declared.listens.items():
+                if tested.run(f"ss -Hltn 'sport = :{port}' | grep -q .").rc == 0:
+                    problems.append(Check(name, holder, fix))
         if needs and tested.run("test $(id -u) = 0 || sudo -n true").rc != 0:
             problems.append(Check(name, f"{self.hosts[name].ssh} may not start the overlays' daemons (they run as "
                                         "root: not root, no sudo without a password)", "log in as root, or allow sudo -n"))
+        started = {binary for declared in wanted for binary in declared.started}
         for binary, (what, fix) in needs.items():
-            runs = f" && {binary} --version" if binary == "weaver" else ""  # loads libpcap
+            runs = f" && {binary} --version" if binary in started else ""  # loads its libraries
             found = tested.run(f"PATH={HOST_PATH}; command -v {binary}{runs}")
             if found.rc != 0:
                 problems.append(Check(name, f"{binary} ({what}) is not installed or does not start "
                                             f"({(found.stderr or found.stdout).strip()[-120:] or 'not on PATH'})", fix))
-        for device, whose in devices.items():
-            if tested.run(f"test -e /sys/class/net/{device}").rc == 0:
-                problems.append(Check(name, f"{whose}'s {device} is already up: another {whose} runs on this host",
-                                      f"run on hosts without {whose}, or stop it"))
+        for declared in wanted:
+            for device, whose in declared.devices.items():
+                if tested.run(f"test -e /sys/class/net/{device}").rc == 0:
+                    problems.append(Check(name, f"{whose}'s {device} is already up: another {whose} runs on this host",
+                                          f"run on hosts without {whose}, or stop it"))
         problems += self._check_ranges(name, wanted, tested)
-        for process, whose in self._rival_daemons(wanted).items():  # live ones: a killed one lingers as a zombie
-            found = tested.run(f"for p in $(pgrep -x {process}); do grep -q '^State:.*Z' /proc/$p/status || "
-                               "echo $p; done")
-            if found.stdout.split():
-                problems.append(Check(name, f"{process} already runs there (pid {', '.join(found.stdout.split())}): "
-                                            f"another {whose}, whose chains, routes and devices ours would fight "
-                                            "over", f"run on hosts without {whose}, or stop it"))
+        for declared in wanted:
+            for process, whose in declared.rivals.items():  # live ones: a killed one lingers as a zombie
+                found = tested.run(f"for p in $(pgrep -x {process}); do grep -q '^State:.*Z' /proc/$p/status || "
+                                   "echo $p; done")
+                if found.stdout.split():
+                    problems.append(Check(name, f"{process} already runs there (pid {', '.join(found.stdout.split())}): "
+                                                f"another {whose}, whose chains, routes and devices ours would fight "
+                                                "over", f"run on hosts without {whose}, or stop it"))
         return problems
 
-    def _check_ranges(self, name: str, wanted: set[str], tested) -> list[Check]:
+    def _check_ranges(self, name: str, wanted: list[HostNeeds], tested) -> list[Check]:
         """The overlays' address ranges against the host's routes: a route inside one (a
         Kubernetes pod network, a VPN) would take the overlay's traffic or lose its own.
         Wider routes (a 10.0.0.0/8 towards a corporate network) are left: ours are more specific.
         The ranges are the topology's (`ranges:`), so a host can be met by moving them."""
-        what = {"weave": "Weave Net's IPAM range", "flannel": "Flannel's network", "calico": "Calico's pool"}
-        ranges = {self.topology.ranges[family]: what[family] for family in _families(wanted)}
+        ranges = {self.topology.ranges[declared.family]: declared.range_what for declared in wanted}
         if not ranges:
             return []
         routes = tested.run("ip -4 route show table all").stdout.splitlines()
@@ -465,13 +369,6 @@ class RemoteTestbed(Testbed):
                                                 "would take its traffic or lose its own",
                                           "remove the route, or move the range (ranges: in the topology)"))
         return problems
-
-    @staticmethod
-    def _rival_daemons(wanted: set[str]) -> dict[str, str]:
-        """Daemons of another instance of an overlay asked for (a Kubernetes node's own)."""
-        rivals = {"weave": {"weaver": "Weave Net"}, "flannel": {"flanneld": "Flannel"},
-                  "calico": {"calico-node": "Calico", "bird": "BIRD (Calico's BGP)"}}
-        return {process: whose for family in _families(wanted) for process, whose in rivals[family].items()}
 
     def _check_emulation(self, name: str, host: RemoteHost, tested) -> list[Check]:
         """emulate: true replaces the interface's root qdisc with netem per destination: the
@@ -506,7 +403,7 @@ class RemoteTestbed(Testbed):
                 self.emulated.append(name)  # recorded first: a kill from here on leaves it to `clean`
                 self._save_state()
                 script = "\n".join(shlex.join(c) for c in netem_commands(self.topology, name, host, handle))
-                applied = _ssh_run(host, as_root(script), 60)
+                applied = ssh_run(host, as_root(script), 60)
                 if not applied.ok:  # down() (from __enter__) removes what was applied, this host's part too
                     raise RemoteError(f"host {name}: netem on {host.interface} failed (exit {applied.rc}): "
                                       f"{(applied.stderr or applied.stdout).strip()[-300:]}")
@@ -534,7 +431,7 @@ class RemoteTestbed(Testbed):
                 if src == dst:
                     continue
                 tokens[src] = f"{self.run_id}-{src}"
-                _ssh_run(src_host, f"python3 -c {shlex.quote(script)} probe {dst_host.address} {tokens[src]}", 60)
+                ssh_run(src_host, f"python3 -c {shlex.quote(script)} probe {dst_host.address} {tokens[src]}", 60)
             out, _ = listener.communicate("\n", timeout=PORT_CHECK_S + 30)
             report = json.loads(out.strip().splitlines()[-1])
             for port in report["busy"]:
@@ -603,6 +500,7 @@ class RemoteTestbed(Testbed):
         self._write_state({"run_id": self.run_id, "backend": self.backend, "swarm_created": self.swarm_created,
                            "swarm": self.swarm_ids, "gwbridge_made": self.gwbridge_made,
                            "emulated": {n: self.hosts[n].interface for n in self.emulated},
+                           "faulted": self.faulted,
                            "hosts": {n: h.docker for n, h in self.hosts.items()}})
 
     def host_run(self, site: str, script: str, timeout: float | None = 60,
@@ -653,6 +551,91 @@ class RemoteTestbed(Testbed):
     def packets(self, label: str) -> None:
         return None  # the WAN between real hosts is not ours to count on
 
+    # --- WAN faults (hostfaults) ---------------------------------------------------------------
+    def fault_unsupported(self, changes: dict[str, Direction]) -> str | None:
+        """Why a fault's changes cannot be applied across these hosts, found by asking each
+        host that would take drop rules (iptables as root); None when they can."""
+        problems = hostfaults.unsupported(self.topology, changes)
+        for site in sorted(hostfaults.receivers(self.topology, changes)):
+            host = self.hosts[site]
+            if host.ssh and site not in self._iptables:
+                probed = host_run(host, f"iptables -w -t {hostfaults.TABLE} -S {hostfaults.HOOK} >/dev/null && "
+                                       "command -v iptables-restore >/dev/null", 60)
+                self._iptables[site] = None if probed.ok else (
+                    f"{site}: iptables as root failed (exit {probed.rc}: "
+                    f"{(probed.stderr or probed.stdout).strip()[-160:] or 'iptables-restore not found'})")
+            if self._iptables.get(site):
+                problems.append(self._iptables[site])
+        return "; ".join(problems) or None
+
+    def impair(self, changes: dict[str, Direction], routed: dict[str, list[str]] | None = None) -> int:
+        """Apply a fault's step between the hosts: the run's iptables chain on each receiving
+        host drops what the fault's loss asks for, from the far host's address and the
+        overlay's unencapsulated ranges there (`routed`); a delay step changes the sending
+        host's netem. Returns when it took effect, by the hosts' clocks: the first host to
+        hold a step that impairs more, the last to hold one that heals."""
+        after = {k: d for k, d in {**self.impaired, **changes}.items()
+                 if d != hostfaults.topology_direction(self.topology, k)}
+        problems = hostfaults.unsupported(self.topology, after)
+        if problems:
+            raise RemoteError("; ".join(problems))
+        old = {(p.src, p.dst): p.now for p in hostfaults.plan(self.topology, self.impaired)}
+        new = {(p.src, p.dst): p.now for p in hostfaults.plan(self.topology, after)}
+        scripts: dict[str, list[tuple[str, str | None]]] = {}
+        healed = []  # hosts whose chain goes: nothing of the fault is left to drop there
+        for site in self.hosts:
+            lines = hostfaults.rules(self.topology, site, after, self.run_id, routed)
+            if lines != hostfaults.rules(self.topology, site, self.impaired, self.run_id, routed) or \
+                    (not lines and site in self.faulted):
+                if lines and site not in self.faulted:
+                    self.faulted.append(site)  # recorded first: a kill from here on leaves it to `clean`
+                    self._save_state()
+                if not lines:
+                    healed.append(site)
+                scripts[site] = [hostfaults.apply_script(self.run_id, lines) if lines else
+                                 (hostfaults.remove_script(self.run_id) + "\ndate +%s%N", None)]
+        handle = qdisc_handle(self.run_id)
+        for src, dst in set(old) | set(new):
+            healthy = hostfaults.PathValues.of(hostfaults.path_directions(self.topology, src, dst))
+            was, now = old.get((src, dst), healthy), new.get((src, dst), healthy)
+            if (was.delay_ms, was.jitter_ms) != (now.delay_ms, now.jitter_ms):  # only emulating hosts get here
+                # netem keeps the path's own loss: the fault's is the chain's
+                values = hostfaults.PathValues(now.delay_ms, now.jitter_ms, healthy.delivered)
+                scripts.setdefault(src, []).append((hostfaults.netem_script(
+                    self.hosts[src].interface, netem_class(self.topology, src, dst, handle), values), None))
+
+        def apply(site: str) -> int:
+            at = 0
+            for script, stdin in scripts[site]:
+                done = host_run(self.hosts[site], script, 60, input=stdin)
+                if not done.ok:
+                    raise RemoteError(f"host {site}: the fault's step failed (exit {done.rc}): "
+                                      f"{(done.stderr or done.stdout).strip()[-300:]}")
+                at = max(at, int(done.stdout.split()[-1]))
+            return at
+
+        with concurrent.futures.ThreadPoolExecutor(max(1, len(scripts))) as pool:
+            stamps = list(pool.map(apply, scripts))
+        # A fault begins at the first host that holds it; a heal is done at the last.
+        took_effect = min if set(after) - set(self.impaired) else max
+        self.impaired = after
+        if healed:
+            self.faulted = [site for site in self.faulted if site not in healed]
+            self._save_state()
+        return took_effect(stamps, default=time.time_ns())
+
+    def _remove_fault_rules(self) -> list[str]:
+        errors = []
+        for site in list(self.faulted):
+            done = host_run(self.hosts[site], hostfaults.remove_script(self.run_id), 60)
+            if done.ok:
+                self.faulted.remove(site)
+            else:
+                errors.append(f"host {site}: the run's fault chain not removed: "
+                              f"{(done.stderr or done.stdout).strip()[-200:]}")
+        self.impaired = {}
+        return errors
+
     def track(self, daemon: procs.Daemon) -> None:
         pass
 
@@ -684,6 +667,7 @@ class RemoteTestbed(Testbed):
         started = time.monotonic()
         errors = remove_run(self.engines, self.run_id, set(self.engines) if self.swarm_created else set(),
                             set(self.gwbridge_made))
+        errors += self._remove_fault_rules()
         errors += remove_netem({n: self.hosts[n] for n in self.emulated}, self.run_id, report=lambda m: None)
         self.emulated = []
         for engine in self.engines.values():
@@ -721,6 +705,11 @@ def remove_netem_script(dev: str, handle: str) -> str:
             '  *) echo "not ours: $root" ;; esac')
 
 
+def netem_class(topology: Topology, site: str, other: str, handle: str = "1") -> str:
+    """The htb class of the run's root qdisc on `site`'s host that holds the traffic to `other`."""
+    return f"{handle}:{10 + [o for o in topology.sites if o != site].index(other)}"
+
+
 def netem_commands(topology: Topology, site: str, host: RemoteHost, handle: str = "1") -> list[list[str]]:
     """tc commands for one emulating host: an htb root (major `handle`, the run's) whose
     default class is unshaped, and per other site a class (the path's rate), a netem (its
@@ -730,46 +719,17 @@ def netem_commands(topology: Topology, site: str, host: RemoteHost, handle: str 
     commands = [["tc", "qdisc", "replace", "dev", dev, "root", "handle", f"{handle}:", "htb", "default", "1"],
                 ["tc", "class", "add", "dev", dev, "parent", f"{handle}:", "classid", f"{handle}:1", "htb", "rate",
                  UNSHAPED]]
-    for index, other in enumerate(o for o in topology.sites if o != site):
-        hops = topology.path_between(site, other)
-        there = [topology.link_between(a, b).direction(a) for a, b in zip(hops, hops[1:])]
+    for other in (o for o in topology.sites if o != site):
+        there = hostfaults.path_directions(topology, site, other)
         rates = [d.rate_mbit for d in there if d.rate_mbit]
-        delivered = 1.0
-        for d in there:
-            delivered *= 1 - d.loss_pct / 100
-        classid, child = f"{handle}:{10 + index}", f"{10 + index}:"
+        classid = netem_class(topology, site, other, handle)
         rate = f"{min(rates):g}mbit" if rates else UNSHAPED
-        netem = ["tc", "qdisc", "add", "dev", dev, "parent", classid, "handle", child, "netem", "limit", "100000",
-                 "delay", f"{sum(d.delay_ms for d in there):g}ms"]
-        jitter = sum(d.jitter_ms for d in there)
-        if jitter:
-            netem += [f"{jitter:g}ms"]
-        if delivered < 1:
-            netem += ["loss", f"{(1 - delivered) * 100:g}%"]
         commands += [["tc", "class", "add", "dev", dev, "parent", f"{handle}:", "classid", classid, "htb", "rate", rate],
-                     netem,
+                     ["tc", "qdisc", "add", "dev", dev, "parent", classid, "handle", f"{classid.split(':')[1]}:",
+                      "netem", *hostfaults.PathValues.of(there).netem()],
                      ["tc", "filter", "add", "dev", dev, "parent", f"{handle}:", "protocol", "ip", "prio", "1", "u32",
                       "match", "ip", "dst", f"{topology.sites[other].host.address}/32", "flowid", classid]]
     return commands
-
-
-def remove_networks(engines: dict, run_id: str, name: str | None = None) -> list[str]:
-    """Remove a run's networks (only the one called `name`, if given) from every host, a
-    swarm's through a manager; nothing may be attached any more. Returns what failed."""
-    errors = []
-    for site, engine in engines.items():
-        try:
-            manager = engine.client.info().get("Swarm", {}).get("ControlAvailable", False)
-            for network in engine.client.networks.list(filters={"label": f"{LABEL}={run_id}"}):
-                if (name is not None and network.name != name) or (network.attrs.get("Scope") == "swarm" and not manager):
-                    continue
-                try:
-                    network.remove()
-                except docker.errors.NotFound:
-                    pass
-        except Exception as e:  # noqa: BLE001  (best effort: every host is visited)
-            errors.append(f"host {site}: {e}")
-    return errors
 
 
 def remove_run(engines: dict[str, RemoteEngine], run_id: str, leave_swarm: set[str],
@@ -801,7 +761,7 @@ def remove_netem(hosts: dict[str, RemoteHost], run_id: str, report: Callable[[st
     for name, host in hosts.items():
         if not host.ssh or not host.interface:
             continue
-        done = _ssh_run(host, as_root(remove_netem_script(host.interface, qdisc_handle(run_id))), 60)
+        done = ssh_run(host, as_root(remove_netem_script(host.interface, qdisc_handle(run_id))), 60)
         if not done.ok:
             errors.append(f"host {name}: netem on {host.interface} not removed: "
                           f"{(done.stderr or done.stdout).strip()[-200:]}")
@@ -843,9 +803,10 @@ def swarm_to_leave(engines: dict[str, RemoteEngine], state: dict, held: dict[str
 
 def clean_hosts(topology: Topology, report: Callable[[str], None] = print, force: bool = False,
                 state_root: Path | None = None) -> int:
-    """Remove, on the topology's hosts, the containers and networks of runs that are over (their
-    lock on this machine is free), and leave a swarm such a run made. A run with no state
-    here cannot be proven over and is left alone unless `force`. Returns how many runs."""
+    """Remove, on the topology's hosts, the containers, networks and WAN fault rules of runs
+    that are over (their lock on this machine is free), and leave a swarm such a run made. A
+    run with no state here cannot be proven over and is left alone unless `force`. Returns
+    how many runs."""
     root = state_root or STATE_ROOT
     engines = {}
     for name, site in topology.sites.items():
@@ -866,6 +827,12 @@ def clean_hosts(topology: Topology, report: Callable[[str], None] = print, force
     for name, host in ssh_hosts.items():  # runs that started daemons there
         listed = host_run(host, f"ls -d {HOST_STATE}/*/host/*/pid 2>/dev/null || true", 60)
         found |= {line.split("/")[-4] for line in listed.stdout.split() if RUN_ID.match(line.split("/")[-4])}
+    fault_chains: dict[str, list[str]] = {}  # run id -> hosts holding its WAN fault's chain
+    for name, host in ssh_hosts.items():
+        saved = host_run(host, f"iptables-save -t {hostfaults.TABLE} 2>/dev/null || true", 60).stdout
+        for run_id in hostfaults.runs_in(saved):
+            fault_chains.setdefault(run_id, []).append(name)
+    found |= set(fault_chains)
     locks, held = [], {}  # hosts a live run holds (or whose lock could not be asked): their swarm stays
     for name, host in ssh_hosts.items():
         lock = HostLock(host, "clean")
@@ -896,7 +863,12 @@ def clean_hosts(topology: Topology, report: Callable[[str], None] = print, force
         emulated = {n: ssh_hosts[n] for n in (state.get("emulated") or {}) if n in ssh_hosts}
         for error in remove_netem(emulated, run_id, report):
             report(error)
-        ended, failed = end_host_daemons(ssh_hosts, run_id)
+        for name in fault_chains.get(run_id, []):
+            removed = host_run(ssh_hosts[name], hostfaults.remove_script(run_id), 60)
+            report(f"host {name}: removed run {run_id}'s WAN fault rules ({hostfaults.chain(run_id)})" if removed.ok
+                   else f"host {name}: run {run_id}'s WAN fault rules not removed: "
+                        f"{(removed.stderr or removed.stdout).strip()[-200:]}")
+        ended, failed = end_host_daemons(ssh_hosts, run_id, overlays.footprint)
         for name, daemons in ended.items():
             for daemon in daemons:
                 report(f"host {name}: ended {daemon} of run {run_id}")
@@ -910,74 +882,6 @@ def clean_hosts(topology: Topology, report: Callable[[str], None] = print, force
     for lock in locks:
         lock.release()
     return cleaned
-
-
-def record_host_network(host: RemoteHost, run_id: str, site: str, overlay: str, addresses: str | None) -> None:
-    """Read the host's network before `overlay`'s first daemon starts there (its containers'
-    addresses in `addresses`), and keep the reading on the host, where teardown and `clean`
-    (from any later run) find it."""
-    directory = f"{HOST_STATE}/{run_id}/host"
-    header = f"{_FOOTPRINT}{overlay} {addresses or '-'}"
-    host_run(host, f"umask 077; mkdir -p {directory} && {{\necho {shlex.quote(header)}\n"
-                   f"{hostnet.SNAPSHOT_SCRIPT}}} > {directory}/net-{site}.before", 60).check()
-
-
-_FOOTPRINT = "### footprint "
-_NOW = "### now"
-
-
-def undo_host_network(host: RemoteHost, run_id: str, site: str) -> list[str]:
-    """Remove from the host what the overlay's footprint claims and was not there when
-    record_host_network read it; nothing else. Returns the removals that failed."""
-    from . import overlays
-
-    read = host_run(host, f"f={HOST_STATE}/{run_id}/host/net-{site}.before; [ -f $f ] || exit 0; cat $f; "
-                          f"echo '{_NOW}'\n{hostnet.SNAPSHOT_SCRIPT}", 60)
-    if not read.ok:
-        return [f"reading the network: {(read.stderr or read.stdout).strip()[-200:]}"]
-    if _NOW not in read.stdout:
-        return []
-    before, now = read.stdout.split(f"{_NOW}\n", 1)
-    header = before.splitlines()[0] if before else ""
-    overlay, _, addresses = (header[len(_FOOTPRINT):] if header.startswith(_FOOTPRINT) else "").partition(" ")
-    footprint = getattr(overlays.get(overlay), "footprint", None) if overlay in overlays.IMPLEMENTED else None
-    if footprint is None:
-        return [f"no footprint known for {overlay!r}: the host's network was left as it is"]
-    if footprint.routes_within and addresses not in ("", "-"):  # the run's own range (a topology's `ranges:`)
-        footprint = dataclasses.replace(footprint, routes_within=addresses)
-    commands = hostnet.undo(hostnet.Snapshot.parse(before), hostnet.Snapshot.parse(now), footprint)
-    if not commands:
-        return []
-    done = host_run(host, hostnet.script(commands), 120)
-    return [line for line in done.stdout.splitlines() if line.startswith("failed: ")] + (
-        [] if done.ok else [f"exit {done.rc}: {done.stderr.strip()[-200:]}"])
-
-
-def end_host_daemons(hosts: dict[str, RemoteHost], run_id: str) -> tuple[dict[str, list[str]], list[str]]:
-    """Kill the daemons a run started on the hosts (each by its pid file, and only while that
-    pid still runs from the run's directory), then remove from each host's network what they
-    added there outside their process (hostnet). A site's files go only once that succeeded,
-    so `clean --topology` can finish the job. Returns the daemons ended and what failed."""
-    directory = f"{HOST_STATE}/{run_id}"
-
-    def end(site: str) -> str:  # a site's own daemons only: the lab's hosts share one file system
-        return (f"d={directory}\n"
-                f'for f in "$d"/host/*-{site}/pid; do [ -f "$f" ] || continue\n'
-                '  p=$(cat "$f"); n=$(basename "$(dirname "$f")")\n'
-                '  if grep -qaF -- "$d/" /proc/$p/cmdline 2>/dev/null; then kill -KILL $p; echo "$n"; fi\n'
-                'done\n')
-
-    ended = {name: host_run(host, end(name), 120).stdout.split() for name, host in hosts.items()}
-    if any(ended.values()):
-        time.sleep(0.5)  # the killed daemons' own devices and sockets go with them first
-    failed = []
-    for name, host in hosts.items():
-        errors = undo_host_network(host, run_id, name)
-        failed += [f"host {name}: {error}" for error in errors]
-        if not errors:  # per site: on one machine (the lab) the hosts share this directory
-            host_run(host, f'rm -rf {directory}/host/*-{name} {directory}/host/net-{name}.before; '
-                           f'rmdir {directory}/host {directory} 2>/dev/null || true', 60)
-    return ended, failed
 
 
 def _tls_reason(error: Exception) -> str:

@@ -122,14 +122,17 @@ def _faults_tables(records: list[Record], notes: list[str]) -> list[str]:
                 "reroute": f"link {', '.join(fault['links'])} RTT +{fault['add_rtt_ms']:g} ms for "
                            f"{fault['seconds']:g} s"}[fault["kind"]]
         watched = e["watch"]["circuit"] if e.get("watch") else "none"
+        by = ("firewall rules between the hosts (by their clocks)" if (first.datapath or {}).get("testbed") == "remote"
+              else "the link emulator")
         title = (f"WAN fault {name}: {what}. Probe {first.src} -> {first.dst} through each overlay, one request per "
-                 f"{e['interval_ms']:g} ms (n = {e['outcome']['sent']} for {first.overlay}); applied at t = 0 by the "
-                 f"link emulator, last heal at +{heal[-1] / 1e3:.3f} s; all times in ms but the expected outage; "
+                 f"{e['interval_ms']:g} ms (n = {e['outcome']['sent']} for {first.overlay}); applied at t = 0 by "
+                 f"{by}, last heal at +{heal[-1] / 1e3:.3f} s; all times in ms but the expected outage; "
                  f"watched circuit {watched}")
         out.append(_table(title, ["Overlay", "Outage", "Lost during", "RTT during", "Path during",
                                   "Held, answered after the heal",
                                   "First reply after heal", "RTT back to level", "TCP Mbit/s during / before",
-                                  f"Outage on {watched}", "Expected outage (timers)", "Control plane", "Verdict"], rows))
+                                  f"Outage on {watched}" if e.get("watch") else "Watched outage",
+                                  "Expected outage (timers)", "Control plane", "Verdict"], rows))
         timers = {overlay: m["outage_ms"].extra.get("timers") or [] for overlay, m in by_overlay.items()}
         lines = [f"  {overlay}: " + "; ".join(f"{t['what']} {t['default']} [{t['source']}]" for t in ts)
                  for overlay, ts in sorted(timers.items()) if ts]

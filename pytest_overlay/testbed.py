@@ -109,11 +109,17 @@ class Testbed:
     def packets(self, label: str) -> dict[str, int] | None:
         raise NotImplementedError
 
-    def impair(self, changes: dict[str, Direction]) -> int:
+    def fault_unsupported(self, changes: dict[str, Direction]) -> str | None:
+        """Why a WAN fault's changes (impair()'s argument) cannot be applied here; None when
+        they can."""
+        return f"the {getattr(self, 'backend', '?')} testbed applies no WAN faults"
+
+    def impair(self, changes: dict[str, Direction], routed: dict[str, list[str]] | None = None) -> int:
         """Give link directions ("A->B") new delay, jitter and loss at one moment: a WAN fault
-        starting or healing. Returns the wall clock (ns) at which it took effect."""
-        raise NotImplementedError(f"WAN faults on the {getattr(self, 'backend', '?')} testbed are not built in this "
-                                  "version (they need firewall rules between the hosts)")
+        starting or healing. `routed` holds, per site, the addresses an overlay carries across
+        the WAN without a tunnel (a fault between hosts must stop those too). Returns the wall
+        clock (ns) at which it took effect."""
+        raise NotImplementedError(self.fault_unsupported(changes))
 
     def rebuffer(self, directions: list[Direction]) -> None:
         """Give rate-limited link directions a new buffer (queue_ms) while the testbed runs."""
@@ -306,10 +312,16 @@ class EmulatedTestbed(Testbed):
               timeout: float = 10.0) -> procs.Daemon:
         return procs.start(name, command, self.run_dir / f"{site}-{name}.log", self.netns_of(site), ready, timeout)
 
-    def impair(self, changes: dict[str, Direction]) -> int:
+    def fault_unsupported(self, changes: dict[str, Direction]) -> str | None:
         if self.emulator is None or self.emulator.kind == "none":
-            raise NotImplementedError("WAN faults need a link emulator: --overlay-emulator=none applies none")
-        return self.emulator.impair(changes)
+            return "WAN faults need a link emulator: --overlay-emulator=none applies none"
+        return None
+
+    def impair(self, changes: dict[str, Direction], routed: dict[str, list[str]] | None = None) -> int:
+        why = self.fault_unsupported(changes)
+        if why:
+            raise NotImplementedError(why)
+        return self.emulator.impair(changes)  # on the links themselves, whatever the addresses
 
     def rebuffer(self, directions: list[Direction]) -> None:
         if self.emulator is None or self.emulator.kind == "none":

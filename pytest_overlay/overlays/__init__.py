@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import importlib
 
-from .base import ContainerEndpoint, Overlay, OverlayUnavailable, SiteEndpoint
+from ..hostnet import Footprint
+from .base import ContainerEndpoint, HostNeeds, Overlay, OverlayUnavailable, SiteEndpoint
 
 # name -> module:class
 IMPLEMENTED = {
@@ -30,5 +31,12 @@ def get(name: str) -> type[Overlay]:
     return getattr(importlib.import_module(f"{__name__}.{module}"), cls)
 
 
-__all__ = ["ALL", "BASELINE", "ContainerEndpoint", "IMPLEMENTED", "KNOWN", "Overlay", "OverlayUnavailable", "SiteEndpoint",
-           "get"]
+def footprint(name: str) -> Footprint | None:
+    """What the overlay called `name` adds to a real host's network (None: nothing, or no
+    such overlay), for undoing it after a run that is over."""
+    needs = get(name).host_needs if name in IMPLEMENTED else None
+    return needs.footprint if needs else None
+
+
+__all__ = ["ALL", "BASELINE", "ContainerEndpoint", "HostNeeds", "IMPLEMENTED", "KNOWN", "Overlay", "OverlayUnavailable",
+           "SiteEndpoint", "footprint", "get"]

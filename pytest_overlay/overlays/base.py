@@ -11,11 +11,12 @@ import io
 import shlex
 import subprocess
 import tarfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .. import procs
+from ..hostnet import Footprint
 from ..paths import AGENTS, IMAGE_AGENTS
 
 if TYPE_CHECKING:
@@ -44,9 +45,29 @@ class SiteEndpoint:
         return str(path)
 
 
+@dataclass(frozen=True)
+class HostNeeds:
+    """What an overlay needs on a real host, and what would show another instance of it
+    there: the remote backend checks these on every host before anything is created, and
+    knows nothing else of the overlay."""
+
+    family: str  # the topology's `ranges:` key, and what `ranges` names
+    range_what: str  # "Weave Net's IPAM range"
+    binaries: dict[str, tuple[str, str]]  # on every host: binary -> (what it is, how to install it)
+    kv_binaries: dict[str, tuple[str, str]] = field(default_factory=dict)  # on the key-value site's host
+    started: tuple[str, ...] = ()  # binaries run once with --version: they must start (libraries)
+    devices: dict[str, str] = field(default_factory=dict)  # a device it makes -> whose it is
+    rivals: dict[str, str] = field(default_factory=dict)  # a process of another instance -> whose it is
+    listens: dict[int, tuple[str, str]] = field(default_factory=dict)  # TCP port -> (who holds it, the fix)
+    footprint: Footprint | None = None  # what its daemons add to a host's network (hostnet)
+
+
 class Overlay:
     name = ""
     description = ""
+    # On real hosts: None when it runs no daemon there; `remote_unsupported` says why it cannot run there.
+    host_needs: HostNeeds | None = None
+    remote_unsupported: str | None = None
     # What wire_counters() counts, as the records name it and as an INVALID reason says it.
     wire_key = "encapsulated_packets_on_wan"
     wire_what = "encapsulated packets"
@@ -94,6 +115,11 @@ class Overlay:
     def wire_counters(self) -> dict[str, int] | None:
         """Packets of the overlay's encapsulation on the WAN, per link direction (None: none)."""
         return None
+
+    def routed(self) -> dict[str, list[str]]:
+        """Per site, the ranges its containers' packets keep as their addresses on the WAN (no
+        tunnel hides them): a fault between real hosts drops those as well as the host's."""
+        return {}
 
     def cap(self, cores: float | None) -> None:
         """Hold what the overlay runs in userspace at every site to `cores` of CPU (None: no

@@ -25,7 +25,7 @@ from ..engines import Engine, EngineError
 from ..hostnet import Footprint
 from ..testbed import EmulatedTestbed
 from ..topology import DEFAULT_RANGES
-from .base import OverlayUnavailable
+from .base import HostNeeds, OverlayUnavailable
 from .containers import ContainerOverlay
 
 POOL = ipaddress.ip_network(DEFAULT_RANGES["calico"])  # the default; a topology's `ranges:` moves it
@@ -38,6 +38,13 @@ FORWARD_RULES = (["-i", "cali+"], ["-o", "cali+"])  # what felix would allow: wo
 # What BIRD leaves on a host besides its process: the FORWARD rules, and, if it was killed,
 # its routes into the pool.
 HOST_FOOTPRINT = Footprint("calico", marks=("cali+",), chain_prefixes=("cali-",), routes_within=str(POOL))
+HOST_NEEDS = HostNeeds(
+    "calico", "Calico's pool",
+    binaries={binary: (what, "apt-get install bird2 (its service need not run)") for binary, what in BINARIES.items()},
+    rivals={"calico-node": "Calico", "bird": "BIRD (Calico's BGP)"},
+    listens={179: ("a BGP speaker already listens on 179/tcp (a BIRD of someone else's?)",
+                   "run on hosts without one, or stop it (systemctl stop bird)")},
+    footprint=HOST_FOOTPRINT)
 MODEL = ("model of Calico's data plane: real BIRD iBGP full mesh, /26 blocks, cali veths with /32 routes and "
          "proxy ARP; calico-node (felix, confd) not run")
 
@@ -116,7 +123,7 @@ def bird_query(control: str, command: str, timeout: float = 5.0) -> str:
 class CalicoOverlay(ContainerOverlay):
     name = "calico"
     description = "Calico's data plane (model): BIRD iBGP full mesh AS 64512, /26 blocks, no encapsulation"
-    footprint = HOST_FOOTPRINT
+    host_needs = HOST_NEEDS
     wire_key = "workload_packets_on_wan"
     wire_what = "unencapsulated packets from workload addresses"
 
@@ -261,3 +268,6 @@ class CalicoOverlay(ContainerOverlay):
     def wire_counters(self) -> dict[str, int] | None:
         """Packets with a workload's own source address on the WAN: unencapsulated traffic."""
         return self.testbed.packets("calico")
+
+    def routed(self) -> dict[str, list[str]]:
+        return {site: [str(network)] for site, network in self.blocks.items()}

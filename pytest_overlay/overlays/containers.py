@@ -14,6 +14,7 @@ import docker
 
 from .. import budget, engines, hostnet, procs
 from ..engines import LABEL, Engine, EngineError
+from ..hosts import HostDaemon, end_host_daemons, record_host_network, remove_networks
 from ..paths import find_binary
 from ..testbed import EmulatedTestbed
 from .base import ContainerEndpoint, Overlay
@@ -34,9 +35,6 @@ class ContainerOverlay(Overlay):
     # The Docker network the overlay makes for its containers, if any: on real hosts it goes
     # with the overlay, so that a bring-up tried again can make it anew.
     network: str | None = None
-    # What the overlay's daemons add to a real host's network by themselves (hostnet): read
-    # before the first one starts there, and undone at teardown.
-    footprint: hostnet.Footprint | None = None
 
     def __init__(self, testbed: EmulatedTestbed) -> None:
         super().__init__(testbed)
@@ -88,11 +86,9 @@ class ContainerOverlay(Overlay):
         """Start one of the overlay's daemons where the site is: in its namespace, or on its
         host over ssh; in its own directory, and tracked so a death stops the session."""
         if self.remote:
-            from ..remote import HostDaemon, record_host_network
-
-            if self.footprint is not None and site not in self.site_daemons:
+            if self.host_needs is not None and site not in self.site_daemons:
                 record_host_network(self.testbed.hosts[site], self.testbed.run_id, site, self.name,
-                                    self.testbed.topology.ranges.get(self.footprint.overlay))
+                                    self.testbed.topology.ranges.get(self.host_needs.family))
             command = [*procs.OWN_PID_NAMESPACE, *command] if own_pid_namespace else command
             daemon = HostDaemon.start(name, self.testbed.hosts[site], self.testbed.host_dir(name), command, env)
         else:
@@ -265,8 +261,6 @@ class ContainerOverlay(Overlay):
                     self._progress(f"container at {site} not removed ({str(e)[-160:]}); the testbed's teardown "
                                    "tries again, then `clean --topology`")
             if self.network and self.engines:
-                from ..remote import remove_networks
-
                 for error in remove_networks(self.testbed.engines, self.testbed.run_id, self.network):
                     self._progress(f"removing network {self.network}: {error}")
             self.engines = {}
@@ -279,9 +273,9 @@ class ContainerOverlay(Overlay):
         if left:
             self._progress(f"cgroups left (`clean` removes them once empty): {'; '.join(left[:3])}")
         if self.remote and self.daemons:  # what the daemons made on the hosts outside their process
-            from ..remote import end_host_daemons
-
-            _, failed = end_host_daemons(self.testbed.hosts, self.testbed.run_id)
+            footprint = self.host_needs.footprint if self.host_needs else None
+            _, failed = end_host_daemons(self.testbed.hosts, self.testbed.run_id,
+                                         lambda name: footprint if name == self.name else None)
             for failure in failed:
                 self._progress(f"teardown on the hosts: {failure} (`clean --topology` tries again)")
         if self.testbed.created:  # the sites still exist

@@ -28,7 +28,7 @@ from ..paths import find_binary
 from ..pki import PKI, Credentials
 from ..testbed import EmulatedTestbed
 from ..topology import DEFAULT_RANGES
-from .base import OverlayUnavailable
+from .base import HostNeeds, OverlayUnavailable
 from .containers import ContainerOverlay
 
 NETWORK = DEFAULT_RANGES["flannel"]  # the default; a topology's `ranges:` moves it
@@ -46,12 +46,17 @@ KV_BINARIES = {"etcd": "etcd's server", "etcdctl": "etcd's client"}  # on the ke
 # What flanneld leaves on a host besides its process.
 HOST_FOOTPRINT = Footprint("flannel", links=tuple(DEVICES.values()), marks=("FLANNEL", "flanneld"),
                            chain_prefixes=("FLANNEL",), routes_within=NETWORK)
+HOST_NEEDS = HostNeeds(
+    "flannel", "Flannel's network",
+    binaries={binary: (what, "install Flannel 0.19.2's flanneld in /usr/local/bin") for binary, what in BINARIES.items()},
+    kv_binaries={binary: (what, "apt-get install etcd-server etcd-client") for binary, what in KV_BINARIES.items()},
+    devices={device: "Flannel" for device in DEVICES.values()}, rivals={"flanneld": "Flannel"}, footprint=HOST_FOOTPRINT)
 
 
 class FlannelOverlay(ContainerOverlay):
     name = "flannel"
     description = "Flannel 0.19 with the vxlan backend (VNI 1, UDP 8472), subnets leased in etcd"
-    footprint = HOST_FOOTPRINT
+    host_needs = HOST_NEEDS
     backend = "vxlan"
 
     timers = (

@@ -158,3 +158,4 @@ class EncryptedLibnetworkOverlay(LibnetworkOverlay):
     name = "libnetwork-encrypted"
     description = "Docker swarm overlay network with --opt encrypted (IPsec ESP)"
     encrypted = True
+    remote_unsupported = "its probe of the kernel's ESP runs in the emulated WAN, not on hosts"

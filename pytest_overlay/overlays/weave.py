@@ -23,7 +23,7 @@ from ..engines import Engine, EngineError
 from ..hostnet import Footprint
 from ..paths import find_binary
 from ..testbed import EmulatedTestbed
-from .base import OverlayUnavailable
+from .base import HostNeeds, OverlayUnavailable
 from .libnetwork import esp_available
 from .containers import ContainerOverlay
 
@@ -49,12 +49,18 @@ HOST_FOOTPRINT = Footprint("weave", links=(BRIDGE, "vethwe-bridge", "vethwe-pcap
                                           "datapath"),
                            marks=("WEAVE", f" {BRIDGE} ", "Weave Net"), chain_prefixes=("WEAVE",),
                            link_removers={"datapath": ("weaveutil", "delete-datapath", "datapath")})
+HOST_NEEDS = HostNeeds(
+    "weave", "Weave Net's IPAM range",
+    binaries={**{binary: (what, f"install Weave Net 2.8.1's {', '.join(BINARIES)} in /usr/local/bin, and libpcap0.8")
+                 for binary, what in BINARIES.items()},
+              "python3": ("Python 3, which reads weaver's status API there", "apt-get install python3")},
+    started=("weaver",), devices={BRIDGE: "Weave Net"}, rivals={"weaver": "Weave Net"}, footprint=HOST_FOOTPRINT)
 
 
 class WeaveOverlay(ContainerOverlay):
     name = "weave"
     description = "Weave Net 2.8 routers, one per site, full mesh; containers on Weave's bridge (sleeve or fastdp)"
-    footprint = HOST_FOOTPRINT
+    host_needs = HOST_NEEDS
     encrypted = False
 
     def __init__(self, testbed: EmulatedTestbed) -> None:

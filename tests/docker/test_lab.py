@@ -6,6 +6,7 @@ speaks SSH and the Docker API."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import re
 import socket
@@ -18,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pytest_overlay import hostnet, overlays, procs, remote, topology
+from pytest_overlay import hostnet, hosts, overlays, procs, remote, topology
 from pytest_overlay.overlays import weave
 from pytest_overlay.remote import RemoteTestbed
 from pytest_overlay.paths import STATE_ROOT, find_binary
@@ -549,10 +550,10 @@ def test_what_a_run_puts_on_a_host_is_for_root_only(shared_lab, tmp_path, clean_
     key = tmp_path / "key.pem"
     key.write_text("not a real key")
     key.chmod(0o644)
-    files = f"{remote.HOST_STATE}/{bed.run_id}/host/files-A"
+    files = f"{hosts.HOST_STATE}/{bed.run_id}/host/files-A"
     bed.put_files("A", files, {"key.pem": key})
     # A daemon's command line names its folder (so only it is ever signalled): this one too.
-    daemon = remote.HostDaemon.start("sleeper-A", a, bed.host_dir("sleeper-A"),
+    daemon = hosts.HostDaemon.start("sleeper-A", a, bed.host_dir("sleeper-A"),
                                      ["python3", "-c", "import time; time.sleep(30)", bed.host_dir("sleeper-A") + "/"])
     try:
         paths = [files, f"{files}/key.pem", daemon.directory, f"{daemon.directory}/log", f"{daemon.directory}/pid"]
@@ -560,4 +561,65 @@ def test_what_a_run_puts_on_a_host_is_for_root_only(shared_lab, tmp_path, clean_
         assert modes == ["700", "600", "700", "600", "600"], dict(zip(paths, modes))
     finally:
         daemon.stop()
-        ssh(a, f"rm -rf {remote.HOST_STATE}/{bed.run_id}")
+        ssh(a, f"rm -rf {hosts.HOST_STATE}/{bed.run_id}")
+
+
+LAB_FAULTS = {"cut-A-B": {"kind": "cut", "link": ["A", "B"], "seconds": 3},
+              "reroute-A-B": {"kind": "reroute", "link": ["A", "B"], "add_rtt_ms": 20, "seconds": 3}}
+
+
+def fault_rules(host: topology.RemoteHost) -> str:
+    shown = ssh(host, "iptables-save -t raw")
+    assert shown.returncode == 0, shown.stderr
+    return "\n".join(line for line in shown.stdout.splitlines() if "OVL-FAULT" in line)
+
+
+def test_wan_faults_across_the_lab_hosts_are_firewall_rules_between_them(shared_lab, tmp_path, clean_machine):
+    """A 3 s cut between the lab's hosts through the underlay (its probe runs in the hosts'
+    own network: a send the rules refused would kill it) and Calico's model (its blocks cross
+    the WAN unencapsulated: the rules drop them too), timed by the hosts' own clocks; a
+    reroute skips, since these hosts have no netem; no rule is left afterwards."""
+    out, a, b = shared_lab
+    raw = yaml.safe_load(out.read_text())
+    faulted = tmp_path / "faults.yaml"
+    faulted.write_text(yaml.safe_dump({**raw, "faults": LAB_FAULTS}, sort_keys=False))
+    results = tmp_path / "faults.json"
+    run = run_suites("suites/", *QUICK, f"--topology={faulted}", "--overlay=host,calico", "-m", "faults",
+                     f"--overlay-json={results}", timeout=600)
+    run.passed()
+    assert ("skipped: fault reroute-A-B cannot be applied on the remote testbed: the fault changes the delay from A "
+            "to B (10 -> 20 ms): on real hosts a delay step needs netem there") in run.output, run.output
+    assert "applied at t = 0 by firewall rules between the hosts (by their clocks)" in run.output
+    records = {(r["overlay"], r["metric"]): r for r in json.loads(results.read_text())["results"]}
+    for overlay in ("host", "calico"):
+        outage = records[(overlay, "outage_ms")]
+        e = outage["extra"]
+        applied = (e["steps"][1]["at_ns"] - e["steps"][0]["at_ns"]) / 1e6
+        assert 2900 <= applied <= 3500 and outage["datapath"]["testbed"] == "remote", e["steps"]
+        # stamped by two hosts' clocks after their ssh calls: the cut's start by the first, its heal by the last
+        assert applied - 50 <= outage["stats"]["max"] <= applied + 1000, e["outcome"]
+        assert records[(overlay, "fault_lost")]["stats"]["max"] > 250, e["outcome"]  # 3 s, one request per 10 ms
+        assert not records[(overlay, "recovery_ms")]["extra"]["censored"] and outage["verdict"] == "pass"
+    assert records[("calico", "outage_ms")]["extra"]["control_before"] == {"A->B": "Established",
+                                                                          "B->A": "Established"}
+    assert fault_rules(a) == fault_rules(b) == ""
+
+
+def test_clean_removes_a_killed_runs_fault_rules(shared_lab, clean_machine):
+    """A run killed in the middle of a cut leaves its chain on both hosts: `clean --topology`
+    finds it by the run id in its name, and removes it and its jumps, nothing else."""
+    out, a, b = shared_lab
+    before = {h.ssh: ssh(h, "iptables-save -t raw | grep -v '^#'").stdout for h in (a, b)}
+    bed = RemoteTestbed(topology.load(out))
+    bed.up()
+    cut = topology.load(out).links[0]
+    bed.impair({f"{d.src}->{d.dst}": dataclasses.replace(d, loss_pct=100) for d in (cut.forward, cut.reverse)})
+    assert ssh(a, f"ping -c 1 -W 1 {b.address}").returncode != 0
+    assert f"-A PREROUTING -j OVL-FAULT-{bed.run_id}" in fault_rules(a) and fault_rules(b)
+    for host_lock in bed.host_locks:  # the run dies: its locks go with it, its rules stay
+        host_lock.release()
+    bed._lock.close()
+    swept = clean_hosts(out)
+    assert f"host A: removed run {bed.run_id}'s WAN fault rules (OVL-FAULT-{bed.run_id})" in swept.stdout, swept.stdout
+    assert {h.ssh: ssh(h, "iptables-save -t raw | grep -v '^#'").stdout for h in (a, b)} == before
+    assert ssh(a, f"ping -c 1 -W 1 {b.address}").returncode == 0

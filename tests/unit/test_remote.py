@@ -1,7 +1,7 @@
 """The remote backend's pieces that need no host: how it reaches hosts and how it words what
 went wrong (from errors captured against the lab's real daemons)."""
 
-from pytest_overlay import remote
+from pytest_overlay import hosts, remote
 from pytest_overlay.paths import KNOWN_HOSTS
 from pytest_overlay.topology import RemoteHost
 
@@ -11,17 +11,17 @@ HOST = RemoteHost("198.18.0.1", ssh="ops@192.0.2.1:2222", docker="tcp://192.0.2.
 
 
 def test_ssh_uses_keys_only_and_the_known_host_key():
-    command = remote.ssh_command(HOST, "true")
+    command = hosts.ssh_command(HOST, "true")
     assert command[0] == "ssh" and command[-2:] == ["ops@192.0.2.1", "true"]
     assert ["-p", "2222"] == command[command.index("-p"):command.index("-p") + 2]
     assert ["-i", "/k/id_ed25519"] == command[command.index("-i"):command.index("-i") + 2]
     for option in ("BatchMode=yes", "StrictHostKeyChecking=yes", "UserKnownHostsFile=/k/known_hosts", "ControlMaster=no"):
         assert option in command
     plain = RemoteHost("192.0.2.9", ssh="ops@192.0.2.9")  # no known_hosts: recorded on first contact, then checked
-    assert remote.ssh_command(plain, "true") == ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10", "-o",
+    assert hosts.ssh_command(plain, "true") == ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10", "-o",
                                                  "ControlMaster=no", "-o", f"UserKnownHostsFile={KNOWN_HOSTS}",
                                                  "-o", "StrictHostKeyChecking=accept-new", "ops@192.0.2.9", "true"]
-    assert remote.ssh_key_name(plain) == "192.0.2.9" and remote.ssh_key_name(HOST) == "[192.0.2.1]:2222"
+    assert hosts.ssh_key_name(plain) == "192.0.2.9" and hosts.ssh_key_name(HOST) == "[192.0.2.1]:2222"
 
 
 def test_docker_command_line_carries_the_client_certificate():
@@ -65,6 +65,52 @@ def test_emulation_gives_each_destination_its_path(tmp_path):
     assert marked[0] == "tc qdisc replace dev eth0 root handle 3714: htb default 1"  # the run's, as clean checks
     assert all("1:" not in c.replace("11:", "").replace("10:", "") for c in marked if "parent" in c)
     assert remote.qdisc_handle("0000ab") == "1"
-    assert remote.as_root("tc qdisc del dev eth0 root") == (
+    assert hosts.as_root("tc qdisc del dev eth0 root") == (
         "if [ \"$(id -u)\" -eq 0 ]; then sh -ec 'tc qdisc del dev eth0 root'; "
         "else sudo -n sh -ec 'tc qdisc del dev eth0 root'; fi")
+
+
+class FakeHost:
+    """testinfra's host, answering from a table of what is there: a command whose text holds
+    a key gets that key's (exit, stdout); anything else succeeds with no output."""
+
+    def __init__(self, answers: dict[str, tuple[int, str]]) -> None:
+        self.answers, self.asked = answers, []
+
+    def run(self, command: str):
+        from types import SimpleNamespace
+
+        self.asked.append(command)
+        rc, out = next((a for key, a in self.answers.items() if key in command), (0, ""))
+        return SimpleNamespace(rc=rc, stdout=out, stderr="")
+
+
+def test_preflight_asks_each_overlay_what_it_needs_on_a_host(tmp_path):
+    """The remote backend knows no overlay: it checks what each one declares (host_needs),
+    once per family, and every overlay that leaves traces on hosts declares how to undo them."""
+    from pytest_overlay import overlays, topology
+
+    for name in overlays.KNOWN:
+        needs = overlays.get(name).host_needs
+        if needs is not None:  # a family with daemons on hosts: a range of its own, and a footprint
+            assert needs.family in topology.DEFAULT_RANGES and needs.footprint.overlay == needs.family
+            assert overlays.footprint(name) is needs.footprint
+    path = tmp_path / "t.yaml"
+    path.write_text("name: t\nsites:\n  A: {host: {ssh: root@192.0.2.1}}\n  B: {host: {ssh: root@192.0.2.2}}\n"
+                    "links:\n  - {between: [A, B], rtt_ms: 20}\n")
+    bed = remote.RemoteTestbed(topology.load(path), state_root=tmp_path,
+                               overlays=["host", "libnetwork", "weave", "weave-encrypted", "flannel-udp", "calico"])
+    assert [n.family for n in bed._host_needs()] == ["weave", "flannel", "calico"]
+    host = FakeHost({"weaver --version": (127, ""), "/sys/class/net/flannel0": (0, ""),
+                     "/sys/class/net/": (1, ""), "sport = :179": (0, ""), "pgrep -x bird": (0, "4242\n"),
+                     "pgrep": (0, ""), "ip -4 route show table all": (0, "blackhole 10.40.7.0/24\n")})
+    said = [str(check) for check in bed._check_overlay_binaries("A", host)]
+    assert any("weaver (Weave Net's router) is not installed or does not start" in s for s in said), said
+    assert any("Flannel's flannel0 is already up" in s for s in said), said
+    assert any("a BGP speaker already listens on 179/tcp" in s for s in said), said
+    assert any("bird already runs there (pid 4242): another BIRD (Calico's BGP)" in s for s in said), said
+    assert any("route 'blackhole 10.40.7.0/24' lies inside Flannel's network 10.40.0.0/16" in s for s in said), said
+    assert any("lies inside Weave Net's IPAM range 10.32.0.0/12" in s for s in said), said  # its /12 holds 10.40/16
+    assert not any("etcd" in s for s in said)  # A is not the key-value site: etcd is not asked for there
+    assert len(said) == 6, said
+    assert sum("weaver" in c and "pgrep" in c for c in host.asked) == 1  # weave-encrypted is the same Weave Net

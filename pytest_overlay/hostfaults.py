@@ -1,0 +1,184 @@
+"""WAN faults across real hosts: what the embedded testbed's link emulator does to a link
+direction, done between hosts' addresses instead.
+
+Loss (a cut, a partition, a flap, a loss burst) is an iptables chain of the run's own on the
+receiving host, jumped to first from the raw table's PREROUTING, dropping what arrives from
+the far host's address and from the overlay's unencapsulated ranges there: everything the
+far end sends (tunnels, gossip, BGP, routed workloads) vanishes in transit, and no sender
+is told (a drop on the sender's OUTPUT would fail its send with EPERM, which a WAN never
+does). A delay or jitter step (a reroute) changes the netem a host with `emulate: true`
+already has for that destination; a host without it cannot take one, and says so before
+the scenario starts.
+
+A fault on a link touches every pair of hosts whose topology path crosses it, as the
+emulator's does: the hosts talk directly, the topology says which pairs share the link. The
+chain's name carries the run id, so teardown and `clean --topology` remove only the run's.
+"""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass
+
+from .topology import Direction, Topology
+
+CHAIN_PREFIX = "OVL-FAULT-"
+TABLE, HOOK = "raw", "PREROUTING"
+_CHAIN = re.compile(rf"^:({re.escape(CHAIN_PREFIX)}([0-9a-f]{{6}})) ", re.M)
+
+
+def chain(run_id: str) -> str:
+    return f"{CHAIN_PREFIX}{run_id}"
+
+
+def runs_in(iptables_save: str) -> set[str]:
+    """The run ids whose fault chains an `iptables-save -t raw` shows."""
+    return {m.group(2) for m in _CHAIN.finditer(iptables_save)}
+
+
+@dataclass(frozen=True)
+class PathValues:
+    """What a path of link directions does end to end: delays and jitters add up, losses
+    compound."""
+
+    delay_ms: float
+    jitter_ms: float
+    delivered: float  # the share of packets that arrive
+
+    @classmethod
+    def of(cls, directions: list[Direction]) -> PathValues:
+        delivered = 1.0
+        for d in directions:
+            delivered *= 1 - d.loss_pct / 100
+        return cls(sum(d.delay_ms for d in directions), sum(d.jitter_ms for d in directions), delivered)
+
+    @property
+    def loss_pct(self) -> float:
+        return (1 - self.delivered) * 100
+
+    def netem(self) -> list[str]:
+        """netem's arguments for this path (a root qdisc's limit first)."""
+        args = ["limit", "100000", "delay", f"{self.delay_ms:g}ms"]
+        if self.jitter_ms:
+            args += [f"{self.jitter_ms:g}ms"]
+        if self.delivered < 1:
+            args += ["loss", f"{self.loss_pct:g}%"]
+        return args
+
+
+def path_directions(topology: Topology, src: str, dst: str,
+                    changed: dict[str, Direction] | None = None) -> list[Direction]:
+    """The link directions from src to dst, each as `changed` gives it ("A->B") or else as
+    the topology does."""
+    hops = topology.path_between(src, dst)
+    out = []
+    for a, b in zip(hops, hops[1:]):
+        d = topology.link_between(a, b).direction(a)
+        out.append((changed or {}).get(f"{a}->{b}", d))
+    return out
+
+
+@dataclass(frozen=True)
+class PairFault:
+    """What a fault does between two hosts, beyond what the topology gives them."""
+
+    src: str
+    dst: str
+    drop: float  # the extra share of packets dropped, 0..1
+    healthy: PathValues
+    now: PathValues
+
+    @property
+    def delay_changed(self) -> bool:
+        return (self.now.delay_ms, self.now.jitter_ms) != (self.healthy.delay_ms, self.healthy.jitter_ms)
+
+
+def plan(topology: Topology, changed: dict[str, Direction]) -> list[PairFault]:
+    """Every ordered pair of sites whose path a set of changed link directions touches, with
+    the extra drop (the fault's loss over the path's own) and the path's values then."""
+    touched = {name for name, d in changed.items() if d != topology_direction(topology, name)}
+    out = []
+    for src in topology.sites:
+        for dst in topology.sites:
+            if src == dst:
+                continue
+            hops = topology.path_between(src, dst)
+            if not touched & {f"{a}->{b}" for a, b in zip(hops, hops[1:])}:
+                continue
+            healthy = PathValues.of(path_directions(topology, src, dst))
+            now = PathValues.of(path_directions(topology, src, dst, changed))
+            drop = 1.0 if now.delivered <= 0 else max(0.0, 1 - now.delivered / healthy.delivered)
+            out.append(PairFault(src, dst, round(drop, 9), healthy, now))
+    return out
+
+
+def topology_direction(topology: Topology, name: str) -> Direction:
+    """A link direction ("A->B") as the topology gives it."""
+    a, b = name.split("->", 1)
+    link = topology.link_between(a, b)
+    if link is None:
+        raise ValueError(f"no link {a}-{b} in topology {topology.name}")
+    return link.direction(a)
+
+
+def unsupported(topology: Topology, changed: dict[str, Direction]) -> list[str]:
+    """Why these changes cannot be applied across the topology's hosts (empty: they can)."""
+    problems = []
+    for pair in plan(topology, changed):
+        receiver, sender = topology.sites[pair.dst].host, topology.sites[pair.src].host
+        if pair.drop > 0 and (receiver is None or not receiver.ssh):
+            problems.append(f"{pair.dst} has no ssh: entry: a fault's drops are placed on the receiving host over ssh")
+        if pair.delay_changed and not (sender is not None and sender.ssh and sender.emulate and sender.interface):
+            problems.append(f"the fault changes the delay from {pair.src} to {pair.dst} "
+                            f"({pair.healthy.delay_ms:g} -> {pair.now.delay_ms:g} ms): on real hosts a delay step "
+                            f"needs netem there (emulate: true and an interface on {pair.src})")
+    return sorted(set(problems))
+
+
+def receivers(topology: Topology, changed: dict[str, Direction]) -> set[str]:
+    """The sites whose hosts take drop rules for these changes."""
+    return {pair.dst for pair in plan(topology, changed) if pair.drop > 0}
+
+
+def rules(topology: Topology, site: str, changed: dict[str, Direction], run_id: str,
+          routed: dict[str, list[str]] | None = None) -> list[list[str]]:
+    """The fault chain's rules on one site's host (iptables-restore lines as argument lists):
+    a drop, certain or by chance, of what arrives from each site whose path here the fault
+    touches."""
+    name = chain(run_id)
+    out = []
+    for pair in plan(topology, changed):
+        if pair.dst != site or pair.drop <= 0:
+            continue
+        chance = [] if pair.drop >= 1 else ["-m", "statistic", "--mode", "random", "--probability", f"{pair.drop:.6f}"]
+        for source in [f"{topology.sites[pair.src].host.address}/32", *(routed or {}).get(pair.src, [])]:
+            out.append(["-A", name, "-s", source, *chance, "-j", "DROP"])
+    return out
+
+
+def apply_script(run_id: str, lines: list[list[str]]) -> tuple[str, str]:
+    """Shell (run as root on the host) giving the fault chain exactly `lines`, jumped to
+    first from the hook, and printing the host's wall clock (ns) once it holds; and the
+    iptables-restore input it reads from stdin."""
+    name = chain(run_id)
+    restore = f"*{TABLE}\n:{name} - [0:0]\n" + "".join(shlex.join(line) + "\n" for line in lines) + "COMMIT\n"
+    return (f"iptables-restore -w --noflush\niptables -w -t {TABLE} -C {HOOK} -j {name} 2>/dev/null || "
+            f"iptables -w -t {TABLE} -I {HOOK} 1 -j {name}\ndate +%s%N"), restore
+
+
+def netem_script(dev: str, classid: str, values: PathValues) -> str:
+    """Shell changing the netem under one of the run's htb classes (a destination's) to
+    `values`, and printing the host's wall clock (ns) once it holds."""
+    child = f"{classid.split(':')[1]}:"
+    return (shlex.join(["tc", "qdisc", "change", "dev", dev, "parent", classid, "handle", child, "netem",
+                        *values.netem()]) + "\ndate +%s%N")
+
+
+def remove_script(run_id: str) -> str:
+    """Shell removing the run's fault chain and its jump from a host; says `removed` if
+    there was one. Safe to run twice, and where there never was one."""
+    name, table = chain(run_id), f"-t {TABLE}"
+    return (f"while iptables -w {table} -D {HOOK} -j {name} 2>/dev/null; do :; done\n"
+            f"if iptables -w {table} -S {name} >/dev/null 2>&1; then iptables -w {table} -F {name} && "
+            f"iptables -w {table} -X {name} && echo removed; fi")

@@ -1,0 +1,150 @@
+"""WAN faults across real hosts, without hosts: which pairs of hosts a fault on a link
+touches, the rules and netem changes each host gets, and the order a remote testbed applies
+and heals them in (its ssh calls recorded instead of made)."""
+
+from __future__ import annotations
+
+import pytest
+
+from pytest_overlay import hostfaults, remote, topology
+
+# A line A - B - C (no A-C link: A and C talk across B's links, as the emulator routes them).
+LINE = """\
+name: line
+sites:
+  A: {host: {ssh: root@192.0.2.1, emulate: true, interface: eth0}}
+  B: {host: {ssh: root@192.0.2.2}}
+  C: {host: {ssh: root@192.0.2.3, emulate: true, interface: ens3}}
+links:
+  - {between: [A, B], rtt_ms: 20}
+  - {between: [B, C], rtt_ms: 10, loss_pct: 1}
+faults:
+  cut-A-B: {kind: cut, link: [A, B], seconds: 20}
+  loss-B-C: {kind: loss, link: [B, C], loss_pct: 5, seconds: 20, probe: [B, C]}
+  reroute-A-B: {kind: reroute, link: [A, B], add_rtt_ms: 20, seconds: 20}
+  reroute-B-C: {kind: reroute, link: [B, C], add_rtt_ms: 4, seconds: 20, probe: [B, C]}
+"""
+
+
+@pytest.fixture
+def line(tmp_path) -> topology.Topology:
+    path = tmp_path / "line.yaml"
+    path.write_text(LINE)
+    return topology.load(path)
+
+
+def test_a_cut_touches_every_pair_whose_path_crosses_the_link(line):
+    pairs = {(p.src, p.dst): p for p in hostfaults.plan(line, line.faults["cut-A-B"].faulty())}
+    assert set(pairs) == {("A", "B"), ("B", "A"), ("A", "C"), ("C", "A")}  # B-C is left alone
+    assert all(p.drop == 1.0 and not p.delay_changed for p in pairs.values())
+    # on the receiving host: what arrives from the far end vanishes, and no sender is told
+    assert hostfaults.rules(line, "A", line.faults["cut-A-B"].faulty(), "abc123") == [
+        ["-A", "OVL-FAULT-abc123", "-s", "192.0.2.2/32", "-j", "DROP"],
+        ["-A", "OVL-FAULT-abc123", "-s", "192.0.2.3/32", "-j", "DROP"]]
+    # An unencapsulated overlay's ranges at the far end are dropped as well (Calico's blocks)
+    routed = {"B": ["10.48.0.64/26"], "C": ["10.48.0.128/26"]}
+    assert hostfaults.rules(line, "A", line.faults["cut-A-B"].faulty(), "abc123", routed) == [
+        ["-A", "OVL-FAULT-abc123", "-s", "192.0.2.2/32", "-j", "DROP"],
+        ["-A", "OVL-FAULT-abc123", "-s", "10.48.0.64/26", "-j", "DROP"],
+        ["-A", "OVL-FAULT-abc123", "-s", "192.0.2.3/32", "-j", "DROP"],
+        ["-A", "OVL-FAULT-abc123", "-s", "10.48.0.128/26", "-j", "DROP"]]
+    on_c = hostfaults.rules(line, "C", line.faults["cut-A-B"].faulty(), "abc123", routed)
+    assert on_c == [["-A", "OVL-FAULT-abc123", "-s", "192.0.2.1/32", "-j", "DROP"]]  # A has no routed range
+    assert hostfaults.rules(line, "B", line.faults["loss-B-C"].healthy(), "abc123", routed) == []
+    assert hostfaults.receivers(line, line.faults["cut-A-B"].faulty()) == {"A", "B", "C"}
+
+
+def test_a_loss_burst_drops_only_what_the_path_does_not_lose_already(line):
+    """B-C loses 1 % of its own: a 5 % fault adds a drop with the chance that makes 5 % in all."""
+    pairs = {(p.src, p.dst): p for p in hostfaults.plan(line, line.faults["loss-B-C"].faulty())}
+    assert set(pairs) == {("B", "C"), ("C", "B"), ("A", "C"), ("C", "A")}
+    assert pairs[("B", "C")].drop == pytest.approx(1 - 0.95 / 0.99)
+    assert pairs[("B", "C")].healthy.loss_pct == pytest.approx(1.0)
+    assert hostfaults.rules(line, "B", line.faults["loss-B-C"].faulty(), "abc123") == [
+        ["-A", "OVL-FAULT-abc123", "-s", "192.0.2.3/32", "-m", "statistic", "--mode", "random",
+         "--probability", "0.040404", "-j", "DROP"]]
+
+
+def test_a_delay_step_needs_netem_on_every_sending_host_it_touches(line):
+    assert hostfaults.unsupported(line, line.faults["cut-A-B"].faulty()) == []
+    # A and C emulate; B sends to A across the rerouted link without netem of its own
+    assert hostfaults.unsupported(line, line.faults["reroute-A-B"].faulty()) == [
+        "the fault changes the delay from B to A (10 -> 20 ms): on real hosts a delay step needs netem there "
+        "(emulate: true and an interface on B)"]
+
+
+def test_scripts_apply_exactly_the_lines_jump_first_and_remove_only_the_runs_chain():
+    script, restore = hostfaults.apply_script("abc123", [["-A", "OVL-FAULT-abc123", "-s", "192.0.2.2/32", "-j", "DROP"]])
+    assert restore == "*raw\n:OVL-FAULT-abc123 - [0:0]\n-A OVL-FAULT-abc123 -s 192.0.2.2/32 -j DROP\nCOMMIT\n"
+    assert script.splitlines() == [
+        "iptables-restore -w --noflush",
+        "iptables -w -t raw -C PREROUTING -j OVL-FAULT-abc123 2>/dev/null || "
+        "iptables -w -t raw -I PREROUTING 1 -j OVL-FAULT-abc123",
+        "date +%s%N"]
+    removal = hostfaults.remove_script("abc123")
+    assert "iptables -w -t raw -D PREROUTING -j OVL-FAULT-abc123" in removal and "-X OVL-FAULT-abc123" in removal
+    saved = ("*raw\n:PREROUTING ACCEPT [0:0]\n:OVL-FAULT-abc123 - [0:0]\n:OVL-FAULT-0f0f0f - [0:0]\n"
+             ":OVL-FAULT-nothex - [0:0]\n:CNI-RAW - [0:0]\n-A PREROUTING -j OVL-FAULT-abc123\nCOMMIT\n")
+    assert hostfaults.runs_in(saved) == {"abc123", "0f0f0f"}
+
+
+class Calls:
+    """A remote testbed's ssh calls, answered as a host would: its clock, after the step."""
+
+    def __init__(self) -> None:
+        self.made: list[tuple[str, str, str | None]] = []
+        self.clock = 1_000
+
+    def __call__(self, host, script, timeout=60, input=None):
+        self.clock += 1
+        self.made.append((host.address, script, input))
+        return remote.procs.CommandResult(["ssh"], 0, f"{self.clock}\n", "")
+
+
+def test_a_remote_testbed_applies_a_fault_and_heals_it_host_by_host(line, tmp_path, monkeypatch):
+    calls = Calls()
+    monkeypatch.setattr(remote, "host_run", calls)
+    bed = remote.RemoteTestbed(line, state_root=tmp_path)
+    bed.run_dir.mkdir()
+    fault = line.faults["cut-A-B"]
+    assert bed.fault_unsupported(fault.faulty()) is None and bed.fault_unsupported(fault.faulty()) is None
+    assert sorted(a for a, s, _ in calls.made if s.startswith("iptables -w -t raw -S PREROUTING")) == [
+        "192.0.2.1", "192.0.2.2", "192.0.2.3"]  # each receiver asked once
+    calls.made.clear()
+    at = bed.impair(fault.faulty())
+    assert at == calls.clock - 2 and sorted(a for a, _, _ in calls.made) == ["192.0.2.1", "192.0.2.2", "192.0.2.3"]
+    on_b = next(i for a, _, i in calls.made if a == "192.0.2.2")
+    assert on_b.splitlines()[2:4] == ["-A OVL-FAULT-%s -s 192.0.2.1/32 -j DROP" % bed.run_id, "COMMIT"]
+    assert sorted(bed.faulted) == ["A", "B", "C"] and '"faulted"' in (bed.run_dir / "state.json").read_text()
+    calls.made.clear()
+    assert bed.impair(fault.healthy()) == calls.clock  # a cut begins at the first host, heals at the last
+    assert all(f"-X OVL-FAULT-{bed.run_id}" in s for _, s, _ in calls.made) and len(calls.made) == 3
+    assert bed.faulted == [] and bed.impaired == {}
+    calls.made.clear()
+    bed.impair(fault.healthy())  # healed already: nothing to do on any host
+    assert calls.made == []
+
+
+def test_a_delay_step_changes_the_netem_of_the_emulating_hosts(line, tmp_path, monkeypatch):
+    calls = Calls()
+    monkeypatch.setattr(remote, "host_run", calls)
+    bed = remote.RemoteTestbed(line, state_root=tmp_path)
+    bed.run_dir.mkdir()
+    with pytest.raises(remote.RemoteError, match="from B to A"):  # B does not emulate
+        bed.impair(line.faults["reroute-A-B"].faulty())
+    assert calls.made == [] and bed.impaired == {}
+    reroute = line.faults["reroute-B-C"]
+    assert "from B to C" in bed.fault_unsupported(reroute.faulty())
+    assert calls.made == []  # no drop: no host is asked about its iptables
+    # C's side of the step alone: C sends to B (its second destination) and to A across it
+    bed.impair({"C->B": reroute.faulty()["C->B"]})
+    handle = remote.qdisc_handle(bed.run_id)
+    assert sorted((a, s.splitlines()[0]) for a, s, _ in calls.made) == [
+        ("192.0.2.3", f"tc qdisc change dev ens3 parent {handle}:10 handle 10: netem limit 100000 delay 17ms loss 1%"),
+        ("192.0.2.3", f"tc qdisc change dev ens3 parent {handle}:11 handle 11: netem limit 100000 delay 7ms loss 1%")]
+    assert bed.faulted == []  # no loss: no chain
+    calls.made.clear()
+    bed.impair(reroute.healthy())
+    assert sorted((a, s.splitlines()[0]) for a, s, _ in calls.made) == [
+        ("192.0.2.3", f"tc qdisc change dev ens3 parent {handle}:10 handle 10: netem limit 100000 delay 15ms loss 1%"),
+        ("192.0.2.3", f"tc qdisc change dev ens3 parent {handle}:11 handle 11: netem limit 100000 delay 5ms loss 1%")]
