@@ -9,7 +9,9 @@ from __future__ import annotations
 import csv
 import html
 import math
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 from tabulate import tabulate
 
@@ -316,81 +318,125 @@ def stress_sections(records: list[Record]) -> list[str]:
     return out + (["\n".join(notes)] if notes else [])
 
 
+def _circuit(r: Record) -> str:
+    return f"{r.src} – {r.dst}"
+
+
+@dataclass
+class View:
+    """What a section of the tables sees: the records by metric (in the topology's order),
+    all of them, whether the underlay is there to compare with, and the notes under the
+    tables (reasons of INVALID rows)."""
+
+    by_metric: dict[str, list[Record]]
+    records: list[Record]
+    compare: bool
+    notes: list[str]
+
+
+def _latency_section(v: View) -> list[str]:
+    rows = []
+    for r in v.by_metric["latency"]:
+        base = results.baseline(v.records, r)
+        row = [_circuit(r), _who(r), _f(r.stats.min), _f(r.stats.mean), _f(r.stats.p99),
+               _f(r.stats.ci95, 3), r.stats.n, _f(r.expected["rtt_ms"], 1)]
+        if v.compare:
+            row.append("" if r.overlay == BASELINE or base is None else _difference(r, base))
+        rows.append(row + [_status(r, v.notes)])
+    head = ["Circuit", "Overlay", "Min", "Mean", "99th %", "±95% CI", "n", "Topology RTT"]
+    head += ["Δ mean vs host ±95% CI"] if v.compare else []
+    return [_table("Latency: round-trip time in ms (irtt request/response; n = round trips)", head + ["Verdict"], rows)]
+
+
+def _jitter_section(v: View) -> list[str]:
+    rows = [[_circuit(r), _who(r), _f(r.stats.mean, 3), _f(r.stats.p50, 3), _f(r.stats.p99, 3),
+             _f(r.stats.max, 3), r.stats.n, _status(r, v.notes)] for r in v.by_metric["jitter"]]
+    return [_table("Jitter: IPDV |RTT[i] - RTT[i-1]| in ms (n = consecutive pairs of round trips)",
+                   ["Circuit", "Overlay", "Mean", "Median", "99th %", "Max", "n", "Verdict"], rows)]
+
+
+def _tcp_section(v: View) -> list[str]:
+    rows = []
+    for r in v.by_metric["tcp_throughput"]:
+        row = [_circuit(r), _who(r), _f(r.total, 0), _f(r.stats.min, 0),
+               _f(r.stats.mean, 0), _f(r.stats.ci95, 0), _f(r.stats.max, 0), r.stats.n,
+               r.extra.get("retransmits"), _f(r.expected["rate_mbit"], 0)]
+        if v.compare:
+            row.append(_ratio(r, results.baseline(v.records, r)))
+        rows.append(row + [_status(r, v.notes)])
+    head = ["Circuit", "Overlay", "Total", "Min", "Mean", "±95% CI", "Max", "n", "Retransmits", "Link rate"]
+    head += ["× host"] if v.compare else []
+    return [_table("TCP throughput in Mbit/s received (iperf3; Total = the whole run; "
+                   "Min to Max over n = 0.5 s intervals after 1 s warm-up)", head + ["Verdict"], rows)]
+
+
+def _udp_section(v: View) -> list[str]:
+    losses = {(r.overlay, r.circuit, r.cpu, r.noise): r for r in v.by_metric.get("udp_loss", [])}
+    rows = []
+    for r in v.by_metric.get("udp_throughput", []):
+        loss = losses.get((r.overlay, r.circuit, r.cpu, r.noise))
+        status = _status(r, v.notes)
+        if loss and r.valid and loss.verdict != "pass":
+            status = f"{status} (loss: {loss.verdict})"
+        row = [_circuit(r), _who(r), _f(r.extra.get("offered_mbit"), 0), _f(r.total, 0),
+               _f(r.stats.mean, 0), _f(r.stats.ci95, 0), r.stats.n, _f(loss.stats.mean, 3) if loss else "-",
+               r.extra.get("packets")]
+        if v.compare:
+            row.append(_ratio(r, results.baseline(v.records, r)))
+        rows.append(row + [status])
+    head = ["Circuit", "Overlay", "Offered", "Total", "Mean", "±95% CI", "n", "Loss %", "Packets"]
+    head += ["× host"] if v.compare else []
+    return [_table("UDP throughput in Mbit/s received, and loss in % of packets sent "
+                   "(iperf3; Total = the whole run; Mean over n = 0.5 s intervals after 1 s warm-up)",
+                   head + ["Verdict"], rows)] if rows else []
+
+
+def _plain_section(v: View, name: str) -> list[str]:
+    """A metric no section knows: its headline and spread per circuit and overlay, so that a
+    metric added to the registry is never left out of the tables."""
+    metric = metrics.get(name)
+    rows = [[_circuit(r), _who(r), _f(getattr(r.stats, metric.headline, None) if metric.headline != "total"
+                                      else r.total), _f(r.stats.min), _f(r.stats.max), r.stats.n, _status(r, v.notes)]
+            for r in v.by_metric[name]]
+    return [_table(f"{metric.title} in {metric.unit} (headline: {metric.headline}; n = samples)",
+                   ["Circuit", "Overlay", metric.headline.capitalize(), "Min", "Max", "n", "Verdict"], rows)]
+
+
+# Each section of the tables and the metrics it shows, in the order they print. A registered
+# metric in none of them still prints, as a plain table (_plain_section).
+SECTIONS: list[tuple[tuple[str, ...], Callable[[View], list[str]]]] = [
+    (("latency",), _latency_section),
+    (("jitter",), _jitter_section),
+    (("tcp_throughput",), _tcp_section),
+    (("udp_throughput", "udp_loss"), _udp_section),
+    (tuple(m.name for m in metrics.METRICS.values() if m.streaming),
+     lambda v: [_streaming_table(v.records, v.notes)] if "stream_jitter" in v.by_metric else []),
+    (tuple(m.name for m in metrics.FAULT_METRICS), lambda v: _faults_tables(v.records, v.notes)),
+    (tuple(m.name for m in metrics.LOAD_METRICS), lambda v: _load_tables(v.records, v.notes)),
+]
+
+
 def tables(records: list[Record], topology: Topology, missing: list[Missing] = ()) -> str:
     by_metric: dict[str, list[Record]] = {}
     for r in _order(records, topology):
         by_metric.setdefault(r.metric, []).append(r)
     overlays = {r.overlay for r in records}
-    compare = len(overlays) > 1 and BASELINE in overlays
-    notes: list[str] = []
+    view = View(by_metric, records, len(overlays) > 1 and BASELINE in overlays, [])
+    notes = view.notes
     out: list[str] = []
-
-    def circuit_name(r: Record) -> str:
-        return f"{r.src} – {r.dst}"
-
-    if "latency" in by_metric:
-        rows = []
-        for r in by_metric["latency"]:
-            base = results.baseline(records, r)
-            row = [circuit_name(r), _who(r), _f(r.stats.min), _f(r.stats.mean), _f(r.stats.p99),
-                   _f(r.stats.ci95, 3), r.stats.n, _f(r.expected["rtt_ms"], 1)]
-            if compare:
-                row.append("" if r.overlay == BASELINE or base is None else _difference(r, base))
-            rows.append(row + [_status(r, notes)])
-        head = ["Circuit", "Overlay", "Min", "Mean", "99th %", "±95% CI", "n", "Topology RTT"]
-        head += ["Δ mean vs host ±95% CI"] if compare else []
-        out.append(_table("Latency: round-trip time in ms (irtt request/response; n = round trips)", head + ["Verdict"], rows))
-
-    if "jitter" in by_metric:
-        rows = [[circuit_name(r), _who(r), _f(r.stats.mean, 3), _f(r.stats.p50, 3), _f(r.stats.p99, 3),
-                 _f(r.stats.max, 3), r.stats.n, _status(r, notes)] for r in by_metric["jitter"]]
-        out.append(_table("Jitter: IPDV |RTT[i] - RTT[i-1]| in ms (n = consecutive pairs of round trips)",
-                          ["Circuit", "Overlay", "Mean", "Median", "99th %", "Max", "n", "Verdict"], rows))
-
-    if "tcp_throughput" in by_metric:
-        rows = []
-        for r in by_metric["tcp_throughput"]:
-            base = results.baseline(records, r)
-            row = [circuit_name(r), _who(r), _f(r.total, 0), _f(r.stats.min, 0),
-                   _f(r.stats.mean, 0), _f(r.stats.ci95, 0), _f(r.stats.max, 0), r.stats.n,
-                   r.extra.get("retransmits"), _f(r.expected["rate_mbit"], 0)]
-            if compare:
-                row.append(_ratio(r, base))
-            rows.append(row + [_status(r, notes)])
-        head = ["Circuit", "Overlay", "Total", "Min", "Mean", "±95% CI", "Max", "n", "Retransmits", "Link rate"]
-        head += ["× host"] if compare else []
-        out.append(_table("TCP throughput in Mbit/s received (iperf3; Total = the whole run; "
-                          "Min to Max over n = 0.5 s intervals after 1 s warm-up)",
-                          head + ["Verdict"], rows))
-
-    if "udp_throughput" in by_metric:
-        losses = {(r.overlay, r.circuit, r.cpu, r.noise): r for r in by_metric.get("udp_loss", [])}
-        rows = []
-        for r in by_metric["udp_throughput"]:
-            loss = losses.get((r.overlay, r.circuit, r.cpu, r.noise))
-            status = _status(r, notes)
-            if loss and r.valid and loss.verdict != "pass":
-                status = f"{status} (loss: {loss.verdict})"
-            row = [circuit_name(r), _who(r), _f(r.extra.get("offered_mbit"), 0), _f(r.total, 0),
-                   _f(r.stats.mean, 0), _f(r.stats.ci95, 0), r.stats.n, _f(loss.stats.mean, 3) if loss else "-",
-                   r.extra.get("packets")]
-            if compare:
-                row.append(_ratio(r, results.baseline(records, r)))
-            rows.append(row + [status])
-        head = ["Circuit", "Overlay", "Offered", "Total", "Mean", "±95% CI", "n", "Loss %", "Packets"]
-        head += ["× host"] if compare else []
-        out.append(_table("UDP throughput in Mbit/s received, and loss in % of packets sent "
-                          "(iperf3; Total = the whole run; Mean over n = 0.5 s intervals after 1 s warm-up)",
-                          head + ["Verdict"], rows))
-    if "stream_jitter" in by_metric:
-        out.append(_streaming_table(records, notes))
-    out += _faults_tables(records, notes)
-    out += _load_tables(records, notes)
+    shown: set[str] = set()
+    for names, section in SECTIONS:
+        if by_metric.keys() & set(names):
+            out += section(view)
+        shown |= set(names)
+    for name in metrics.METRICS:
+        if name in by_metric and name not in shown:
+            out += _plain_section(view, name)
     out += _stress_tables(records, notes)
 
     compared = [(r, c) for r in _order(records, topology) for c in r.compared]
     if compared:
-        rows = [[circuit_name(r), _who(r), r.metric, c["stat"], f"{c['saved']:.3f}", f"{c['now']:.3f}", r.unit,
+        rows = [[_circuit(r), _who(r), r.metric, c["stat"], f"{c['saved']:.3f}", f"{c['now']:.3f}", r.unit,
                  _change(c), _noise(c), "yes" if c["within_noise"] else "no", c["gate"] or "-"]
                 for r, c in compared]
         out.append(_table(f"Compared with saved run {compared[0][1]['run']} (noise: the combined 95 % "

@@ -85,6 +85,19 @@ template bgp mesh {{
 """
 
 
+def parse_protocols(shown: str) -> dict[str, str]:
+    """The BGP sessions in BIRD's `show protocols` (as birdc prints it, and bird_query),
+    by peer site (bird_config names each protocol peer_SITE): the session's state,
+    "Established", when the protocol is up; else the protocol's state and BIRD's reason,
+    without the time it entered that state (a state polled twice reads the same)."""
+    sessions = {}
+    for line in shown.splitlines():
+        fields = line.split()  # Name Proto Table State Since Info...
+        if len(fields) > 3 and fields[0].startswith("peer_"):
+            sessions[fields[0][5:]] = fields[-1] if fields[3] == "up" else " ".join([fields[3], *fields[5:]])
+    return sessions
+
+
 def bird_query(control: str, command: str, timeout: float = 5.0) -> str:
     """A BIRD command over its control socket, without starting birdc (this is polled during a
     WAN fault, beside a 10 ms probe); the reply as birdc prints it ("" if BIRD is not there).
@@ -183,14 +196,9 @@ class CalicoOverlay(ContainerOverlay):
 
     def _sessions(self, site: str) -> dict[str, str]:
         """BIRD's BGP sessions at a site, by peer site: "Established", else BIRD's state and why."""
-        sessions = {}
         shown = self._birdc(site, "show", "protocols").stdout if self.remote else \
             bird_query(self._socket(site), "show protocols")
-        for line in shown.splitlines():
-            fields = line.split()
-            if len(fields) > 3 and fields[0].startswith("peer_"):
-                sessions[fields[0][5:]] = fields[-1] if fields[3] == "up" else " ".join(fields[3:])
-        return sessions
+        return parse_protocols(shown)
 
     def control_state(self) -> dict[str, str]:
         """Every BGP session, as BIRD at each end says it ("BRA->LJU": "Established")."""

@@ -53,6 +53,12 @@ HOST_NEEDS = HostNeeds(
     devices={device: "Flannel" for device in DEVICES.values()}, rivals={"flanneld": "Flannel"}, footprint=HOST_FOOTPRINT)
 
 
+def parse_subnet_file(text: str) -> dict[str, str]:
+    """flanneld's subnet file (--subnet-file): its lease as KEY=VALUE lines (FLANNEL_NETWORK,
+    FLANNEL_SUBNET, FLANNEL_MTU, FLANNEL_IPMASQ)."""
+    return dict(line.strip().split("=", 1) for line in text.splitlines() if "=" in line)
+
+
 class FlannelOverlay(ContainerOverlay):
     name = "flannel"
     description = "Flannel 0.19 with the vxlan backend (VNI 1, UDP 8472), subnets leased in etcd"
@@ -217,7 +223,7 @@ class FlannelOverlay(ContainerOverlay):
                 raise EngineError(f"flanneld at {site} wrote no subnet lease (exit {daemon.returncode}); "
                                   f"its log:\n{daemon.log_tail(15)}")
             time.sleep(0.1 if not self.remote else 0.3)
-        self.leases[site] = dict(line.split("=", 1) for line in lease.stdout.split() if "=" in line)
+        self.leases[site] = parse_subnet_file(lease.stdout)
 
     def _restart_flanneld(self, site: str) -> None:
         daemon = next(d for d in self.daemons if d.name == f"flanneld-{site}")

@@ -57,6 +57,21 @@ HOST_NEEDS = HostNeeds(
     started=("weaver",), devices={BRIDGE: "Weave Net"}, rivals={"weaver": "Weave Net"}, footprint=HOST_FOOTPRINT)
 
 
+def parse_report(report: dict) -> tuple[dict, list[dict]]:
+    """weaver's status (GET /report, JSON): the router (name, encryption, the interface its
+    datapath uses, version) and each connection to a peer (address, state, info, the datapath
+    it runs, its MTU, whether it is encrypted)."""
+    router = report.get("Router") or {}
+    about = {"name": router.get("Name"), "encryption": router.get("Encryption"),
+             "interface": router.get("Interface"), "version": report.get("Version")}
+    connections = [
+        {"address": c.get("Address"), "state": c.get("State"), "info": c.get("Info"),
+         "datapath": (c.get("Attrs") or {}).get("name") or (c.get("Info") or "").split(" ")[0],
+         "mtu": (c.get("Attrs") or {}).get("mtu"), "encrypted": (c.get("Attrs") or {}).get("encrypted")}
+        for c in router.get("Connections") or []]
+    return about, connections
+
+
 class WeaveOverlay(ContainerOverlay):
     name = "weave"
     description = "Weave Net 2.8 routers, one per site, full mesh; containers on Weave's bridge (sleeve or fastdp)"
@@ -178,14 +193,7 @@ class WeaveOverlay(ContainerOverlay):
             reports = dict(zip(self.testbed.sites, pool.map(lambda s: self._http(s, "/report"),
                                                              self.testbed.sites)))
         for site, report in reports.items():
-            router = report.get("Router") or {}
-            self.router[site] = {"name": router.get("Name"), "encryption": router.get("Encryption"),
-                                 "interface": router.get("Interface"), "version": report.get("Version")}
-            self.connections[site] = [
-                {"address": c.get("Address"), "state": c.get("State"), "info": c.get("Info"),
-                 "datapath": (c.get("Attrs") or {}).get("name") or (c.get("Info") or "").split(" ")[0],
-                 "mtu": (c.get("Attrs") or {}).get("mtu"), "encrypted": (c.get("Attrs") or {}).get("encrypted")}
-                for c in router.get("Connections") or []]
+            self.router[site], self.connections[site] = parse_report(report)
 
     timers = (
         ("sleeve heartbeat", "0.5 s until confirmed, then 10 s", "weave router/network_router.go FastHeartbeat, "

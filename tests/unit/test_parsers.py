@@ -86,3 +86,36 @@ def test_iperf3_udp_loss_over_the_warm_up_is_not_counted_twice():
 def test_iperf3_error_is_reported_with_iperf3s_words():
     with pytest.raises(ProbeError, match="iperf3 tcp A -> B failed .*unable to connect to server: Connection refused"):
         parse_iperf3((DATA / "iperf3-refused.json").read_text(), "tcp", what="iperf3 tcp A -> B")
+
+
+# The overlays' daemons, as they answered on this machine: weaver 2.8.1's /report (sleeve, two
+# sites), flanneld 0.19.2's subnet file, and BIRD 2's `show protocols` through its control socket
+# with the peer up, then a second after the peer's BIRD was stopped.
+
+def test_weaver_report_gives_the_router_and_each_connection():
+    from pytest_overlay.overlays.weave import parse_report
+
+    router, connections = parse_report(json.loads((DATA / "weave-report-sleeve.json").read_text()))
+    assert router == {"name": "7a:b3:0e:88:00:01", "encryption": False, "interface": "vethwe-pcap (via pcap)",
+                      "version": "2.8.1"}
+    assert connections == [{"address": "198.18.0.2:46845", "state": "established",
+                            "info": "sleeve 7a:b3:0e:88:00:02(B)", "datapath": "sleeve", "mtu": 1438,
+                            "encrypted": None}]
+    assert parse_report({}) == ({"name": None, "encryption": None, "interface": None, "version": None}, [])
+
+
+def test_flanneld_subnet_file_gives_the_lease():
+    from pytest_overlay.overlays.flannel import parse_subnet_file
+
+    assert parse_subnet_file((DATA / "flannel-subnet.env").read_text()) == {
+        "FLANNEL_NETWORK": "10.40.0.0/16", "FLANNEL_SUBNET": "10.40.17.1/24", "FLANNEL_MTU": "1450",
+        "FLANNEL_IPMASQ": "false"}
+
+
+def test_bird_protocols_give_each_bgp_session_by_peer_site():
+    from pytest_overlay.overlays.calico import parse_protocols
+
+    assert parse_protocols((DATA / "bird-show-protocols-established.txt").read_text()) == {"B": "Established"}
+    assert parse_protocols((DATA / "bird-show-protocols-peer-gone.txt").read_text()) == {
+        "B": "start Active Socket: Connection refused"}
+    assert parse_protocols("") == {}

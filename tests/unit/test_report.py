@@ -84,3 +84,25 @@ def test_what_was_not_measured_is_listed_with_its_reason():
     # What -m or -k left out is the user's choice: one line, not a row per measurement.
     assert "56 requested measurements deselected (-m/-k)" in text
     assert not [line for line in text.splitlines() if line.startswith("| ") and "deselected" in line]
+
+
+def test_every_registered_metric_has_a_section_of_the_tables():
+    from pytest_overlay import metrics
+
+    shown = {name for names, _ in report.SECTIONS for name in names}
+    assert set(metrics.METRICS) <= shown, f"no table for {sorted(set(metrics.METRICS) - shown)}"
+
+
+def test_a_metric_added_to_the_registry_without_a_section_still_prints(monkeypatch):
+    """A new metric measured but forgotten in the report: a plain table with its headline,
+    spread, n and verdict, never silently left out."""
+    from pytest_overlay import metrics
+
+    new = metrics.Metric("handshake_ms", "ms", "TCP handshake time", "p50", True)
+    monkeypatch.setitem(metrics.METRICS, new.name, new)
+    r = record("handshake_ms", [1.0, 2.0, 3.0, 4.0], overlay="weave", expected=EXPECTED)
+    r.verdict = "pass"
+    text = report.tables([_latency("host", 20.0), r], TOPOLOGY)
+    assert "TCP handshake time in ms (headline: p50; n = samples)" in text
+    row = next(line for line in text.splitlines() if "weave" in line)
+    assert [c.strip() for c in row.strip("|").split("|")] == ["A – B", "weave", "2.50", "1.00", "4.00", "4", "pass"]
