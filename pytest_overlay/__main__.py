@@ -10,7 +10,7 @@ import shlex
 import sys
 from pathlib import Path
 
-from . import engines, lab, testbed, topology
+from . import engines, lab, runs, topology
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,16 +62,16 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     if args.command == "clean":
         if args.topology:
-            from . import remote
+            from . import hostclean
 
             try:
                 hosts = topology.load(args.topology)
             except topology.InputError as e:
                 print(f"clean: {e}", file=sys.stderr)
                 return 2
-            cleaned = remote.clean_hosts(hosts, report=print, force=args.force)
+            cleaned = hostclean.clean_hosts(hosts, report=print, force=args.force)
             print(f"clean: {cleaned} run(s) cleaned on the hosts of {args.topology}")
-        removed = testbed.sweep(report=print, cleaners=[engines.remove_run_files, lab.remove_bridge], force=args.force)
+        removed = runs.sweep(report=print, cleaners=[engines.remove_run_files, lab.remove_bridge], force=args.force)
         print(f"clean: {removed} namespace(s) of runs that are over removed")
     if args.command == "study":
         from . import study as reproduction

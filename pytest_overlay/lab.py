@@ -29,7 +29,7 @@ from pathlib import Path
 
 import yaml
 
-from . import emulator, engines, procs, testbed, topology
+from . import emulator, engines, procs, runs, testbed, topology
 from .engines import Engine, remove_run_files
 from .paths import find_binary
 from .pki import PKI
@@ -294,7 +294,7 @@ def down(out: Path, timeout: float = 120) -> int:
         while procs.start_time(pid) == lab["keeper_start"] and time.monotonic() - started < timeout:
             time.sleep(0.1)
     # A keeper that was killed leaves its run to the sweep: its lock is free, so it is over.
-    testbed.sweep(report=lambda m: None, cleaners=[remove_run_files, remove_bridge], only=lab["run_id"])
+    runs.sweep(report=lambda m: None, cleaners=[remove_run_files, remove_bridge], only=lab["run_id"])
     out.unlink(missing_ok=True)
     sidecar.unlink(missing_ok=True)
     print(f"lab {lab['run_id']} down in {time.monotonic() - started:.1f} s")

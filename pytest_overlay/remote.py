@@ -32,13 +32,14 @@ from typing import Callable
 
 import docker
 
-from . import hostfaults, hostnet, overlays, procs
-from .hosts import (HOST_PATH, HOST_STATE, as_root, end_host_daemons, host_run, recorded_key, remove_networks, ssh_options,
-                    ssh_command, ssh_run)
+from . import hostlinks, hostnet, overlays, procs
+from .hosts import (HOST_PATH, HOST_STATE, as_root, host_run, recorded_key, remove_networks, ssh_command, ssh_options,
+                    ssh_run)
 from .engines import LABEL, Engine, build_image_tar, import_image
 from .overlays.base import ContainerEndpoint, HostNeeds
 from .paths import AGENTS, KNOWN_HOSTS, STATE_ROOT
-from .testbed import RUN_ID, SiteHandle, Testbed, hold_lock, may_remove, new_run_id, tcp_sysctls
+from .runs import hold_lock, new_run_id
+from .testbed import SiteHandle, Testbed, tcp_sysctls
 from .topology import Direction, RemoteHost, Topology
 
 MIN_DOCKER = (20, 10)
@@ -47,8 +48,6 @@ MAX_CLOCK_SKEW_S = 1.0
 PORT_CHECK_S = 20.0
 # Overlays that run only on the embedded testbed, and why.
 # Where a run keeps its files on a host, and where binaries installed by hand are found.
-DEFAULT_QDISCS = {"noqueue", "pfifo_fast", "fq_codel", "fq", "mq", "pfifo"}  # what a kernel sets up itself
-UNSHAPED = "100gbit"
 GWBRIDGE = "docker_gwbridge"  # Docker's bridge from a swarm's containers to their host
 
 
@@ -141,7 +140,7 @@ class RemoteEngine(Engine):
         try:
             containers = self.client.containers.list(all=True, filters={"label": f"{LABEL}={self.run_id}"})
         except (docker.errors.DockerException, OSError) as e:
-            return [f"host {self.site}: listing the run's containers: {_tls_reason(e)}"]
+            return [f"host {self.site}: listing the run's containers: {tls_reason(e)}"]
         errors = []
         for container in containers:
             try:
@@ -250,7 +249,7 @@ class RemoteTestbed(Testbed):
                 engine.connect()
                 version = engine.client.version()
             except Exception as e:  # noqa: BLE001  (every failure to reach the API is a finding)
-                problems.append(Check(name, f"Docker API at {host.docker} did not answer: {_tls_reason(e)}",
+                problems.append(Check(name, f"Docker API at {host.docker} did not answer: {tls_reason(e)}",
                                       "start dockerd with --tlsverify on that address, and give the client "
                                       "certificate signed by its CA"))
                 continue
@@ -385,7 +384,7 @@ class RemoteTestbed(Testbed):
                                   "name the interface that carries the traffic to the other sites"))
         else:
             kinds = {q.get("kind") for q in json.loads(shown.stdout or "[]")}
-            if kinds - DEFAULT_QDISCS:
+            if kinds - hostlinks.DEFAULT_QDISCS:
                 problems.append(Check(name, f"{host.interface} has its own root qdisc ({', '.join(sorted(kinds))}), "
                                             "which emulate: true would replace",
                                       f"remove it (tc qdisc del dev {host.interface} root) or remove emulate"))
@@ -397,12 +396,12 @@ class RemoteTestbed(Testbed):
     def emulate(self) -> None:
         """Give each emulating host's outgoing traffic its links' delay, jitter, loss and rate,
         per destination (netem under htb, one class per other site)."""
-        handle = qdisc_handle(self.run_id)
+        handle = hostlinks.qdisc_handle(self.run_id)
         for name, host in self.hosts.items():
             if host.emulate:
                 self.emulated.append(name)  # recorded first: a kill from here on leaves it to `clean`
                 self._save_state()
-                script = "\n".join(shlex.join(c) for c in netem_commands(self.topology, name, host, handle))
+                script = "\n".join(shlex.join(c) for c in hostlinks.netem_commands(self.topology, name, host, handle))
                 applied = ssh_run(host, as_root(script), 60)
                 if not applied.ok:  # down() (from __enter__) removes what was applied, this host's part too
                     raise RemoteError(f"host {name}: netem on {host.interface} failed (exit {applied.rc}): "
@@ -551,15 +550,15 @@ class RemoteTestbed(Testbed):
     def packets(self, label: str) -> None:
         return None  # the WAN between real hosts is not ours to count on
 
-    # --- WAN faults (hostfaults) ---------------------------------------------------------------
+    # --- WAN faults (hostlinks) ---------------------------------------------------------------
     def fault_unsupported(self, changes: dict[str, Direction]) -> str | None:
         """Why a fault's changes cannot be applied across these hosts, found by asking each
         host that would take drop rules (iptables as root); None when they can."""
-        problems = hostfaults.unsupported(self.topology, changes)
-        for site in sorted(hostfaults.receivers(self.topology, changes)):
+        problems = hostlinks.unsupported(self.topology, changes)
+        for site in sorted(hostlinks.receivers(self.topology, changes)):
             host = self.hosts[site]
             if host.ssh and site not in self._iptables:
-                probed = host_run(host, f"iptables -w -t {hostfaults.TABLE} -S {hostfaults.HOOK} >/dev/null && "
+                probed = host_run(host, f"iptables -w -t {hostlinks.TABLE} -S {hostlinks.HOOK} >/dev/null && "
                                        "command -v iptables-restore >/dev/null", 60)
                 self._iptables[site] = None if probed.ok else (
                     f"{site}: iptables as root failed (exit {probed.rc}: "
@@ -575,34 +574,34 @@ class RemoteTestbed(Testbed):
         host's netem. Returns when it took effect, by the hosts' clocks: the first host to
         hold a step that impairs more, the last to hold one that heals."""
         after = {k: d for k, d in {**self.impaired, **changes}.items()
-                 if d != hostfaults.topology_direction(self.topology, k)}
-        problems = hostfaults.unsupported(self.topology, after)
+                 if d != hostlinks.topology_direction(self.topology, k)}
+        problems = hostlinks.unsupported(self.topology, after)
         if problems:
             raise RemoteError("; ".join(problems))
-        old = {(p.src, p.dst): p.now for p in hostfaults.plan(self.topology, self.impaired)}
-        new = {(p.src, p.dst): p.now for p in hostfaults.plan(self.topology, after)}
+        old = {(p.src, p.dst): p.now for p in hostlinks.plan(self.topology, self.impaired)}
+        new = {(p.src, p.dst): p.now for p in hostlinks.plan(self.topology, after)}
         scripts: dict[str, list[tuple[str, str | None]]] = {}
         healed = []  # hosts whose chain goes: nothing of the fault is left to drop there
         for site in self.hosts:
-            lines = hostfaults.rules(self.topology, site, after, self.run_id, routed)
-            if lines != hostfaults.rules(self.topology, site, self.impaired, self.run_id, routed) or \
+            lines = hostlinks.rules(self.topology, site, after, self.run_id, routed)
+            if lines != hostlinks.rules(self.topology, site, self.impaired, self.run_id, routed) or \
                     (not lines and site in self.faulted):
                 if lines and site not in self.faulted:
                     self.faulted.append(site)  # recorded first: a kill from here on leaves it to `clean`
                     self._save_state()
                 if not lines:
                     healed.append(site)
-                scripts[site] = [hostfaults.apply_script(self.run_id, lines) if lines else
-                                 (hostfaults.remove_script(self.run_id) + "\ndate +%s%N", None)]
-        handle = qdisc_handle(self.run_id)
+                scripts[site] = [hostlinks.apply_script(self.run_id, lines) if lines else
+                                 (hostlinks.remove_script(self.run_id) + "\ndate +%s%N", None)]
+        handle = hostlinks.qdisc_handle(self.run_id)
         for src, dst in set(old) | set(new):
-            healthy = hostfaults.PathValues.of(hostfaults.path_directions(self.topology, src, dst))
+            healthy = hostlinks.PathValues.of(hostlinks.path_directions(self.topology, src, dst))
             was, now = old.get((src, dst), healthy), new.get((src, dst), healthy)
             if (was.delay_ms, was.jitter_ms) != (now.delay_ms, now.jitter_ms):  # only emulating hosts get here
                 # netem keeps the path's own loss: the fault's is the chain's
-                values = hostfaults.PathValues(now.delay_ms, now.jitter_ms, healthy.delivered)
-                scripts.setdefault(src, []).append((hostfaults.netem_script(
-                    self.hosts[src].interface, netem_class(self.topology, src, dst, handle), values), None))
+                values = hostlinks.PathValues(now.delay_ms, now.jitter_ms, healthy.delivered)
+                scripts.setdefault(src, []).append((hostlinks.netem_script(
+                    self.hosts[src].interface, hostlinks.netem_class(self.topology, src, dst, handle), values), None))
 
         def apply(site: str) -> int:
             at = 0
@@ -627,7 +626,7 @@ class RemoteTestbed(Testbed):
     def _remove_fault_rules(self) -> list[str]:
         errors = []
         for site in list(self.faulted):
-            done = host_run(self.hosts[site], hostfaults.remove_script(self.run_id), 60)
+            done = host_run(self.hosts[site], hostlinks.remove_script(self.run_id), 60)
             if done.ok:
                 self.faulted.remove(site)
             else:
@@ -668,7 +667,7 @@ class RemoteTestbed(Testbed):
         errors = remove_run(self.engines, self.run_id, set(self.engines) if self.swarm_created else set(),
                             set(self.gwbridge_made))
         errors += self._remove_fault_rules()
-        errors += remove_netem({n: self.hosts[n] for n in self.emulated}, self.run_id, report=lambda m: None)
+        errors += hostlinks.remove_netem({n: self.hosts[n] for n in self.emulated}, self.run_id, report=lambda m: None)
         self.emulated = []
         for engine in self.engines.values():
             if engine.client is not None:
@@ -687,49 +686,6 @@ class RemoteTestbed(Testbed):
                               f"is kept in {self.run_dir}: `python -m pytest_overlay clean --topology FILE` "
                               "finishes the job):\n" + "\n".join(errors))
         shutil.rmtree(self.run_dir, ignore_errors=True)
-
-
-def qdisc_handle(run_id: str) -> str:
-    """The major handle of the run's root qdisc on a host: from its id, so that teardown and
-    `clean` remove a root qdisc only while it is still the run's own."""
-    major = int(run_id[:4], 16)
-    return f"{major if 0 < major < 0xFFFF else 1:x}"  # 0 is no handle, ffff: is the ingress qdisc's
-
-
-def remove_netem_script(dev: str, handle: str) -> str:
-    """Shell removing the root qdisc of `dev` if it is the run's (htb with its handle); says
-    what it did, or that the root is someone else's now."""
-    quoted = shlex.quote(dev)
-    return (f"root=$(tc qdisc show dev {quoted} root)\n"
-            f'case "$root" in "qdisc htb {handle}: root"*) tc qdisc del dev {quoted} root && echo removed ;;\n'
-            '  *) echo "not ours: $root" ;; esac')
-
-
-def netem_class(topology: Topology, site: str, other: str, handle: str = "1") -> str:
-    """The htb class of the run's root qdisc on `site`'s host that holds the traffic to `other`."""
-    return f"{handle}:{10 + [o for o in topology.sites if o != site].index(other)}"
-
-
-def netem_commands(topology: Topology, site: str, host: RemoteHost, handle: str = "1") -> list[list[str]]:
-    """tc commands for one emulating host: an htb root (major `handle`, the run's) whose
-    default class is unshaped, and per other site a class (the path's rate), a netem (its
-    one-way delay, jitter and loss) and a filter on that site's address. Paths over several
-    links add up, as on the testbed."""
-    dev = host.interface
-    commands = [["tc", "qdisc", "replace", "dev", dev, "root", "handle", f"{handle}:", "htb", "default", "1"],
-                ["tc", "class", "add", "dev", dev, "parent", f"{handle}:", "classid", f"{handle}:1", "htb", "rate",
-                 UNSHAPED]]
-    for other in (o for o in topology.sites if o != site):
-        there = hostfaults.path_directions(topology, site, other)
-        rates = [d.rate_mbit for d in there if d.rate_mbit]
-        classid = netem_class(topology, site, other, handle)
-        rate = f"{min(rates):g}mbit" if rates else UNSHAPED
-        commands += [["tc", "class", "add", "dev", dev, "parent", f"{handle}:", "classid", classid, "htb", "rate", rate],
-                     ["tc", "qdisc", "add", "dev", dev, "parent", classid, "handle", f"{classid.split(':')[1]}:",
-                      "netem", *hostfaults.PathValues.of(there).netem()],
-                     ["tc", "filter", "add", "dev", dev, "parent", f"{handle}:", "protocol", "ip", "prio", "1", "u32",
-                      "match", "ip", "dst", f"{topology.sites[other].host.address}/32", "flowid", classid]]
-    return commands
 
 
 def remove_run(engines: dict[str, RemoteEngine], run_id: str, leave_swarm: set[str],
@@ -755,136 +711,7 @@ def remove_run(engines: dict[str, RemoteEngine], run_id: str, leave_swarm: set[s
     return errors
 
 
-def remove_netem(hosts: dict[str, RemoteHost], run_id: str, report: Callable[[str], None]) -> list[str]:
-    """Take the run's root qdisc off each host's interface, where it is still the run's."""
-    errors = []
-    for name, host in hosts.items():
-        if not host.ssh or not host.interface:
-            continue
-        done = ssh_run(host, as_root(remove_netem_script(host.interface, qdisc_handle(run_id))), 60)
-        if not done.ok:
-            errors.append(f"host {name}: netem on {host.interface} not removed: "
-                          f"{(done.stderr or done.stdout).strip()[-200:]}")
-        elif done.stdout.startswith("removed"):
-            report(f"host {name}: removed run {run_id}'s netem from {host.interface}")
-        elif not any(f"qdisc {kind} " in done.stdout for kind in DEFAULT_QDISCS):  # never applied: nothing to say
-            report(f"host {name}: the root qdisc of {host.interface} is not run {run_id}'s any more "
-                   f"({done.stdout.strip()[9:][:120]}); left as it is")
-    return errors
-
-
-def swarm_to_leave(engines: dict[str, RemoteEngine], state: dict, held: dict[str, str],
-                   report: Callable[[str], None]) -> set[str]:
-    """The hosts a killed run's swarm may be left on: those still the very node the run made
-    them (their node id as recorded), and not held by a live run (which may use the swarm);
-    `held` says why each held host is."""
-    if not state.get("swarm_created"):
-        return set()
-    nodes = (state.get("swarm") or {}).get("nodes", {})
-    leave = set()
-    for name, engine in engines.items():
-        if name in held:
-            report(f"host {name}: {held[name]}; its swarm is left as it is")
-            continue
-        try:
-            node = engine.client.info().get("Swarm", {}).get("NodeID") or ""
-        except Exception as e:  # noqa: BLE001
-            report(f"host {name}: swarm state unknown ({_tls_reason(e)}); left as it is")
-            continue
-        if not node:
-            continue
-        if nodes.get(name) == node:
-            leave.add(name)
-        else:
-            report(f"host {name}: its swarm node {node[:12]} is not the one run {state.get('run_id')} made "
-                   f"({(nodes.get(name) or 'none recorded')[:12]}); left as it is")
-    return leave
-
-
-def clean_hosts(topology: Topology, report: Callable[[str], None] = print, force: bool = False,
-                state_root: Path | None = None) -> int:
-    """Remove, on the topology's hosts, the containers, networks and WAN fault rules of runs
-    that are over (their lock on this machine is free), and leave a swarm such a run made. A
-    run with no state here cannot be proven over and is left alone unless `force`. Returns
-    how many runs."""
-    root = state_root or STATE_ROOT
-    engines = {}
-    for name, site in topology.sites.items():
-        if site.host is None or not site.host.docker:
-            continue
-        engine = RemoteEngine(name, "", site.host.address, "", None, host=site.host)
-        try:
-            engine.connect()
-            engine.client.ping()
-            engines[name] = engine
-        except Exception as e:  # noqa: BLE001
-            report(f"host {name}: Docker API at {site.host.docker} did not answer ({_tls_reason(e)}); skipped")
-    found: set[str] = set()
-    for engine in engines.values():
-        found |= {c.labels.get(LABEL) for c in engine.client.containers.list(all=True, filters={"label": LABEL})}
-        found |= {n.attrs.get("Labels", {}).get(LABEL) for n in engine.client.networks.list(filters={"label": LABEL})}
-    ssh_hosts = {name: site.host for name, site in topology.sites.items() if site.host is not None and site.host.ssh}
-    for name, host in ssh_hosts.items():  # runs that started daemons there
-        listed = host_run(host, f"ls -d {HOST_STATE}/*/host/*/pid 2>/dev/null || true", 60)
-        found |= {line.split("/")[-4] for line in listed.stdout.split() if RUN_ID.match(line.split("/")[-4])}
-    fault_chains: dict[str, list[str]] = {}  # run id -> hosts holding its WAN fault's chain
-    for name, host in ssh_hosts.items():
-        saved = host_run(host, f"iptables-save -t {hostfaults.TABLE} 2>/dev/null || true", 60).stdout
-        for run_id in hostfaults.runs_in(saved):
-            fault_chains.setdefault(run_id, []).append(name)
-    found |= set(fault_chains)
-    locks, held = [], {}  # hosts a live run holds (or whose lock could not be asked): their swarm stays
-    for name, host in ssh_hosts.items():
-        lock = HostLock(host, "clean")
-        refused = lock.acquire()
-        if refused is None:
-            locks.append(lock)
-        else:
-            held[name] = refused
-    endpoints = {h.docker for h in ssh_hosts.values()}
-    for state_file in root.glob("*/state.json"):  # runs killed once netem was on, before any container
-        try:
-            state = json.loads(state_file.read_text())
-        except (OSError, ValueError):
-            continue
-        if state.get("emulated") and endpoints & set((state.get("hosts") or {}).values()):
-            found.add(state_file.parent.name)
-    cleaned = 0
-    for run_id in sorted(r for r in found if r):
-        if not may_remove(run_id, root / run_id, force, report, "on the hosts"):
-            continue
-        try:
-            state = json.loads((root / run_id / "state.json").read_text())
-        except (OSError, ValueError):
-            state = {}
-        leave = swarm_to_leave(engines, state, held, report)
-        for error in remove_run(engines, run_id, leave, set(state.get("gwbridge_made") or [])):
-            report(error)
-        emulated = {n: ssh_hosts[n] for n in (state.get("emulated") or {}) if n in ssh_hosts}
-        for error in remove_netem(emulated, run_id, report):
-            report(error)
-        for name in fault_chains.get(run_id, []):
-            removed = host_run(ssh_hosts[name], hostfaults.remove_script(run_id), 60)
-            report(f"host {name}: removed run {run_id}'s WAN fault rules ({hostfaults.chain(run_id)})" if removed.ok
-                   else f"host {name}: run {run_id}'s WAN fault rules not removed: "
-                        f"{(removed.stderr or removed.stdout).strip()[-200:]}")
-        ended, failed = end_host_daemons(ssh_hosts, run_id, overlays.footprint)
-        for name, daemons in ended.items():
-            for daemon in daemons:
-                report(f"host {name}: ended {daemon} of run {run_id}")
-        for failure in failed:
-            report(f"{failure} (run {run_id}; its state on the host is kept for another clean)")
-        report(f"removed what run {run_id} left on {', '.join(engines)}"
-               + (f"; left the swarm it made on {', '.join(sorted(leave))}" if leave else ""))
-        cleaned += 1
-    for engine in engines.values():
-        engine.client.close()
-    for lock in locks:
-        lock.release()
-    return cleaned
-
-
-def _tls_reason(error: Exception) -> str:
+def tls_reason(error: Exception) -> str:
     """What went wrong reaching a Docker API, in a sentence, with the library's own words."""
     text = str(error)
     detail = re.search(r"\[SSL: [^]]*\][^')]*|EOF occurred in violation of protocol|Connection refused|timed out|"

@@ -14,9 +14,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .inputs import Checker, InputError, LineDict, line_of, load_yaml
 from .metrics import METRICS
 from .overlays import KNOWN
-from .topology import SITE_NAME, Checker, InputError, LineDict, line_of, load_yaml
+from .topology import SITE_NAME
 
 CIRCUIT = re.compile(f"({SITE_NAME.pattern[1:-1]})-({SITE_NAME.pattern[1:-1]})")
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pytest_overlay import hostnet, hosts, overlays, procs, remote, topology
+from pytest_overlay import hostlinks, hostnet, hosts, overlays, procs, remote, topology
 from pytest_overlay.overlays import weave
 from pytest_overlay.remote import RemoteTestbed
 from pytest_overlay.paths import STATE_ROOT, find_binary
@@ -350,7 +350,7 @@ def test_clean_removes_a_killed_runs_netem_and_nothing_else(shared_lab, clean_ma
                      and not (f.parent / "lab").exists()]
     run_id = state_file.parent.name
     devices = {}
-    for host, handle in ((a, remote.qdisc_handle(run_id)), (b, "7e57")):
+    for host, handle in ((a, hostlinks.qdisc_handle(run_id)), (b, "7e57")):
         devices[host.ssh] = ssh(host, f"ip -o -4 addr show to {host.address}/32 | cut -d' ' -f2").stdout.strip()
         assert ssh(host, f"tc qdisc replace dev {devices[host.ssh]} root handle {handle}: htb default 1").returncode == 0
     state = json.loads(state_file.read_text())

@@ -15,7 +15,8 @@ import pytest
 from pytest_overlay import emulator, faults, topology
 from pytest_overlay.overlays.calico import bird_query
 from pytest_overlay.overlays.host import HostOverlay
-from pytest_overlay.testbed import EmulatedTestbed, _netns_inode, _pids_in_netns
+from pytest_overlay.runs import netns_inode, pids_in_netns
+from pytest_overlay.testbed import EmulatedTestbed
 
 TRIANGLE = {
     "name": "triangle", "sites": {"A": {}, "B": {}, "C": {}},
@@ -94,7 +95,7 @@ def test_a_run_interrupted_in_the_middle_of_a_fault_heals_the_link(clean_machine
 def commands_in(bed: EmulatedTestbed) -> list[str]:
     names = []
     for site in bed.sites:
-        for pid in _pids_in_netns(_netns_inode(bed.netns_of(site))):
+        for pid in pids_in_netns(netns_inode(bed.netns_of(site))):
             try:
                 names.append(Path(f"/proc/{pid}/comm").read_text().strip())
             except OSError:

@@ -7,13 +7,13 @@ import subprocess
 import sys
 import time
 
-from pytest_overlay import procs, testbed
+from pytest_overlay import procs, runs
 
 
 LOCKER = """\
 import sys, time
 from pathlib import Path
-from pytest_overlay.testbed import hold_lock
+from pytest_overlay.runs import hold_lock
 lock = hold_lock(Path(sys.argv[1]) / "lock")
 print("held", flush=True)
 time.sleep(60)
@@ -21,17 +21,17 @@ time.sleep(60)
 
 
 def test_a_run_is_over_once_its_owner_is_dead_even_as_a_zombie(tmp_path):
-    assert testbed.run_is_over(tmp_path) is None  # no lock: nothing can be proven
+    assert runs.run_is_over(tmp_path) is None  # no lock: nothing can be proven
     owner = subprocess.Popen([sys.executable, "-c", LOCKER, str(tmp_path)], stdout=subprocess.PIPE, text=True)
     try:
         assert owner.stdout.readline() == "held\n"
-        assert testbed.run_is_over(tmp_path) is False
+        assert runs.run_is_over(tmp_path) is False
         owner.kill()
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and _state(owner.pid) != "Z":
             time.sleep(0.01)
         assert _state(owner.pid) == "Z"  # killed, not yet reaped: dead all the same
-        assert testbed.run_is_over(tmp_path) is True
+        assert runs.run_is_over(tmp_path) is True
     finally:
         owner.kill()
         owner.wait()
@@ -73,7 +73,7 @@ def test_a_run_id_never_repeats_one_in_use_on_this_machine(tmp_path, monkeypatch
     returned is the first free one."""
     (tmp_path / "state" / "aaaaaa").mkdir(parents=True)
     (tmp_path / "data" / "bbbbbb").mkdir(parents=True)
-    monkeypatch.setattr(testbed, "DATA_ROOT", tmp_path / "data")
+    monkeypatch.setattr(runs, "DATA_ROOT", tmp_path / "data")
     drawn = iter(["aaaaaa", "bbbbbb", "cccccc"])
-    monkeypatch.setattr(testbed.secrets, "token_hex", lambda n: next(drawn))
-    assert testbed.new_run_id(tmp_path / "state") == "cccccc"
+    monkeypatch.setattr(runs.secrets, "token_hex", lambda n: next(drawn))
+    assert runs.new_run_id(tmp_path / "state") == "cccccc"

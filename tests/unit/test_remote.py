@@ -33,41 +33,15 @@ def test_docker_command_line_carries_the_client_certificate():
 def test_tls_failures_are_said_in_a_sentence():
     rejected = ("HTTPSConnectionPool(host='198.19.128.2', port=2376): Max retries exceeded with url: /v1.41/version "
                 "(Caused by SSLError(SSLEOFError(8, 'EOF occurred in violation of protocol (_ssl.c:2427)')))")
-    assert remote._tls_reason(Exception(rejected)).startswith(
+    assert remote.tls_reason(Exception(rejected)).startswith(
         "the daemon closed the TLS handshake: it most likely rejected our client certificate")
     unknown_ca = ("(Caused by SSLError(SSLCertVerificationError(1, '[SSL: CERTIFICATE_VERIFY_FAILED] certificate "
                   "verify failed: unable to get local issuer certificate (_ssl.c:1006)')))")
-    assert remote._tls_reason(Exception(unknown_ca)) == (
+    assert remote.tls_reason(Exception(unknown_ca)) == (
         "the daemon's certificate is not signed by tls.ca ([SSL: CERTIFICATE_VERIFY_FAILED] certificate verify "
         "failed: unable to get local issuer certificate (_ssl.c:1006)")
     refused = "Failed to establish a new connection: [Errno 111] Connection refused"
-    assert remote._tls_reason(Exception(refused)) == "connection refused: nothing listens there (Connection refused)"
-
-
-def test_emulation_gives_each_destination_its_path(tmp_path):
-    from pytest_overlay import topology
-
-    path = tmp_path / "t.yaml"
-    path.write_text("name: t\nsites:\n  A: {host: {ssh: root@192.0.2.1, emulate: true, interface: eth0}}\n"
-                    "  B: {host: {ssh: root@192.0.2.2}}\n  C: {host: {ssh: root@192.0.2.3}}\nlinks:\n"
-                    "  - {between: [A, B], rtt_ms: 20, jitter_ms: 0.5, loss_pct: 1, rate_mbit: 100}\n"
-                    "  - {between: [B, C], rtt_ms: 10, loss_pct: 1}\n")
-    topo = topology.load(path)
-    commands = [" ".join(c) for c in remote.netem_commands(topo, "A", topo.sites["A"].host)]
-    assert commands[:2] == ["tc qdisc replace dev eth0 root handle 1: htb default 1",
-                            "tc class add dev eth0 parent 1: classid 1:1 htb rate 100gbit"]
-    assert "tc qdisc add dev eth0 parent 1:10 handle 10: netem limit 100000 delay 10ms 0.5ms loss 1%" in commands
-    assert "tc filter add dev eth0 parent 1: protocol ip prio 1 u32 match ip dst 192.0.2.2/32 flowid 1:10" in commands
-    # A to C crosses both links: the delays add up, the losses compound, the slowest rate holds
-    assert "tc class add dev eth0 parent 1: classid 1:11 htb rate 100mbit" in commands
-    assert "tc qdisc add dev eth0 parent 1:11 handle 11: netem limit 100000 delay 15ms 0.5ms loss 1.99%" in commands
-    marked = [" ".join(c) for c in remote.netem_commands(topo, "A", topo.sites["A"].host, remote.qdisc_handle("3714ed"))]
-    assert marked[0] == "tc qdisc replace dev eth0 root handle 3714: htb default 1"  # the run's, as clean checks
-    assert all("1:" not in c.replace("11:", "").replace("10:", "") for c in marked if "parent" in c)
-    assert remote.qdisc_handle("0000ab") == "1"
-    assert hosts.as_root("tc qdisc del dev eth0 root") == (
-        "if [ \"$(id -u)\" -eq 0 ]; then sh -ec 'tc qdisc del dev eth0 root'; "
-        "else sudo -n sh -ec 'tc qdisc del dev eth0 root'; fi")
+    assert remote.tls_reason(Exception(refused)) == "connection refused: nothing listens there (Connection refused)"
 
 
 class FakeHost:

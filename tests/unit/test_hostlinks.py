@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_overlay import hostfaults, remote, topology
+from pytest_overlay import hostlinks, hosts, remote, topology
 
 # A line A - B - C (no A-C link: A and C talk across B's links, as the emulator routes them).
 LINE = """\
@@ -34,58 +34,58 @@ def line(tmp_path) -> topology.Topology:
 
 
 def test_a_cut_touches_every_pair_whose_path_crosses_the_link(line):
-    pairs = {(p.src, p.dst): p for p in hostfaults.plan(line, line.faults["cut-A-B"].faulty())}
+    pairs = {(p.src, p.dst): p for p in hostlinks.plan(line, line.faults["cut-A-B"].faulty())}
     assert set(pairs) == {("A", "B"), ("B", "A"), ("A", "C"), ("C", "A")}  # B-C is left alone
     assert all(p.drop == 1.0 and not p.delay_changed for p in pairs.values())
     # on the receiving host: what arrives from the far end vanishes, and no sender is told
-    assert hostfaults.rules(line, "A", line.faults["cut-A-B"].faulty(), "abc123") == [
+    assert hostlinks.rules(line, "A", line.faults["cut-A-B"].faulty(), "abc123") == [
         ["-A", "OVL-FAULT-abc123", "-s", "192.0.2.2/32", "-j", "DROP"],
         ["-A", "OVL-FAULT-abc123", "-s", "192.0.2.3/32", "-j", "DROP"]]
     # An unencapsulated overlay's ranges at the far end are dropped as well (Calico's blocks)
     routed = {"B": ["10.48.0.64/26"], "C": ["10.48.0.128/26"]}
-    assert hostfaults.rules(line, "A", line.faults["cut-A-B"].faulty(), "abc123", routed) == [
+    assert hostlinks.rules(line, "A", line.faults["cut-A-B"].faulty(), "abc123", routed) == [
         ["-A", "OVL-FAULT-abc123", "-s", "192.0.2.2/32", "-j", "DROP"],
         ["-A", "OVL-FAULT-abc123", "-s", "10.48.0.64/26", "-j", "DROP"],
         ["-A", "OVL-FAULT-abc123", "-s", "192.0.2.3/32", "-j", "DROP"],
         ["-A", "OVL-FAULT-abc123", "-s", "10.48.0.128/26", "-j", "DROP"]]
-    on_c = hostfaults.rules(line, "C", line.faults["cut-A-B"].faulty(), "abc123", routed)
+    on_c = hostlinks.rules(line, "C", line.faults["cut-A-B"].faulty(), "abc123", routed)
     assert on_c == [["-A", "OVL-FAULT-abc123", "-s", "192.0.2.1/32", "-j", "DROP"]]  # A has no routed range
-    assert hostfaults.rules(line, "B", line.faults["loss-B-C"].healthy(), "abc123", routed) == []
-    assert hostfaults.receivers(line, line.faults["cut-A-B"].faulty()) == {"A", "B", "C"}
+    assert hostlinks.rules(line, "B", line.faults["loss-B-C"].healthy(), "abc123", routed) == []
+    assert hostlinks.receivers(line, line.faults["cut-A-B"].faulty()) == {"A", "B", "C"}
 
 
 def test_a_loss_burst_drops_only_what_the_path_does_not_lose_already(line):
     """B-C loses 1 % of its own: a 5 % fault adds a drop with the chance that makes 5 % in all."""
-    pairs = {(p.src, p.dst): p for p in hostfaults.plan(line, line.faults["loss-B-C"].faulty())}
+    pairs = {(p.src, p.dst): p for p in hostlinks.plan(line, line.faults["loss-B-C"].faulty())}
     assert set(pairs) == {("B", "C"), ("C", "B"), ("A", "C"), ("C", "A")}
     assert pairs[("B", "C")].drop == pytest.approx(1 - 0.95 / 0.99)
     assert pairs[("B", "C")].healthy.loss_pct == pytest.approx(1.0)
-    assert hostfaults.rules(line, "B", line.faults["loss-B-C"].faulty(), "abc123") == [
+    assert hostlinks.rules(line, "B", line.faults["loss-B-C"].faulty(), "abc123") == [
         ["-A", "OVL-FAULT-abc123", "-s", "192.0.2.3/32", "-m", "statistic", "--mode", "random",
          "--probability", "0.040404", "-j", "DROP"]]
 
 
 def test_a_delay_step_needs_netem_on_every_sending_host_it_touches(line):
-    assert hostfaults.unsupported(line, line.faults["cut-A-B"].faulty()) == []
+    assert hostlinks.unsupported(line, line.faults["cut-A-B"].faulty()) == []
     # A and C emulate; B sends to A across the rerouted link without netem of its own
-    assert hostfaults.unsupported(line, line.faults["reroute-A-B"].faulty()) == [
+    assert hostlinks.unsupported(line, line.faults["reroute-A-B"].faulty()) == [
         "the fault changes the delay from B to A (10 -> 20 ms): on real hosts a delay step needs netem there "
         "(emulate: true and an interface on B)"]
 
 
 def test_scripts_apply_exactly_the_lines_jump_first_and_remove_only_the_runs_chain():
-    script, restore = hostfaults.apply_script("abc123", [["-A", "OVL-FAULT-abc123", "-s", "192.0.2.2/32", "-j", "DROP"]])
+    script, restore = hostlinks.apply_script("abc123", [["-A", "OVL-FAULT-abc123", "-s", "192.0.2.2/32", "-j", "DROP"]])
     assert restore == "*raw\n:OVL-FAULT-abc123 - [0:0]\n-A OVL-FAULT-abc123 -s 192.0.2.2/32 -j DROP\nCOMMIT\n"
     assert script.splitlines() == [
         "iptables-restore -w --noflush",
         "iptables -w -t raw -C PREROUTING -j OVL-FAULT-abc123 2>/dev/null || "
         "iptables -w -t raw -I PREROUTING 1 -j OVL-FAULT-abc123",
         "date +%s%N"]
-    removal = hostfaults.remove_script("abc123")
+    removal = hostlinks.remove_script("abc123")
     assert "iptables -w -t raw -D PREROUTING -j OVL-FAULT-abc123" in removal and "-X OVL-FAULT-abc123" in removal
     saved = ("*raw\n:PREROUTING ACCEPT [0:0]\n:OVL-FAULT-abc123 - [0:0]\n:OVL-FAULT-0f0f0f - [0:0]\n"
              ":OVL-FAULT-nothex - [0:0]\n:CNI-RAW - [0:0]\n-A PREROUTING -j OVL-FAULT-abc123\nCOMMIT\n")
-    assert hostfaults.runs_in(saved) == {"abc123", "0f0f0f"}
+    assert hostlinks.runs_in(saved) == {"abc123", "0f0f0f"}
 
 
 class Calls:
@@ -138,7 +138,7 @@ def test_a_delay_step_changes_the_netem_of_the_emulating_hosts(line, tmp_path, m
     assert calls.made == []  # no drop: no host is asked about its iptables
     # C's side of the step alone: C sends to B (its second destination) and to A across it
     bed.impair({"C->B": reroute.faulty()["C->B"]})
-    handle = remote.qdisc_handle(bed.run_id)
+    handle = hostlinks.qdisc_handle(bed.run_id)
     assert sorted((a, s.splitlines()[0]) for a, s, _ in calls.made) == [
         ("192.0.2.3", f"tc qdisc change dev ens3 parent {handle}:10 handle 10: netem limit 100000 delay 17ms loss 1%"),
         ("192.0.2.3", f"tc qdisc change dev ens3 parent {handle}:11 handle 11: netem limit 100000 delay 7ms loss 1%")]
@@ -148,3 +148,27 @@ def test_a_delay_step_changes_the_netem_of_the_emulating_hosts(line, tmp_path, m
     assert sorted((a, s.splitlines()[0]) for a, s, _ in calls.made) == [
         ("192.0.2.3", f"tc qdisc change dev ens3 parent {handle}:10 handle 10: netem limit 100000 delay 15ms loss 1%"),
         ("192.0.2.3", f"tc qdisc change dev ens3 parent {handle}:11 handle 11: netem limit 100000 delay 5ms loss 1%")]
+
+
+def test_emulation_gives_each_destination_its_path(tmp_path):
+    path = tmp_path / "t.yaml"
+    path.write_text("name: t\nsites:\n  A: {host: {ssh: root@192.0.2.1, emulate: true, interface: eth0}}\n"
+                    "  B: {host: {ssh: root@192.0.2.2}}\n  C: {host: {ssh: root@192.0.2.3}}\nlinks:\n"
+                    "  - {between: [A, B], rtt_ms: 20, jitter_ms: 0.5, loss_pct: 1, rate_mbit: 100}\n"
+                    "  - {between: [B, C], rtt_ms: 10, loss_pct: 1}\n")
+    topo = topology.load(path)
+    commands = [" ".join(c) for c in hostlinks.netem_commands(topo, "A", topo.sites["A"].host)]
+    assert commands[:2] == ["tc qdisc replace dev eth0 root handle 1: htb default 1",
+                            "tc class add dev eth0 parent 1: classid 1:1 htb rate 100gbit"]
+    assert "tc qdisc add dev eth0 parent 1:10 handle 10: netem limit 100000 delay 10ms 0.5ms loss 1%" in commands
+    assert "tc filter add dev eth0 parent 1: protocol ip prio 1 u32 match ip dst 192.0.2.2/32 flowid 1:10" in commands
+    # A to C crosses both links: the delays add up, the losses compound, the slowest rate holds
+    assert "tc class add dev eth0 parent 1: classid 1:11 htb rate 100mbit" in commands
+    assert "tc qdisc add dev eth0 parent 1:11 handle 11: netem limit 100000 delay 15ms 0.5ms loss 1.99%" in commands
+    marked = [" ".join(c) for c in hostlinks.netem_commands(topo, "A", topo.sites["A"].host, hostlinks.qdisc_handle("3714ed"))]
+    assert marked[0] == "tc qdisc replace dev eth0 root handle 3714: htb default 1"  # the run's, as clean checks
+    assert all("1:" not in c.replace("11:", "").replace("10:", "") for c in marked if "parent" in c)
+    assert hostlinks.qdisc_handle("0000ab") == "1"
+    assert hosts.as_root("tc qdisc del dev eth0 root") == (
+        "if [ \"$(id -u)\" -eq 0 ]; then sh -ec 'tc qdisc del dev eth0 root'; "
+        "else sudo -n sh -ec 'tc qdisc del dev eth0 root'; fi")

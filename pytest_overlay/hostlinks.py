@@ -1,18 +1,22 @@
-"""WAN faults across real hosts: what the embedded testbed's link emulator does to a link
-direction, done between hosts' addresses instead.
+"""The WAN links between real hosts: shaped as the topology says on hosts with
+`emulate: true` (netem under htb, one class per destination), and broken as a WAN fault says.
 
-Loss (a cut, a partition, a flap, a loss burst) is an iptables chain of the run's own on the
-receiving host, jumped to first from the raw table's PREROUTING, dropping what arrives from
-the far host's address and from the overlay's unencapsulated ranges there: everything the
-far end sends (tunnels, gossip, BGP, routed workloads) vanishes in transit, and no sender
-is told (a drop on the sender's OUTPUT would fail its send with EPERM, which a WAN never
-does). A delay or jitter step (a reroute) changes the netem a host with `emulate: true`
-already has for that destination; a host without it cannot take one, and says so before
-the scenario starts.
+Shaping: the run's root qdisc (its handle from the run id) on the host's interface, an htb
+class per other site with the path's rate, a netem with the path's delay, jitter and loss,
+and a filter on that site's address; removed at the end, or by `clean --topology`, only
+while it is still the run's.
 
-A fault on a link touches every pair of hosts whose topology path crosses it, as the
-emulator's does: the hosts talk directly, the topology says which pairs share the link. The
-chain's name carries the run id, so teardown and `clean --topology` remove only the run's.
+Faults: loss (a cut, a partition, a flap, a loss burst) is an iptables chain of the run's
+own on the receiving host, jumped to first from the raw table's PREROUTING, dropping what
+arrives from the far host's address and from the overlay's unencapsulated ranges there:
+everything the far end sends (tunnels, gossip, BGP, routed workloads) vanishes in transit,
+and no sender is told (a drop on the sender's OUTPUT would fail its send with EPERM, which a
+WAN never does). A delay or jitter step (a reroute) changes the netem of the sending host's
+class for that destination; a host without it cannot take one, and says so before the
+scenario starts. A fault on a link touches every pair of hosts whose topology path crosses
+it, as the emulator's does: the hosts talk directly, the topology says which pairs share the
+link. The chain's name carries the run id, so teardown and `clean --topology` remove only
+the run's.
 """
 
 from __future__ import annotations
@@ -20,9 +24,15 @@ from __future__ import annotations
 import re
 import shlex
 from dataclasses import dataclass
+from typing import Callable
 
-from .topology import Direction, Topology
+from .hosts import as_root, ssh_run
+from .topology import Direction, RemoteHost, Topology
 
+DEFAULT_QDISCS = {"noqueue", "pfifo_fast", "fq_codel", "fq", "mq", "pfifo"}  # what a kernel sets up itself
+UNSHAPED = "100gbit"
+
+# --- faults ----------------------------------------------------------------------------------
 CHAIN_PREFIX = "OVL-FAULT-"
 TABLE, HOOK = "raw", "PREROUTING"
 _CHAIN = re.compile(rf"^:({re.escape(CHAIN_PREFIX)}([0-9a-f]{{6}})) ", re.M)
@@ -182,3 +192,65 @@ def remove_script(run_id: str) -> str:
     return (f"while iptables -w {table} -D {HOOK} -j {name} 2>/dev/null; do :; done\n"
             f"if iptables -w {table} -S {name} >/dev/null 2>&1; then iptables -w {table} -F {name} && "
             f"iptables -w {table} -X {name} && echo removed; fi")
+
+
+# --- shaping ---------------------------------------------------------------------------------
+def qdisc_handle(run_id: str) -> str:
+    """The major handle of the run's root qdisc on a host: from its id, so that teardown and
+    `clean` remove a root qdisc only while it is still the run's own."""
+    major = int(run_id[:4], 16)
+    return f"{major if 0 < major < 0xFFFF else 1:x}"  # 0 is no handle, ffff: is the ingress qdisc's
+
+
+def remove_netem_script(dev: str, handle: str) -> str:
+    """Shell removing the root qdisc of `dev` if it is the run's (htb with its handle); says
+    what it did, or that the root is someone else's now."""
+    quoted = shlex.quote(dev)
+    return (f"root=$(tc qdisc show dev {quoted} root)\n"
+            f'case "$root" in "qdisc htb {handle}: root"*) tc qdisc del dev {quoted} root && echo removed ;;\n'
+            '  *) echo "not ours: $root" ;; esac')
+
+
+def netem_class(topology: Topology, site: str, other: str, handle: str = "1") -> str:
+    """The htb class of the run's root qdisc on `site`'s host that holds the traffic to `other`."""
+    return f"{handle}:{10 + [o for o in topology.sites if o != site].index(other)}"
+
+
+def netem_commands(topology: Topology, site: str, host: RemoteHost, handle: str = "1") -> list[list[str]]:
+    """tc commands for one emulating host: an htb root (major `handle`, the run's) whose
+    default class is unshaped, and per other site a class (the path's rate), a netem (its
+    one-way delay, jitter and loss) and a filter on that site's address. Paths over several
+    links add up, as on the testbed."""
+    dev = host.interface
+    commands = [["tc", "qdisc", "replace", "dev", dev, "root", "handle", f"{handle}:", "htb", "default", "1"],
+                ["tc", "class", "add", "dev", dev, "parent", f"{handle}:", "classid", f"{handle}:1", "htb", "rate",
+                 UNSHAPED]]
+    for other in (o for o in topology.sites if o != site):
+        there = path_directions(topology, site, other)
+        rates = [d.rate_mbit for d in there if d.rate_mbit]
+        classid = netem_class(topology, site, other, handle)
+        rate = f"{min(rates):g}mbit" if rates else UNSHAPED
+        commands += [["tc", "class", "add", "dev", dev, "parent", f"{handle}:", "classid", classid, "htb", "rate", rate],
+                     ["tc", "qdisc", "add", "dev", dev, "parent", classid, "handle", f"{classid.split(':')[1]}:",
+                      "netem", *PathValues.of(there).netem()],
+                     ["tc", "filter", "add", "dev", dev, "parent", f"{handle}:", "protocol", "ip", "prio", "1", "u32",
+                      "match", "ip", "dst", f"{topology.sites[other].host.address}/32", "flowid", classid]]
+    return commands
+
+
+def remove_netem(hosts: dict[str, RemoteHost], run_id: str, report: Callable[[str], None]) -> list[str]:
+    """Take the run's root qdisc off each host's interface, where it is still the run's."""
+    errors = []
+    for name, host in hosts.items():
+        if not host.ssh or not host.interface:
+            continue
+        done = ssh_run(host, as_root(remove_netem_script(host.interface, qdisc_handle(run_id))), 60)
+        if not done.ok:
+            errors.append(f"host {name}: netem on {host.interface} not removed: "
+                          f"{(done.stderr or done.stdout).strip()[-200:]}")
+        elif done.stdout.startswith("removed"):
+            report(f"host {name}: removed run {run_id}'s netem from {host.interface}")
+        elif not any(f"qdisc {kind} " in done.stdout for kind in DEFAULT_QDISCS):  # never applied: nothing to say
+            report(f"host {name}: the root qdisc of {host.interface} is not run {run_id}'s any more "
+                   f"({done.stdout.strip()[9:][:120]}); left as it is")
+    return errors

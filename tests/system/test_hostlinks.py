@@ -11,7 +11,7 @@ import uuid
 
 import pytest
 
-from pytest_overlay import hostfaults, procs, topology
+from pytest_overlay import hostlinks, procs, topology
 
 TOPOLOGY = """\
 name: pair
@@ -83,8 +83,8 @@ def replies(netns: str, address: str, count: int = 3, interval: str = "0.2") -> 
 
 
 def apply(topo, fault: str, netns: str, routed: dict[str, list[str]]) -> None:
-    lines = hostfaults.rules(topo, "B", topo.faults[fault].faulty(), "abc123", routed)
-    script, restore = hostfaults.apply_script("abc123", lines)
+    lines = hostlinks.rules(topo, "B", topo.faults[fault].faulty(), "abc123", routed)
+    script, restore = hostlinks.apply_script("abc123", lines)
     done = procs.run(["sh", "-ec", script], netns, input=restore)
     assert done.ok and done.stdout.strip().isdigit(), (done.stdout, done.stderr)
 
@@ -101,12 +101,12 @@ def test_a_cut_stops_what_arrives_from_the_far_host_and_goes_without_a_trace(hos
     assert got == 0 and "not permitted" not in said, said  # lost on the way: the sender is not told
     assert replies(ns["w"], "10.99.0.1") == 0  # a routed workload's packets (Calico's model)
     assert replies(ns["b"], "192.0.2.1") == 0  # B's requests reach A, A's replies do not arrive
-    assert hostfaults.runs_in(procs.run(["iptables-save", "-t", "raw"], ns["b"]).stdout) == {"abc123"}
-    removed = procs.run(["sh", "-ec", hostfaults.remove_script("abc123")], ns["b"])
+    assert hostlinks.runs_in(procs.run(["iptables-save", "-t", "raw"], ns["b"]).stdout) == {"abc123"}
+    removed = procs.run(["sh", "-ec", hostlinks.remove_script("abc123")], ns["b"])
     assert removed.ok and removed.stdout.strip() == "removed", (removed.stdout, removed.stderr)
     assert rules_of(ns["b"]) == before  # the neighbour's chain and jump as they were
     assert replies(ns["a"], "192.0.2.2") == 3 and replies(ns["w"], "10.99.0.1") == 3
-    again = procs.run(["sh", "-ec", hostfaults.remove_script("abc123")], ns["b"])
+    again = procs.run(["sh", "-ec", hostlinks.remove_script("abc123")], ns["b"])
     assert again.ok and again.stdout == ""  # nothing left to remove, and no failure for it
 
 
@@ -114,5 +114,5 @@ def test_a_loss_burst_drops_about_its_share(hosts, clean_machine):
     topo, ns = hosts
     apply(topo, "loss-A-B", ns["b"], {})
     got = replies(ns["a"], "192.0.2.2", count=400, interval="0.002")
-    procs.run(["sh", "-ec", hostfaults.remove_script("abc123")], ns["b"]).check()
+    procs.run(["sh", "-ec", hostlinks.remove_script("abc123")], ns["b"]).check()
     assert 130 <= got <= 270, got  # 200 expected of 400 at 50 %; the bounds are 7 standard deviations
