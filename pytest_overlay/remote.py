@@ -33,13 +33,13 @@ from typing import Callable
 import docker
 
 from . import hostlinks, hostnet, overlays, procs
-from .hosts import (HOST_PATH, HOST_STATE, as_root, host_run, recorded_key, remove_networks, ssh_command, ssh_options,
-                    ssh_run)
+from .hosts import (HOST_PATH, HOST_STATE, HostDaemon, as_root, host_run, record_host_network, recorded_key,
+                    remove_networks, ssh_command, ssh_options, ssh_run)
 from .engines import LABEL, Engine, build_image_tar, import_image
 from .overlays.base import ContainerEndpoint, HostNeeds
 from .paths import AGENTS, KNOWN_HOSTS, STATE_ROOT
 from .runs import hold_lock, new_run_id
-from .testbed import SiteHandle, Testbed, tcp_sysctls
+from .testbed import SiteHandle, SiteOps, Testbed, tcp_sysctls
 from .topology import Direction, RemoteHost, Topology
 
 MIN_DOCKER = (20, 10)
@@ -102,6 +102,36 @@ class HostLock:
         except subprocess.TimeoutExpired:
             session.kill()
             session.wait()
+
+
+class HostSiteOps(SiteOps):
+    """A site's daemons on its host, as root, over ssh, each in the run's directory there;
+    binaries from the host's PATH (checked before the run began). The host's network is read
+    before the overlay's first daemon starts there (hostnet), for its teardown to undo."""
+
+    def __init__(self, testbed: RemoteTestbed, overlay: str, family: str | None) -> None:
+        self.testbed, self.overlay, self.family = testbed, overlay, family
+        self.read: set[str] = set()  # sites whose network was read for this overlay
+
+    def run(self, site, command, timeout=60, input=None):
+        return self.testbed.host_run(site, shlex.join(command), timeout, input)
+
+    def start(self, site, name, command, env=None, own_pid_namespace=False):
+        bed = self.testbed
+        if self.family is not None and site not in self.read:
+            record_host_network(bed.hosts[site], bed.run_id, site, self.overlay, bed.topology.ranges.get(self.family))
+            self.read.add(site)
+        command = [*procs.OWN_PID_NAMESPACE, *command] if own_pid_namespace else command
+        return HostDaemon.start(name, bed.hosts[site], bed.host_dir(name), command, env)
+
+    def directory(self, name):
+        return Path(self.testbed.host_dir(name))
+
+    def files(self, site, name, files):
+        return self.testbed.put_files(site, self.testbed.host_dir(name), files)
+
+    def binary(self, name):
+        return name
 
 
 @dataclass
@@ -520,6 +550,11 @@ class RemoteTestbed(Testbed):
                             f"--no-same-permissions && chmod 0700 . && chmod 0600 -- {names}",
                       60, input=base64.b64encode(data.getvalue()).decode()).check()
         return {name: f"{directory}/{name}" for name in files}
+
+    def site_ops(self, overlay: str, state_dir: Path, family: str | None = None) -> SiteOps:
+        """Where `overlay`'s daemons run: the sites' hosts (`family`: what its daemons add to
+        a host's network is read first, and undone by its footprint)."""
+        return HostSiteOps(self, overlay, family)
 
     def host_dir(self, what: str) -> str:
         """This run's directory for `what` (a daemon: NAME-SITE) on its host."""

@@ -90,7 +90,8 @@ def _faults_tables(records: list[Record], notes: list[str]) -> list[str]:
             lost, detour = m.get("fault_lost"), m.get("detour_rtt")
             during = (f"{detour.stats.mean:.1f} (p99 {detour.stats.p99:.1f}, n={detour.stats.n})" if detour
                       else "no reply")
-            path = e.get("detour_path") or ("direct" if detour else "-")
+            path = e.get("detour_path") or ("-" if not detour else "not counted (real hosts)"
+                                             if (outage.datapath or {}).get("testbed") == "remote" else "direct")
             events = e.get("control_events") or []
             said = "; ".join(f"{ev['t_s']:+.1f} s {ev['what']}: {ev['to']}" for ev in events[:3])
             said = (said + (f"; +{len(events) - 3} more" if len(events) > 3 else "")) if events else "no change"

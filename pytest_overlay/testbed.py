@@ -26,7 +26,7 @@ from typing import Callable
 
 from . import emulator as emu
 from . import procs
-from .paths import STATE_ROOT
+from .paths import STATE_ROOT, find_binary
 from .runs import LOCK, hold_lock, kill_pids, netns_inode, new_run_id, pids_in_netns, remove_netns
 from .topology import Circuit, Direction, Topology
 
@@ -58,6 +58,62 @@ def tcp_sysctls(topology: Topology, site: str) -> dict[str, str]:
     size = max(tcp_buffer_max(e["rtt_ms"], e["rate_mbit"]) for e in (topology.expected(c) for c in _pairs(topology, site)))
     return {"net.ipv4.tcp_rmem": f"{DEFAULT_TCP_MEM[0]} {DEFAULT_TCP_MEM[1]} {size}",
             "net.ipv4.tcp_wmem": f"{DEFAULT_TCP_MEM[0]} 16384 {size}"}
+
+
+class SiteOps:
+    """Where an overlay's daemons run, for one overlay: the contract each backend implements
+    (EmulatedTestbed: the site's namespace on this machine; RemoteTestbed: the site's host, as
+    root, over ssh). The overlay asks these and never which backend it is on."""
+
+    def run(self, site: str, command: list[str], timeout: float | None = 60,
+            input: str | None = None) -> procs.CommandResult:
+        """`command` where the site's daemons run."""
+        raise NotImplementedError
+
+    def start(self, site: str, name: str, command: list[str], env: dict[str, str] | None = None,
+              own_pid_namespace: bool = False):
+        """Daemon `name` (NAME-SITE) started for the site, in its own directory; a handle with
+        alive(), stop(), log_tail(), log_size() and log_from()."""
+        raise NotImplementedError
+
+    def directory(self, name: str) -> Path:
+        """Daemon `name`'s own directory (log, pid file, what it keeps) where it runs."""
+        raise NotImplementedError
+
+    def files(self, site: str, name: str, files: dict[str, Path]) -> dict[str, str]:
+        """Where daemon `name` at `site` finds these files (keys among them: root's only)."""
+        raise NotImplementedError
+
+    def binary(self, name: str) -> str:
+        """How a daemon's binary is named where it runs."""
+        raise NotImplementedError
+
+
+class LocalSiteOps(SiteOps):
+    """A site's daemons in its namespace on this machine, each in a directory of the overlay's
+    state folder; binaries from $PYTEST_OVERLAY_BIN or PATH."""
+
+    def __init__(self, testbed: EmulatedTestbed, state_dir: Path) -> None:
+        self.testbed, self.state_dir = testbed, state_dir
+
+    def run(self, site, command, timeout=60, input=None):
+        return procs.run(command, self.testbed.netns_of(site), timeout=timeout, input=input)
+
+    def start(self, site, name, command, env=None, own_pid_namespace=False):
+        directory = self.directory(name)
+        return procs.start(name, command, directory / "log", self.testbed.netns_of(site), cwd=directory, env=env,
+                           own_pid_namespace=own_pid_namespace)
+
+    def directory(self, name):
+        directory = self.state_dir / name
+        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
+        return directory
+
+    def files(self, site, name, files):
+        return {key: str(path) for key, path in files.items()}
+
+    def binary(self, name):
+        return find_binary(name)
 
 
 class Testbed:
@@ -287,6 +343,10 @@ class EmulatedTestbed(Testbed):
 
     def run(self, site: str, command: list[str], timeout: float | None = 60) -> procs.CommandResult:
         return procs.run(command, self.netns_of(site), timeout)
+
+    def site_ops(self, overlay: str, state_dir: Path, family: str | None = None) -> SiteOps:
+        """Where `overlay`'s daemons run: the sites' namespaces."""
+        return LocalSiteOps(self, state_dir)
 
     def start(self, site: str, name: str, command: list[str], ready: str | None = None,
               timeout: float = 10.0) -> procs.Daemon:

@@ -4,7 +4,6 @@ loaded into each, and one measurement container per site, with the site's TCP bu
 from __future__ import annotations
 
 import concurrent.futures
-import shlex
 import shutil
 import time
 from pathlib import Path
@@ -14,8 +13,7 @@ import docker
 
 from .. import budget, engines, hostnet, procs
 from ..engines import LABEL, Engine, EngineError
-from ..hosts import HostDaemon, end_host_daemons, record_host_network, remove_networks
-from ..paths import find_binary
+from ..hosts import end_host_daemons, remove_networks
 from ..testbed import EmulatedTestbed
 from .base import ContainerEndpoint, Overlay
 
@@ -49,6 +47,7 @@ class ContainerOverlay(Overlay):
         self.network_before = {site: self._site_network(site) for site in testbed.sites} \
             if testbed.backend == "embedded" else {}
         self.state_dir = testbed.run_dir / self.name  # the overlay's own files (configs, keys, logs)
+        self.ops = testbed.site_ops(self.name, self.state_dir, self.host_needs.family if self.host_needs else None)
 
     def _site_network(self, site: str) -> hostnet.Snapshot:
         read = procs.run(["sh", "-c", hostnet.SNAPSHOT_SCRIPT], self.testbed.netns_of(site))
@@ -74,27 +73,14 @@ class ContainerOverlay(Overlay):
         return self.testbed.backend == "remote"
 
     def _daemon_dir(self, name: str) -> Path:
-        """A daemon's own directory (log, pid file, what it keeps): on its host, or here."""
-        if self.remote:
-            return Path(self.testbed.host_dir(name))
-        directory = self.state_dir / name
-        directory.mkdir(parents=True, exist_ok=True, mode=0o700)
-        return directory
+        """A daemon's own directory (log, pid file, what it keeps), where it runs."""
+        return self.ops.directory(name)
 
     def _start_daemon(self, name: str, site: str, command: list[str], env: dict[str, str] | None = None,
                       own_pid_namespace: bool = False):
-        """Start one of the overlay's daemons where the site is: in its namespace, or on its
-        host over ssh; in its own directory, and tracked so a death stops the session."""
-        if self.remote:
-            if self.host_needs is not None and site not in self.site_daemons:
-                record_host_network(self.testbed.hosts[site], self.testbed.run_id, site, self.name,
-                                    self.testbed.topology.ranges.get(self.host_needs.family))
-            command = [*procs.OWN_PID_NAMESPACE, *command] if own_pid_namespace else command
-            daemon = HostDaemon.start(name, self.testbed.hosts[site], self.testbed.host_dir(name), command, env)
-        else:
-            directory = self._daemon_dir(name)
-            daemon = procs.start(name, command, directory / "log", self.testbed.netns_of(site), cwd=directory,
-                                 env=env, own_pid_namespace=own_pid_namespace)
+        """Start one of the overlay's daemons where the site is, in its own directory, and
+        track it so a death stops the session."""
+        daemon = self.ops.start(site, name, command, env, own_pid_namespace)
         self.daemons.append(daemon)
         self.site_daemons.setdefault(site, []).append(daemon)
         self.testbed.track(daemon)
@@ -119,22 +105,16 @@ class ContainerOverlay(Overlay):
         return {site: u for site, u in used.items() if u is not None}
 
     def _site_files(self, name: str, site: str, files: dict[str, Path]) -> dict[str, str]:
-        """Where daemon `name` at `site` finds these files: here, or copied to its directory
-        on the host (through ssh's stdin, readable by root only)."""
-        if self.remote:
-            return self.testbed.put_files(site, self.testbed.host_dir(name), files)
-        return {key: str(path) for key, path in files.items()}
+        """Where daemon `name` at `site` finds these files."""
+        return self.ops.files(site, name, files)
 
     def _binary(self, name: str) -> str:
-        """How a daemon's binary is named where it runs: on a host, its PATH finds it (checked
-        before the run began); here, $PYTEST_OVERLAY_BIN or PATH."""
-        return name if self.remote else find_binary(name)
+        """How a daemon's binary is named where it runs."""
+        return self.ops.binary(name)
 
     def _on_site(self, site: str, command: list[str], timeout: float, input: str | None = None) -> procs.CommandResult:
-        """`command` where the site's daemons run: its namespace, or its host (as root, over ssh)."""
-        if self.remote:
-            return self.testbed.host_run(site, shlex.join(command), timeout, input)
-        return procs.run(command, self.testbed.netns_of(site), timeout=timeout, input=input)
+        """`command` where the site's daemons run."""
+        return self.ops.run(site, command, timeout, input)
 
     def _start_engines(self, extra_args: Callable[[str], list[str]] = lambda site: []) -> str:
         """Start every site's engine and load the image; returns the image reference."""

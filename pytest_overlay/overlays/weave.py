@@ -59,11 +59,20 @@ HOST_NEEDS = HostNeeds(
 
 def parse_report(report: dict) -> tuple[dict, list[dict]]:
     """weaver's status (GET /report, JSON): the router (name, encryption, the interface its
-    datapath uses, version) and each connection to a peer (address, state, info, the datapath
-    it runs, its MTU, whether it is encrypted)."""
+    datapath uses, version, and its route to each peer by nickname: "direct" or "via" the
+    peer it relays through) and each connection to a peer (address, state, info, the
+    datapath it runs, its MTU, whether it is encrypted)."""
     router = report.get("Router") or {}
+    nick = {p.get("Name"): p.get("NickName") or p.get("Name") for p in router.get("Peers") or []}
+    routes = {}
+    for route in router.get("UnicastRoutes") or []:
+        dest, via = route.get("Dest"), route.get("Via")
+        if dest == router.get("Name"):
+            continue
+        routes[nick.get(dest, dest)] = ("direct" if via == dest else "unreachable" if not via or set(via) <= {"0", ":"}
+                                        else f"via {nick.get(via, via)}")
     about = {"name": router.get("Name"), "encryption": router.get("Encryption"),
-             "interface": router.get("Interface"), "version": report.get("Version")}
+             "interface": router.get("Interface"), "version": report.get("Version"), "routes": routes}
     connections = [
         {"address": c.get("Address"), "state": c.get("State"), "info": c.get("Info"),
          "datapath": (c.get("Attrs") or {}).get("name") or (c.get("Info") or "").split(" ")[0],
@@ -213,12 +222,16 @@ class WeaveOverlay(ContainerOverlay):
 
     def control_state(self) -> dict[str, str]:
         """Every router's connection to every peer, as weaver reports it ("BRA->LJU":
-        "established", "failed", "retrying", ...)."""
+        "established", "failed", "retrying", ...), and its route to every peer ("route
+        BRA->LJU": "direct", "via AMS"): the path a relay takes, from Weave's own table."""
         self._refresh_status()
         site_of = {self.testbed.address(site): site for site in self.testbed.sites}
-        return {f"{site}->{site_of.get(str(c['address']).rsplit(':', 1)[0], c['address'])}":
-                f"{c['state']}" + (f" ({c['info']})" if c['state'] != "established" and c.get("info") else "")
-                for site, conns in self.connections.items() for c in conns}
+        state = {f"{site}->{site_of.get(str(c['address']).rsplit(':', 1)[0], c['address'])}":
+                 f"{c['state']}" + (f" ({c['info']})" if c['state'] != "established" and c.get("info") else "")
+                 for site, conns in self.connections.items() for c in conns}
+        state.update({f"route {site}->{peer}": way for site, about in self.router.items()
+                      for peer, way in (about.get("routes") or {}).items()})
+        return state
 
     # --- containers -------------------------------------------------------------------------
     def _attach(self, engine: Engine, container) -> str:

@@ -590,6 +590,7 @@ def test_wan_faults_across_the_lab_hosts_are_firewall_rules_between_them(shared_
     assert ("skipped: fault reroute-A-B cannot be applied on the remote testbed: the fault changes the delay from A "
             "to B (10 -> 20 ms): on real hosts a delay step needs netem there") in run.output, run.output
     assert "applied at t = 0 by firewall rules between the hosts (by their clocks)" in run.output
+    assert "| not counted (real hosts) |" in run.output  # the replies during the fault: no wire counts to say how
     records = {(r["overlay"], r["metric"]): r for r in json.loads(results.read_text())["results"]}
     for overlay in ("host", "calico"):
         outage = records[(overlay, "outage_ms")]

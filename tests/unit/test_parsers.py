@@ -97,11 +97,18 @@ def test_weaver_report_gives_the_router_and_each_connection():
 
     router, connections = parse_report(json.loads((DATA / "weave-report-sleeve.json").read_text()))
     assert router == {"name": "7a:b3:0e:88:00:01", "encryption": False, "interface": "vethwe-pcap (via pcap)",
-                      "version": "2.8.1"}
+                      "version": "2.8.1", "routes": {"B": "direct"}}
     assert connections == [{"address": "198.18.0.2:46845", "state": "established",
                             "info": "sleeve 7a:b3:0e:88:00:02(B)", "datapath": "sleeve", "mtu": 1438,
                             "encrypted": None}]
-    assert parse_report({}) == ({"name": None, "encryption": None, "interface": None, "version": None}, [])
+    assert parse_report({}) == ({"name": None, "encryption": None, "interface": None, "version": None,
+                                 "routes": {}}, [])
+    # Relayed: A's route to C goes through B (weaver's UnicastRoutes name peers; nicknames are sites)
+    relayed = {"Router": {"Name": "p:a", "Peers": [{"Name": "p:a", "NickName": "A"}, {"Name": "p:b", "NickName": "B"},
+                                                   {"Name": "p:c", "NickName": "C"}],
+                          "UnicastRoutes": [{"Dest": "p:a", "Via": "00:00:00:00:00:00"}, {"Dest": "p:b", "Via": "p:b"},
+                                            {"Dest": "p:c", "Via": "p:b"}]}}
+    assert parse_report(relayed)[0]["routes"] == {"B": "direct", "C": "via B"}
 
 
 def test_flanneld_subnet_file_gives_the_lease():

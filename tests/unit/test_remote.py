@@ -88,3 +88,39 @@ def test_preflight_asks_each_overlay_what_it_needs_on_a_host(tmp_path):
     assert not any("etcd" in s for s in said)  # A is not the key-value site: etcd is not asked for there
     assert len(said) == 6, said
     assert sum("weaver" in c and "pgrep" in c for c in host.asked) == 1  # weave-encrypted is the same Weave Net
+
+
+def test_every_backend_keeps_the_whole_site_contract():
+    from pytest_overlay.testbed import LocalSiteOps, SiteOps
+
+    contract = [name for name in vars(SiteOps) if not name.startswith("_")]
+    assert contract == ["run", "start", "directory", "files", "binary"]
+    for backend in (LocalSiteOps, remote.HostSiteOps):
+        assert all(vars(backend).get(name) is not None for name in contract), backend
+
+
+def test_a_hosts_network_is_read_before_the_overlays_first_daemon_there(tmp_path, monkeypatch):
+    """Once per site and overlay, before its daemon starts: what the daemons then add is what
+    teardown undoes."""
+    from pytest_overlay import topology
+
+    path = tmp_path / "t.yaml"
+    path.write_text("name: t\nsites:\n  A: {host: {ssh: root@192.0.2.1}}\n  B: {host: {ssh: root@192.0.2.2}}\n"
+                    "links:\n  - {between: [A, B], rtt_ms: 20}\nranges: {flannel: 10.200.0.0/16}\n")
+    bed = remote.RemoteTestbed(topology.load(path), state_root=tmp_path)
+    done = []
+    monkeypatch.setattr(remote, "record_host_network",
+                        lambda host, run_id, site, overlay, addresses: done.append(("read", site, overlay, addresses)))
+    monkeypatch.setattr(remote.HostDaemon, "start", classmethod(
+        lambda cls, name, host, directory, command, env=None: done.append(("start", name, command[0], directory))))
+    ops = bed.site_ops("flannel-udp", tmp_path, "flannel")
+    ops.start("A", "etcd-A", ["etcd"])
+    ops.start("A", "flanneld-A", ["flanneld"], own_pid_namespace=True)
+    ops.start("B", "flanneld-B", ["flanneld"])
+    run = f"/run/pytest-overlay/{bed.run_id}/host"
+    assert done == [("read", "A", "flannel-udp", "10.200.0.0/16"), ("start", "etcd-A", "etcd", f"{run}/etcd-A"),
+                    ("start", "flanneld-A", "unshare", f"{run}/flanneld-A"),
+                    ("read", "B", "flannel-udp", "10.200.0.0/16"), ("start", "flanneld-B", "flanneld", f"{run}/flanneld-B")]
+    done.clear()
+    bed.site_ops("libnetwork", tmp_path).start("A", "x-A", ["x"])  # an overlay with nothing of its own on hosts
+    assert [d[0] for d in done] == ["start"]
