@@ -33,9 +33,9 @@ from typing import Callable
 import docker
 
 from . import hostlinks, hostnet, overlays, procs
+from .engines import LABEL, Engine, build_image_tar, import_image
 from .hosts import (HOST_PATH, HOST_STATE, HostDaemon, as_root, host_run, record_host_network, recorded_key,
                     remove_networks, ssh_command, ssh_options, ssh_run)
-from .engines import LABEL, Engine, build_image_tar, import_image
 from .overlays.base import ContainerEndpoint, HostNeeds
 from .paths import AGENTS, KNOWN_HOSTS, STATE_ROOT
 from .runs import hold_lock, new_run_id
@@ -46,8 +46,6 @@ MIN_DOCKER = (20, 10)
 API_VERSION = "1.41"
 MAX_CLOCK_SKEW_S = 1.0
 PORT_CHECK_S = 20.0
-# Overlays that run only on the embedded testbed, and why.
-# Where a run keeps its files on a host, and where binaries installed by hand are found.
 GWBRIDGE = "docker_gwbridge"  # Docker's bridge from a swarm's containers to their host
 
 
