@@ -81,12 +81,7 @@ def path_directions(topology: Topology, src: str, dst: str,
                     changed: dict[str, Direction] | None = None) -> list[Direction]:
     """The link directions from src to dst, each as `changed` gives it ("A->B") or else as
     the topology does."""
-    hops = topology.path_between(src, dst)
-    out = []
-    for a, b in zip(hops, hops[1:]):
-        d = topology.link_between(a, b).direction(a)
-        out.append((changed or {}).get(f"{a}->{b}", d))
-    return out
+    return [(changed or {}).get(f"{d.src}->{d.dst}", d) for d in topology.directions(src, dst)]
 
 
 @dataclass(frozen=True)
@@ -113,10 +108,10 @@ def plan(topology: Topology, changed: dict[str, Direction]) -> list[PairFault]:
         for dst in topology.sites:
             if src == dst:
                 continue
-            hops = topology.path_between(src, dst)
-            if not touched & {f"{a}->{b}" for a, b in zip(hops, hops[1:])}:
+            path = topology.directions(src, dst)
+            if not touched & {f"{d.src}->{d.dst}" for d in path}:
                 continue
-            healthy = PathValues.of(path_directions(topology, src, dst))
+            healthy = PathValues.of(path)
             now = PathValues.of(path_directions(topology, src, dst, changed))
             drop = 1.0 if now.delivered <= 0 else max(0.0, 1 - now.delivered / healthy.delivered)
             out.append(PairFault(src, dst, round(drop, 9), healthy, now))

@@ -108,15 +108,9 @@ class OverlayPath:
 
     def hops(self) -> tuple[list[validity.Hop], list[validity.Hop]]:
         """The link directions from the circuit's source to its destination, and back."""
-        topology = self.state.topology
-        there = topology.path_between(self.circuit.src, self.circuit.dst)
-
-        def hop(a: str, b: str) -> validity.Hop:
-            d = topology.link_between(a, b).direction(a)
-            return validity.Hop(f"{a}->{b}", d.delay_ms, d.jitter_ms)
-
-        back = there[::-1]
-        return [hop(a, b) for a, b in zip(there, there[1:])], [hop(a, b) for a, b in zip(back, back[1:])]
+        topology, c = self.state.topology, self.circuit
+        return tuple([validity.Hop(f"{d.src}->{d.dst}", d.delay_ms, d.jitter_ms) for d in topology.directions(a, b)]
+                     for a, b in ((c.src, c.dst), (c.dst, c.src)))
 
     def _once(self, kind: str, probe: Callable[[], object], check: Callable[[object], list[str]]) -> Measured:
         b = self._bracketed(kind, probe)

@@ -263,11 +263,14 @@ class Topology:
                     heapq.heappush(heap, (new, peer))
         return previous
 
+    def directions(self, src: str, dst: str) -> list[Direction]:
+        """The link directions a packet from src to dst crosses, in order."""
+        hops = self.path_between(src, dst)
+        return [self.link_between(a, b).direction(a) for a, b in zip(hops, hops[1:])]
+
     def expected(self, circuit: Circuit) -> dict[str, float | None]:
         """What the emulated WAN should show on a circuit: RTT, jitter, loss and rate."""
-        hops = self.path_between(circuit.src, circuit.dst)
-        there = [self.link_between(a, b).direction(a) for a, b in zip(hops, hops[1:])]
-        back = [self.link_between(a, b).direction(a) for a, b in zip(hops[::-1], hops[::-1][1:])]
+        there, back = self.directions(circuit.src, circuit.dst), self.directions(circuit.dst, circuit.src)
         rates = [d.rate_mbit for d in there if d.rate_mbit]
         delivered = 1.0
         for d in there:
@@ -283,9 +286,7 @@ class Topology:
     def with_queue(self, circuit: Circuit, queue_ms: float | None) -> list[Direction]:
         """The rate-limited directions of the circuit's path, both ways, with their buffer set
         to queue_ms (None: the topology's own)."""
-        hops = self.path_between(circuit.src, circuit.dst)
-        pairs = list(zip(hops, hops[1:])) + list(zip(hops[::-1], hops[::-1][1:]))
-        directions = [self.link_between(a, b).direction(a) for a, b in pairs]
+        directions = self.directions(circuit.src, circuit.dst) + self.directions(circuit.dst, circuit.src)
         return [d if queue_ms is None else replace(d, queue_ms=queue_ms) for d in directions if d.rate_mbit]
 
 
