@@ -189,6 +189,15 @@ def remove_script(run_id: str) -> str:
             f"iptables -w {table} -X {name} && echo removed; fi")
 
 
+def heal_script(run_id: str) -> str:
+    """`remove_script`, printing the host's wall clock (ns) last, as taken the moment the jump
+    went: the heal held from then, and the chain's removal after it takes several more
+    iptables runs, each one slower when the hypervisor takes the CPU."""
+    name = chain(run_id)
+    return (f"iptables -w -t {TABLE} -D {HOOK} -j {name} 2>/dev/null; healed=$(date +%s%N)\n"
+            f"{remove_script(run_id)}\necho $healed")
+
+
 # --- shaping ---------------------------------------------------------------------------------
 def qdisc_handle(run_id: str) -> str:
     """The major handle of the run's root qdisc on a host: from its id, so that teardown and

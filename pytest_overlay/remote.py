@@ -625,7 +625,7 @@ class RemoteTestbed(Testbed):
                 if not lines:
                     healed.append(site)
                 scripts[site] = [hostlinks.apply_script(self.run_id, lines) if lines else
-                                 (hostlinks.remove_script(self.run_id) + "\ndate +%s%N", None)]
+                                 (hostlinks.heal_script(self.run_id), None)]
         handle = hostlinks.qdisc_handle(self.run_id)
         for src, dst in set(old) | set(new):
             healthy = hostlinks.PathValues.of(hostlinks.path_directions(self.topology, src, dst))

@@ -108,6 +108,9 @@ class Run:
 def run_suites(*args: str, timeout: float = 300, env: dict[str, str] | None = None) -> Run:
     """pytest in a child process from the checkout; the results always go to a JSON file, so
     that a failure can be told apart from the machine's load."""
+    chars = [a[2:] for a in args if re.fullmatch(r"-r[a-zA-Z]+", a)]
+    if chars and not set("fAa") & set(chars[-1]):
+        raise ValueError(f"-r{chars[-1]} hides the FAILED lines that tell a starved run from a failed one: add f")
     given = next((a.split("=", 1)[1] for a in args if a.startswith("--overlay-json=")), None)
     results = Path(given) if given else Path(tempfile.mkdtemp(prefix="overlay-run-")) / "results.json"
     extra = [] if given or not any(a.startswith("suites") for a in args) else [f"--overlay-json={results}"]

@@ -40,7 +40,7 @@ def test_flannel_backends_next_to_the_underlay(tmp_path, clean_machine):
     limits.write_text((ROOT / "tests" / "relaxed-thresholds.yaml").read_text() + UDP_BACKEND_LIMITS)
     out = tmp_path / "results.json"
     run = run_suites("suites/", *QUICK, "--overlay=host,flannel,flannel-udp,flannel-host-gw", "-m", "latency or tcp",
-                     f"--overlay-thresholds={limits}", f"--overlay-json={out}", "-rs")
+                     f"--overlay-thresholds={limits}", f"--overlay-json={out}", "-rfs")
     run.passed()
     assert "flannel host-gw needs every site on one L2 segment" in run.output and "2 skipped" in run.output
     records = {(r["overlay"], r["metric"]): r for r in json.loads(out.read_text())["results"]}
@@ -76,7 +76,7 @@ def test_etcd_demands_a_client_certificate_and_sits_where_the_topology_says(tmp_
 
 @pytest.mark.parametrize("name", ["flannel"])
 def test_missing_flanneld_skips_naming_it(name):
-    run = run_suites("suites/", *QUICK, f"--overlay={name}", "-m", "latency", "-rs",
+    run = run_suites("suites/", *QUICK, f"--overlay={name}", "-m", "latency", "-rfs",
                      env={"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "PYTEST_OVERLAY_BIN": ""})
     assert run.rc == 0 and "1 skipped" in run.output, run.output
     assert "flanneld (Flannel's daemon, not in $PYTEST_OVERLAY_BIN or on PATH" in run.output

@@ -597,8 +597,10 @@ def test_wan_faults_across_the_lab_hosts_are_firewall_rules_between_them(shared_
         e = outage["extra"]
         applied = (e["steps"][1]["at_ns"] - e["steps"][0]["at_ns"]) / 1e6
         assert 2900 <= applied <= 3500 and outage["datapath"]["testbed"] == "remote", e["steps"]
-        # stamped by two hosts' clocks after their ssh calls: the cut's start by the first, its heal by the last
-        assert applied - 50 <= outage["stats"]["max"] <= applied + 1000, e["outcome"]
+        # stamped by two hosts' clocks right after the rule's jump came and went: the cut's start by
+        # the first, its heal by the last; a stamp is late by one `date` run on a host whose CPU the
+        # hypervisor may be taking
+        assert applied - 100 <= outage["stats"]["max"] <= applied + 1000, e["outcome"]
         assert records[(overlay, "fault_lost")]["stats"]["max"] > 250, e["outcome"]  # 3 s, one request per 10 ms
         assert not records[(overlay, "recovery_ms")]["extra"]["censored"] and outage["verdict"] == "pass"
     assert records[("calico", "outage_ms")]["extra"]["control_before"] == {"A->B": "Established",

@@ -44,7 +44,7 @@ def test_libnetwork_next_to_the_underlay(tmp_path, clean_machine):
 def test_encrypted_overlay_is_skipped_where_the_kernel_lacks_esp(clean_machine):
     with EmulatedTestbed(topology.load("local"), emulator="none") as bed:
         has_esp, why = esp_available(bed.wan)
-    run = run_suites("suites/", *QUICK, "--overlay=libnetwork-encrypted", "-m", "latency", "-rs")
+    run = run_suites("suites/", *QUICK, "--overlay=libnetwork-encrypted", "-m", "latency", "-rfs")
     if has_esp:
         run.passed()
     else:

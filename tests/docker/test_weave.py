@@ -68,7 +68,7 @@ def test_weave_encrypted_uses_sleeves_nacl(tmp_path, sleeve_limits, clean_machin
 
 def test_missing_weaver_skips_naming_it():
     hidden = ":".join(d for d in os.environ["PATH"].split(":") if not os.path.exists(os.path.join(d, "weaver")))
-    run = run_suites("suites/", *QUICK, "--overlay=weave", "-m", "latency", "-rs",
+    run = run_suites("suites/", *QUICK, "--overlay=weave", "-m", "latency", "-rfs",
                      env={"PATH": hidden, "PYTEST_OVERLAY_BIN": ""})
     assert run.rc == 0 and "1 skipped" in run.output, run.output
     assert "Weave Net is not installed: weaver (Weave Net's router)" in run.output

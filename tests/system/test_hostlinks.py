@@ -7,6 +7,7 @@ share; and the removal leaves the rules exactly as they were."""
 from __future__ import annotations
 
 import re
+import time
 import uuid
 
 import pytest
@@ -114,5 +115,8 @@ def test_a_loss_burst_drops_about_its_share(hosts, clean_machine):
     topo, ns = hosts
     apply(topo, "loss-A-B", ns["b"], {})
     got = replies(ns["a"], "192.0.2.2", count=400, interval="0.002")
-    procs.run(["sh", "-ec", hostlinks.remove_script("abc123")], ns["b"]).check()
+    before = time.time_ns()
+    healed = procs.run(["sh", "-ec", hostlinks.heal_script("abc123")], ns["b"]).check()
+    assert healed.stdout.split()[0] == "removed" and before <= int(healed.stdout.split()[-1]) <= time.time_ns()
     assert 130 <= got <= 270, got  # 200 expected of 400 at 50 %; the bounds are 7 standard deviations
+    assert replies(ns["a"], "192.0.2.2") == 3

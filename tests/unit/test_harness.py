@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from ..conftest import Run, left_behind
+from ..conftest import Run, left_behind, run_suites
 
 NODE = "suites/test_throughput.py::test_udp_throughput[host-A-B]"
 LOAD = "emulator touched 4 of 8 intervals (50.0 %, bound 25 %) on their path; worst A->B: 9 released late"
@@ -48,3 +48,9 @@ def test_the_leak_check_leaves_a_lasting_run_its_cgroups_and_nothing_else():
     assert left_behind(before, after) == {"netns": ["ovlbbbbbb-A"], "cgroups": ["ovlbbbbbb-A", "ovlcccccc-B"]}
     gone = {**after, "netns": ["ovlbbbbbb-A"]}  # the lab went down during the test: its cgroups are a leak
     assert left_behind(before, gone)["cgroups"] == ["ovlaaaaaa-A", "ovlbbbbbb-A", "ovlcccccc-B"]
+
+
+def test_a_child_run_must_print_its_failed_tests():
+    """Without its FAILED lines a run failed by the load cannot be told from a real failure."""
+    with pytest.raises(ValueError, match="-rs hides the FAILED lines"):
+        run_suites("suites/", "-rs")

@@ -83,6 +83,9 @@ def test_scripts_apply_exactly_the_lines_jump_first_and_remove_only_the_runs_cha
         "date +%s%N"]
     removal = hostlinks.remove_script("abc123")
     assert "iptables -w -t raw -D PREROUTING -j OVL-FAULT-abc123" in removal and "-X OVL-FAULT-abc123" in removal
+    heal = hostlinks.heal_script("abc123").splitlines()  # stamped as the jump goes, printed last
+    assert heal[0] == "iptables -w -t raw -D PREROUTING -j OVL-FAULT-abc123 2>/dev/null; healed=$(date +%s%N)"
+    assert heal[1:-1] == removal.splitlines() and heal[-1] == "echo $healed"
     saved = ("*raw\n:PREROUTING ACCEPT [0:0]\n:OVL-FAULT-abc123 - [0:0]\n:OVL-FAULT-0f0f0f - [0:0]\n"
              ":OVL-FAULT-nothex - [0:0]\n:CNI-RAW - [0:0]\n-A PREROUTING -j OVL-FAULT-abc123\nCOMMIT\n")
     assert hostlinks.runs_in(saved) == {"abc123", "0f0f0f"}
