@@ -18,6 +18,10 @@ SAMPLE_S = 0.5
 KEEP = 7200  # one hour of half-second samples
 # A burst worth naming: the hypervisor took at least this share of the CPUs.
 STEAL_BURST_PCT = 5.0
+# Before a measurement is taken again for the machine's load: this long without a burst, but
+# never a longer wait than the bound (a machine that is never quiet is measured all the same).
+QUIET_S = 2.0
+QUIET_WAIT_S = 20.0
 
 
 @dataclass(frozen=True)
@@ -120,6 +124,21 @@ class Monitor:
         while not self._stop.wait(self.interval):
             self._sample()
 
+    def wait_quiet(self, quiet_s: float = QUIET_S, limit_s: float = QUIET_WAIT_S) -> tuple[float, bool]:
+        """Wait until the hypervisor has taken less than STEAL_BURST_PCT of the CPUs for the
+        last `quiet_s` seconds, at most `limit_s`: a measurement taken again at once after a
+        steal burst falls in the same burst (they last up to 10 s here). Returns the seconds
+        waited and whether the machine was quiet then."""
+        began = time.monotonic()
+        while True:
+            self._sample()
+            with self._lock:
+                ticks = list(self.ticks)
+            waited = time.monotonic() - began
+            if quiet_for(ticks, quiet_s) or waited >= limit_s:
+                return waited, quiet_for(ticks, quiet_s)
+            time.sleep(self.interval)
+
     def window(self, start_ns: int, end_ns: int) -> Window:
         """The machine between two wall times (ns), from the samples that bracket them."""
         self._sample()
@@ -143,6 +162,18 @@ def summarise(ticks: list[Tick], start_ns: int, end_ns: int) -> Window:
     if first.pressure_us is not None and last.pressure_us is not None and last.wall_ns > first.wall_ns:
         pressure = (last.pressure_us - first.pressure_us) * 1e3 / (last.wall_ns - first.wall_ns) * 100
     return Window(start_ns, end_ns, steal, busy, pressure, _burst(span), len(span))
+
+
+def quiet_for(ticks: list[Tick], seconds: float) -> bool:
+    """The samples cover at least the last `seconds` and the hypervisor took less than
+    STEAL_BURST_PCT of the CPUs in every interval of it."""
+    if not ticks:
+        return False
+    since = ticks[-1].wall_ns - int(seconds * 1e9)
+    start = next((i for i in range(len(ticks) - 1, -1, -1) if ticks[i].wall_ns <= since), None)
+    if start is None:
+        return False
+    return _burst(ticks[start:]) is None
 
 
 def _burst(span: list[Tick]) -> tuple[float, float] | None:

@@ -99,6 +99,13 @@ class OverlayPath:
                 self.state.repeated.append(f"{self.overlay.name} {self.circuit.id} {kind}: {faults[0]}")
                 self.state.progress(f"{self.overlay.name} {self.circuit.id} {kind}: invalid ({faults[0]}); "
                                     f"measuring again ({attempt}/{retries})")
+                waited, quiet = machine.monitor().wait_quiet()
+                if waited >= 0.5 or not quiet:
+                    self.state.progress(
+                        f"{self.overlay.name} {self.circuit.id} {kind}: " +
+                        (f"waited {waited:.1f} s for the hypervisor to take under {machine.STEAL_BURST_PCT:g} % "
+                         f"of the CPUs for {machine.QUIET_S:g} s" if quiet else
+                         f"the hypervisor still took CPU time after {waited:.0f} s: measuring all the same"))
             self.state.cache[key] = measured
         return self.state.cache[key]
 
@@ -394,7 +401,7 @@ class OverlayPath:
         where the one measured is INVALID (an overhead needs a valid baseline)."""
         from .overlays.host import HostOverlay
 
-        kind = {"latency": "latency", "jitter": "latency", "tcp_throughput": "tcp", "udp_throughput": "udp"}[record.metric]
+        kind = metrics.get(record.metric).probe
         if again:
             self.state.cache.pop((BASELINE, self.circuit, kind), None)
             self.state.repeated.append(f"{BASELINE} {record.circuit} {kind}: measured again as the baseline of "

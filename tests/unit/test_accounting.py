@@ -169,6 +169,17 @@ def test_the_machine_window_finds_the_longest_steal_burst():
     assert machine.summarise(ticks[:1], T0, T0 + MS).steal_pct is None
 
 
+@pytest.mark.parametrize("steal, quiet", [
+    ([0, 1, 2, 3, 4, 5], True),  # 1 % for the last 2 s
+    ([0, 1, 30, 31, 32, 33, 34], True),  # the burst ended 2 s ago
+    ([0, 1, 2, 30, 31, 32, 33], False),  # it ended 1.5 s ago
+    ([0, 1, 2, 3], False),  # the samples cover 1.5 s only
+])
+def test_quiet_means_no_steal_burst_for_the_last_two_seconds(steal, quiet):
+    ticks = [machine.Tick(T0 + i * 500 * MS, 50 * i, 100 * i, s, None) for i, s in enumerate(steal)]
+    assert machine.quiet_for(ticks, 2.0) is quiet
+
+
 def test_drops_on_the_streams_own_direction_always_invalidate_it():
     accrued = {"A->B": {"packets": 1000, "late": 0, "windows": [window(100, 120, late=0, dropped=7)]},
                "B->A": {"packets": 10, "late": 0, "windows": [window(100, 120, late=0, dropped=3)]}}
