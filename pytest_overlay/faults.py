@@ -208,9 +208,8 @@ class LiveProbe:
         self.server, port = probes.irtt_server(dst)
         self.output = f"/tmp/pytest-overlay-irtt-{port}.json"
         try:
-            self.client = src.start(f"irtt-client-{port}", [
-                "irtt", "client", "-o", self.output, "-i", f"{interval_ms}ms", "-d", f"{seconds:.0f}s",
-                "--tstamp=none", f"--local={src.address}:0", f"{dst.address}:{port}"])
+            self.client = src.start(f"irtt-client-{port}", probes.LATENCY.command(
+                src, dst, port, interval_ms, round(seconds), output=self.output))
         except BaseException:
             self.server.stop()
             raise

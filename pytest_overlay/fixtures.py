@@ -61,7 +61,7 @@ def overlay_testbed(overlay_session: OverlaySession):
     when the session ends. While it is up, SIGTERM tears down like Ctrl-C.
     """
     from . import machine, probes
-    from .testbed import EmulatedTestbed
+    from .testbed import TOOLS, EmulatedTestbed
 
     machine.monitor()  # steal and CPU pressure from now on, for every record's window
     topology = overlay_session.topology
@@ -70,7 +70,7 @@ def overlay_testbed(overlay_session: OverlaySession):
 
         bed = RemoteTestbed(topology, progress=overlay_session.progress, overlays=overlay_session.overlays)
     else:
-        problems = procs.missing(probes.TOOLS)
+        problems = procs.missing({**TOOLS, **probes.traffic_tools()})
         if overlay_session.option("overlay_noise"):
             problems += procs.missing(noise_tools.TOOLS)
         if os.geteuid() != 0:

@@ -151,8 +151,7 @@ def run(src: Endpoint, dst: Endpoint, seconds: float, flows: int,
         count = int(total * 1000 / INTERVAL_MS)
         started = time.time_ns()
         probing = [
-            keep("irtt", lambda: src.run(["irtt", "client", "-Q", "-o", "-", "-i", f"{INTERVAL_MS:g}ms", "-d", f"{total}s",
-                                          "--tstamp=none", f"--local={src.address}:0", f"{dst.address}:{irtt_port}"],
+            keep("irtt", lambda: src.run(probes.LATENCY.command(src, dst, irtt_port, INTERVAL_MS, total),
                                          timeout=total + 30)),
             keep("ping", lambda: src.run(["ping", "-D", "-n", "-i", f"{INTERVAL_MS / 1000:g}", "-c", str(count),
                                           "-W", "2", dst.address], timeout=total + 30)),
@@ -161,9 +160,8 @@ def run(src: Endpoint, dst: Endpoint, seconds: float, flows: int,
         launched = time.time_ns()
         progress(f"load: {flows} TCP flow(s) each way for {WARMUP_S:g} + {seconds:g} s")
         loading = [keep(direction, lambda d=direction: src.run(
-            ["iperf3", "-c", dst.address, "-B", src.address, "-p", str(servers[d][1]), "-J", "--get-server-output",
-             "-P", str(flows), "-t", str(seconds), "-O", str(WARMUP_S), "-i", str(probes.INTERVAL_S),
-             *(["-R"] if d == "down" else [])], timeout=seconds + WARMUP_S + 30)) for direction in DIRECTIONS]
+            probes.TCP.command(src, dst, servers[d][1], seconds, WARMUP_S, flows=flows, reverse=d == "down"),
+            timeout=seconds + WARMUP_S + 30)) for direction in DIRECTIONS]
         for thread in loading + probing:
             thread.join()
     finally:
@@ -185,7 +183,7 @@ def assemble(irtt_json: str, ping_output: str, iperf_json: dict[str, str], start
              exited: dict[str, int], seconds: float, what: str = "") -> LoadRun:
     """A LoadRun from the tools' outputs and the wall times (ns) the probes started, the
     flows were launched and each direction's client exited."""
-    samples = probes.parse_irtt(irtt_json, INTERVAL_MS, f"irtt {what}")
+    samples = probes.LATENCY.parse(irtt_json, INTERVAL_MS, f"irtt {what}")
     idle_window = (started + int(SETTLE_S * 1e9), launched)
     loaded_window = (launched + int((WARMUP_S + 0.5) * 1e9), launched + int((WARMUP_S + seconds) * 1e9))
     idle, loaded = split(samples, idle_window, loaded_window)

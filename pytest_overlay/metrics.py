@@ -34,6 +34,7 @@ class Metric:
     fault: bool = False  # measured under a WAN fault scenario (the faults suite)
     load: bool = False  # measured under load (the latency-under-load suite)
     test: str = ""  # the suite's test function that measures it
+    probe: str = ""  # the kind of probe whose run makes it (probes.PROBES), where one run does
 
     def __post_init__(self) -> None:
         if not self.test:
@@ -66,29 +67,30 @@ _ALL = [
         "mean_tolerance_ms": "mean RTT within this of the topology's RTT (ms)",
         "mean_tolerance_pct": "... or within this share of it (%), whichever is larger",
         "p99_over_rtt_ms": "99th percentile RTT at most the topology's RTT plus this (ms)",
-    }, zero_base=0.001),
+    }, zero_base=0.001, probe="latency"),
     Metric("jitter", "ms", "IPDV |RTT[i] - RTT[i-1]|", "mean", True, {
         "mean_over_topology_ms": "mean IPDV at most the topology's jitter plus this (ms)",
-    }, zero_base=0.001),
+    }, zero_base=0.001, probe="latency"),
     Metric("tcp_throughput", "Mbit/s", "TCP throughput received", "total", False, {
         "min_fraction_of_rate": "received at least this share of the circuit's rate (0..1)",
         "min_mbit": "received at least this (Mbit/s) where the circuit has no rate",
-    }),
+    }, probe="tcp"),
     Metric("udp_throughput", "Mbit/s", "UDP throughput received", "total", False, {
         "min_fraction_of_offered": "received rate at least this share of the offered rate (0..1)",
         "max_loss_pct": "loss at most the circuit's emulated loss plus this (%)",
-    }),
-    Metric("udp_loss", "%", "UDP packets lost", "mean", True, test="test_udp_throughput"),
+    }, probe="udp"),
+    Metric("udp_loss", "%", "UDP packets lost", "mean", True, test="test_udp_throughput", probe="udp"),
     Metric("stream_jitter", "ms", "RFC 3550 interarrival jitter per client", "p99", True, {
         "max_p99_ms": "99th percentile of the clients' RFC 3550 jitter at most this (ms)",
-    }, zero_base=0.001, streaming=True),
+    }, zero_base=0.001, streaming=True, probe="stream"),
     Metric("stream_bitrate", "kbit/s", "bitrate received per client", "mean", False, {
         "min_fraction_of_nominal": "every client receives at least this share of the clip's bitrate (0..1)",
-    }, streaming=True),
+    }, streaming=True, probe="stream"),
     Metric("stream_loss", "%", "RTP packets lost per client", "mean", True, {
         "max_pct": "every client's loss at most the circuit's emulated loss plus this (%)",
-    }, streaming=True),
-    Metric("stream_ttff", "ms", "time to first frame per client", "mean", True, zero_base=0.001, streaming=True),
+    }, streaming=True, probe="stream"),
+    Metric("stream_ttff", "ms", "time to first frame per client", "mean", True, zero_base=0.001, streaming=True,
+           probe="stream"),
 ]
 FAULT_METRICS = [
     Metric("outage_ms", "ms", "longest time without a reply on the affected circuit", "max", True, {

@@ -17,8 +17,6 @@ from typing import Protocol
 
 from . import procs
 
-TOOLS = {"irtt": "irtt", "iperf3": "iperf3", "nsenter": "util-linux", "tc": "iproute2",
-         "iptables-restore": "iptables", "sysctl": "procps"}
 _ports = itertools.count(20000)
 INTERVAL_S = 0.5
 
@@ -51,6 +49,88 @@ class Endpoint(Protocol):
 
 class ProbeError(RuntimeError):
     pass
+
+
+@dataclass(frozen=True)
+class Probe:
+    """One kind of measurement, as flent's runners have it: the tools checked before any
+    traffic starts, and what its statistic is made of, which is what the emulator's
+    accounting judges a run on (`validity.account`)."""
+
+    kind: str
+    tools: dict[str, str]  # binary -> the Debian package that has it
+    both_ways: bool  # the statistic depends on the way back too: round trips, TCP's ACK clock
+    sample: str  # one sample, in words
+    excluded_setting: str = ""  # the validity rule bounding the share of samples left out ("": judged whole)
+
+    def check(self) -> list[str]:
+        """What this machine lacks to run the probe, with the package to install."""
+        return procs.missing(self.tools)
+
+
+@dataclass(frozen=True)
+class Irtt(Probe):
+    """Request/response round trips over UDP (irtt), each with its own timestamps."""
+
+    def command(self, src: "Endpoint", dst: "Endpoint", port: int, interval_ms: float, seconds: float,
+                output: str = "-") -> list[str]:
+        """The client; its JSON goes to stdout, or to `output` (written when it ends or is
+        interrupted), for a run read while it goes."""
+        return ["irtt", "client", *(["-Q"] if output == "-" else []), "-o", output, "-i", f"{interval_ms:g}ms",
+                "-d", f"{seconds:g}s", "--tstamp=none", f"--local={src.address}:0", f"{dst.address}:{port}"]
+
+    def server(self, dst: "Endpoint", port: int) -> list[str]:
+        return ["irtt", "server", "-b", f"{dst.address}:{port}", "-i", "0", "--tstamp=none"]
+
+    def parse(self, output: str, interval_ms: float, what: str = "irtt") -> "LatencySamples":
+        return parse_irtt(output, interval_ms, what)
+
+
+@dataclass(frozen=True)
+class Iperf3(Probe):
+    """A TCP or UDP flow (iperf3), rated per interval at the receiver."""
+
+    def command(self, src: "Endpoint", dst: "Endpoint", port: int, seconds: float, omit: float,
+                udp_rate_mbit: float | None = None, flows: int = 1, reverse: bool = False) -> list[str]:
+        """The client: `flows` parallel flows, from dst to src where `reverse`."""
+        command = ["iperf3", "-c", dst.address, "-B", src.address, "-p", str(port), "-J", "--get-server-output",
+                   "-t", f"{seconds:g}", "-O", f"{omit:g}", "-i", f"{INTERVAL_S:g}",
+                   *(["-P", str(flows)] if flows > 1 else []), *(["-R"] if reverse else [])]
+        if self.kind == "udp":
+            # A receive buffer the size of the kernel's cap: at hundreds of Mbit/s the
+            # default one overflows whenever iperf3 is not scheduled for a few ms.
+            command += ["-u", "-b", f"{udp_rate_mbit}M", "-l", "1400", "-w", str(UDP_BUFFER)]
+        return command
+
+    def server(self, dst: "Endpoint", port: int) -> list[str]:
+        return ["iperf3", "-s", "-J", "-1", "-i", str(INTERVAL_S), "-B", dst.address, "-p", str(port)]
+
+    def parse(self, output: str, udp_rate_mbit: float | None = None, rc: int = 0, stderr: str = "",
+              what: str = "iperf3") -> "ThroughputSamples":
+        return parse_iperf3(output, self.kind, udp_rate_mbit, rc, stderr, what)
+
+
+LATENCY = Irtt("latency", {"irtt": "irtt"}, both_ways=True, sample="round trips",
+               excluded_setting="max_excluded_share_latency")
+TCP = Iperf3("tcp", {"iperf3": "iperf3"}, both_ways=True, sample="intervals",
+             excluded_setting="max_excluded_share_throughput")
+# UDP's rate is what arrives: the way back carries nothing the statistic is made of.
+UDP = Iperf3("udp", {"iperf3": "iperf3"}, both_ways=False, sample="intervals",
+             excluded_setting="max_excluded_share_throughput")
+# Each client's whole-run jitter from one RTSP server's RTP packets: judged on the stream's own
+# direction as a whole (streaming.py runs it).
+STREAM = Probe("stream", {"gst-launch-1.0": "gstreamer1.0-tools"}, both_ways=False, sample="packets")
+PROBES: dict[str, Probe] = {p.kind: p for p in (LATENCY, TCP, UDP, STREAM)}
+
+
+def probe_of(kind: str) -> Probe:
+    """The probe behind a measurement's kind ("latency", "tcp", "udp", "stream-udp-25", ...)."""
+    return PROBES[kind.split("-")[0]]
+
+
+def traffic_tools() -> dict[str, str]:
+    """Every tool the traffic probes need (the stream's are checked with its RTSP server)."""
+    return {tool: package for probe in (LATENCY, TCP, UDP) for tool, package in probe.tools.items()}
 
 
 @dataclass
@@ -154,7 +234,7 @@ def wait_listening(endpoint: Endpoint, port: int, proto: str, timeout: float = 5
 def irtt_server(dst: Endpoint) -> tuple[procs.Daemon, int]:
     """An irtt server at dst, already listening: its daemon and its port."""
     port = next(_ports)
-    server = dst.start(f"irtt-{port}", ["irtt", "server", "-b", f"{dst.address}:{port}", "-i", "0", "--tstamp=none"])
+    server = dst.start(f"irtt-{port}", LATENCY.server(dst, port))
     try:
         wait_listening(dst, port, "udp")
     except BaseException:
@@ -166,8 +246,7 @@ def irtt_server(dst: Endpoint) -> tuple[procs.Daemon, int]:
 def iperf3_server(dst: Endpoint) -> tuple[procs.Daemon, int]:
     """An iperf3 server at dst for one test, already listening: its daemon and its port."""
     port = next(_ports)
-    server = dst.start(f"iperf3-{port}", ["iperf3", "-s", "-J", "-1", "-i", str(INTERVAL_S), "-B", dst.address,
-                                          "-p", str(port)])
+    server = dst.start(f"iperf3-{port}", TCP.server(dst, port))
     try:
         wait_listening(dst, port, "tcp")
     except BaseException:
@@ -181,17 +260,13 @@ def latency(src: Endpoint, dst: Endpoint, samples: int, interval_ms: float = 10.
     server, port = irtt_server(dst)
     try:
         duration = samples * interval_ms / 1000
-        result = src.run(
-            ["irtt", "client", "-Q", "-o", "-", "-i", f"{interval_ms}ms", "-d", f"{duration}s",
-             "--tstamp=none", f"--local={src.address}:0", f"{dst.address}:{port}"],
-            timeout=duration + 30,
-        )
+        result = src.run(LATENCY.command(src, dst, port, interval_ms, duration), timeout=duration + 30)
         if not result.ok:
             raise ProbeError(f"irtt {src.name} -> {dst.name} failed (exit {result.rc}): "
                              f"{(result.stderr or result.stdout).strip()[-500:]}\nserver log: {server.log_tail(5)}")
     finally:
         server.stop()
-    return parse_irtt(result.stdout, interval_ms, f"irtt {src.name} -> {dst.name}")
+    return LATENCY.parse(result.stdout, interval_ms, f"irtt {src.name} -> {dst.name}")
 
 
 def parse_irtt(output: str, interval_ms: float, what: str = "irtt") -> LatencySamples:
@@ -246,21 +321,16 @@ def repeated_throughput(src: Endpoint, dst: Endpoint, protocol: str, duration: f
 def throughput(src: Endpoint, dst: Endpoint, protocol: str, duration: float,
                udp_rate_mbit: float | None = None, omit: float = 1.0) -> ThroughputSamples:
     """iperf3 from src to dst for `duration` seconds after `omit` seconds of warm-up."""
+    probe = PROBES[protocol]
     server, port = iperf3_server(dst)
     try:
-        command = ["iperf3", "-c", dst.address, "-B", src.address, "-p", str(port), "-J", "--get-server-output",
-                   "-t", str(duration), "-O", str(omit), "-i", str(INTERVAL_S)]
-        if protocol == "udp":
-            # A receive buffer the size of the kernel's cap: at hundreds of Mbit/s the
-            # default one overflows whenever iperf3 is not scheduled for a few ms.
-            command += ["-u", "-b", f"{udp_rate_mbit}M", "-l", "1400", "-w", str(UDP_BUFFER)]
         launched = time.time_ns()
-        result = src.run(command, timeout=duration + omit + 30)
+        result = src.run(probe.command(src, dst, port, duration, omit, udp_rate_mbit), timeout=duration + omit + 30)
         exited = time.time_ns()
     finally:
         server.stop()
-    samples = parse_iperf3(result.stdout, protocol, udp_rate_mbit, result.rc, result.stderr,
-                           f"iperf3 {protocol} {src.name} -> {dst.name}")
+    samples = probe.parse(result.stdout, udp_rate_mbit, result.rc, result.stderr,
+                          f"iperf3 {protocol} {src.name} -> {dst.name}")
     samples.place(launched, exited, duration, omit)
     return samples
 

@@ -11,18 +11,17 @@ from pathlib import Path
 
 from . import procs
 from .paths import CACHE
-from .probes import Endpoint, ProbeError
+from .probes import STREAM, Endpoint, ProbeError
 
 SYSTEM_PYTHON = "/usr/bin/python3"  # python3-gi lives there, not in the virtualenv
 PORT = 8554
 # GStreamer scans its plugins on its first start in a fresh container: seconds, more on a busy machine.
 SERVER_READY_S = 60.0
-TOOLS = {"gst-launch-1.0": "gstreamer1.0-tools"}
 
 
 def missing() -> list[str]:
     """What the streaming experiment needs and this machine lacks, with the package to install."""
-    out = procs.missing(TOOLS)
+    out = STREAM.check()
     check = procs.run([SYSTEM_PYTHON, "-c", "import gi; gi.require_version('GstRtspServer', '1.0'); "
                        "from gi.repository import GstRtspServer"], timeout=30)
     if not check.ok:

@@ -30,6 +30,9 @@ from .paths import STATE_ROOT, find_binary
 from .runs import LOCK, hold_lock, kill_pids, netns_inode, new_run_id, pids_in_netns, remove_netns
 from .topology import Circuit, Direction, Topology
 
+# What the embedded testbed runs itself, beside the probes' tools.
+TOOLS = {"nsenter": "util-linux", "tc": "iproute2", "iptables-restore": "iptables", "sysctl": "procps"}
+
 BASE_ADDRESS = ipaddress.IPv4Address("198.18.0.0")
 DEFAULT_TCP_MEM = (4096, 131072, 6291456)
 WIRE_CHAIN = "OVL-WIRE"

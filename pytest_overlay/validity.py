@@ -19,10 +19,10 @@ from dataclasses import dataclass, field
 
 from .delayline import LATE_LIMIT_S
 from .machine import Window as MachineWindow
+from .probes import LATENCY, STREAM, TCP, UDP, probe_of
 
-# The rules themselves are in the thresholds file (section `validity`).
-EXCLUDED_SETTING = {"latency": "max_excluded_share_latency", "tcp": "max_excluded_share_throughput",
-                    "udp": "max_excluded_share_throughput"}
+# The rules themselves are in the thresholds file (section `validity`); a probe says which of
+# them bounds its samples.
 CPU_BOUND_PCT = 80.0  # the bundled max_client_cpu_pct
 # A window is matched with this much room either side: the emulator's own limit for "late".
 MATCH_MARGIN_NS = int(LATE_LIMIT_S * 1e9)
@@ -185,8 +185,8 @@ def account(kind: str, accrued: dict[str, dict], there: list[Hop], back: list[Ho
     `there` are the hops from the probe's source to its destination, `back` the way back;
     which of them count depends on what the probe's statistic is made of.
     """
-    base = kind.split("-")[0]
-    crossing = {"latency": there + back, "tcp": there + back, "udp": there, "stream": there}[base]
+    probe = probe_of(kind)
+    crossing = there + back if probe.both_ways else there
     links = [h.link for h in crossing]
     acc = Accounting(kind, links)
     cause = machine.cause() if machine else ""
@@ -202,38 +202,38 @@ def account(kind: str, accrued: dict[str, dict], there: list[Hop], back: list[Ho
             dropped = accrued.get(link, {}).get("dropped", 0)
             if dropped:
                 acc.faults.append(f"emulator dropped {dropped} packets on {link} (queue overflow)" + because)
-    if base == "stream":
+    if probe is STREAM:
         return _stream(acc, accrued, rules, because)
-    if base == "latency":
+    if probe is LATENCY:
         times = samples.spans_ns
         spans = round_trip_spans(times, there, back) if times and all(times[0]) else None
     else:
         spans = interval_spans(samples.spans_ns, crossing) if samples.spans_ns else None
-    n = len(samples.rtt_ms) if base == "latency" else len(samples.mbit)
+    n = len(samples.rtt_ms) if probe is LATENCY else len(samples.mbit)
     acc.n = n
     if spans is None or len(spans) != n:
         acc.kept = [not troubles] * n
         acc.rule = "no sample times: any window on the path touches every sample"
-    elif base == "latency":
+    elif probe is LATENCY:
         acc.kept = [not hit for hit in touched(spans, troubles)]
     else:
         # An interval's rate moves by at most the share of its time the emulator spent late.
         interval_ns = int(samples.interval_s * 1e9)
         acc.kept = [not hit for hit in touched(spans, troubles, int(rules["max_late_share_interval"] * interval_ns))]
     acc.excluded = acc.kept.count(False)
-    bound = rules[EXCLUDED_SETTING[base]]
+    bound = rules[probe.excluded_setting]
     what = ("a round trip whose packets were due on a link of its path while the emulator released late or dropped "
-            "there" if base == "latency" else
+            "there" if probe is LATENCY else
             f"an interval whose path had the emulator releasing late for over {rules['max_late_share_interval'] * 100:g} "
             "% of its time, or dropping")
     acc.rule = acc.rule or f"{what} is excluded; INVALID beyond {bound * 100:g} % excluded"
     if n and acc.excluded > bound * n:
         worst = max(troubles, key=lambda t: (t.late + t.dropped, t.max_late_us))
         acc.faults.append(
-            f"emulator touched {acc.excluded} of {n} {'round trips' if base == 'latency' else 'intervals'} "
+            f"emulator touched {acc.excluded} of {n} {probe.sample} "
             f"({acc.excluded / n * 100:.1f} %, bound {bound * 100:g} %) on their path; worst {worst.describe()}" + because)
     dropped = _dropped(troubles)
-    if base == "tcp":
+    if probe is TCP:
         if dropped:
             acc.faults.append(f"{dropped}: TCP's congestion control reacted to losses the network did not make{because}")
         stall_ms = max((t.max_late_us / 1e3 for t in troubles), default=0.0)
@@ -241,7 +241,7 @@ def account(kind: str, accrued: dict[str, dict], there: list[Hop], back: list[Ho
             acc.faults.append(f"emulator released packets {stall_ms:.0f} ms late on the path (bound "
                               f"{rules['max_stall_ms_tcp']:g} ms): TCP saw a stall long enough to change its "
                               "congestion window" + because)
-    if base == "udp" and dropped:
+    if probe is UDP and dropped:
         acc.loss_faults.append(f"{dropped}: the loss figure would count them{because}")
     return acc
 

@@ -1,4 +1,5 @@
-"""The probes' parsers, on real output captured from irtt 0.9 and iperf3 3.12 on loopback."""
+"""The probes: their registry and commands, and their parsers on real output captured from
+irtt 0.9 and iperf3 3.12 on loopback."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from pytest_overlay import metrics, probes, thresholds
 from pytest_overlay.probes import INTERVAL_S, ProbeError, parse_iperf3, parse_irtt
 
 DATA = Path(__file__).parent / "data"
@@ -126,3 +128,38 @@ def test_bird_protocols_give_each_bgp_session_by_peer_site():
     assert parse_protocols((DATA / "bird-show-protocols-peer-gone.txt").read_text()) == {
         "B": "start Active Socket: Connection refused"}
     assert parse_protocols("") == {}
+
+
+class End:
+    def __init__(self, name: str, address: str) -> None:
+        self.name, self.address = name, address
+
+
+A, B = End("A", "10.0.0.1"), End("B", "10.0.0.2")
+
+
+def test_every_metric_made_by_one_run_names_a_registered_probe_and_its_rule_exists():
+    made = {m.probe for m in metrics.METRICS.values() if m.probe}
+    assert made == set(probes.PROBES)
+    for probe in probes.PROBES.values():
+        assert not probe.excluded_setting or probe.excluded_setting in thresholds.SETTINGS[thresholds.VALIDITY]
+    assert probes.probe_of("stream-udp-25") is probes.STREAM and probes.probe_of("tcp") is probes.TCP
+
+
+def test_the_probes_commands_are_the_ones_their_parsers_read():
+    assert probes.LATENCY.command(A, B, 2000, 10, 3) == [
+        "irtt", "client", "-Q", "-o", "-", "-i", "10ms", "-d", "3s", "--tstamp=none", "--local=10.0.0.1:0",
+        "10.0.0.2:2000"]
+    assert probes.LATENCY.command(A, B, 2000, 10, 3, output="/tmp/x.json")[2:4] == ["-o", "/tmp/x.json"]
+    udp = probes.UDP.command(A, B, 2001, 2, 1, udp_rate_mbit=200)
+    assert udp[:13] == ["iperf3", "-c", "10.0.0.2", "-B", "10.0.0.1", "-p", "2001", "-J", "--get-server-output",
+                        "-t", "2", "-O", "1"] and udp[15:20] == ["-u", "-b", "200M", "-l", "1400"]
+    both = probes.TCP.command(A, B, 2002, 5, 1, flows=4, reverse=True)
+    assert both[-3:] == ["-P", "4", "-R"] and "-u" not in both
+    output = (DATA / "irtt-loopback.json").read_text()
+    assert probes.LATENCY.parse(output, 5.0).rtt_ms == parse_irtt(output, 5.0).rtt_ms
+
+
+def test_a_probe_names_the_package_of_a_missing_tool():
+    absent = probes.Probe("x", {"no-such-probe-tool": "some-package"}, both_ways=False, sample="packets")
+    assert absent.check() == ["no-such-probe-tool (apt-get install some-package)"]
