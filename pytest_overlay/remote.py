@@ -1,7 +1,7 @@
 """Real sites: a topology whose sites name real Docker hosts (`host:`), measured as they are.
 
 RemoteTestbed stands where EmulatedTestbed stands for the overlays, probes and fixtures, but
-creates nothing on this machine: it speaks SSH (testinfra, for the prerequisites) and the
+creates nothing on this machine: it speaks SSH (testinfra, for the prerequisites in preflight.py) and the
 Docker API (TCP with TLS and a client certificate). Every prerequisite of every host is
 checked before anything is created on any of them. What a run creates there (containers, a
 network, a swarm if there was none) carries the run's id and is removed at the end; a swarm
@@ -13,9 +13,7 @@ from __future__ import annotations
 import base64
 import concurrent.futures
 import contextlib
-import ipaddress
 import io
-import json
 import os
 import re
 import select
@@ -32,20 +30,19 @@ from typing import Callable
 
 import docker
 
-from . import hostlinks, hostnet, overlays, procs
+from . import hostlinks, preflight, procs
 from .engines import LABEL, Engine, build_image_tar, import_image
-from .hosts import (HOST_PATH, HOST_STATE, HostDaemon, as_root, host_run, record_host_network, recorded_key,
-                    remove_networks, ssh_command, ssh_options, ssh_run)
-from .overlays.base import ContainerEndpoint, HostNeeds
-from .paths import AGENTS, KNOWN_HOSTS, STATE_ROOT
+from .hosts import (HOST_STATE, HostDaemon, as_root, host_run, record_host_network, recorded_key, remove_networks,
+                    ssh_command, ssh_run)
+from .overlays.base import ContainerEndpoint
+from .paths import KNOWN_HOSTS, STATE_ROOT
+from .preflight import Check
 from .runs import hold_lock, new_run_id
 from .testbed import SiteHandle, SiteOps, Testbed, tcp_sysctls
 from .topology import Direction, RemoteHost, Topology
 
 MIN_DOCKER = (20, 10)
 API_VERSION = "1.41"
-MAX_CLOCK_SKEW_S = 1.0
-PORT_CHECK_S = 20.0
 GWBRIDGE = "docker_gwbridge"  # Docker's bridge from a swarm's containers to their host
 
 
@@ -180,16 +177,6 @@ class RemoteEngine(Engine):
         return errors
 
 
-@dataclass
-class Check:
-    host: str
-    problem: str
-    fix: str
-
-    def __str__(self) -> str:
-        return f"{self.host}: {self.problem}. Fix: {self.fix}"
-
-
 class RemoteTestbed(Testbed):
     """Sites on real Docker hosts. Use as a context manager."""
 
@@ -286,139 +273,9 @@ class RemoteTestbed(Testbed):
             if tuple(int(x) for x in self.versions[name].split(".")[:2] if x.isdigit()) < MIN_DOCKER:
                 problems.append(Check(name, f"Docker {self.versions[name]} is older than "
                                             f"{'.'.join(map(str, MIN_DOCKER))}", "upgrade Docker on the host"))
-        problems += self._check_over_ssh()
-        if not problems:
-            problems += self._check_swarm_ports()
-        return problems
-
-    def _check_over_ssh(self) -> list[Check]:
-        import testinfra
-
-        problems = []
-        for name, host in self.hosts.items():
-            if not host.ssh:
-                problems.append(Check(name, "no ssh: entry, so its kernel and clock cannot be checked",
-                                      "give ssh: user@address (key login)"))
-                continue
-            tested = testinfra.get_host(f"ssh://{host.ssh}", ssh_identity_file=host.identity,
-                                        ssh_extra_args=shlex.join(ssh_options(host)))
-            try:
-                before = time.time()
-                clock = tested.run("date +%s.%N")
-                after = time.time()
-            except Exception as e:  # noqa: BLE001
-                problems.append(Check(name, f"ssh {host.ssh} failed: {e}", "allow key login for that user"))
-                continue
-            if clock.rc != 0:
-                problems.append(Check(name, f"ssh {host.ssh} failed (exit {clock.rc}): {clock.stderr.strip()[-200:]}",
-                                      "allow key login for that user, with the key given as identity"))
-                continue
-            skew = float(clock.stdout) - (before + after) / 2
-            if abs(skew) > MAX_CLOCK_SKEW_S + (after - before) / 2:
-                problems.append(Check(name, f"clock is {skew:+.1f} s off this machine's",
-                                      "synchronise both clocks (NTP, e.g. apt-get install chrony)"))
-            if tested.run("test -d /sys/module/vxlan || modinfo vxlan").rc != 0:
-                problems.append(Check(name, "kernel has no VXLAN (module vxlan): Docker's overlay cannot work",
-                                      "a kernel with CONFIG_VXLAN, or load the module (modprobe vxlan)"))
-            if tested.run("command -v python3").rc != 0:
-                problems.append(Check(name, "no python3, needed to check the swarm ports",
-                                      "apt-get install python3"))
-            if host.emulate:
-                problems += self._check_emulation(name, host, tested)
-            problems += self._check_overlay_binaries(name, tested)
-        return problems
-
-    def _host_needs(self) -> list[HostNeeds]:
-        """What the overlays asked for need on a host, one declaration per family (weave and
-        weave-encrypted are one Weave Net)."""
-        found: dict[str, HostNeeds] = {}
-        for name in self.overlays:
-            needs = overlays.get(name).host_needs
-            if needs is not None:
-                found.setdefault(needs.family, needs)
-        return list(found.values())
-
-    def _check_overlay_binaries(self, name: str, tested) -> list[Check]:
-        """The daemons of the overlays asked for, installed on the host and able to start,
-        none of those overlays already up there (someone else's), and their ranges free: all
-        as each overlay declares (its `host_needs`)."""
-        wanted = self._host_needs()
-        needs: dict[str, tuple[str, str]] = {}  # binary -> (what it is, how to install it)
-        problems = []
-        for declared in wanted:
-            needs.update(declared.binaries)
-            if name == self.topology.kv_site:
-                needs.update(declared.kv_binaries)
-            for port, (holder, fix) in declared.listens.items():
-                if tested.run(f"ss -Hltn 'sport = :{port}' | grep -q .").rc == 0:
-                    problems.append(Check(name, holder, fix))
-        if needs and tested.run("test $(id -u) = 0 || sudo -n true").rc != 0:
-            problems.append(Check(name, f"{self.hosts[name].ssh} may not start the overlays' daemons (they run as "
-                                        "root: not root, no sudo without a password)", "log in as root, or allow sudo -n"))
-        started = {binary for declared in wanted for binary in declared.started}
-        for binary, (what, fix) in needs.items():
-            runs = f" && {binary} --version" if binary in started else ""  # loads its libraries
-            found = tested.run(f"PATH={HOST_PATH}; command -v {binary}{runs}")
-            if found.rc != 0:
-                problems.append(Check(name, f"{binary} ({what}) is not installed or does not start "
-                                            f"({(found.stderr or found.stdout).strip()[-120:] or 'not on PATH'})", fix))
-        for declared in wanted:
-            for device, whose in declared.devices.items():
-                if tested.run(f"test -e /sys/class/net/{device}").rc == 0:
-                    problems.append(Check(name, f"{whose}'s {device} is already up: another {whose} runs on this host",
-                                          f"run on hosts without {whose}, or stop it"))
-        problems += self._check_ranges(name, wanted, tested)
-        for declared in wanted:
-            for process, whose in declared.rivals.items():  # live ones: a killed one lingers as a zombie
-                found = tested.run(f"for p in $(pgrep -x {process}); do grep -q '^State:.*Z' /proc/$p/status || "
-                                   "echo $p; done")
-                if found.stdout.split():
-                    problems.append(Check(name, f"{process} already runs there (pid {', '.join(found.stdout.split())}): "
-                                                f"another {whose}, whose chains, routes and devices ours would fight "
-                                                "over", f"run on hosts without {whose}, or stop it"))
-        return problems
-
-    def _check_ranges(self, name: str, wanted: list[HostNeeds], tested) -> list[Check]:
-        """The overlays' address ranges against the host's routes: a route inside one (a
-        Kubernetes pod network, a VPN) would take the overlay's traffic or lose its own.
-        Wider routes (a 10.0.0.0/8 towards a corporate network) are left: ours are more specific.
-        The ranges are the topology's (`ranges:`), so a host can be met by moving them."""
-        ranges = {self.topology.ranges[declared.family]: declared.range_what for declared in wanted}
-        if not ranges:
-            return []
-        routes = tested.run("ip -4 route show table all").stdout.splitlines()
-        problems = []
-        for route in routes:
-            found = hostnet.route_destination(route.split())
-            for cidr, what in ranges.items():
-                if found is not None and found.prefixlen and found.subnet_of(ipaddress.ip_network(cidr)):
-                    problems.append(Check(name, f"route '{route.strip()}' lies inside {what} {cidr}: the overlay "
-                                                "would take its traffic or lose its own",
-                                          "remove the route, or move the range (ranges: in the topology)"))
-        return problems
-
-    def _check_emulation(self, name: str, host: RemoteHost, tested) -> list[Check]:
-        """emulate: true replaces the interface's root qdisc with netem per destination: the
-        kernel must have netem, the interface must exist with the kernel's default qdisc (not
-        someone's own shaping), and the ssh user must be root or have sudo without a password."""
-        problems = []
-        if tested.run("test -d /sys/module/sch_netem || modinfo sch_netem").rc != 0:
-            problems.append(Check(name, "kernel lacks sch_netem, so emulate: true cannot work",
-                                  "install the kernel's netem module (on Debian it is in the kernel image; "
-                                  "elsewhere e.g. linux-modules-extra), or remove emulate"))
-        shown = tested.run(f"tc -j qdisc show dev {shlex.quote(host.interface)} root")
-        if shown.rc != 0:
-            problems.append(Check(name, f"no interface {host.interface} (tc: {shown.stderr.strip()[-120:]})",
-                                  "name the interface that carries the traffic to the other sites"))
-        else:
-            kinds = {q.get("kind") for q in json.loads(shown.stdout or "[]")}
-            if kinds - hostlinks.DEFAULT_QDISCS:
-                problems.append(Check(name, f"{host.interface} has its own root qdisc ({', '.join(sorted(kinds))}), "
-                                            "which emulate: true would replace",
-                                      f"remove it (tc qdisc del dev {host.interface} root) or remove emulate"))
-        if tested.run("test $(id -u) = 0 || sudo -n true").rc != 0:
-            problems.append(Check(name, f"{host.ssh} may not change qdiscs (not root, no sudo without a password)",
-                                  "log in as root, or allow sudo -n for tc"))
+        problems += preflight.over_ssh(self.topology, self.overlays)
+        if not problems and self._existing_swarm() is None:  # a swarm's daemons hold its ports
+            problems += preflight.swarm_ports(self.hosts, self.run_id)
         return problems
 
     def emulate(self) -> None:
@@ -436,42 +293,6 @@ class RemoteTestbed(Testbed):
                                       f"{(applied.stderr or applied.stdout).strip()[-300:]}")
                 self.progress(f"{name}: netem on {host.interface} for the links to "
                               f"{', '.join(o for o in self.hosts if o != name)}")
-
-    def _check_swarm_ports(self) -> list[Check]:
-        """2377/tcp, 7946/tcp+udp and 4789/udp, from every site to every other. Skipped when the
-        hosts already form a swarm (their daemons hold those ports)."""
-        if self._existing_swarm() is not None:
-            return []
-        script = (AGENTS / "portcheck.py").read_text()
-        problems = []
-        for dst, dst_host in self.hosts.items():
-            listener = subprocess.Popen(
-                ssh_command(dst_host, f"python3 -c {shlex.quote(script)} listen {dst_host.address} {PORT_CHECK_S}"),
-                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            if listener.stdout.readline().strip() != "ready":
-                listener.kill()
-                problems.append(Check(dst, f"could not listen on the swarm ports: {listener.communicate()[1][-200:]}",
-                                      "check ssh access and python3"))
-                continue
-            tokens = {}
-            for src, src_host in self.hosts.items():
-                if src == dst:
-                    continue
-                tokens[src] = f"{self.run_id}-{src}"
-                ssh_run(src_host, f"python3 -c {shlex.quote(script)} probe {dst_host.address} {tokens[src]}", 60)
-            out, _ = listener.communicate("\n", timeout=PORT_CHECK_S + 30)
-            report = json.loads(out.strip().splitlines()[-1])
-            for port in report["busy"]:
-                problems.append(Check(dst, f"port {port} is already in use",
-                                      "stop what holds it (a swarm port must be free for Docker)"))
-            for src, token in tokens.items():
-                closed = [port for port in ("2377/tcp", "7946/tcp", "7946/udp", "4789/udp")
-                          if port not in report["busy"] and token not in report["received"].get(port, [])]
-                if closed:
-                    problems.append(Check(dst, f"swarm port(s) {', '.join(closed)} not reachable from {src} "
-                                               f"({self.hosts[src].address} -> {dst_host.address})",
-                                          "open them in the firewalls between the sites"))
-        return problems
 
     def _existing_swarm(self) -> RemoteEngine | None:
         """A manager of the swarm every host is in; None if none is in one. (A worker does not

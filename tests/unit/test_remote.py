@@ -1,7 +1,7 @@
 """The remote backend's pieces that need no host: how it reaches hosts and how it words what
 went wrong (from errors captured against the lab's real daemons)."""
 
-from pytest_overlay import hosts, remote
+from pytest_overlay import hosts, preflight, remote
 from pytest_overlay.paths import KNOWN_HOSTS
 from pytest_overlay.topology import RemoteHost
 
@@ -72,13 +72,13 @@ def test_preflight_asks_each_overlay_what_it_needs_on_a_host(tmp_path):
     path = tmp_path / "t.yaml"
     path.write_text("name: t\nsites:\n  A: {host: {ssh: root@192.0.2.1}}\n  B: {host: {ssh: root@192.0.2.2}}\n"
                     "links:\n  - {between: [A, B], rtt_ms: 20}\n")
-    bed = remote.RemoteTestbed(topology.load(path), state_root=tmp_path,
-                               overlays=["host", "libnetwork", "weave", "weave-encrypted", "flannel-udp", "calico"])
-    assert [n.family for n in bed._host_needs()] == ["weave", "flannel", "calico"]
+    asked = ["host", "libnetwork", "weave", "weave-encrypted", "flannel-udp", "calico"]
+    wanted = preflight.host_needs(asked)
+    assert [n.family for n in wanted] == ["weave", "flannel", "calico"]
     host = FakeHost({"weaver --version": (127, ""), "/sys/class/net/flannel0": (0, ""),
                      "/sys/class/net/": (1, ""), "sport = :179": (0, ""), "pgrep -x bird": (0, "4242\n"),
                      "pgrep": (0, ""), "ip -4 route show table all": (0, "blackhole 10.40.7.0/24\n")})
-    said = [str(check) for check in bed._check_overlay_binaries("A", host)]
+    said = [str(check) for check in preflight.overlay_needs(topology.load(path), "A", wanted, host)]
     assert any("weaver (Weave Net's router) is not installed or does not start" in s for s in said), said
     assert any("Flannel's flannel0 is already up" in s for s in said), said
     assert any("a BGP speaker already listens on 179/tcp" in s for s in said), said
