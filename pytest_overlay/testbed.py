@@ -91,6 +91,11 @@ class SiteOps:
         """How a daemon's binary is named where it runs."""
         raise NotImplementedError
 
+    def missing(self, binaries: dict[str, str]) -> list[str]:
+        """Which of the daemons' binaries (name -> what it is or how to install it) cannot be
+        found where they run, each with that said."""
+        raise NotImplementedError
+
 
 class LocalSiteOps(SiteOps):
     """A site's daemons in its namespace on this machine, each in a directory of the overlay's
@@ -117,6 +122,9 @@ class LocalSiteOps(SiteOps):
 
     def binary(self, name):
         return find_binary(name)
+
+    def missing(self, binaries):
+        return [f"{name} ({said})" for name, said in binaries.items() if find_binary(name) is None]
 
 
 class Testbed:

@@ -24,7 +24,6 @@ from .. import emulator as emu
 from .. import procs
 from ..engines import LABEL, EngineError
 from ..hostnet import Footprint
-from ..paths import find_binary
 from ..pki import PKI, Credentials
 from ..testbed import EmulatedTestbed
 from ..topology import DEFAULT_RANGES
@@ -39,7 +38,8 @@ BACKENDS = {"vxlan": {"Type": "vxlan", "VNI": 1, "Port": 8472}, "udp": {"Type": 
             "host-gw": {"Type": "host-gw"}}
 DEVICES = {"vxlan": "flannel.1", "udp": "flannel0"}
 RESTARTS = 2  # of a flanneld whose watch missed a lease  # what the backend routes leases through
-TOOLS = {"etcd": "etcd-server", "etcdctl": "etcd-client", "openssl": "openssl"}
+SITE_TOOLS = {"etcd": "etcd-server", "etcdctl": "etcd-client"}  # run at the sites: etcd, and its client beside it
+LOCAL_TOOLS = {"openssl": "openssl"}  # on this machine: the run's certificates
 OVERLAYS = ("flannel", "flannel-udp", "flannel-host-gw")
 BINARIES = {"flanneld": "Flannel's daemon"}  # on every real host
 KV_BINARIES = {"etcd": "etcd's server", "etcdctl": "etcd's client"}  # on the key-value site's host
@@ -82,12 +82,11 @@ class FlannelOverlay(ContainerOverlay):
         if self.backend == "host-gw":
             raise OverlayUnavailable("flannel host-gw needs every site on one L2 segment; the emulated WAN routes "
                                      "between sites (each link is its own segment through the wan namespace)")
-        if self.remote:  # the hosts' binaries were checked before the run began; the certificates are made here
-            missing = procs.missing({"openssl": "openssl"})
-        else:
-            missing = ([] if find_binary("flanneld") else
-                       ["flanneld (Flannel's daemon, not in $PYTEST_OVERLAY_BIN or on PATH: install Flannel 0.19.2, "
-                        "see the README, 'Overlays')"]) + procs.missing(TOOLS)
+        missing = self.ops.missing({
+            "flanneld": "Flannel's daemon, not in $PYTEST_OVERLAY_BIN or on PATH: install Flannel 0.19.2, see the "
+                        "README, 'Overlays'",
+            **{tool: f"apt-get install {package}" for tool, package in SITE_TOOLS.items()}})
+        missing += procs.missing(LOCAL_TOOLS)  # the certificates are made on this machine
         if missing:
             raise OverlayUnavailable("Flannel cannot run here; missing: " + "; ".join(missing))
 

@@ -94,7 +94,7 @@ class WeaveOverlay(ContainerOverlay):
         self.router: dict[str, dict] = {}
 
     def up(self) -> None:
-        missing = [] if self.remote else missing_binaries()  # on real hosts: checked before the run began
+        missing = self.ops.missing(BINARIES)
         if missing:
             raise OverlayUnavailable(
                 "Weave Net is not installed: " + ", ".join(missing) + " not found in $PYTEST_OVERLAY_BIN or on PATH; "

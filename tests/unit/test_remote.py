@@ -94,7 +94,7 @@ def test_every_backend_keeps_the_whole_site_contract():
     from pytest_overlay.testbed import LocalSiteOps, SiteOps
 
     contract = [name for name in vars(SiteOps) if not name.startswith("_")]
-    assert contract == ["run", "start", "directory", "files", "binary"]
+    assert contract == ["run", "start", "directory", "files", "binary", "missing"]
     for backend in (LocalSiteOps, remote.HostSiteOps):
         assert all(vars(backend).get(name) is not None for name in contract), backend
 
