@@ -315,6 +315,15 @@ class RemoteTestbed(Testbed):
         return self.engines[managers[0]]
 
     # --- what the overlays use --------------------------------------------------------------
+    def site_engines(self, extra_args):
+        """The hosts' own engines: never started or stopped by the run."""
+        return dict(self.engines)
+
+    def start_engines(self, made, progress):
+        """Up already; the image is loaded once per run."""
+        started = time.monotonic()
+        return self.load_image(), time.monotonic() - started
+
     def load_image(self) -> str:
         """The measurement image on every host: there already, or imported over the Docker API."""
         if self.image is None:
@@ -323,7 +332,7 @@ class RemoteTestbed(Testbed):
             self.progress(f"image {self.image} on {', '.join(self.engines)}")
         return self.image
 
-    def swarm(self, manager: str) -> tuple[RemoteEngine, bool]:
+    def swarm(self, manager: RemoteEngine) -> tuple[RemoteEngine, bool]:
         """The swarm's manager engine and whether this run made the swarm. An existing swarm
         is used as it is; otherwise one is made with `manager` and left at the end."""
         existing = self._existing_swarm()
@@ -334,7 +343,7 @@ class RemoteTestbed(Testbed):
         # the swarm is left: where it was not there before, it is the run's to remove.
         self.gwbridge_made = sorted(n for n, e in self.engines.items() if not e.client.networks.list(names=[GWBRIDGE]))
         self._save_state()
-        return self.engines[manager], True
+        return manager, True
 
     def swarm_member(self, site: str, node_id: str, cluster_id: str | None = None) -> None:
         """A host joined the swarm this run made, as which node (and, from the manager, which

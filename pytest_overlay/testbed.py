@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Callable
 
 from . import emulator as emu
-from . import procs
+from . import engines, procs
 from .paths import STATE_ROOT, find_binary
 from .runs import LOCK, hold_lock, kill_pids, netns_inode, new_run_id, pids_in_netns, remove_netns
 from .topology import Circuit, Direction, Topology
@@ -172,6 +172,27 @@ class Testbed:
         """Give rate-limited link directions a new buffer (queue_ms) while the testbed runs."""
         raise NotImplementedError(f"link buffers on the {getattr(self, 'backend', '?')} testbed are the hosts' own: "
                                   "this version does not change them")
+
+    def site_engines(self, extra_args: Callable[[str], list[str]]) -> dict[str, engines.Engine]:
+        """A Docker engine at every site for one overlay (`extra_args`: dockerd's, per site),
+        not yet started: the overlay holds them from here on, so its teardown finds them
+        whatever happens next."""
+        raise NotImplementedError
+
+    def start_engines(self, made: dict[str, engines.Engine], progress: Callable[[str], None]) -> tuple[str, float]:
+        """The engines up with the measurement image in each: its reference and the seconds
+        it took."""
+        raise NotImplementedError
+
+    def swarm(self, manager):
+        """The swarm an overlay that needs one (libnetwork) joins: its manager's engine, and
+        whether the run makes it, with `manager` (an Engine). Here every run makes its own."""
+        return manager, True
+
+    def swarm_member(self, site: str, node_id: str, cluster_id: str | None = None) -> None:
+        """A site's engine joined the swarm this run made, as which node. Only where the
+        engines outlive the run (real hosts) does `clean` need it; here the swarm goes with
+        its engines."""
 
     def count_udp(self, port: int) -> None:
         """Count packets to a UDP port on every link direction (e.g. 4789, VXLAN)."""
@@ -354,6 +375,19 @@ class EmulatedTestbed(Testbed):
 
     def run(self, site: str, command: list[str], timeout: float | None = 60) -> procs.CommandResult:
         return procs.run(command, self.netns_of(site), timeout)
+
+    def site_engines(self, extra_args):
+        """An engine for the overlay in every site's namespace; they go with the overlay."""
+        return {site: engines.Engine(site, h.netns, h.address, self.run_id, self.run_dir / f"docker-{site}",
+                                     extra_args=extra_args(site)) for site, h in self.sites.items()}
+
+    def start_engines(self, made, progress):
+        """Started in parallel, each tracked so that a death stops the session."""
+        image, seconds = engines.start_all(list(made.values()), progress)
+        for engine in made.values():
+            self.track(engine.daemon)
+            self.track(engine.containerd)
+        return image, seconds
 
     def site_ops(self, overlay: str, state_dir: Path, family: str | None = None) -> SiteOps:
         """Where `overlay`'s daemons run: the sites' namespaces."""

@@ -118,20 +118,8 @@ class ContainerOverlay(Overlay):
 
     def _start_engines(self, extra_args: Callable[[str], list[str]] = lambda site: []) -> str:
         """Start every site's engine and load the image; returns the image reference."""
-        bed = self.testbed
-        if bed.backend == "remote":  # the hosts' own engines
-            self.engines = dict(bed.engines)
-            started = time.monotonic()
-            image = bed.load_image()
-            self.timings["engines_s"] = time.monotonic() - started
-            return image
-        self.engines = {site: Engine(site, h.netns, h.address, bed.run_id, bed.run_dir / f"docker-{site}",
-                                     extra_args=extra_args(site))
-                        for site, h in bed.sites.items()}
-        image, self.timings["engines_s"] = engines.start_all(list(self.engines.values()), self._progress)
-        for engine in self.engines.values():
-            bed.track(engine.daemon)
-            bed.track(engine.containerd)
+        self.engines = self.testbed.site_engines(extra_args)
+        image, self.timings["engines_s"] = self.testbed.start_engines(self.engines, self._progress)
         return image
 
     def _tcp_buffers(self, site: str) -> dict[str, str]:

@@ -69,17 +69,14 @@ class LibnetworkOverlay(ContainerOverlay):
         return self.engines[self.testbed.topology.manager or next(iter(self.engines))]
 
     def _swarm(self) -> None:
-        manager = self._manager()
-        if self.testbed.backend == "remote":
-            manager, create = self.testbed.swarm(manager.site)
+        manager, create = self.testbed.swarm(self._manager())
+        if not create:
             self._swarm_manager = manager
-            if not create:
-                self._progress(f"using the hosts' swarm (manager {manager.site}); it is left as it was")
-                return
+            self._progress(f"using the hosts' swarm (manager {manager.site}); it is left as it was")
+            return
         manager.client.swarm.init(advertise_addr=manager.address, listen_addr=f"{manager.address}:2377")
-        if self.testbed.backend == "remote":
-            self.testbed.swarm_member(manager.site, manager.client.info()["Swarm"]["NodeID"],
-                                      manager.client.swarm.attrs["ID"])
+        self.testbed.swarm_member(manager.site, manager.client.info()["Swarm"]["NodeID"],
+                                  manager.client.swarm.attrs["ID"])
         token = manager.client.swarm.attrs["JoinTokens"]["Worker"]
         workers = [e for e in self.engines.values() if e is not manager]
         self._progress(f"swarm manager {manager.site}; joining {', '.join(e.site for e in workers) or 'no one'}")
@@ -87,8 +84,7 @@ class LibnetworkOverlay(ContainerOverlay):
         def join(engine: Engine) -> None:
             engine.client.swarm.join(remote_addrs=[f"{manager.address}:2377"], join_token=token,
                                      advertise_addr=engine.address, listen_addr=f"{engine.address}:2377")
-            if self.testbed.backend == "remote":
-                self.testbed.swarm_member(engine.site, engine.client.info()["Swarm"]["NodeID"])
+            self.testbed.swarm_member(engine.site, engine.client.info()["Swarm"]["NodeID"])
 
         with concurrent.futures.ThreadPoolExecutor(max(1, len(workers))) as pool:
             list(pool.map(join, workers))

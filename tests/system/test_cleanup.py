@@ -12,7 +12,6 @@ import time
 import pytest
 
 from pytest_overlay import engines, procs, topology
-from pytest_overlay.paths import DATA_ROOT
 from pytest_overlay.testbed import EmulatedTestbed
 
 from ..conftest import PYTEST, QUICK, ROOT, foreign_runs, left_behind, machine_state

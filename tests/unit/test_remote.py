@@ -99,6 +99,20 @@ def test_every_backend_keeps_the_whole_site_contract():
         assert all(vars(backend).get(name) is not None for name in contract), backend
 
 
+def test_every_backend_implements_what_the_testbed_leaves_to_it():
+    """What the Testbed base leaves to its backends (a bare NotImplementedError), both have;
+    what it may refuse (a WAN fault's delay step, a buffer change) says why instead."""
+    import inspect
+
+    from pytest_overlay.testbed import EmulatedTestbed, Testbed
+
+    required = [name for name, f in vars(Testbed).items()
+                if inspect.isfunction(f) and inspect.getsource(f).rstrip().endswith("raise NotImplementedError")]
+    assert {"up", "down", "site_engines", "start_engines"} <= set(required), required
+    for backend in (EmulatedTestbed, remote.RemoteTestbed):
+        assert [name for name in required if name not in vars(backend)] == [], backend
+
+
 def test_a_hosts_network_is_read_before_the_overlays_first_daemon_there(tmp_path, monkeypatch):
     """Once per site and overlay, before its daemon starts: what the daemons then add is what
     teardown undoes."""
