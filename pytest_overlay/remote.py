@@ -391,7 +391,7 @@ class RemoteTestbed(Testbed):
         """This run's directory for `what` (a daemon: NAME-SITE) on its host."""
         return f"{HOST_STATE}/{self.run_id}/host/{what}"
 
-    def host_endpoint(self, site: str) -> ContainerEndpoint:
+    def underlay_endpoint(self, site: str) -> ContainerEndpoint:
         """The underlay on a real host: a measurement container in the host's network."""
         if site not in self.host_endpoints:
             engine = self.engines[site]

@@ -173,6 +173,10 @@ class Testbed:
         raise NotImplementedError(f"link buffers on the {getattr(self, 'backend', '?')} testbed are the hosts' own: "
                                   "this version does not change them")
 
+    def underlay_endpoint(self, site: str):
+        """Where the underlay's probes run at a site: no overlay between them and the WAN."""
+        raise NotImplementedError
+
     def site_engines(self, extra_args: Callable[[str], list[str]]) -> dict[str, engines.Engine]:
         """A Docker engine at every site for one overlay (`extra_args`: dockerd's, per site),
         not yet started: the overlay holds them from here on, so its teardown finds them
@@ -375,6 +379,12 @@ class EmulatedTestbed(Testbed):
 
     def run(self, site: str, command: list[str], timeout: float | None = 60) -> procs.CommandResult:
         return procs.run(command, self.netns_of(site), timeout)
+
+    def underlay_endpoint(self, site):
+        """The site's namespace itself."""
+        from .overlays.base import SiteEndpoint
+
+        return SiteEndpoint(site, self.address(site), self)
 
     def site_engines(self, extra_args):
         """An engine for the overlay in every site's namespace; they go with the overlay."""

@@ -3,7 +3,7 @@ with (the study's "VM to VM" rows)."""
 
 from __future__ import annotations
 
-from .base import Overlay, SiteEndpoint
+from .base import Overlay
 
 
 class HostOverlay(Overlay):
@@ -13,9 +13,7 @@ class HostOverlay(Overlay):
 
     def endpoint(self, site: str):
         """The site's namespace; on a real host, a measurement container in the host's network."""
-        if self.testbed.backend == "remote":
-            return self.testbed.host_endpoint(site)
-        return SiteEndpoint(site, self.testbed.address(site), self.testbed)
+        return self.testbed.underlay_endpoint(site)
 
     def datapath(self, src: str, dst: str) -> dict:
         return {
