@@ -26,7 +26,7 @@ from typing import Callable
 
 from . import emulator as emu
 from . import engines, procs
-from .paths import STATE_ROOT, find_binary
+from .paths import AGENTS, STATE_ROOT, find_binary
 from .runs import LOCK, hold_lock, kill_pids, netns_inode, new_run_id, pids_in_netns, remove_netns
 from .topology import Circuit, Direction, Topology
 
@@ -125,6 +125,27 @@ class LocalSiteOps(SiteOps):
 
     def missing(self, binaries):
         return [f"{name} ({said})" for name, said in binaries.items() if find_binary(name) is None]
+
+
+@dataclass
+class SiteEndpoint:
+    """A site's own network namespace."""
+
+    name: str
+    address: str
+    testbed: EmulatedTestbed
+
+    def run(self, command: list[str], timeout: float | None = 60) -> procs.CommandResult:
+        return self.testbed.run(self.name, command, timeout)
+
+    def start(self, name: str, command: list[str], ready: str | None = None, timeout: float = 10.0) -> procs.Daemon:
+        return self.testbed.start(self.name, name, command, ready, timeout)
+
+    def agent(self, name: str) -> str:
+        return str(AGENTS / name)
+
+    def file(self, path: Path) -> str:
+        return str(path)
 
 
 class Testbed:
@@ -382,8 +403,6 @@ class EmulatedTestbed(Testbed):
 
     def underlay_endpoint(self, site):
         """The site's namespace itself."""
-        from .overlays.base import SiteEndpoint
-
         return SiteEndpoint(site, self.address(site), self)
 
     def site_engines(self, extra_args):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import importlib
 
 from ..hostnet import Footprint
-from .base import ContainerEndpoint, HostNeeds, Overlay, OverlayUnavailable, SiteEndpoint
+from .base import ContainerEndpoint, HostNeeds, Overlay, OverlayUnavailable
 
 # name -> module:class
 IMPLEMENTED = {
@@ -39,4 +39,4 @@ def footprint(name: str) -> Footprint | None:
 
 
 __all__ = ["ALL", "BASELINE", "ContainerEndpoint", "HostNeeds", "IMPLEMENTED", "KNOWN", "Overlay", "OverlayUnavailable",
-           "SiteEndpoint", "footprint", "get"]
+           "footprint", "get"]

@@ -17,32 +17,11 @@ from typing import TYPE_CHECKING
 
 from .. import procs
 from ..hostnet import Footprint
-from ..paths import AGENTS, IMAGE_AGENTS
+from ..paths import IMAGE_AGENTS
 
 if TYPE_CHECKING:
     from ..engines import Engine
     from ..testbed import EmulatedTestbed
-
-
-@dataclass
-class SiteEndpoint:
-    """A site's own network namespace."""
-
-    name: str
-    address: str
-    testbed: EmulatedTestbed
-
-    def run(self, command: list[str], timeout: float | None = 60) -> procs.CommandResult:
-        return self.testbed.run(self.name, command, timeout)
-
-    def start(self, name: str, command: list[str], ready: str | None = None, timeout: float = 10.0) -> procs.Daemon:
-        return self.testbed.start(self.name, name, command, ready, timeout)
-
-    def agent(self, name: str) -> str:
-        return str(AGENTS / name)
-
-    def file(self, path: Path) -> str:
-        return str(path)
 
 
 @dataclass(frozen=True)
