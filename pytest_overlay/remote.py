@@ -185,6 +185,7 @@ class RemoteTestbed(Testbed):
 
     kind = "remote"
     backend = "remote"
+    shared_network = True
 
     def __init__(self, topology: Topology, progress: Callable[[str], None] | None = None,
                  state_root: Path | None = None, overlays: list[str] = ()) -> None:

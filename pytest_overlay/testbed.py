@@ -153,6 +153,9 @@ class Testbed:
     made, and the run's state on disk (atomically) for `clean` after a kill."""
 
     run_dir: Path
+    # The sites' addresses are on a network others share (real hosts): an overlay's peers must
+    # prove they belong to the run. Here only the testbed's namespaces reach them.
+    shared_network = False
 
     def up(self) -> None:
         raise NotImplementedError

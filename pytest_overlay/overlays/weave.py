@@ -130,13 +130,13 @@ class WeaveOverlay(ContainerOverlay):
         bed = self.testbed
         sites = list(bed.sites.values())
         env = {"CHECKPOINT_DISABLE": "1"}  # no call home for a version check
-        if self.encrypted or self.remote:
+        if self.encrypted or bed.shared_network:
             env["WEAVE_PASSWORD"] = secrets.token_hex(16)  # made for the run, never recorded
         trusted = []
-        if self.remote and not self.encrypted:
-            # Real hosts' weavers listen on their address: only a peer knowing the run's password
-            # may join. The run's own hosts are trusted subnets, so the data between them is
-            # not encrypted and the datapath measured is the one asked for.
+        if bed.shared_network and not self.encrypted:
+            # Weavers listening on a shared network: only a peer knowing the run's password may
+            # join. The run's own sites are trusted subnets, so the data between them is not
+            # encrypted and the datapath measured is the one asked for.
             trusted = ["--trusted-subnets", ",".join(f"{site.address}/32" for site in sites)]
         self._progress(f"starting weaver at {', '.join(h.name for h in sites)}"
                        + (" (encrypted)" if self.encrypted else ""))
@@ -268,7 +268,7 @@ class WeaveOverlay(ContainerOverlay):
             "udp_port": FASTDP_PORT if kind == "fastdp" else CONTROL_PORT,
             "encrypted": self.encrypted,
             "encryption_reported": self.router.get(src, {}).get("encryption"),
-            "peers_authenticated": self.encrypted or self.remote,  # by a password made for the run
+            "peers_authenticated": self.encrypted or self.testbed.shared_network,  # by a password made for the run
             "peer_connections": {site: [{k: c[k] for k in ("address", "state", "info", "mtu", "encrypted")}
                                         for c in conns]
                                  for site, conns in self.connections.items() if site in (src, dst)},
