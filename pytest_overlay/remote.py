@@ -186,6 +186,7 @@ class RemoteTestbed(Testbed):
     kind = "remote"
     backend = "remote"
     shared_network = True
+    own_engines = False
 
     def __init__(self, topology: Topology, progress: Callable[[str], None] | None = None,
                  state_root: Path | None = None, overlays: list[str] = ()) -> None:

@@ -156,6 +156,10 @@ class Testbed:
     # The sites' addresses are on a network others share (real hosts): an overlay's peers must
     # prove they belong to the run. Here only the testbed's namespaces reach them.
     shared_network = False
+    # The run starts every site's Docker engine, with the daemon options an overlay asks for
+    # (Flannel's --bip), and stops it with the overlay. Real hosts' engines are theirs: used
+    # as they are and left running.
+    own_engines = True
 
     def up(self) -> None:
         raise NotImplementedError

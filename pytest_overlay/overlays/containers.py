@@ -221,7 +221,7 @@ class ContainerOverlay(Overlay):
     def down(self) -> None:
         started = time.monotonic()
         self.testbed.untrack(self.daemons + [d for e in self.engines.values() for d in (e.daemon, e.containerd) if d])
-        if self.remote:  # the engines stay; this overlay's containers and network go
+        if not self.testbed.own_engines:  # the engines stay; this overlay's containers and network go
             for site, engine in self.engines.items():  # one host failing stops none of the rest
                 try:
                     self._remove_container(engine, f"ovl{self.testbed.run_id}-{site}")

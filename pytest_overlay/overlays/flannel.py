@@ -97,7 +97,7 @@ class FlannelOverlay(ContainerOverlay):
             self._etcd()
             self._flannelds()
             self._check_routes()
-            if self.remote:
+            if not self.testbed.own_engines:  # a bridge network per lease on the hosts' engines
                 image = self._start_engines()
                 self._lease_networks()
                 self._run_containers(image, lambda engine, c: c.attrs["NetworkSettings"]["Networks"][self.network][
