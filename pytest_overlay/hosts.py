@@ -198,10 +198,18 @@ def end_host_daemons(hosts: dict[str, RemoteHost], run_id: str,
     directory = f"{HOST_STATE}/{run_id}"
 
     def end(site: str) -> str:  # a site's own daemons only: the lab's hosts share one file system
-        return (f"d={directory}\n"
+        # Returns once each killed one has exited (gone, or a zombie its parent has not reaped),
+        # at most 10 s: a SIGKILLed weaver on a busy host still ran a second later.
+        return (f"d={directory}\nkilled=\n"
                 f'for f in "$d"/host/*-{site}/pid; do [ -f "$f" ] || continue\n'
                 '  p=$(cat "$f"); n=$(basename "$(dirname "$f")")\n'
-                '  if grep -qaF -- "$d/" /proc/$p/cmdline 2>/dev/null; then kill -KILL $p; echo "$n"; fi\n'
+                '  if grep -qaF -- "$d/" /proc/$p/cmdline 2>/dev/null; then kill -KILL $p; killed="$killed $p"; '
+                'echo "$n"; fi\n'
+                'done\n'
+                'for i in $(seq 100); do running=\n'
+                '  for p in $killed; do [ -d /proc/$p ] && ! grep -q "^State:.*Z" /proc/$p/status 2>/dev/null && '
+                'running=1; done\n'
+                '  [ -z "$running" ] && break; sleep 0.1\n'
                 'done\n')
 
     ended = {name: host_run(host, end(name), 120).stdout.split() for name, host in hosts.items()}
