@@ -134,9 +134,9 @@ class Monitor:
             self._sample()
             with self._lock:
                 ticks = list(self.ticks)
-            waited = time.monotonic() - began
-            if quiet_for(ticks, quiet_s) or waited >= limit_s:
-                return waited, quiet_for(ticks, quiet_s)
+            waited, quiet = time.monotonic() - began, quiet_for(ticks, quiet_s)
+            if quiet or waited >= limit_s:
+                return waited, quiet
             time.sleep(self.interval)
 
     def window(self, start_ns: int, end_ns: int) -> Window:

@@ -70,9 +70,10 @@ def over_ssh(topology: Topology, overlay_names: list[str]) -> list[Check]:
                                   "a kernel with CONFIG_VXLAN, or load the module (modprobe vxlan)"))
         if tested.run("command -v python3").rc != 0:
             problems.append(Check(name, "no python3, needed to check the swarm ports", "apt-get install python3"))
+        root = tested.run("test $(id -u) = 0 || sudo -n true").rc == 0
         if host.emulate:
-            problems += emulation(name, host, tested)
-        problems += overlay_needs(topology, name, wanted, tested)
+            problems += emulation(name, host, tested, root)
+        problems += overlay_needs(topology, name, wanted, tested, root)
     return problems
 
 
@@ -87,10 +88,11 @@ def host_needs(overlay_names: list[str]) -> list[HostNeeds]:
     return list(found.values())
 
 
-def overlay_needs(topology: Topology, name: str, wanted: list[HostNeeds], tested) -> list[Check]:
-    """The daemons of the overlays asked for, installed on the host and able to start, none of
-    those overlays already up there (someone else's), and their ranges free: all as each
-    overlay declares."""
+def overlay_needs(topology: Topology, name: str, wanted: list[HostNeeds], tested, root: bool) -> list[Check]:
+    """The daemons of the overlays asked for, installed on the host and able to start (as
+    root: `root` says whether the ssh user is, or has sudo without a password), none of those
+    overlays already up there (someone else's), and their ranges free: all as each overlay
+    declares."""
     needs: dict[str, tuple[str, str]] = {}  # binary -> (what it is, how to install it)
     problems = []
     for declared in wanted:
@@ -100,7 +102,7 @@ def overlay_needs(topology: Topology, name: str, wanted: list[HostNeeds], tested
         for port, (holder, fix) in declared.listens.items():
             if tested.run(f"ss -Hltn 'sport = :{port}' | grep -q .").rc == 0:
                 problems.append(Check(name, holder, fix))
-    if needs and tested.run("test $(id -u) = 0 || sudo -n true").rc != 0:
+    if needs and not root:
         problems.append(Check(name, f"{topology.sites[name].host.ssh} may not start the overlays' daemons (they run "
                                     "as root: not root, no sudo without a password)", "log in as root, or allow sudo -n"))
     started = {binary for declared in wanted for binary in declared.started}
@@ -146,7 +148,7 @@ def ranges(topology: Topology, name: str, wanted: list[HostNeeds], tested) -> li
     return problems
 
 
-def emulation(name: str, host: RemoteHost, tested) -> list[Check]:
+def emulation(name: str, host: RemoteHost, tested, root: bool) -> list[Check]:
     """emulate: true replaces the interface's root qdisc with netem per destination: the
     kernel must have netem, the interface must exist with the kernel's default qdisc (not
     someone's own shaping), and the ssh user must be root or have sudo without a password."""
@@ -165,7 +167,7 @@ def emulation(name: str, host: RemoteHost, tested) -> list[Check]:
             problems.append(Check(name, f"{host.interface} has its own root qdisc ({', '.join(sorted(kinds))}), "
                                         "which emulate: true would replace",
                                   f"remove it (tc qdisc del dev {host.interface} root) or remove emulate"))
-    if tested.run("test $(id -u) = 0 || sudo -n true").rc != 0:
+    if not root:
         problems.append(Check(name, f"{host.ssh} may not change qdiscs (not root, no sudo without a password)",
                               "log in as root, or allow sudo -n for tc"))
     return problems

@@ -20,9 +20,14 @@ from typing import Callable
 from pathlib import Path
 
 
+def apt(tools: dict[str, str]) -> dict[str, str]:
+    """Binaries (name -> Debian package) with what to say where one is missing."""
+    return {tool: f"apt-get install {package}" for tool, package in tools.items()}
+
+
 def missing(tools: dict[str, str]) -> list[str]:
     """Which of these binaries (name -> Debian package) are not installed, with what to install."""
-    return [f"{tool} (apt-get install {package})" for tool, package in tools.items() if not shutil.which(tool)]
+    return [f"{tool} ({install})" for tool, install in apt(tools).items() if not shutil.which(tool)]
 
 
 def in_netns(netns: str | None, command: list[str]) -> list[str]:

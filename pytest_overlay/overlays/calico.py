@@ -148,7 +148,7 @@ class CalicoOverlay(ContainerOverlay):
         self.learned: dict[str, dict[str, str]] = {}  # site -> block -> the kernel route BIRD installed
 
     def up(self) -> None:
-        missing = self.ops.missing({tool: f"apt-get install {package}" for tool, package in TOOLS.items()})
+        missing = self.ops.missing(procs.apt(TOOLS))
         if missing:
             raise OverlayUnavailable("Calico's model cannot run here; missing: " + "; ".join(missing))
         started = time.monotonic()

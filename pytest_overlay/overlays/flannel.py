@@ -85,7 +85,7 @@ class FlannelOverlay(ContainerOverlay):
         missing = self.ops.missing({
             "flanneld": "Flannel's daemon, not in $PYTEST_OVERLAY_BIN or on PATH: install Flannel 0.19.2, see the "
                         "README, 'Overlays'",
-            **{tool: f"apt-get install {package}" for tool, package in SITE_TOOLS.items()}})
+            **procs.apt(SITE_TOOLS)})
         missing += procs.missing(LOCAL_TOOLS)  # the certificates are made on this machine
         if missing:
             raise OverlayUnavailable("Flannel cannot run here; missing: " + "; ".join(missing))

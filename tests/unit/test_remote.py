@@ -78,7 +78,7 @@ def test_preflight_asks_each_overlay_what_it_needs_on_a_host(tmp_path):
     host = FakeHost({"weaver --version": (127, ""), "/sys/class/net/flannel0": (0, ""),
                      "/sys/class/net/": (1, ""), "sport = :179": (0, ""), "pgrep -x bird": (0, "4242\n"),
                      "pgrep": (0, ""), "ip -4 route show table all": (0, "blackhole 10.40.7.0/24\n")})
-    said = [str(check) for check in preflight.overlay_needs(topology.load(path), "A", wanted, host)]
+    said = [str(check) for check in preflight.overlay_needs(topology.load(path), "A", wanted, host, root=True)]
     assert any("weaver (Weave Net's router) is not installed or does not start" in s for s in said), said
     assert any("Flannel's flannel0 is already up" in s for s in said), said
     assert any("a BGP speaker already listens on 179/tcp" in s for s in said), said
