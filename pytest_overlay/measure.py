@@ -630,7 +630,9 @@ class LoadPath(OverlayPath):
         for direction, accounting in goodput.items():
             if accounting.kept:
                 run.flows[direction].sums = run.flows[direction].sums.keep(accounting.kept)
-        faults = latency.faults + [f"{d} flows: {f}" for d, acc in goodput.items() for f in acc.faults]
+        # The cause first, the flows it concerns after: a cause of the machine's load is told by
+        # how it begins (validity.load_related), so that the run is taken again.
+        faults = latency.faults + [f"{f} ({d} flows)" for d, acc in goodput.items() for f in acc.faults]
         faults += self._wire_faults(wire)
         _counts_only(accrued)
         return Measured(run, faults, accrued, wire, accounting=latency, machine=window, parts=goodput,
