@@ -502,7 +502,9 @@ class FaultPath(OverlayPath):
         there, back = self.hops()
         rules = {**self.rules, "max_excluded_share_latency": self.rules["max_excluded_share_faults"]}
         window = monitor.window(started, run.ended_ns)
-        accounting = validity.account("latency", accrued, there, back, samples, rules, window)
+        accounting = validity.account("latency", accrued, there, back, samples, rules, window,
+                                      held=[t.seq in outcome.held_seqs for t in replies],
+                                      resolution_ms=faults.INTERVAL_MS)
         problems = list(accounting.faults) + validity.outage_faults(accounting.troubles, outcome.outage_ns,
                                                                     faults.INTERVAL_MS)
         if run.restore_error:

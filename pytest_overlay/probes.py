@@ -79,8 +79,12 @@ class Irtt(Probe):
         return ["irtt", "client", *(["-Q"] if output == "-" else []), "-o", output, "-i", f"{interval_ms:g}ms",
                 "-d", f"{seconds:g}s", "--tstamp=none", f"--local={src.address}:0", f"{dst.address}:{port}"]
 
-    def server(self, dst: "Endpoint", port: int) -> list[str]:
-        return ["irtt", "server", "-b", f"{dst.address}:{port}", "-i", "0", "--tstamp=none"]
+    def server(self, dst: "Endpoint", port: int, idle_s: float | None = None) -> list[str]:
+        """`idle_s`: how long a client may go unheard before the server forgets it (irtt's
+        --timeout, 1 min by default). A forgotten client gets one more reply, then none: a
+        probe through a longer outage must raise it, or the outage never ends."""
+        return ["irtt", "server", "-b", f"{dst.address}:{port}", "-i", "0", "--tstamp=none",
+                *([f"--timeout={idle_s:g}s"] if idle_s else [])]
 
     def parse(self, output: str, interval_ms: float, what: str = "irtt") -> "LatencySamples":
         return parse_irtt(output, interval_ms, what)
@@ -231,10 +235,10 @@ def wait_listening(endpoint: Endpoint, port: int, proto: str, timeout: float = 5
     raise ProbeError(f"server on {endpoint.name} port {port}/{proto} did not start listening within {timeout:g} s")
 
 
-def irtt_server(dst: Endpoint) -> tuple[procs.Daemon, int]:
+def irtt_server(dst: Endpoint, idle_s: float | None = None) -> tuple[procs.Daemon, int]:
     """An irtt server at dst, already listening: its daemon and its port."""
     port = next(_ports)
-    server = dst.start(f"irtt-{port}", LATENCY.server(dst, port))
+    server = dst.start(f"irtt-{port}", LATENCY.server(dst, port, idle_s))
     try:
         wait_listening(dst, port, "udp")
     except BaseException:

@@ -179,11 +179,15 @@ def wilson_lower(k: int, n: int, z: float = Z95) -> float:
 
 
 def account(kind: str, accrued: dict[str, dict], there: list[Hop], back: list[Hop], samples: object,
-            rules: dict[str, float], machine: MachineWindow | None = None) -> Accounting:
+            rules: dict[str, float], machine: MachineWindow | None = None, held: list[bool] | None = None,
+            resolution_ms: float = 0.0) -> Accounting:
     """Judge one probe run (kind: latency, tcp, udp, stream-...) on its own path.
 
     `there` are the hops from the probe's source to its destination, `back` the way back;
-    which of them count depends on what the probe's statistic is made of.
+    which of them count depends on what the probe's statistic is made of. `held` marks round
+    trips an overlay held through a WAN fault: they last seconds and say only when the
+    overlay let them go, so only a window that dropped or was late by more than
+    `resolution_ms` can change them.
     """
     probe = probe_of(kind)
     crossing = there + back if probe.both_ways else there
@@ -215,7 +219,12 @@ def account(kind: str, accrued: dict[str, dict], there: list[Hop], back: list[Ho
         acc.kept = [not troubles] * n
         acc.rule = "no sample times: any window on the path touches every sample"
     elif probe is LATENCY:
-        acc.kept = [not hit for hit in touched(spans, troubles)]
+        hits = touched(spans, troubles)
+        if held and any(held):
+            coarse = [t for t in troubles if t.dropped or t.max_late_us > resolution_ms * 1e3]
+            judged = iter(touched([span for span, h in zip(spans, held) if h], coarse))
+            hits = [next(judged) if h else hit for hit, h in zip(hits, held)]
+        acc.kept = [not hit for hit in hits]
     else:
         # An interval's rate moves by at most the share of its time the emulator spent late.
         interval_ns = int(samples.interval_s * 1e9)
@@ -226,6 +235,9 @@ def account(kind: str, accrued: dict[str, dict], there: list[Hop], back: list[Ho
             "there" if probe is LATENCY else
             f"an interval whose path had the emulator releasing late for over {rules['max_late_share_interval'] * 100:g} "
             "% of its time, or dropping")
+    if probe is LATENCY and held and any(held):
+        what += (f" (one the overlay held through the fault: a drop there, or a release over {resolution_ms:g} ms "
+                 "late)")
     acc.rule = acc.rule or f"{what} is excluded; INVALID beyond {bound * 100:g} % excluded"
     if n and acc.excluded > bound * n:
         worst = max(troubles, key=lambda t: (t.late + t.dropped, t.max_late_us))

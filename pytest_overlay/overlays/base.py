@@ -91,6 +91,9 @@ class Overlay:
         """The overlay's own daemons, whose log lines during a WAN fault are recorded."""
         return []
 
+    # Log lines of those daemons that say nothing about the fault (left out of the record).
+    control_log_noise: tuple[str, ...] = ()
+
     def wire_counters(self) -> dict[str, int] | None:
         """Packets of the overlay's encapsulation on the WAN, per link direction (None: none)."""
         return None

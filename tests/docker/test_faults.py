@@ -50,7 +50,11 @@ def test_a_short_cut_through_weave_and_libnetwork(tmp_path, clean_machine):
     routes = {k[6:]: v for k, v in weave["control_before"].items() if k.startswith("route ")}
     assert routes == {f"{a}->{b}": "direct" for a in "ABC" for b in "ABC" if a != b}  # Weave's own table: no relay
     assert any("HeartbeatTimeout" in t["source"] for t in weave["timers"])
-    swarm = records[("libnetwork", "outage_ms")]["extra"]["control_before"]
-    assert swarm == {"node A": "ready", "node B": "ready", "node C": "ready"}
+    libnetwork = records[("libnetwork", "outage_ms")]["extra"]
+    assert libnetwork["control_before"] == {"node A": "ready", "node B": "ready", "node C": "ready",
+                                            "peers A": "B C", "peers B": "A C", "peers C": "A B"}
+    # A 3 s cut between two of three: the indirect probes through C keep every entry.
+    assert not [e for e in libnetwork["control_events"] if e["what"].startswith("peers")], libnetwork["control_events"]
+    assert not any("Inconsistent driver" in line for lines in libnetwork["control_logs"].values() for line in lines)
     assert "WAN fault cut-A-B: link A-B drops everything for 3 s." in run.output
     assert (report / "fault_cut-A-B.png").stat().st_size > 10_000

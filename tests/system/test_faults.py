@@ -26,6 +26,7 @@ TRIANGLE = {
         "cut": {"kind": "cut", "link": ["A", "B"], "seconds": 1},
         "slow": {"kind": "reroute", "link": ["A", "B"], "add_rtt_ms": 20, "seconds": 1.5},
         "lossy": {"kind": "loss", "link": ["A", "B"], "loss_pct": 30, "seconds": 1.5},
+        "long": {"kind": "cut", "link": ["A", "B"], "seconds": 10},
     },
 }
 
@@ -58,6 +59,30 @@ def test_a_cut_lasts_as_long_as_it_was_made_and_is_undone(clean_machine, quick):
     assert 19.5 <= outcome.level_ms < 22
     assert run.fault.watch.id == "B-C" and watch.outage_ms < 100 and watch.lost_during == 0
     assert 20 <= after < 21  # healed: the link is back at its topology's delay
+
+
+def test_the_probe_server_keeps_its_client_through_the_whole_fault(clean_machine, quick, monkeypatch):
+    """irtt's server forgets a client it has not heard from for its --timeout (1 min by
+    default) and then answers it once more, never again: a 90 s cut through libnetwork
+    looked like a black hole that outlived the heal by 120 s. Here the same, scaled down to a
+    1 s timeout and a 10 s cut (irtt looks for idle clients every few seconds: a 5 s cut
+    outlived a 1 s timeout), and the probe's own timeout that covers the run."""
+    topo = topology.parse(TRIANGLE, "<test>")
+
+    def replies_after_heal(run: faults.FaultRun) -> int:
+        return sum(t.rtt_ms is not None and t.send_ns >= run.steps[-1].at_ns for t in run.trips)
+
+    with EmulatedTestbed(topo, emulator="delayline") as bed:
+        overlay = HostOverlay(bed)
+        kept = faults.run(overlay, topo.faults["long"], bound_s=3)
+        monkeypatch.setattr(faults, "server_idle_s", lambda seconds: 1.0)
+        forgot = faults.run(overlay, topo.faults["long"], bound_s=3)
+    outcome = faults.analyse(kept.trips, kept.steps, bound_s=3)
+    assert outcome.back_to_level_ms is not None and 9990 <= outcome.outage_ms < 10_100, outcome
+    assert replies_after_heal(kept) >= faults.LEVEL_RUN
+    # Forgotten: the first request after the heal is answered, and nothing after it.
+    assert faults.analyse(forgot.trips, forgot.steps, bound_s=3).back_to_level_ms is None
+    assert replies_after_heal(forgot) <= 1
 
 
 @pytest.mark.parametrize("core", ["compiled", "python"])

@@ -41,6 +41,27 @@ def test_a_window_excludes_the_round_trips_due_in_it_and_no_others():
     assert [i for i, k in enumerate(acc.kept) if not k] == [48]
 
 
+def test_round_trips_an_overlay_held_through_a_fault_are_judged_at_the_outages_resolution():
+    """Seen on libnetwork's partition: 205 requests held ~2 s were let go at once, the burst
+    left the delay line 2.6 ms late, and every held round trip spans that window."""
+    times = [(T0 + i * 10 * MS, T0 + i * 10 * MS + 20 * MS) for i in range(800)]
+    times += [(T0 + (8000 + i * 10) * MS, T0 + 10_100 * MS) for i in range(200)]
+    samples = probes.LatencySamples([[20.0] * 800 + [2100.0 - i * 10 for i in range(200)]], 1000, 0, 10,
+                                    times_ns=[times])
+    held = [False] * 800 + [True] * 200
+    burst = {"A->B": {"windows": [window(10_085, 10_090, late=200, max_late_us=2600)]}, "B->A": {"windows": []}}
+    rules = {**RULES, "max_excluded_share_latency": 0.1}
+    blind = validity.account("latency", burst, THERE, BACK, samples, rules)
+    assert blind.excluded == 200 and blind.faults  # every held round trip spans the 2.6 ms
+    acc = validity.account("latency", burst, THERE, BACK, samples, rules, held=held, resolution_ms=10)
+    assert acc.excluded == 0 and not acc.faults and "held through the fault" in acc.rule
+    # Late by more than the resolution, or dropping, still touches them; the others as always.
+    stall = {"A->B": {"windows": [window(10_085, 10_090, late=200, max_late_us=15000), window(3000, 3003)]},
+             "B->A": {"windows": []}}
+    acc = validity.account("latency", stall, THERE, BACK, samples, rules, held=held, resolution_ms=10)
+    assert acc.excluded == 201 and [i for i, k in enumerate(acc.kept) if not k][0] == 299
+
+
 def test_only_the_path_counts():
     samples = round_trips(100)
     accrued = {"A->B": {"windows": []}, "B->A": {"windows": []},
