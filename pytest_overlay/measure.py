@@ -534,7 +534,7 @@ class FaultPath(OverlayPath):
             "outcome": outcome.to_json(),
             "interval_ms": faults.INTERVAL_MS,
         }
-        low, high = self.overlay.expected_outage_s(fault)
+        low, high = self.overlay.expected_outage_s(fault, run.logs)
         common["timers"] = [{"what": w, "default": d, "source": src} for w, d, src in self.overlay.timers]
         common["expected_outage_s"] = [low, high]
         # One probe interval either side: the outage is resolved to it.

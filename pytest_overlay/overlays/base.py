@@ -60,9 +60,10 @@ class Overlay:
         self.testbed = testbed
         self.timings: dict[str, float] = {}
 
-    def expected_outage_s(self, fault) -> tuple[float, float]:
-        """The longest outage its timers predict for a fault, as a range in seconds. An overlay
-        that follows the underlay is out for as long as the path is down, plus a few RTTs."""
+    def expected_outage_s(self, fault, logs: dict[str, list[str]] | None = None) -> tuple[float, float]:
+        """The longest outage its timers predict for a fault, as a range in seconds (`logs`:
+        what its daemons logged meanwhile, where a timer's start shows). An overlay that
+        follows the underlay is out for as long as the path is down, plus a few RTTs."""
         down = fault.seconds if fault.kind in ("cut", "partition", "flap") else 0.0
         return down, down + 1.0
 

@@ -4,6 +4,7 @@ VXLAN network, one measurement container per site."""
 from __future__ import annotations
 
 import concurrent.futures
+import re
 import time
 
 from .. import procs
@@ -13,6 +14,8 @@ from .base import OverlayUnavailable
 from .containers import ContainerOverlay
 
 VXLAN_PORT = 4789
+BULK_SYNC_TIMEOUT_S = 30.0  # networkdb/cluster.go bulkSyncNode: how long a bulk sync waits for its answer
+BULK_SYNC_STALL = re.compile(r"[Bb]ulk sync to node \S+ timed out")
 
 
 def esp_available(netns: str) -> tuple[bool, str]:
@@ -114,7 +117,8 @@ class LibnetworkOverlay(ContainerOverlay):
          "nodes); a suspect declared dead 4 to 24 s later with 4 nodes; a dead node's entries are deleted",
          "hashicorp/memberlist DefaultLANConfig; moby libnetwork networkdb/event_delegate.go NotifyLeave"),
         ("network database resync", "reconnect to a failed node every 1 s; bulk sync of the network's tables "
-         "every 30 s", "moby libnetwork networkdb/cluster.go retryInterval, memberlist PushPullInterval"),
+         "every 30 s; a bulk sync waits 30 s for its answer, and its node's reconnects with it (moby/moby#47396)",
+         "moby libnetwork networkdb/cluster.go retryInterval, bulkSyncNode; memberlist PushPullInterval"),
     )
 
     def control_state(self) -> dict[str, str]:
@@ -145,14 +149,19 @@ class LibnetworkOverlay(ContainerOverlay):
     # as control_state() does once a second.
     control_log_noise = ("Inconsistent driver and libnetwork state for endpoint",)
 
-    def expected_outage_s(self, fault) -> tuple[float, float]:
+    def expected_outage_s(self, fault, logs: dict[str, list[str]] | None = None) -> tuple[float, float]:
         """A site cut off from every other longer than the network database takes to declare
         it dead (a probe a second, then at least 4 s of suspicion) loses its entries at its
         peers; after the heal they return with the next reconnect (tried every 1 s) and a bulk
-        sync across the WAN. A cut between two sites leaves the entries alone: the indirect
-        probes through the others still reach both."""
-        low, high = super().expected_outage_s(fault)
-        return (low, high + 1.0) if fault.kind == "partition" and fault.seconds > 5 else (low, high)
+        sync across the WAN, or 30 s later for each bulk sync a daemon logged as timed out
+        (while one waits for its answer, its node's reconnects wait too: moby/moby#47396). A cut
+        between two sites leaves the entries alone: the indirect probes through the others
+        still reach both."""
+        low, high = super().expected_outage_s(fault, logs)
+        if fault.kind != "partition" or fault.seconds <= 5:
+            return low, high
+        stalls = sum(bool(BULK_SYNC_STALL.search(line)) for lines in (logs or {}).values() for line in lines)
+        return low, high + 1.0 + BULK_SYNC_TIMEOUT_S * stalls
 
     def _network(self) -> None:
         options = {"encrypted": ""} if self.encrypted else {}

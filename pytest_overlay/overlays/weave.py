@@ -213,11 +213,11 @@ class WeaveOverlay(ContainerOverlay):
          "weaveworks/mesh routes.go"),
     )
 
-    def expected_outage_s(self, fault) -> tuple[float, float]:
+    def expected_outage_s(self, fault, logs: dict[str, list[str]] | None = None) -> tuple[float, float]:
         """Under 50 s down, the connection outlives the cut and traffic waits for it; beyond,
         it is declared dead 60 s after the last heartbeat it had (one came up to 10 s before
         the cut) and traffic is relayed by a third peer soon after."""
-        low, high = super().expected_outage_s(fault)
+        low, high = super().expected_outage_s(fault, logs)
         return (50.0, 62.0) if low > 50.0 else (low, high + 2.0)
 
     def control_state(self) -> dict[str, str]:
