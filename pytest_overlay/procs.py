@@ -323,6 +323,19 @@ def _wait_ready(daemon: Daemon, ready: str, timeout: float) -> None:
     )
 
 
+def wait_exited(pids: list[int], timeout: float = 10.0) -> list[int]:
+    """Wait until each (killed) process has exited or is a zombie its parent has not reaped:
+    kill() returns before a SIGKILL is done, and a dying daemon can still finish a mount
+    after it. Returns those still running at the timeout."""
+    deadline = time.monotonic() + timeout
+    left = list(pids)
+    while True:
+        left = [pid for pid in left if (_stat(pid) or ["Z"])[0] != "Z"]
+        if not left or time.monotonic() >= deadline:
+            return left
+        time.sleep(0.05)
+
+
 def kill_recorded(pid: int, started: int | None) -> bool:
     """Kill a process recorded by an earlier run, only if it is still that very process."""
     if started is None or start_time(pid) != started:

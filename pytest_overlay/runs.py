@@ -71,16 +71,20 @@ def _pids_in_cgroup(marker: str) -> list[int]:
     return _pids_where(lambda proc: marker in (proc / "cgroup").read_text())
 
 
-def kill_pids(pids: list[int], why: str, report: Callable[[str], None] | None) -> None:
+def kill_pids(pids: list[int], why: str, report: Callable[[str], None] | None) -> list[int]:
+    """SIGKILL each of pids (never this process); the ones signalled."""
+    killed = []
     for pid in pids:
         if pid == os.getpid():
             continue
         try:
             os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
             if report:
                 report(f"killed pid {pid} {why}")
         except ProcessLookupError:
             pass
+    return killed
 
 
 def hold_lock(path: Path):
@@ -150,13 +154,19 @@ def sweep(state_root: Path | None = None, report: Callable[[str], None] = print,
             state = json.loads((run_dirs[run_id] / "state.json").read_text()) if run_id in run_dirs else {}
         except (OSError, ValueError):
             state = {}
+        killed = []
         for daemon in state.get("daemons", []):
             if procs.kill_recorded(daemon["pid"], daemon.get("start_time")):
+                killed.append(daemon["pid"])
                 report(f"killed {daemon['name']} (pid {daemon['pid']}) of run {run_id}")
         for name in namespaces.get(run_id, []):
             inode = netns_inode(name)
-            kill_pids(pids_in_netns(inode) if inode else [], f"left in namespace {name}", report)
-        kill_pids(_pids_in_cgroup(f"/ovl{run_id}-"), f"left in a cgroup of run {run_id}", report)
+            killed += kill_pids(pids_in_netns(inode) if inode else [], f"left in namespace {name}", report)
+        killed += kill_pids(_pids_in_cgroup(f"/ovl{run_id}-"), f"left in a cgroup of run {run_id}", report)
+        # A killed dockerd still finishing a mount (a sandbox's netns) would leave it behind
+        # the cleaners' unmounting: they start once every killed process is gone.
+        for pid in procs.wait_exited(killed):
+            report(f"pid {pid} of run {run_id} still runs 10 s after SIGKILL")
         for cleaner in cleaners:
             cleaner(run_id, root / run_id)
         for name in namespaces.get(run_id, []):
@@ -166,5 +176,25 @@ def sweep(state_root: Path | None = None, report: Callable[[str], None] = print,
         if run_id in cgroups:
             left = procs.remove_cgroups(f"ovl{run_id}-", attempts=3)
             report(f"removed the cgroups of run {run_id}" + (f"; left: {'; '.join(left[:3])}" if left else ""))
-        shutil.rmtree(root / run_id, ignore_errors=True)
+        remove_run_dir(root / run_id, report)
     return removed
+
+
+def remove_run_dir(run_dir: Path, report: Callable[[str], None]) -> bool:
+    """Remove a run's state directory, its lock last: what cannot go (a mount still held)
+    stays with the lock, so the next clean can prove the run over and try again."""
+    if not run_dir.exists():
+        return True
+    for entry in run_dir.iterdir():
+        if entry.name == LOCK:
+            continue
+        try:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink()
+        except OSError as e:
+            report(f"left {run_dir} and its lock for a later clean: {e.filename or entry}: {e.strerror}")
+            return False
+    shutil.rmtree(run_dir, ignore_errors=True)
+    return True

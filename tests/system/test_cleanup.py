@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from pytest_overlay import engines, procs, topology
+from pytest_overlay import engines, procs, runs, topology
 from pytest_overlay.testbed import EmulatedTestbed
 
 from ..conftest import PYTEST, QUICK, ROOT, foreign_runs, left_behind, machine_state
@@ -91,6 +91,24 @@ def test_clean_after_sigkill_removes_the_sockets_its_containers_shims_left(clean
     assert made, output
     assert swept.returncode == 0, swept.stderr
     assert set(os.listdir(engines.SHIM_SOCKETS)) & made == set()
+
+
+def test_what_clean_cannot_remove_stays_with_its_lock_for_the_next_clean(tmp_path):
+    """A mount still held under a run's directory (a dying dockerd's sandbox) stops its
+    removal: the lock stays, so the run is still provably over and a later clean finishes."""
+    run_dir = tmp_path / "0ddba2"
+    held = run_dir / "docker-B" / "exec" / "netns"
+    held.mkdir(parents=True)
+    (run_dir / runs.LOCK).touch()
+    subprocess.run(["mount", "-t", "tmpfs", "tmpfs", str(held)], check=True)
+    said: list[str] = []
+    try:
+        runs.sweep(tmp_path, said.append, only="0ddba2")
+        assert (run_dir / runs.LOCK).exists() and any("left " in line and "for a later clean" in line for line in said)
+    finally:
+        subprocess.run(["umount", str(held)], check=True)
+    runs.sweep(tmp_path, said.append, only="0ddba2")
+    assert not run_dir.exists(), said
 
 
 def test_clean_leaves_alone_what_it_cannot_prove_over_unless_forced(clean_machine):
