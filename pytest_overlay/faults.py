@@ -97,17 +97,20 @@ class Outcome:
     lost_during: int  # requests sent while the fault was on that never came back
     sent_during: int
     during_ms: list[float]  # RTTs of round trips begun while the fault was on and answered in their time
-    held: int  # requests sent while the fault was on that the overlay held and answered only after a heal
+    held_seqs: frozenset[int]  # requests sent while the fault was on, held by the overlay and answered after a heal
     held_max_ms: float | None  # the longest of those round trips
     first_reply_ms: float | None  # from the last heal to the first reply after it; None: censored
     back_to_level_ms: float | None  # from the last heal to RTT back within LEVEL_MS; None: censored
     bound_s: float
     observed_after_s: float  # how long the probe ran after the last heal
-    held_seqs: frozenset[int] = frozenset()  # which requests those were
+
+    @property
+    def held(self) -> int:
+        return len(self.held_seqs)
 
     def to_json(self) -> dict:
         return ({k: v for k, v in vars(self).items() if k not in ("during_ms", "held_seqs")}
-                | {"during_n": len(self.during_ms)})
+                | {"during_n": len(self.during_ms), "held": self.held})
 
 
 def fault_windows(steps: list[Step]) -> list[tuple[int, int]]:
@@ -171,9 +174,9 @@ def analyse(trips: list[Trip], steps: list[Step], interval_ms: float = INTERVAL_
     return Outcome(
         sent=len(trips), replies=len(replies), level_ms=level, level_n=len(level_sample), outage_ms=max(0.0, outage),
         outage_ns=span, lost_during=sum(t.rtt_ms is None for t in during), sent_during=len(during),
-        during_ms=[t.rtt_ms for t in carried], held=len(held), held_max_ms=max((t.rtt_ms for t in held), default=None),
-        first_reply_ms=first_reply, back_to_level_ms=back, bound_s=bound_s, observed_after_s=observed,
-        held_seqs=frozenset(t.seq for t in held))
+        during_ms=[t.rtt_ms for t in carried], held_seqs=frozenset(t.seq for t in held),
+        held_max_ms=max((t.rtt_ms for t in held), default=None),
+        first_reply_ms=first_reply, back_to_level_ms=back, bound_s=bound_s, observed_after_s=observed)
 
 
 def back_at(trips: list[Trip], level: float) -> int | None:

@@ -72,7 +72,9 @@ def _pids_in_cgroup(marker: str) -> list[int]:
 
 
 def kill_pids(pids: list[int], why: str, report: Callable[[str], None] | None) -> list[int]:
-    """SIGKILL each of pids (never this process); the ones signalled."""
+    """SIGKILL each of pids (never this process) and wait until they have exited (a dying
+    daemon can still finish a mount that whatever comes next would leave behind); those
+    still running 10 s later."""
     killed = []
     for pid in pids:
         if pid == os.getpid():
@@ -84,7 +86,7 @@ def kill_pids(pids: list[int], why: str, report: Callable[[str], None] | None) -
                 report(f"killed pid {pid} {why}")
         except ProcessLookupError:
             pass
-    return killed
+    return procs.wait_exited(killed)
 
 
 def hold_lock(path: Path):
@@ -154,18 +156,18 @@ def sweep(state_root: Path | None = None, report: Callable[[str], None] = print,
             state = json.loads((run_dirs[run_id] / "state.json").read_text()) if run_id in run_dirs else {}
         except (OSError, ValueError):
             state = {}
-        killed = []
+        recorded = []
         for daemon in state.get("daemons", []):
             if procs.kill_recorded(daemon["pid"], daemon.get("start_time")):
-                killed.append(daemon["pid"])
+                recorded.append(daemon["pid"])
                 report(f"killed {daemon['name']} (pid {daemon['pid']}) of run {run_id}")
+        # The cleaners unmount: they start once every killed process is gone.
+        running = procs.wait_exited(recorded)
         for name in namespaces.get(run_id, []):
             inode = netns_inode(name)
-            killed += kill_pids(pids_in_netns(inode) if inode else [], f"left in namespace {name}", report)
-        killed += kill_pids(_pids_in_cgroup(f"/ovl{run_id}-"), f"left in a cgroup of run {run_id}", report)
-        # A killed dockerd still finishing a mount (a sandbox's netns) would leave it behind
-        # the cleaners' unmounting: they start once every killed process is gone.
-        for pid in procs.wait_exited(killed):
+            running += kill_pids(pids_in_netns(inode) if inode else [], f"left in namespace {name}", report)
+        running += kill_pids(_pids_in_cgroup(f"/ovl{run_id}-"), f"left in a cgroup of run {run_id}", report)
+        for pid in running:
             report(f"pid {pid} of run {run_id} still runs 10 s after SIGKILL")
         for cleaner in cleaners:
             cleaner(run_id, root / run_id)
@@ -180,11 +182,11 @@ def sweep(state_root: Path | None = None, report: Callable[[str], None] = print,
     return removed
 
 
-def remove_run_dir(run_dir: Path, report: Callable[[str], None]) -> bool:
+def remove_run_dir(run_dir: Path, report: Callable[[str], None]) -> None:
     """Remove a run's state directory, its lock last: what cannot go (a mount still held)
     stays with the lock, so the next clean can prove the run over and try again."""
     if not run_dir.exists():
-        return True
+        return
     for entry in run_dir.iterdir():
         if entry.name == LOCK:
             continue
@@ -195,6 +197,5 @@ def remove_run_dir(run_dir: Path, report: Callable[[str], None]) -> bool:
                 entry.unlink()
         except OSError as e:
             report(f"left {run_dir} and its lock for a later clean: {e.filename or entry}: {e.strerror}")
-            return False
+            return
     shutil.rmtree(run_dir, ignore_errors=True)
-    return True

@@ -18,7 +18,6 @@ import ipaddress
 import json
 import os
 import re
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +26,7 @@ from typing import Callable
 from . import emulator as emu
 from . import engines, procs
 from .paths import AGENTS, STATE_ROOT, find_binary
-from .runs import LOCK, hold_lock, kill_pids, netns_inode, new_run_id, pids_in_netns, remove_netns
+from .runs import LOCK, hold_lock, kill_pids, netns_inode, new_run_id, pids_in_netns, remove_netns, remove_run_dir
 from .topology import Circuit, Direction, Topology
 
 # What the embedded testbed runs itself, beside the probes' tools.
@@ -513,7 +512,7 @@ class EmulatedTestbed(Testbed):
             attempt(f"ending processes in {name}", lambda: kill_pids(pids_in_netns(inode) if inode else [], "", None))
             attempt(f"removing namespace {name}", lambda: remove_netns(name))
         self.created.clear()
-        shutil.rmtree(self.run_dir, ignore_errors=True)
+        remove_run_dir(self.run_dir, errors.append)
         if getattr(self, "_lock", None) is not None:
             self._lock.close()
             self._lock = None
