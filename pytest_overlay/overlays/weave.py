@@ -44,9 +44,11 @@ def missing_binaries() -> list[str]:
 
 
 # What weaver leaves on a host besides its process (its fastdp datapath is an openvswitch
-# device, removed by weaveutil): removed at teardown where the run added it.
+# device, removed by weaveutil): removed at teardown where the run added it. The CNI plugin's
+# host ends of the containers' veths (vethwepl<id>) go with their containers' namespaces, but
+# the kernel may take its time: seen still there when the next run on the host began.
 HOST_FOOTPRINT = Footprint("weave", links=(BRIDGE, "vethwe-bridge", "vethwe-pcap", f"vxlan-{FASTDP_PORT}",
-                                          "datapath"),
+                                          "datapath"), link_prefixes=("vethwepl",),
                            marks=("WEAVE", f" {BRIDGE} ", "Weave Net"), chain_prefixes=("WEAVE",),
                            link_removers={"datapath": ("weaveutil", "delete-datapath", "datapath")})
 HOST_NEEDS = HostNeeds(

@@ -65,3 +65,12 @@ def test_other_overlays_claim_nothing_of_flannels():
 
 def test_nothing_added_nothing_undone():
     assert hostnet.undo(AFTER, AFTER, FLANNEL) == []
+
+
+def test_weave_claims_its_containers_veths_that_outlive_them():
+    """Seen in a CI run: a container's vethwepl<id> was still on the lab host when the next
+    test's run began, and went during it."""
+    after = hostnet.Snapshot.parse((DATA / "hostnet-before.txt").read_text().replace(
+        "### pytest-overlay links\n", "### pytest-overlay links\n vethwepla619594\n"))
+    assert hostnet.undo(BEFORE, after, WEAVE) == [["ip", "link", "del", "vethwepla619594"]]
+    assert hostnet.undo(BEFORE, after, FLANNEL) == []
