@@ -12,8 +12,9 @@ import subprocess
 import sys
 import time
 
-from pytest_overlay import overlays, topology
-from pytest_overlay.testbed import EmulatedTestbed
+from pytest_overlay import overlays
+from pytest_overlay.inputs import topology
+from pytest_overlay.testbeds.emulated import EmulatedTestbed
 
 
 def main() -> int:

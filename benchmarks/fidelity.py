@@ -11,10 +11,12 @@ import argparse
 import re
 import statistics
 
-from pytest_overlay import emulator, probes, topology
+from pytest_overlay.emulation import emulator
+from pytest_overlay.measure import probes
+from pytest_overlay.inputs import topology
 from pytest_overlay.overlays.host import HostOverlay
 from pytest_overlay.results import Stats
-from pytest_overlay.testbed import EmulatedTestbed
+from pytest_overlay.testbeds.emulated import EmulatedTestbed
 
 
 def two_sites(rtt_ms: float) -> topology.Topology:

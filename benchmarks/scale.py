@@ -21,9 +21,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from pytest_overlay import generate, overlays, probes, thresholds, topology, validity
-from pytest_overlay import emulator as emu
-from pytest_overlay.testbed import EmulatedTestbed
+from pytest_overlay import overlays
+from pytest_overlay.inputs import generate, topology
+from pytest_overlay.measure import probes, validity
+from pytest_overlay.results import thresholds
+from pytest_overlay.emulation import emulator as emu
+from pytest_overlay.testbeds.emulated import EmulatedTestbed
 
 
 def used_mib() -> float:

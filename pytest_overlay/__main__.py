@@ -10,7 +10,8 @@ import shlex
 import sys
 from pathlib import Path
 
-from . import engines, lab, runs, topology
+from .testbeds import engines, lab, runs
+from .inputs import topology
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -62,7 +63,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     if args.command == "clean":
         if args.topology:
-            from . import hostclean
+            from .testbeds import hostclean
 
             try:
                 hosts = topology.load(args.topology)
@@ -74,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         removed = runs.sweep(report=print, cleaners=[engines.remove_run_files, lab.remove_bridge], force=args.force)
         print(f"clean: {removed} namespace(s) of runs that are over removed")
     if args.command == "study":
-        from . import study as reproduction
+        from .report import study as reproduction
 
         if args.report_only:
             reproduction.write_report(Path(args.out), [], 0)
@@ -94,7 +95,7 @@ def _study_parts(text: str) -> set[int]:
 
 
 def _topology_parser(commands) -> None:
-    from . import generate
+    from .inputs import generate
 
     made = commands.add_parser("topology", help="write a topology of N sites over European cities: full mesh, "
                                                 "star, ring or random geometric, RTTs from great-circle distances")
@@ -113,7 +114,7 @@ def _topology_parser(commands) -> None:
 
 
 def _generate(args: argparse.Namespace, argv: list[str] | None) -> int:
-    from . import generate
+    from .inputs import generate
 
     spec = generate.Spec(args.kind, args.sites, args.hop_ms, args.stretch, args.rate_mbit, args.jitter_ms,
                          args.degree, args.seed)

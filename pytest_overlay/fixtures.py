@@ -16,10 +16,11 @@ import warnings
 
 import pytest
 
-from . import noise as noise_tools
-from . import options, procs, results, session, topology
-from .measure import FaultPath, LoadPath, OverlayPath, StreamPath
-from .noise import Noise
+from .measure import noise as noise_tools
+from . import options, procs, results, session
+from .inputs import topology
+from .measure.path import FaultPath, LoadPath, OverlayPath, StreamPath
+from .measure.noise import Noise
 from .session import OverlaySession
 
 
@@ -60,13 +61,13 @@ def overlay_testbed(overlay_session: OverlaySession):
     privilege and host prerequisite before it creates anything, and removes all it made
     when the session ends. While it is up, SIGTERM tears down like Ctrl-C.
     """
-    from . import machine, probes
-    from .testbed import TOOLS, EmulatedTestbed
+    from .measure import machine, probes
+    from .testbeds.emulated import TOOLS, EmulatedTestbed
 
     machine.monitor()  # steal and CPU pressure from now on, for every record's window
     topology = overlay_session.topology
     if any(site.host for site in topology.sites.values()):
-        from .remote import RemoteTestbed
+        from .testbeds.remote import RemoteTestbed
 
         bed = RemoteTestbed(topology, progress=overlay_session.progress, overlays=overlay_session.overlays)
     else:
@@ -194,7 +195,7 @@ def overlay_path(overlay, circuit: topology.Circuit, cpu_budget: float | None, n
     the neighbour costs the emulated WAN itself).
     """
     if cpu_budget is not None:
-        from . import budget
+        from .testbeds import budget
 
         why = budget.unavailable() or ("the underlay runs no overlay process: a CPU budget caps nothing (its "
                                        "unbudgeted record is every budget's baseline)" if overlay.name == "host" else
@@ -203,7 +204,7 @@ def overlay_path(overlay, circuit: topology.Circuit, cpu_budget: float | None, n
         if why:
             pytest.skip(f"CPU budget {cpu_budget:g} cores: {why}")
     if noise is not None:
-        from . import budget
+        from .testbeds import budget
 
         why = budget.unavailable() or ("noisy neighbours on real hosts are not built in this version"
                                        if overlay.testbed.backend != "embedded" else "")
@@ -218,7 +219,7 @@ def stream_clip(overlay_session: OverlaySession):
 
     The H.264 clip, encoded once (and cached) before any measurement, long enough for every
     client of a level to play it to the end."""
-    from . import streaming
+    from .measure import streaming
 
     problems = streaming.missing()
     if problems:
@@ -234,7 +235,7 @@ def stream_server(overlay, stream_clip, overlay_session: OverlaySession):
     """Name: stream_server. Scope: session, one per overlay. Depends on: overlay, stream_clip.
 
     The RTSP server at the topology's hub (else the first circuit's source)."""
-    from . import streaming
+    from .measure import streaming
 
     circuit = overlay_session.topology.stream_circuit()
     server = streaming.start_server(overlay.endpoint(circuit.src), stream_clip)

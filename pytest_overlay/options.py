@@ -9,7 +9,8 @@ from typing import Callable
 
 import pytest
 
-from . import gates, noise
+from .results import gates
+from .measure import noise
 from .overlays import ALL, BASELINE, KNOWN
 
 EMULATORS = ("auto", "netem", "delayline", "none")

@@ -12,7 +12,14 @@ CACHE = Path(os.environ.get("PYTEST_OVERLAY_CACHE", "/var/cache/pytest-overlay")
 # Host keys of real hosts whose topology names no known_hosts: recorded on first contact (ssh's
 # accept-new), checked on every later one.
 KNOWN_HOSTS = Path(os.environ.get("PYTEST_OVERLAY_KNOWN_HOSTS", Path.home() / ".ssh" / "known_hosts"))
-AGENTS = Path(__file__).resolve().parent / "agents"  # programs that run inside sites and containers
+PACKAGE = Path(__file__).resolve().parent
+AGENTS = PACKAGE / "agents"  # programs that run inside sites and containers
+DATA = PACKAGE / "data"  # thresholds, cities, the study's published tables
+# Installed, the bundled topologies are the package's topologies/; in a checkout, the
+# top-level topologies/ they are built from.
+TOPOLOGY_DIR = next((d for d in (PACKAGE / "topologies", PACKAGE.parent / "topologies") if d.is_dir()),
+                    PACKAGE / "topologies")
+SUITES = PACKAGE.parent / "suites"  # in a checkout: the suites the study runs
 IMAGE_AGENTS = "/opt/pytest-overlay"  # where the measurement image holds the same programs
 
 

@@ -92,7 +92,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     report can say what was asked for and not measured."""
     state = session.existing(config)
     if state is not None:
-        from . import benchmark
+        from .results import benchmark
 
         benchmark.mark(items)
         state.request(items)

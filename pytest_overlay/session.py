@@ -11,9 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from . import metrics, thresholds, topology
+from .results import metrics, thresholds
+from .inputs import topology
 from .results import Missing, Record, finite
-from .storage import SavedRun, Storage
+from .results.storage import SavedRun, Storage
 
 
 @dataclass

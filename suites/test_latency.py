@@ -2,7 +2,7 @@
 
 import pytest
 
-from pytest_overlay.benchmark import replay
+from pytest_overlay.results.benchmark import replay
 
 
 @pytest.mark.latency

@@ -66,7 +66,7 @@ class Run:
             return None
         import json
 
-        from pytest_overlay import validity
+        from pytest_overlay.measure import validity
 
         records = json.loads(self.results.read_text()).get("results", [])
         causes = {}
@@ -87,7 +87,7 @@ class Run:
             return
         import json
 
-        from pytest_overlay import validity
+        from pytest_overlay.measure import validity
 
         for r in json.loads(self.results.read_text()).get("results", []):
             if not r["valid"] and validity.load_related(r["invalid_reasons"]):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import importlib
 
-from ..hostnet import Footprint
+from ..testbeds.hostnet import Footprint
 from .base import ContainerEndpoint, HostNeeds, Overlay, OverlayUnavailable
 
 # name -> module:class

@@ -16,12 +16,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .. import procs
-from ..hostnet import Footprint
+from ..testbeds.hostnet import Footprint
 from ..paths import IMAGE_AGENTS
 
 if TYPE_CHECKING:
-    from ..engines import Engine
-    from ..testbed import EmulatedTestbed
+    from ..testbeds.engines import Engine
+    from ..testbeds.emulated import EmulatedTestbed
 
 
 @dataclass(frozen=True)

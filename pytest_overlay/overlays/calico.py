@@ -21,10 +21,10 @@ import socket
 import time
 
 from .. import procs
-from ..engines import Engine, EngineError
-from ..hostnet import Footprint
-from ..testbed import EmulatedTestbed
-from ..topology import DEFAULT_RANGES
+from ..testbeds.engines import Engine, EngineError
+from ..testbeds.hostnet import Footprint
+from ..testbeds.emulated import EmulatedTestbed
+from ..inputs.topology import DEFAULT_RANGES
 from .base import HostNeeds, OverlayUnavailable
 from .containers import ContainerOverlay
 

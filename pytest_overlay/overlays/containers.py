@@ -11,10 +11,11 @@ from typing import Callable
 
 import docker
 
-from .. import budget, engines, hostnet, procs
-from ..engines import LABEL, Engine, EngineError
-from ..hosts import end_host_daemons, remove_networks
-from ..testbed import EmulatedTestbed
+from .. import procs
+from ..testbeds import budget, engines, hostnet
+from ..testbeds.engines import LABEL, Engine, EngineError
+from ..testbeds.hosts import end_host_daemons, remove_networks
+from ..testbeds.emulated import EmulatedTestbed
 from .base import ContainerEndpoint, Overlay
 
 

@@ -20,13 +20,13 @@ import ipaddress
 import json
 import time
 
-from .. import emulator as emu
+from ..emulation import emulator as emu
 from .. import procs
-from ..engines import LABEL, EngineError
-from ..hostnet import Footprint
-from ..pki import PKI, Credentials
-from ..testbed import EmulatedTestbed
-from ..topology import DEFAULT_RANGES
+from ..testbeds.engines import LABEL, EngineError
+from ..testbeds.hostnet import Footprint
+from ..testbeds.pki import PKI, Credentials
+from ..testbeds.emulated import EmulatedTestbed
+from ..inputs.topology import DEFAULT_RANGES
 from .base import HostNeeds, OverlayUnavailable
 from .containers import ContainerOverlay
 

@@ -8,8 +8,8 @@ import re
 import time
 
 from .. import procs
-from ..engines import LABEL, Engine, EngineError
-from ..testbed import EmulatedTestbed
+from ..testbeds.engines import LABEL, Engine, EngineError
+from ..testbeds.emulated import EmulatedTestbed
 from .base import OverlayUnavailable
 from .containers import ContainerOverlay
 

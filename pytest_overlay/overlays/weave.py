@@ -19,10 +19,10 @@ import secrets
 import time
 
 from .. import procs
-from ..engines import Engine, EngineError
-from ..hostnet import Footprint
+from ..testbeds.engines import Engine, EngineError
+from ..testbeds.hostnet import Footprint
 from ..paths import find_binary
-from ..testbed import EmulatedTestbed
+from ..testbeds.emulated import EmulatedTestbed
 from .base import HostNeeds, OverlayUnavailable
 from .libnetwork import esp_available
 from .containers import ContainerOverlay

@@ -9,9 +9,10 @@ import sys
 
 import pytest
 
-from pytest_overlay import procs, topology
+from pytest_overlay import procs
+from pytest_overlay.inputs import topology
 from pytest_overlay.overlays.flannel import FlannelOverlay
-from pytest_overlay.testbed import EmulatedTestbed
+from pytest_overlay.testbeds.emulated import EmulatedTestbed
 
 from ..conftest import QUICK, ROOT, run_suites, two_sites
 

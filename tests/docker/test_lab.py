@@ -19,9 +19,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pytest_overlay import hostlinks, hostnet, hosts, overlays, procs, remote, topology
+from pytest_overlay import overlays, procs
+from pytest_overlay.testbeds import hostlinks, hostnet, hosts, remote
+from pytest_overlay.inputs import topology
 from pytest_overlay.overlays import weave
-from pytest_overlay.remote import RemoteTestbed
+from pytest_overlay.testbeds.remote import RemoteTestbed
 from pytest_overlay.paths import STATE_ROOT, find_binary
 
 from ..conftest import PYTEST, QUICK, ROOT, run_suites
@@ -86,7 +88,8 @@ def docker_on(host: topology.RemoteHost, *args: str) -> subprocess.CompletedProc
 # Another run's hold on host A: the product's own lock, taken by a process of its own.
 HOLDER = """
 import sys, time
-from pytest_overlay import remote, topology
+from pytest_overlay.testbeds import remote
+from pytest_overlay.inputs import topology
 lock = remote.HostLock(topology.load(sys.argv[1]).sites["A"].host, "f00d01")
 assert lock.acquire() is None
 print("held", flush=True)
@@ -188,7 +191,7 @@ def test_hosts_not_ready_are_named_with_the_fix_before_anything_is_created(share
     out, a, b = shared_lab
     other_ca = tmp_path / "other"
     other_ca.mkdir()
-    from pytest_overlay.pki import PKI
+    from pytest_overlay.testbeds.pki import PKI
 
     stranger = PKI(other_ca, "other").create().issue("stranger", client=True)
     text = out.read_text()

@@ -9,7 +9,8 @@ import time
 
 import pytest
 
-from pytest_overlay import budget, procs
+from pytest_overlay import procs
+from pytest_overlay.testbeds import budget
 
 
 def test_a_busy_daemon_is_held_to_its_budget_and_the_cgroups_go():

@@ -11,8 +11,10 @@ import time
 
 import pytest
 
-from pytest_overlay import engines, procs, runs, topology
-from pytest_overlay.testbed import EmulatedTestbed
+from pytest_overlay import procs
+from pytest_overlay.testbeds import engines, runs
+from pytest_overlay.inputs import topology
+from pytest_overlay.testbeds.emulated import EmulatedTestbed
 
 from ..conftest import PYTEST, QUICK, ROOT, foreign_runs, left_behind, machine_state
 
@@ -139,7 +141,7 @@ def test_a_run_of_another_session_is_not_counted_as_ours(clean_machine):
     leak of the test that saw them, nor a theft when they go."""
     other = subprocess.Popen(
         [sys.executable, "-c", "import sys\nfrom pytest_overlay import topology\n"
-         "from pytest_overlay.testbed import EmulatedTestbed\n"
+         "from pytest_overlay.testbeds.emulated import EmulatedTestbed\n"
          "with EmulatedTestbed(topology.load('local')) as bed:\n    print(bed.run_id, flush=True)\n    sys.stdin.read()"],
         cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
         env={k: v for k, v in os.environ.items() if k != "PYTEST_OVERLAY_TEST_SESSION"})

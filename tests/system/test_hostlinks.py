@@ -12,7 +12,9 @@ import uuid
 
 import pytest
 
-from pytest_overlay import hostlinks, procs, topology
+from pytest_overlay import procs
+from pytest_overlay.testbeds import hostlinks
+from pytest_overlay.inputs import topology
 
 TOPOLOGY = """\
 name: pair

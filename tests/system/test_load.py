@@ -8,9 +8,10 @@ import json
 
 import pytest
 
-from pytest_overlay import procs, topology
-from pytest_overlay.testbed import EmulatedTestbed
-from pytest_overlay.topology import Circuit
+from pytest_overlay import procs
+from pytest_overlay.inputs import topology
+from pytest_overlay.testbeds.emulated import EmulatedTestbed
+from pytest_overlay.inputs.topology import Circuit
 
 from ..conftest import RELAXED, run_suites
 

@@ -15,8 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from pytest_overlay import budget, noise, procs, topology
-from pytest_overlay.testbed import EmulatedTestbed
+from pytest_overlay import procs
+from pytest_overlay.testbeds import budget
+from pytest_overlay.measure import noise
+from pytest_overlay.inputs import topology
+from pytest_overlay.testbeds.emulated import EmulatedTestbed
 
 from ..conftest import RELAXED, run_suites, two_sites
 
@@ -59,7 +62,7 @@ def test_the_hog_runs_in_the_sites_namespace_under_its_quota_and_goes_after(tmp_
 STARTER = """
 import sys, time
 from pathlib import Path
-from pytest_overlay import noise
+from pytest_overlay.measure import noise
 n = noise.Neighbour(noise.Noise("memory", 0.1), sys.argv[1], {"A": None}, Path(sys.argv[2]))
 n.__enter__()
 print(n.hogs["A"].pid, flush=True)

@@ -7,8 +7,9 @@ from __future__ import annotations
 import json
 import re
 
-from pytest_overlay import generate, procs, topology
-from pytest_overlay.testbed import EmulatedTestbed
+from pytest_overlay import procs
+from pytest_overlay.inputs import generate, topology
+from pytest_overlay.testbeds.emulated import EmulatedTestbed
 
 
 def test_a_mesh_past_255_links_carries_traffic_on_its_last_link(tmp_path, clean_machine):

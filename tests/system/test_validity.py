@@ -14,10 +14,12 @@ import time
 
 import pytest
 
-from pytest_overlay import emulator, probes, topology, validity
+from pytest_overlay.emulation import emulator
+from pytest_overlay.measure import probes, validity
+from pytest_overlay.inputs import topology
 from pytest_overlay.overlays.host import HostOverlay
-from pytest_overlay.testbed import EmulatedTestbed
-from pytest_overlay.thresholds import load
+from pytest_overlay.testbeds.emulated import EmulatedTestbed
+from pytest_overlay.results.thresholds import load
 
 from ..conftest import PYTEST, QUICK, ROOT, machine_state
 
@@ -72,7 +74,7 @@ def test_a_delay_line_that_dies_mid_run_stops_the_session(clean_machine):
         for pid in machine_state()["processes"]:
             try:
                 command = open(f"/proc/{pid}/cmdline", "rb").read()
-                if b"delayline-core-" in command or b"pytest_overlay.delayline" in command:
+                if b"delayline-core-" in command or b"pytest_overlay.emulation.delayline" in command:
                     victim = pid
             except OSError:
                 pass

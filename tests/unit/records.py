@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pytest_overlay import metrics
+from pytest_overlay.results import metrics
 from pytest_overlay.results import Record, Stats
 
 

@@ -5,8 +5,8 @@ import re
 import subprocess
 
 
-from pytest_overlay import emulator
-from pytest_overlay.delayline import HIST_EDGES_US, Queue
+from pytest_overlay.emulation import emulator
+from pytest_overlay.emulation.delayline import HIST_EDGES_US, Queue
 
 
 def test_compiled_and_portable_cores_share_histogram_edges():

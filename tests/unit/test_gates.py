@@ -7,9 +7,9 @@ import math
 
 import pytest
 
-from pytest_overlay import gates, metrics, thresholds
-from pytest_overlay.gates import Comparison, Gate, parse_gate
-from pytest_overlay.topology import InputError
+from pytest_overlay.results import gates, metrics, thresholds
+from pytest_overlay.results.gates import Comparison, Gate, parse_gate
+from pytest_overlay.inputs.topology import InputError
 
 from .records import record
 
@@ -149,7 +149,7 @@ def test_an_override_must_name_a_circuit_of_the_topology(tmp_path):
 
 
 def test_load_related_faults_can_be_measured_again():
-    from pytest_overlay import validity
+    from pytest_overlay.measure import validity
 
     rules = thresholds.load().for_("validity", "host", "A-B")
     faults = ["emulator touched 30 of 100 round trips (30.0 %, bound 5 %) on their path; worst A->B: ..."]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_overlay import generate, topology
+from pytest_overlay.inputs import generate, topology
 from pytest_overlay.__main__ import main
 
 

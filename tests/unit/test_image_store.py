@@ -10,7 +10,7 @@ import shutil
 
 import pytest
 
-from pytest_overlay import engines
+from pytest_overlay.testbeds import engines
 
 LAYER = "overlay2/0f3c/diff/usr/bin/iperf3"
 METADATA = "image/overlay2/repositories.json"

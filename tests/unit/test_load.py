@@ -11,9 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from pytest_overlay import emulator, load, plots, report, topology
+from pytest_overlay import report
+from pytest_overlay.emulation import emulator
+from pytest_overlay.measure import load
+from pytest_overlay.report import plots
+from pytest_overlay.inputs import topology
 from pytest_overlay.results import Record
-from pytest_overlay.topology import Circuit, InputError
+from pytest_overlay.inputs.topology import Circuit, InputError
 
 DATA = Path(__file__).parent / "data"
 SUITES = str(Path(__file__).resolve().parents[2] / "suites")
@@ -167,7 +171,7 @@ def test_the_load_suite_is_held_back_unless_asked_for(pytester):
 
 
 def test_the_emulators_late_time_is_counted_once_where_windows_overlap():
-    from pytest_overlay.validity import Trouble, late_share
+    from pytest_overlay.measure.validity import Trouble, late_share
 
     troubles = [Trouble("A->B", 0, 10, 3, 0, 900.0), Trouble("B->A", 5, 20, 2, 0, 800.0),
                 Trouble("A->B", 50, 60, 1, 0, 1200.0), Trouble("A->B", 95, 130, 1, 0, 1500.0)]

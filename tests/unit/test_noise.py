@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from pytest_overlay import noise, options, report, results, topology
+from pytest_overlay import options, report, results
+from pytest_overlay.measure import noise
+from pytest_overlay.inputs import topology
 
 from .records import record
 

@@ -8,7 +8,8 @@ import textwrap
 
 import pytest
 
-from pytest_overlay import emulator, options
+from pytest_overlay import options
+from pytest_overlay.emulation import emulator
 
 from ..conftest import ROOT
 
@@ -116,7 +117,7 @@ def test_unrelated_project_is_left_alone(pytester):
 
         def test_nothing_of_ours_was_loaded(pytestconfig):
             assert pytestconfig.pluginmanager.has_plugin("pytest_overlay.plugin")
-            heavy = {"docker", "matplotlib", "pytest_overlay.testbed", "pytest_overlay.engines", "pytest_overlay.report"}
+            heavy = {"docker", "matplotlib", "pytest_overlay.testbeds.emulated", "pytest_overlay.testbeds.engines", "pytest_overlay.report"}
             assert heavy.isdisjoint(sys.modules), heavy & set(sys.modules)
             assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL
     """))

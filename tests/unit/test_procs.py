@@ -7,13 +7,14 @@ import subprocess
 import sys
 import time
 
-from pytest_overlay import procs, runs
+from pytest_overlay import procs
+from pytest_overlay.testbeds import runs
 
 
 LOCKER = """\
 import sys, time
 from pathlib import Path
-from pytest_overlay.runs import hold_lock
+from pytest_overlay.testbeds.runs import hold_lock
 lock = hold_lock(Path(sys.argv[1]) / "lock")
 print("held", flush=True)
 time.sleep(60)

@@ -1,9 +1,9 @@
 """The remote backend's pieces that need no host: how it reaches hosts and how it words what
 went wrong (from errors captured against the lab's real daemons)."""
 
-from pytest_overlay import hosts, preflight, remote
+from pytest_overlay.testbeds import hosts, preflight, remote
 from pytest_overlay.paths import KNOWN_HOSTS
-from pytest_overlay.topology import RemoteHost
+from pytest_overlay.inputs.topology import RemoteHost
 
 HOST = RemoteHost("198.18.0.1", ssh="ops@192.0.2.1:2222", docker="tcp://192.0.2.1:2376",
                   tls={"ca": "/k/ca.pem", "cert": "/k/cert.pem", "key": "/k/key.pem"},
@@ -62,7 +62,8 @@ class FakeHost:
 def test_preflight_asks_each_overlay_what_it_needs_on_a_host(tmp_path):
     """The remote backend knows no overlay: it checks what each one declares (host_needs),
     once per family, and every overlay that leaves traces on hosts declares how to undo them."""
-    from pytest_overlay import overlays, topology
+    from pytest_overlay import overlays
+    from pytest_overlay.inputs import topology
 
     for name in overlays.KNOWN:
         needs = overlays.get(name).host_needs
@@ -91,7 +92,7 @@ def test_preflight_asks_each_overlay_what_it_needs_on_a_host(tmp_path):
 
 
 def test_every_backend_keeps_the_whole_site_contract():
-    from pytest_overlay.testbed import LocalSiteOps, SiteOps
+    from pytest_overlay.testbeds.emulated import LocalSiteOps, SiteOps
 
     contract = [name for name in vars(SiteOps) if not name.startswith("_")]
     assert contract == ["run", "start", "directory", "files", "binary", "missing"]
@@ -104,7 +105,7 @@ def test_every_backend_implements_what_the_testbed_leaves_to_it():
     what it may refuse (a WAN fault's delay step, a buffer change) says why instead."""
     import inspect
 
-    from pytest_overlay.testbed import EmulatedTestbed, Testbed
+    from pytest_overlay.testbeds.emulated import EmulatedTestbed, Testbed
 
     required = [name for name, f in vars(Testbed).items()
                 if inspect.isfunction(f) and inspect.getsource(f).rstrip().endswith("raise NotImplementedError")]
@@ -116,7 +117,7 @@ def test_every_backend_implements_what_the_testbed_leaves_to_it():
 def test_a_hosts_network_is_read_before_the_overlays_first_daemon_there(tmp_path, monkeypatch):
     """Once per site and overlay, before its daemon starts: what the daemons then add is what
     teardown undoes."""
-    from pytest_overlay import topology
+    from pytest_overlay.inputs import topology
 
     path = tmp_path / "t.yaml"
     path.write_text("name: t\nsites:\n  A: {host: {ssh: root@192.0.2.1}}\n  B: {host: {ssh: root@192.0.2.2}}\n"

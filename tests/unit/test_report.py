@@ -4,7 +4,8 @@ the underlay."""
 
 from __future__ import annotations
 
-from pytest_overlay import report, topology
+from pytest_overlay import report
+from pytest_overlay.inputs import topology
 
 from .records import record
 
@@ -87,7 +88,7 @@ def test_what_was_not_measured_is_listed_with_its_reason():
 
 
 def test_every_registered_metric_has_a_section_of_the_tables():
-    from pytest_overlay import metrics
+    from pytest_overlay.results import metrics
 
     shown = {name for names, _ in report.SECTIONS for name in names}
     assert set(metrics.METRICS) <= shown, f"no table for {sorted(set(metrics.METRICS) - shown)}"
@@ -96,7 +97,7 @@ def test_every_registered_metric_has_a_section_of_the_tables():
 def test_a_metric_added_to_the_registry_without_a_section_still_prints(monkeypatch):
     """A new metric measured but forgotten in the report: a plain table with its headline,
     spread, n and verdict, never silently left out."""
-    from pytest_overlay import metrics
+    from pytest_overlay.results import metrics
 
     new = metrics.Metric("handshake_ms", "ms", "TCP handshake time", "p50", True)
     monkeypatch.setitem(metrics.METRICS, new.name, new)

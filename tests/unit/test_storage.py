@@ -7,7 +7,7 @@ import json
 import pytest
 
 from pytest_overlay import results
-from pytest_overlay.storage import SavedRun, Storage
+from pytest_overlay.results.storage import SavedRun, Storage
 
 from .records import record
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import re
 
-from pytest_overlay import study
+from pytest_overlay.report import study
 
 from .records import record
 
@@ -62,7 +62,7 @@ def test_an_overhead_is_never_taken_against_an_invalid_underlay():
 
 
 def test_published_against_measured_is_drawn(tmp_path):
-    from pytest_overlay import plots
+    from pytest_overlay.report import plots
 
     reference = study.load_reference()["docker_to_docker_latency"]
     records = [_latency(overlay, *circuit.split("-"), means[1] + 0.3)

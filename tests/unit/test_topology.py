@@ -7,8 +7,8 @@ import textwrap
 
 import pytest
 
-from pytest_overlay import topology
-from pytest_overlay.topology import Circuit, InputError
+from pytest_overlay.inputs import topology
+from pytest_overlay.inputs.topology import Circuit, InputError
 
 
 def write(tmp_path, text: str):

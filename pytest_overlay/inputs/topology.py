@@ -1,0 +1,729 @@
+"""Topology files: sites, WAN links and the circuits to measure, validated before anything runs.
+
+A topology is YAML::
+
+    name: geant
+    sites:
+      AMS: {location: Amsterdam}
+      MIL: {location: Milan}
+    links:
+      - {between: [AMS, MIL], rtt_ms: 36.5, jitter_ms: 0.1, loss_pct: 0, rate_mbit: 1000}
+    circuits: [[AMS, MIL]]          # optional; default: every linked pair
+
+A site may name a real host (``host: {ssh: user@address[:port]}``, or ``{docker:
+tcp://address:2376, tls: {ca, cert, key}}``, optionally ``emulate: true`` with
+``interface``): see RemoteHost.
+
+A ``between`` link is symmetric: ``rtt_ms`` is split evenly (or give ``delay_ms``, one way),
+and jitter, loss and rate apply to each direction. A link given as ``{from: A, to: B,
+delay_ms: ...}`` is one direction; its reverse must be given the same way. Every error names
+the file, the line and the field.
+"""
+
+from __future__ import annotations
+
+import heapq
+import ipaddress
+import math
+import re
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from ..paths import TOPOLOGY_DIR
+from .yamlfile import Checker, InputError, LineDict, kind_of, line_of, load_yaml
+
+SITE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,11}$")
+RESERVED_SITE_NAMES = {"wan"}  # the testbed's own namespace is ovl<run>-wan
+MAX_LINKS = 2048  # the delay line's queues (two per link); MACs hold 16 384
+
+
+@dataclass(frozen=True)
+class RemoteHost:
+    """A real Docker host standing for a site. Docker over TCP only with TLS and a client
+    certificate; `emulate` applies the site's link keys with netem on `interface`."""
+
+    address: str  # where other sites reach it: `address`, else ssh's, else docker's
+    ssh: str | None = None  # user@address[:port]
+    docker: str | None = None  # tcp://address:port
+    tls: dict[str, str] | None = None  # ca, cert, key: absolute paths
+    interface: str | None = None
+    emulate: bool = False
+    identity: str | None = None  # ssh private key file, absolute
+    known_hosts: str | None = None  # ssh known_hosts file, absolute
+
+
+@dataclass(frozen=True)
+class Site:
+    name: str
+    index: int
+    location: str = ""
+    host: RemoteHost | None = None
+
+
+@dataclass(frozen=True)
+class Direction:
+    """What one direction of a link does to packets."""
+
+    src: str
+    dst: str
+    delay_ms: float
+    jitter_ms: float = 0.0
+    loss_pct: float = 0.0
+    rate_mbit: float | None = None
+    queue_ms: float | None = None  # the buffer in front of the rate limit; None: DEFAULT_QUEUE
+
+    @property
+    def buffer_ms(self) -> float | None:
+        """How long a packet may wait behind the rate limit before the link drops it (None:
+        no rate limit, so no queue builds). Default: the link's RTT plus 10 ms, about the
+        bandwidth-delay product a router of such a WAN is given."""
+        if not self.rate_mbit:
+            return None
+        return self.queue_ms if self.queue_ms is not None else 2 * self.delay_ms + DEFAULT_QUEUE_EXTRA_MS
+
+
+DEFAULT_QUEUE_EXTRA_MS = 10.0
+
+
+@dataclass(frozen=True)
+class Link:
+    index: int
+    a: str
+    b: str
+    forward: Direction  # a -> b
+    reverse: Direction  # b -> a
+
+    @property
+    def rtt_ms(self) -> float:
+        return self.forward.delay_ms + self.reverse.delay_ms
+
+    def direction(self, src: str) -> Direction:
+        return self.forward if src == self.a else self.reverse
+
+
+@dataclass(frozen=True)
+class Circuit:
+    src: str
+    dst: str
+
+    @property
+    def id(self) -> str:
+        return f"{self.src}-{self.dst}"
+
+
+FAULT_KINDS = {
+    "cut": "the link between two sites drops everything for `seconds`, then comes back",
+    "partition": "every link of one site drops everything for `seconds`, then heals",
+    "flap": "the link goes down for `seconds` and up for `up_s`, `times` times",
+    "loss": "the link loses `loss_pct` % of packets each way for `seconds`",
+    "reroute": "the link's RTT steps up by `add_rtt_ms` for `seconds`, as when a provider moves a circuit",
+}
+
+
+@dataclass(frozen=True)
+class Fault:
+    """A WAN fault scenario: what happens to which links, and when, from its start."""
+
+    name: str
+    kind: str
+    links: tuple["Link", ...]  # the links it touches
+    seconds: float  # how long the fault (each down time, for a flap) lasts
+    probe: Circuit  # the circuit it affects, probed throughout
+    watch: Circuit | None = None  # a circuit it leaves alone, probed beside it
+    site: str | None = None  # the partitioned site
+    up_s: float = 0.0
+    times: int = 1
+    loss_pct: float = 100.0
+    add_rtt_ms: float = 0.0
+
+    @property
+    def duration_s(self) -> float:
+        """From the fault's start to its last heal."""
+        return self.times * self.seconds + (self.times - 1) * self.up_s
+
+    def faulty(self) -> dict[str, Direction]:
+        """The touched link directions ("A->B") while the fault is on."""
+        out = {}
+        for link in self.links:
+            for d in (link.forward, link.reverse):
+                if self.kind == "reroute":
+                    out[f"{d.src}->{d.dst}"] = replace(d, delay_ms=d.delay_ms + self.add_rtt_ms / 2)
+                else:
+                    out[f"{d.src}->{d.dst}"] = replace(d, loss_pct=self.loss_pct)
+        return out
+
+    def healthy(self) -> dict[str, Direction]:
+        """The touched link directions as the topology gives them."""
+        return {f"{d.src}->{d.dst}": d for link in self.links for d in (link.forward, link.reverse)}
+
+    def steps(self) -> list[tuple[float, str, dict[str, Direction]]]:
+        """(seconds from the fault's start, "fault" or "heal", the directions' new values)."""
+        out = []
+        for i in range(self.times):
+            start = i * (self.seconds + self.up_s)
+            out += [(start, "fault", self.faulty()), (start + self.seconds, "heal", self.healthy())]
+        return out
+
+
+@dataclass(frozen=True)
+class Load:
+    """The latency-under-load experiment (`-m load`): the circuits it runs on, and the link
+    buffers (ms) it runs each at besides the links' own."""
+
+    circuits: list[Circuit]
+    queues_ms: tuple[float, ...]
+
+    def levels(self) -> list[tuple[Circuit, float | None]]:
+        """(circuit, buffer) pairs; None: the links' own buffer."""
+        return [(c, q) for c in self.circuits for q in (None, *self.queues_ms)]
+
+
+@dataclass
+class Topology:
+    name: str
+    path: str
+    sites: dict[str, Site]
+    links: list[Link]
+    circuits: list[Circuit]
+    hub: str | None = None
+    manager: str | None = None
+    kv: str | None = None  # where an overlay's key-value store runs (Flannel's etcd)
+    faults: dict[str, Fault] = field(default_factory=dict)
+    load: "Load" = field(default_factory=lambda: Load([], ()))
+    ranges: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_RANGES))
+    _routes: dict = field(default_factory=dict, repr=False)
+
+    def stream_circuit(self) -> "Circuit":
+        """The streaming experiment's path: the server at the hub (else the first circuit's
+        source), the clients at the far end of the first circuit from it."""
+        hub = self.hub or self.circuits[0].src
+        for c in self.circuits:
+            if hub in (c.src, c.dst):
+                return Circuit(hub, c.dst if c.src == hub else c.src)
+        return Circuit(hub, next(s for s in self.sites if s != hub))
+
+    @property
+    def kv_site(self) -> str:
+        """The key-value store's site: `kv`, else the swarm manager, else the first site."""
+        return self.kv or self.manager or next(iter(self.sites))
+
+    def _index(self) -> dict[str, dict[str, Link]]:
+        """Each site's links by peer, built once (again if links were added since)."""
+        if self._routes.get("links") != len(self.links):
+            self._routes.clear()
+            self._routes["links"] = len(self.links)
+            adjacent: dict[str, dict[str, Link]] = {}
+            for link in self.links:
+                adjacent.setdefault(link.a, {})[link.b] = link
+                adjacent.setdefault(link.b, {})[link.a] = link
+            self._routes["adjacent"] = adjacent
+        return self._routes["adjacent"]
+
+    def link_between(self, a: str, b: str) -> Link | None:
+        return self._index().get(a, {}).get(b)
+
+    def path_between(self, src: str, dst: str) -> list[str]:
+        """Sites from src to dst (both included) on the fewest hops, then the lowest delay.
+
+        As on a real WAN, linked sites talk over their own link even where a detour is faster.
+        One search from each source finds its paths to every site: all pairs cost
+        O(sites x links x log sites), not a search per pair.
+        """
+        self._index()
+        trees = self._routes.setdefault("trees", {})
+        if src not in trees:
+            trees[src] = self._tree(src)
+        previous = trees[src]
+        if dst != src and dst not in previous:
+            return []
+        hops = [dst]
+        while hops[-1] != src:
+            hops.append(previous[hops[-1]])
+        return hops[::-1]
+
+    def _tree(self, src: str) -> dict[str, str]:
+        """Dijkstra from src on (hops, delay): each reached site's predecessor."""
+        adjacent = self._index()
+        best: dict[str, tuple[int, float]] = {src: (0, 0.0)}
+        previous: dict[str, str] = {}
+        heap = [((0, 0.0), src)]
+        while heap:
+            cost, site = heapq.heappop(heap)
+            if cost > best[site]:
+                continue
+            for peer, link in adjacent.get(site, {}).items():
+                new = (cost[0] + 1, cost[1] + link.direction(site).delay_ms)
+                if new < best.get(peer, (math.inf, math.inf)):
+                    best[peer], previous[peer] = new, site
+                    heapq.heappush(heap, (new, peer))
+        return previous
+
+    def directions(self, src: str, dst: str) -> list[Direction]:
+        """The link directions a packet from src to dst crosses, in order."""
+        hops = self.path_between(src, dst)
+        return [self.link_between(a, b).direction(a) for a, b in zip(hops, hops[1:])]
+
+    def expected(self, circuit: Circuit) -> dict[str, float | None]:
+        """What the emulated WAN should show on a circuit: RTT, jitter, loss and rate."""
+        there, back = self.directions(circuit.src, circuit.dst), self.directions(circuit.dst, circuit.src)
+        rates = [d.rate_mbit for d in there if d.rate_mbit]
+        delivered = 1.0
+        for d in there:
+            delivered *= 1 - d.loss_pct / 100
+        return {
+            "rtt_ms": sum(d.delay_ms for d in there + back),
+            "jitter_ms": sum(d.jitter_ms for d in there + back),
+            "loss_pct": (1 - delivered) * 100,
+            "rate_mbit": min(rates) if rates else None,
+            "queue_ms": {f"{d.src}->{d.dst}": d.buffer_ms for d in there + back if d.buffer_ms is not None},
+        }
+
+    def with_queue(self, circuit: Circuit, queue_ms: float | None) -> list[Direction]:
+        """The rate-limited directions of the circuit's path, both ways, with their buffer set
+        to queue_ms (None: the topology's own)."""
+        directions = self.directions(circuit.src, circuit.dst) + self.directions(circuit.dst, circuit.src)
+        return [d if queue_ms is None else replace(d, queue_ms=queue_ms) for d in directions if d.rate_mbit]
+
+
+TOP_KEYS = {"name", "sites", "links", "circuits", "hub", "manager", "kv", "description", "faults", "load", "ranges"}
+# The address range each overlay gives its containers; `ranges:` in a topology moves them (say,
+# off a range the hosts already route). The host bits of each block it carves per site:
+# Flannel leases a /24 per site, Calico's BIRD announces a /26 block per site.
+DEFAULT_RANGES = {"weave": "10.32.0.0/12", "flannel": "10.40.0.0/16", "calico": "10.48.0.0/16"}
+RANGE_BLOCKS = {"weave": 24, "flannel": 24, "calico": 26}
+TESTBED_ADDRESSES = ipaddress.ip_network("198.18.0.0/15")  # the sites' and the lab's own (RFC 2544)
+LOAD_KEYS = {"circuits", "queue_ms"}
+FAULT_KEYS = {"kind", "link", "site", "seconds", "up_s", "times", "loss_pct", "add_rtt_ms", "probe", "watch"}
+FAULT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,39}$")
+SITE_KEYS = {"location", "host"}
+HOST_KEYS = {"ssh", "docker", "tls", "interface", "emulate", "address", "identity", "known_hosts"}
+TLS_KEYS = ("ca", "cert", "key")
+SSH_TARGET = re.compile(r"^(?P<user>[a-z_][a-z0-9_.-]{0,31})@(?P<address>[A-Za-z0-9.-]+|\[[0-9A-Fa-f:]+\])(?::(?P<port>\d{1,5}))?$")
+DOCKER_TARGET = re.compile(r"^tcp://(?P<address>[A-Za-z0-9.-]+|\[[0-9A-Fa-f:]+\]):(?P<port>\d{1,5})$")
+INTERFACE = re.compile(r"^[A-Za-z0-9_.@-]{1,15}$")
+LINK_KEYS = {"between", "from", "to", "rtt_ms", "delay_ms", "jitter_ms", "loss_pct", "rate_mbit", "queue_ms"}
+
+
+def resolve_path(spec: str) -> Path:
+    """A topology given by path, or by the name of a file in topologies/."""
+    path = Path(spec)
+    if path.suffix in (".yaml", ".yml") or path.exists() or "/" in spec:
+        return path
+    return TOPOLOGY_DIR / f"{spec}.yaml"
+
+
+def available() -> list[str]:
+    return sorted(p.stem for p in TOPOLOGY_DIR.glob("*.yaml"))
+
+
+def load(spec: str | Path) -> Topology:
+    path = resolve_path(str(spec))
+    if not path.exists():
+        raise InputError(path, None, "", f"no such topology file; bundled topologies: {', '.join(available())}")
+    return parse(load_yaml(path), path)
+
+
+def parse(data: Any, path: str | Path) -> Topology:
+    check = Checker(path)
+    if not isinstance(data, dict):
+        raise InputError(path, line_of(data), "", f"a topology must be a mapping, got {kind_of(data)}")
+    check.keys(data, TOP_KEYS, "")
+    name = data.get("name", Path(path).stem)
+    if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
+        raise check.fail(data, "name", "name", f"must be a word of letters, digits, '_', '.', '-', got {name!r}")
+
+    raw_sites = check.mapping(data.get("sites"), "sites", data, "sites")
+    if len(raw_sites) < 2:
+        raise check.fail(data, "sites", "sites", "a topology needs at least two sites")
+    if len(raw_sites) > 200:
+        raise check.fail(data, "sites", "sites", "at most 200 sites")
+    sites: dict[str, Site] = {}
+    for index, (site_name, spec) in enumerate(raw_sites.items()):
+        if not isinstance(site_name, str) or not SITE_NAME.fullmatch(site_name):
+            raise check.fail(raw_sites, site_name, f"sites.{site_name!r}" if not isinstance(site_name, str) else
+                             f"sites.{site_name.encode('unicode_escape').decode()}",
+                             "a site name is a letter then up to 11 letters, digits or '_'")
+        if site_name in RESERVED_SITE_NAMES:
+            raise check.fail(raw_sites, site_name, f"sites.{site_name}",
+                             f"{site_name!r} is the name of the testbed's own namespace; choose another")
+        spec = spec if spec is not None else LineDict()
+        check.mapping(spec, f"sites.{site_name}", raw_sites, site_name)
+        check.keys(spec, SITE_KEYS, f"sites.{site_name}")
+        host = _parse_host(check, spec, f"sites.{site_name}.host", Path(path).parent) if "host" in spec else None
+        sites[site_name] = Site(site_name, index, str(spec.get("location", "")), host)
+    remote = [s.name for s in sites.values() if s.host]
+    if remote and len(remote) != len(sites):
+        local = next(n for n, s in sites.items() if not s.host)
+        raise check.fail(raw_sites, local, f"sites.{local}.host",
+                         f"missing: sites {', '.join(remote)} name real hosts, so every site must "
+                         "(a run is either embedded or across real hosts)")
+
+    raw_links = data.get("links")
+    if not isinstance(raw_links, list) or not raw_links:
+        raise check.fail(data, "links", "links", "must be a non-empty list of links")
+    directions: dict[tuple[str, str], tuple[Direction, int]] = {}
+    pairs_seen: dict[frozenset, int] = {}
+    for i, item in enumerate(raw_links):
+        where = f"links[{i}]"
+        check.mapping(item, where, raw_links)
+        check.keys(item, LINK_KEYS, where)
+        parsed = _parse_link(check, item, where, sites)
+        for d, line in parsed:
+            pair = frozenset((d.src, d.dst))
+            if (d.src, d.dst) in directions or ("between" in item and pair in pairs_seen):
+                first = directions[(d.src, d.dst)][1] if (d.src, d.dst) in directions else pairs_seen[pair]
+                raise check.fail(item, None, where, f"duplicate link {d.src}->{d.dst} (first given on line {first})")
+        for d, line in parsed:
+            directions[(d.src, d.dst)] = (d, line)
+            pairs_seen.setdefault(frozenset((d.src, d.dst)), line)
+
+    buffered = next(((d, line) for d, line in directions.values() if d.queue_ms is not None), None)
+    if remote and buffered:
+        raise InputError(path, buffered[1], "links", f"queue_ms on {buffered[0].src}->{buffered[0].dst}: across real "
+                                                     "hosts the links' buffers are the hosts' own; remove queue_ms")
+
+    links: list[Link] = []
+    linked: set[frozenset] = set()
+    for (src, dst), (d, line) in directions.items():
+        if (dst, src) not in directions:
+            raise InputError(path, line, "links", f"link {src}->{dst} has no reverse direction: add {{from: {dst}, to: {src}, ...}}")
+        if frozenset((src, dst)) not in linked:
+            linked.add(frozenset((src, dst)))
+            links.append(Link(len(links), src, dst, d, directions[(dst, src)][0]))
+
+    if len(links) > MAX_LINKS:
+        raise check.fail(data, "links", "links", f"{len(links)} links; at most {MAX_LINKS} (the delay line "
+                                                  "has two queues per link, 4 096 in all)")
+    reached = {site for link in links for site in (link.a, link.b)}
+    for site_name in sites:
+        if site_name not in reached:
+            raise check.fail(raw_sites, site_name, f"sites.{site_name}", "no link reaches this site; link it or remove it")
+    unreachable = _unreachable(sites, links)
+    if unreachable:
+        raise check.fail(data, "links", "links", f"sites {', '.join(unreachable)} cannot be reached from "
+                                                  f"{next(iter(sites))}: the links form separate networks")
+    topo = Topology(name=name, path=str(path), sites=sites, links=links, circuits=[])
+    for key in ("hub", "manager", "kv"):
+        if key in data:
+            if not isinstance(data[key], str) or data[key] not in sites:
+                raise check.fail(data, key, key, f"unknown site {data[key]!r}; sites: {', '.join(sites)}")
+            setattr(topo, key, data[key])
+    topo.circuits = _parse_circuits(check, data, topo)
+    topo.faults = _parse_faults(check, data, topo)
+    topo.load = _parse_load(check, data, topo)
+    topo.ranges = _parse_ranges(check, data, len(sites))
+    return topo
+
+
+def _parse_ranges(check: Checker, data: LineDict, sites: int) -> dict[str, str]:
+    """The `ranges:` section: {weave|flannel|calico: CIDR}; each must hold a block per site
+    and keep clear of the testbed's own addresses."""
+    ranges = dict(DEFAULT_RANGES)
+    if "ranges" not in data:
+        return ranges
+    raw = check.mapping(data["ranges"], "ranges", data, "ranges")
+    check.keys(raw, set(DEFAULT_RANGES), "ranges")
+    for overlay, value in raw.items():
+        where = f"ranges.{overlay}"
+        try:
+            network = ipaddress.IPv4Network(value) if isinstance(value, str) else None
+        except ValueError as e:
+            raise check.fail(raw, overlay, where, f"must be an IPv4 network such as {DEFAULT_RANGES[overlay]}: {e}")
+        if network is None:
+            raise check.fail(raw, overlay, where, f"must be an IPv4 network such as {DEFAULT_RANGES[overlay]}, "
+                                                  f"got {value!r}")
+        block = RANGE_BLOCKS[overlay]
+        blocks = 2 ** (block - network.prefixlen) if network.prefixlen <= block else 0
+        if blocks < sites:
+            raise check.fail(raw, overlay, where, f"{network} holds {blocks} /{block} block(s); {sites} sites "
+                                                  "need one each")
+        if network.overlaps(TESTBED_ADDRESSES):
+            raise check.fail(raw, overlay, where, f"{network} overlaps the testbed's own {TESTBED_ADDRESSES}")
+        ranges[overlay] = str(network)
+    return ranges
+
+
+def _parse_host(check: Checker, spec: LineDict, where: str, base: Path) -> RemoteHost:
+    """A site's `host:` entry; TLS files are resolved against the topology's directory and
+    must exist. No Docker TCP endpoint without TLS: it would be an unauthenticated root shell."""
+    raw = check.mapping(spec["host"], where, spec, "host")
+    check.keys(raw, HOST_KEYS, where)
+    if "ssh" not in raw and "docker" not in raw:
+        raise check.fail(spec, "host", where, "give ssh: user@address[:port] or docker: tcp://address:2376 (with tls)")
+    addresses = []
+    for key, pattern, example in (("ssh", SSH_TARGET, "user@address[:port]"), ("docker", DOCKER_TARGET, "tcp://address:2376")):
+        if key not in raw:
+            continue
+        match = pattern.fullmatch(raw[key]) if isinstance(raw[key], str) else None
+        if not match:
+            raise check.fail(raw, key, f"{where}.{key}", f"must be {example}, got {raw[key]!r}")
+        if match.group("port") and not 0 < int(match.group("port")) < 65536:
+            raise check.fail(raw, key, f"{where}.{key}", f"port must be 1..65535, got {match.group('port')}")
+        addresses.append(match.group("address").strip("[]"))
+    if "address" in raw:
+        try:
+            addresses.insert(0, str(ipaddress.ip_address(raw["address"])))
+        except ValueError:
+            raise check.fail(raw, "address", f"{where}.address",
+                             f"must be an IP address (where other sites reach this host), got {raw['address']!r}") from None
+
+    def existing_file(container: LineDict, key: str, field_name: str) -> str:
+        if not isinstance(container.get(key), str) or not container[key]:
+            raise check.fail(container, key, field_name, f"must be the path of a file, got {container.get(key)!r}")
+        file = (base / Path(container[key]).expanduser()).resolve()
+        if not file.is_file():
+            raise check.fail(container, key, field_name, f"no such file: {file}")
+        return str(file)
+
+    ssh_files = {key: existing_file(raw, key, f"{where}.{key}") for key in ("identity", "known_hosts") if key in raw}
+    if ssh_files and "ssh" not in raw:
+        raise check.fail(raw, next(iter(ssh_files)), f"{where}.ssh", "missing: identity and known_hosts are for ssh")
+    tls = None
+    if "docker" in raw:
+        if "tls" not in raw:
+            raise check.fail(raw, "docker", f"{where}.tls", "missing: Docker over TCP needs tls: {ca, cert, key} "
+                                                           "(a client certificate); plain TCP is never used")
+        files = check.mapping(raw["tls"], f"{where}.tls", raw, "tls")
+        check.keys(files, set(TLS_KEYS), f"{where}.tls")
+        tls = {}
+        for key in TLS_KEYS:
+            if key not in files:
+                raise check.fail(raw, "tls", f"{where}.tls.{key}", "missing: the path of a PEM file")
+            tls[key] = existing_file(files, key, f"{where}.tls.{key}")
+    elif "tls" in raw:
+        raise check.fail(raw, "tls", f"{where}.tls", "tls applies to docker: tcp://...; give docker too, or remove tls")
+    emulate = raw.get("emulate", False)
+    if not isinstance(emulate, bool):
+        raise check.fail(raw, "emulate", f"{where}.emulate", f"must be true or false, got {emulate!r}")
+    interface = raw.get("interface")
+    if interface is not None and not (isinstance(interface, str) and INTERFACE.fullmatch(interface)):
+        raise check.fail(raw, "interface", f"{where}.interface", f"must be an interface name, got {interface!r}")
+    if emulate and not interface:
+        raise check.fail(raw, "emulate", f"{where}.interface", "missing: emulate: true applies netem on an interface; "
+                                                                "name it (interface: eth0)")
+    if emulate and "ssh" not in raw:
+        raise check.fail(raw, "emulate", f"{where}.ssh", "missing: emulate: true runs tc on the host over ssh")
+    return RemoteHost(addresses[0], raw.get("ssh"), raw.get("docker"), tls, interface, emulate,
+                      ssh_files.get("identity"), ssh_files.get("known_hosts"))
+
+
+def _unreachable(sites: dict[str, "Site"], links: list["Link"]) -> list[str]:
+    """Sites that no path of links joins to the first site."""
+    neighbours: dict[str, set[str]] = {s: set() for s in sites}
+    for link in links:
+        neighbours[link.a].add(link.b)
+        neighbours[link.b].add(link.a)
+    seen, todo = set(), [next(iter(sites))]
+    while todo:
+        site = todo.pop()
+        if site not in seen:
+            seen.add(site)
+            todo.extend(neighbours[site] - seen)
+    return [s for s in sites if s not in seen]
+
+
+def _parse_link(check: Checker, item: LineDict, where: str, sites: dict[str, Site]) -> list[tuple[Direction, int]]:
+    def site(value: Any, key: str) -> str:
+        if not isinstance(value, str) or value not in sites:
+            raise check.fail(item, key, f"{where}.{key}", f"unknown site {value!r}; sites: {', '.join(sites)}")
+        return value
+
+    common = dict(
+        jitter_ms=check.number(item, "jitter_ms", f"{where}.jitter_ms", 0.0, maximum=10_000),
+        loss_pct=check.number(item, "loss_pct", f"{where}.loss_pct", 0.0, maximum=100),
+        rate_mbit=check.number(item, "rate_mbit", f"{where}.rate_mbit", None, positive=True),
+        queue_ms=check.number(item, "queue_ms", f"{where}.queue_ms", None, positive=True, maximum=10_000),
+    )
+    if common["queue_ms"] is not None and common["rate_mbit"] is None:
+        raise check.fail(item, "queue_ms", f"{where}.queue_ms", "a buffer fills only behind a rate limit: give "
+                                                                  "rate_mbit too, or drop queue_ms")
+    line = line_of(item)
+    if "between" in item:
+        if "from" in item or "to" in item:
+            raise check.fail(item, "between", f"{where}.between", "give either between or from/to, not both")
+        ends = item["between"]
+        if not isinstance(ends, list) or len(ends) != 2:
+            raise check.fail(item, "between", f"{where}.between", f"must be a list of two sites, got {ends!r}")
+        a, b = site(ends[0], "between"), site(ends[1], "between")
+        if a == b:
+            raise check.fail(item, "between", f"{where}.between", f"a link joins two different sites, got {a} twice")
+        if ("rtt_ms" in item) == ("delay_ms" in item):
+            raise check.fail(item, None, where, "give exactly one of rtt_ms (round trip) or delay_ms (one way)")
+        if "rtt_ms" in item:
+            one_way = check.number(item, "rtt_ms", f"{where}.rtt_ms", maximum=60_000) / 2
+        else:
+            one_way = check.number(item, "delay_ms", f"{where}.delay_ms", maximum=30_000)
+        return [(Direction(a, b, one_way, **common), line), (Direction(b, a, one_way, **common), line)]
+    if "from" not in item or "to" not in item:
+        raise check.fail(item, None, where, "a link needs between: [A, B], or from: A and to: B")
+    if "rtt_ms" in item:
+        raise check.fail(item, "rtt_ms", f"{where}.rtt_ms", "a from/to link is one direction: give delay_ms")
+    a, b = site(item["from"], "from"), site(item["to"], "to")
+    if a == b:
+        raise check.fail(item, "to", f"{where}.to", f"a link joins two different sites, got {a} twice")
+    if "delay_ms" not in item:
+        raise check.fail(item, None, where, "a from/to link needs delay_ms (one way)")
+    delay = check.number(item, "delay_ms", f"{where}.delay_ms", maximum=30_000)
+    return [(Direction(a, b, delay, **common), line)]
+
+
+def _parse_circuits(check: Checker, data: LineDict, topo: Topology) -> list[Circuit]:
+    if "circuits" not in data:
+        return [Circuit(link.a, link.b) for link in topo.links]
+    raw = data["circuits"]
+    if not isinstance(raw, list) or not raw:
+        raise check.fail(data, "circuits", "circuits", "must be a non-empty list of [SRC, DST] pairs")
+    circuits: list[Circuit] = []
+    for i, pair in enumerate(raw):
+        where = f"circuits[{i}]"
+        line = line_of(pair) or line_of(raw)
+        if isinstance(pair, dict):
+            check.keys(pair, {"src", "dst"}, where)
+            pair = [pair.get("src"), pair.get("dst")]
+        if not isinstance(pair, list) or len(pair) != 2:
+            raise InputError(topo.path, line, where, f"must be [SRC, DST], got {pair!r}")
+        for end in pair:
+            if not isinstance(end, str) or end not in topo.sites:
+                raise InputError(topo.path, line, where, f"unknown site {end!r}; sites: {', '.join(topo.sites)}")
+        if pair[0] == pair[1]:
+            raise InputError(topo.path, line, where, f"a circuit joins two different sites, got {pair[0]} twice")
+        circuit = Circuit(pair[0], pair[1])
+        if circuit in circuits:
+            raise InputError(topo.path, line, where, f"duplicate circuit {circuit.id}")
+        if not topo.path_between(circuit.src, circuit.dst):
+            raise InputError(topo.path, line, where, f"no path from {circuit.src} to {circuit.dst} over the links")
+        circuits.append(circuit)
+    return circuits
+
+
+def _parse_faults(check: Checker, data: LineDict, topo: Topology) -> dict[str, Fault]:
+    """The `faults:` section: a mapping of scenario name to {kind, link or site, timing}."""
+    if "faults" not in data:
+        return {}
+    raw = check.mapping(data["faults"], "faults", data, "faults")
+    faults = {}
+    for name, spec in raw.items():
+        where = f"faults.{name}"
+        if not isinstance(name, str) or not FAULT_NAME.fullmatch(name):
+            raise check.fail(raw, name, f"faults.{name!r}", "a scenario name is a letter or digit, then up to 39 "
+                                                             "letters, digits, '_', '.' or '-'")
+        check.mapping(spec, where, raw, name)
+        check.keys(spec, FAULT_KEYS, where)
+        kind = spec.get("kind")
+        if not isinstance(kind, str) or kind not in FAULT_KINDS:
+            raise check.fail(spec, "kind" if "kind" in spec else None, f"{where}.kind",
+                             f"must be one of {', '.join(FAULT_KINDS)}, got {kind!r}")
+        flap = kind == "flap"
+        for key, kinds in (("link", {"cut", "flap", "loss", "reroute"}), ("site", {"partition"}),
+                           ("up_s", {"flap"}), ("times", {"flap"}), ("loss_pct", {"loss"}),
+                           ("add_rtt_ms", {"reroute"})):
+            if key in spec and kind not in kinds:
+                raise check.fail(spec, key, f"{where}.{key}", f"a {kind} fault takes no {key} (it is for "
+                                                               f"{', '.join(sorted(kinds))})")
+        if kind == "partition":
+            site = spec.get("site")
+            if not isinstance(site, str) or site not in topo.sites:
+                raise check.fail(spec, "site" if "site" in spec else None, f"{where}.site",
+                                 f"a partition names the site it cuts off; unknown site {site!r}; sites: "
+                                 f"{', '.join(topo.sites)}")
+            links = tuple(link for link in topo.links if site in (link.a, link.b))
+            others = [s for s in topo.sites if s != site]
+            probe_default = next((c for c in topo.circuits if site in (c.src, c.dst)), Circuit(others[0], site))
+        else:
+            ends = spec.get("link")
+            if not (isinstance(ends, list) and len(ends) == 2 and all(isinstance(e, str) and e in topo.sites
+                                                                       for e in ends)):
+                raise check.fail(spec, "link" if "link" in spec else None, f"{where}.link",
+                                 f"must name a link as [SITE, SITE] of sites {', '.join(topo.sites)}, got {ends!r}")
+            link = topo.link_between(*ends)
+            if link is None or ends[0] == ends[1]:
+                raise check.fail(spec, "link", f"{where}.link", f"no link between {ends[0]} and {ends[1]}")
+            links, site = (link,), None
+            probe_default = Circuit(ends[0], ends[1])
+        seconds = check.number(spec, "seconds", f"{where}.seconds", 2.0 if flap else 20.0, positive=True,
+                               maximum=3600)
+        fault = Fault(
+            name=name, kind=kind, links=links, seconds=seconds, site=site,
+            probe=_fault_circuit(check, spec, "probe", where, topo) or probe_default,
+            up_s=check.number(spec, "up_s", f"{where}.up_s", 3.0 if flap else 0.0, positive=flap, maximum=3600),
+            times=int(check.number(spec, "times", f"{where}.times", 5 if flap else 1, minimum=1, maximum=100)),
+            loss_pct=check.number(spec, "loss_pct", f"{where}.loss_pct", 5.0, positive=True, maximum=100)
+            if kind == "loss" else 100.0,
+            add_rtt_ms=check.number(spec, "add_rtt_ms", f"{where}.add_rtt_ms", 20.0, positive=True,
+                                    maximum=10_000) if kind == "reroute" else 0.0,
+        )
+        if "times" in spec and spec["times"] != int(spec["times"]):
+            raise check.fail(spec, "times", f"{where}.times", f"must be a whole number, got {spec['times']!r}")
+        watch = _fault_circuit(check, spec, "watch", where, topo)
+        if watch is None:
+            watch = next((c for c in _all_pairs(topo) if _untouched(topo, fault, c)), None)
+        elif not _untouched(topo, fault, watch):
+            raise check.fail(spec, "watch", f"{where}.watch", f"the fault touches {watch.id}'s path: the watched "
+                                                               "circuit is the one left alone")
+        faults[name] = replace(fault, watch=watch)
+    return faults
+
+
+def _parse_load(check: Checker, data: LineDict, topo: Topology) -> Load:
+    """The `load:` section: {circuits: [[SRC, DST], ...], queue_ms: [ms, ...]}; without it, every
+    circuit at the links' own buffers."""
+    if "load" not in data:
+        return Load(list(topo.circuits), ())
+    raw = check.mapping(data["load"], "load", data, "load")
+    check.keys(raw, LOAD_KEYS, "load")
+    circuits = list(topo.circuits)
+    if "circuits" in raw:
+        pairs = raw["circuits"]
+        if not isinstance(pairs, list) or not pairs:
+            raise check.fail(raw, "circuits", "load.circuits", "must be a non-empty list of [SRC, DST] pairs")
+        circuits = []
+        for i, pair in enumerate(pairs):
+            if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(e, str) and e in topo.sites
+                                                                      for e in pair) and pair[0] != pair[1]):
+                raise check.fail(raw, "circuits", f"load.circuits[{i}]", f"must be [SRC, DST], two different sites "
+                                                                         f"of {', '.join(topo.sites)}, got {pair!r}")
+            circuits.append(Circuit(pair[0], pair[1]))
+    queues: list[float] = []
+    if "queue_ms" in raw:
+        values = raw["queue_ms"]
+        if not isinstance(values, list):
+            raise check.fail(raw, "queue_ms", "load.queue_ms", f"must be a list of buffer sizes in ms, got {values!r}")
+        for i, value in enumerate(values):
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
+                    or not 0 < value <= 10_000:
+                raise check.fail(raw, "queue_ms", f"load.queue_ms[{i}]",
+                                 f"must be a number of ms in (0, 10000], got {value!r}")
+            if float(value) in queues:
+                raise check.fail(raw, "queue_ms", f"load.queue_ms[{i}]", f"{value!r} is given twice")
+            queues.append(float(value))
+        bare = next((c for c in circuits if not topo.with_queue(c, None)), None)
+        if bare is not None and queues:
+            raise check.fail(raw, "queue_ms", "load.queue_ms", f"circuit {bare.id} has no rate_mbit on its path: "
+                                                                "no buffer fills there")
+    return Load(circuits, tuple(queues))
+
+
+def _fault_circuit(check: Checker, spec: LineDict, key: str, where: str, topo: Topology) -> Circuit | None:
+    if key not in spec:
+        return None
+    pair = spec[key]
+    if not (isinstance(pair, list) and len(pair) == 2 and all(isinstance(e, str) and e in topo.sites for e in pair)
+            and pair[0] != pair[1]):
+        raise check.fail(spec, key, f"{where}.{key}", f"must be [SRC, DST], two different sites of "
+                                                       f"{', '.join(topo.sites)}, got {pair!r}")
+    return Circuit(pair[0], pair[1])
+
+
+def _all_pairs(topo: Topology) -> list[Circuit]:
+    sites = list(topo.sites)
+    return topo.circuits + [Circuit(a, b) for i, a in enumerate(sites) for b in sites[i + 1:]]
+
+
+def _untouched(topo: Topology, fault: Fault, circuit: Circuit) -> bool:
+    """The circuit's path crosses none of the fault's links and ends at no partitioned site."""
+    if fault.site in (circuit.src, circuit.dst):
+        return False
+    hops = topo.path_between(circuit.src, circuit.dst)
+    touched = {frozenset((link.a, link.b)) for link in fault.links}
+    return not any(frozenset(pair) in touched for pair in zip(hops, hops[1:]))

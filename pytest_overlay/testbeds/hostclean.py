@@ -1,0 +1,130 @@
+"""`clean --topology`: what runs that are over left on real hosts (containers, networks, a
+swarm they made, netem, WAN fault rules, daemons and what those added to the hosts' network),
+found on the hosts by the run id and removed once this machine proves the run over.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable
+
+from .. import overlays
+from . import hostlinks
+from .engines import LABEL
+from .hosts import HOST_STATE, end_host_daemons, host_run
+from ..paths import STATE_ROOT
+from .remote import HostLock, RemoteEngine, tls_reason, remove_run
+from .runs import RUN_ID, may_remove
+from ..inputs.topology import Topology
+
+
+def swarm_to_leave(engines: dict[str, RemoteEngine], state: dict, held: dict[str, str],
+                   report: Callable[[str], None]) -> set[str]:
+    """The hosts a killed run's swarm may be left on: those still the very node the run made
+    them (their node id as recorded), and not held by a live run (which may use the swarm);
+    `held` says why each held host is."""
+    if not state.get("swarm_created"):
+        return set()
+    nodes = (state.get("swarm") or {}).get("nodes", {})
+    leave = set()
+    for name, engine in engines.items():
+        if name in held:
+            report(f"host {name}: {held[name]}; its swarm is left as it is")
+            continue
+        try:
+            node = engine.client.info().get("Swarm", {}).get("NodeID") or ""
+        except Exception as e:  # noqa: BLE001
+            report(f"host {name}: swarm state unknown ({tls_reason(e)}); left as it is")
+            continue
+        if not node:
+            continue
+        if nodes.get(name) == node:
+            leave.add(name)
+        else:
+            report(f"host {name}: its swarm node {node[:12]} is not the one run {state.get('run_id')} made "
+                   f"({(nodes.get(name) or 'none recorded')[:12]}); left as it is")
+    return leave
+
+
+def clean_hosts(topology: Topology, report: Callable[[str], None] = print, force: bool = False,
+                state_root: Path | None = None) -> int:
+    """Remove, on the topology's hosts, the containers, networks and WAN fault rules of runs
+    that are over (their lock on this machine is free), and leave a swarm such a run made. A
+    run with no state here cannot be proven over and is left alone unless `force`. Returns
+    how many runs."""
+    root = state_root or STATE_ROOT
+    engines = {}
+    for name, site in topology.sites.items():
+        if site.host is None or not site.host.docker:
+            continue
+        engine = RemoteEngine(name, "", site.host.address, "", None, host=site.host)
+        try:
+            engine.connect()
+            engine.client.ping()
+            engines[name] = engine
+        except Exception as e:  # noqa: BLE001
+            report(f"host {name}: Docker API at {site.host.docker} did not answer ({tls_reason(e)}); skipped")
+    found: set[str] = set()
+    for engine in engines.values():
+        found |= {c.labels.get(LABEL) for c in engine.client.containers.list(all=True, filters={"label": LABEL})}
+        found |= {n.attrs.get("Labels", {}).get(LABEL) for n in engine.client.networks.list(filters={"label": LABEL})}
+    ssh_hosts = {name: site.host for name, site in topology.sites.items() if site.host is not None and site.host.ssh}
+    for name, host in ssh_hosts.items():  # runs that started daemons there
+        listed = host_run(host, f"ls -d {HOST_STATE}/*/host/*/pid 2>/dev/null || true", 60)
+        found |= {line.split("/")[-4] for line in listed.stdout.split() if RUN_ID.match(line.split("/")[-4])}
+    fault_chains: dict[str, list[str]] = {}  # run id -> hosts holding its WAN fault's chain
+    for name, host in ssh_hosts.items():
+        saved = host_run(host, f"iptables-save -t {hostlinks.TABLE} 2>/dev/null || true", 60).stdout
+        for run_id in hostlinks.runs_in(saved):
+            fault_chains.setdefault(run_id, []).append(name)
+    found |= set(fault_chains)
+    locks, held = [], {}  # hosts a live run holds (or whose lock could not be asked): their swarm stays
+    for name, host in ssh_hosts.items():
+        lock = HostLock(host, "clean")
+        refused = lock.acquire()
+        if refused is None:
+            locks.append(lock)
+        else:
+            held[name] = refused
+    endpoints = {h.docker for h in ssh_hosts.values()}
+    for state_file in root.glob("*/state.json"):  # runs killed once netem was on, before any container
+        try:
+            state = json.loads(state_file.read_text())
+        except (OSError, ValueError):
+            continue
+        if state.get("emulated") and endpoints & set((state.get("hosts") or {}).values()):
+            found.add(state_file.parent.name)
+    cleaned = 0
+    for run_id in sorted(r for r in found if r):
+        if not may_remove(run_id, root / run_id, force, report, "on the hosts"):
+            continue
+        try:
+            state = json.loads((root / run_id / "state.json").read_text())
+        except (OSError, ValueError):
+            state = {}
+        leave = swarm_to_leave(engines, state, held, report)
+        for error in remove_run(engines, run_id, leave, set(state.get("gwbridge_made") or [])):
+            report(error)
+        emulated = {n: ssh_hosts[n] for n in (state.get("emulated") or {}) if n in ssh_hosts}
+        for error in hostlinks.remove_netem(emulated, run_id, report):
+            report(error)
+        for name in fault_chains.get(run_id, []):
+            removed = host_run(ssh_hosts[name], hostlinks.remove_script(run_id), 60)
+            report(f"host {name}: removed run {run_id}'s WAN fault rules ({hostlinks.chain(run_id)})" if removed.ok
+                   else f"host {name}: run {run_id}'s WAN fault rules not removed: "
+                        f"{(removed.stderr or removed.stdout).strip()[-200:]}")
+        ended, failed = end_host_daemons(ssh_hosts, run_id, overlays.footprint)
+        for name, daemons in ended.items():
+            for daemon in daemons:
+                report(f"host {name}: ended {daemon} of run {run_id}")
+        for failure in failed:
+            report(f"{failure} (run {run_id}; its state on the host is kept for another clean)")
+        report(f"removed what run {run_id} left on {', '.join(engines)}"
+               + (f"; left the swarm it made on {', '.join(sorted(leave))}" if leave else ""))
+        cleaned += 1
+    for engine in engines.values():
+        engine.client.close()
+    for lock in locks:
+        lock.release()
+    return cleaned

@@ -1,0 +1,599 @@
+"""Real sites: a topology whose sites name real Docker hosts (`host:`), measured as they are.
+
+RemoteTestbed stands where EmulatedTestbed stands for the overlays, probes and fixtures, but
+creates nothing on this machine: it speaks SSH (testinfra, for the prerequisites in preflight.py) and the
+Docker API (TCP with TLS and a client certificate). Every prerequisite of every host is
+checked before anything is created on any of them. What a run creates there (containers, a
+network, a swarm if there was none) carries the run's id and is removed at the end; a swarm
+that existed is used and left as it was.
+"""
+
+from __future__ import annotations
+
+import base64
+import concurrent.futures
+import contextlib
+import io
+import os
+import re
+import select
+import shlex
+import shutil
+import socket
+import subprocess
+import tarfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import docker
+
+from .. import procs
+from . import hostlinks, preflight
+from .engines import LABEL, Engine, build_image_tar, import_image
+from .hosts import (
+    HOST_STATE, HostDaemon, as_root, host_run, record_host_network, recorded_key, remove_networks, ssh_command, ssh_run)
+from ..overlays.base import ContainerEndpoint
+from ..paths import KNOWN_HOSTS, STATE_ROOT
+from .preflight import Check
+from .runs import hold_lock, new_run_id
+from .emulated import SiteHandle, SiteOps, Testbed, tcp_sysctls
+from ..inputs.topology import Direction, RemoteHost, Topology
+
+MIN_DOCKER = (20, 10)
+API_VERSION = "1.41"
+GWBRIDGE = "docker_gwbridge"  # Docker's bridge from a swarm's containers to their host
+
+
+class RemoteError(RuntimeError):
+    pass
+
+
+class HostLock:
+    """The run's hold on a host for as long as this process lives: an flock on a file in the
+    host's /run/lock, held by a `cat` at the far end of an ssh session whose stdin is ours.
+    When this process ends, even by SIGKILL, the session closes and the lock goes with it; a
+    second run is refused with the holder named (the file says which run, where, since when)."""
+
+    def __init__(self, host: RemoteHost, run_id: str) -> None:
+        self.host, self.run_id = host, run_id
+        self.path = f"/run/lock/pytest-overlay-host-{host.address}.lock"
+        self.session: subprocess.Popen | None = None
+
+    def acquire(self, timeout: float = 20) -> str | None:
+        """None once held; otherwise why not (the holder, or what went wrong)."""
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
+        holder = f"run {self.run_id} from {socket.gethostname()} (pid {os.getpid()}), since {since} UTC"
+        script = (f"exec 9>>{self.path}\nif ! flock -n 9; then echo busy; cat {self.path}; exit 0; fi\n"
+                  f"echo {shlex.quote(holder)} > {self.path}\necho locked\nexec cat > /dev/null")
+        self.session = subprocess.Popen(ssh_command(self.host, as_root(script)), stdin=subprocess.PIPE,
+                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        ready, _, _ = select.select([self.session.stdout], [], [], timeout)
+        first = self.session.stdout.readline().strip() if ready else ""
+        if first == "locked":
+            return None
+        session, self.session = self.session, None
+        if first == "busy":  # the far end names the holder and exits
+            said = session.stdout.read()  # through the buffer readline() filled
+            session.wait(timeout=10)
+            return f"in use by another pytest-overlay: {said.strip() or 'a run that did not say which'}"
+        try:
+            _, error = session.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            session.kill()
+            _, error = session.communicate()
+        why = (error.strip().splitlines() or [first or "no answer"])[-1]  # ssh's own last word
+        return f"could not take the run's lock on it over ssh ({why})"
+
+    def release(self) -> None:
+        if self.session is None:
+            return
+        session, self.session = self.session, None
+        with contextlib.suppress(OSError):
+            session.stdin.close()
+        try:
+            session.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            session.kill()
+            session.wait()
+
+
+class HostSiteOps(SiteOps):
+    """A site's daemons on its host, as root, over ssh, each in the run's directory there;
+    binaries from the host's PATH (checked before the run began). The host's network is read
+    before the overlay's first daemon starts there (hostnet), for its teardown to undo."""
+
+    def __init__(self, testbed: RemoteTestbed, overlay: str, family: str | None) -> None:
+        self.testbed, self.overlay, self.family = testbed, overlay, family
+        self.read: set[str] = set()  # sites whose network was read for this overlay
+
+    def run(self, site, command, timeout=60, input=None):
+        return self.testbed.host_run(site, shlex.join(command), timeout, input)
+
+    def start(self, site, name, command, env=None, own_pid_namespace=False):
+        bed = self.testbed
+        if self.family is not None and site not in self.read:
+            record_host_network(bed.hosts[site], bed.run_id, site, self.overlay, bed.topology.ranges.get(self.family))
+            self.read.add(site)
+        command = [*procs.OWN_PID_NAMESPACE, *command] if own_pid_namespace else command
+        return HostDaemon.start(name, bed.hosts[site], bed.host_dir(name), command, env)
+
+    def directory(self, name):
+        return Path(self.testbed.host_dir(name))
+
+    def files(self, site, name, files):
+        return self.testbed.put_files(site, self.testbed.host_dir(name), files)
+
+    def binary(self, name):
+        return name
+
+    def missing(self, binaries):
+        return []  # the preflight asked every host for what the overlays declare, before the run began
+
+
+@dataclass
+class RemoteEngine(Engine):
+    """A real host's own dockerd, reached over TLS; never started or stopped by this run."""
+
+    host: RemoteHost | None = None
+
+    @property
+    def url(self) -> str:
+        return self.host.docker
+
+    def docker_command(self) -> list[str]:
+        tls = self.host.tls
+        return ["docker", "-H", self.url, "--tlsverify", "--tlscacert", tls["ca"], "--tlscert", tls["cert"],
+                "--tlskey", tls["key"]]
+
+    def connect(self) -> None:
+        tls = docker.tls.TLSConfig(client_cert=(self.host.tls["cert"], self.host.tls["key"]),
+                                   ca_cert=self.host.tls["ca"], verify=True)
+        # The API version of Docker 20.10, the oldest supported: asking the daemon for its own
+        # would happen before trust_env can be turned off, and requests would then verify
+        # against $REQUESTS_CA_BUNDLE instead of the host's CA.
+        self.client = docker.DockerClient(base_url=self.url.replace("tcp://", "https://"), tls=tls, timeout=120,
+                                          version=API_VERSION)
+        self.client.api.trust_env = False
+
+    def start(self, timeout: float = 60) -> None:
+        raise RemoteError("a remote engine is the host's own; it is not started by this run")
+
+    def stop(self) -> list[str]:
+        """Remove this run's containers from the host (its engine keeps running), each on its
+        own; returns what could not be removed, and why."""
+        if self.client is None:
+            return []
+        try:
+            containers = self.client.containers.list(all=True, filters={"label": f"{LABEL}={self.run_id}"})
+        except (docker.errors.DockerException, OSError) as e:
+            return [f"host {self.site}: listing the run's containers: {tls_reason(e)}"]
+        errors = []
+        for container in containers:
+            try:
+                container.remove(force=True)
+            except docker.errors.NotFound:
+                pass
+            except (docker.errors.DockerException, OSError) as e:
+                errors.append(f"host {self.site}: container {container.name} not removed: {str(e)[-200:]}")
+        return errors
+
+
+class RemoteTestbed(Testbed):
+    """Sites on real Docker hosts. Use as a context manager."""
+
+    kind = "remote"
+    backend = "remote"
+    shared_network = True
+    own_engines = False
+
+    def __init__(self, topology: Topology, progress: Callable[[str], None] | None = None,
+                 state_root: Path | None = None, overlays: list[str] = ()) -> None:
+        self.topology = topology
+        self.overlays = list(overlays)  # what the run will build: their binaries are checked on every host
+        self.run_id = new_run_id()
+        self.run_dir = (state_root or STATE_ROOT) / self.run_id  # this machine's logs of the run
+        self.progress = progress or (lambda message: None)
+        self.hosts = {name: site.host for name, site in topology.sites.items()}
+        # The containers' TCP buffers, as on the embedded testbed; the hosts' own are left alone.
+        self.sites = {name: SiteHandle(name, "", host.address, tcp_sysctls(topology, name))
+                      for name, host in self.hosts.items()}
+        self.engines: dict[str, RemoteEngine] = {}
+        self.host_endpoints: dict[str, ContainerEndpoint] = {}
+        self.image: str | None = None
+        self.swarm_created = False
+        self.swarm_ids: dict = {}  # the swarm this run made: {"cluster": id, "nodes": {site: node id}}
+        self.gwbridge_made: list[str] = []  # hosts that had no docker_gwbridge before the run's swarm
+        self._state_lock = threading.Lock()
+        self.created: list[str] = []  # namespaces: none, ever
+        self.wan = None
+        self.emulator = None
+        self.timings: dict[str, float] = {}
+        self.versions: dict[str, str] = {}
+        self.emulated: list[str] = []  # hosts whose interface got netem: restored at the end
+        self.impaired: dict[str, Direction] = {}  # link directions a WAN fault holds now ("A->B")
+        self.faulted: list[str] = []  # hosts that may hold the run's fault chain: it goes at the end
+        self._iptables: dict[str, str | None] = {}  # per host: why it cannot take a fault's rules
+
+    # --- bring-up -------------------------------------------------------------------------
+    def up(self) -> None:
+        started = time.monotonic()
+        self.run_dir.mkdir(parents=True, mode=0o700)
+        self._lock = hold_lock(self.run_dir / "lock")
+        self._save_state()
+        first = [name for name, host in self.hosts.items() if host.ssh and not host.known_hosts
+                 and recorded_key(host) is None]
+        if first:
+            KNOWN_HOSTS.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        problems = self._lock_hosts()
+        for name in first:
+            key = recorded_key(self.hosts[name])
+            if key:
+                self.progress(f"host {name}: first contact over ssh; its key ({key}) is now recorded in "
+                              f"{KNOWN_HOSTS} and checked from now on")
+        problems = problems or self.check()
+        if problems:
+            raise RemoteError("the hosts are not ready; nothing was created on any of them:\n"
+                              + "\n".join(f"  {p}" for p in problems))
+        self.emulate()
+        self.timings["up_s"] = time.monotonic() - started
+        ready = ", ".join(f"{n} ({h.address}, Docker {self.versions[n]})" for n, h in self.hosts.items())
+        self.progress(f"remote hosts ready: {ready}")
+
+    def _lock_hosts(self) -> list[Check]:
+        """Each host held by this run for its life; a host another run holds is named with it."""
+        self.host_locks: list[HostLock] = []
+        problems = []
+        for name, host in self.hosts.items():
+            if not host.ssh:
+                continue  # check() names it
+            lock = HostLock(host, self.run_id)
+            refused = lock.acquire()
+            if refused:
+                problems.append(Check(name, refused, "wait for that run to end, or run against other hosts"))
+            else:
+                self.host_locks.append(lock)
+        return problems
+
+    def check(self) -> list[Check]:
+        """Every host's prerequisites, all of them, before anything is created."""
+        problems: list[Check] = []
+        for name, host in self.hosts.items():
+            if not host.docker:
+                problems.append(Check(name, "no docker: endpoint; the run drives Docker over TCP with TLS",
+                                      "give docker: tcp://ADDRESS:2376 and tls: {ca, cert, key}"))
+                continue
+            engine = RemoteEngine(name, "", host.address, self.run_id, self.run_dir / f"docker-{name}", host=host)
+            try:
+                engine.connect()
+                version = engine.client.version()
+            except Exception as e:  # noqa: BLE001  (every failure to reach the API is a finding)
+                problems.append(Check(name, f"Docker API at {host.docker} did not answer: {tls_reason(e)}",
+                                      "start dockerd with --tlsverify on that address, and give the client "
+                                      "certificate signed by its CA"))
+                continue
+            self.engines[name] = engine
+            self.versions[name] = version.get("Version", "?")
+            if tuple(int(x) for x in self.versions[name].split(".")[:2] if x.isdigit()) < MIN_DOCKER:
+                problems.append(Check(name, f"Docker {self.versions[name]} is older than "
+                                            f"{'.'.join(map(str, MIN_DOCKER))}", "upgrade Docker on the host"))
+        problems += preflight.over_ssh(self.topology, self.overlays)
+        if not problems and self._existing_swarm() is None:  # a swarm's daemons hold its ports
+            problems += preflight.swarm_ports(self.hosts, self.run_id)
+        return problems
+
+    def emulate(self) -> None:
+        """Give each emulating host's outgoing traffic its links' delay, jitter, loss and rate,
+        per destination (netem under htb, one class per other site)."""
+        handle = hostlinks.qdisc_handle(self.run_id)
+        for name, host in self.hosts.items():
+            if host.emulate:
+                self.emulated.append(name)  # recorded first: a kill from here on leaves it to `clean`
+                self._save_state()
+                script = "\n".join(shlex.join(c) for c in hostlinks.netem_commands(self.topology, name, host, handle))
+                applied = ssh_run(host, as_root(script), 60)
+                if not applied.ok:  # down() (from __enter__) removes what was applied, this host's part too
+                    raise RemoteError(f"host {name}: netem on {host.interface} failed (exit {applied.rc}): "
+                                      f"{(applied.stderr or applied.stdout).strip()[-300:]}")
+                self.progress(f"{name}: netem on {host.interface} for the links to "
+                              f"{', '.join(o for o in self.hosts if o != name)}")
+
+    def _existing_swarm(self) -> RemoteEngine | None:
+        """A manager of the swarm every host is in; None if none is in one. (A worker does not
+        know its cluster's id: membership is asked of a manager.)"""
+        states = {n: e.client.info().get("Swarm", {}) for n, e in self.engines.items()}
+        active = {n for n, st in states.items() if st.get("LocalNodeState") == "active"}
+        if not active:
+            return None
+        managers = [n for n in active if states[n].get("ControlAvailable")]
+        members = {node.id for node in self.engines[managers[0]].client.nodes.list()} if managers else set()
+        outside = [n for n in states if states[n].get("NodeID") not in members]
+        if outside:
+            raise RemoteError(f"the hosts do not form one swarm ({', '.join(outside)} "
+                              f"{'is' if len(outside) == 1 else 'are'} outside "
+                              f"{'the swarm of ' + managers[0] if managers else 'any swarm with a manager here'}); "
+                              "make them all join one swarm, or all leave")
+        return self.engines[managers[0]]
+
+    # --- what the overlays use --------------------------------------------------------------
+    def site_engines(self, extra_args):
+        """The hosts' own engines: never started or stopped by the run."""
+        return dict(self.engines)
+
+    def start_engines(self, made, progress):
+        """Up already; the image is loaded once per run."""
+        started = time.monotonic()
+        return self.load_image(), time.monotonic() - started
+
+    def load_image(self) -> str:
+        """The measurement image on every host: there already, or imported over the Docker API."""
+        if self.image is None:
+            tar_path, tag = build_image_tar(progress=self.progress)
+            self.image = import_image(list(self.engines.values()), tar_path, tag)
+            self.progress(f"image {self.image} on {', '.join(self.engines)}")
+        return self.image
+
+    def swarm(self, manager: RemoteEngine) -> tuple[RemoteEngine, bool]:
+        """The swarm's manager engine and whether this run made the swarm. An existing swarm
+        is used as it is; otherwise one is made with `manager` and left at the end."""
+        existing = self._existing_swarm()
+        if existing is not None:
+            return existing, False
+        self.swarm_created = True
+        # Docker makes docker_gwbridge on a host's first swarm attachment and keeps it after
+        # the swarm is left: where it was not there before, it is the run's to remove.
+        self.gwbridge_made = sorted(n for n, e in self.engines.items() if not e.client.networks.list(names=[GWBRIDGE]))
+        self._save_state()
+        return manager, True
+
+    def swarm_member(self, site: str, node_id: str, cluster_id: str | None = None) -> None:
+        """A host joined the swarm this run made, as which node (and, from the manager, which
+        cluster): `clean` leaves a swarm on a host only while the host is still that node."""
+        with self._state_lock:
+            if cluster_id:
+                self.swarm_ids["cluster"] = cluster_id
+            self.swarm_ids.setdefault("nodes", {})[site] = node_id
+            self._save_state()
+
+    def _save_state(self) -> None:
+        """What `clean --topology` needs after this run is killed: whether it made the swarm,
+        and its cluster's and nodes' ids."""
+        self._write_state({"run_id": self.run_id, "backend": self.backend, "swarm_created": self.swarm_created,
+                           "swarm": self.swarm_ids, "gwbridge_made": self.gwbridge_made,
+                           "emulated": {n: self.hosts[n].interface for n in self.emulated},
+                           "faulted": self.faulted,
+                           "hosts": {n: h.docker for n, h in self.hosts.items()}})
+
+    def host_run(self, site: str, script: str, timeout: float | None = 60,
+                 input: str | None = None) -> procs.CommandResult:
+        return host_run(self.hosts[site], script, timeout, input)
+
+    def put_files(self, site: str, directory: str, files: dict[str, Path]) -> dict[str, str]:
+        """Copy files (keys among them) into `directory` on the site's host, readable by root
+        only, through ssh's stdin (never a command line); returns where each one is."""
+        data = io.BytesIO()
+        with tarfile.open(fileobj=data, mode="w") as tar:
+            for name, path in files.items():
+                tar.add(str(path), arcname=name)
+        quoted = shlex.quote(directory)
+        names = " ".join(shlex.quote(name) for name in files)
+        # As root, tar restores the archive's modes whatever the umask: they are set after it.
+        self.host_run(site, f"umask 077 && mkdir -p {quoted} && cd {quoted} && base64 -d | tar -x --no-same-owner "
+                            f"--no-same-permissions && chmod 0700 . && chmod 0600 -- {names}",
+                      60, input=base64.b64encode(data.getvalue()).decode()).check()
+        return {name: f"{directory}/{name}" for name in files}
+
+    def site_ops(self, overlay: str, state_dir: Path, family: str | None = None) -> SiteOps:
+        """Where `overlay`'s daemons run: the sites' hosts (`family`: what its daemons add to
+        a host's network is read first, and undone by its footprint)."""
+        return HostSiteOps(self, overlay, family)
+
+    def host_dir(self, what: str) -> str:
+        """This run's directory for `what` (a daemon: NAME-SITE) on its host."""
+        return f"{HOST_STATE}/{self.run_id}/host/{what}"
+
+    def underlay_endpoint(self, site: str) -> ContainerEndpoint:
+        """The underlay on a real host: a measurement container in the host's network."""
+        if site not in self.host_endpoints:
+            engine = self.engines[site]
+            name = f"ovl{self.run_id}-{site}-host"
+            engine.client.containers.run(self.load_image(), name=name, detach=True, network_mode="host",
+                                         labels={LABEL: self.run_id})
+            self.host_endpoints[site] = ContainerEndpoint(site, self.address(site), engine, name)
+        return self.host_endpoints[site]
+
+    def address(self, site: str) -> str:
+        return self.sites[site].address
+
+    def host_of(self, site: str) -> str:
+        return self.hosts[site].docker or self.hosts[site].ssh
+
+    def emulator_counters(self, reset: bool = False, since: int | None = None) -> dict[str, dict]:
+        return {}  # real links: nothing emulated, nothing to vouch for
+
+    def count(self, label: str, match: list[str]) -> None:
+        pass
+
+    def packets(self, label: str) -> None:
+        return None  # the WAN between real hosts is not ours to count on
+
+    # --- WAN faults (hostlinks) ---------------------------------------------------------------
+    def fault_unsupported(self, changes: dict[str, Direction]) -> str | None:
+        """Why a fault's changes cannot be applied across these hosts, found by asking each
+        host that would take drop rules (iptables as root); None when they can."""
+        problems = hostlinks.unsupported(self.topology, changes)
+        for site in sorted(hostlinks.receivers(self.topology, changes)):
+            host = self.hosts[site]
+            if host.ssh and site not in self._iptables:
+                probed = host_run(host, f"iptables -w -t {hostlinks.TABLE} -S {hostlinks.HOOK} >/dev/null && "
+                                       "command -v iptables-restore >/dev/null", 60)
+                self._iptables[site] = None if probed.ok else (
+                    f"{site}: iptables as root failed (exit {probed.rc}: "
+                    f"{(probed.stderr or probed.stdout).strip()[-160:] or 'iptables-restore not found'})")
+            if self._iptables.get(site):
+                problems.append(self._iptables[site])
+        return "; ".join(problems) or None
+
+    def impair(self, changes: dict[str, Direction], routed: dict[str, list[str]] | None = None) -> int:
+        """Apply a fault's step between the hosts: the run's iptables chain on each receiving
+        host drops what the fault's loss asks for, from the far host's address and the
+        overlay's unencapsulated ranges there (`routed`); a delay step changes the sending
+        host's netem. Returns when it took effect, by the hosts' clocks: the first host to
+        hold a step that impairs more, the last to hold one that heals."""
+        after = {k: d for k, d in {**self.impaired, **changes}.items()
+                 if d != hostlinks.topology_direction(self.topology, k)}
+        problems = hostlinks.unsupported(self.topology, after)
+        if problems:
+            raise RemoteError("; ".join(problems))
+        old = {(p.src, p.dst): p.now for p in hostlinks.plan(self.topology, self.impaired)}
+        new = {(p.src, p.dst): p.now for p in hostlinks.plan(self.topology, after)}
+        scripts: dict[str, list[tuple[str, str | None]]] = {}
+        healed = []  # hosts whose chain goes: nothing of the fault is left to drop there
+        for site in self.hosts:
+            lines = hostlinks.rules(self.topology, site, after, self.run_id, routed)
+            if lines != hostlinks.rules(self.topology, site, self.impaired, self.run_id, routed) or \
+                    (not lines and site in self.faulted):
+                if lines and site not in self.faulted:
+                    self.faulted.append(site)  # recorded first: a kill from here on leaves it to `clean`
+                    self._save_state()
+                if not lines:
+                    healed.append(site)
+                scripts[site] = [hostlinks.apply_script(self.run_id, lines) if lines else
+                                 (hostlinks.heal_script(self.run_id), None)]
+        handle = hostlinks.qdisc_handle(self.run_id)
+        for src, dst in set(old) | set(new):
+            healthy = hostlinks.PathValues.of(hostlinks.path_directions(self.topology, src, dst))
+            was, now = old.get((src, dst), healthy), new.get((src, dst), healthy)
+            if (was.delay_ms, was.jitter_ms) != (now.delay_ms, now.jitter_ms):  # only emulating hosts get here
+                # netem keeps the path's own loss: the fault's is the chain's
+                values = hostlinks.PathValues(now.delay_ms, now.jitter_ms, healthy.delivered)
+                scripts.setdefault(src, []).append((hostlinks.netem_script(
+                    self.hosts[src].interface, hostlinks.netem_class(self.topology, src, dst, handle), values), None))
+
+        def apply(site: str) -> int:
+            at = 0
+            for script, stdin in scripts[site]:
+                done = host_run(self.hosts[site], script, 60, input=stdin)
+                if not done.ok:
+                    raise RemoteError(f"host {site}: the fault's step failed (exit {done.rc}): "
+                                      f"{(done.stderr or done.stdout).strip()[-300:]}")
+                at = max(at, int(done.stdout.split()[-1]))
+            return at
+
+        with concurrent.futures.ThreadPoolExecutor(max(1, len(scripts))) as pool:
+            stamps = list(pool.map(apply, scripts))
+        # A fault begins at the first host that holds it; a heal is done at the last.
+        took_effect = min if set(after) - set(self.impaired) else max
+        self.impaired = after
+        if healed:
+            self.faulted = [site for site in self.faulted if site not in healed]
+            self._save_state()
+        return took_effect(stamps, default=time.time_ns())
+
+    def _remove_fault_rules(self) -> list[str]:
+        errors = []
+        for site in list(self.faulted):
+            done = host_run(self.hosts[site], hostlinks.remove_script(self.run_id), 60)
+            if done.ok:
+                self.faulted.remove(site)
+            else:
+                errors.append(f"host {site}: the run's fault chain not removed: "
+                              f"{(done.stderr or done.stdout).strip()[-200:]}")
+        self.impaired = {}
+        return errors
+
+    def track(self, daemon: procs.Daemon) -> None:
+        pass
+
+    def untrack(self, daemons: list[procs.Daemon]) -> None:
+        pass
+
+    def dead_daemons(self) -> list[str]:
+        dead = []
+        for name, engine in self.engines.items():
+            try:
+                engine.client.ping()
+            except Exception as e:  # noqa: BLE001
+                dead.append(f"Docker engine of host {name} ({engine.url}) stopped answering: {e}")
+        return dead
+
+    def describe(self) -> dict:
+        """No key material: where each host is, not how to get in."""
+        return {"kind": self.kind, "backend": "remote", "run_id": self.run_id,
+                "emulator": {"kind": "none", "reason": "real hosts: links measured as they are"},
+                "sites": {n: {"address": h.address, "docker": h.docker, "ssh": h.ssh,
+                              "docker_version": self.versions.get(n), "sysctls": self.sites[n].sysctls}
+                          for n, h in self.hosts.items()},
+                "timings": self.timings}
+
+    # --- teardown ---------------------------------------------------------------------------
+    def down(self) -> None:
+        """Remove what the run made on every host (containers, networks, a swarm it made);
+        best effort: every host is visited even when one fails."""
+        started = time.monotonic()
+        errors = remove_run(self.engines, self.run_id, set(self.engines) if self.swarm_created else set(),
+                            set(self.gwbridge_made))
+        errors += self._remove_fault_rules()
+        errors += hostlinks.remove_netem({n: self.hosts[n] for n in self.emulated}, self.run_id, report=lambda m: None)
+        self.emulated = []
+        for engine in self.engines.values():
+            if engine.client is not None:
+                engine.client.close()
+        self.engines, self.host_endpoints = {}, {}
+        for host_lock in getattr(self, "host_locks", []):
+            host_lock.release()
+        self.host_locks = []
+        lock = getattr(self, "_lock", None)
+        if lock is not None:
+            lock.close()
+            self._lock = None
+        self.timings["down_s"] = time.monotonic() - started
+        if errors:  # the run's state stays: `clean --topology` proves the run over by it, and finishes
+            raise RemoteError("teardown on the hosts finished with errors (every other step ran; the run's state "
+                              f"is kept in {self.run_dir}: `python -m pytest_overlay clean --topology FILE` "
+                              "finishes the job):\n" + "\n".join(errors))
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+
+
+def remove_run(engines: dict[str, RemoteEngine], run_id: str, leave_swarm: set[str],
+               gwbridge_made: set[str] = frozenset()) -> list[str]:
+    """Remove a run's containers, then its networks (a swarm's only through a manager, once
+    nothing is attached), then take the hosts in `leave_swarm` out of the swarm the run made,
+    with the docker_gwbridge that swarm made there. Returns what failed."""
+    errors = []
+    for engine in engines.values():
+        engine.run_id = run_id
+        errors += engine.stop()
+    errors += remove_networks(engines, run_id)
+    for name in sorted(leave_swarm & set(engines)):
+        try:
+            engines[name].client.swarm.leave(force=True)
+            if name in gwbridge_made:
+                for network in engines[name].client.networks.list(names=[GWBRIDGE]):
+                    network.remove()
+        except docker.errors.NotFound:
+            pass
+        except Exception as e:  # noqa: BLE001
+            errors.append(f"host {name}: leaving the swarm: {e}")
+    return errors
+
+
+def tls_reason(error: Exception) -> str:
+    """What went wrong reaching a Docker API, in a sentence, with the library's own words."""
+    text = str(error)
+    detail = re.search(r"\[SSL: [^]]*\][^')]*|EOF occurred in violation of protocol|Connection refused|timed out|"
+                       r"Name or service not known", text)
+    for marker, reason in (("BAD_CERTIFICATE", "the daemon rejected our client certificate (tls.cert/tls.key)"),
+                           ("UNKNOWN_CA", "the daemon does not know the CA of our client certificate"),
+                           ("EOF occurred in violation of protocol", "the daemon closed the TLS handshake: it most "
+                            "likely rejected our client certificate (tls.cert/tls.key not signed by its CA)"),
+                           ("CERTIFICATE_VERIFY_FAILED", "the daemon's certificate is not signed by tls.ca"),
+                           ("CERTIFICATE_REQUIRED", "the daemon demands a client certificate"),
+                           ("Connection refused", "connection refused: nothing listens there"),
+                           ("timed out", "timed out")):
+        if marker in text:
+            return f"{reason} ({detail.group(0).strip() if detail else marker})"
+    return text[-300:]
+
