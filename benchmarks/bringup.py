@@ -19,7 +19,7 @@ from pytest_overlay.testbeds.emulated import EmulatedTestbed
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--overlay", default="libnetwork", choices=overlays.KNOWN)
+    parser.add_argument("--overlay", default="libnetwork", choices=overlays.names())
     parser.add_argument("--topology", default="geant-star")
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--busy", action="store_true", help="keep one core busy with an unrelated process")

@@ -12,8 +12,8 @@ import re
 import statistics
 
 from pytest_overlay.emulation import emulator
-from pytest_overlay.measure import probes
 from pytest_overlay.inputs import topology
+from pytest_overlay.measure import probes
 from pytest_overlay.overlays.host import HostOverlay
 from pytest_overlay.results import Stats
 from pytest_overlay.testbeds.emulated import EmulatedTestbed

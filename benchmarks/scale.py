@@ -22,10 +22,10 @@ import time
 from pathlib import Path
 
 from pytest_overlay import overlays
+from pytest_overlay.emulation import emulator as emu
 from pytest_overlay.inputs import generate, topology
 from pytest_overlay.measure import probes, validity
 from pytest_overlay.results import thresholds
-from pytest_overlay.emulation import emulator as emu
 from pytest_overlay.testbeds.emulated import EmulatedTestbed
 
 
@@ -147,9 +147,9 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=Path("scale"))
     args = parser.parse_args()
     names = args.overlays.split(",")
-    unknown = [n for n in names if n not in overlays.KNOWN]
+    unknown = [n for n in names if n not in overlays.names()]
     if unknown:
-        print(f"--overlays: unknown {', '.join(unknown)}; known: {', '.join(overlays.KNOWN)}", file=sys.stderr)
+        print(f"--overlays: unknown {', '.join(unknown)}; known: {', '.join(overlays.names())}", file=sys.stderr)
         return 2
     args.out.mkdir(parents=True, exist_ok=True)
     rows: list[dict] = []

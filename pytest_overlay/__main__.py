@@ -10,8 +10,9 @@ import shlex
 import sys
 from pathlib import Path
 
-from .testbeds import engines, lab, runs
+from . import kinds
 from .inputs import topology
+from .testbeds import engines, lab, runs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -70,7 +71,7 @@ def main(argv: list[str] | None = None) -> int:
             except topology.InputError as e:
                 print(f"clean: {e}", file=sys.stderr)
                 return 2
-            cleaned = hostclean.clean_hosts(hosts, report=print, force=args.force)
+            cleaned = hostclean.clean_hosts(hosts, kinds.footprint, report=print, force=args.force)
             print(f"clean: {cleaned} run(s) cleaned on the hosts of {args.topology}")
         removed = runs.sweep(report=print, cleaners=[engines.remove_run_files, lab.remove_bridge], force=args.force)
         print(f"clean: {removed} namespace(s) of runs that are over removed")

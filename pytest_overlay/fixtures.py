@@ -16,11 +16,11 @@ import warnings
 
 import pytest
 
-from .measure import noise as noise_tools
-from . import options, procs, results, session
+from . import kinds, options, procs, results, session
 from .inputs import topology
-from .measure.path import FaultPath, LoadPath, OverlayPath, StreamPath
+from .measure import noise as noise_tools
 from .measure.noise import Noise
+from .measure.path import FaultPath, LoadPath, OverlayPath, StreamPath
 from .session import OverlaySession
 
 
@@ -69,7 +69,8 @@ def overlay_testbed(overlay_session: OverlaySession):
     if any(site.host for site in topology.sites.values()):
         from .testbeds.remote import RemoteTestbed
 
-        bed = RemoteTestbed(topology, progress=overlay_session.progress, overlays=overlay_session.overlays)
+        bed = RemoteTestbed(topology, progress=overlay_session.progress,
+                            needs=kinds.host_needs(overlay_session.overlays))
     else:
         problems = procs.missing({**TOOLS, **probes.traffic_tools()})
         if overlay_session.option("overlay_noise"):
@@ -198,7 +199,7 @@ def overlay_path(overlay, circuit: topology.Circuit, cpu_budget: float | None, n
         from .testbeds import budget
 
         why = budget.unavailable() or ("the underlay runs no overlay process: a CPU budget caps nothing (its "
-                                       "unbudgeted record is every budget's baseline)" if overlay.name == "host" else
+                                       "unbudgeted record is every budget's baseline)" if overlay.name == kinds.BASELINE else
                                        "CPU budgets on real hosts are not built in this version"
                                        if overlay.testbed.backend != "embedded" else "")
         if why:

@@ -9,9 +9,9 @@ from typing import Callable
 
 import pytest
 
-from .results import gates
+from . import kinds
 from .measure import noise
-from .overlays import ALL, BASELINE, KNOWN
+from .results import gates
 
 EMULATORS = ("auto", "netem", "delayline", "none")
 BUNDLED_TOPOLOGIES = ("geant", "geant-star", "local")
@@ -21,16 +21,17 @@ def parse_overlays(value: str) -> list[str]:
     names = [n.strip() for n in value.split(",") if n.strip()]
     if not names:
         raise argparse.ArgumentTypeError("give at least one overlay name")
-    if "all" in names:
-        names = list(ALL) + [n for n in names if n != "all"]
+    known = kinds.names()
     for name in names:
-        if name not in KNOWN:
-            raise argparse.ArgumentTypeError(f"unknown overlay {name!r}; allowed: all ({', '.join(ALL)}), "
-                                             f"{', '.join(KNOWN)}")
+        if name != "all" and name not in known:
+            raise argparse.ArgumentTypeError(f"unknown overlay {name!r}; allowed: all ({', '.join(kinds.in_all())}), "
+                                             f"{', '.join(known)}")
+    if "all" in names:
+        names = list(kinds.in_all()) + [n for n in names if n != "all"]
     if len(set(names)) != len(names):
         raise argparse.ArgumentTypeError(f"overlay named twice in {value!r}")
     # The underlay first: limits relative to it need its records.
-    return sorted(names, key=lambda n: n != BASELINE)
+    return sorted(names, key=lambda n: n != kinds.BASELINE)
 
 
 def parse_emulator(value: str) -> str:
@@ -119,8 +120,9 @@ def _add(group, flag: str, default, help: str, **kwargs) -> None:
 
 def addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("overlay", "pytest-overlay: overlay networks over an emulated WAN")
-    _add(group, "--overlay", ["host"], f"Overlays to measure, of: {', '.join(KNOWN)}; or all ({', '.join(ALL)}). "
-         "host is the underlay baseline, measured first.", type=parse_overlays, metavar="NAME[,NAME...]")
+    _add(group, "--overlay", [kinds.BASELINE], f"Overlays to measure, of: {', '.join(kinds.names())}; or all "
+         f"(the study's: every kind that declares itself part of it). {kinds.BASELINE} is the underlay baseline, "
+         "measured first.", type=parse_overlays, metavar="NAME[,NAME...]")
     _add(group, "--topology", "geant", "Topology file, or the name of a bundled one "
          f"({', '.join(BUNDLED_TOPOLOGIES)}).", metavar="PATH|NAME")
     _add(group, "--overlay-circuits", None, "Circuits to measure instead of the topology's (its circuits:, else "

@@ -16,8 +16,8 @@ import subprocess
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Callable
 from pathlib import Path
+from typing import Callable
 
 
 def apt(tools: dict[str, str]) -> dict[str, str]:

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from .results import metrics, thresholds
 from .inputs import topology
-from .results import Missing, Record, finite
+from .results import Missing, Record, finite, metrics, thresholds
 from .results.storage import SavedRun, Storage
 
 

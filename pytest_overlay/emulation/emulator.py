@@ -20,9 +20,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .. import procs
-from .delayline import HIST_EDGES_US, LATE_LIMIT_S, query_stats, set_queues
+from ..inputs.model import Direction
 from ..paths import CACHE
-from ..inputs.topology import Direction
+from .delayline import HIST_EDGES_US, LATE_LIMIT_S, query_stats, set_queues
 
 KINDS = ("auto", "netem", "delayline", "none")
 MTU = 1500

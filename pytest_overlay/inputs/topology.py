@@ -22,276 +22,33 @@ the file, the line and the field.
 
 from __future__ import annotations
 
-import heapq
 import ipaddress
 import math
 import re
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from ..kinds import families as overlay_families
 from ..paths import TOPOLOGY_DIR
+from .model import (
+    FAULT_KINDS,
+    MAX_LINKS,
+    RESERVED_SITE_NAMES,
+    SITE_NAME,
+    AddressFamily,
+    Circuit,
+    Direction,
+    Fault,
+    Link,
+    Load,
+    RemoteHost,
+    Site,
+    Topology,
+)
 from .yamlfile import Checker, InputError, LineDict, kind_of, line_of, load_yaml
 
-SITE_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]{0,11}$")
-RESERVED_SITE_NAMES = {"wan"}  # the testbed's own namespace is ovl<run>-wan
-MAX_LINKS = 2048  # the delay line's queues (two per link); MACs hold 16 384
-
-
-@dataclass(frozen=True)
-class RemoteHost:
-    """A real Docker host standing for a site. Docker over TCP only with TLS and a client
-    certificate; `emulate` applies the site's link keys with netem on `interface`."""
-
-    address: str  # where other sites reach it: `address`, else ssh's, else docker's
-    ssh: str | None = None  # user@address[:port]
-    docker: str | None = None  # tcp://address:port
-    tls: dict[str, str] | None = None  # ca, cert, key: absolute paths
-    interface: str | None = None
-    emulate: bool = False
-    identity: str | None = None  # ssh private key file, absolute
-    known_hosts: str | None = None  # ssh known_hosts file, absolute
-
-
-@dataclass(frozen=True)
-class Site:
-    name: str
-    index: int
-    location: str = ""
-    host: RemoteHost | None = None
-
-
-@dataclass(frozen=True)
-class Direction:
-    """What one direction of a link does to packets."""
-
-    src: str
-    dst: str
-    delay_ms: float
-    jitter_ms: float = 0.0
-    loss_pct: float = 0.0
-    rate_mbit: float | None = None
-    queue_ms: float | None = None  # the buffer in front of the rate limit; None: DEFAULT_QUEUE
-
-    @property
-    def buffer_ms(self) -> float | None:
-        """How long a packet may wait behind the rate limit before the link drops it (None:
-        no rate limit, so no queue builds). Default: the link's RTT plus 10 ms, about the
-        bandwidth-delay product a router of such a WAN is given."""
-        if not self.rate_mbit:
-            return None
-        return self.queue_ms if self.queue_ms is not None else 2 * self.delay_ms + DEFAULT_QUEUE_EXTRA_MS
-
-
-DEFAULT_QUEUE_EXTRA_MS = 10.0
-
-
-@dataclass(frozen=True)
-class Link:
-    index: int
-    a: str
-    b: str
-    forward: Direction  # a -> b
-    reverse: Direction  # b -> a
-
-    @property
-    def rtt_ms(self) -> float:
-        return self.forward.delay_ms + self.reverse.delay_ms
-
-    def direction(self, src: str) -> Direction:
-        return self.forward if src == self.a else self.reverse
-
-
-@dataclass(frozen=True)
-class Circuit:
-    src: str
-    dst: str
-
-    @property
-    def id(self) -> str:
-        return f"{self.src}-{self.dst}"
-
-
-FAULT_KINDS = {
-    "cut": "the link between two sites drops everything for `seconds`, then comes back",
-    "partition": "every link of one site drops everything for `seconds`, then heals",
-    "flap": "the link goes down for `seconds` and up for `up_s`, `times` times",
-    "loss": "the link loses `loss_pct` % of packets each way for `seconds`",
-    "reroute": "the link's RTT steps up by `add_rtt_ms` for `seconds`, as when a provider moves a circuit",
-}
-
-
-@dataclass(frozen=True)
-class Fault:
-    """A WAN fault scenario: what happens to which links, and when, from its start."""
-
-    name: str
-    kind: str
-    links: tuple["Link", ...]  # the links it touches
-    seconds: float  # how long the fault (each down time, for a flap) lasts
-    probe: Circuit  # the circuit it affects, probed throughout
-    watch: Circuit | None = None  # a circuit it leaves alone, probed beside it
-    site: str | None = None  # the partitioned site
-    up_s: float = 0.0
-    times: int = 1
-    loss_pct: float = 100.0
-    add_rtt_ms: float = 0.0
-
-    @property
-    def duration_s(self) -> float:
-        """From the fault's start to its last heal."""
-        return self.times * self.seconds + (self.times - 1) * self.up_s
-
-    def faulty(self) -> dict[str, Direction]:
-        """The touched link directions ("A->B") while the fault is on."""
-        out = {}
-        for link in self.links:
-            for d in (link.forward, link.reverse):
-                if self.kind == "reroute":
-                    out[f"{d.src}->{d.dst}"] = replace(d, delay_ms=d.delay_ms + self.add_rtt_ms / 2)
-                else:
-                    out[f"{d.src}->{d.dst}"] = replace(d, loss_pct=self.loss_pct)
-        return out
-
-    def healthy(self) -> dict[str, Direction]:
-        """The touched link directions as the topology gives them."""
-        return {f"{d.src}->{d.dst}": d for link in self.links for d in (link.forward, link.reverse)}
-
-    def steps(self) -> list[tuple[float, str, dict[str, Direction]]]:
-        """(seconds from the fault's start, "fault" or "heal", the directions' new values)."""
-        out = []
-        for i in range(self.times):
-            start = i * (self.seconds + self.up_s)
-            out += [(start, "fault", self.faulty()), (start + self.seconds, "heal", self.healthy())]
-        return out
-
-
-@dataclass(frozen=True)
-class Load:
-    """The latency-under-load experiment (`-m load`): the circuits it runs on, and the link
-    buffers (ms) it runs each at besides the links' own."""
-
-    circuits: list[Circuit]
-    queues_ms: tuple[float, ...]
-
-    def levels(self) -> list[tuple[Circuit, float | None]]:
-        """(circuit, buffer) pairs; None: the links' own buffer."""
-        return [(c, q) for c in self.circuits for q in (None, *self.queues_ms)]
-
-
-@dataclass
-class Topology:
-    name: str
-    path: str
-    sites: dict[str, Site]
-    links: list[Link]
-    circuits: list[Circuit]
-    hub: str | None = None
-    manager: str | None = None
-    kv: str | None = None  # where an overlay's key-value store runs (Flannel's etcd)
-    faults: dict[str, Fault] = field(default_factory=dict)
-    load: "Load" = field(default_factory=lambda: Load([], ()))
-    ranges: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_RANGES))
-    _routes: dict = field(default_factory=dict, repr=False)
-
-    def stream_circuit(self) -> "Circuit":
-        """The streaming experiment's path: the server at the hub (else the first circuit's
-        source), the clients at the far end of the first circuit from it."""
-        hub = self.hub or self.circuits[0].src
-        for c in self.circuits:
-            if hub in (c.src, c.dst):
-                return Circuit(hub, c.dst if c.src == hub else c.src)
-        return Circuit(hub, next(s for s in self.sites if s != hub))
-
-    @property
-    def kv_site(self) -> str:
-        """The key-value store's site: `kv`, else the swarm manager, else the first site."""
-        return self.kv or self.manager or next(iter(self.sites))
-
-    def _index(self) -> dict[str, dict[str, Link]]:
-        """Each site's links by peer, built once (again if links were added since)."""
-        if self._routes.get("links") != len(self.links):
-            self._routes.clear()
-            self._routes["links"] = len(self.links)
-            adjacent: dict[str, dict[str, Link]] = {}
-            for link in self.links:
-                adjacent.setdefault(link.a, {})[link.b] = link
-                adjacent.setdefault(link.b, {})[link.a] = link
-            self._routes["adjacent"] = adjacent
-        return self._routes["adjacent"]
-
-    def link_between(self, a: str, b: str) -> Link | None:
-        return self._index().get(a, {}).get(b)
-
-    def path_between(self, src: str, dst: str) -> list[str]:
-        """Sites from src to dst (both included) on the fewest hops, then the lowest delay.
-
-        As on a real WAN, linked sites talk over their own link even where a detour is faster.
-        One search from each source finds its paths to every site: all pairs cost
-        O(sites x links x log sites), not a search per pair.
-        """
-        self._index()
-        trees = self._routes.setdefault("trees", {})
-        if src not in trees:
-            trees[src] = self._tree(src)
-        previous = trees[src]
-        if dst != src and dst not in previous:
-            return []
-        hops = [dst]
-        while hops[-1] != src:
-            hops.append(previous[hops[-1]])
-        return hops[::-1]
-
-    def _tree(self, src: str) -> dict[str, str]:
-        """Dijkstra from src on (hops, delay): each reached site's predecessor."""
-        adjacent = self._index()
-        best: dict[str, tuple[int, float]] = {src: (0, 0.0)}
-        previous: dict[str, str] = {}
-        heap = [((0, 0.0), src)]
-        while heap:
-            cost, site = heapq.heappop(heap)
-            if cost > best[site]:
-                continue
-            for peer, link in adjacent.get(site, {}).items():
-                new = (cost[0] + 1, cost[1] + link.direction(site).delay_ms)
-                if new < best.get(peer, (math.inf, math.inf)):
-                    best[peer], previous[peer] = new, site
-                    heapq.heappush(heap, (new, peer))
-        return previous
-
-    def directions(self, src: str, dst: str) -> list[Direction]:
-        """The link directions a packet from src to dst crosses, in order."""
-        hops = self.path_between(src, dst)
-        return [self.link_between(a, b).direction(a) for a, b in zip(hops, hops[1:])]
-
-    def expected(self, circuit: Circuit) -> dict[str, float | None]:
-        """What the emulated WAN should show on a circuit: RTT, jitter, loss and rate."""
-        there, back = self.directions(circuit.src, circuit.dst), self.directions(circuit.dst, circuit.src)
-        rates = [d.rate_mbit for d in there if d.rate_mbit]
-        delivered = 1.0
-        for d in there:
-            delivered *= 1 - d.loss_pct / 100
-        return {
-            "rtt_ms": sum(d.delay_ms for d in there + back),
-            "jitter_ms": sum(d.jitter_ms for d in there + back),
-            "loss_pct": (1 - delivered) * 100,
-            "rate_mbit": min(rates) if rates else None,
-            "queue_ms": {f"{d.src}->{d.dst}": d.buffer_ms for d in there + back if d.buffer_ms is not None},
-        }
-
-    def with_queue(self, circuit: Circuit, queue_ms: float | None) -> list[Direction]:
-        """The rate-limited directions of the circuit's path, both ways, with their buffer set
-        to queue_ms (None: the topology's own)."""
-        directions = self.directions(circuit.src, circuit.dst) + self.directions(circuit.dst, circuit.src)
-        return [d if queue_ms is None else replace(d, queue_ms=queue_ms) for d in directions if d.rate_mbit]
-
-
 TOP_KEYS = {"name", "sites", "links", "circuits", "hub", "manager", "kv", "description", "faults", "load", "ranges"}
-# The address range each overlay gives its containers; `ranges:` in a topology moves them (say,
-# off a range the hosts already route). The host bits of each block it carves per site:
-# Flannel leases a /24 per site, Calico's BIRD announces a /26 block per site.
-DEFAULT_RANGES = {"weave": "10.32.0.0/12", "flannel": "10.40.0.0/16", "calico": "10.48.0.0/16"}
-RANGE_BLOCKS = {"weave": 24, "flannel": 24, "calico": 26}
 TESTBED_ADDRESSES = ipaddress.ip_network("198.18.0.0/15")  # the sites' and the lab's own (RFC 2544)
 LOAD_KEYS = {"circuits", "queue_ms"}
 FAULT_KEYS = {"kind", "link", "site", "seconds", "up_s", "times", "loss_pct", "add_rtt_ms", "probe", "watch"}
@@ -417,30 +174,30 @@ def parse(data: Any, path: str | Path) -> Topology:
 
 
 def _parse_ranges(check: Checker, data: LineDict, sites: int) -> dict[str, str]:
-    """The `ranges:` section: {weave|flannel|calico: CIDR}; each must hold a block per site
-    and keep clear of the testbed's own addresses."""
-    ranges = dict(DEFAULT_RANGES)
+    """The `ranges:` section, {family: CIDR}, over the defaults of every overlay kind's
+    address family; each must hold a block per site and keep clear of the testbed's own
+    addresses."""
+    families: dict[str, AddressFamily] = overlay_families()
+    ranges: dict[str, str] = {}
     if "ranges" not in data:
         return ranges
     raw = check.mapping(data["ranges"], "ranges", data, "ranges")
-    check.keys(raw, set(DEFAULT_RANGES), "ranges")
-    for overlay, value in raw.items():
-        where = f"ranges.{overlay}"
+    check.keys(raw, set(families), "ranges")
+    for name, value in raw.items():
+        where, family = f"ranges.{name}", families[name]
         try:
             network = ipaddress.IPv4Network(value) if isinstance(value, str) else None
         except ValueError as e:
-            raise check.fail(raw, overlay, where, f"must be an IPv4 network such as {DEFAULT_RANGES[overlay]}: {e}")
+            raise check.fail(raw, name, where, f"must be an IPv4 network such as {family.default}: {e}")
         if network is None:
-            raise check.fail(raw, overlay, where, f"must be an IPv4 network such as {DEFAULT_RANGES[overlay]}, "
-                                                  f"got {value!r}")
-        block = RANGE_BLOCKS[overlay]
-        blocks = 2 ** (block - network.prefixlen) if network.prefixlen <= block else 0
+            raise check.fail(raw, name, where, f"must be an IPv4 network such as {family.default}, got {value!r}")
+        blocks = 2 ** (family.block - network.prefixlen) if network.prefixlen <= family.block else 0
         if blocks < sites:
-            raise check.fail(raw, overlay, where, f"{network} holds {blocks} /{block} block(s); {sites} sites "
-                                                  "need one each")
+            raise check.fail(raw, name, where, f"{network} holds {blocks} /{family.block} block(s); {sites} sites "
+                                               "need one each")
         if network.overlaps(TESTBED_ADDRESSES):
-            raise check.fail(raw, overlay, where, f"{network} overlaps the testbed's own {TESTBED_ADDRESSES}")
-        ranges[overlay] = str(network)
+            raise check.fail(raw, name, where, f"{network} overlaps the testbed's own {TESTBED_ADDRESSES}")
+        ranges[name] = str(network)
     return ranges
 
 
@@ -727,3 +484,7 @@ def _untouched(topo: Topology, fault: Fault, circuit: Circuit) -> bool:
     hops = topo.path_between(circuit.src, circuit.dst)
     touched = {frozenset((link.a, link.b)) for link in fault.links}
     return not any(frozenset(pair) in touched for pair in zip(hops, hops[1:]))
+
+
+__all__ = ["AddressFamily", "Circuit", "Direction", "FAULT_KINDS", "Fault", "InputError", "Link", "Load", "RemoteHost",
+           "Site", "TOPOLOGY_DIR", "Topology", "available", "load", "parse", "resolve_path"]

@@ -15,8 +15,8 @@ import threading
 import time
 from dataclasses import dataclass, field
 
+from ..inputs.model import Fault
 from . import probes
-from ..inputs.topology import Fault
 
 INTERVAL_MS = 10.0  # one round trip every 10 ms: outage and recovery resolve to 10 ms
 BEFORE_S = 5.0  # probing before the fault: the RTT's level

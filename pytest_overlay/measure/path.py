@@ -14,16 +14,16 @@ from typing import Callable
 
 import pytest
 
+from .. import kinds, results
 from ..emulation import emulator as emu
-from .. import results
-from . import faults, load, machine, probes, streaming, validity
-from ..results import gates, metrics
-from .noise import Neighbour, Noise
-from ..overlays import BASELINE, Overlay
-from ..results import Record, Stats
-from ..session import OverlaySession
+from ..inputs.model import Circuit, Fault
+from ..kinds import BASELINE
+from ..overlays import Overlay
+from ..results import Record, Stats, gates, metrics
 from ..results.thresholds import VALIDITY
-from ..inputs.topology import Circuit, Fault
+from ..session import OverlaySession
+from . import faults, load, machine, probes, streaming, validity
+from .noise import Neighbour, Noise
 
 
 @dataclass
@@ -401,8 +401,6 @@ class OverlayPath:
     def _measure_underlay(self, record: Record, again: bool = False) -> Record:
         """The underlay's record on the same circuit, measured now: first, or `again`
         where the one measured is INVALID (an overhead needs a valid baseline)."""
-        from ..overlays.host import HostOverlay
-
         kind = metrics.get(record.metric).probe
         if again:
             self.state.cache.pop((BASELINE, self.circuit, kind), None)
@@ -410,7 +408,7 @@ class OverlayPath:
                                        f"{record.overlay}, its record was INVALID")
         self.state.progress(f"measuring the underlay's {record.metric} on {record.circuit} "
                             f"{'again' if again else 'first'}: a limit of {record.overlay}'s is relative to it")
-        host = OverlayPath(HostOverlay(self.overlay.testbed), self.circuit, self.state, test="")
+        host = OverlayPath(kinds.get(BASELINE)(self.overlay.testbed), self.circuit, self.state, test="")
         made = {"latency": host.latency, "jitter": host.jitter, "tcp_throughput": host.tcp,
                 "udp_throughput": lambda: host.udp()[0]}[record.metric]()
         made.verdict = "measured as the baseline of a relative limit"

@@ -7,43 +7,27 @@ overlay's network; probes only need it to run a command and start a server.
 
 from __future__ import annotations
 
-import io
-import shlex
-import subprocess
-import tarfile
-from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .. import procs
-from ..testbeds.hostnet import Footprint
-from ..paths import IMAGE_AGENTS
 
 if TYPE_CHECKING:
-    from ..testbeds.engines import Engine
-    from ..testbeds.emulated import EmulatedTestbed
-
-
-@dataclass(frozen=True)
-class HostNeeds:
-    """What an overlay needs on a real host, and what would show another instance of it
-    there: the remote backend checks these on every host before anything is created, and
-    knows nothing else of the overlay."""
-
-    family: str  # the topology's `ranges:` key, and what `ranges` names
-    range_what: str  # "Weave Net's IPAM range"
-    binaries: dict[str, tuple[str, str]]  # on every host: binary -> (what it is, how to install it)
-    kv_binaries: dict[str, tuple[str, str]] = field(default_factory=dict)  # on the key-value site's host
-    started: tuple[str, ...] = ()  # binaries run once with --version: they must start (libraries)
-    devices: dict[str, str] = field(default_factory=dict)  # a device it makes -> whose it is
-    rivals: dict[str, str] = field(default_factory=dict)  # a process of another instance -> whose it is
-    listens: dict[int, tuple[str, str]] = field(default_factory=dict)  # TCP port -> (who holds it, the fix)
-    footprint: Footprint | None = None  # what its daemons add to a host's network (hostnet)
+    from ..inputs.model import AddressFamily
+    from ..testbeds.contract import HostNeeds, Testbed
 
 
 class Overlay:
-    name = ""
-    description = ""
+    """One overlay kind. Its class attributes declare everything other layers know of it:
+    the registry (kinds.py), the topology's `ranges:`, the Makefile's packages, the lab's
+    binaries, the real-host preflight and clean, and the reports read them here."""
+
+    name = ""  # what --overlay calls it; the registry's key
+    label = ""  # how reports name it: "Weave Net"
+    description = ""  # its datapath in one line
+    in_all = False  # whether --overlay=all measures it (the study's five)
+    family: AddressFamily | None = None  # the range its containers take (None: Docker's own IPAM)
+    packages: tuple[str, ...] = ()  # Debian packages its daemons need here
+    shipped: tuple[str, ...] = ()  # binaries no Debian package carries: found on PATH, copied to lab hosts
     # On real hosts: None when it runs no daemon there; `remote_unsupported` says why it cannot run there.
     host_needs: HostNeeds | None = None
     remote_unsupported: str | None = None
@@ -56,7 +40,7 @@ class Overlay:
     # The timers that decide what a WAN fault does to it: (what, default, where it is set).
     timers: tuple[tuple[str, str, str], ...] = ()
 
-    def __init__(self, testbed: EmulatedTestbed) -> None:
+    def __init__(self, testbed: Testbed) -> None:
         self.testbed = testbed
         self.timings: dict[str, float] = {}
 
@@ -116,59 +100,3 @@ class Overlay:
 
 class OverlayUnavailable(Exception):
     """The overlay cannot run on this machine; the message says what it lacks."""
-
-
-@dataclass
-class ContainerEndpoint:
-    """A measurement container: commands run in it with `docker exec`."""
-
-    name: str
-    address: str
-    engine: Engine
-    container: str
-
-    def run(self, command: list[str], timeout: float | None = 60) -> procs.CommandResult:
-        return self.engine.cli("exec", self.container, *command, timeout=timeout)
-
-    def start(self, name: str, command: list[str], ready: str | None = None, timeout: float = 10.0) -> procs.Daemon:
-        # The server writes its pid inside the container, so stop() can end it there.
-        script = f"echo $$ > /tmp/{name}.pid; exec {shlex.join(command)}"
-        daemon = procs.start(name, [*self.engine.docker_command(), "exec", self.container, "sh", "-c", script],
-                             self.engine.state_dir / f"{name}.log", ready=ready, timeout=timeout)
-        return ContainerDaemon(daemon.name, daemon.command, daemon.log, daemon.popen, daemon.started, self)
-
-    def agent(self, name: str) -> str:
-        return f"{IMAGE_AGENTS}/{name}"
-
-    def file(self, path: Path) -> str:
-        """Copy the file into the container's /tmp (over the Docker API: works on remote hosts too)."""
-        data = io.BytesIO()
-        with tarfile.open(fileobj=data, mode="w") as tar:
-            tar.add(str(path), arcname=path.name)
-        self.engine.client.containers.get(self.container).put_archive("/tmp", data.getvalue())
-        return f"/tmp/{path.name}"
-
-
-class ContainerDaemon(procs.Daemon):
-    def __init__(self, name, command, log, popen, started, endpoint: ContainerEndpoint) -> None:
-        super().__init__(name, command, log, popen, started)
-        self.endpoint = endpoint
-
-    def _signal_inside(self, signal_name: str, timeout: float) -> None:
-        """Signal the process inside the container (its pid is there) and wait for it."""
-        if self.alive():
-            self.endpoint.run(["sh", "-c", f"kill -{signal_name} $(cat /tmp/{self.name}.pid)"], timeout=timeout)
-            try:
-                self.popen.wait(timeout)
-            except subprocess.TimeoutExpired:
-                pass
-
-    def interrupt(self, timeout: float = 5.0) -> int | None:
-        self._signal_inside("INT", timeout)
-        return self.stop(timeout)
-
-    def stop(self, timeout: float = 5.0) -> int | None:
-        self._signal_inside("TERM", timeout)
-        return super().stop(timeout)
-
-

@@ -21,14 +21,16 @@ import socket
 import time
 
 from .. import procs
+from ..inputs.model import AddressFamily
+from ..testbeds.contract import HostNeeds, Testbed
 from ..testbeds.engines import Engine, EngineError
 from ..testbeds.hostnet import Footprint
-from ..testbeds.emulated import EmulatedTestbed
-from ..inputs.topology import DEFAULT_RANGES
-from .base import HostNeeds, OverlayUnavailable
+from .base import OverlayUnavailable
 from .containers import ContainerOverlay
 
-POOL = ipaddress.ip_network(DEFAULT_RANGES["calico"])  # the default; a topology's `ranges:` moves it
+# BIRD announces a /26 block per site; a topology's `ranges:` moves the pool.
+FAMILY = AddressFamily("calico", "10.48.0.0/16", 26, "Calico's pool")
+POOL = ipaddress.ip_network(FAMILY.default)
 BLOCK_PREFIX = 26
 AS_NUMBER = 64512
 GATEWAY = "169.254.1.1"
@@ -39,7 +41,7 @@ FORWARD_RULES = (["-i", "cali+"], ["-o", "cali+"])  # what felix would allow: wo
 # its routes into the pool.
 HOST_FOOTPRINT = Footprint("calico", marks=("cali+",), chain_prefixes=("cali-",), routes_within=str(POOL))
 HOST_NEEDS = HostNeeds(
-    "calico", "Calico's pool",
+    FAMILY,
     binaries={binary: (what, "apt-get install bird2 (its service need not run)") for binary, what in BINARIES.items()},
     rivals={"calico-node": "Calico", "bird": "BIRD (Calico's BGP)"},
     listens={179: ("a BGP speaker already listens on 179/tcp (a BIRD of someone else's?)",
@@ -135,14 +137,18 @@ def bird_query(control: str, command: str, timeout: float = 5.0) -> str:
 
 class CalicoOverlay(ContainerOverlay):
     name = "calico"
+    label = "Calico (model)"
+    in_all = True
+    family = FAMILY
+    packages = ("bird2",)
     description = "Calico's data plane (model): BIRD iBGP full mesh AS 64512, /26 blocks, no encapsulation"
     host_needs = HOST_NEEDS
     wire_key = "workload_packets_on_wan"
     wire_what = "unencapsulated packets from workload addresses"
 
-    def __init__(self, testbed: EmulatedTestbed) -> None:
+    def __init__(self, testbed: Testbed) -> None:
         super().__init__(testbed)
-        self.pool = ipaddress.ip_network(testbed.topology.ranges["calico"])
+        self.pool = ipaddress.ip_network(testbed.topology.range_of(FAMILY))
         self.blocks = {site: block(i, self.pool) for i, site in enumerate(testbed.sites)}
         self.sessions: dict[str, dict[str, str]] = {}  # site -> peer -> BGP state
         self.learned: dict[str, dict[str, str]] = {}  # site -> block -> the kernel route BIRD installed

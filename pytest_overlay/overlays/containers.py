@@ -13,11 +13,11 @@ import docker
 
 from .. import procs
 from ..testbeds import budget, engines, hostnet
+from ..testbeds.contract import Testbed
+from ..testbeds.endpoints import ContainerEndpoint
 from ..testbeds.engines import LABEL, Engine, EngineError
 from ..testbeds.hosts import end_host_daemons, remove_networks
-from ..testbeds.emulated import EmulatedTestbed
-from .base import ContainerEndpoint, Overlay
-
+from .base import Overlay
 
 CONTAINER_ATTEMPTS = 3
 # A swarm manager allocates every attachment to its network: twenty at once ran past Docker's
@@ -35,7 +35,7 @@ class ContainerOverlay(Overlay):
     # with the overlay, so that a bring-up tried again can make it anew.
     network: str | None = None
 
-    def __init__(self, testbed: EmulatedTestbed) -> None:
+    def __init__(self, testbed: Testbed) -> None:
         super().__init__(testbed)
         self.engines: dict[str, Engine] = {}
         self.containers: dict[str, ContainerEndpoint] = {}
@@ -48,7 +48,7 @@ class ContainerOverlay(Overlay):
         self.network_before = {site: self._site_network(site) for site in testbed.sites} \
             if testbed.backend == "embedded" else {}
         self.state_dir = testbed.run_dir / self.name  # the overlay's own files (configs, keys, logs)
-        self.ops = testbed.site_ops(self.name, self.state_dir, self.host_needs.family if self.host_needs else None)
+        self.ops = testbed.site_ops(self.name, self.state_dir, self.family)
 
     def _site_network(self, site: str) -> hostnet.Snapshot:
         read = procs.run(["sh", "-c", hostnet.SNAPSHOT_SCRIPT], self.testbed.netns_of(site))

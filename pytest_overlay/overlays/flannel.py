@@ -20,17 +20,19 @@ import ipaddress
 import json
 import time
 
-from ..emulation import emulator as emu
 from .. import procs
+from ..emulation import emulator as emu
+from ..inputs.model import AddressFamily
+from ..testbeds.contract import HostNeeds, Testbed
 from ..testbeds.engines import LABEL, EngineError
 from ..testbeds.hostnet import Footprint
 from ..testbeds.pki import PKI, Credentials
-from ..testbeds.emulated import EmulatedTestbed
-from ..inputs.topology import DEFAULT_RANGES
-from .base import HostNeeds, OverlayUnavailable
+from .base import OverlayUnavailable
 from .containers import ContainerOverlay
 
-NETWORK = DEFAULT_RANGES["flannel"]  # the default; a topology's `ranges:` moves it
+# Leases a /24 per site; a topology's `ranges:` moves the network.
+FAMILY = AddressFamily("flannel", "10.40.0.0/16", 24, "Flannel's network")
+NETWORK = FAMILY.default
 SUBNET_LEN = 24
 PREFIX = "/coreos.com/network"
 ETCD_PORT = 2379
@@ -47,7 +49,7 @@ KV_BINARIES = {"etcd": "etcd's server", "etcdctl": "etcd's client"}  # on the ke
 HOST_FOOTPRINT = Footprint("flannel", links=tuple(DEVICES.values()), marks=("FLANNEL", "flanneld"),
                            chain_prefixes=("FLANNEL",), routes_within=NETWORK)
 HOST_NEEDS = HostNeeds(
-    "flannel", "Flannel's network",
+    FAMILY,
     binaries={binary: (what, "install Flannel 0.19.2's flanneld in /usr/local/bin") for binary, what in BINARIES.items()},
     kv_binaries={binary: (what, "apt-get install etcd-server etcd-client") for binary, what in KV_BINARIES.items()},
     devices={device: "Flannel" for device in DEVICES.values()}, rivals={"flanneld": "Flannel"}, footprint=HOST_FOOTPRINT)
@@ -61,6 +63,11 @@ def parse_subnet_file(text: str) -> dict[str, str]:
 
 class FlannelOverlay(ContainerOverlay):
     name = "flannel"
+    label = "Flannel (vxlan)"
+    in_all = True
+    family = FAMILY
+    packages = ("etcd-server", "etcd-client")
+    shipped = tuple(BINARIES)
     description = "Flannel 0.19 with the vxlan backend (VNI 1, UDP 8472), subnets leased in etcd"
     host_needs = HOST_NEEDS
     backend = "vxlan"
@@ -70,7 +77,7 @@ class FlannelOverlay(ContainerOverlay):
         ("VXLAN forwarding", "static per lease: a cut changes no route, ARP or FDB entry", "flannel backend/vxlan"),
     )
 
-    def __init__(self, testbed: EmulatedTestbed) -> None:
+    def __init__(self, testbed: Testbed) -> None:
         super().__init__(testbed)
         self.kv = testbed.topology.kv_site
         self.leases: dict[str, dict[str, str]] = {}  # site -> FLANNEL_SUBNET, FLANNEL_MTU, ...
@@ -186,7 +193,7 @@ class FlannelOverlay(ContainerOverlay):
             time.sleep(0.2)
         else:
             raise EngineError(f"etcd at {self.kv} not healthy within 30 s; its log:\n{daemon.log_tail(15)}")
-        config = {"Network": self.testbed.topology.ranges["flannel"], "SubnetLen": SUBNET_LEN,
+        config = {"Network": self.testbed.topology.range_of(FAMILY), "SubnetLen": SUBNET_LEN,
                   "Backend": BACKENDS[self.backend]}
         self._etcdctl("put", f"{PREFIX}/config", json.dumps(config)).check()
 
@@ -287,11 +294,15 @@ class FlannelOverlay(ContainerOverlay):
 
 class FlannelUdpOverlay(FlannelOverlay):
     name = "flannel-udp"
+    label = "Flannel (udp)"
+    in_all = False
     description = "Flannel 0.19 with the udp backend (TUN flannel0, userspace proxy, UDP 8285)"
     backend = "udp"
 
 
 class FlannelHostGwOverlay(FlannelOverlay):
     name = "flannel-host-gw"
+    label = "Flannel (host-gw)"
+    in_all = False
     description = "Flannel 0.19 with the host-gw backend (a route per lease via the peer; one L2 segment)"
     backend = "host-gw"

@@ -3,11 +3,14 @@ with (the study's "VM to VM" rows)."""
 
 from __future__ import annotations
 
+from ..kinds import BASELINE
 from .base import Overlay
 
 
 class HostOverlay(Overlay):
-    name = "host"
+    name = BASELINE
+    label = "underlay"
+    in_all = True
     description = "underlay, no overlay: site namespace to site namespace"
     timers = (("routing", "static: traffic waits for its link to come back", "the testbed's routes"),)
 

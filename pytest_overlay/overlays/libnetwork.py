@@ -8,8 +8,8 @@ import re
 import time
 
 from .. import procs
+from ..testbeds.contract import Testbed
 from ..testbeds.engines import LABEL, Engine, EngineError
-from ..testbeds.emulated import EmulatedTestbed
 from .base import OverlayUnavailable
 from .containers import ContainerOverlay
 
@@ -34,13 +34,15 @@ class LibnetworkOverlay(ContainerOverlay):
     """Docker's own overlay: a swarm across the sites and an attachable VXLAN network."""
 
     name = "libnetwork"
+    label = "Docker overlay (libnetwork)"
+    in_all = True
     description = "Docker swarm overlay network (libnetwork, VXLAN UDP 4789)"
     encrypted = False
     # A worker's attachment to the network waits 20 s for the manager's allocation, which
     # a loaded machine or a long WAN can exceed.
     transient = ("attaching to network failed", "context deadline exceeded")
 
-    def __init__(self, testbed: EmulatedTestbed) -> None:
+    def __init__(self, testbed: Testbed) -> None:
         super().__init__(testbed)
         self.network = f"ovl{testbed.run_id}-{self.name}"
         self.vni: str | None = None
@@ -193,6 +195,8 @@ class LibnetworkOverlay(ContainerOverlay):
 
 class EncryptedLibnetworkOverlay(LibnetworkOverlay):
     name = "libnetwork-encrypted"
+    label = "Docker overlay, encrypted"
+    in_all = False
     description = "Docker swarm overlay network with --opt encrypted (IPsec ESP)"
     encrypted = True
     remote_unsupported = "its probe of the kernel's ESP runs in the emulated WAN, not on hosts"

@@ -19,13 +19,14 @@ import secrets
 import time
 
 from .. import procs
+from ..inputs.model import AddressFamily
+from ..paths import find_binary
+from ..testbeds.contract import HostNeeds, Testbed
 from ..testbeds.engines import Engine, EngineError
 from ..testbeds.hostnet import Footprint
-from ..paths import find_binary
-from ..testbeds.emulated import EmulatedTestbed
-from .base import HostNeeds, OverlayUnavailable
-from .libnetwork import esp_available
+from .base import OverlayUnavailable
 from .containers import ContainerOverlay
+from .libnetwork import esp_available
 
 CONTROL_PORT = 6783  # TCP: the mesh; UDP: sleeve
 FASTDP_PORT = 6784  # UDP: fastdp's VXLAN
@@ -51,8 +52,9 @@ HOST_FOOTPRINT = Footprint("weave", links=(BRIDGE, "vethwe-bridge", "vethwe-pcap
                                           "datapath"), link_prefixes=("vethwepl",),
                            marks=("WEAVE", f" {BRIDGE} ", "Weave Net"), chain_prefixes=("WEAVE",),
                            link_removers={"datapath": ("weaveutil", "delete-datapath", "datapath")})
+FAMILY = AddressFamily("weave", "10.32.0.0/12", 24, "Weave Net's IPAM range")  # weaver's --ipalloc-range default
 HOST_NEEDS = HostNeeds(
-    "weave", "Weave Net's IPAM range",
+    FAMILY,
     binaries={**{binary: (what, f"install Weave Net 2.8.1's {', '.join(BINARIES)} in /usr/local/bin, and libpcap0.8")
                  for binary, what in BINARIES.items()},
               "python3": ("Python 3, which reads weaver's status API there", "apt-get install python3")},
@@ -85,13 +87,18 @@ def parse_report(report: dict) -> tuple[dict, list[dict]]:
 
 class WeaveOverlay(ContainerOverlay):
     name = "weave"
+    label = "Weave Net"
+    in_all = True
+    family = FAMILY
+    packages = ("libpcap0.8",)
+    shipped = tuple(BINARIES)
     description = "Weave Net 2.8 routers, one per site, full mesh; containers on Weave's bridge (sleeve or fastdp)"
     host_needs = HOST_NEEDS
     encrypted = False
 
-    def __init__(self, testbed: EmulatedTestbed) -> None:
+    def __init__(self, testbed: Testbed) -> None:
         super().__init__(testbed)
-        self.ipalloc_range = testbed.topology.ranges["weave"]
+        self.ipalloc_range = testbed.topology.range_of(FAMILY)
         self.connections: dict[str, list[dict]] = {}
         self.router: dict[str, dict] = {}
 
@@ -290,5 +297,7 @@ class EncryptedWeaveOverlay(WeaveOverlay):
     would use IPsec ESP, which some kernels lack."""
 
     name = "weave-encrypted"
+    label = "Weave Net, encrypted"
+    in_all = False
     description = "Weave Net with --password (sleeve: NaCl; fastdp: IPsec ESP)"
     encrypted = True

@@ -16,11 +16,9 @@ from typing import Callable
 from tabulate import tabulate
 
 from .. import results
-from ..results import metrics
-from ..results import Missing, Record
-from ..inputs.topology import Topology
-
-BASELINE = "host"
+from ..inputs.model import Topology
+from ..kinds import BASELINE
+from ..results import Missing, Record, metrics
 
 
 def _f(value: float | None, digits: int = 2) -> str:

@@ -4,8 +4,24 @@
 The record's own names are handed on here: a record is what every other layer passes on.
 """
 
-from .records import (SCHEMA, SCHEMA_VERSION, UNKNOWN_OVERHEAD, Missing, Record, Stats, baseline, difference, document,
-                      dumps, finite, percentile, ratio, run_metadata, write_atomic, write_json)
+from .records import (
+                      SCHEMA,
+                      SCHEMA_VERSION,
+                      UNKNOWN_OVERHEAD,
+                      Missing,
+                      Record,
+                      Stats,
+                      baseline,
+                      difference,
+                      document,
+                      dumps,
+                      finite,
+                      percentile,
+                      ratio,
+                      run_metadata,
+                      write_atomic,
+                      write_json,
+)
 
 __all__ = ["SCHEMA", "SCHEMA_VERSION", "UNKNOWN_OVERHEAD", "Missing", "Record", "Stats", "baseline", "difference",
            "document", "dumps", "finite", "percentile", "ratio", "run_metadata", "write_atomic", "write_json"]

@@ -13,6 +13,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from ..kinds import BASELINE
+
 SCHEMA = "pytest-overlay/results"
 # 2: typed record fields (expected, datapath, emulator, tool, total, concurrency, transport,
 # compared, vs_host) instead of keys of `extra`; stats.ci95_of per statistic; `missing`: what
@@ -199,7 +201,7 @@ class Record:
                    stats=Stats.from_json(data["stats"]), extra=extra)
 
 
-def baseline(records: list[Record], record: Record, overlay: str = "host") -> Record | None:
+def baseline(records: list[Record], record: Record, overlay: str = BASELINE) -> Record | None:
     """The underlay's record of the same metric on the same circuit (and streaming level, link
     buffer and neighbour); at any CPU budget of the overlay's, the underlay's own (it has none)."""
     for other in records:

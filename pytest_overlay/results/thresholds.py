@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..inputs.model import SITE_NAME
 from ..inputs.yamlfile import Checker, InputError, LineDict, line_of, load_yaml
+from ..kinds import names as overlay_names
 from ..paths import DATA
 from .metrics import METRICS
-from ..overlays import KNOWN
-from ..inputs.topology import SITE_NAME
 
 CIRCUIT = re.compile(f"({SITE_NAME.pattern[1:-1]})-({SITE_NAME.pattern[1:-1]})")
 
@@ -117,9 +117,9 @@ def load(path: str | Path | None = None) -> Thresholds:
                 if not isinstance(item[key], str):
                     raise check.fail(item, key, f"{where}.{key}", f"must be a name, got {item[key]!r}")
                 override[key] = item[key]
-        if override.get("overlay", KNOWN[0]) not in KNOWN:
+        if "overlay" in override and override["overlay"] not in overlay_names():
             raise check.fail(item, "overlay", f"{where}.overlay",
-                             f"unknown overlay {override['overlay']!r}; overlays: {', '.join(KNOWN)}")
+                             f"unknown overlay {override['overlay']!r}; overlays: {', '.join(overlay_names())}")
         if "circuit" in override and not CIRCUIT.fullmatch(override["circuit"]):
             raise check.fail(item, "circuit", f"{where}.circuit", f"must be SRC-DST (two site names), "
                                                                   f"got {override['circuit']!r}")

@@ -15,86 +15,26 @@ from __future__ import annotations
 
 import concurrent.futures
 import ipaddress
-import json
 import os
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-from ..emulation import emulator as emu
 from .. import procs
-from . import engines
+from ..emulation import emulator as emu
+from ..inputs.model import AddressFamily, Direction, Topology
 from ..paths import AGENTS, STATE_ROOT, find_binary
+from . import engines
+from .contract import SiteHandle, SiteOps, Testbed, TestbedError, tcp_sysctls
 from .runs import LOCK, hold_lock, kill_pids, netns_inode, new_run_id, pids_in_netns, remove_netns, remove_run_dir
-from ..inputs.topology import Circuit, Direction, Topology
 
 # What the embedded testbed runs itself, beside the probes' tools.
 TOOLS = {"nsenter": "util-linux", "tc": "iproute2", "iptables-restore": "iptables", "sysctl": "procps"}
 
 BASE_ADDRESS = ipaddress.IPv4Address("198.18.0.0")
-DEFAULT_TCP_MEM = (4096, 131072, 6291456)
 WIRE_CHAIN = "OVL-WIRE"
-
-
-def tcp_buffer_max(rtt_ms: float, rate_mbit: float | None) -> int:
-    """twice the bandwidth-delay product, never below the kernel's default, at most 512 MB."""
-    bdp = (rate_mbit or emu.DEFAULT_RATE_MBIT) * 1e6 / 8 * rtt_ms / 1e3
-    return int(min(512 << 20, max(DEFAULT_TCP_MEM[2], 2 * bdp)))
-
-
-@dataclass
-class SiteHandle:
-    name: str
-    netns: str
-    address: str
-    sysctls: dict[str, str] = field(default_factory=dict)
-
-
-class TestbedError(RuntimeError):
-    pass
-
-
-def tcp_sysctls(topology: Topology, site: str) -> dict[str, str]:
-    """TCP buffers for a site, sized for the worst bandwidth-delay product of its circuits."""
-    size = max(tcp_buffer_max(e["rtt_ms"], e["rate_mbit"]) for e in (topology.expected(c) for c in _pairs(topology, site)))
-    return {"net.ipv4.tcp_rmem": f"{DEFAULT_TCP_MEM[0]} {DEFAULT_TCP_MEM[1]} {size}",
-            "net.ipv4.tcp_wmem": f"{DEFAULT_TCP_MEM[0]} 16384 {size}"}
-
-
-class SiteOps:
-    """Where an overlay's daemons run, for one overlay: the contract each backend implements
-    (EmulatedTestbed: the site's namespace on this machine; RemoteTestbed: the site's host, as
-    root, over ssh). The overlay asks these and never which backend it is on."""
-
-    def run(self, site: str, command: list[str], timeout: float | None = 60,
-            input: str | None = None) -> procs.CommandResult:
-        """`command` where the site's daemons run."""
-        raise NotImplementedError
-
-    def start(self, site: str, name: str, command: list[str], env: dict[str, str] | None = None,
-              own_pid_namespace: bool = False):
-        """Daemon `name` (NAME-SITE) started for the site, in its own directory; a handle with
-        alive(), stop(), log_tail(), log_size() and log_from()."""
-        raise NotImplementedError
-
-    def directory(self, name: str) -> Path:
-        """Daemon `name`'s own directory (log, pid file, what it keeps) where it runs."""
-        raise NotImplementedError
-
-    def files(self, site: str, name: str, files: dict[str, Path]) -> dict[str, str]:
-        """Where daemon `name` at `site` finds these files (keys among them: root's only)."""
-        raise NotImplementedError
-
-    def binary(self, name: str) -> str:
-        """How a daemon's binary is named where it runs."""
-        raise NotImplementedError
-
-    def missing(self, binaries: dict[str, str]) -> list[str]:
-        """Which of the daemons' binaries (name -> what it is or how to install it) cannot be
-        found where they run, each with that said."""
-        raise NotImplementedError
 
 
 class LocalSiteOps(SiteOps):
@@ -146,97 +86,6 @@ class SiteEndpoint:
 
     def file(self, path: Path) -> str:
         return str(path)
-
-
-class Testbed:
-    """What both backends share: a context manager that tears down what a failed bring-up
-    made, and the run's state on disk (atomically) for `clean` after a kill."""
-
-    run_dir: Path
-    # The sites' addresses are on a network others share (real hosts): an overlay's peers must
-    # prove they belong to the run. Here only the testbed's namespaces reach them.
-    shared_network = False
-    # The run starts every site's Docker engine, with the daemon options an overlay asks for
-    # (Flannel's --bip), and stops it with the overlay. Real hosts' engines are theirs: used
-    # as they are and left running.
-    own_engines = True
-
-    def up(self) -> None:
-        raise NotImplementedError
-
-    def down(self) -> None:
-        raise NotImplementedError
-
-    def __enter__(self):
-        try:
-            self.up()
-        except BaseException:
-            self.down()
-            raise
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.down()
-
-    def count(self, label: str, match: list[str]) -> None:
-        raise NotImplementedError
-
-    def packets(self, label: str) -> dict[str, int] | None:
-        raise NotImplementedError
-
-    def fault_unsupported(self, changes: dict[str, Direction]) -> str | None:
-        """Why a WAN fault's changes (impair()'s argument) cannot be applied here; None when
-        they can."""
-        return f"the {getattr(self, 'backend', '?')} testbed applies no WAN faults"
-
-    def impair(self, changes: dict[str, Direction], routed: dict[str, list[str]] | None = None) -> int:
-        """Give link directions ("A->B") new delay, jitter and loss at one moment: a WAN fault
-        starting or healing. `routed` holds, per site, the addresses an overlay carries across
-        the WAN without a tunnel (a fault between hosts must stop those too). Returns the wall
-        clock (ns) at which it took effect."""
-        raise NotImplementedError(self.fault_unsupported(changes))
-
-    def rebuffer(self, directions: list[Direction]) -> None:
-        """Give rate-limited link directions a new buffer (queue_ms) while the testbed runs."""
-        raise NotImplementedError(f"link buffers on the {getattr(self, 'backend', '?')} testbed are the hosts' own: "
-                                  "this version does not change them")
-
-    def underlay_endpoint(self, site: str):
-        """Where the underlay's probes run at a site: no overlay between them and the WAN."""
-        raise NotImplementedError
-
-    def site_engines(self, extra_args: Callable[[str], list[str]]) -> dict[str, engines.Engine]:
-        """A Docker engine at every site for one overlay (`extra_args`: dockerd's, per site),
-        not yet started: the overlay holds them from here on, so its teardown finds them
-        whatever happens next."""
-        raise NotImplementedError
-
-    def start_engines(self, made: dict[str, engines.Engine], progress: Callable[[str], None]) -> tuple[str, float]:
-        """The engines up with the measurement image in each: its reference and the seconds
-        it took."""
-        raise NotImplementedError
-
-    def swarm(self, manager):
-        """The swarm an overlay that needs one (libnetwork) joins: its manager's engine, and
-        whether the run makes it, with `manager` (an Engine). Here every run makes its own."""
-        return manager, True
-
-    def swarm_member(self, site: str, node_id: str, cluster_id: str | None = None) -> None:
-        """A site's engine joined the swarm this run made, as which node. Only where the
-        engines outlive the run (real hosts) does `clean` need it; here the swarm goes with
-        its engines."""
-
-    def count_udp(self, port: int) -> None:
-        """Count packets to a UDP port on every link direction (e.g. 4789, VXLAN)."""
-        self.count(str(port), ["-p", "udp", "--dport", str(port)])
-
-    def udp_packets(self, port: int) -> dict[str, int] | None:
-        return self.packets(str(port))
-
-    def _write_state(self, state: dict) -> None:
-        tmp = self.run_dir / "state.json.tmp"
-        tmp.write_text(json.dumps(state))
-        tmp.replace(self.run_dir / "state.json")
 
 
 class EmulatedTestbed(Testbed):
@@ -425,7 +274,7 @@ class EmulatedTestbed(Testbed):
             self.track(engine.containerd)
         return image, seconds
 
-    def site_ops(self, overlay: str, state_dir: Path, family: str | None = None) -> SiteOps:
+    def site_ops(self, overlay: str, state_dir: Path, family: AddressFamily | None = None) -> SiteOps:
         """Where `overlay`'s daemons run: the sites' namespaces."""
         return LocalSiteOps(self, state_dir)
 
@@ -520,7 +369,3 @@ class EmulatedTestbed(Testbed):
         self.timings["down_s"] = time.monotonic() - started
         if errors:
             raise TestbedError("teardown finished with errors (everything else was removed):\n" + "\n".join(errors))
-
-
-def _pairs(topology: Topology, site: str) -> list[Circuit]:
-    return [Circuit(site, other) for other in topology.sites if other != site]

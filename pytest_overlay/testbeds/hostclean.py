@@ -9,14 +9,13 @@ import json
 from pathlib import Path
 from typing import Callable
 
-from .. import overlays
+from ..inputs.model import Topology
+from ..paths import STATE_ROOT
 from . import hostlinks
 from .engines import LABEL
-from .hosts import HOST_STATE, end_host_daemons, host_run
-from ..paths import STATE_ROOT
-from .remote import HostLock, RemoteEngine, tls_reason, remove_run
+from .hosts import HOST_STATE, FootprintOf, end_host_daemons, host_run
+from .remote import HostLock, RemoteEngine, remove_run, tls_reason
 from .runs import RUN_ID, may_remove
-from ..inputs.topology import Topology
 
 
 def swarm_to_leave(engines: dict[str, RemoteEngine], state: dict, held: dict[str, str],
@@ -47,12 +46,13 @@ def swarm_to_leave(engines: dict[str, RemoteEngine], state: dict, held: dict[str
     return leave
 
 
-def clean_hosts(topology: Topology, report: Callable[[str], None] = print, force: bool = False,
-                state_root: Path | None = None) -> int:
+def clean_hosts(topology: Topology, footprint_of: FootprintOf, report: Callable[[str], None] = print,
+                force: bool = False, state_root: Path | None = None) -> int:
     """Remove, on the topology's hosts, the containers, networks and WAN fault rules of runs
-    that are over (their lock on this machine is free), and leave a swarm such a run made. A
-    run with no state here cannot be proven over and is left alone unless `force`. Returns
-    how many runs."""
+    that are over (their lock on this machine is free), and leave a swarm such a run made;
+    what an overlay's daemons added to a host's network is undone by its footprint
+    (`footprint_of`: the overlay's name -> what it adds). A run with no state here cannot be
+    proven over and is left alone unless `force`. Returns how many runs."""
     root = state_root or STATE_ROOT
     engines = {}
     for name, site in topology.sites.items():
@@ -114,7 +114,7 @@ def clean_hosts(topology: Topology, report: Callable[[str], None] = print, force
             report(f"host {name}: removed run {run_id}'s WAN fault rules ({hostlinks.chain(run_id)})" if removed.ok
                    else f"host {name}: run {run_id}'s WAN fault rules not removed: "
                         f"{(removed.stderr or removed.stdout).strip()[-200:]}")
-        ended, failed = end_host_daemons(ssh_hosts, run_id, overlays.footprint)
+        ended, failed = end_host_daemons(ssh_hosts, run_id, footprint_of)
         for name, daemons in ended.items():
             for daemon in daemons:
                 report(f"host {name}: ended {daemon} of run {run_id}")

@@ -26,8 +26,8 @@ import shlex
 from dataclasses import dataclass
 from typing import Callable
 
+from ..inputs.model import Direction, RemoteHost, Topology
 from .hosts import as_root, ssh_run
-from ..inputs.topology import Direction, RemoteHost, Topology
 
 DEFAULT_QDISCS = {"noqueue", "pfifo_fast", "fq_codel", "fq", "mq", "pfifo"}  # what a kernel sets up itself
 UNSHAPED = "100gbit"

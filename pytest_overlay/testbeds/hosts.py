@@ -17,10 +17,10 @@ from typing import Callable
 import docker
 
 from .. import procs
+from ..inputs.model import RemoteHost
+from ..paths import KNOWN_HOSTS
 from . import hostnet
 from .engines import LABEL
-from ..paths import KNOWN_HOSTS
-from ..inputs.topology import RemoteHost
 
 HOST_STATE = "/run/pytest-overlay"
 HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"

@@ -29,12 +29,12 @@ from pathlib import Path
 
 import yaml
 
-from .. import procs
+from .. import kinds, procs
 from ..emulation import emulator
-from . import engines, runs, emulated
 from ..inputs import topology
-from .engines import Engine, remove_run_files
 from ..paths import find_binary
+from . import emulated, engines, runs
+from .engines import Engine, remove_run_files
 from .pki import PKI
 
 TOOLS = {"dropbear": "dropbear-bin", "dropbearkey": "dropbear-bin", "ssh-keygen": "openssh-client",
@@ -43,7 +43,6 @@ TOOLS = {"dropbear": "dropbear-bin", "dropbearkey": "dropbear-bin", "ssh-keygen"
 MANAGEMENT_RANGE = ipaddress.IPv4Network("198.19.128.0/17")  # one /24 per lab, the first free one
 SSH_PORT, DOCKER_PORT = 22, 2376
 READY = "lab ready"
-HOST_BINARIES = ("weaver", "weaveutil", "flanneld")  # on every site's /usr/local/bin
 
 
 # The measurement image on the lab's hosts: already loaded (from the image store), or not.
@@ -170,7 +169,7 @@ class Lab:
         # them by hand: in /usr/local/bin.
         local_bin = self.directory / site / "bin"
         local_bin.mkdir()
-        for name in HOST_BINARIES:
+        for name in kinds.shipped():
             if find_binary(name):
                 (local_bin / name).symlink_to(find_binary(name))
         # The copied mount table pins every namespace mounted at the time (other runs' too):

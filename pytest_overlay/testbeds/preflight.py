@@ -14,12 +14,11 @@ import subprocess
 import time
 from dataclasses import dataclass
 
-from .. import overlays
-from . import hostlinks, hostnet
-from .hosts import HOST_PATH, ssh_command, ssh_options, ssh_run
-from ..overlays.base import HostNeeds
+from ..inputs.model import RemoteHost, Topology
 from ..paths import AGENTS
-from ..inputs.topology import RemoteHost, Topology
+from . import hostlinks, hostnet
+from .contract import HostNeeds
+from .hosts import HOST_PATH, ssh_command, ssh_options, ssh_run
 
 MAX_CLOCK_SKEW_S = 1.0
 PORT_CHECK_S = 20.0
@@ -36,13 +35,12 @@ class Check:
         return f"{self.host}: {self.problem}. Fix: {self.fix}"
 
 
-def over_ssh(topology: Topology, overlay_names: list[str]) -> list[Check]:
+def over_ssh(topology: Topology, wanted: list[HostNeeds]) -> list[Check]:
     """Each host's login, clock, kernel and python3; its netem where it emulates; and the
     daemons, devices, ports and ranges of the overlays asked for."""
     import testinfra
 
     problems = []
-    wanted = host_needs(overlay_names)
     for name, site in topology.sites.items():
         host = site.host
         if not host.ssh:
@@ -76,17 +74,6 @@ def over_ssh(topology: Topology, overlay_names: list[str]) -> list[Check]:
             problems += emulation(name, host, tested, root)
         problems += overlay_needs(topology, name, wanted, tested, root)
     return problems
-
-
-def host_needs(overlay_names: list[str]) -> list[HostNeeds]:
-    """What the overlays asked for need on a host, one declaration per family (weave and
-    weave-encrypted are one Weave Net)."""
-    found: dict[str, HostNeeds] = {}
-    for name in overlay_names:
-        needs = overlays.get(name).host_needs
-        if needs is not None:
-            found.setdefault(needs.family, needs)
-    return list(found.values())
 
 
 def overlay_needs(topology: Topology, name: str, wanted: list[HostNeeds], tested, root: bool) -> list[Check]:
@@ -135,7 +122,7 @@ def ranges(topology: Topology, name: str, wanted: list[HostNeeds], tested) -> li
     Kubernetes pod network, a VPN) would take the overlay's traffic or lose its own.
     Wider routes (a 10.0.0.0/8 towards a corporate network) are left: ours are more specific.
     The ranges are the topology's (`ranges:`), so a host can be met by moving them."""
-    wanted_ranges = {topology.ranges[declared.family]: declared.range_what for declared in wanted}
+    wanted_ranges = {topology.range_of(declared.family): declared.family.what for declared in wanted}
     if not wanted_ranges:
         return []
     problems = []

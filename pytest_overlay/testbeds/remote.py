@@ -31,16 +31,25 @@ from typing import Callable
 import docker
 
 from .. import procs
+from ..inputs.model import AddressFamily, Direction, RemoteHost, Topology
+from ..paths import KNOWN_HOSTS, STATE_ROOT
 from . import hostlinks, preflight
+from .contract import HostNeeds, SiteHandle, SiteOps, Testbed, tcp_sysctls
+from .endpoints import ContainerEndpoint
 from .engines import LABEL, Engine, build_image_tar, import_image
 from .hosts import (
-    HOST_STATE, HostDaemon, as_root, host_run, record_host_network, recorded_key, remove_networks, ssh_command, ssh_run)
-from ..overlays.base import ContainerEndpoint
-from ..paths import KNOWN_HOSTS, STATE_ROOT
+    HOST_STATE,
+    HostDaemon,
+    as_root,
+    host_run,
+    record_host_network,
+    recorded_key,
+    remove_networks,
+    ssh_command,
+    ssh_run,
+)
 from .preflight import Check
 from .runs import hold_lock, new_run_id
-from .emulated import SiteHandle, SiteOps, Testbed, tcp_sysctls
-from ..inputs.topology import Direction, RemoteHost, Topology
 
 MIN_DOCKER = (20, 10)
 API_VERSION = "1.41"
@@ -105,7 +114,7 @@ class HostSiteOps(SiteOps):
     binaries from the host's PATH (checked before the run began). The host's network is read
     before the overlay's first daemon starts there (hostnet), for its teardown to undo."""
 
-    def __init__(self, testbed: RemoteTestbed, overlay: str, family: str | None) -> None:
+    def __init__(self, testbed: RemoteTestbed, overlay: str, family: AddressFamily | None) -> None:
         self.testbed, self.overlay, self.family = testbed, overlay, family
         self.read: set[str] = set()  # sites whose network was read for this overlay
 
@@ -115,7 +124,7 @@ class HostSiteOps(SiteOps):
     def start(self, site, name, command, env=None, own_pid_namespace=False):
         bed = self.testbed
         if self.family is not None and site not in self.read:
-            record_host_network(bed.hosts[site], bed.run_id, site, self.overlay, bed.topology.ranges.get(self.family))
+            record_host_network(bed.hosts[site], bed.run_id, site, self.overlay, bed.topology.range_of(self.family))
             self.read.add(site)
         command = [*procs.OWN_PID_NAMESPACE, *command] if own_pid_namespace else command
         return HostDaemon.start(name, bed.hosts[site], bed.host_dir(name), command, env)
@@ -190,9 +199,9 @@ class RemoteTestbed(Testbed):
     own_engines = False
 
     def __init__(self, topology: Topology, progress: Callable[[str], None] | None = None,
-                 state_root: Path | None = None, overlays: list[str] = ()) -> None:
+                 state_root: Path | None = None, needs: list[HostNeeds] = ()) -> None:
         self.topology = topology
-        self.overlays = list(overlays)  # what the run will build: their binaries are checked on every host
+        self.needs = list(needs)  # what the run's overlays need on a host: checked on every host
         self.run_id = new_run_id()
         self.run_dir = (state_root or STATE_ROOT) / self.run_id  # this machine's logs of the run
         self.progress = progress or (lambda message: None)
@@ -279,7 +288,7 @@ class RemoteTestbed(Testbed):
             if tuple(int(x) for x in self.versions[name].split(".")[:2] if x.isdigit()) < MIN_DOCKER:
                 problems.append(Check(name, f"Docker {self.versions[name]} is older than "
                                             f"{'.'.join(map(str, MIN_DOCKER))}", "upgrade Docker on the host"))
-        problems += preflight.over_ssh(self.topology, self.overlays)
+        problems += preflight.over_ssh(self.topology, self.needs)
         if not problems and self._existing_swarm() is None:  # a swarm's daemons hold its ports
             problems += preflight.swarm_ports(self.hosts, self.run_id)
         return problems
@@ -385,7 +394,7 @@ class RemoteTestbed(Testbed):
                       60, input=base64.b64encode(data.getvalue()).decode()).check()
         return {name: f"{directory}/{name}" for name in files}
 
-    def site_ops(self, overlay: str, state_dir: Path, family: str | None = None) -> SiteOps:
+    def site_ops(self, overlay: str, state_dir: Path, family: AddressFamily | None = None) -> SiteOps:
         """Where `overlay`'s daemons run: the sites' hosts (`family`: what its daemons add to
         a host's network is read first, and undone by its footprint)."""
         return HostSiteOps(self, overlay, family)

@@ -20,11 +20,11 @@ import pytest
 import yaml
 
 from pytest_overlay import overlays, procs
-from pytest_overlay.testbeds import hostlinks, hostnet, hosts, remote
 from pytest_overlay.inputs import topology
 from pytest_overlay.overlays import weave
-from pytest_overlay.testbeds.remote import RemoteTestbed
 from pytest_overlay.paths import STATE_ROOT, find_binary
+from pytest_overlay.testbeds import hostlinks, hostnet, hosts, remote
+from pytest_overlay.testbeds.remote import RemoteTestbed
 
 from ..conftest import PYTEST, QUICK, ROOT, run_suites
 
@@ -292,7 +292,7 @@ def test_a_host_whose_docker_api_fails_in_teardown_stops_no_other_step(shared_la
     ends BIRD on both hosts and removes A's container; it names what failed on B and keeps the
     run's state, and `clean --topology` finishes the job once B answers again."""
     out, a, b = shared_lab
-    bed = RemoteTestbed(topology.load(out), overlays=["calico"])
+    bed = RemoteTestbed(topology.load(out), needs=overlays.host_needs(["calico"]))
     bed.up()
     overlay = overlays.get("calico")(bed)
     try:

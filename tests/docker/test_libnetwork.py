@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 
 from pytest_overlay import paths, procs
-from pytest_overlay.testbeds import engines
 from pytest_overlay.inputs import topology
-from pytest_overlay.testbeds.engines import EngineError
 from pytest_overlay.overlays.libnetwork import LibnetworkOverlay, esp_available
+from pytest_overlay.testbeds import engines
 from pytest_overlay.testbeds.emulated import EmulatedTestbed
+from pytest_overlay.testbeds.engines import EngineError
 
 from ..conftest import PYTEST, QUICK, RELAXED, RELAXED_FILE, ROOT, machine_state, run_suites, two_sites
 

@@ -8,9 +8,7 @@ import os
 
 import pytest
 
-
 from ..conftest import QUICK, ROOT, run_suites
-
 
 # Sleeve forwards in userspace: on two shared cores it adds about a millisecond of RTT and
 # carries tens of Mbit/s, not the link's 1000. These tests check Weave's plumbing; the

@@ -12,8 +12,8 @@ import time
 import pytest
 
 from pytest_overlay import procs
-from pytest_overlay.testbeds import engines, runs
 from pytest_overlay.inputs import topology
+from pytest_overlay.testbeds import engines, runs
 from pytest_overlay.testbeds.emulated import EmulatedTestbed
 
 from ..conftest import PYTEST, QUICK, ROOT, foreign_runs, left_behind, machine_state

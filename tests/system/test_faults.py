@@ -13,12 +13,12 @@ from pathlib import Path
 import pytest
 
 from pytest_overlay.emulation import emulator
-from pytest_overlay.measure import faults
 from pytest_overlay.inputs import topology
+from pytest_overlay.measure import faults
 from pytest_overlay.overlays.calico import bird_query
 from pytest_overlay.overlays.host import HostOverlay
-from pytest_overlay.testbeds.runs import netns_inode, pids_in_netns
 from pytest_overlay.testbeds.emulated import EmulatedTestbed
+from pytest_overlay.testbeds.runs import netns_inode, pids_in_netns
 
 TRIANGLE = {
     "name": "triangle", "sites": {"A": {}, "B": {}, "C": {}},

@@ -13,8 +13,8 @@ import uuid
 import pytest
 
 from pytest_overlay import procs
-from pytest_overlay.testbeds import hostlinks
 from pytest_overlay.inputs import topology
+from pytest_overlay.testbeds import hostlinks
 
 TOPOLOGY = """\
 name: pair

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from pytest_overlay import procs
-from pytest_overlay.testbeds import hostnet
 from pytest_overlay.overlays.flannel import HOST_FOOTPRINT
+from pytest_overlay.testbeds import hostnet
 
 # A Kubernetes node's own Flannel (10.244.0.0/16), there before the run.
 NEIGHBOUR = [

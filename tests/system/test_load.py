@@ -10,8 +10,8 @@ import pytest
 
 from pytest_overlay import procs
 from pytest_overlay.inputs import topology
-from pytest_overlay.testbeds.emulated import EmulatedTestbed
 from pytest_overlay.inputs.topology import Circuit
+from pytest_overlay.testbeds.emulated import EmulatedTestbed
 
 from ..conftest import RELAXED, run_suites
 

@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from pytest_overlay import procs
-from pytest_overlay.testbeds import budget
-from pytest_overlay.measure import noise
 from pytest_overlay.inputs import topology
+from pytest_overlay.measure import noise
+from pytest_overlay.testbeds import budget
 from pytest_overlay.testbeds.emulated import EmulatedTestbed
 
 from ..conftest import RELAXED, run_suites, two_sites

@@ -8,10 +8,10 @@ import json
 
 import pytest
 
-from pytest_overlay.measure import streaming, validity
 from pytest_overlay.inputs import topology
-from pytest_overlay.overlays.host import HostOverlay
+from pytest_overlay.measure import streaming, validity
 from pytest_overlay.measure.probes import ProbeError
+from pytest_overlay.overlays.host import HostOverlay
 from pytest_overlay.testbeds.emulated import EmulatedTestbed
 
 from ..conftest import QUICK, run_suites

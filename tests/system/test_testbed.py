@@ -10,12 +10,12 @@ import pytest
 
 from pytest_overlay import procs
 from pytest_overlay.emulation import emulator
-from pytest_overlay.measure import probes, validity
 from pytest_overlay.inputs import topology
+from pytest_overlay.measure import probes, validity
 from pytest_overlay.overlays.host import HostOverlay
 from pytest_overlay.results import Stats
-from pytest_overlay.testbeds.emulated import EmulatedTestbed
 from pytest_overlay.results.thresholds import load
+from pytest_overlay.testbeds.emulated import EmulatedTestbed
 
 
 def two_sites(**link) -> topology.Topology:

@@ -15,11 +15,11 @@ import time
 import pytest
 
 from pytest_overlay.emulation import emulator
-from pytest_overlay.measure import probes, validity
 from pytest_overlay.inputs import topology
+from pytest_overlay.measure import probes, validity
 from pytest_overlay.overlays.host import HostOverlay
-from pytest_overlay.testbeds.emulated import EmulatedTestbed
 from pytest_overlay.results.thresholds import load
+from pytest_overlay.testbeds.emulated import EmulatedTestbed
 
 from ..conftest import PYTEST, QUICK, ROOT, machine_state
 

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from pytest_overlay.results import metrics
-from pytest_overlay.results import Record, Stats
+from pytest_overlay.results import Record, Stats, metrics
 
 
 def record(metric: str, values: list[float], overlay: str = "host", src: str = "A", dst: str = "B",

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from pytest_overlay.emulation.delayline import MAX_WINDOWS, Queue
 from pytest_overlay.measure import machine, probes, validity
 from pytest_overlay.results import thresholds
-from pytest_overlay.emulation.delayline import MAX_WINDOWS, Queue
 
 DATA = Path(__file__).parent / "data"
 RULES = thresholds.load().for_("validity", "host", "A-B")

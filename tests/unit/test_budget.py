@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 
 from pytest_overlay import options, procs, report
-from pytest_overlay.testbeds import budget
-from pytest_overlay.report import plots
 from pytest_overlay.inputs import topology
+from pytest_overlay.report import plots
+from pytest_overlay.testbeds import budget
 
 from .records import record
 

@@ -4,7 +4,6 @@ import math
 import re
 import subprocess
 
-
 from pytest_overlay.emulation import emulator
 from pytest_overlay.emulation.delayline import HIST_EDGES_US, Queue
 

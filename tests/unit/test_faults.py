@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 
 from pytest_overlay import report
-from pytest_overlay.measure import faults
 from pytest_overlay.inputs import topology
-from pytest_overlay.measure.faults import Step, Trip
 from pytest_overlay.inputs.topology import Circuit, InputError
+from pytest_overlay.measure import faults
+from pytest_overlay.measure.faults import Step, Trip
 
 DATA = Path(__file__).parent / "data"
 SUITES = str(Path(__file__).resolve().parents[2] / "suites")

@@ -7,9 +7,9 @@ import math
 
 import pytest
 
+from pytest_overlay.inputs.topology import InputError
 from pytest_overlay.results import gates, metrics, thresholds
 from pytest_overlay.results.gates import Comparison, Gate, parse_gate
-from pytest_overlay.inputs.topology import InputError
 
 from .records import record
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from pytest_overlay.inputs import generate, topology
 from pytest_overlay.__main__ import main
+from pytest_overlay.inputs import generate, topology
 
 
 def by_code() -> dict[str, generate.City]:

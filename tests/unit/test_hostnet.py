@@ -6,10 +6,10 @@ from __future__ import annotations
 import subprocess
 from pathlib import Path
 
-from pytest_overlay.testbeds import hostnet
 from pytest_overlay.overlays.calico import HOST_FOOTPRINT as CALICO
 from pytest_overlay.overlays.flannel import HOST_FOOTPRINT as FLANNEL
 from pytest_overlay.overlays.weave import HOST_FOOTPRINT as WEAVE
+from pytest_overlay.testbeds import hostnet
 
 DATA = Path(__file__).parent / "data"
 BEFORE = hostnet.Snapshot.parse((DATA / "hostnet-before.txt").read_text())

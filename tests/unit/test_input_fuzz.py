@@ -11,9 +11,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pytest_overlay.results import thresholds
 from pytest_overlay.inputs import topology
 from pytest_overlay.inputs.topology import InputError
+from pytest_overlay.results import thresholds
 
 BUNDLED = {p.stem: yaml.safe_load(p.read_text()) for p in topology.TOPOLOGY_DIR.glob("*.yaml")}
 THRESHOLDS = yaml.safe_load(thresholds.DEFAULT_PATH.read_text())

@@ -13,11 +13,11 @@ import pytest
 
 from pytest_overlay import report
 from pytest_overlay.emulation import emulator
+from pytest_overlay.inputs import topology
+from pytest_overlay.inputs.topology import Circuit, InputError
 from pytest_overlay.measure import load
 from pytest_overlay.report import plots
-from pytest_overlay.inputs import topology
 from pytest_overlay.results import Record
-from pytest_overlay.inputs.topology import Circuit, InputError
 
 DATA = Path(__file__).parent / "data"
 SUITES = str(Path(__file__).resolve().parents[2] / "suites")

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from pytest_overlay import options, report, results
-from pytest_overlay.measure import noise
 from pytest_overlay.inputs import topology
+from pytest_overlay.measure import noise
 
 from .records import record
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from pytest_overlay.results import metrics, thresholds
 from pytest_overlay.measure import probes
 from pytest_overlay.measure.probes import INTERVAL_S, ProbeError, parse_iperf3, parse_irtt
+from pytest_overlay.results import metrics, thresholds
 
 DATA = Path(__file__).parent / "data"
 

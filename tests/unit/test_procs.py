@@ -10,7 +10,6 @@ import time
 from pytest_overlay import procs
 from pytest_overlay.testbeds import runs
 
-
 LOCKER = """\
 import sys, time
 from pathlib import Path

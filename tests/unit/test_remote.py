@@ -1,9 +1,10 @@
 """The remote backend's pieces that need no host: how it reaches hosts and how it words what
 went wrong (from errors captured against the lab's real daemons)."""
 
-from pytest_overlay.testbeds import hosts, preflight, remote
-from pytest_overlay.paths import KNOWN_HOSTS
+from pytest_overlay import kinds
 from pytest_overlay.inputs.topology import RemoteHost
+from pytest_overlay.paths import KNOWN_HOSTS
+from pytest_overlay.testbeds import hosts, preflight, remote
 
 HOST = RemoteHost("198.18.0.1", ssh="ops@192.0.2.1:2222", docker="tcp://192.0.2.1:2376",
                   tls={"ca": "/k/ca.pem", "cert": "/k/cert.pem", "key": "/k/key.pem"},
@@ -65,17 +66,17 @@ def test_preflight_asks_each_overlay_what_it_needs_on_a_host(tmp_path):
     from pytest_overlay import overlays
     from pytest_overlay.inputs import topology
 
-    for name in overlays.KNOWN:
-        needs = overlays.get(name).host_needs
-        if needs is not None:  # a family with daemons on hosts: a range of its own, and a footprint
-            assert needs.family in topology.DEFAULT_RANGES and needs.footprint.overlay == needs.family
-            assert overlays.footprint(name) is needs.footprint
+    for name in overlays.names():
+        kind = overlays.get(name)
+        if kind.host_needs is not None:  # a family with daemons on hosts: a range of its own, and a footprint
+            assert kind.host_needs.family is kind.family and kind.host_needs.footprint.overlay == kind.family.name
+            assert overlays.footprint(name) is kind.host_needs.footprint
     path = tmp_path / "t.yaml"
     path.write_text("name: t\nsites:\n  A: {host: {ssh: root@192.0.2.1}}\n  B: {host: {ssh: root@192.0.2.2}}\n"
                     "links:\n  - {between: [A, B], rtt_ms: 20}\n")
     asked = ["host", "libnetwork", "weave", "weave-encrypted", "flannel-udp", "calico"]
-    wanted = preflight.host_needs(asked)
-    assert [n.family for n in wanted] == ["weave", "flannel", "calico"]
+    wanted = overlays.host_needs(asked)
+    assert [n.family.name for n in wanted] == ["weave", "flannel", "calico"]
     host = FakeHost({"weaver --version": (127, ""), "/sys/class/net/flannel0": (0, ""),
                      "/sys/class/net/": (1, ""), "sport = :179": (0, ""), "pgrep -x bird": (0, "4242\n"),
                      "pgrep": (0, ""), "ip -4 route show table all": (0, "blackhole 10.40.7.0/24\n")})
@@ -128,7 +129,7 @@ def test_a_hosts_network_is_read_before_the_overlays_first_daemon_there(tmp_path
                         lambda host, run_id, site, overlay, addresses: done.append(("read", site, overlay, addresses)))
     monkeypatch.setattr(remote.HostDaemon, "start", classmethod(
         lambda cls, name, host, directory, command, env=None: done.append(("start", name, command[0], directory))))
-    ops = bed.site_ops("flannel-udp", tmp_path, "flannel")
+    ops = bed.site_ops("flannel-udp", tmp_path, kinds.families()["flannel"])
     ops.start("A", "etcd-A", ["etcd"])
     ops.start("A", "flanneld-A", ["flanneld"], own_pid_namespace=True)
     ops.start("B", "flanneld-B", ["flanneld"])

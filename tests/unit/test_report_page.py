@@ -9,8 +9,8 @@ import shutil
 import pytest
 
 from pytest_overlay import report
-from pytest_overlay.report import study
 from pytest_overlay.inputs import topology
+from pytest_overlay.report import study
 from pytest_overlay.results import write_json
 
 from .records import record

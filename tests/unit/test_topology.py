@@ -7,6 +7,7 @@ import textwrap
 
 import pytest
 
+from pytest_overlay import kinds
 from pytest_overlay.inputs import topology
 from pytest_overlay.inputs.topology import Circuit, InputError
 
@@ -228,9 +229,14 @@ def test_host_entries_resolve_addresses_and_certificates(tmp_path):
 
 
 def test_overlay_ranges_default_and_move(tmp_path):
-    assert topology.load(write(tmp_path, GOOD)).ranges == topology.DEFAULT_RANGES
+    families = kinds.families()
+    assert set(families) == {"weave", "flannel", "calico"}
+    plain = topology.load(write(tmp_path, GOOD))
+    assert plain.ranges == {} and [plain.range_of(f) for f in families.values()] == [f.default for f in families.values()]
     moved = topology.load(write(tmp_path, GOOD + "ranges: {calico: 10.77.0.0/24, weave: 172.30.0.0/16}\n"))
-    assert moved.ranges == {**topology.DEFAULT_RANGES, "calico": "10.77.0.0/24", "weave": "172.30.0.0/16"}
+    assert moved.ranges == {"calico": "10.77.0.0/24", "weave": "172.30.0.0/16"}
+    assert moved.range_of(families["calico"]) == "10.77.0.0/24"
+    assert moved.range_of(families["flannel"]) == families["flannel"].default
 
 
 @pytest.mark.parametrize("ranges, field, message", [

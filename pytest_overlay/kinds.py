@@ -1,0 +1,115 @@
+"""The overlay kinds a run can ask for: the built-in ones and those other distributions
+register under the entry-point group `pytest_overlay.overlays` (``NAME = module:Class``), as
+pytest finds its plugins.
+
+Each kind declares everything about itself on its class (overlays/base.py, `Overlay`): its
+label, address family, Debian packages, binaries, host needs and footprint, and whether
+`--overlay=all` includes it. Every other layer asks here. Names are known without importing
+a kind; its module is imported the first time it is asked for.
+"""
+
+from __future__ import annotations
+
+import importlib
+from functools import cache
+from importlib.metadata import entry_points
+from typing import Any
+
+# Nothing of the package is imported here, not even for types: every layer may ask the registry,
+# and the registry stands below them all. What it hands out is described in words instead:
+# a kind is an overlays.base.Overlay subclass; a family an inputs.model.AddressFamily; host
+# needs a testbeds.contract.HostNeeds; a footprint a testbeds.hostnet.Footprint.
+
+GROUP = "pytest_overlay.overlays"
+# The underlay: every overlay's figures are read against it.
+BASELINE = "host"
+BUILTIN = {
+    BASELINE: "pytest_overlay.overlays.host:HostOverlay",
+    "libnetwork": "pytest_overlay.overlays.libnetwork:LibnetworkOverlay",
+    "libnetwork-encrypted": "pytest_overlay.overlays.libnetwork:EncryptedLibnetworkOverlay",
+    "weave": "pytest_overlay.overlays.weave:WeaveOverlay",
+    "weave-encrypted": "pytest_overlay.overlays.weave:EncryptedWeaveOverlay",
+    "flannel": "pytest_overlay.overlays.flannel:FlannelOverlay",
+    "flannel-udp": "pytest_overlay.overlays.flannel:FlannelUdpOverlay",
+    "flannel-host-gw": "pytest_overlay.overlays.flannel:FlannelHostGwOverlay",
+    "calico": "pytest_overlay.overlays.calico:CalicoOverlay",
+}
+
+
+class KindError(LookupError):
+    """A kind that cannot be loaded, or is declared twice."""
+
+
+@cache
+def _table() -> dict[str, str]:
+    table = dict(BUILTIN)
+    for point in entry_points(group=GROUP):
+        if point.name in table and table[point.name] != point.value:
+            raise KindError(f"overlay kind {point.name!r} is registered twice: {table[point.name]} and "
+                            f"{point.value} (entry point of {point.dist.name if point.dist else '?'})")
+        table[point.name] = point.value
+    return table
+
+
+def names() -> tuple[str, ...]:
+    """Every kind's name: the built-in ones first, then the other distributions'."""
+    return tuple(_table())
+
+
+@cache
+def get(name: str) -> type:
+    try:
+        module, _, attribute = _table()[name].partition(":")
+    except KeyError:
+        raise KindError(f"unknown overlay {name!r}; known: {', '.join(names())}") from None
+    try:
+        kind = getattr(importlib.import_module(module), attribute)
+    except (ImportError, AttributeError) as e:
+        raise KindError(f"overlay kind {name!r} ({module}:{attribute}) cannot be loaded: {e}") from e
+    if getattr(kind, "name", None) != name:
+        raise KindError(f"overlay kind {name!r} ({module}:{attribute}) calls itself {getattr(kind, 'name', None)!r}")
+    return kind
+
+
+def in_all() -> tuple[str, ...]:
+    """What `--overlay=all` measures: the kinds that declare themselves part of it."""
+    return tuple(name for name in names() if get(name).in_all)
+
+
+def families() -> dict[str, Any]:
+    """The address families the kinds give their containers, by `ranges:` key."""
+    found: dict[str, Any] = {}
+    for name in names():
+        family = get(name).family
+        if family is not None:
+            found.setdefault(family.name, family)
+    return found
+
+
+def packages() -> list[str]:
+    """The Debian packages every kind's daemons need on this machine (the Makefile installs them)."""
+    return sorted({package for name in names() for package in get(name).packages})
+
+
+def shipped() -> list[str]:
+    """The binaries kinds run that no Debian package carries (found on PATH here; the lab copies
+    them to its hosts)."""
+    return sorted({binary for name in names() for binary in get(name).shipped})
+
+
+def host_needs(asked: list[str]) -> list[Any]:
+    """What the kinds asked for need on a real host, one declaration per family (weave and
+    weave-encrypted are one Weave Net)."""
+    found: dict[str, Any] = {}
+    for name in asked:
+        needs = get(name).host_needs
+        if needs is not None:
+            found.setdefault(needs.family.name, needs)
+    return list(found.values())
+
+
+def footprint(name: str) -> Any:
+    """What the kind called `name` adds to a real host's network (None: nothing, or no such
+    kind), for undoing it after a run that is over."""
+    needs = get(name).host_needs if name in _table() else None
+    return needs.footprint if needs else None
