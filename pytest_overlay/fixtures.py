@@ -19,8 +19,10 @@ import pytest
 from . import kinds, options, procs, results, session
 from .inputs import topology
 from .measure import noise as noise_tools
+from .measure.faultpath import FaultPath
+from .measure.loadpath import LoadPath
 from .measure.noise import Noise
-from .measure.path import FaultPath, LoadPath, OverlayPath, StreamPath
+from .measure.path import OverlayPath, StreamPath
 from .session import OverlaySession
 
 

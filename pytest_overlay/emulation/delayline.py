@@ -43,30 +43,36 @@ import sys
 import time
 from dataclasses import dataclass, field
 
-NETLINK_NETFILTER = 12
-NFNL_SUBSYS_QUEUE = 3
-NFQNL_MSG_PACKET = 0
-NFQNL_MSG_VERDICT = 1
-NFQNL_MSG_CONFIG = 2
-NFQNL_MSG_VERDICT_BATCH = 3
-NFQA_PACKET_HDR = 1
-NFQA_VERDICT_HDR = 2
-NFQA_TIMESTAMP = 4
-NFQA_CAP_LEN = 13  # the packet's length, where less of it is copied
-NFQA_CFG_CMD = 1
-NFQA_CFG_PARAMS = 2
-NFQA_CFG_QUEUE_MAXLEN = 3
-NFQA_CFG_MASK = 4
-NFQA_CFG_FLAGS = 5
-NFQNL_CFG_CMD_BIND = 1
-NFQNL_COPY_PACKET = 2
-COPY_RANGE = 1
-NFQA_CFG_F_GSO = 4
-NF_DROP = 0
-NF_ACCEPT = 1
-NLM_F_REQUEST = 1
-NLM_F_ACK = 4
-NLMSG_ERROR = 2
+from .control import REPLY_BUFFER
+from .netlink import (
+    COPY_RANGE,
+    NETLINK_NETFILTER,
+    NF_ACCEPT,
+    NF_DROP,
+    NFNL_SUBSYS_QUEUE,
+    NFQA_CAP_LEN,
+    NFQA_CFG_CMD,
+    NFQA_CFG_F_GSO,
+    NFQA_CFG_FLAGS,
+    NFQA_CFG_MASK,
+    NFQA_CFG_PARAMS,
+    NFQA_CFG_QUEUE_MAXLEN,
+    NFQA_PACKET_HDR,
+    NFQA_TIMESTAMP,
+    NFQA_VERDICT_HDR,
+    NFQNL_CFG_CMD_BIND,
+    NFQNL_COPY_PACKET,
+    NFQNL_MSG_CONFIG,
+    NFQNL_MSG_PACKET,
+    NFQNL_MSG_VERDICT,
+    NFQNL_MSG_VERDICT_BATCH,
+    NLM_F_ACK,
+    NLM_F_REQUEST,
+    NLMSG_ERROR,
+    attr,
+    kernel_queue_counters,
+    message,
+)
 
 DEFAULT_MAXLEN = 65536
 SOCKET_BUFFER = 64 << 20
@@ -161,29 +167,6 @@ class Queue:
             self.note_window(start, start + int(late * 1e9), late)
 
 
-def _attr(kind: int, payload: bytes) -> bytes:
-    length = 4 + len(payload)
-    return struct.pack("=HH", length, kind) + payload + b"\0" * (-length % 4)
-
-
-def _message(msg: int, res_id: int, attrs: bytes, flags: int = NLM_F_REQUEST, seq: int = 0) -> bytes:
-    body = struct.pack("=BB", socket.AF_UNSPEC, 0) + struct.pack("!H", res_id) + attrs
-    return struct.pack("=IHHII", 16 + len(body), (NFNL_SUBSYS_QUEUE << 8) | msg, flags, seq, 0) + body
-
-
-def kernel_queue_counters() -> dict[int, dict]:
-    """The kernel's own per-queue drops (queue or socket full), for this network namespace."""
-    counters = {}
-    try:
-        with open("/proc/self/net/netfilter/nfnetlink_queue") as f:
-            for line in f:
-                cols = line.split()
-                counters[int(cols[0])] = {"kernel_dropped": int(cols[5]), "kernel_user_dropped": int(cols[6])}
-    except FileNotFoundError:
-        pass
-    return counters
-
-
 class DelayLine:
     def __init__(self, queues: list[Queue], seed: int | None = None) -> None:
         self.queues = {q.num: q for q in queues}
@@ -205,7 +188,7 @@ class DelayLine:
     def _request(self, msg: int, res_id: int, attrs: bytes) -> None:
         """Send a config request and wait for its acknowledgement."""
         self.seq += 1
-        self.sock.send(_message(msg, res_id, attrs, NLM_F_REQUEST | NLM_F_ACK, self.seq))
+        self.sock.send(message(msg, res_id, attrs, NLM_F_REQUEST | NLM_F_ACK, self.seq))
         while True:
             data = self.sock.recv(65536)
             length, kind, _, seq, _ = struct.unpack_from("=IHHII", data)
@@ -217,21 +200,21 @@ class DelayLine:
 
     def bind(self) -> None:
         for num, queue in self.queues.items():
-            self._request(NFQNL_MSG_CONFIG, num, _attr(NFQA_CFG_CMD, struct.pack("!BxH", NFQNL_CFG_CMD_BIND, 0)))
+            self._request(NFQNL_MSG_CONFIG, num, attr(NFQA_CFG_CMD, struct.pack("!BxH", NFQNL_CFG_CMD_BIND, 0)))
             self._request(
                 NFQNL_MSG_CONFIG,
                 num,
                 # One byte of payload, not metadata only: only then does the kernel say the
                 # packet's length (NFQA_CAP_LEN), which tells a GSO burst from one packet.
-                _attr(NFQA_CFG_PARAMS, struct.pack("!IB", COPY_RANGE, NFQNL_COPY_PACKET))
-                + _attr(NFQA_CFG_QUEUE_MAXLEN, struct.pack("!I", queue.maxlen))
-                + _attr(NFQA_CFG_MASK, struct.pack("!I", NFQA_CFG_F_GSO))
-                + _attr(NFQA_CFG_FLAGS, struct.pack("!I", NFQA_CFG_F_GSO)),
+                attr(NFQA_CFG_PARAMS, struct.pack("!IB", COPY_RANGE, NFQNL_COPY_PACKET))
+                + attr(NFQA_CFG_QUEUE_MAXLEN, struct.pack("!I", queue.maxlen))
+                + attr(NFQA_CFG_MASK, struct.pack("!I", NFQA_CFG_F_GSO))
+                + attr(NFQA_CFG_FLAGS, struct.pack("!I", NFQA_CFG_F_GSO)),
             )
         self.sock.setblocking(False)
 
     def _verdict(self, msg: int, num: int, verdict: int, packet_id: int) -> None:
-        self.sock.send(_message(msg, num, _attr(NFQA_VERDICT_HDR, struct.pack("!II", verdict, packet_id))))
+        self.sock.send(message(msg, num, attr(NFQA_VERDICT_HDR, struct.pack("!II", verdict, packet_id))))
 
     def _arrival(self, data: bytes, now: float) -> tuple[float, int]:
         """When the packet reached the wan namespace, on the monotonic clock, and how many
@@ -431,43 +414,6 @@ def _tune_process() -> None:
         os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(20))
     except (OSError, AttributeError):
         pass
-
-
-REPLY_BUFFER = 8 << 20
-
-
-def query_stats(control_path: str, timeout: float = 2.0, reset: bool = False, since: int | None = None) -> dict:
-    """Ask a running delay line (either core) for its counters; `reset` starts a new window
-    for the maximum release error; `since` (wall ns) asks for the late and drop windows."""
-    request = b"stats" + (b" reset" if reset else b"") + (b" since=%d" % since if since is not None else b"")
-    return _ask(control_path, request, timeout)
-
-
-def _ask(control_path: str, request: bytes, timeout: float) -> dict:
-    client = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    reply_path = f"{control_path}.{os.getpid()}.{time.monotonic_ns()}"
-    try:
-        client.bind(reply_path)
-        client.settimeout(timeout)
-        client.sendto(request, control_path)
-        return json.loads(client.recv(REPLY_BUFFER))
-    finally:
-        client.close()
-        try:
-            os.unlink(reply_path)
-        except FileNotFoundError:
-            pass
-
-
-def set_queues(control_path: str, changes: dict[int, tuple[float, float, float]], timeout: float = 2.0) -> int:
-    """Change running queues at once: {queue: (delay_ms, jitter_ms, loss_pct)}. Returns the wall
-    clock (ns) at which the delay line applied them."""
-    request = "set " + " ".join(f"{num}:{delay * 1e3:.3f}:{jitter * 1e3:.3f}:{loss * 1e4:.3f}"
-                                for num, (delay, jitter, loss) in sorted(changes.items()))
-    answer = _ask(control_path, request.encode(), timeout)
-    if "error" in answer:
-        raise ValueError(f"delay line refused {request!r}: {answer['error']}")
-    return int(answer["applied_ns"])
 
 
 class _Stop(Exception):

@@ -22,7 +22,8 @@ from pathlib import Path
 from .. import procs
 from ..inputs.model import Direction
 from ..paths import CACHE
-from .delayline import HIST_EDGES_US, LATE_LIMIT_S, query_stats, set_queues
+from .control import query_stats, set_queues
+from .delayline import HIST_EDGES_US, LATE_LIMIT_S
 
 KINDS = ("auto", "netem", "delayline", "none")
 MTU = 1500

@@ -7,7 +7,6 @@ from __future__ import annotations
 import concurrent.futures
 import contextlib
 import math
-import statistics
 import time
 from dataclasses import dataclass, field
 from typing import Callable
@@ -16,13 +15,13 @@ import pytest
 
 from .. import kinds, results
 from ..emulation import emulator as emu
-from ..inputs.model import Circuit, Fault
+from ..inputs.model import Circuit
 from ..kinds import BASELINE
 from ..overlays import Overlay
 from ..results import Record, Stats, gates, metrics
 from ..results.thresholds import VALIDITY
 from ..session import OverlaySession
-from . import faults, load, machine, probes, streaming, validity
+from . import machine, probes, streaming, validity
 from .noise import Neighbour, Noise
 
 
@@ -129,7 +128,7 @@ class OverlayPath:
         if accounting.kept and hasattr(samples, "keep"):
             samples = samples.keep(accounting.kept)
         faults = accounting.faults + check(samples) + self._wire_faults(b.wire) + b.faults
-        _counts_only(b.accrued)
+        counts_only(b.accrued)
         return Measured(samples, faults, b.accrued, b.wire, accounting=accounting, machine=b.window,
                         cpu_used=b.cpu_used, noise_used=b.noise_used)
 
@@ -251,7 +250,7 @@ class OverlayPath:
                                 accounting=accounting, machine=window,
                                 beside=[p.circuit.id for p in batch if p is not path])
             judged.append((path, measured))
-        _counts_only(accrued)
+        counts_only(accrued)
         for path, measured in judged:
             faults = measured.faults + measured.accounting.loss_faults
             if validity.load_related(faults):
@@ -415,7 +414,7 @@ class OverlayPath:
         return made
 
 
-def _counts_only(accrued: dict[str, dict]) -> None:
+def counts_only(accrued: dict[str, dict]) -> None:
     """The emulator's counters as a record keeps them: counts; the path's windows are in its
     exclusions."""
     for counts in accrued.values():
@@ -466,234 +465,3 @@ class StreamPath(OverlayPath):
             self.record("stream_ttff", ttffs, measured, {**common, "definition": "PLAY to the first frame's last packet"},
                         **level),
         )
-
-
-class FaultPath(OverlayPath):
-    """One WAN fault scenario through one overlay: the circuit it affects probed from before
-    the fault until recovery, a circuit it leaves alone beside it."""
-
-    def __init__(self, overlay, fault: Fault, state, test) -> None:
-        super().__init__(overlay, fault.probe, state, test)
-        self.fault = fault
-
-    def run(self) -> dict[str, Record]:
-        """The scenario's records by metric (detour_rtt only where replies came while the
-        fault was on; fault_goodput only for a loss burst, which runs a TCP transfer)."""
-        cached = self.state.cache.get((self.overlay.name, self.fault.name))
-        if cached is not None:
-            return cached
-        testbed = self.overlay.testbed
-        self._stop_if_a_daemon_died(f"fault {self.fault.name}")
-        monitor = machine.monitor()
-        started = time.time_ns()
-        before = testbed.emulator_counters(reset=True)
-        self.state.progress(f"{self.overlay.name} {self.fault.name}: probing {self.fault.probe.id} and "
-                            f"{self.fault.watch.id if self.fault.watch else 'no other circuit'}; "
-                            f"{self.fault.kind} for {self.fault.duration_s:g} s after {faults.BEFORE_S:g} s")
-        run = faults.run(self.overlay, self.fault, self.state.option("overlay_fault_bound"),
-                         tcp=self.fault.kind == "loss", progress=self.state.progress)
-        self._stop_if_a_daemon_died(f"fault {self.fault.name}", "during")
-        accrued = emu.delta(before, testbed.emulator_counters(since=started))
-        outcome = faults.analyse(run.trips, run.steps, bound_s=self.state.option("overlay_fault_bound"),
-                                 calm_until_ns=run.calm_until_ns)
-        replies = [t for t in run.trips if t.rtt_ms is not None]
-        samples = probes.LatencySamples([[t.rtt_ms for t in replies]], len(run.trips), len(run.trips) - len(replies),
-                                        faults.INTERVAL_MS, times_ns=[[(t.send_ns, t.receive_ns) for t in replies]])
-        there, back = self.hops()
-        rules = {**self.rules, "max_excluded_share_latency": self.rules["max_excluded_share_faults"]}
-        window = monitor.window(started, run.ended_ns)
-        accounting = validity.account("latency", accrued, there, back, samples, rules, window,
-                                      held=[t.seq in outcome.held_seqs for t in replies],
-                                      resolution_ms=faults.INTERVAL_MS)
-        problems = list(accounting.faults) + validity.outage_faults(accounting.troubles, outcome.outage_ns,
-                                                                    faults.INTERVAL_MS)
-        if run.restore_error:
-            problems.append(f"the fault could not be healed ({run.restore_error}): what followed is not a recovery")
-        _counts_only(accrued)
-        measured = Measured(samples, problems, accrued, None, accounting=accounting, machine=window)
-        records = self._records(run, outcome, measured)
-        self.state.cache[(self.overlay.name, self.fault.name)] = records
-        return records
-
-    def _records(self, run: faults.FaultRun, outcome: faults.Outcome, measured: Measured) -> dict[str, Record]:
-        fault, origin = self.fault, run.origin_ns
-        exclude = set()
-        if fault.watch:
-            hops = self.state.topology.path_between(fault.watch.src, fault.watch.dst)
-            exclude = {f"{a}->{b}" for a, b in zip(hops, hops[1:])} | {f"{b}->{a}" for a, b in zip(hops, hops[1:])}
-        detour_links = faults.detour(run.wire_during, len(outcome.during_ms), exclude)
-        path = faults.relay_path(detour_links, fault.probe.src, fault.probe.dst)
-        watch = faults.analyse(run.watch_trips, run.steps, bound_s=outcome.bound_s,
-                               calm_until_ns=run.calm_until_ns) if run.watch_trips else None
-        common = {
-            "fault": {"kind": fault.kind, "links": [f"{link.a}-{link.b}" for link in fault.links], "site": fault.site,
-                      "seconds": fault.seconds, "up_s": fault.up_s, "times": fault.times, "loss_pct": fault.loss_pct,
-                      "add_rtt_ms": fault.add_rtt_ms},
-            "steps": [{"what": st.what, "planned_s": st.planned_s, "at_ns": st.at_ns,
-                       "offset_ms": round((st.at_ns - origin) / 1e6, 3)} for st in run.steps],
-            "outcome": outcome.to_json(),
-            "interval_ms": faults.INTERVAL_MS,
-        }
-        low, high = self.overlay.expected_outage_s(fault, run.logs)
-        common["timers"] = [{"what": w, "default": d, "source": src} for w, d, src in self.overlay.timers]
-        common["expected_outage_s"] = [low, high]
-        # One probe interval either side: the outage is resolved to it.
-        common["agrees_with_timers"] = (low * 1e3 - faults.INTERVAL_MS <= outcome.outage_ms
-                                        <= high * 1e3 + faults.INTERVAL_MS)
-        level = {"fault": fault.name}
-        out: dict[str, Record] = {}
-        out["outage_ms"] = self.record(
-            "outage_ms", [outcome.outage_ms], measured, {
-                **common,
-                "outage_from_s": round((outcome.outage_ns[0] - origin) / 1e9, 3),
-                "outage_to_s": round((outcome.outage_ns[1] - origin) / 1e9, 3),
-                "control_before": run.control_before,
-                "control_events": [e.to_json(origin) for e in run.events],
-                "control_logs": run.logs,
-                "wire_during": run.wire_during, "detour_links": detour_links, "detour_path": path,
-                "watch": ({"circuit": fault.watch.id, "outage_ms": watch.outage_ms, "lost": watch.sent - watch.replies,
-                           "sent": watch.sent, "level_ms": watch.level_ms} if watch else None),
-                "timeline": {"t_ms": [round((t.send_ns - origin) / 1e6, 2) for t in run.trips],
-                             "rtt_ms": [None if t.rtt_ms is None else round(t.rtt_ms, 3) for t in run.trips]},
-                "notes": run.notes,
-            }, **level)
-        if outcome.during_ms:
-            out["detour_rtt"] = self.record("detour_rtt", outcome.during_ms, measured,
-                                            {"path": path, "links": detour_links, "level_ms": outcome.level_ms},
-                                            **level)
-        out["fault_lost"] = self.record("fault_lost", [outcome.lost_during], measured,
-                                        {"sent": outcome.sent_during}, **level)
-        for metric, value in (("recovery_ms", outcome.first_reply_ms), ("recovery_level_ms", outcome.back_to_level_ms)):
-            censored = value is None
-            out[metric] = self.record(metric, [outcome.bound_s * 1e3 if censored else value], measured,
-                                      {"censored": censored, "bound_s": outcome.bound_s,
-                                       "observed_after_s": outcome.observed_after_s}, **level)
-        if run.tcp is not None:
-            spans = run.tcp.spans_ns
-            windows = faults.fault_windows(run.steps)
-            during = [m for m, sp in zip(run.tcp.mbit, spans) if any(a <= sp[0] and sp[1] <= b for a, b in windows)]
-            before = [m for m, sp in zip(run.tcp.mbit, spans) if sp[1] <= windows[0][0]]
-            out["fault_goodput"] = self.record(
-                "fault_goodput", during, measured,
-                {"before_mbit": statistics.fmean(before) if before else None, "before_n": len(before),
-                 "retransmits": run.tcp.retransmits, "interval_s": run.tcp.interval_s}, **level)
-        return out
-
-
-class LoadPath(OverlayPath):
-    """Latency under load on one circuit through one overlay, at the links' own buffer or at
-    `queue_ms` set on every rate-limited direction of the circuit's path for the test."""
-
-    def __init__(self, overlay, circuit: Circuit, queue_ms: float | None, state, test) -> None:
-        super().__init__(overlay, circuit, state, test)
-        self.queue_ms = queue_ms
-        self.buffers = state.topology.with_queue(circuit, queue_ms)
-        self.expected = {**self.expected, "queue_ms": {f"{d.src}->{d.dst}": d.buffer_ms for d in self.buffers}}
-
-    @property
-    def buffer_ms(self) -> float:
-        """The most the path's buffers can add to a round trip: each rate-limited direction
-        full, both ways."""
-        return sum(d.buffer_ms for d in self.buffers)
-
-    def run(self) -> dict[str, Record]:
-        kind = f"load-{self.queue_ms}"
-        testbed = self.overlay.testbed
-        if self.queue_ms is not None:
-            testbed.rebuffer(self.buffers)
-            self.state.progress(f"{self.overlay.name} {self.circuit.id}: link buffers set to {self.queue_ms:g} ms "
-                                f"on {', '.join(self.expected['queue_ms'])}")
-        try:
-            measured = self._measure(kind, lambda: None, once=self._load_once)
-        finally:
-            if self.queue_ms is not None:
-                testbed.rebuffer(self.state.topology.with_queue(self.circuit, None))
-        return self._records(measured)
-
-    def _load_once(self) -> Measured:
-        seconds, flows = self.state.option("overlay_load_seconds"), self.state.option("overlay_load_flows")
-        b = self._bracketed("load", lambda: load.run(self.src, self.dst, seconds, flows, self.state.progress))
-        run, accrued, wire, window = b.samples, b.accrued, b.wire, b.window
-        there, back = self.hops()
-        rules = {**self.rules, "max_excluded_share_latency": self.rules["max_excluded_share_load"],
-                 "max_excluded_share_throughput": 1.0}  # the goodput is judged on its whole loaded time, below
-        latency = validity.account("latency", accrued, there, back, run.all_latency, rules, window)
-        goodput = {d: validity.account("tcp", accrued, there, back, f.sums, rules, window) for d, f in run.flows.items()}
-        late = validity.late_share(latency.troubles, run.loaded_ns)
-        if late > self.rules["max_late_share_load"]:
-            cause = window.cause() if window else ""
-            goodput["up"].faults.append(
-                f"emulator released late or dropped on the path for {late * 100:.1f} % of the loaded time (bound "
-                f"{self.rules['max_late_share_load'] * 100:g} %): the flows' goodput may be its doing"
-                + (f": {cause}" if cause else ""))
-        if latency.kept:
-            n_idle = len(run.idle.rtt_ms)
-            run.idle, run.loaded = run.idle.keep(latency.kept[:n_idle]), run.loaded.keep(latency.kept[n_idle:])
-        for direction, accounting in goodput.items():
-            if accounting.kept:
-                run.flows[direction].sums = run.flows[direction].sums.keep(accounting.kept)
-        # The cause first, the flows it concerns after: a cause of the machine's load is told by
-        # how it begins (validity.load_related), so that the run is taken again.
-        faults = latency.faults + [f"{f} ({d} flows)" for d, acc in goodput.items() for f in acc.faults]
-        faults += self._wire_faults(wire)
-        _counts_only(accrued)
-        return Measured(run, faults, accrued, wire, accounting=latency, machine=window, parts=goodput,
-                        cpu_used=b.cpu_used)
-
-    def _records(self, measured: Measured) -> dict[str, Record]:
-        run: load.LoadRun = measured.samples
-        idle, loaded = run.idle.rtt_ms, run.loaded.rtt_ms
-        common = {"seconds": self.state.option("overlay_load_seconds"), "flows_each_way": len(run.flows["up"].per_flow_mbit),
-                  "buffer_ms": self.expected["queue_ms"], "buffers_both_ways_ms": self.buffer_ms,
-                  "warmup_s": load.WARMUP_S,
-                  "idle_s": load.idle_seconds(self.state.option("overlay_load_seconds"))}
-        icmp = {"idle_p50": load.median(run.icmp_idle_ms), "idle_p99": _p99(run.icmp_idle_ms), "idle_n": len(run.icmp_idle_ms),
-                "loaded_p50": load.median(run.icmp_loaded_ms), "loaded_p99": _p99(run.icmp_loaded_ms),
-                "loaded_n": len(run.icmp_loaded_ms)}
-        faults = [] if idle else ["no idle round trip came back (or every one was excluded): no level to compare with"]
-        latency = self.record("load_latency", loaded, measured, {
-            **common,
-            "idle": {"n": len(idle), "p50": load.median(idle), "p99": _p99(idle), "mean": _mean(idle),
-                     "sent": run.idle.sent, "lost": run.idle.lost},
-            "loaded": {"sent": run.loaded.sent, "lost": run.loaded.lost},
-            "induced_p50_ms": load.median(loaded) - load.median(idle), "induced_p99_ms": _p99(loaded) - _p99(idle),
-            "icmp": icmp, "interval_ms": load.INTERVAL_MS,
-            "idle_samples": [round(x, 3) for x in idle], "samples": [round(x, 3) for x in loaded],
-            "timeline": run.timeline,
-        }, faults=faults, queue_ms=self.queue_ms)
-        up, down = run.flows["up"], run.flows["down"]
-        sums = [a + b for a, b in zip(up.sums.mbit, down.sums.mbit)]
-        goodput_measured = Measured(run, measured.faults, measured.emulator, measured.wire, measured.tries,
-                                    measured.earlier_faults, _merged(measured.parts), measured.machine,
-                                    cpu_used=measured.cpu_used)
-        goodput = self.record("load_goodput", sums, goodput_measured, {
-            **common,
-            "per_flow_mbit": {d: [round(m, 2) for m in f.per_flow_mbit] for d, f in run.flows.items()},
-            "direction_mbit": {d: f.total_mbit for d, f in run.flows.items()},
-            "fairness": {d: load.jain(f.per_flow_mbit) for d, f in run.flows.items()},
-            "fairness_all": load.jain(up.per_flow_mbit + down.per_flow_mbit),
-            "retransmits": {d: f.retransmits for d, f in run.flows.items()},
-            "rate_mbit": self.expected["rate_mbit"], "interval_s": probes.INTERVAL_S,
-            "definition": "per interval: the receivers' goodput of every flow, both ways, summed",
-        }, total=up.total_mbit + down.total_mbit, queue_ms=self.queue_ms)
-        return {"load_latency": latency, "load_goodput": goodput}
-
-
-def _p99(values: list[float]) -> float:
-    return results.percentile(sorted(values), 99) if values else math.nan
-
-
-def _mean(values: list[float]) -> float:
-    return statistics.fmean(values) if values else math.nan
-
-
-def _merged(accountings: dict[str, validity.Accounting]) -> validity.Accounting:
-    """The accountings of several flow groups (one per direction) as one record's exclusions."""
-    parts = list(accountings.values())
-    merged = validity.Accounting("tcp", list(dict.fromkeys(link for a in parts for link in a.path)))
-    merged.n = sum(a.n for a in parts)
-    merged.excluded = sum(a.excluded for a in parts)
-    merged.rule = parts[0].rule if parts else ""
-    merged.troubles = [t for a in parts for t in a.troubles]
-    merged.faults = [f for a in parts for f in a.faults]
-    return merged

@@ -1,9 +1,12 @@
-"""Reports: the run's tables (tables), its files and pictures (plots), and the study that
-sets our figures beside the published ones (study).
+"""Reports: the run's tables (tables; the experiments' own in experiments, their cells in
+cells), its files (files) and pictures (plots), and the study that sets our figures beside
+the published ones (study).
 
 What the plugin and the command line call is handed on here.
 """
 
-from .tables import SECTIONS, exclusions_line, stress_sections, tables, write_files
+from .experiments import stress_sections
+from .files import write_files
+from .tables import SECTIONS, exclusions_line, tables
 
 __all__ = ["SECTIONS", "exclusions_line", "stress_sections", "tables", "write_files"]

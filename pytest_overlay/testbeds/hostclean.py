@@ -13,8 +13,9 @@ from ..inputs.model import Topology
 from ..paths import STATE_ROOT
 from . import hostlinks
 from .engines import LABEL
+from .hostengine import RemoteEngine, remove_run, tls_reason
+from .hostlock import HostLock
 from .hosts import HOST_STATE, FootprintOf, end_host_daemons, host_run
-from .remote import HostLock, RemoteEngine, remove_run, tls_reason
 from .runs import RUN_ID, may_remove
 
 

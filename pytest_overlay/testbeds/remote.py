@@ -12,31 +12,24 @@ from __future__ import annotations
 
 import base64
 import concurrent.futures
-import contextlib
 import io
-import os
-import re
-import select
 import shlex
 import shutil
-import socket
-import subprocess
 import tarfile
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
-import docker
-
 from .. import procs
-from ..inputs.model import AddressFamily, Direction, RemoteHost, Topology
+from ..inputs.model import AddressFamily, Direction, Topology
 from ..paths import KNOWN_HOSTS, STATE_ROOT
 from . import hostlinks, preflight
 from .contract import HostNeeds, SiteHandle, SiteOps, Testbed, tcp_sysctls
 from .endpoints import ContainerEndpoint
-from .engines import LABEL, Engine, build_image_tar, import_image
+from .engines import LABEL, build_image_tar, import_image
+from .hostengine import GWBRIDGE, MIN_DOCKER, RemoteEngine, RemoteError, remove_run, tls_reason
+from .hostlock import HostLock
 from .hosts import (
     HOST_STATE,
     HostDaemon,
@@ -44,69 +37,10 @@ from .hosts import (
     host_run,
     record_host_network,
     recorded_key,
-    remove_networks,
-    ssh_command,
     ssh_run,
 )
 from .preflight import Check
 from .runs import hold_lock, new_run_id
-
-MIN_DOCKER = (20, 10)
-API_VERSION = "1.41"
-GWBRIDGE = "docker_gwbridge"  # Docker's bridge from a swarm's containers to their host
-
-
-class RemoteError(RuntimeError):
-    pass
-
-
-class HostLock:
-    """The run's hold on a host for as long as this process lives: an flock on a file in the
-    host's /run/lock, held by a `cat` at the far end of an ssh session whose stdin is ours.
-    When this process ends, even by SIGKILL, the session closes and the lock goes with it; a
-    second run is refused with the holder named (the file says which run, where, since when)."""
-
-    def __init__(self, host: RemoteHost, run_id: str) -> None:
-        self.host, self.run_id = host, run_id
-        self.path = f"/run/lock/pytest-overlay-host-{host.address}.lock"
-        self.session: subprocess.Popen | None = None
-
-    def acquire(self, timeout: float = 20) -> str | None:
-        """None once held; otherwise why not (the holder, or what went wrong)."""
-        since = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime())
-        holder = f"run {self.run_id} from {socket.gethostname()} (pid {os.getpid()}), since {since} UTC"
-        script = (f"exec 9>>{self.path}\nif ! flock -n 9; then echo busy; cat {self.path}; exit 0; fi\n"
-                  f"echo {shlex.quote(holder)} > {self.path}\necho locked\nexec cat > /dev/null")
-        self.session = subprocess.Popen(ssh_command(self.host, as_root(script)), stdin=subprocess.PIPE,
-                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        ready, _, _ = select.select([self.session.stdout], [], [], timeout)
-        first = self.session.stdout.readline().strip() if ready else ""
-        if first == "locked":
-            return None
-        session, self.session = self.session, None
-        if first == "busy":  # the far end names the holder and exits
-            said = session.stdout.read()  # through the buffer readline() filled
-            session.wait(timeout=10)
-            return f"in use by another pytest-overlay: {said.strip() or 'a run that did not say which'}"
-        try:
-            _, error = session.communicate(timeout=10)
-        except subprocess.TimeoutExpired:
-            session.kill()
-            _, error = session.communicate()
-        why = (error.strip().splitlines() or [first or "no answer"])[-1]  # ssh's own last word
-        return f"could not take the run's lock on it over ssh ({why})"
-
-    def release(self) -> None:
-        if self.session is None:
-            return
-        session, self.session = self.session, None
-        with contextlib.suppress(OSError):
-            session.stdin.close()
-        try:
-            session.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            session.kill()
-            session.wait()
 
 
 class HostSiteOps(SiteOps):
@@ -140,54 +74,6 @@ class HostSiteOps(SiteOps):
 
     def missing(self, binaries):
         return []  # the preflight asked every host for what the overlays declare, before the run began
-
-
-@dataclass
-class RemoteEngine(Engine):
-    """A real host's own dockerd, reached over TLS; never started or stopped by this run."""
-
-    host: RemoteHost | None = None
-
-    @property
-    def url(self) -> str:
-        return self.host.docker
-
-    def docker_command(self) -> list[str]:
-        tls = self.host.tls
-        return ["docker", "-H", self.url, "--tlsverify", "--tlscacert", tls["ca"], "--tlscert", tls["cert"],
-                "--tlskey", tls["key"]]
-
-    def connect(self) -> None:
-        tls = docker.tls.TLSConfig(client_cert=(self.host.tls["cert"], self.host.tls["key"]),
-                                   ca_cert=self.host.tls["ca"], verify=True)
-        # The API version of Docker 20.10, the oldest supported: asking the daemon for its own
-        # would happen before trust_env can be turned off, and requests would then verify
-        # against $REQUESTS_CA_BUNDLE instead of the host's CA.
-        self.client = docker.DockerClient(base_url=self.url.replace("tcp://", "https://"), tls=tls, timeout=120,
-                                          version=API_VERSION)
-        self.client.api.trust_env = False
-
-    def start(self, timeout: float = 60) -> None:
-        raise RemoteError("a remote engine is the host's own; it is not started by this run")
-
-    def stop(self) -> list[str]:
-        """Remove this run's containers from the host (its engine keeps running), each on its
-        own; returns what could not be removed, and why."""
-        if self.client is None:
-            return []
-        try:
-            containers = self.client.containers.list(all=True, filters={"label": f"{LABEL}={self.run_id}"})
-        except (docker.errors.DockerException, OSError) as e:
-            return [f"host {self.site}: listing the run's containers: {tls_reason(e)}"]
-        errors = []
-        for container in containers:
-            try:
-                container.remove(force=True)
-            except docker.errors.NotFound:
-                pass
-            except (docker.errors.DockerException, OSError) as e:
-                errors.append(f"host {self.site}: container {container.name} not removed: {str(e)[-200:]}")
-        return errors
 
 
 class RemoteTestbed(Testbed):
@@ -564,45 +450,3 @@ class RemoteTestbed(Testbed):
                               f"is kept in {self.run_dir}: `python -m pytest_overlay clean --topology FILE` "
                               "finishes the job):\n" + "\n".join(errors))
         shutil.rmtree(self.run_dir, ignore_errors=True)
-
-
-def remove_run(engines: dict[str, RemoteEngine], run_id: str, leave_swarm: set[str],
-               gwbridge_made: set[str] = frozenset()) -> list[str]:
-    """Remove a run's containers, then its networks (a swarm's only through a manager, once
-    nothing is attached), then take the hosts in `leave_swarm` out of the swarm the run made,
-    with the docker_gwbridge that swarm made there. Returns what failed."""
-    errors = []
-    for engine in engines.values():
-        engine.run_id = run_id
-        errors += engine.stop()
-    errors += remove_networks(engines, run_id)
-    for name in sorted(leave_swarm & set(engines)):
-        try:
-            engines[name].client.swarm.leave(force=True)
-            if name in gwbridge_made:
-                for network in engines[name].client.networks.list(names=[GWBRIDGE]):
-                    network.remove()
-        except docker.errors.NotFound:
-            pass
-        except Exception as e:  # noqa: BLE001
-            errors.append(f"host {name}: leaving the swarm: {e}")
-    return errors
-
-
-def tls_reason(error: Exception) -> str:
-    """What went wrong reaching a Docker API, in a sentence, with the library's own words."""
-    text = str(error)
-    detail = re.search(r"\[SSL: [^]]*\][^')]*|EOF occurred in violation of protocol|Connection refused|timed out|"
-                       r"Name or service not known", text)
-    for marker, reason in (("BAD_CERTIFICATE", "the daemon rejected our client certificate (tls.cert/tls.key)"),
-                           ("UNKNOWN_CA", "the daemon does not know the CA of our client certificate"),
-                           ("EOF occurred in violation of protocol", "the daemon closed the TLS handshake: it most "
-                            "likely rejected our client certificate (tls.cert/tls.key not signed by its CA)"),
-                           ("CERTIFICATE_VERIFY_FAILED", "the daemon's certificate is not signed by tls.ca"),
-                           ("CERTIFICATE_REQUIRED", "the daemon demands a client certificate"),
-                           ("Connection refused", "connection refused: nothing listens there"),
-                           ("timed out", "timed out")):
-        if marker in text:
-            return f"{reason} ({detail.group(0).strip() if detail else marker})"
-    return text[-300:]
-

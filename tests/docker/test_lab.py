@@ -23,7 +23,7 @@ from pytest_overlay import overlays, procs
 from pytest_overlay.inputs import topology
 from pytest_overlay.overlays import weave
 from pytest_overlay.paths import STATE_ROOT, find_binary
-from pytest_overlay.testbeds import hostlinks, hostnet, hosts, remote
+from pytest_overlay.testbeds import hostlinks, hostlock, hostnet, hosts, remote
 from pytest_overlay.testbeds.remote import RemoteTestbed
 
 from ..conftest import PYTEST, QUICK, ROOT, run_suites
@@ -88,9 +88,9 @@ def docker_on(host: topology.RemoteHost, *args: str) -> subprocess.CompletedProc
 # Another run's hold on host A: the product's own lock, taken by a process of its own.
 HOLDER = """
 import sys, time
-from pytest_overlay.testbeds import remote
+from pytest_overlay.testbeds import hostlock
 from pytest_overlay.inputs import topology
-lock = remote.HostLock(topology.load(sys.argv[1]).sites["A"].host, "f00d01")
+lock = hostlock.HostLock(topology.load(sys.argv[1]).sites["A"].host, "f00d01")
 assert lock.acquire() is None
 print("held", flush=True)
 time.sleep(600)
@@ -334,7 +334,7 @@ def test_a_second_run_against_the_same_hosts_is_refused_naming_the_first(shared_
     finally:
         holder.kill()  # SIGKILL: no teardown of its own
         holder.wait()
-    lock = remote.HostLock(a, "f00d02")
+    lock = hostlock.HostLock(a, "f00d02")
     deadline = time.monotonic() + 15
     while (why := lock.acquire()) is not None and time.monotonic() < deadline:
         time.sleep(0.5)

@@ -4,7 +4,7 @@ went wrong (from errors captured against the lab's real daemons)."""
 from pytest_overlay import kinds
 from pytest_overlay.inputs.topology import RemoteHost
 from pytest_overlay.paths import KNOWN_HOSTS
-from pytest_overlay.testbeds import hosts, preflight, remote
+from pytest_overlay.testbeds import hostengine, hosts, preflight, remote
 
 HOST = RemoteHost("198.18.0.1", ssh="ops@192.0.2.1:2222", docker="tcp://192.0.2.1:2376",
                   tls={"ca": "/k/ca.pem", "cert": "/k/cert.pem", "key": "/k/key.pem"},
@@ -26,7 +26,7 @@ def test_ssh_uses_keys_only_and_the_known_host_key():
 
 
 def test_docker_command_line_carries_the_client_certificate():
-    engine = remote.RemoteEngine("A", "", HOST.address, "abc123", None, host=HOST)
+    engine = hostengine.RemoteEngine("A", "", HOST.address, "abc123", None, host=HOST)
     assert engine.docker_command() == ["docker", "-H", "tcp://192.0.2.1:2376", "--tlsverify", "--tlscacert",
                                        "/k/ca.pem", "--tlscert", "/k/cert.pem", "--tlskey", "/k/key.pem"]
 
@@ -34,15 +34,15 @@ def test_docker_command_line_carries_the_client_certificate():
 def test_tls_failures_are_said_in_a_sentence():
     rejected = ("HTTPSConnectionPool(host='198.19.128.2', port=2376): Max retries exceeded with url: /v1.41/version "
                 "(Caused by SSLError(SSLEOFError(8, 'EOF occurred in violation of protocol (_ssl.c:2427)')))")
-    assert remote.tls_reason(Exception(rejected)).startswith(
+    assert hostengine.tls_reason(Exception(rejected)).startswith(
         "the daemon closed the TLS handshake: it most likely rejected our client certificate")
     unknown_ca = ("(Caused by SSLError(SSLCertVerificationError(1, '[SSL: CERTIFICATE_VERIFY_FAILED] certificate "
                   "verify failed: unable to get local issuer certificate (_ssl.c:1006)')))")
-    assert remote.tls_reason(Exception(unknown_ca)) == (
+    assert hostengine.tls_reason(Exception(unknown_ca)) == (
         "the daemon's certificate is not signed by tls.ca ([SSL: CERTIFICATE_VERIFY_FAILED] certificate verify "
         "failed: unable to get local issuer certificate (_ssl.c:1006)")
     refused = "Failed to establish a new connection: [Errno 111] Connection refused"
-    assert remote.tls_reason(Exception(refused)) == "connection refused: nothing listens there (Connection refused)"
+    assert hostengine.tls_reason(Exception(refused)) == "connection refused: nothing listens there (Connection refused)"
 
 
 class FakeHost:
