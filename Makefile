@@ -7,8 +7,10 @@ PY := $(VENV)/bin/python
 # The real Weave Net and Flannel binaries, where the checkout has them beside it.
 SHARED_BIN := $(abspath ../shared/bin)
 export PATH := $(if $(wildcard $(SHARED_BIN)),$(SHARED_BIN):,)$(PATH)
+# What the testbed, the probes and the tests need; the overlay kinds' own packages are theirs to
+# declare (python -m pytest_overlay overlays --packages), installed by overlay-deps.
 APT_PACKAGES := iperf3 irtt iptables iproute2 iputils-ping util-linux procps docker.io mmdebstrap openssl gcc libc6-dev \
-	etcd-server etcd-client bird2 stress-ng libpcap0.8 dropbear-bin openssh-client \
+	stress-ng dropbear-bin openssh-client \
 	gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad \
 	gstreamer1.0-plugins-ugly gir1.2-gst-rtsp-server-1.0 python3-gi python3-venv python3-pip \
 	chromium chromium-driver
@@ -16,7 +18,7 @@ BENCH_ARGS ?= --topology=geant --overlay=host --overlay-retries=2 --overlay-json
 # Layers from the bottom up: unit (no root), system (namespaces), docker (engines), package (the wheel).
 TEST_LAYERS := tests/unit tests/system tests/docker tests/package
 
-.PHONY: bench test study test-unit test-system test-docker test-package deps venv clean-testbeds
+.PHONY: bench test study test-unit test-system test-docker test-package deps overlay-deps venv clean-testbeds
 
 bench: venv
 	$(PY) -m pytest suites/ $(BENCH_ARGS) -p no:cacheprovider
@@ -44,7 +46,10 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
-venv: deps $(VENV)/.installed
+overlay-deps: $(VENV)/.installed
+	@$(MAKE) --no-print-directory deps APT_PACKAGES="$$($(PY) -m pytest_overlay overlays --packages | tr '\n' ' ')"
+
+venv: deps overlay-deps
 
 clean-testbeds: venv
 	$(PY) -m pytest_overlay clean

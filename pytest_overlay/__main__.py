@@ -1,7 +1,8 @@
 """Command line: ``python -m pytest_overlay clean`` removes what killed runs left behind;
 ``python -m pytest_overlay study`` reproduces the study and reports beside its figures;
 ``python -m pytest_overlay lab up|down`` stands up a topology's sites as real hosts here;
-``python -m pytest_overlay topology mesh --sites 20 --out FILE`` writes a topology of N sites."""
+``python -m pytest_overlay topology mesh --sites 20 --out FILE`` writes a topology of N sites;
+``python -m pytest_overlay overlays`` lists the overlay kinds and what each needs."""
 
 from __future__ import annotations
 
@@ -49,7 +50,14 @@ def main(argv: list[str] | None = None) -> int:
     lab_down = actions.add_parser("down", help="remove the lab that FILE describes, and FILE")
     lab_down.add_argument("file", type=Path)
     _topology_parser(commands)
+    listed = commands.add_parser("overlays", help="list the overlay kinds (built in and from other distributions), "
+                                                  "each with what it declares")
+    listed.add_argument("--packages", action="store_true",
+                        help="print only the Debian packages their daemons need here, one a line (the Makefile "
+                             "installs them)")
     args = parser.parse_args(argv)
+    if args.command == "overlays":
+        return _overlays(args.packages)
     if args.command == "topology":
         return _generate(args, argv)
     if args.command == "lab":
@@ -82,6 +90,19 @@ def main(argv: list[str] | None = None) -> int:
             reproduction.write_report(Path(args.out), [], 0)
             return 0
         return reproduction.Study(Path(args.out)).run(args.parts)
+    return 0
+
+
+def _overlays(packages_only: bool) -> int:
+    if packages_only:
+        print("\n".join(kinds.packages()))
+        return 0
+    for name in kinds.names():
+        kind = kinds.get(name)
+        family = f"{kind.family.name} {kind.family.default}, /{kind.family.block} a site" if kind.family else "-"
+        print(f"{name}{' (all)' if kind.in_all else ''}: {kind.label}. {kind.description}\n"
+              f"    range: {family}; packages: {', '.join(kind.packages) or '-'}; "
+              f"binaries not in Debian: {', '.join(kind.shipped) or '-'}")
     return 0
 
 

@@ -60,6 +60,21 @@ class Measured:
         return self.accounting.to_json() if self.accounting else {}
 
 
+MAKERS: dict[str, tuple[Callable, int | None]] = {}  # metric -> (the path method, which of its records)
+
+
+def makes(*names: str) -> Callable:
+    """Marks the path method that measures these metrics (its record, or a tuple of records
+    in the same order): a new metric is its registry entry, its probe, this method and its
+    suite test."""
+    def mark(method: Callable) -> Callable:
+        for index, name in enumerate(names):
+            metrics.get(name)  # a metric the registry does not know fails at import
+            MAKERS[name] = (method, index if len(names) > 1 else None)
+        return method
+    return mark
+
+
 class OverlayPath:
     def __init__(self, overlay: Overlay, circuit: Circuit, state: OverlaySession, test: str,
                  cpu: float | None = None, noise: Noise | None = None) -> None:
@@ -299,6 +314,13 @@ class OverlayPath:
         )
         return self.state.add(record)
 
+    def measure(self, metric: str) -> Record:
+        """The record of `metric` on this circuit, by the method that makes it."""
+        method, index = MAKERS[metric]
+        made = method(self)
+        return made if index is None else made[index]
+
+    @makes("latency")
     def latency(self) -> Record:
         """Round-trip times (ms) of the request/response probe."""
         measured = self._latency()
@@ -308,11 +330,13 @@ class OverlayPath:
                             "warmup_discarded": s.warmup, "samples": [round(x, 4) for x in s.rtt_ms]},
                            s.round_means)
 
+    @makes("jitter")
     def jitter(self) -> Record:
         """IPDV between consecutive round trips (ms), from the same run as latency()."""
         measured = self._latency()
         return self.record("jitter", measured.samples.ipdv_ms, measured, {"definition": "|RTT[i] - RTT[i-1]|"})
 
+    @makes("tcp_throughput")
     def tcp(self) -> Record:
         """TCP goodput (Mbit/s) per half-second interval, from src to dst."""
         measured = self._throughput("tcp")
@@ -321,6 +345,7 @@ class OverlayPath:
                            {"retransmits": s.retransmits, "interval_s": s.interval_s, "rounds": len(s.round_totals)},
                            s.round_totals, total=s.total_mbit)
 
+    @makes("udp_throughput", "udp_loss")
     def udp(self) -> tuple[Record, Record]:
         """UDP received rate (Mbit/s) per interval, and the run's loss (%)."""
         measured = self._throughput("udp")
@@ -408,8 +433,7 @@ class OverlayPath:
         self.state.progress(f"measuring the underlay's {record.metric} on {record.circuit} "
                             f"{'again' if again else 'first'}: a limit of {record.overlay}'s is relative to it")
         host = OverlayPath(kinds.get(BASELINE)(self.overlay.testbed), self.circuit, self.state, test="")
-        made = {"latency": host.latency, "jitter": host.jitter, "tcp_throughput": host.tcp,
-                "udp_throughput": lambda: host.udp()[0]}[record.metric]()
+        made = host.measure(record.metric)
         made.verdict = "measured as the baseline of a relative limit"
         return made
 

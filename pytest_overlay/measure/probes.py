@@ -62,6 +62,11 @@ class Probe:
     both_ways: bool  # the statistic depends on the way back too: round trips, TCP's ACK clock
     sample: str  # one sample, in words
     excluded_setting: str = ""  # the validity rule bounding the share of samples left out ("": judged whole)
+    # What one sample is, as the emulator's accounting matches it against late and drop
+    # windows: a round trip (its packets' own times), an interval of a flow, or a whole stream.
+    shape: str = "interval"
+    congestion_controlled: bool = False  # a drop or a long stall the emulator made changes the flow itself
+    counts_loss: bool = False  # the probe reports loss: a drop the emulator made would be counted in it
 
     def check(self) -> list[str]:
         """What this machine lacks to run the probe, with the package to install."""
@@ -114,16 +119,18 @@ class Iperf3(Probe):
         return parse_iperf3(output, self.kind, udp_rate_mbit, rc, stderr, what)
 
 
+SHAPES = ("round_trip", "interval", "stream")
 LATENCY = Irtt("latency", {"irtt": "irtt"}, both_ways=True, sample="round trips",
-               excluded_setting="max_excluded_share_latency")
+               excluded_setting="max_excluded_share_latency", shape="round_trip")
 TCP = Iperf3("tcp", {"iperf3": "iperf3"}, both_ways=True, sample="intervals",
-             excluded_setting="max_excluded_share_throughput")
+             excluded_setting="max_excluded_share_throughput", congestion_controlled=True)
 # UDP's rate is what arrives: the way back carries nothing the statistic is made of.
 UDP = Iperf3("udp", {"iperf3": "iperf3"}, both_ways=False, sample="intervals",
-             excluded_setting="max_excluded_share_throughput")
+             excluded_setting="max_excluded_share_throughput", counts_loss=True)
 # Each client's whole-run jitter from one RTSP server's RTP packets: judged on the stream's own
 # direction as a whole (streaming.py runs it).
-STREAM = Probe("stream", {"gst-launch-1.0": "gstreamer1.0-tools"}, both_ways=False, sample="packets")
+STREAM = Probe("stream", {"gst-launch-1.0": "gstreamer1.0-tools"}, both_ways=False, sample="packets",
+               shape="stream")
 PROBES: dict[str, Probe] = {p.kind: p for p in (LATENCY, TCP, UDP, STREAM)}
 
 

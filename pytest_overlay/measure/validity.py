@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from ..emulation.delayline import LATE_LIMIT_S
 from .machine import Window as MachineWindow
-from .probes import LATENCY, STREAM, TCP, UDP, probe_of
+from .probes import probe_of
 
 # The rules themselves are in the thresholds file (section `validity`); a probe says which of
 # them bounds its samples.
@@ -206,19 +206,20 @@ def account(kind: str, accrued: dict[str, dict], there: list[Hop], back: list[Ho
             dropped = accrued.get(link, {}).get("dropped", 0)
             if dropped:
                 acc.faults.append(f"emulator dropped {dropped} packets on {link} (queue overflow)" + because)
-    if probe is STREAM:
+    if probe.shape == "stream":
         return _stream(acc, accrued, rules, because)
-    if probe is LATENCY:
+    round_trips = probe.shape == "round_trip"
+    if round_trips:
         times = samples.spans_ns
         spans = round_trip_spans(times, there, back) if times and all(times[0]) else None
     else:
         spans = interval_spans(samples.spans_ns, crossing) if samples.spans_ns else None
-    n = len(samples.rtt_ms) if probe is LATENCY else len(samples.mbit)
+    n = len(samples.rtt_ms) if round_trips else len(samples.mbit)
     acc.n = n
     if spans is None or len(spans) != n:
         acc.kept = [not troubles] * n
         acc.rule = "no sample times: any window on the path touches every sample"
-    elif probe is LATENCY:
+    elif round_trips:
         hits = touched(spans, troubles)
         if held and any(held):
             coarse = [t for t in troubles if t.dropped or t.max_late_us > resolution_ms * 1e3]
@@ -232,10 +233,10 @@ def account(kind: str, accrued: dict[str, dict], there: list[Hop], back: list[Ho
     acc.excluded = acc.kept.count(False)
     bound = rules[probe.excluded_setting]
     what = ("a round trip whose packets were due on a link of its path while the emulator released late or dropped "
-            "there" if probe is LATENCY else
+            "there" if round_trips else
             f"an interval whose path had the emulator releasing late for over {rules['max_late_share_interval'] * 100:g} "
             "% of its time, or dropping")
-    if probe is LATENCY and held and any(held):
+    if round_trips and held and any(held):
         what += (f" (one the overlay held through the fault: a drop there, or a release over {resolution_ms:g} ms "
                  "late)")
     acc.rule = acc.rule or f"{what} is excluded; INVALID beyond {bound * 100:g} % excluded"
@@ -245,15 +246,17 @@ def account(kind: str, accrued: dict[str, dict], there: list[Hop], back: list[Ho
             f"emulator touched {acc.excluded} of {n} {probe.sample} "
             f"({acc.excluded / n * 100:.1f} %, bound {bound * 100:g} %) on their path; worst {worst.describe()}" + because)
     dropped = _dropped(troubles)
-    if probe is TCP:
+    if probe.congestion_controlled:
         if dropped:
-            acc.faults.append(f"{dropped}: TCP's congestion control reacted to losses the network did not make{because}")
+            acc.faults.append(f"{dropped}: {probe.kind.upper()}'s congestion control reacted to losses the network did "
+                              f"not make{because}")
         stall_ms = max((t.max_late_us / 1e3 for t in troubles), default=0.0)
         if stall_ms > rules["max_stall_ms_tcp"]:
             acc.faults.append(f"emulator released packets {stall_ms:.0f} ms late on the path (bound "
-                              f"{rules['max_stall_ms_tcp']:g} ms): TCP saw a stall long enough to change its "
+                              f"{rules['max_stall_ms_tcp']:g} ms): {probe.kind.upper()} saw a stall long enough to "
+                              "change its "
                               "congestion window" + because)
-    if probe is UDP and dropped:
+    if probe.counts_loss and dropped:
         acc.loss_faults.append(f"{dropped}: the loss figure would count them{because}")
     return acc
 

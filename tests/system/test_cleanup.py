@@ -140,7 +140,7 @@ def test_a_run_of_another_session_is_not_counted_as_ours(clean_machine):
     """A `make bench` beside the tests comes and goes on its own: its namespaces are not a
     leak of the test that saw them, nor a theft when they go."""
     other = subprocess.Popen(
-        [sys.executable, "-c", "import sys\nfrom pytest_overlay import topology\n"
+        [sys.executable, "-c", "import sys\nfrom pytest_overlay.inputs import topology\n"
          "from pytest_overlay.testbeds.emulated import EmulatedTestbed\n"
          "with EmulatedTestbed(topology.load('local')) as bed:\n    print(bed.run_id, flush=True)\n    sys.stdin.read()"],
         cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
