@@ -442,10 +442,10 @@ def neighbour_on(host: topology.RemoteHost):
 
 
 @pytest.mark.skipif(weave.missing_binaries() != [], reason="Weave Net's weaver/weaveutil not found on this machine")
-def test_weave_across_the_lab_hosts(shared_lab, tmp_path, clean_machine):
-    """weaver on each host, started over ssh; the containers attached by Weave's CNI plugin on
-    their host; and afterwards nothing of Weave left on the hosts. A host without weaver is
-    named before anything starts."""
+def test_weave_refused_or_killed_across_the_lab_hosts(shared_lab, tmp_path, clean_machine):
+    """A host without weaver, or with a route inside Weave's range, is named before anything
+    starts. A run killed mid-way leaves its weavers running until `clean --topology` ends them
+    and resets the hosts. (Weave measured across the hosts: the test below.)"""
     out, a, b = shared_lab
     weaver = STATE_ROOT / json.loads(Path(f"{out}.lab.json").read_text())["run_id"] / "lab" / "B" / "bin" / "weaver"
     target = weaver.readlink()
@@ -465,24 +465,6 @@ def test_weave_across_the_lab_hosts(shared_lab, tmp_path, clean_machine):
     assert refused.rc == pytest.ExitCode.USAGE_ERROR, refused.output
     assert "A: route 'blackhole 10.32.9.0/24' lies inside Weave Net's IPAM range 10.32.0.0/12" in refused.output
 
-    results = tmp_path / "weave.json"
-    with neighbour_on(a) as reading:
-        before = reading()
-        run = run_suites("suites/", *QUICK, f"--topology={out}", "--overlay=weave", "-m", "latency",
-                         f"--overlay-json={results}", timeout=600)
-        run.passed()
-        assert reading() == before  # the neighbour's chains, rules, route and network as they were
-    (record,) = json.loads(results.read_text())["results"]
-    assert record["valid"] and record["datapath"]["testbed"] == "remote"
-    assert record["datapath"]["kind"] in ("weave-sleeve", "weave-fastdp")
-    assert all(c["state"] == "established" for conns in record["datapath"]["peer_connections"].values()
-               for c in conns)
-    # Joined by a password made for the run, the data between the run's own hosts not encrypted.
-    assert record["datapath"]["encryption_reported"] and not record["datapath"]["encrypted"]
-    assert not any(c["encrypted"] for conns in record["datapath"]["peer_connections"].values() for c in conns)
-    assert 19 < record["stats"]["min"] < 35  # local.yaml: 20 ms, plus Weave's own path
-    assert_no_weave_on(a, b)
-
     # Killed mid-run: the weavers run on, until `clean --topology` ends them and resets the hosts.
     output = kill_mid_run(out, b, "weave")
     assert ssh(a, "ip link show weave").returncode == 0, output
@@ -501,29 +483,42 @@ def assert_no_weave_on(*hosts: topology.RemoteHost) -> None:
         assert docker_on(host, "ps", "-aq").stdout.strip() == ""
 
 
-@pytest.mark.parametrize("overlay, daemons", [
-    pytest.param("flannel", ["etcd", "flanneld"], marks=pytest.mark.skipif(
-        find_binary("flanneld") is None, reason="Flannel's flanneld not found on this machine")),
-    ("calico", ["bird"])])
-def test_flannel_and_calico_across_the_lab_hosts(shared_lab, tmp_path, clean_machine, overlay, daemons):
-    """Their daemons on every host, started over ssh (Flannel's certificates copied there);
-    the hosts' dockerd untouched; and afterwards nothing of the overlay left on the hosts."""
+LAB_OVERLAYS = {"weave": ["weaver"], "flannel": ["etcd", "flanneld"], "calico": ["bird"]}
+
+
+def test_overlays_across_the_lab_hosts(shared_lab, tmp_path, clean_machine):
+    """Weave, Flannel and Calico in one run over the lab: their daemons on every host, started
+    over ssh (Flannel's certificates copied there, Weave joined by a password made for the
+    run, its containers attached by its CNI plugin); the hosts' dockerd untouched, a
+    neighbour's network on the host as it was; and afterwards nothing of any of them left."""
     out, a, b = shared_lab
+    # Those whose binaries this machine has (Weave's and Flannel's come from ../shared/bin).
+    here = {name: daemons for name, daemons in LAB_OVERLAYS.items()
+            if all(find_binary(binary) for binary in overlays.get(name).shipped)}
     before = {host.ssh: docker_on(host, "info", "--format", "{{.ServerVersion}} {{.Swarm.LocalNodeState}}").stdout
               for host in (a, b)}
-    results = tmp_path / f"{overlay}.json"
+    results = tmp_path / "overlays.json"
     with neighbour_on(a) as reading:
         network_before = reading()
-        run = run_suites("suites/", *QUICK, f"--topology={out}", f"--overlay={overlay}", "-m", "latency or tcp",
-                         f"--overlay-json={results}", timeout=600)
+        # Weave's sleeve is judged on latency here: its TCP is the embedded tests' subject.
+        run = run_suites("suites/", *QUICK, f"--topology={out}", f"--overlay={','.join(here)}", "-m", "latency or tcp",
+                         "-k", "not (weave and tcp)", f"--overlay-json={results}", timeout=900)
         run.passed()
         assert reading() == network_before  # the neighbour's chains, rules, route and network as they were
     records = json.loads(results.read_text())["results"]
-    assert {r["metric"] for r in records} == {"latency", "tcp_throughput"}
+    assert {(r["overlay"], r["metric"]) for r in records} == {
+        (name, metric) for name in here for metric in ("latency", "tcp_throughput")
+        if (name, metric) != ("weave", "tcp_throughput")}
     for record in records:
         path = record["datapath"]
         assert record["valid"] and path["testbed"] == "remote", record
-        if overlay == "flannel":
+        if record["overlay"] == "weave":
+            assert path["kind"] in ("weave-sleeve", "weave-fastdp")
+            assert all(c["state"] == "established" for conns in path["peer_connections"].values() for c in conns)
+            # Joined by a password made for the run, the data between the run's own hosts not encrypted.
+            assert path["encryption_reported"] and not path["encrypted"]
+            assert not any(c["encrypted"] for conns in path["peer_connections"].values() for c in conns)
+        elif record["overlay"] == "flannel":
             assert path["kind"] == "flannel-vxlan" and len(set(path["leases"].values())) == 2
             assert all(route for route in path["routes"].values())  # each site routes the other's lease
             assert path["mtu"] == 1450  # flanneld's: the WAN's 1500 less VXLAN's 50
@@ -531,14 +526,14 @@ def test_flannel_and_calico_across_the_lab_hosts(shared_lab, tmp_path, clean_mac
             assert path["kind"] == "calico-model" and path["mtu"] == 1500
             assert all(set(peers.values()) == {"Established"} for peers in path["bgp_sessions"].values())
             assert path["blocks"][record["dst"]] in path["routes_learned"][record["src"]]
-    latency = next(r for r in records if r["metric"] == "latency")
-    assert 19 < latency["stats"]["min"] < 30
-    live = " ".join(f"$(pgrep -x {d})" for d in daemons)
+        if record["metric"] == "latency":
+            assert 19 < record["stats"]["min"] < 35, record  # local.yaml: 20 ms, plus the overlay's own path
+    live = " ".join(f"$(pgrep -x {d})" for daemons in here.values() for d in daemons)
     for host in (a, b):
         left = ssh(host, f"ip -o link show; iptables -S; iptables -t nat -S; ip route show proto bird; "
                          f"for p in {live}; do grep -q '^State:.*Z' /proc/$p/status || echo live $p; done")
         assert left.returncode == 0, left.stderr
-        assert not re.search(r"flannel|cali|10\.4[08]\.|live", left.stdout, re.I), left.stdout
+        assert not re.search(r"weave|flannel|cali|10\.4[08]\.|live", left.stdout, re.I), left.stdout
         assert docker_on(host, "ps", "-aq").stdout.strip() == ""
         assert docker_on(host, "network", "ls", "--filter", "label=pytest-overlay.run", "-q").stdout.strip() == ""
         after = docker_on(host, "info", "--format", "{{.ServerVersion}} {{.Swarm.LocalNodeState}}").stdout
