@@ -159,6 +159,13 @@ def addoption(parser: pytest.Parser) -> None:
     _add(group, "--overlay-compare-fail", [], "Fail a test whose metric worsened beyond LIMIT against the compared "
          "run, e.g. tcp_throughput:10%% or latency:p99:2 (ms). Repeatable.", type=gates.parse_gate,
          action="append", metavar="METRIC[:STAT]:LIMIT[%]")
+    _add(group, "--overlay-compare-strict", False, "Fail a test whose gated change is beyond its limit but within "
+         "the comparison's noise (inconclusive); without it, such a test is skipped with the change named.",
+         action="store_true")
+    _add(group, "--overlay-undecided-status", 0, "Exit status of a run with no failure where some test could not "
+         "be judged (a gate inconclusive, a measurement INVALID for the machine's load); pytest's own status "
+         "otherwise. 0 keeps such a run green, with the count in the summary.", type=bounded(int, 0, 255),
+         metavar="STATUS")
     _add(group, "--overlay-concurrency", [1, 5, 10, 25, 50], "Concurrent RTSP clients per streaming level.",
          type=parse_concurrency, metavar="N,N,...")
     _add(group, "--overlay-stream-kbit", 1000, "Bitrate of the H.264 clip the RTSP server streams, kbit/s.",

@@ -124,12 +124,28 @@ def pytest_deselected(items: list[pytest.Item]) -> None:
             state.note(item.nodeid, "deselected")
 
 
+# A test that could not be judged ends as a skip with this cause, never as a pass or a failure.
+UNDECIDED = "could not judge: "
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
-    """Why a suite test measured nothing: its overlay did not come up, was skipped, or the
-    test errored."""
+    """A suite test's figures as JUnit properties; its end as a skip where it could not be
+    judged (a gate inconclusive, a measurement INVALID for the machine's load); and why a
+    suite test measured nothing: its overlay did not come up, was skipped, or the test
+    errored."""
     report = yield
     state = session.existing(item.config)
+    if state is not None and report.when == "call":
+        from .results import junit
+
+        records = [r for r in state.records if r.test == item.nodeid]
+        report.user_properties.extend(junit.properties(records))
+        why = _undecided(state, item.nodeid, records, report, call)
+        if why:
+            state.undecided[item.nodeid] = why
+            report.outcome = "skipped"
+            report.longrepr = (str(item.path), (item.location[1] or 0) + 1, f"Skipped: {UNDECIDED}{why}")
     if state is not None and item.nodeid in state.requested and report.outcome != "passed":
         overlay_name = item.callspec.params.get("overlay")
         text = str(call.excinfo.value) if call.excinfo else report.longreprtext
@@ -143,6 +159,25 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
     return report
 
 
+def _undecided(state: session.OverlaySession, nodeid: str, records: list, report: pytest.TestReport,
+               call: pytest.CallInfo) -> str | None:
+    """Why a test cannot be judged, or None: it passed but a gate was inconclusive; or it
+    failed only because its measurement is INVALID for the machine's load (re-measuring
+    may give a valid one), which says nothing of the overlay."""
+    if report.passed and state.inconclusive.get(nodeid):
+        return "; ".join(state.inconclusive[nodeid])
+    if not report.failed or call.excinfo is None or "measurement invalid" not in str(call.excinfo.value):
+        return None
+    from .measure import validity
+
+    invalid = [r for r in records if not r.valid]
+    if not invalid or not all(validity.load_related(r.invalid_reasons) for r in invalid):
+        return None
+    first = invalid[0]
+    return (f"{first.overlay} {first.circuit} {first.metric} INVALID for the machine's load after {first.tries} "
+            f"tries: {first.invalid_reasons[0]}")
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
     state = session.existing(config)
     if state is None or not (state.records or state.requested) or config.option.collectonly:
@@ -152,12 +187,21 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     terminalreporter.section("pytest-overlay results")
     for line in report.tables(state.records, state.topology, state.missing()).splitlines():
         terminalreporter.write_line(line)
+    terminalreporter.write_line(_verdicts_line(state))
     if state.repeated:
         terminalreporter.write_line(f"{len(state.repeated)} measurement(s) taken again (--overlay-retries), why: "
                                     + "; ".join(state.repeated))
     path = config.getoption("overlay_json")
     if path:
         terminalreporter.write_line(f"results written to {path}")
+
+
+def _verdicts_line(state: session.OverlaySession) -> str:
+    inconclusive = sum(1 for nodeid in state.undecided if nodeid in state.inconclusive)
+    load = len(state.undecided) - inconclusive
+    return (f"pytest-overlay verdicts: {len(state.regressed)} regressed (a gate failed), {inconclusive} inconclusive "
+            f"(a gate's change within its noise), {load} INVALID for the machine's load (could not judge); "
+            "the last two end as skips, not failures")
 
 
 @pytest.hookimpl(trylast=True)
@@ -177,3 +221,5 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     if failed:
         state.progress("could not write " + "; ".join(failed))
         session.exitstatus = pytest.ExitCode.INTERNAL_ERROR
+    elif state.undecided and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = state.option("overlay_undecided_status")

@@ -33,6 +33,10 @@ class OverlaySession:
     bringup_failures: dict[str, str] = field(default_factory=dict)  # overlay -> why it did not come up
     saved_to: Path | None = None  # this run's own saved file, rewritten as the run ends
     repeated: list[str] = field(default_factory=list)  # measurements taken again, and why
+    # Tests that could not be judged, by nodeid: a gate inconclusive, or INVALID for the machine's load.
+    inconclusive: dict[str, list[str]] = field(default_factory=dict)
+    undecided: dict[str, str] = field(default_factory=dict)  # nodeid -> why it ended as a skip
+    regressed: set[str] = field(default_factory=set)  # nodeids a gate failed
 
     def request(self, items: list[pytest.Item]) -> None:
         """Note what every collected suite test is to measure (before -m/-k deselect any)."""
@@ -106,6 +110,7 @@ class OverlaySession:
         if not (self.records or self.requested) or self.config.option.collectonly:
             return [], []
         missing = self.missing()
+        self.run["verdicts"] = {"regressed": sorted(self.regressed), "undecided": dict(self.undecided)}
         outputs = []
         path = self.option("overlay_json")
         if path:

@@ -94,9 +94,21 @@ class Run:
                 pytest.skip(f"{STARVED_SKIP}{r['overlay']} {r['src']}-{r['dst']} {r['metric']} INVALID "
                             f"{r['tries']} times: {r['invalid_reasons'][0]}")
 
+    def undecided(self) -> dict[str, str]:
+        """The child's tests that ended as skips because they could not be judged (pytest-overlay's
+        own verdict: INVALID for the machine's load, or a gate inconclusive), with why."""
+        if self.results is None or not self.results.exists():
+            return {}
+        import json
+
+        return json.loads(self.results.read_text()).get("run", {}).get("verdicts", {}).get("undecided", {})
+
     def passed(self) -> None:
         """The child run passed; or, where only the machine's load failed it, this test is
         skipped with that cause (its subject is the plumbing, not the emulator's timing)."""
+        load = {n: why for n, why in self.undecided().items() if "for the machine's load" in why}
+        if self.rc == 0 and load:
+            pytest.skip(f"{STARVED_SKIP}{'; '.join(load.values())}")
         if self.rc == 0:
             return
         cause = self.starved()

@@ -416,8 +416,15 @@ class OverlayPath:
                                   "unknown": f"the underlay's record is INVALID ({base.invalid_reasons[0]}), "
                                              "measured twice: the overlay's difference from it cannot be told"}
         if self.state.saved is not None:
-            failures += gates.regression_failures(record, self.state.saved.get(record), self.state.saved.path.name,
-                                                  self.state.option("overlay_compare_fail"), limits)
+            judged = gates.regression_failures(record, self.state.saved.get(record), self.state.saved.path.name,
+                                               self.state.option("overlay_compare_fail"), limits)
+            failures += judged.regressed
+            if judged.regressed:
+                self.state.regressed.add(record.test)
+            if self.state.option("overlay_compare_strict"):
+                failures += judged.inconclusive
+            else:
+                self.state.inconclusive.setdefault(record.test, []).extend(judged.inconclusive)
         if failures and record.verdict != "invalid":
             record.verdict = "fail"
         return failures

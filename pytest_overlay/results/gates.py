@@ -19,6 +19,13 @@ from .metrics import MAX_OVER_HOST_PCT, METRICS, MIN_FRACTION_OF_HOST, REGRESSIO
 from .records import Record
 
 
+OK, REGRESSED, INCONCLUSIVE = "ok", "regressed", "inconclusive"
+# The rule, as the README and the report state it.
+RULE = ("a gate fails a test only when the statistic got worse by more than the gate's limit and by more than the "
+        "combined 95 % intervals of the saved and the new value; worse beyond the limit but within those intervals "
+        "is inconclusive")
+
+
 @dataclass(frozen=True)
 class Gate:
     """One regression limit: a metric's statistic may worsen by `limit` (percent or absolute)."""
@@ -78,11 +85,20 @@ class Comparison:
         return metrics.get(self.metric).worse_by(self.saved, self.now)
 
     def breaks(self, gate: Gate) -> bool:
+        """Worse by more than the gate's limit (the point estimates alone)."""
         worse = self.worse_by()
         if gate.percent:
             base = abs(self.saved) or metrics.get(self.metric).zero_base
             return worse / base * 100 > gate.limit
         return worse > gate.limit
+
+    def verdict(self, gate: Gate) -> str:
+        """REGRESSED where the statistic got worse by more than the gate's limit and by more
+        than the comparison's noise (both runs' 95 % intervals combined); INCONCLUSIVE where it
+        is worse beyond the limit but within that noise; else OK."""
+        if not self.breaks(gate):
+            return OK
+        return INCONCLUSIVE if self.worse_by() <= self.noise else REGRESSED
 
     def describe(self) -> str:
         change = f"{self.change_pct:+.1f} %" if math.isfinite(self.change_pct) else f"{self.now - self.saved:+.3f} {self.unit}"
@@ -91,7 +107,8 @@ class Comparison:
 
     def to_json(self, run: str, gate: Gate | None) -> dict:
         return {"run": run, "stat": self.stat, "saved": self.saved, "now": self.now, "change_pct": self.change_pct,
-                "noise": self.noise, "within_noise": self.within_noise, "gate": str(gate) if gate else None}
+                "noise": self.noise, "within_noise": self.within_noise, "gate": str(gate) if gate else None,
+                "verdict": self.verdict(gate) if gate else None}
 
 
 def relative_failures(record: Record, base: Record, limits: dict[str, float]) -> list[str]:
@@ -114,22 +131,38 @@ def needs_host(limits: dict[str, float]) -> bool:
     return MAX_OVER_HOST_PCT in limits or MIN_FRACTION_OF_HOST in limits
 
 
+@dataclass
+class Judged:
+    """What the gates said of one record: the failures (regressed) and the changes beyond a
+    limit that its noise cannot tell from no change (inconclusive)."""
+
+    regressed: list[str]
+    inconclusive: list[str]
+
+
 def regression_failures(record: Record, saved: Record | None, run_name: str, gates: list[Gate],
-                        limits: dict[str, float]) -> list[str]:
+                        limits: dict[str, float]) -> Judged:
     """Compare with the saved run's record: every gated statistic, plus the headline one.
 
-    Each comparison is kept on the record, with whether it is within noise.
+    Each comparison is kept on the record, with whether it is within noise and its verdict.
     """
+    judged = Judged([], [])
     if saved is None:
-        return []
+        return judged
     metric = metrics.get(record.metric)
     gates = [g for g in gates if g.metric == record.metric]
     if not gates and REGRESSION_PCT in limits:
         gates = [Gate(record.metric, metric.headline, limits[REGRESSION_PCT], True)]
-    failures = []
     for gate in gates or [None]:
         comparison = Comparison.of(saved, record, gate.stat if gate else metric.headline)
         record.compared.append(comparison.to_json(run_name, gate))
-        if gate is not None and comparison.breaks(gate):
-            failures.append(f"regression beyond {gate}: {comparison.describe()} [saved run {run_name}]")
-    return failures
+        if gate is None:
+            continue
+        verdict = comparison.verdict(gate)
+        if verdict == REGRESSED:
+            judged.regressed.append(f"regression beyond {gate}: {comparison.describe()} [saved run {run_name}]")
+        elif verdict == INCONCLUSIVE:
+            judged.inconclusive.append(f"inconclusive against {gate}: {comparison.describe()}, a change its noise "
+                                       f"(±{comparison.noise:.3f} {comparison.unit}) cannot tell from none "
+                                       f"[saved run {run_name}]")
+    return judged

@@ -8,7 +8,8 @@ import math
 import pytest
 
 from pytest_overlay.inputs.topology import InputError
-from pytest_overlay.results import gates, metrics, thresholds
+from pytest_overlay.measure.path import loss_interval
+from pytest_overlay.results import Stats, gates, metrics, thresholds
 from pytest_overlay.results.gates import Comparison, Gate, parse_gate
 
 from .records import record
@@ -63,17 +64,42 @@ def test_within_noise_is_judged_for_the_gated_statistic():
     assert Comparison.of(steady, steady, "p99").within_noise
 
 
+def test_a_change_beyond_the_limit_but_within_noise_is_inconclusive_not_a_regression():
+    """The CI case: -3.1 % on a link nobody touched, with ±4 Mbit/s of noise, under a 3 % gate."""
+    gate = parse_gate("tcp_throughput:3%")
+    noisy = Comparison("tcp_throughput", "libnetwork", "YUL-ZED", "total", 462.487, 447.994, 20.0, "Mbit/s")
+    assert noisy.breaks(gate) and noisy.within_noise and noisy.verdict(gate) == gates.INCONCLUSIVE
+    real = Comparison("tcp_throughput", "libnetwork", "YUL-ZED", "total", 462.487, 434.7, 4.0, "Mbit/s")
+    assert real.verdict(gate) == gates.REGRESSED
+    small = Comparison("tcp_throughput", "libnetwork", "YUL-ZED", "total", 462.487, 455.0, 1.0, "Mbit/s")
+    assert not small.within_noise and small.verdict(gate) == gates.OK  # beyond noise, within the limit
+    better = Comparison("latency", "host", "A-B", "mean", 10.0, 8.0, 0.1, "ms")
+    assert better.verdict(parse_gate("latency:1%")) == gates.OK
+
+
+def test_inconclusive_is_kept_apart_from_regressed():
+    saved = record("tcp_throughput", [900.0, 910.0, 905.0, 895.0, 900.0], total=902.0)
+    noisy = record("tcp_throughput", [600.0, 1100.0, 700.0, 1000.0, 880.0], total=856.0)
+    judged = gates.regression_failures(noisy, saved, "0001_base.json", [parse_gate("tcp_throughput:3%")], {})
+    assert judged.regressed == [] and len(judged.inconclusive) == 1, judged
+    assert "cannot tell from none" in judged.inconclusive[0] and noisy.compared[0]["verdict"] == gates.INCONCLUSIVE
+
+
 def test_regression_gate_on_udp_loss_from_the_thresholds_file():
     saved = record("udp_loss", [0.0])
     now = record("udp_loss", [3.0])
-    failures = gates.regression_failures(now, saved, "0001_base.json", [], {"regression_pct": 100})
-    assert len(failures) == 1 and "udp_loss:mean:100%" in failures[0]
+    # A loss figure's interval is binomial over the run's datagrams (10 000 here).
+    saved.stats = Stats.of([0.0], ci95=loss_interval(0, 10_000))
+    now.stats = Stats.of([3.0], ci95=loss_interval(300, 10_000))
+    judged = gates.regression_failures(now, saved, "0001_base.json", [], {"regression_pct": 100})
+    assert len(judged.regressed) == 1 and "udp_loss:mean:100%" in judged.regressed[0]
     assert now.compared[0]["saved"] == 0.0 and now.compared[0]["gate"] == "udp_loss:mean:100%"
+    assert now.compared[0]["verdict"] == gates.REGRESSED
 
 
 def test_headline_statistic_is_compared_even_without_a_gate():
     saved, now = record("latency", [10.0, 10.1]), record("latency", [10.0, 10.2])
-    assert gates.regression_failures(now, saved, "r", [], {}) == []
+    assert gates.regression_failures(now, saved, "r", [], {}) == gates.Judged([], [])
     assert [c["stat"] for c in now.compared] == ["mean"]
 
 
@@ -161,3 +187,21 @@ def test_load_related_faults_can_be_measured_again():
     assert validity.sender_faults(500, 460, 0.9) == [] and validity.sender_faults(None, 10, 0.9) == []
     assert not validity.load_related(faults + validity.wire_faults("weave", {"A->B": 0}))
     assert not validity.load_related([])
+
+
+def test_a_records_figures_are_junit_properties_a_ci_shows():
+    from pytest_overlay.results import junit
+
+    saved = record("tcp_throughput", [900.0, 910.0, 905.0, 895.0, 900.0], total=902.0)
+    now = record("tcp_throughput", [700.0, 705.0, 702.0, 698.0, 701.0], total=701.0, overlay="libnetwork")
+    now.threshold = {"description": "received >= 500 Mbit/s"}
+    now.verdict = "pass"
+    gates.regression_failures(now, saved, "0001_base.json", [parse_gate("tcp_throughput:3%")], {})
+    said = dict(junit.properties([now]))
+    assert said["overlay.tcp_throughput.overlay"] == "libnetwork" and said["overlay.tcp_throughput.circuit"] == "A-B"
+    assert said["overlay.tcp_throughput.value"].startswith("total 701.000 Mbit/s ±") and "n = 5" in said[
+        "overlay.tcp_throughput.value"]
+    assert said["overlay.tcp_throughput.limit"] == "received >= 500 Mbit/s"
+    compared = said["overlay.tcp_throughput.compared.total"]
+    assert "saved 902.000 Mbit/s (run 0001_base.json), now 701.000, change -22.3 %" in compared
+    assert compared.endswith("gate tcp_throughput:total:3%: regressed")
