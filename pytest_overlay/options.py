@@ -142,7 +142,7 @@ def addoption(parser: pytest.Parser) -> None:
          "(pytest_overlay/data/thresholds.yaml).", metavar="PATH")
     _add(group, "--overlay-json", None, "Write the run's results as versioned JSON to PATH.", metavar="PATH")
     _add(group, "--overlay-rounds", 1, "Repeat every probe N times; with N >= 2 the 95 %% confidence intervals "
-         "come from the rounds.", type=bounded(int, 1, 1000), metavar="N")
+         "come from the rounds (with one, a throughput's from 1 s batch means of its intervals).", type=bounded(int, 1, 1000), metavar="N")
     _add(group, "--overlay-retries", 2, "Measure again, up to N times, a result invalid only because the machine "
          "was busy (the emulator touched too many samples, clients or sender CPU-bound); the record says how many "
          "tries it took, and the summary how many were repeated and why.",

@@ -296,13 +296,14 @@ class OverlayPath:
         if measured.wire is not None:
             datapath[self.overlay.wire_key] = measured.wire
         ci95 = fields.pop("ci95", None)
+        batch = fields.pop("batch", 0)
         faults = measured.faults + (faults or [])
         if not values:
             values = [math.nan]
             faults = faults or ["every sample was excluded"]
         record = Record(
             overlay=self.overlay.name, metric=metric, src=self.circuit.src, dst=self.circuit.dst,
-            unit=metrics.get(metric).unit, stats=Stats.of(values, round_values, ci95), valid=not faults,
+            unit=metrics.get(metric).unit, stats=Stats.of(values, round_values, ci95, batch, "binomial over the run's datagrams"), valid=not faults,
             invalid_reasons=list(faults), test=self.test, expected=self.expected, datapath=datapath,
             emulator=measured.emulator, tool=measured.samples.tool, tries=measured.tries,
             exclusions=measured.exclusions, measured=measured.machine.to_json() if measured.machine else {},
@@ -343,7 +344,7 @@ class OverlayPath:
         s = measured.samples
         return self.record("tcp_throughput", s.mbit, measured,
                            {"retransmits": s.retransmits, "interval_s": s.interval_s, "rounds": len(s.round_totals)},
-                           s.round_totals, total=s.total_mbit)
+                           s.round_totals, total=s.total_mbit, batch=probes.BATCH_INTERVALS)
 
     @makes("udp_throughput", "udp_loss")
     def udp(self) -> tuple[Record, Record]:
@@ -355,7 +356,7 @@ class OverlayPath:
                   "iperf3_jitter_ms": s.jitter_ms}
         rate = self.record("udp_throughput", s.mbit, measured,
                            {**common, "interval_s": s.interval_s, "rounds": len(s.round_totals)},
-                           s.round_totals, total=s.total_mbit)
+                           s.round_totals, total=s.total_mbit, batch=probes.BATCH_INTERVALS)
         loss = self.record("udp_loss", [s.lost_pct], measured, common, ci95=loss_interval(lost, packets),
                            faults=measured.accounting.loss_faults if measured.accounting else None)
         return rate, loss

@@ -9,6 +9,7 @@ from pathlib import Path
 from .. import results
 from ..inputs.model import Topology
 from ..results import Missing, Record
+from . import page
 from .tables import tables
 
 CSV_FIELDS = ("overlay", "metric", "src", "dst", "unit", "min", "mean", "p50", "p99", "max", "stdev", "n", "ci95",
@@ -80,14 +81,7 @@ def _html(topology: Topology, header: str, text: str, pictures: list[tuple[str, 
         if not table.startswith("|"):
             body.append("<ul>" + "".join(f"<li>{html.escape(l)}</li>" for l in block.splitlines()) + "</ul>")
             continue
-        lines = [l for l in table.splitlines() if not set(l) <= set("|-: ")]
-        cells = [[c.strip() for c in l.strip("|").split("|")] for l in lines]
-        rows = "".join("<tr>" + "".join(f"<t{'h' if i == 0 else 'd'}>{html.escape(c)}</t{'h' if i == 0 else 'd'}>"
-                                         for c in row) + "</tr>" for i, row in enumerate(cells))
-        body.append(f"<h2>{html.escape(title)}</h2><table>{rows}</table>")
+        body.append(f"<h2>{html.escape(title)}</h2>{page.table(table.splitlines())}")
     for name, title in pictures:
         body.append(f"<h2>{html.escape(title)}</h2><img src='{name}' alt='{html.escape(title)}'>")
-    style = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
-             "td,th{border:1px solid #ccc;padding:2px 8px;text-align:right}th{background:#eee}img{max-width:100%}")
-    return (f"<!doctype html><html><head><meta charset='utf-8'><title>pytest-overlay: {html.escape(topology.name)}"
-            f"</title><style>{style}</style></head><body>{''.join(body)}</body></html>\n")
+    return page.page(f"pytest-overlay: {topology.name}", body, page.STYLE + "td,th{text-align:right}")

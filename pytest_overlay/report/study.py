@@ -14,7 +14,6 @@ Then one report (Markdown and HTML) judged by rules it states.
 
 from __future__ import annotations
 
-import html
 import json
 import math
 import subprocess
@@ -27,7 +26,8 @@ import yaml
 
 from .. import results
 from ..paths import DATA, SUITES
-from ..results import Record
+from ..results import Record, metrics
+from . import page
 
 REFERENCE = DATA / "reference" / "hermans-deniet-2016.yaml"
 STUDY_OVERLAYS = ("libnetwork", "weave", "flannel")
@@ -56,7 +56,8 @@ class Budget:
 
     samples: int = 250
     interval_ms: float = 10.0
-    duration_s: float = 2.0
+    # Six half-second intervals: three 1 s batch means, the fewest a throughput's interval is made of.
+    duration_s: float = 3.0
     stream_seconds: float = 6.0
     concurrency: tuple[int, ...] = (1, 5, 10, 25, 50)
     bringup_s: float = 10.0  # measured: 5-10 s per container overlay on 4 sites, the image's layers linked
@@ -256,11 +257,16 @@ def confidence(records: list[Record]) -> str:
     for metric, what in (("latency", "mean RTT"), ("jitter", "mean IPDV"), ("tcp_throughput", "TCP total"),
                          ("udp_throughput", "UDP total")):
         chosen = [r for r in records if r.metric == metric and math.isfinite(r.stats.ci95)]
-        if chosen:
-            widths = [r.stats.ci95 for r in chosen]
-            counts = sorted({r.stats.n for r in chosen})
-            lines.append(f"- {what}: ±{min(widths):.3f} to ±{max(widths):.3f} {chosen[0].unit} (95 %), "
-                         f"n = {counts[0]}{f' to {counts[-1]}' if len(counts) > 1 else ''} per row, {len(chosen)} rows")
+        for unit in sorted({r.stats.ci95_unit for r in chosen}):
+            rows = [r for r in chosen if r.stats.ci95_unit == unit]
+            widths = [r.stats.ci95 for r in rows]
+            relative = [r.stats.ci95 / abs(r.value(metrics.get(metric).headline)) * 100 for r in rows
+                        if r.value(metrics.get(metric).headline)]
+            counts = sorted({r.stats.ci95_n for r in rows})
+            lines.append(f"- {what}: ±{min(widths):.3f} to ±{max(widths):.3f} {rows[0].unit} (95 %)"
+                         + (f", ±{min(relative):.1f} to ±{max(relative):.1f} % of the value" if relative else "")
+                         + f", from {unit}, n = {counts[0]}{f' to {counts[-1]}' if len(counts) > 1 else ''} per row, "
+                         f"{len(rows)} rows")
     invalid = [r for r in records if not r.valid]
     if invalid:
         lines.append(f"- {len(invalid)} of {len(records)} results INVALID (the emulator could not vouch for them); "
@@ -412,20 +418,7 @@ def write_report(out: Path, parts: list[Part], wall_s: float) -> list[str]:
     sections.insert(1, "## Confidence\n\n" + confidence(ptp))
     text = "\n\n".join(sections) + "\n"
     (out / "report.md").write_text(text)
-    body = []
-    for block in text.split("\n\n"):
-        if block.startswith("|"):
-            lines = [l for l in block.splitlines() if l.startswith("|") and not set(l) <= set("|-: ")]
-            cells = [[c.strip() for c in l.strip("|").split("|")] for l in lines]
-            body.append("<table>" + "".join("<tr>" + "".join(
-                f"<t{'h' if i == 0 else 'd'}>{html.escape(c)}</t{'h' if i == 0 else 'd'}>" for c in row) + "</tr>"
-                for i, row in enumerate(cells)) + "</table>")
-            body += [f"<p>{html.escape(l)}</p>" for l in block.splitlines() if not l.startswith("|")]
-        elif block.startswith("#"):
-            level = len(block) - len(block.lstrip("#"))
-            body.append(f"<h{level}>{html.escape(block.lstrip('# '))}</h{level}>")
-        else:
-            body.append(f"<p>{html.escape(block)}</p>")
+    body = page.markdown(text)
     from . import plots
 
     if plots.published_vs_measured(reference["docker_to_docker_latency"], ptp, out / "published_vs_measured.png"):
@@ -437,8 +430,5 @@ def write_report(out: Path, parts: list[Part], wall_s: float) -> list[str]:
                     for kind in ("load", "load_cdf")), "stress/cpu_budgets.png"):
         if (out / image).exists():
             body.append(f"<h2>{image}</h2><img src='{image}' alt='{image}'>")
-    style = ("body{font-family:sans-serif;margin:2em}table{border-collapse:collapse}"
-             "td,th{border:1px solid #ccc;padding:2px 8px}th{background:#eee}img{max-width:100%}")
-    (out / "index.html").write_text(f"<!doctype html><html><head><meta charset='utf-8'><title>The study, reproduced"
-                                    f"</title><style>{style}</style></head><body>{''.join(body)}</body></html>\n")
+    (out / "index.html").write_text(page.page("The study, reproduced", body))
     return ["report.md", "index.html"]

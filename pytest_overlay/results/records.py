@@ -16,16 +16,23 @@ from pathlib import Path
 from ..kinds import BASELINE
 
 SCHEMA = "pytest-overlay/results"
-# 2: typed record fields (expected, datapath, emulator, tool, total, concurrency, transport,
-# compared, vs_host) instead of keys of `extra`; stats.ci95_of per statistic; `missing`: what
-# was requested and not measured, with why.
-# 3: `exclusions` (samples the emulator touched, left out and counted) and `measured` (the
-# measurement window in UTC, with the machine's steal time and CPU pressure).
-# 4: `fault`, the WAN fault scenario. 5: `queue_ms`, the link buffer a latency-under-load
-# record was measured at where the experiment set one; `cpu`, the CPU budget (cores) its
-# overlay was held to. 6: `noise`, the neighbour (stress-ng kind:cores per site) it ran beside.
-SCHEMA_VERSION = 6
-READABLE_VERSIONS = (1, 2, 3, 4, 5, 6)
+# What each version added: the schema page (docs/results-schema.md) lists these.
+VERSIONS = (
+    "2: typed record fields (expected, datapath, emulator, tool, total, concurrency, transport, compared, "
+    "vs_host) instead of keys of `extra`; stats.ci95_of per statistic; `missing`: what was requested and not "
+    "measured, with why.",
+    "3: `exclusions` (samples the emulator touched, left out and counted) and `measured` (the measurement window "
+    "in UTC, with the machine's steal time and CPU pressure).",
+    "4: `fault`, the WAN fault scenario.",
+    "5: `queue_ms`, the link buffer a latency-under-load record was measured at where the experiment set one; "
+    "`cpu`, the CPU budget (cores) its overlay was held to.",
+    "6: `noise`, the neighbour (stress-ng kind:cores per site) it ran beside.",
+    "7: stats.ci95_unit and stats.ci95_n, what the mean's interval was made of (rounds, batch means of intervals, "
+    "samples, or a binomial count) and how many of them; run.verdicts (tests regressed, and those that could not "
+    "be judged, with why).",
+)
+SCHEMA_VERSION = 7
+READABLE_VERSIONS = (1, 2, 3, 4, 5, 6, 7)
 BOOTSTRAP_RESAMPLES = 200
 
 # Two-sided 95 % Student t quantiles for small samples; 1.96 beyond.
@@ -62,27 +69,38 @@ class Stats:
     # Half-widths of 95 % intervals of the other statistics (bootstrap), so that "within
     # noise" can be said of whatever statistic a gate compares.
     ci95_of: dict[str, float] = field(default_factory=dict)
+    # What the mean's interval is made of, and how many: "rounds" (whole runs), "batches of
+    # N intervals" (batch means of consecutive intervals), "samples", or the caller's (binomial).
+    ci95_unit: str = "samples"
+    ci95_n: int = 0
 
     @classmethod
-    def of(cls, samples: list[float], round_values: list[float] | None = None,
-           ci95: float | None = None) -> "Stats":
-        """Statistics of the samples. With two or more rounds, the confidence interval comes
-        from the rounds' own values: samples within one round are not independent. `ci95`
-        replaces the mean's interval where the caller knows better (e.g. binomial loss)."""
+    def of(cls, samples: list[float], round_values: list[float] | None = None, ci95: float | None = None,
+           batch: int = 0, ci95_unit: str = "given") -> "Stats":
+        """Statistics of the samples, with the mean's 95 % interval from independent units:
+        with two or more rounds, the rounds' own values; else, where `batch` is given and
+        three or more batches fit, the means of consecutive batches of that many samples
+        (a flow's successive intervals are not independent; batches long enough nearly
+        are); else the samples. `ci95` replaces it where the caller knows better (binomial
+        loss), named `ci95_unit`."""
         if not samples:
             raise ValueError("no samples")
         ordered = sorted(samples)
         n = len(ordered)
         stdev = statistics.stdev(ordered) if n > 1 else 0.0
-        mean_ci = _t95(n - 1) * stdev / math.sqrt(n) if n > 1 else math.inf
+        units, unit = list(samples), "samples"
+        batches = [statistics.fmean(samples[i:i + batch]) for i in range(0, n - batch + 1, batch)] if batch else []
         if round_values and len(round_values) > 1:
-            mean_ci = _t95(len(round_values) - 1) * statistics.stdev(round_values) / math.sqrt(len(round_values))
+            units, unit = list(round_values), "rounds"
+        elif len(batches) >= 3:
+            units, unit = batches, f"batches of {batch} intervals"
+        mean_ci = _t95(len(units) - 1) * statistics.stdev(units) / math.sqrt(len(units)) if len(units) > 1 else math.inf
         if ci95 is not None:
-            mean_ci = ci95
+            mean_ci, unit = ci95, ci95_unit
         return cls(
             min=ordered[0], mean=statistics.fmean(ordered), p50=percentile(ordered, 50),
             p99=percentile(ordered, 99), max=ordered[-1], stdev=stdev, n=n, ci95=mean_ci,
-            ci95_of={"mean": mean_ci, **_bootstrap(ordered)},
+            ci95_of={"mean": mean_ci, **_bootstrap(ordered)}, ci95_unit=unit, ci95_n=len(units),
         )
 
     def interval(self, stat: str) -> float:
@@ -105,7 +123,8 @@ class Stats:
             return math.inf if v is None else v
 
         return cls(**{k: f(data[k]) for k in ("min", "mean", "p50", "p99", "max", "stdev", "ci95")}, n=data["n"],
-                   ci95_of={k: f(v) for k, v in (data.get("ci95_of") or {}).items()})
+                   ci95_of={k: f(v) for k, v in (data.get("ci95_of") or {}).items()},
+                   ci95_unit=data.get("ci95_unit", "samples"), ci95_n=data.get("ci95_n", data["n"]))
 
 
 def _bootstrap(ordered: list[float]) -> dict[str, float]:
@@ -126,6 +145,44 @@ def _bootstrap(ordered: list[float]) -> dict[str, float]:
         values.sort()
         out[stat] = (percentile(values, 97.5) - percentile(values, 2.5)) / 2
     return out
+
+
+FIELD_DOCS: dict[str, dict[str, str]] = {
+    "Stats": {
+        "min": "smallest sample", "mean": "mean of the samples", "p50": "median", "p99": "99th percentile",
+        "max": "largest sample", "stdev": "standard deviation of the samples",
+        "n": "samples counted (after the emulator's exclusions)",
+        "ci95": "half-width of the 95 % confidence interval of the mean (null: cannot be told)",
+        "ci95_of": "half-widths of 95 % intervals of min, p50, p99 and max (bootstrap) and the mean",
+        "ci95_unit": "what the mean's interval is made of: rounds, batches of N intervals, samples, or a binomial "
+                     "count",
+        "ci95_n": "how many of those units",
+    },
+    "Record": {
+        "overlay": "the overlay it went through (`host`: the underlay)", "metric": "the metric (docs/results.md)",
+        "src": "the circuit's first site", "dst": "the circuit's second site", "unit": "the metric's unit",
+        "stats": "its statistics (below)", "valid": "false: INVALID, the tool cannot vouch for it",
+        "invalid_reasons": "why it is INVALID", "threshold": "the limit it was held to, with its source",
+        "verdict": "pass, fail, invalid, or not judged", "test": "the pytest node that measured it",
+        "expected": "what the topology promises on the circuit (RTT, jitter, loss, rate, buffers)",
+        "datapath": "how the overlay carried it (encapsulation, MTU, port, cipher, control-plane state)",
+        "emulator": "the link emulator's counters during the probe", "tool": "the probe's tool and version",
+        "total": "the whole run's value, where the metric has one (throughput)",
+        "concurrency": "streaming: clients at this level", "transport": "streaming: RTP over udp or tcp",
+        "fault": "the WAN fault scenario it was measured under",
+        "queue_ms": "latency under load: the buffer set on the path's links (null: theirs)",
+        "cpu": "the CPU budget (cores) every site's overlay was held to (null: none)",
+        "noise": "the noisy neighbour beside it, kind:cores per site (null: alone)",
+        "vs_host": "the underlay's value of the headline statistic, for a limit relative to it",
+        "compared": "against the saved run: each statistic compared, saved and now, the change, the noise, the "
+                    "gate and its verdict",
+        "tries": "measurements taken, the earlier ones INVALID for the machine's load",
+        "exclusions": "samples left out because the emulator released late or dropped on their path: n, "
+                      "n_excluded, the rule, the path and its windows",
+        "measured": "the measurement window (UTC) and the machine's steal, busy and CPU pressure in it",
+        "extra": "metric-specific detail (samples, packets, retransmits, rounds, ...)",
+    },
+}
 
 
 @dataclass

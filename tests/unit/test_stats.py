@@ -72,3 +72,21 @@ def test_write_json_is_atomic(tmp_path):
     results.write_json(path, {}, [record("latency", [1.0, 2.0])])
     assert json.loads(path.read_text())["version"] == results.SCHEMA_VERSION
     assert [p.name for p in path.parent.iterdir()] == ["results.json"]
+
+
+def test_a_flows_interval_comes_from_batch_means_and_says_so():
+    """Half-second intervals of one flow are not independent: with one round, the mean's
+    interval is taken over 1 s batch means, and the record says so and how many."""
+    intervals = [956.0, 957.0, 955.0, 956.5, 956.2, 955.8, 957.1, 955.9, 956.3, 956.0]
+    stats = Stats.of(intervals, batch=2)
+    assert (stats.ci95_unit, stats.ci95_n) == ("batches of 2 intervals", 5)
+    batches = [statistics.fmean(intervals[i:i + 2]) for i in range(0, 10, 2)]
+    assert stats.ci95 == pytest.approx(2.776 * statistics.stdev(batches) / math.sqrt(5), rel=1e-3)
+    assert Stats.of(intervals, [955.0, 957.0, 956.0], batch=2).ci95_unit == "rounds"  # whole runs come first
+    assert Stats.of(intervals[:5], batch=2).ci95_unit == "samples"  # two batches are too few
+    loss = Stats.of([0.3], ci95=0.1, ci95_unit="binomial over the run's datagrams")
+    assert (loss.ci95, loss.ci95_unit) == (0.1, "binomial over the run's datagrams")
+    again = Stats.from_json(json.loads(json.dumps(stats.rounded())))
+    assert (again.ci95_unit, again.ci95_n) == ("batches of 2 intervals", 5)
+    older = {k: v for k, v in stats.rounded().items() if k not in ("ci95_unit", "ci95_n")}  # schema 6 and before
+    assert (Stats.from_json(older).ci95_unit, Stats.from_json(older).ci95_n) == ("samples", 10)

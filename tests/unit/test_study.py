@@ -128,3 +128,20 @@ def test_only_the_parts_asked_for_run_and_the_report_says_which(tmp_path):
     first = (tmp_path / "report.md").read_text().split("\n\n")[2]
     assert re.search(r"part 1: results of an earlier run; part 2: \d+ s; part 3: \d+ s; part 4: not run; "
                      r"part 5: not run\.", first), first
+
+
+def test_the_confidence_section_names_its_units_and_renders_as_a_list():
+    from pytest_overlay.report import page
+    from pytest_overlay.results import Stats
+
+    rows = []
+    for src, values in (("A", [956.0, 957.0, 955.0, 956.5, 956.2, 955.8]), ("C", [880.0, 940.0, 820.0, 900.0, 860.0,
+                                                                                  910.0])):
+        r = record("tcp_throughput", values, src=src, total=sum(values) / len(values))
+        r.stats = Stats.of(values, batch=2)
+        rows.append(r)
+    text = study.confidence(rows)
+    assert "- TCP total: ±" in text and "from batches of 2 intervals, n = 3 per row, 2 rows" in text
+    assert "% of the value" in text
+    html = "".join(page.markdown("## Confidence\n\n" + text))
+    assert "<h2>Confidence</h2><ul><li>TCP total: ±" in html and "<p>" not in html
