@@ -2,7 +2,8 @@
 ``python -m pytest_overlay study`` reproduces the study and reports beside its figures;
 ``python -m pytest_overlay lab up|down`` stands up a topology's sites as real hosts here;
 ``python -m pytest_overlay topology mesh --sites 20 --out FILE`` writes a topology of N sites;
-``python -m pytest_overlay overlays`` lists the overlay kinds and what each needs."""
+``python -m pytest_overlay overlays`` lists the overlay kinds and what each needs;
+``python -m pytest_overlay docs`` writes the documentation pages made from the code."""
 
 from __future__ import annotations
 
@@ -55,7 +56,16 @@ def main(argv: list[str] | None = None) -> int:
     listed.add_argument("--packages", action="store_true",
                         help="print only the Debian packages their daemons need here, one a line (the Makefile "
                              "installs them)")
+    pages = commands.add_parser("docs", help="write the documentation pages made from the code (docs/options.md, "
+                                             "docs/results-schema.md)")
+    pages.add_argument("--out", type=Path, default=Path("docs"), help="their folder. Default: %(default)r")
     args = parser.parse_args(argv)
+    if args.command == "docs":
+        from . import reference
+
+        for path in reference.write(args.out):
+            print(f"docs: wrote {path}")
+        return 0
     if args.command == "overlays":
         return _overlays(args.packages)
     if args.command == "topology":
