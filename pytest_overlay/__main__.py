@@ -130,10 +130,12 @@ def _topology_parser(commands) -> None:
     from .inputs import generate
 
     made = commands.add_parser("topology", help="write a topology of N sites over European cities: full mesh, "
-                                                "star, ring or random geometric, RTTs from great-circle distances")
-    made.add_argument("kind", choices=generate.KINDS, help="the shape")
-    made.add_argument("--sites", type=int, required=True, help="how many sites (the first N cities of "
-                                                               "pytest_overlay/data/cities.yaml)")
+                                                "star, ring or random geometric, RTTs from great-circle distances; "
+                                                "or (dsl) any topology as a GÉANT Testbeds Service testbed file")
+    made.add_argument("kind", choices=(*generate.KINDS, "dsl"), help="the shape, or dsl")
+    made.add_argument("source", nargs="?", help="dsl: the topology to write as a GTS testbed (a file or bundled name)")
+    made.add_argument("--sites", type=int, help="how many sites (the first N cities of "
+                                                "pytest_overlay/data/cities.yaml)")
     made.add_argument("--out", type=Path, required=True, help="the topology file to write")
     made.add_argument("--hop-ms", type=float, default=1.0, help="RTT each link adds. Default: %(default)r")
     made.add_argument("--stretch", type=float, default=1.0,
@@ -148,6 +150,13 @@ def _topology_parser(commands) -> None:
 def _generate(args: argparse.Namespace, argv: list[str] | None) -> int:
     from .inputs import generate
 
+    command = "python -m pytest_overlay " + shlex.join(sys.argv[1:] if argv is None else argv)
+    if args.kind == "dsl":
+        return _write_dsl(args, command)
+    if args.sites is None:
+        print(f"topology {args.kind}: give --sites N", file=sys.stderr)
+        return 2
+
     spec = generate.Spec(args.kind, args.sites, args.hop_ms, args.stretch, args.rate_mbit, args.jitter_ms,
                          args.degree, args.seed)
     try:
@@ -155,13 +164,33 @@ def _generate(args: argparse.Namespace, argv: list[str] | None) -> int:
     except ValueError as e:
         print(f"topology: {e}", file=sys.stderr)
         return 2
-    command = "python -m pytest_overlay " + shlex.join(sys.argv[1:] if argv is None else argv)
     data = generate.write(spec, args.out, command)
     parsed = topology.load(args.out)  # what the suites will read: valid, or it says why
     print(f"topology: wrote {args.out}: {len(parsed.sites)} sites, {len(parsed.links)} links, "
           f"{len(parsed.circuits)} circuits (every linked pair); RTT {min(l['rtt_ms'] for l in data['links']):g} to "
           f"{max(l['rtt_ms'] for l in data['links']):g} ms")
     return 0
+
+
+def _write_dsl(args: argparse.Namespace, command: str) -> int:
+    """A topology as a GTS testbed file, loaded back to show it holds the same sites, links
+    and RTTs."""
+    from .inputs import gts
+
+    if not args.source or args.out.suffix != ".dsl":
+        print("topology dsl: give the topology to write, and --out FILE.dsl", file=sys.stderr)
+        return 2
+    try:
+        source = topology.load(args.source)
+        gts.write(source, args.out, command)
+        back = topology.load(args.out)
+    except topology.InputError as e:
+        print(f"topology dsl: {e}", file=sys.stderr)
+        return 2
+    same = gts.same_links(source, back)
+    print(f"topology dsl: wrote {args.out}: {len(back.sites)} hosts, {len(back.links)} links; loaded back: "
+          + ("the same sites, links and RTTs" if same is True else f"differs: {same}"))
+    return 0 if same is True else 1
 
 
 if __name__ == "__main__":

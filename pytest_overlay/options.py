@@ -14,7 +14,7 @@ from .measure import noise
 from .results import gates
 
 EMULATORS = ("auto", "netem", "delayline", "none")
-BUNDLED_TOPOLOGIES = ("geant", "geant-star", "local")
+BUNDLED_TOPOLOGIES = ("geant", "geant-star", "local", "geant.dsl")
 
 
 def parse_overlays(value: str) -> list[str]:

@@ -168,6 +168,7 @@ class Topology:
     faults: dict[str, Fault] = field(default_factory=dict)
     load: "Load" = field(default_factory=lambda: Load([], ()))
     ranges: dict[str, str] = field(default_factory=dict)  # `ranges:`: family -> CIDR, where the file moves one
+    rtt_sources: dict[str, str] = field(default_factory=dict)  # "A-B" -> where its RTT came from (a GTS file's)
     _routes: dict = field(default_factory=dict, repr=False)
 
     def stream_circuit(self) -> "Circuit":
@@ -253,7 +254,8 @@ class Topology:
             "loss_pct": (1 - delivered) * 100,
             "rate_mbit": min(rates) if rates else None,
             "queue_ms": {f"{d.src}->{d.dst}": d.buffer_ms for d in there + back if d.buffer_ms is not None},
-        }
+        } | ({"rtt_source": {f"{d.src}-{d.dst}": self.rtt_sources.get(f"{d.src}-{d.dst}") or
+                             self.rtt_sources.get(f"{d.dst}-{d.src}", "") for d in there}} if self.rtt_sources else {})
 
     def range_of(self, family: AddressFamily) -> str:
         """The range an overlay's containers take here: the topology's, else the family's own."""

@@ -31,6 +31,8 @@ from typing import Any
 
 from ..kinds import families as overlay_families
 from ..paths import TOPOLOGY_DIR
+from . import gts
+from .hostspec import parse_host
 from .model import (
     FAULT_KINDS,
     MAX_LINKS,
@@ -48,36 +50,40 @@ from .model import (
 )
 from .yamlfile import Checker, InputError, LineDict, kind_of, line_of, load_yaml
 
-TOP_KEYS = {"name", "sites", "links", "circuits", "hub", "manager", "kv", "description", "faults", "load", "ranges"}
+TOP_KEYS = {"name", "sites", "links", "circuits", "hub", "manager", "kv", "description", "faults", "load", "ranges",
+            "gts", "rtts"}
 TESTBED_ADDRESSES = ipaddress.ip_network("198.18.0.0/15")  # the sites' and the lab's own (RFC 2544)
 LOAD_KEYS = {"circuits", "queue_ms"}
 FAULT_KEYS = {"kind", "link", "site", "seconds", "up_s", "times", "loss_pct", "add_rtt_ms", "probe", "watch"}
 FAULT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,39}$")
 SITE_KEYS = {"location", "host"}
-HOST_KEYS = {"ssh", "docker", "tls", "interface", "emulate", "address", "identity", "known_hosts"}
-TLS_KEYS = ("ca", "cert", "key")
-SSH_TARGET = re.compile(r"^(?P<user>[a-z_][a-z0-9_.-]{0,31})@(?P<address>[A-Za-z0-9.-]+|\[[0-9A-Fa-f:]+\])(?::(?P<port>\d{1,5}))?$")
-DOCKER_TARGET = re.compile(r"^tcp://(?P<address>[A-Za-z0-9.-]+|\[[0-9A-Fa-f:]+\]):(?P<port>\d{1,5})$")
-INTERFACE = re.compile(r"^[A-Za-z0-9_.@-]{1,15}$")
 LINK_KEYS = {"between", "from", "to", "rtt_ms", "delay_ms", "jitter_ms", "loss_pct", "rate_mbit", "queue_ms"}
 
 
 def resolve_path(spec: str) -> Path:
     """A topology given by path, or by the name of a file in topologies/."""
     path = Path(spec)
-    if path.suffix in (".yaml", ".yml") or path.exists() or "/" in spec:
+    if path.exists() or "/" in spec:
         return path
+    if path.suffix in (".yaml", ".yml", ".dsl"):
+        return TOPOLOGY_DIR / spec if (TOPOLOGY_DIR / spec).exists() else path
     return TOPOLOGY_DIR / f"{spec}.yaml"
 
 
 def available() -> list[str]:
-    return sorted(p.stem for p in TOPOLOGY_DIR.glob("*.yaml"))
+    return sorted([p.stem for p in TOPOLOGY_DIR.glob("*.yaml")] + [p.name for p in TOPOLOGY_DIR.glob("*.dsl")])
 
 
 def load(spec: str | Path) -> Topology:
+    """A topology file: our YAML (which may name a GTS file, `gts:`), or a GTS testbed (.dsl)."""
     path = resolve_path(str(spec))
     if not path.exists():
         raise InputError(path, None, "", f"no such topology file; bundled topologies: {', '.join(available())}")
+    if path.suffix == ".dsl":
+        data, sources = gts.load(path)
+        topo = parse(data, path)
+        topo.rtt_sources = sources
+        return topo
     return parse(load_yaml(path), path)
 
 
@@ -86,6 +92,11 @@ def parse(data: Any, path: str | Path) -> Topology:
     if not isinstance(data, dict):
         raise InputError(path, line_of(data), "", f"a topology must be a mapping, got {kind_of(data)}")
     check.keys(data, TOP_KEYS, "")
+    sources: dict[str, str] = {}
+    if "gts" in data:
+        data, sources = gts.companion(check, data, path)
+    elif "rtts" in data:
+        raise check.fail(data, "rtts", "rtts", "rtts: gives a GTS testbed's RTTs: name its file with gts: FILE.dsl")
     name = data.get("name", Path(path).stem)
     if not isinstance(name, str) or not re.fullmatch(r"[A-Za-z0-9_.-]+", name):
         raise check.fail(data, "name", "name", f"must be a word of letters, digits, '_', '.', '-', got {name!r}")
@@ -107,7 +118,7 @@ def parse(data: Any, path: str | Path) -> Topology:
         spec = spec if spec is not None else LineDict()
         check.mapping(spec, f"sites.{site_name}", raw_sites, site_name)
         check.keys(spec, SITE_KEYS, f"sites.{site_name}")
-        host = _parse_host(check, spec, f"sites.{site_name}.host", Path(path).parent) if "host" in spec else None
+        host = parse_host(check, spec, f"sites.{site_name}.host", Path(path).parent) if "host" in spec else None
         sites[site_name] = Site(site_name, index, str(spec.get("location", "")), host)
     remote = [s.name for s in sites.values() if s.host]
     if remote and len(remote) != len(sites):
@@ -170,6 +181,7 @@ def parse(data: Any, path: str | Path) -> Topology:
     topo.faults = _parse_faults(check, data, topo)
     topo.load = _parse_load(check, data, topo)
     topo.ranges = _parse_ranges(check, data, len(sites))
+    topo.rtt_sources = sources
     return topo
 
 
@@ -199,70 +211,6 @@ def _parse_ranges(check: Checker, data: LineDict, sites: int) -> dict[str, str]:
             raise check.fail(raw, name, where, f"{network} overlaps the testbed's own {TESTBED_ADDRESSES}")
         ranges[name] = str(network)
     return ranges
-
-
-def _parse_host(check: Checker, spec: LineDict, where: str, base: Path) -> RemoteHost:
-    """A site's `host:` entry; TLS files are resolved against the topology's directory and
-    must exist. No Docker TCP endpoint without TLS: it would be an unauthenticated root shell."""
-    raw = check.mapping(spec["host"], where, spec, "host")
-    check.keys(raw, HOST_KEYS, where)
-    if "ssh" not in raw and "docker" not in raw:
-        raise check.fail(spec, "host", where, "give ssh: user@address[:port] or docker: tcp://address:2376 (with tls)")
-    addresses = []
-    for key, pattern, example in (("ssh", SSH_TARGET, "user@address[:port]"), ("docker", DOCKER_TARGET, "tcp://address:2376")):
-        if key not in raw:
-            continue
-        match = pattern.fullmatch(raw[key]) if isinstance(raw[key], str) else None
-        if not match:
-            raise check.fail(raw, key, f"{where}.{key}", f"must be {example}, got {raw[key]!r}")
-        if match.group("port") and not 0 < int(match.group("port")) < 65536:
-            raise check.fail(raw, key, f"{where}.{key}", f"port must be 1..65535, got {match.group('port')}")
-        addresses.append(match.group("address").strip("[]"))
-    if "address" in raw:
-        try:
-            addresses.insert(0, str(ipaddress.ip_address(raw["address"])))
-        except ValueError:
-            raise check.fail(raw, "address", f"{where}.address",
-                             f"must be an IP address (where other sites reach this host), got {raw['address']!r}") from None
-
-    def existing_file(container: LineDict, key: str, field_name: str) -> str:
-        if not isinstance(container.get(key), str) or not container[key]:
-            raise check.fail(container, key, field_name, f"must be the path of a file, got {container.get(key)!r}")
-        file = (base / Path(container[key]).expanduser()).resolve()
-        if not file.is_file():
-            raise check.fail(container, key, field_name, f"no such file: {file}")
-        return str(file)
-
-    ssh_files = {key: existing_file(raw, key, f"{where}.{key}") for key in ("identity", "known_hosts") if key in raw}
-    if ssh_files and "ssh" not in raw:
-        raise check.fail(raw, next(iter(ssh_files)), f"{where}.ssh", "missing: identity and known_hosts are for ssh")
-    tls = None
-    if "docker" in raw:
-        if "tls" not in raw:
-            raise check.fail(raw, "docker", f"{where}.tls", "missing: Docker over TCP needs tls: {ca, cert, key} "
-                                                           "(a client certificate); plain TCP is never used")
-        files = check.mapping(raw["tls"], f"{where}.tls", raw, "tls")
-        check.keys(files, set(TLS_KEYS), f"{where}.tls")
-        tls = {}
-        for key in TLS_KEYS:
-            if key not in files:
-                raise check.fail(raw, "tls", f"{where}.tls.{key}", "missing: the path of a PEM file")
-            tls[key] = existing_file(files, key, f"{where}.tls.{key}")
-    elif "tls" in raw:
-        raise check.fail(raw, "tls", f"{where}.tls", "tls applies to docker: tcp://...; give docker too, or remove tls")
-    emulate = raw.get("emulate", False)
-    if not isinstance(emulate, bool):
-        raise check.fail(raw, "emulate", f"{where}.emulate", f"must be true or false, got {emulate!r}")
-    interface = raw.get("interface")
-    if interface is not None and not (isinstance(interface, str) and INTERFACE.fullmatch(interface)):
-        raise check.fail(raw, "interface", f"{where}.interface", f"must be an interface name, got {interface!r}")
-    if emulate and not interface:
-        raise check.fail(raw, "emulate", f"{where}.interface", "missing: emulate: true applies netem on an interface; "
-                                                                "name it (interface: eth0)")
-    if emulate and "ssh" not in raw:
-        raise check.fail(raw, "emulate", f"{where}.ssh", "missing: emulate: true runs tc on the host over ssh")
-    return RemoteHost(addresses[0], raw.get("ssh"), raw.get("docker"), tls, interface, emulate,
-                      ssh_files.get("identity"), ssh_files.get("known_hosts"))
 
 
 def _unreachable(sites: dict[str, "Site"], links: list["Link"]) -> list[str]:

@@ -18,7 +18,6 @@ from . import metrics
 from .metrics import MAX_OVER_HOST_PCT, METRICS, MIN_FRACTION_OF_HOST, REGRESSION_PCT, STATS
 from .records import Record
 
-
 OK, REGRESSED, INCONCLUSIVE = "ok", "regressed", "inconclusive"
 # The rule, as the README and the report state it.
 RULE = ("a gate fails a test only when the statistic got worse by more than the gate's limit and by more than the "

@@ -15,8 +15,13 @@ from ..conftest import QUICK, RELAXED_FILE, run_suites
 
 
 def test_suites_pass_on_local_and_report(tmp_path, clean_machine):
+    """Every suite on the two-site topology, in two rounds: the tests pass, the tables and the
+    JSON (and its journal) say what was measured, and the report directory holds the Markdown,
+    CSV, JSON, plots and HTML page."""
     out = tmp_path / "results.json"
-    run = run_suites("suites/", *QUICK, "--overlay-concurrency=1,5", f"--overlay-json={out}", "-rA")
+    report = tmp_path / "report"
+    run = run_suites("suites/", *QUICK, "--overlay-concurrency=1,5", f"--overlay-json={out}", "-rA",
+                     f"--overlay-report={report}", "--overlay-rounds=2")
     run.passed()
     for test_id in ("test_latency.py::test_latency[host-A-B]", "test_latency.py::test_jitter[host-A-B]",
                     "test_throughput.py::test_tcp_throughput[host-A-B]",
@@ -45,12 +50,16 @@ def test_suites_pass_on_local_and_report(tmp_path, clean_machine):
     assert {k: latency[k] for k in ("overlay", "src", "dst", "unit", "valid", "verdict")} == {
         "overlay": "host", "src": "A", "dst": "B", "unit": "ms", "valid": True, "verdict": "pass"}
     assert set(latency["stats"]) >= {"min", "mean", "p50", "p99", "max", "stdev", "n"}
-    assert latency["stats"]["n"] >= 55  # 60 requests; a few may be lost
+    # 2 rounds of 60 requests: a few may be lost, and the emulator's exclusions are counted apart
+    assert latency["extra"]["rounds"] == 2 and latency["extra"]["warmup_discarded"] == 10
+    assert latency["stats"]["n"] + latency["exclusions"].get("n_excluded", 0) >= 2 * 55
+    assert latency["stats"]["ci95_unit"] == "rounds" and latency["stats"]["ci95_n"] == 2
     assert latency["stats"]["mean"] == pytest.approx(20, abs=1)
     assert latency["threshold"]["expected_ms"] == 20
     if run_meta["testbed"]["emulator"]["kind"] == "delayline":
         link = latency["emulator"]["A->B"]
         assert link["packets"] >= 55 and 0 < link["p99_late_us"] <= 100_000 and link["max_late_us"] > 0
+    _report_directory(report)
 
 
 def test_threshold_failure_fails_the_test_and_is_recorded(tmp_path, clean_machine):
@@ -74,3 +83,16 @@ def test_threshold_failure_fails_the_test_and_is_recorded(tmp_path, clean_machin
     assert "this is the underlay itself: the testbed, not an overlay, missed the limit" in run.output
     verdicts = {r["metric"]: r["verdict"] for r in json.loads(out.read_text())["results"]}
     assert verdicts == {"latency": "fail", "tcp_throughput": "fail"}
+
+
+def _report_directory(report: Path) -> None:
+    assert sorted(p.name for p in report.iterdir()) == [
+        "index.html", "latency_cdf.png", "report.md", "results.csv", "results.json", "streaming.png", "throughput.png"]
+    for png in ("latency_cdf.png", "throughput.png", "streaming.png"):
+        assert (report / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    page = (report / "index.html").read_text()
+    assert "<img src='latency_cdf.png'" in page and "<h2>Latency: round-trip time in ms" in page
+    rows = (report / "results.csv").read_text().splitlines()
+    # A header, the five point-to-point records, and four streaming records per level (two levels).
+    assert rows[0].startswith("overlay,metric,src,dst,unit,min,mean") and len(rows) == 1 + 5 + 4 * 2
+    assert "## Latency: round-trip time in ms" in (report / "report.md").read_text()

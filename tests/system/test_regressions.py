@@ -69,22 +69,3 @@ def test_comparing_with_another_set_up_warns(tmp_path, storage, clean_machine):
                       "--overlay-emulator=none").rc == 1  # no delay: far from the topology's RTT
     run = run_suites("suites/", *QUICK, "-m", "latency", storage, "--overlay-compare=plain")
     assert "a run on a different set-up (emulator: saved 'none', now 'delayline')" in run.output
-
-
-def test_report_directory(tmp_path, clean_machine):
-    out = tmp_path / "report"
-    run = run_suites("suites/", *QUICK, f"--overlay-report={out}", "--overlay-rounds=2")
-    run.passed()
-    assert sorted(p.name for p in out.iterdir()) == [
-        "index.html", "latency_cdf.png", "report.md", "results.csv", "results.json", "streaming.png", "throughput.png"]
-    for png in ("latency_cdf.png", "throughput.png", "streaming.png"):
-        assert (out / png).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    page = (out / "index.html").read_text()
-    assert "<img src='latency_cdf.png'" in page and "<h2>Latency: round-trip time in ms" in page
-    rows = (out / "results.csv").read_text().splitlines()
-    # A header, the five point-to-point records, and four streaming records per level (QUICK: one).
-    assert rows[0].startswith("overlay,metric,src,dst,unit,min,mean") and len(rows) == 1 + 5 + 4 * 1
-    assert "## Latency: round-trip time in ms" in (out / "report.md").read_text()
-    latency = next(r for r in json.loads((out / "results.json").read_text())["results"] if r["metric"] == "latency")
-    assert latency["extra"]["rounds"] == 2 and latency["extra"]["warmup_discarded"] == 10
-    assert latency["stats"]["n"] >= 2 * 55

@@ -106,7 +106,7 @@ def test_bad_topology_names_file_line_and_field(tmp_path, text, line, field, mes
 
 
 def test_missing_topology_lists_bundled_ones():
-    with pytest.raises(InputError, match="bundled topologies: geant, geant-star, local"):
+    with pytest.raises(InputError, match="bundled topologies: geant, geant-star, geant.dsl, local"):
         topology.load("atlantis")
 
 
