@@ -12,7 +12,7 @@ def test_wheel_ships_topologies_thresholds_and_agents(wheel):
     names = zipfile.ZipFile(wheel).namelist()
     for name in ("pytest_overlay/data/thresholds.yaml", "pytest_overlay/topologies/geant.yaml",
                  "pytest_overlay/topologies/geant-star.yaml", "pytest_overlay/topologies/local.yaml",
-                 "pytest_overlay/topologies/geant.dsl",
+                 "pytest_overlay/topologies/geant.dsl", "pytest_overlay/emulation/core/delayline.c",
                  "pytest_overlay/agents/rtsp_server.py", "pytest_overlay/agents/rtsp_client.py",
                  "pytest_overlay/data/reference/hermans-deniet-2016.yaml", "pytest_overlay/overlays/libnetwork.py",
                  "pytest_overlay/overlays/weave.py", "pytest_overlay/overlays/calico.py"):
