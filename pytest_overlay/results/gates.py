@@ -20,9 +20,9 @@ from .records import Record
 
 OK, REGRESSED, INCONCLUSIVE = "ok", "regressed", "inconclusive"
 # The rule, as the README and the report state it.
-RULE = ("a gate fails a test only when the statistic got worse by more than the gate's limit and by more than the "
-        "combined 95 % intervals of the saved and the new value; worse beyond the limit but within those intervals "
-        "is inconclusive")
+RULE = ("a gate fails a test only when the statistic got worse by more than the gate's limit and by more than its "
+        "noise, the combined 95 % intervals of the saved and the new value plus the link emulator's release error "
+        "on the path; worse beyond the limit but within that noise is inconclusive")
 
 
 @dataclass(frozen=True)
@@ -63,12 +63,13 @@ class Comparison:
     stat: str
     saved: float
     now: float
-    noise: float  # combined 95 % half-width of the statistic; a change inside it is noise
+    noise: float  # combined 95 % half-width of the statistic, plus the instrument's error; a change inside it is noise
     unit: str
 
     @classmethod
     def of(cls, saved: Record, now: Record, stat: str) -> "Comparison":
         noise = math.hypot(saved.stats.interval(stat), now.stats.interval(stat))
+        noise += max(instrument_ms(saved), instrument_ms(now)) if now.unit == "ms" else 0.0
         return cls(now.metric, now.overlay, now.circuit, stat, saved.value(stat), now.value(stat), noise, now.unit)
 
     @property
@@ -108,6 +109,16 @@ class Comparison:
         return {"run": run, "stat": self.stat, "saved": self.saved, "now": self.now, "change_pct": self.change_pct,
                 "noise": self.noise, "within_noise": self.within_noise, "gate": str(gate) if gate else None,
                 "verdict": self.verdict(gate) if gate else None}
+
+
+def instrument_ms(record: Record) -> float:
+    """The link emulator's own error on a time the record measured: how late it released
+    packets on the link directions of the record's path (each direction's 99th percentile,
+    a histogram bucket's upper edge, summed over the path). Run to run it moves a mean RTT by
+    up to that much whatever the overlay does: a same-commit run on this machine moved a 10 ms
+    circuit's mean by 0.12 ms as the delay line's p99 went from 50 to 100 us per direction."""
+    path = record.exclusions.get("path") or []
+    return sum((record.emulator.get(direction) or {}).get("p99_late_us") or 0.0 for direction in path) / 1000
 
 
 def relative_failures(record: Record, base: Record, limits: dict[str, float]) -> list[str]:
