@@ -79,7 +79,8 @@ def main() -> int:
         for overlay in args.overlays.split(","):
             key = (metric, overlay, circuit)
             caught = sum(r.get(key) == "regressed" for r in runs)
-            elsewhere = sum(any(v == "regressed" for k, v in r.items() if k != key and k[0] == metric) for r in runs)
+            elsewhere = sum(any(v == "regressed" for k, v in r.items() if k[0] == metric and k[2] != circuit)
+                            for r in runs)
             summary["caught"][f"{label} through {overlay}"] = {"caught": caught, "elsewhere": elsewhere}
     print(f"\nGates latency:0.5% and tcp_throughput:3%, {args.runs} runs per condition (this machine):")
     for name, counts in summary["false_alarms"].items():

@@ -140,7 +140,8 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
         from .results import junit
 
         records = [r for r in state.records if r.test == item.nodeid]
-        report.user_properties.extend(junit.properties(records))
+        # JUnit XML writes the properties of the teardown's report, made from the item's.
+        item.user_properties.extend(junit.properties(records))
         why = _undecided(state, item.nodeid, records, report, call)
         if why:
             state.undecided[item.nodeid] = why

@@ -4,6 +4,7 @@ real runs of the suites, a saved one and a later one on a changed WAN."""
 from __future__ import annotations
 
 import json
+from xml.etree import ElementTree
 
 import pytest
 
@@ -38,8 +39,9 @@ def test_gate_fails_on_exactly_the_changed_circuit(tmp_path, storage, clean_mach
     assert "written: saved run" in saved.output and "0001_base.json" in saved.output
 
     out = tmp_path / "later.json"
+    junit = tmp_path / "junit.xml"
     later = run_suites("suites/", topology(tmp_path, 33), *LATENCY, storage, "--overlay-compare=base",
-                       "--overlay-compare-fail=latency:5%", f"--overlay-json={out}", "-rA")
+                       "--overlay-compare-fail=latency:5%", f"--overlay-json={out}", "-rA", f"--junit-xml={junit}")
     later.skip_if_starved()
     assert later.rc == 1, later.output
     assert "FAILED suites/test_latency.py::test_latency[host-A-C]" in later.output
@@ -50,6 +52,11 @@ def test_gate_fails_on_exactly_the_changed_circuit(tmp_path, storage, clean_mach
                 for r in json.loads(out.read_text())["results"] if r["metric"] == "latency"}
     assert compared["AC"]["change_pct"] == pytest.approx(10, abs=2.5) and not compared["AC"]["within_noise"]
     assert abs(compared["AB"]["change_pct"]) < 2.5
+    # The CI's own report carries the figures: the failed test's entry names its change and verdict.
+    cases = {case.get("name"): case for case in ElementTree.parse(junit).iter("testcase")}
+    said = {p.get("name"): p.get("value") for p in cases["test_latency[host-A-C]"].iter("property")}
+    assert said["overlay.latency.circuit"] == "A-C" and said["overlay.latency.value"].startswith("mean 3")
+    assert said["overlay.latency.compared.mean"].endswith("gate latency:mean:5%: regressed")
 
 
 def test_pytest_benchmark_gates_latency_too(tmp_path, storage, clean_machine):
