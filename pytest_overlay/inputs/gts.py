@@ -326,15 +326,20 @@ def topology_data(bed: Testbed, rtts: dict[frozenset[str], float] | None = None)
     return data, sources
 
 
-def load(path: Path) -> tuple[dict, dict[str, str]]:
-    """A GTS file as a topology's data, with where each RTT came from."""
+def read(path: Path) -> Testbed:
+    """A GTS file's declarations, refused whole where it is too large or not text."""
     if path.stat().st_size > MAX_BYTES:
         raise InputError(path, None, "", f"over {MAX_BYTES} bytes: not a testbed this importer reads")
     try:
         text = path.read_text()
     except UnicodeDecodeError as e:
         raise InputError(path, None, "", f"not text: {e}") from None
-    return topology_data(parse(text, path))
+    return parse(text, path)
+
+
+def load(path: Path) -> tuple[dict, dict[str, str]]:
+    """A GTS file as a topology's data, with where each RTT came from."""
+    return topology_data(read(path))
 
 
 def write(topology, out: Path, command: str = "") -> str:
@@ -407,10 +412,7 @@ def companion(check, data, path) -> tuple[dict, dict[str, str]]:
             if len(ends) != 2:
                 raise check.fail(raw, pair, f"rtts.{pair}", "a pair is A-B (two host ids or locations)")
             given[frozenset(ends)] = check.number(raw, pair, f"rtts.{pair}", positive=True, maximum=60_000)
-    if gts_path.stat().st_size > MAX_BYTES:
-        raise InputError(gts_path, None, "", f"over {MAX_BYTES} bytes: not a testbed this importer reads")
-    bed = parse(gts_path.read_text(), gts_path)
-    base, sources = topology_data(bed, given)
+    base, sources = topology_data(read(gts_path), given)
     merged = {key: value for key, value in data.items() if key not in ("gts", "rtts", "sites", "links")}
     merged["name"] = data.get("name", base["name"])
     merged["description"] = data.get("description", base["description"])

@@ -295,7 +295,7 @@ class OverlayPath:
                     "hosts": [testbed.host_of(self.circuit.src), testbed.host_of(self.circuit.dst)]}
         if measured.wire is not None:
             datapath[self.overlay.wire_key] = measured.wire
-        ci95 = fields.pop("ci95", None)
+        ci95, ci95_unit = fields.pop("ci95", None), fields.pop("ci95_unit", "given")
         batch = fields.pop("batch", 0)
         faults = measured.faults + (faults or [])
         if not values:
@@ -303,7 +303,7 @@ class OverlayPath:
             faults = faults or ["every sample was excluded"]
         record = Record(
             overlay=self.overlay.name, metric=metric, src=self.circuit.src, dst=self.circuit.dst,
-            unit=metrics.get(metric).unit, stats=Stats.of(values, round_values, ci95, batch, "binomial over the run's datagrams"), valid=not faults,
+            unit=metrics.get(metric).unit, stats=Stats.of(values, round_values, ci95, batch, ci95_unit), valid=not faults,
             invalid_reasons=list(faults), test=self.test, expected=self.expected, datapath=datapath,
             emulator=measured.emulator, tool=measured.samples.tool, tries=measured.tries,
             exclusions=measured.exclusions, measured=measured.machine.to_json() if measured.machine else {},
@@ -358,6 +358,7 @@ class OverlayPath:
                            {**common, "interval_s": s.interval_s, "rounds": len(s.round_totals)},
                            s.round_totals, total=s.total_mbit, batch=probes.BATCH_INTERVALS)
         loss = self.record("udp_loss", [s.lost_pct], measured, common, ci95=loss_interval(lost, packets),
+                           ci95_unit="binomial over the run's datagrams",
                            faults=measured.accounting.loss_faults if measured.accounting else None)
         return rate, loss
 
