@@ -56,6 +56,11 @@ TESTBED_ADDRESSES = ipaddress.ip_network("198.18.0.0/15")  # the sites' and the 
 LOAD_KEYS = {"circuits", "queue_ms"}
 FAULT_KEYS = {"kind", "link", "site", "seconds", "up_s", "times", "loss_pct", "add_rtt_ms", "probe", "watch"}
 FAULT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,39}$")
+# Bounds a topology cannot pass: beyond them it would only exhaust a host, never describe a WAN.
+MAX_RATE_MBIT = 400_000  # the fastest Ethernet there is
+MAX_FAULTS = 64
+MAX_FAULT_S = 3600.0  # one scenario, every flap and gap of it
+MAX_QUEUES = 16
 SITE_KEYS = {"location", "host"}
 LINK_KEYS = {"between", "from", "to", "rtt_ms", "delay_ms", "jitter_ms", "loss_pct", "rate_mbit", "queue_ms"}
 
@@ -237,7 +242,7 @@ def _parse_link(check: Checker, item: LineDict, where: str, sites: dict[str, Sit
     common = dict(
         jitter_ms=check.number(item, "jitter_ms", f"{where}.jitter_ms", 0.0, maximum=10_000),
         loss_pct=check.number(item, "loss_pct", f"{where}.loss_pct", 0.0, maximum=100),
-        rate_mbit=check.number(item, "rate_mbit", f"{where}.rate_mbit", None, positive=True),
+        rate_mbit=check.number(item, "rate_mbit", f"{where}.rate_mbit", None, positive=True, maximum=MAX_RATE_MBIT),
         queue_ms=check.number(item, "queue_ms", f"{where}.queue_ms", None, positive=True, maximum=10_000),
     )
     if common["queue_ms"] is not None and common["rate_mbit"] is None:
@@ -307,6 +312,9 @@ def _parse_faults(check: Checker, data: LineDict, topo: Topology) -> dict[str, F
     if "faults" not in data:
         return {}
     raw = check.mapping(data["faults"], "faults", data, "faults")
+    if len(raw) > MAX_FAULTS:
+        raise check.fail(data, "faults", "faults", f"{len(raw)} scenarios; at most {MAX_FAULTS} (each one is a test "
+                                                   "per overlay, and on real hosts a set of firewall rules)")
     faults = {}
     for name, spec in raw.items():
         where = f"faults.{name}"
@@ -366,6 +374,9 @@ def _parse_faults(check: Checker, data: LineDict, topo: Topology) -> dict[str, F
         elif not _untouched(topo, fault, watch):
             raise check.fail(spec, "watch", f"{where}.watch", f"the fault touches {watch.id}'s path: the watched "
                                                                "circuit is the one left alone")
+        if fault.duration_s > MAX_FAULT_S:
+            raise check.fail(spec, "times" if flap else "seconds", where,
+                             f"lasts {fault.duration_s:g} s in all; at most {MAX_FAULT_S:g} s (an hour)")
         faults[name] = replace(fault, watch=watch)
     return faults
 
@@ -394,6 +405,8 @@ def _parse_load(check: Checker, data: LineDict, topo: Topology) -> Load:
         values = raw["queue_ms"]
         if not isinstance(values, list):
             raise check.fail(raw, "queue_ms", "load.queue_ms", f"must be a list of buffer sizes in ms, got {values!r}")
+        if len(values) > MAX_QUEUES:
+            raise check.fail(raw, "queue_ms", "load.queue_ms", f"{len(values)} buffer sizes; at most {MAX_QUEUES}")
         for i, value in enumerate(values):
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) \
                     or not 0 < value <= 10_000:

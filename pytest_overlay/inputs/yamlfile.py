@@ -11,6 +11,8 @@ from typing import Any
 import yaml
 
 MAX_NUMBER = 1e12  # no setting of ours is larger; a longer number is a typo, not a value
+MAX_BYTES = 4 << 20  # the 200-site mesh the generator writes is 60 kB
+MAX_DEPTH = 32  # our files nest 6 deep; Python's own stack ends near 1000
 
 
 class InputError(ValueError):
@@ -24,14 +26,24 @@ class InputError(ValueError):
 
 class _LineLoader(yaml.SafeLoader):
     """A YAML loader whose mappings remember the line of every key, and that refuses
-    aliases: a few nested ones expand to billions of nodes (an alias bomb)."""
+    aliases (a few nested ones expand to billions of nodes: an alias bomb) and nesting deeper
+    than MAX_DEPTH (a RecursionError otherwise, with no line)."""
+
+    depth = 0
 
     def compose_node(self, parent, index):
         if self.check_event(yaml.AliasEvent):
             event = self.peek_event()
             raise InputError(self.name, event.start_mark.line + 1, "",
                              f"YAML alias *{event.anchor} is not allowed here: write the value out")
-        return super().compose_node(parent, index)
+        if self.depth >= MAX_DEPTH:
+            raise InputError(self.name, self.peek_event().start_mark.line + 1, "",
+                             f"nested deeper than {MAX_DEPTH} levels: not a file of ours")
+        self.depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
 
 
 class LineDict(dict):
@@ -73,9 +85,12 @@ def load_yaml(path: str | Path) -> Any:
     """Parse a YAML file into dicts and lists that know their line numbers."""
     path = Path(path)
     try:
-        raw = path.read_bytes()
+        with path.open("rb") as f:
+            raw = f.read(MAX_BYTES + 1)
     except OSError as e:
         raise InputError(path, None, "", f"cannot read: {e.strerror}") from None
+    if len(raw) > MAX_BYTES:
+        raise InputError(path, None, "", f"larger than {MAX_BYTES >> 20} MiB: not a file of ours")
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:

@@ -92,6 +92,16 @@ BAD = [
     ("circuit to unknown site", GOOD + "circuits: [[A, Q]]\n", 10, "circuits[0]", "unknown site 'Q'"),
     ("bad hub", GOOD + "hub: Q\n", 10, "hub", "unknown site"),
     ("bad kv site", GOOD + "kv: Q\n", 10, "kv", "unknown site 'Q'"),
+    ("nesting deeper than any file of ours", GOOD + "description: " + "[" * 5000 + "]" * 5000 + "\n", 10, "",
+     "nested deeper than 32 levels"),
+    ("a rate no link has", GOOD.replace("rate_mbit: 100", "rate_mbit: 1000000000"), 7, "links[0].rate_mbit",
+     "<= 400000"),
+    ("a flap of days", GOOD + "faults:\n  f: {kind: flap, link: [A, B], seconds: 3000, up_s: 3000, times: 100}\n",
+     11, "faults.f", "lasts 597000 s in all; at most 3600 s"),
+    ("more scenarios than tests anyone runs", GOOD + "faults:\n" + "".join(
+        f"  f{i}: {{kind: cut, link: [A, B]}}\n" for i in range(65)), 10, "faults", "65 scenarios; at most 64"),
+    ("more buffer sizes than a study sweeps", GOOD + "load: {queue_ms: [" + ", ".join(map(str, range(1, 18))) + "]}\n",
+     10, "load.queue_ms", "17 buffer sizes; at most 16"),
 ]
 
 
@@ -103,6 +113,13 @@ def test_bad_topology_names_file_line_and_field(tmp_path, text, line, field, mes
     assert (error.value.path, error.value.line, error.value.field) == (str(path), line, field)
     assert message in error.value.message
     assert str(error.value).startswith(f"{path}:{line}: ")
+
+
+def test_a_file_larger_than_any_topology_is_refused_unread(tmp_path):
+    path = tmp_path / "big.yaml"
+    path.write_text(GOOD + "# " + "x" * (4 << 20) + "\n")
+    with pytest.raises(InputError, match=r"big.yaml: larger than 4 MiB: not a file of ours"):
+        topology.load(path)
 
 
 def test_missing_topology_lists_bundled_ones():
