@@ -5,6 +5,7 @@ Used by the real-host testbed and by `clean --topology`."""
 from __future__ import annotations
 
 import re
+import time
 from dataclasses import dataclass
 
 import docker
@@ -16,6 +17,7 @@ from .hosts import remove_networks
 MIN_DOCKER = (20, 10)
 API_VERSION = "1.41"
 GWBRIDGE = "docker_gwbridge"  # Docker's bridge from a swarm's containers to their host
+LEAVE_WAIT_S = 90.0  # a swarm leave that timed out is watched and tried again this long
 
 
 
@@ -82,16 +84,53 @@ def remove_run(engines: dict[str, RemoteEngine], run_id: str, leave_swarm: set[s
         errors += engine.stop()
     errors += remove_networks(engines, run_id)
     for name in sorted(leave_swarm & set(engines)):
+        left = leave_swarm_of(engines[name])
+        if left is not None:
+            errors.append(left)
+            continue
         try:
-            engines[name].client.swarm.leave(force=True)
             if name in gwbridge_made:
                 for network in engines[name].client.networks.list(names=[GWBRIDGE]):
                     network.remove()
         except docker.errors.NotFound:
             pass
         except Exception as e:  # noqa: BLE001
-            errors.append(f"host {name}: leaving the swarm: {e}")
+            errors.append(f"host {name}: removing {GWBRIDGE} after leaving the swarm: {e}")
     return errors
+
+
+def leave_swarm_of(engine: RemoteEngine, wait_s: float = LEAVE_WAIT_S, poll_s: float = 1.0) -> str | None:
+    """Take a host out of its swarm: a leave waits on raft, and one that timed out ("context
+    deadline exceeded") may still complete, or need another try. Asked again, and its node's
+    state watched, for up to `wait_s`; None once the host is out, else what is left there."""
+    deadline = time.monotonic() + wait_s
+    tries, last, state, node = 0, "", "", ""
+    while True:
+        try:
+            tries += 1
+            engine.client.swarm.leave(force=True)
+            return None
+        except docker.errors.NotFound:
+            return None
+        except Exception as e:  # noqa: BLE001  (the node's state says whether it left)
+            last = str(e)[-200:]
+        while True:  # at least once, however late
+            try:
+                swarm = engine.client.info().get("Swarm", {})
+                state, node = swarm.get("LocalNodeState", ""), swarm.get("NodeID", "")
+            except Exception as e:  # noqa: BLE001
+                state, last = "unknown", str(e)[-200:]
+            if state == "inactive":
+                return None
+            if state != "pending" or time.monotonic() >= deadline:  # not on its way out: ask again
+                break
+            time.sleep(poll_s)
+        if time.monotonic() >= deadline:
+            return (f"host {engine.site}: still in the swarm the run made (node {node[:12] or '?'}, state "
+                    f"{state or '?'}) after {tries} tries in {wait_s:g} s; the last said: {last}. Left there: its "
+                    "membership of that swarm; run `docker swarm leave --force` on it, or `python -m "
+                    "pytest_overlay clean --topology FILE`")
+        time.sleep(poll_s)
 
 
 def tls_reason(error: Exception) -> str:

@@ -1,6 +1,7 @@
 """The remote backend's pieces that need no host: how it reaches hosts and how it words what
 went wrong (from errors captured against the lab's real daemons)."""
 
+import docker
 from pytest_overlay import kinds
 from pytest_overlay.inputs.topology import RemoteHost
 from pytest_overlay.paths import KNOWN_HOSTS
@@ -140,3 +141,43 @@ def test_a_hosts_network_is_read_before_the_overlays_first_daemon_there(tmp_path
     done.clear()
     bed.site_ops("libnetwork", tmp_path).start("A", "x-A", ["x"])  # an overlay with nothing of its own on hosts
     assert [d[0] for d in done] == ["start"]
+
+
+class SlowSwarm:
+    """A Docker client whose swarm leave times out as raft's does ("context deadline
+    exceeded") `timeouts` times; the node stays `active` until a leave gets through."""
+
+    def __init__(self, timeouts: int, completes_anyway: bool = False) -> None:
+        self.timeouts, self.completes_anyway, self.leaves, self.state = timeouts, completes_anyway, 0, "active"
+        self.swarm = self
+
+    def leave(self, force: bool = False) -> None:
+        self.leaves += 1
+        if self.leaves <= self.timeouts:
+            if self.completes_anyway:
+                self.state = "inactive"
+            raise docker.errors.APIError('500 Server Error: Internal Server Error ("context deadline exceeded")')
+        self.state = "inactive"
+
+    def info(self) -> dict:
+        return {"Swarm": {"LocalNodeState": self.state, "NodeID": "k2hz1b5g7sq3x0v"}}
+
+
+def engine_with(client) -> hostengine.RemoteEngine:
+    engine = hostengine.RemoteEngine("ZED", "", "192.0.2.9", "abc123", None)
+    engine.client = client
+    return engine
+
+
+def test_a_swarm_leave_that_times_out_is_tried_again_before_it_is_an_error():
+    """As over the lab: ZED's first leave timed out. Tried again (or seen to have completed),
+    it is no error; a host that never leaves is named with what is left and how to remove it."""
+    again = SlowSwarm(timeouts=1)
+    assert hostengine.leave_swarm_of(engine_with(again), wait_s=5, poll_s=0.01) is None and again.leaves == 2
+    anyway = SlowSwarm(timeouts=1, completes_anyway=True)
+    assert hostengine.leave_swarm_of(engine_with(anyway), wait_s=5, poll_s=0.01) is None and anyway.leaves == 1
+    stuck = SlowSwarm(timeouts=10**6)
+    said = hostengine.leave_swarm_of(engine_with(stuck), wait_s=0.2, poll_s=0.01)
+    assert said.startswith("host ZED: still in the swarm the run made (node k2hz1b5g7sq3, state active) after ")
+    assert "context deadline exceeded" in said and "docker swarm leave --force" in said and stuck.leaves > 1
+
