@@ -244,9 +244,9 @@ class ContainerOverlay(Overlay):
         if self.remote and self.daemons:  # what the daemons made on the hosts outside their process
             footprint = self.host_needs.footprint if self.host_needs else None
             _, failed = end_host_daemons(self.testbed.hosts, self.testbed.run_id,
-                                         lambda name: footprint if name == self.name else None)
+                                         lambda name: footprint if name == self.name else None, self.name)
             for failure in failed:
-                self._progress(f"teardown on the hosts: {failure} (`clean --topology` tries again)")
+                self.testbed.left_behind(f"teardown on the hosts: {failure}")
         if self.testbed.created:  # the sites still exist
             self._restore_sites()
         if self.engines:

@@ -138,6 +138,11 @@ class Testbed:
     def __exit__(self, *exc) -> None:
         self.down()
 
+    def left_behind(self, what: str) -> None:
+        """Something of the run an overlay's teardown could not undo: said now; a testbed that
+        keeps its state for `clean` keeps it until `clean` has undone it."""
+        self.progress(f"{what} (`python -m pytest_overlay clean` tries again)")
+
     def address(self, site: str) -> str:
         """The site's address on the WAN."""
         raise NotImplementedError

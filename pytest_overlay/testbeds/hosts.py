@@ -149,10 +149,15 @@ def record_host_network(host: RemoteHost, run_id: str, site: str, overlay: str, 
     """Read the host's network before `overlay`'s first daemon starts there (its containers'
     addresses in `addresses`), and keep the reading on the host, where teardown and `clean`
     (from any later run) find it."""
-    directory = f"{HOST_STATE}/{run_id}/host"
     header = f"{_FOOTPRINT}{overlay} {addresses or '-'}"
-    host_run(host, f"umask 077; mkdir -p {directory} && {{\necho {shlex.quote(header)}\n"
-                   f"{hostnet.SNAPSHOT_SCRIPT}}} > {directory}/net-{site}.before", 60).check()
+    host_run(host, f"umask 077; mkdir -p {HOST_STATE}/{run_id}/host && {{\necho {shlex.quote(header)}\n"
+                   f"{hostnet.SNAPSHOT_SCRIPT}}} > {shlex.quote(_reading(run_id, site, overlay))}", 60).check()
+
+
+def _reading(run_id: str, site: str, overlay: str = "*") -> str:
+    """Where a host keeps its network as read before an overlay's first daemon: one file per
+    site and overlay, so that a second overlay of the run never overwrites the first's."""
+    return f"{HOST_STATE}/{run_id}/host/net-{site}.{overlay}.before"
 
 
 _FOOTPRINT = "### footprint "
@@ -164,11 +169,21 @@ _NOW = "### now"
 FootprintOf = Callable[[str], hostnet.Footprint | None]
 
 
-def undo_host_network(host: RemoteHost, run_id: str, site: str, footprint_of: FootprintOf) -> list[str]:
-    """Remove from the host what the overlay's footprint claims and was not there when
-    record_host_network read it; nothing else. Returns the removals that failed."""
-    read = host_run(host, f"f={HOST_STATE}/{run_id}/host/net-{site}.before; [ -f $f ] || exit 0; cat $f; "
-                          f"echo '{_NOW}'\n{hostnet.SNAPSHOT_SCRIPT}", 60)
+def undo_host_network(host: RemoteHost, run_id: str, site: str, footprint_of: FootprintOf,
+                      overlay: str = "*") -> list[str]:
+    """Remove from the host what each overlay's footprint claims and was not there when
+    record_host_network read it (every overlay of the run, or only `overlay`); nothing else.
+    Returns the removals that failed."""
+    listed = host_run(host, f"ls {_reading(run_id, site, overlay)} 2>/dev/null || true", 60)
+    failed = []
+    for path in listed.stdout.split():
+        failed += _undo_reading(host, path, footprint_of)
+    return failed
+
+
+def _undo_reading(host: RemoteHost, path: str, footprint_of: FootprintOf) -> list[str]:
+    read = host_run(host, f"f={shlex.quote(path)}; [ -f $f ] || exit 0; cat $f; echo '{_NOW}'\n"
+                          f"{hostnet.SNAPSHOT_SCRIPT}", 60)
     if not read.ok:
         return [f"reading the network: {(read.stderr or read.stdout).strip()[-200:]}"]
     if _NOW not in read.stdout:
@@ -182,20 +197,23 @@ def undo_host_network(host: RemoteHost, run_id: str, site: str, footprint_of: Fo
     if footprint.routes_within and addresses not in ("", "-"):  # the run's own range (a topology's `ranges:`)
         footprint = dataclasses.replace(footprint, routes_within=addresses)
     commands = hostnet.undo(hostnet.Snapshot.parse(before), hostnet.Snapshot.parse(now), footprint)
-    if not commands:
-        return []
-    done = host_run(host, hostnet.script(commands), 120)
-    return [line for line in done.stdout.splitlines() if line.startswith("failed: ")] + (
-        [] if done.ok else [f"exit {done.rc}: {done.stderr.strip()[-200:]}"])
+    failed = []
+    if commands:
+        done = host_run(host, hostnet.script(commands), 120)
+        failed = [line for line in done.stdout.splitlines() if line.startswith("failed: ")] + (
+            [] if done.ok else [f"exit {done.rc}: {done.stderr.strip()[-200:]}"])
+    if not failed:
+        host_run(host, f"rm -f {shlex.quote(path)}", 60)
+    return failed
 
 
-def end_host_daemons(hosts: dict[str, RemoteHost], run_id: str,
-                     footprint_of: FootprintOf) -> tuple[dict[str, list[str]], list[str]]:
+def end_host_daemons(hosts: dict[str, RemoteHost], run_id: str, footprint_of: FootprintOf,
+                     overlay: str = "*") -> tuple[dict[str, list[str]], list[str]]:
     """Kill the daemons a run started on the hosts (each by its pid file, and only while that
     pid still runs from the run's directory), then remove from each host's network what they
-    added there outside their process (hostnet, by the overlay's footprint). A site's files go
-    only once that succeeded, so `clean --topology` can finish the job. Returns the daemons
-    ended and what failed."""
+    added there outside their process (hostnet, by the footprint of each overlay, or of
+    `overlay` only). A site's files go only once that succeeded, so `clean --topology` can
+    finish the job. Returns the daemons ended and what failed."""
     directory = f"{HOST_STATE}/{run_id}"
 
     def end(site: str) -> str:  # a site's own daemons only: the lab's hosts share one file system
@@ -218,9 +236,9 @@ def end_host_daemons(hosts: dict[str, RemoteHost], run_id: str,
         time.sleep(0.5)  # the killed daemons' own devices and sockets go with them first
     failed = []
     for name, host in hosts.items():
-        errors = undo_host_network(host, run_id, name, footprint_of)
+        errors = undo_host_network(host, run_id, name, footprint_of, overlay)
         failed += [f"host {name}: {error}" for error in errors]
         if not errors:  # per site: on one machine (the lab) the hosts share this directory
-            host_run(host, f'rm -rf {directory}/host/*-{name} {directory}/host/net-{name}.before; '
-                           f'rmdir {directory}/host {directory} 2>/dev/null || true', 60)
+            host_run(host, f'rm -rf {directory}/host/*-{name}; rmdir {directory}/host {directory} 2>/dev/null '
+                           '|| true', 60)
     return ended, failed

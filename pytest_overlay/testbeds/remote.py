@@ -111,6 +111,8 @@ class RemoteTestbed(Testbed):
         self.impaired: dict[str, Direction] = {}  # link directions a WAN fault holds now ("A->B")
         self.faulted: list[str] = []  # hosts that may hold the run's fault chain: it goes at the end
         self._iptables: dict[str, str | None] = {}  # per host: why it cannot take a fault's rules
+        self._paths: dict[str, tuple[str | None, str | None]] = {}  # per host: how this machine reaches it
+        self.left_on_hosts: list[str] = []  # what the overlays' teardown could not undo there
 
     # --- bring-up -------------------------------------------------------------------------
     def up(self) -> None:
@@ -399,6 +401,11 @@ class RemoteTestbed(Testbed):
         self.impaired = {}
         return errors
 
+    def left_behind(self, what: str) -> None:
+        """Kept to fail teardown with: the run's state stays for `clean --topology`."""
+        self.left_on_hosts.append(what)
+        self.progress(f"{what} (`python -m pytest_overlay clean --topology FILE` tries again)")
+
     def track(self, daemon: procs.Daemon) -> None:
         pass
 
@@ -430,7 +437,7 @@ class RemoteTestbed(Testbed):
         started = time.monotonic()
         errors = remove_run(self.engines, self.run_id, set(self.engines) if self.swarm_created else set(),
                             set(self.gwbridge_made))
-        errors += self._remove_fault_rules()
+        errors += self.left_on_hosts + self._remove_fault_rules()
         errors += hostlinks.remove_netem({n: self.hosts[n] for n in self.emulated}, self.run_id, report=lambda m: None)
         self.emulated = []
         for engine in self.engines.values():

@@ -107,3 +107,28 @@ def test_a_veth_pair_is_undone_without_a_failure_for_its_second_end(namespace, c
     done = procs.run(["sh", "-c", hostnet.script(commands)], namespace)
     assert done.ok and done.stdout == "", done.stdout
     assert reading(namespace) == before
+
+
+def test_each_overlay_of_a_run_keeps_its_own_reading_of_the_host(namespace, tmp_path, monkeypatch, clean_machine):
+    """Flannel's teardown left its reading for `clean`; the run's next overlay (Weave) read the
+    same host after it. Flannel's reading is still there, and undoing by it leaves the host as
+    it was before Flannel; Weave's stays for its own teardown. (The host is the namespace.)"""
+    from pytest_overlay.overlays.weave import HOST_FOOTPRINT as WEAVE
+    from pytest_overlay.testbeds import hosts
+
+    monkeypatch.setattr(hosts, "HOST_STATE", str(tmp_path))
+    monkeypatch.setattr(hosts, "host_run", lambda host, script, timeout=60, input=None: procs.run(
+        ["sh", "-ec", script], namespace, timeout=timeout, input=input))
+    for command in NEIGHBOUR:
+        procs.run(command, namespace).check()
+    before = reading(namespace)
+    hosts.record_host_network(None, "abc123", "A", "flannel", "10.40.0.0/16")
+    for command in OURS:
+        procs.run([part.format(witness="never") for part in command], namespace).check()
+    hosts.record_host_network(None, "abc123", "A", "weave", None)
+    readings = tmp_path / "abc123" / "host"
+    assert sorted(p.name for p in readings.iterdir()) == ["net-A.flannel.before", "net-A.weave.before"]
+    assert hosts.undo_host_network(None, "abc123", "A", {"flannel": HOST_FOOTPRINT, "weave": WEAVE}.get,
+                                   "flannel") == []
+    assert reading(namespace) == before
+    assert [p.name for p in readings.iterdir()] == ["net-A.weave.before"]
