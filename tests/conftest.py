@@ -18,6 +18,10 @@ import pytest
 
 from pytest_overlay.paths import DATA_ROOT, STATE_ROOT
 from pytest_overlay.procs import cgroup_dirs
+from pytest_overlay.testbeds.hostlock import LOCKS as HOST_LOCKS
+from pytest_overlay.testbeds.hosts import HOST_STATE
+
+LOCKS, HOST_ROOT = Path(HOST_LOCKS), Path(HOST_STATE)
 
 pytest_plugins = ["pytester"]
 
@@ -235,8 +239,10 @@ def machine_state() -> dict:
                 procs.append(int(pid))
         except OSError:
             pass
-    files = [str(p) for root in (STATE_ROOT, DATA_ROOT) if root.is_dir()
-             for p in sorted(root.iterdir()) if p.name not in foreign]
+    files = [str(p) for root in (STATE_ROOT, DATA_ROOT, HOST_ROOT) if root.is_dir()
+             for p in sorted(root.iterdir()) if p.name not in foreign and p != LOCKS]
+    # The lab's hosts keep their lock directory, for good as /run/lock; not its files.
+    files += [str(p) for p in sorted(LOCKS.iterdir())] if LOCKS.is_dir() else []
     return {
         "files": files,
         "netns": [n for n in names if ours(n) and mine(n)],

@@ -25,6 +25,9 @@ SETTLE_S = 3.0  # probing after recovery is seen
 LEVEL_MS = 1.0  # recovered: RTT back within this of its level before the fault ...
 LEVEL_RUN = 20  # ... for this many replies in a row (200 ms)
 BOUND_S = 120.0  # a recovery not seen this long after the heal is censored
+# On real hosts a fault's step goes by itself this long after the fault's planned end, should the
+# heal never come (the controller crashed without closing its sessions).
+SELF_HEAL_MARGIN_S = 30.0
 POLL_S = 1.0  # how often the control plane's state is read
 LOG_LINES = 40  # per daemon, the newest lines it logged during the scenario
 
@@ -392,7 +395,8 @@ def run(overlay, fault: Fault, bound_s: float = BOUND_S, tcp: bool = False,
                 if what == "heal" and wire_before is not None and wire_during is None:
                     after = overlay.wire_counters() or {}
                     wire_during = {k: v - wire_before.get(k, 0) for k, v in after.items() if v - wire_before.get(k, 0)}
-                steps.append(Step(what, planned, testbed.impair(changes, overlay.routed())))
+                hold_s = fault.duration_s - planned + SELF_HEAL_MARGIN_S
+                steps.append(Step(what, planned, testbed.impair(changes, overlay.routed(), hold_s=hold_s)))
                 progress(f"{overlay.name} {fault.name}: {what} at +{planned:g} s")
         finally:
             if not steps or steps[-1].what != "heal":

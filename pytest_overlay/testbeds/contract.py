@@ -183,11 +183,13 @@ class Testbed:
         they can."""
         return f"the {getattr(self, 'backend', '?')} testbed applies no WAN faults"
 
-    def impair(self, changes: dict[str, Direction], routed: dict[str, list[str]] | None = None) -> int:
+    def impair(self, changes: dict[str, Direction], routed: dict[str, list[str]] | None = None,
+               hold_s: float | None = None) -> int:
         """Give link directions ("A->B") new delay, jitter and loss at one moment: a WAN fault
         starting or healing. `routed` holds, per site, the addresses an overlay carries across
-        the WAN without a tunnel (a fault between hosts must stop those too). Returns the wall
-        clock (ns) at which it took effect."""
+        the WAN without a tunnel (a fault between hosts must stop those too); `hold_s`, how long
+        the step may last at most (where the fault is held outside this process, it goes by
+        itself then). Returns the wall clock (ns) at which it took effect."""
         raise NotImplementedError(self.fault_unsupported(changes))
 
     def rebuffer(self, directions: list[Direction]) -> None:

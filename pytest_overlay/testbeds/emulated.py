@@ -287,11 +287,12 @@ class EmulatedTestbed(Testbed):
             return "WAN faults need a link emulator: --overlay-emulator=none applies none"
         return None
 
-    def impair(self, changes: dict[str, Direction], routed: dict[str, list[str]] | None = None) -> int:
+    def impair(self, changes: dict[str, Direction], routed: dict[str, list[str]] | None = None,
+               hold_s: float | None = None) -> int:
         why = self.fault_unsupported(changes)
         if why:
             raise NotImplementedError(why)
-        return self.emulator.impair(changes)  # on the links themselves, whatever the addresses
+        return self.emulator.impair(changes)  # on the links themselves; the emulator goes with the run
 
     def rebuffer(self, directions: list[Direction]) -> None:
         if self.emulator is None or self.emulator.kind == "none":

@@ -17,17 +17,23 @@ scenario starts. A fault on a link touches every pair of hosts whose topology pa
 it, as the emulator's does: the hosts talk directly, the topology says which pairs share the
 link. The chain's name carries the run id, so teardown and `clean --topology` remove only
 the run's.
+
+A fault removes itself when the controller goes: the run's lock session on each host (hostlock)
+removes the chain as its input closes, which a killed controller's closes at once; and each step
+that applies a chain starts a timer on the host that removes it at the fault's planned end plus
+a margin, for a controller that vanished without closing anything (a crash, a cut cable).
 """
 
 from __future__ import annotations
 
+import ipaddress
 import re
 import shlex
 from dataclasses import dataclass
 from typing import Callable
 
 from ..inputs.model import Direction, RemoteHost, Topology
-from .hosts import as_root, ssh_run
+from .hosts import HOST_IDENTITY, HOST_STATE, as_root, ssh_run
 
 DEFAULT_QDISCS = {"noqueue", "pfifo_fast", "fq_codel", "fq", "mq", "pfifo"}  # what a kernel sets up itself
 UNSHAPED = "100gbit"
@@ -141,6 +147,36 @@ def unsupported(topology: Topology, changed: dict[str, Direction]) -> list[str]:
     return sorted(set(problems))
 
 
+def controller_cut(topology: Topology, changed: dict[str, Direction], seen_from: dict[str, str | None],
+                   via: dict[str, str | None]) -> list[str]:
+    """Why these changes would cut this machine's own path to a host, so that the heal could
+    not reach it: a receiving host that sees this machine at the address of a site whose
+    packets it is to drop (`seen_from`: per site, the client address its ssh server sees), or a
+    site this machine reaches through the host that is to drop what that site sends (`via`:
+    per site, the gateway of this machine's route to it)."""
+    address = {name: _ip(site.host.address) for name, site in topology.sites.items() if site.host}
+    problems = []
+    for pair in plan(topology, changed):
+        if pair.drop <= 0:
+            continue
+        if _ip(seen_from.get(pair.dst)) == address[pair.src]:
+            problems.append(f"{pair.dst} sees this machine at {address[pair.src]}, the address of {pair.src}, whose "
+                            f"packets the fault has {pair.dst} drop: the heal could not reach {pair.dst}; run from "
+                            "a machine that is none of the sites")
+        if _ip(via.get(pair.src)) == address[pair.dst]:
+            problems.append(f"this machine reaches {pair.src} through {pair.dst} (its route via "
+                            f"{address[pair.dst]}), which the fault has drop what {pair.src} sends: {pair.src}'s "
+                            f"answers could not come back; reach {pair.src} by a path that avoids the sites")
+    return sorted(set(problems))
+
+
+def _ip(text: str | None) -> str | None:
+    try:
+        return str(ipaddress.ip_address(text)) if text else None
+    except ValueError:
+        return text
+
+
 def receivers(topology: Topology, changed: dict[str, Direction]) -> set[str]:
     """The sites whose hosts take drop rules for these changes."""
     return {pair.dst for pair in plan(topology, changed) if pair.drop > 0}
@@ -162,14 +198,40 @@ def rules(topology: Topology, site: str, changed: dict[str, Direction], run_id: 
     return out
 
 
-def apply_script(run_id: str, lines: list[list[str]]) -> tuple[str, str]:
+def _timer_file(run_id: str) -> str:
+    """Where a host keeps the pid of the run's fault timer: one per host (per network namespace,
+    as the lab's hosts share one file system)."""
+    return f"{HOST_STATE}/{run_id}/fault-timer-$({HOST_IDENTITY})"
+
+
+def _timer_marker(run_id: str) -> str:
+    return f"ovl-fault-timer-{run_id}"
+
+
+def _stop_timer(run_id: str) -> str:
+    """Shell ending the run's fault timer on a host (its process group, by the pid it left,
+    and only while that pid is still the timer)."""
+    return (f't="{_timer_file(run_id)}"\nif [ -f "$t" ]; then p=$(cat "$t"); '
+            f"grep -qaF {_timer_marker(run_id)} /proc/$p/cmdline 2>/dev/null && kill -- -$p 2>/dev/null; "
+            'rm -f "$t"; fi')
+
+
+def apply_script(run_id: str, lines: list[list[str]], hold_s: float | None = None) -> tuple[str, str]:
     """Shell (run as root on the host) giving the fault chain exactly `lines`, jumped to
     first from the hook, and printing the host's wall clock (ns) once it holds; and the
-    iptables-restore input it reads from stdin."""
+    iptables-restore input it reads from stdin. With `hold_s`, the host removes the chain by
+    itself that many seconds later unless a later step replaces this one's timer."""
     name = chain(run_id)
     restore = f"*{TABLE}\n:{name} - [0:0]\n" + "".join(shlex.join(line) + "\n" for line in lines) + "COMMIT\n"
-    return (f"iptables-restore -w --noflush\niptables -w -t {TABLE} -C {HOOK} -j {name} 2>/dev/null || "
-            f"iptables -w -t {TABLE} -I {HOOK} 1 -j {name}\ndate +%s%N"), restore
+    script = (f"iptables-restore -w --noflush\niptables -w -t {TABLE} -C {HOOK} -j {name} 2>/dev/null || "
+              f"iptables -w -t {TABLE} -I {HOOK} 1 -j {name}\n")
+    if hold_s is not None:
+        expire = (f"sleep {max(1, round(hold_s))}; {_remove_chain(run_id)}\n"
+                  f'rm -f "{_timer_file(run_id)}"; rmdir {HOST_STATE}/{run_id} 2>/dev/null')
+        script += (f"{_stop_timer(run_id)}\n(umask 077; mkdir -p {HOST_STATE}/{run_id})\n"
+                   f"setsid sh -c {shlex.quote(expire)} {_timer_marker(run_id)} >/dev/null 2>&1 </dev/null &\n"
+                   'echo $! > "$t"\n')
+    return script + "date +%s%N", restore
 
 
 def netem_script(dev: str, classid: str, values: PathValues) -> str:
@@ -180,13 +242,18 @@ def netem_script(dev: str, classid: str, values: PathValues) -> str:
                         *values.netem()]) + "\ndate +%s%N")
 
 
-def remove_script(run_id: str) -> str:
-    """Shell removing the run's fault chain and its jump from a host; says `removed` if
-    there was one. Safe to run twice, and where there never was one."""
+def _remove_chain(run_id: str) -> str:
     name, table = chain(run_id), f"-t {TABLE}"
-    return (f"while iptables -w {table} -D {HOOK} -j {name} 2>/dev/null; do :; done\n"
+    return (f"while iptables -w {table} -D {HOOK} -j {name} 2>/dev/null; do :; done; "
             f"if iptables -w {table} -S {name} >/dev/null 2>&1; then iptables -w {table} -F {name} && "
             f"iptables -w {table} -X {name} && echo removed; fi")
+
+
+def remove_script(run_id: str) -> str:
+    """Shell removing the run's fault chain, its jump and its timer from a host (and the run's
+    directory there, once empty); says `removed` if there was a chain. Safe to run twice, and
+    where there never was one."""
+    return f"{_stop_timer(run_id)}\nrmdir {HOST_STATE}/{run_id} 2>/dev/null || :\n{_remove_chain(run_id)}"
 
 
 def heal_script(run_id: str) -> str:
@@ -201,9 +268,9 @@ def heal_script(run_id: str) -> str:
 # --- shaping ---------------------------------------------------------------------------------
 def qdisc_handle(run_id: str) -> str:
     """The major handle of the run's root qdisc on a host: from its id, so that teardown and
-    `clean` remove a root qdisc only while it is still the run's own."""
-    major = int(run_id[:4], 16)
-    return f"{major if 0 < major < 0xFFFF else 1:x}"  # 0 is no handle, ffff: is the ingress qdisc's
+    `clean` remove a root qdisc only while it is still the run's own. Always 0x1000 or more:
+    the netem under its classes take majors from 10 (hex) up, one per other site (netem_class)."""
+    return f"{0x1000 + int(run_id[:3], 16):x}"
 
 
 def remove_netem_script(dev: str, handle: str) -> str:

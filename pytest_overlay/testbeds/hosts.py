@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import shlex
+import socket
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -22,7 +23,13 @@ from ..paths import KNOWN_HOSTS
 from . import hostnet
 from .engines import LABEL
 
-HOST_STATE = "/run/pytest-overlay"
+# A host's own record of the runs on it (daemons, readings, fault timers, the lock), apart from
+# a controller's STATE_ROOT: where one machine is both (the lab), neither's clean takes the other's.
+HOST_STATE = "/run/pytest-overlay-host"
+# Shell printing which machine a command runs on, whatever name reached it: its machine id and
+# the network namespace the ssh server runs in (the lab's hosts share a machine, not a namespace).
+HOST_IDENTITY = ("echo $(cat /etc/machine-id 2>/dev/null || cat /proc/sys/kernel/random/boot_id)-"
+                 "$(stat -L -c %i /proc/self/ns/net)")
 HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
@@ -74,6 +81,21 @@ def host_run(host: RemoteHost, script: str, timeout: float | None = 60, input: s
     """`script` as root on the host, with binaries installed by hand (/usr/local) on PATH."""
     return procs.run(ssh_command(host, as_root(f"PATH={HOST_PATH}; export PATH\n{script}")), timeout=timeout,
                      input=input)
+
+
+def controller_path(host: RemoteHost) -> tuple[str | None, str | None]:
+    """How this machine reaches the host: the address the host's ssh server sees it at, and
+    the gateway of this machine's route to the host's ssh address (None: directly, or not
+    known)."""
+    seen = ssh_run(host, 'echo "$SSH_CONNECTION"', 30)
+    seen_as = seen.stdout.split()[0] if seen.ok and seen.stdout.split() else None
+    target = ssh_key_name(host).strip("[").split("]")[0]
+    try:
+        address = socket.getaddrinfo(target, None, proto=socket.IPPROTO_TCP)[0][4][0]
+    except OSError:
+        return seen_as, None
+    route = procs.run(["ip", "route", "get", address], timeout=10).stdout.split()
+    return seen_as, route[route.index("via") + 1] if "via" in route[:-1] else None
 
 
 @dataclass

@@ -18,7 +18,7 @@ from ..inputs.model import RemoteHost, Topology
 from ..paths import AGENTS
 from . import hostlinks, hostnet
 from .contract import HostNeeds
-from .hosts import HOST_PATH, ssh_command, ssh_options, ssh_run
+from .hosts import HOST_PATH, as_root, ssh_command, ssh_options, ssh_run
 
 MAX_CLOCK_SKEW_S = 1.0
 PORT_CHECK_S = 20.0
@@ -70,6 +70,8 @@ def over_ssh(topology: Topology, wanted: list[HostNeeds]) -> list[Check]:
         if tested.run("command -v python3").rc != 0:
             problems.append(Check(name, "no python3, needed to check the swarm ports", "apt-get install python3"))
         root = tested.run("test $(id -u) = 0 || sudo -n true").rc == 0
+        if root:
+            problems += other_runs_faults(name, tested.run(as_root("iptables-save -t raw 2>/dev/null || true")).stdout)
         if host.emulate:
             problems += emulation(name, host, tested, root)
         problems += overlay_needs(topology, name, wanted, tested, root)
@@ -134,6 +136,19 @@ def ranges(topology: Topology, name: str, wanted: list[HostNeeds], tested) -> li
                                             "would take its traffic or lose its own",
                                       "remove the route, or move the range (ranges: in the topology)"))
     return problems
+
+
+def other_runs_faults(name: str, iptables_save: str) -> list[Check]:
+    """A WAN fault another run left on the host (its chain in the raw table): the host still
+    drops what the sites it cut off send, so a run there would measure a broken WAN. (This
+    run holds the host's lock already: the fault's run is not live there.)"""
+    return [Check(name, f"still carries run {run_id}'s WAN fault ({hostlinks.chain(run_id)} in the raw table, "
+                        "dropping what arrives from the sites that fault cut off)",
+                  f"if run {run_id} is over, `python -m pytest_overlay clean --topology FILE` from the machine "
+                  f"that ran it (with --force from any other), or on the host: iptables -t raw -D PREROUTING -j "
+                  f"{hostlinks.chain(run_id)}; iptables -t raw -F {hostlinks.chain(run_id)}; "
+                  f"iptables -t raw -X {hostlinks.chain(run_id)}")
+            for run_id in sorted(hostlinks.runs_in(iptables_save))]
 
 
 def emulation(name: str, host: RemoteHost, tested, root: bool) -> list[Check]:

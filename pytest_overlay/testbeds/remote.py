@@ -34,6 +34,7 @@ from .hosts import (
     HOST_STATE,
     HostDaemon,
     as_root,
+    controller_path,
     host_run,
     record_host_network,
     recorded_key,
@@ -331,17 +332,28 @@ class RemoteTestbed(Testbed):
                     f"{(probed.stderr or probed.stdout).strip()[-160:] or 'iptables-restore not found'})")
             if self._iptables.get(site):
                 problems.append(self._iptables[site])
-        return "; ".join(problems) or None
+        return "; ".join(problems + self._controller_cut(changes)) or None
 
-    def impair(self, changes: dict[str, Direction], routed: dict[str, list[str]] | None = None) -> int:
+    def _controller_cut(self, changes: dict[str, Direction]) -> list[str]:
+        """Why the changes would cut this machine's own path to a host (hostlinks.controller_cut),
+        asked of each host a drop concerns, once per run."""
+        for pair in hostlinks.plan(self.topology, changes):
+            for site in (pair.src, pair.dst) if pair.drop > 0 else ():
+                if self.hosts[site].ssh and site not in self._paths:
+                    self._paths[site] = controller_path(self.hosts[site])
+        seen = {site: path[0] for site, path in self._paths.items()}
+        return hostlinks.controller_cut(self.topology, changes, seen, {s: p[1] for s, p in self._paths.items()})
+
+    def impair(self, changes: dict[str, Direction], routed: dict[str, list[str]] | None = None,
+               hold_s: float | None = None) -> int:
         """Apply a fault's step between the hosts: the run's iptables chain on each receiving
         host drops what the fault's loss asks for, from the far host's address and the
-        overlay's unencapsulated ranges there (`routed`); a delay step changes the sending
-        host's netem. Returns when it took effect, by the hosts' clocks: the first host to
-        hold a step that impairs more, the last to hold one that heals."""
+        overlay's unencapsulated ranges there (`routed`), and goes by itself after `hold_s`; a
+        delay step changes the sending host's netem. Returns when it took effect, by the hosts'
+        clocks: the first host to hold a step that impairs more, the last to hold one that heals."""
         after = {k: d for k, d in {**self.impaired, **changes}.items()
                  if d != hostlinks.topology_direction(self.topology, k)}
-        problems = hostlinks.unsupported(self.topology, after)
+        problems = hostlinks.unsupported(self.topology, after) + self._controller_cut(after)
         if problems:
             raise RemoteError("; ".join(problems))
         old = {(p.src, p.dst): p.now for p in hostlinks.plan(self.topology, self.impaired)}
@@ -357,7 +369,7 @@ class RemoteTestbed(Testbed):
                     self._save_state()
                 if not lines:
                     healed.append(site)
-                scripts[site] = [hostlinks.apply_script(self.run_id, lines) if lines else
+                scripts[site] = [hostlinks.apply_script(self.run_id, lines, hold_s) if lines else
                                  (hostlinks.heal_script(self.run_id), None)]
         handle = hostlinks.qdisc_handle(self.run_id)
         for src, dst in set(old) | set(new):
@@ -379,11 +391,11 @@ class RemoteTestbed(Testbed):
                 at = max(at, int(done.stdout.split()[-1]))
             return at
 
-        with concurrent.futures.ThreadPoolExecutor(max(1, len(scripts))) as pool:
-            stamps = list(pool.map(apply, scripts))
         # A fault begins at the first host that holds it; a heal is done at the last.
         took_effect = min if set(after) - set(self.impaired) else max
-        self.impaired = after
+        self.impaired = after  # first: a host that fails midway still gets the heal's netem
+        with concurrent.futures.ThreadPoolExecutor(max(1, len(scripts))) as pool:
+            stamps = list(pool.map(apply, scripts))
         if healed:
             self.faulted = [site for site in self.faulted if site not in healed]
             self._save_state()

@@ -23,7 +23,7 @@ from pytest_overlay import overlays, procs
 from pytest_overlay.inputs import topology
 from pytest_overlay.overlays import weave
 from pytest_overlay.paths import STATE_ROOT, find_binary
-from pytest_overlay.testbeds import hostlinks, hostlock, hostnet, hosts, remote
+from pytest_overlay.testbeds import hostlinks, hostlock, hostnet, hosts, remote, runs
 from pytest_overlay.testbeds.remote import RemoteTestbed
 
 from ..conftest import PYTEST, QUICK, ROOT, run_suites
@@ -601,20 +601,150 @@ def test_what_a_run_puts_on_a_host_is_for_root_only(shared_lab, tmp_path, clean_
 
 
 def test_clean_removes_a_killed_runs_fault_rules(shared_lab, clean_machine):
-    """A run killed in the middle of a cut leaves its chain on both hosts: `clean --topology`
-    finds it by the run id in its name, and removes it and its jumps, nothing else."""
+    """A cut whose run died with nobody left to remove it (a controller that vanished before its
+    timer was due, or a version before faults removed themselves): `clean --topology` finds
+    its chain by the run id in its name, and removes it, its jumps and its timer, nothing else."""
     out, a, b = shared_lab
+    topo = topology.load(out)
     before = {h.ssh: ssh(h, "iptables-save -t raw | grep -v '^#'").stdout for h in (a, b)}
-    bed = RemoteTestbed(topology.load(out))
-    bed.up()
-    cut = topology.load(out).links[0]
-    bed.impair({f"{d.src}->{d.dst}": dataclasses.replace(d, loss_pct=100) for d in (cut.forward, cut.reverse)})
+    run_id = runs.new_run_id()
+    (STATE_ROOT / run_id).mkdir(parents=True)
+    (STATE_ROOT / run_id / "lock").touch()  # nobody holds it: the run is over
+    (STATE_ROOT / run_id / "state.json").write_text(json.dumps({"run_id": run_id, "backend": "remote",
+                                                                "hosts": {"A": a.docker, "B": b.docker}}))
+    cut = topo.links[0]
+    changes = {f"{d.src}->{d.dst}": dataclasses.replace(d, loss_pct=100) for d in (cut.forward, cut.reverse)}
+    for site, host in (("A", a), ("B", b)):
+        script, restore = hostlinks.apply_script(run_id, hostlinks.rules(topo, site, changes, run_id), hold_s=300)
+        hosts.host_run(host, script, 60, input=restore).check()
     assert ssh(a, f"ping -c 1 -W 1 {b.address}").returncode != 0
-    assert f"-A PREROUTING -j OVL-FAULT-{bed.run_id}" in fault_rules(a) and fault_rules(b)
-    for host_lock in bed.host_locks:  # the run dies: its locks go with it, its rules stay
-        host_lock.release()
-    bed._lock.close()
+    assert f"-A PREROUTING -j OVL-FAULT-{run_id}" in fault_rules(a) and fault_rules(b)
     swept = clean_hosts(out)
-    assert f"host A: removed run {bed.run_id}'s WAN fault rules (OVL-FAULT-{bed.run_id})" in swept.stdout, swept.stdout
+    assert f"host A: removed run {run_id}'s WAN fault rules (OVL-FAULT-{run_id})" in swept.stdout, swept.stdout
     assert {h.ssh: ssh(h, "iptables-save -t raw | grep -v '^#'").stdout for h in (a, b)} == before
     assert ssh(a, f"ping -c 1 -W 1 {b.address}").returncode == 0
+    assert ssh(a, f"ls {hosts.HOST_STATE}/{run_id}").returncode != 0  # the timers and their files gone
+
+
+# A run that cuts A-B for 300 s (its drops held by the hosts' firewalls) and waits to be killed.
+CUTTER = """
+import dataclasses, sys, time
+from pathlib import Path
+from pytest_overlay.inputs import topology
+from pytest_overlay.testbeds.remote import RemoteTestbed
+topo = topology.load(sys.argv[1])
+bed = RemoteTestbed(topo, state_root=Path(sys.argv[2]))
+bed.up()
+cut = topo.links[0]
+bed.impair({f"{d.src}->{d.dst}": dataclasses.replace(d, loss_pct=100) for d in (cut.forward, cut.reverse)},
+           hold_s=330)
+print("cut", bed.run_id, flush=True)
+time.sleep(600)
+"""
+
+
+def firewall(host: topology.RemoteHost) -> dict[str, list[str]]:
+    """The host's iptables: per table with a rule or chain of its own, its lines without
+    counters (a table the kernel made empty on first use is no change)."""
+    shown = ssh(host, "iptables-save")
+    assert shown.returncode == 0, shown.stderr
+    tables = {}
+    for block in shown.stdout.split("*")[1:]:
+        name, *lines = [re.sub(r" \[\d+:\d+\]$", "", line) for line in block.splitlines()
+                        if line and not line.startswith("#") and line != "COMMIT"]
+        if any(not re.fullmatch(r":[A-Z]+ ACCEPT", line) for line in lines):
+            tables[name] = lines
+    return tables
+
+
+def start_cut(out: Path, state_root: Path) -> tuple[subprocess.Popen, str]:
+    """A run holding a cut between the lab's hosts: its process and its run id."""
+    run = subprocess.Popen([sys.executable, "-c", CUTTER, str(out), str(state_root)], cwd=ROOT,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    said = run.stdout.readline().split()
+    if said[:1] != ["cut"]:
+        run.kill()
+        pytest.fail(f"the cutting run did not cut: {said} {run.communicate(timeout=60)[1][-2000:]}")
+    return run, said[1]
+
+
+def test_a_fault_whose_run_is_killed_removes_itself_from_the_hosts(shared_lab, tmp_path, clean_machine):
+    """SIGKILL in the middle of a 300 s cut, with no teardown and no `clean`: the lock sessions'
+    far ends see their input close and remove the run's chain and its timer, so that A and B
+    reach each other again within 60 s. The `clean --topology` that follows leaves both
+    hosts' firewalls exactly as they were before the run."""
+    out, a, b = shared_lab
+    before = {h.ssh: firewall(h) for h in (a, b)}
+    run, run_id = start_cut(out, STATE_ROOT)
+    try:
+        assert ssh(a, f"ping -c 1 -W 1 {b.address}").returncode != 0
+        timers = ssh(a, f"cat {hosts.HOST_STATE}/{run_id}/fault-timer-*").stdout.split()
+        assert len(timers) == 2, timers  # one per host: the lab's hosts share a file system
+    finally:
+        run.kill()
+        run.wait()
+    killed = time.monotonic()
+    while ssh(a, f"ping -c 1 -W 1 {b.address}").returncode != 0 and time.monotonic() - killed < 60:
+        time.sleep(0.2)
+    took = time.monotonic() - killed
+    assert took < 60 and ssh(b, f"ping -c 1 -W 1 {a.address}").returncode == 0
+    assert fault_rules(a) == fault_rules(b) == ""
+    assert all(ssh(a, f"test -d /proc/{pid} && ! grep -q '^State:.*Z' /proc/{pid}/status").returncode != 0
+               for pid in timers), "a fault timer outlived its fault"
+    clean_hosts(out)
+    assert {h.ssh: firewall(h) for h in (a, b)} == before
+    print(f"reached each other again {took:.1f} s after SIGKILL")
+
+
+def test_a_fault_timer_removes_a_fault_whose_controller_vanished(shared_lab, tmp_path, clean_machine):
+    """A controller gone without closing its sessions (a crash, a cut cable) leaves nothing to
+    close the lock's input: the step's own timer removes the chain at its hold."""
+    out, a, b = shared_lab
+    bed = RemoteTestbed(topology.load(out), state_root=tmp_path)
+    bed.up()
+    try:
+        cut = bed.topology.links[0]
+        bed.impair({f"{d.src}->{d.dst}": dataclasses.replace(d, loss_pct=100) for d in (cut.forward, cut.reverse)},
+                   hold_s=2)
+        assert ssh(a, f"ping -c 1 -W 1 {b.address}").returncode != 0
+        deadline = time.monotonic() + 30
+        while fault_rules(a) + fault_rules(b) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        assert fault_rules(a) == fault_rules(b) == "" and ssh(a, f"ping -c 1 -W 1 {b.address}").returncode == 0
+    finally:
+        bed.down()
+
+
+def test_one_machine_is_one_lock_whatever_name_reaches_it(shared_lab, clean_machine):
+    """Host A named as two hosts (another address): a second run on it is refused, naming the
+    first; the same run naming it twice is told a machine is one site only."""
+    out, a, b = shared_lab
+    other_name = dataclasses.replace(a, address="198.18.77.77")
+    first = hostlock.HostLock(a, "f00d03")
+    assert first.acquire() is None
+    try:
+        assert re.match(r"in use by another pytest-overlay: run f00d03 from ", hostlock.HostLock(other_name, "f00d04")
+                        .acquire() or "")
+        assert "is the machine another site of this run holds already" in (
+            hostlock.HostLock(other_name, "f00d03").acquire() or "")
+        free = hostlock.HostLock(b, "f00d04")
+        assert free.acquire() is None  # B is another machine (its own namespace)
+        free.release()
+    finally:
+        first.release()
+
+
+def test_the_preflight_refuses_a_host_that_carries_another_runs_fault(shared_lab, tmp_path, clean_machine):
+    """A chain a dead run left on B (as one killed before this version removed its own): the
+    next run is refused before anything is made, naming the run and how to remove it."""
+    out, a, b = shared_lab
+    chain = hostlinks.chain("0badc0")
+    assert ssh(b, f"iptables -t raw -N {chain} && iptables -t raw -I PREROUTING -j {chain}").returncode == 0
+    try:
+        bed = RemoteTestbed(topology.load(out), state_root=tmp_path)
+        with pytest.raises(remote.RemoteError, match=r"B: still carries run 0badc0's WAN fault \(OVL-FAULT-0badc0 "):
+            with bed:
+                pass
+        assert "ovl" not in docker_on(b, "ps", "-a", "--format", "{{.Names}}").stdout
+    finally:
+        ssh(b, f"iptables -t raw -D PREROUTING -j {chain}; iptables -t raw -X {chain}")

@@ -108,6 +108,7 @@ class Calls:
 def test_a_remote_testbed_applies_a_fault_and_heals_it_host_by_host(line, tmp_path, monkeypatch):
     calls = Calls()
     monkeypatch.setattr(remote, "host_run", calls)
+    monkeypatch.setattr(remote, "controller_path", lambda host: ("198.51.100.7", None))
     bed = remote.RemoteTestbed(line, state_root=tmp_path)
     bed.run_dir.mkdir()
     fault = line.faults["cut-A-B"]
@@ -132,6 +133,7 @@ def test_a_remote_testbed_applies_a_fault_and_heals_it_host_by_host(line, tmp_pa
 def test_a_delay_step_changes_the_netem_of_the_emulating_hosts(line, tmp_path, monkeypatch):
     calls = Calls()
     monkeypatch.setattr(remote, "host_run", calls)
+    monkeypatch.setattr(remote, "controller_path", lambda host: ("198.51.100.7", None))
     bed = remote.RemoteTestbed(line, state_root=tmp_path)
     bed.run_dir.mkdir()
     with pytest.raises(remote.RemoteError, match="from B to A"):  # B does not emulate
@@ -170,9 +172,83 @@ def test_emulation_gives_each_destination_its_path(tmp_path):
     assert "tc class add dev eth0 parent 1: classid 1:11 htb rate 100mbit" in commands
     assert "tc qdisc add dev eth0 parent 1:11 handle 11: netem limit 100000 delay 15ms 0.5ms loss 1.99%" in commands
     marked = [" ".join(c) for c in hostlinks.netem_commands(topo, "A", topo.sites["A"].host, hostlinks.qdisc_handle("3714ed"))]
-    assert marked[0] == "tc qdisc replace dev eth0 root handle 3714: htb default 1"  # the run's, as clean checks
-    assert all("1:" not in c.replace("11:", "").replace("10:", "") for c in marked if "parent" in c)
-    assert hostlinks.qdisc_handle("0000ab") == "1"
+    assert marked[0] == "tc qdisc replace dev eth0 root handle 1371: htb default 1"  # the run's, as clean checks
+    assert all(" parent 1:" not in c for c in marked) and all(" parent 1371:" in c for c in marked[1:])
+
+
+def test_the_runs_root_handle_is_never_one_of_its_netem_handles():
+    """The root's major comes from the run id; the netem under its classes take 10: and up,
+    one per other site (at most 199): run 0010ab once got root 10:, the netem's own handle."""
+    children = {int(hostlinks.netem_class(_star(200), "S0", other, "1").split(":")[1], 16)
+                for other in [f"S{i}" for i in range(1, 200)]}
+    roots = {int(hostlinks.qdisc_handle(f"{prefix:03x}abc"), 16) for prefix in range(0x1000)}
+    assert not roots & children and min(roots) > 0 and max(roots) < 0xFFFF
+    assert hostlinks.qdisc_handle("0010ab") != "10"
+
+
+def _star(n: int) -> topology.Topology:
+    sites = {f"S{i}": {"host": {"ssh": f"root@10.0.{i // 250}.{i % 250 + 1}"}} for i in range(n)}
+    links = [{"between": ["S0", f"S{i}"], "rtt_ms": 10} for i in range(1, n)]
+    return topology.parse({"name": "star", "sites": sites, "links": links}, "star.yaml")
     assert hosts.as_root("tc qdisc del dev eth0 root") == (
         "if [ \"$(id -u)\" -eq 0 ]; then sh -ec 'tc qdisc del dev eth0 root'; "
         "else sudo -n sh -ec 'tc qdisc del dev eth0 root'; fi")
+
+
+def test_a_fault_that_would_cut_this_machines_own_path_to_a_host_is_refused(line, tmp_path, monkeypatch):
+    """The controller seen by B at A's address (it is site A, or NATed through it), or reaching
+    A through B: a cut of A-B would have B drop the heal, or A's answers; refused before any
+    host is touched, naming the address or the route. A cut elsewhere goes ahead."""
+    calls = Calls()
+    monkeypatch.setattr(remote, "host_run", calls)
+    paths = {"192.0.2.1": ("192.0.2.1", None), "192.0.2.2": ("192.0.2.1", None), "192.0.2.3": ("192.0.2.1", None)}
+    monkeypatch.setattr(remote, "controller_path", lambda host: paths[host.address])
+    bed = remote.RemoteTestbed(line, state_root=tmp_path)
+    bed.run_dir.mkdir()
+    cut = line.faults["cut-A-B"].faulty()
+    why = bed.fault_unsupported(cut)
+    assert "B sees this machine at 192.0.2.1, the address of A, whose packets the fault has B drop" in why
+    with pytest.raises(remote.RemoteError, match="the heal could not reach B"):
+        bed.impair(cut)
+    assert not [s for _, s, _ in calls.made if s.startswith("iptables-restore")] and bed.faulted == []
+    bed2 = remote.RemoteTestbed(line, state_root=tmp_path)
+    paths.update({"192.0.2.1": ("198.51.100.7", "192.0.2.2"), "192.0.2.2": ("198.51.100.7", None),
+                  "192.0.2.3": ("198.51.100.7", None)})
+    assert "this machine reaches A through B (its route via 192.0.2.2)" in bed2.fault_unsupported(cut)
+    loss = line.faults["loss-B-C"].faulty()  # neither B nor C is on this machine's way to the other
+    assert bed2.fault_unsupported(loss) is None
+
+
+def test_a_host_that_fails_a_fault_step_still_gets_the_heals_netem(line, tmp_path, monkeypatch):
+    """C's ssh fails as the reroute goes on: the step fails, but the heal still sets C's netem
+    back (it may have taken the step before failing to answer)."""
+    calls = Calls()
+    failing = {"192.0.2.3"}
+
+    def flaky(host, script, timeout=60, input=None):
+        done = calls(host, script, timeout, input)
+        return remote.procs.CommandResult(["ssh"], 255, "", "Connection reset") if host.address in failing else done
+
+    monkeypatch.setattr(remote, "host_run", flaky)
+    bed = remote.RemoteTestbed(line, state_root=tmp_path)
+    bed.run_dir.mkdir()
+    reroute = line.faults["reroute-B-C"]
+    with pytest.raises(remote.RemoteError, match="host C: the fault's step failed"):
+        bed.impair({"C->B": reroute.faulty()["C->B"]})
+    failing.clear()
+    calls.made.clear()
+    bed.impair(reroute.healthy())
+    handle = hostlinks.qdisc_handle(bed.run_id)
+    assert sorted((a, s.splitlines()[0]) for a, s, _ in calls.made) == [
+        ("192.0.2.3", f"tc qdisc change dev ens3 parent {handle}:10 handle 10: netem limit 100000 delay 15ms loss 1%"),
+        ("192.0.2.3", f"tc qdisc change dev ens3 parent {handle}:11 handle 11: netem limit 100000 delay 5ms loss 1%")]
+
+
+def test_a_fault_step_asks_the_host_to_remove_it_by_itself_after_its_hold():
+    """The chain's timer: started in its own session with the run's marker, replacing the
+    last step's, its pid kept where the heal and the lock's far end find it."""
+    script, _ = hostlinks.apply_script("abc123", [["-A", "OVL-FAULT-abc123", "-j", "DROP"]], hold_s=42.4)
+    assert "setsid sh -c 'sleep 42; while iptables -w -t raw -D PREROUTING -j OVL-FAULT-abc123" in script
+    assert "ovl-fault-timer-abc123 >/dev/null 2>&1 </dev/null &" in script
+    assert script.index("kill -- -$p") < script.index("setsid")  # the last step's timer goes first
+    assert "kill -- -$p" in hostlinks.remove_script("abc123") and "kill" not in hostlinks.apply_script("abc123", [])[0]

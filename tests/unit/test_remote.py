@@ -134,7 +134,7 @@ def test_a_hosts_network_is_read_before_the_overlays_first_daemon_there(tmp_path
     ops.start("A", "etcd-A", ["etcd"])
     ops.start("A", "flanneld-A", ["flanneld"], own_pid_namespace=True)
     ops.start("B", "flanneld-B", ["flanneld"])
-    run = f"/run/pytest-overlay/{bed.run_id}/host"
+    run = f"/run/pytest-overlay-host/{bed.run_id}/host"
     assert done == [("read", "A", "flannel-udp", "10.200.0.0/16"), ("start", "etcd-A", "etcd", f"{run}/etcd-A"),
                     ("start", "flanneld-A", "unshare", f"{run}/flanneld-A"),
                     ("read", "B", "flannel-udp", "10.200.0.0/16"), ("start", "flanneld-B", "flanneld", f"{run}/flanneld-B")]
@@ -181,3 +181,13 @@ def test_a_swarm_leave_that_times_out_is_tried_again_before_it_is_an_error():
     assert said.startswith("host ZED: still in the swarm the run made (node k2hz1b5g7sq3, state active) after ")
     assert "context deadline exceeded" in said and "docker swarm leave --force" in said and stuck.leaves > 1
 
+
+def test_the_preflight_refuses_a_host_that_still_carries_another_runs_fault():
+    """A killed run's cut, as `iptables-save -t raw` shows it on the host: named, with the
+    run, the chain and both ways to remove it; a host with only others' raw chains passes."""
+    saved = ("*raw\n:PREROUTING ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:OVL-FAULT-3f09aa - [0:0]\n:CNI-RAW - [0:0]\n"
+             "-A PREROUTING -j OVL-FAULT-3f09aa\n-A OVL-FAULT-3f09aa -s 198.18.0.2/32 -j DROP\nCOMMIT\n")
+    (check,) = preflight.other_runs_faults("B", saved)
+    assert str(check).startswith("B: still carries run 3f09aa's WAN fault (OVL-FAULT-3f09aa in the raw table")
+    assert "clean --topology FILE" in check.fix and "iptables -t raw -X OVL-FAULT-3f09aa" in check.fix
+    assert preflight.other_runs_faults("B", saved.replace("OVL-FAULT-3f09aa", "CNI-XYZ")) == []
