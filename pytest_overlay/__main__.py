@@ -90,8 +90,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"clean: {e}", file=sys.stderr)
                 return 2
             cleaned = hostclean.clean_hosts(hosts, kinds.footprint, report=print, force=args.force)
-            print(f"clean: {cleaned} run(s) cleaned on the hosts of {args.topology}")
-        removed = runs.sweep(report=print, cleaners=[engines.remove_run_files, lab.remove_bridge], force=args.force)
+            print(f"clean: {cleaned.runs} run(s) cleaned on the hosts of {args.topology}")
+        removed = runs.sweep(report=print, cleaners=[engines.remove_run_files, lab.remove_bridge], force=args.force,
+                             keep=cleaned.kept if args.topology else set())
         print(f"clean: {removed} namespace(s) of runs that are over removed")
     if args.command == "study":
         from .report import study as reproduction

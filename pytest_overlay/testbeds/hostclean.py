@@ -6,6 +6,7 @@ found on the hosts by the run id and removed once this machine proves the run ov
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -19,19 +20,24 @@ from .hosts import HOST_STATE, FootprintOf, end_host_daemons, host_run
 from .runs import RUN_ID, may_remove
 
 
-def swarm_to_leave(engines: dict[str, RemoteEngine], state: dict, held: dict[str, str],
-                   report: Callable[[str], None]) -> set[str]:
+@dataclass
+class Cleaned:
+    """What `clean --topology` did: the runs whose leftovers it removed, and those whose state
+    on this machine it keeps (a host held by a live run was skipped, or an undo failed there),
+    so that the next `clean --topology` finds them again without --force."""
+
+    runs: int = 0
+    kept: set[str] = field(default_factory=set)
+
+
+def swarm_to_leave(engines: dict[str, RemoteEngine], state: dict, report: Callable[[str], None]) -> set[str]:
     """The hosts a killed run's swarm may be left on: those still the very node the run made
-    them (their node id as recorded), and not held by a live run (which may use the swarm);
-    `held` says why each held host is."""
+    them (their node id as recorded)."""
     if not state.get("swarm_created"):
         return set()
     nodes = (state.get("swarm") or {}).get("nodes", {})
     leave = set()
     for name, engine in engines.items():
-        if name in held:
-            report(f"host {name}: {held[name]}; its swarm is left as it is")
-            continue
         try:
             node = engine.client.info().get("Swarm", {}).get("NodeID") or ""
         except Exception as e:  # noqa: BLE001
@@ -48,16 +54,37 @@ def swarm_to_leave(engines: dict[str, RemoteEngine], state: dict, held: dict[str
 
 
 def clean_hosts(topology: Topology, footprint_of: FootprintOf, report: Callable[[str], None] = print,
-                force: bool = False, state_root: Path | None = None) -> int:
+                force: bool = False, state_root: Path | None = None) -> Cleaned:
     """Remove, on the topology's hosts, the containers, networks and WAN fault rules of runs
     that are over (their lock on this machine is free), and leave a swarm such a run made;
     what an overlay's daemons added to a host's network is undone by its footprint
-    (`footprint_of`: the overlay's name -> what it adds). A run with no state here cannot be
-    proven over and is left alone unless `force`. Returns how many runs."""
+    (`footprint_of`: the overlay's name -> what it adds). A host a live run holds is never
+    touched, with or without `force`. A run with no state here cannot be proven over and is
+    left alone unless `force`."""
     root = state_root or STATE_ROOT
+    locks, held = [], set()  # a host a live run holds (or whose lock could not be asked) is skipped
+    for name, site in topology.sites.items():
+        if site.host is None or not site.host.ssh:
+            continue
+        lock = HostLock(site.host, "clean")
+        refused = lock.acquire()
+        if refused is None:
+            locks.append(lock)
+        else:
+            held.add(name)
+            report(f"host {name}: skipped, not touched: {refused}")
+    try:
+        return _clean_free_hosts(topology, footprint_of, report, force, root, held)
+    finally:
+        for lock in locks:
+            lock.release()
+
+
+def _clean_free_hosts(topology: Topology, footprint_of: FootprintOf, report: Callable[[str], None], force: bool,
+                      root: Path, held: set[str]) -> Cleaned:
     engines = {}
     for name, site in topology.sites.items():
-        if site.host is None or not site.host.docker:
+        if site.host is None or not site.host.docker or name in held:
             continue
         engine = RemoteEngine(name, "", site.host.address, "", None, host=site.host)
         try:
@@ -70,33 +97,27 @@ def clean_hosts(topology: Topology, footprint_of: FootprintOf, report: Callable[
     for engine in engines.values():
         found |= {c.labels.get(LABEL) for c in engine.client.containers.list(all=True, filters={"label": LABEL})}
         found |= {n.attrs.get("Labels", {}).get(LABEL) for n in engine.client.networks.list(filters={"label": LABEL})}
-    ssh_hosts = {name: site.host for name, site in topology.sites.items() if site.host is not None and site.host.ssh}
+    ssh_hosts = {name: site.host for name, site in topology.sites.items()
+                 if site.host is not None and site.host.ssh and name not in held}
     for name, host in ssh_hosts.items():  # runs that started daemons there
-        listed = host_run(host, f"ls -d {HOST_STATE}/*/host/*/pid 2>/dev/null || true", 60)
-        found |= {line.split("/")[-4] for line in listed.stdout.split() if RUN_ID.match(line.split("/")[-4])}
+        listed = host_run(host, f"ls -d {HOST_STATE}/*/host/*/pid {HOST_STATE}/*/host/net-*.before 2>/dev/null "
+                                "|| true", 60)
+        found |= {run for path in listed.stdout.split() if RUN_ID.match(run := path[len(HOST_STATE) + 1:][:6])}
     fault_chains: dict[str, list[str]] = {}  # run id -> hosts holding its WAN fault's chain
     for name, host in ssh_hosts.items():
         saved = host_run(host, f"iptables-save -t {hostlinks.TABLE} 2>/dev/null || true", 60).stdout
         for run_id in hostlinks.runs_in(saved):
             fault_chains.setdefault(run_id, []).append(name)
     found |= set(fault_chains)
-    locks, held = [], {}  # hosts a live run holds (or whose lock could not be asked): their swarm stays
-    for name, host in ssh_hosts.items():
-        lock = HostLock(host, "clean")
-        refused = lock.acquire()
-        if refused is None:
-            locks.append(lock)
-        else:
-            held[name] = refused
     endpoints = {h.docker for h in ssh_hosts.values()}
-    for state_file in root.glob("*/state.json"):  # runs killed once netem was on, before any container
+    for state_file in root.glob("*/state.json"):  # runs killed before any container, or cleaned in part
         try:
             state = json.loads(state_file.read_text())
         except (OSError, ValueError):
             continue
-        if state.get("emulated") and endpoints & set((state.get("hosts") or {}).values()):
+        if state.get("backend") == "remote" and endpoints & set((state.get("hosts") or {}).values()):
             found.add(state_file.parent.name)
-    cleaned = 0
+    done = Cleaned()
     for run_id in sorted(r for r in found if r):
         if not may_remove(run_id, root / run_id, force, report, "on the hosts"):
             continue
@@ -104,28 +125,32 @@ def clean_hosts(topology: Topology, footprint_of: FootprintOf, report: Callable[
             state = json.loads((root / run_id / "state.json").read_text())
         except (OSError, ValueError):
             state = {}
-        leave = swarm_to_leave(engines, state, held, report)
-        for error in remove_run(engines, run_id, leave, set(state.get("gwbridge_made") or [])):
-            report(error)
+        failed: list[str] = []
+        leave = swarm_to_leave(engines, state, report)
+        failed += remove_run(engines, run_id, leave, set(state.get("gwbridge_made") or []))
         emulated = {n: ssh_hosts[n] for n in (state.get("emulated") or {}) if n in ssh_hosts}
-        for error in hostlinks.remove_netem(emulated, run_id, report):
-            report(error)
+        failed += hostlinks.remove_netem(emulated, run_id, report)
         for name in fault_chains.get(run_id, []):
             removed = host_run(ssh_hosts[name], hostlinks.remove_script(run_id), 60)
-            report(f"host {name}: removed run {run_id}'s WAN fault rules ({hostlinks.chain(run_id)})" if removed.ok
-                   else f"host {name}: run {run_id}'s WAN fault rules not removed: "
-                        f"{(removed.stderr or removed.stdout).strip()[-200:]}")
-        ended, failed = end_host_daemons(ssh_hosts, run_id, footprint_of)
+            if removed.ok:
+                report(f"host {name}: removed run {run_id}'s WAN fault rules ({hostlinks.chain(run_id)})")
+            else:
+                failed.append(f"host {name}: run {run_id}'s WAN fault rules not removed: "
+                              f"{(removed.stderr or removed.stdout).strip()[-200:]}")
+        ended, undone = end_host_daemons(ssh_hosts, run_id, footprint_of)
+        failed += undone
         for name, daemons in ended.items():
             for daemon in daemons:
                 report(f"host {name}: ended {daemon} of run {run_id}")
         for failure in failed:
-            report(f"{failure} (run {run_id}; its state on the host is kept for another clean)")
-        report(f"removed what run {run_id} left on {', '.join(engines)}"
+            report(failure)
+        report(f"removed what run {run_id} left on {', '.join(sorted(set(engines) | set(ssh_hosts)))}"
                + (f"; left the swarm it made on {', '.join(sorted(leave))}" if leave else ""))
-        cleaned += 1
+        if failed or held:
+            done.kept.add(run_id)
+            report(f"run {run_id}: its state here is kept for another `clean --topology` "
+                   f"({'hosts skipped: ' + ', '.join(sorted(held)) if held else 'not everything was undone'})")
+        done.runs += 1
     for engine in engines.values():
         engine.client.close()
-    for lock in locks:
-        lock.release()
-    return cleaned
+    return done

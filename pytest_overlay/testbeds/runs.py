@@ -127,7 +127,8 @@ def may_remove(run_id: str, run_dir: Path, force: bool, report: Callable[[str], 
 
 
 def sweep(state_root: Path | None = None, report: Callable[[str], None] = print,
-          cleaners: list[Callable[[str, Path], None]] = (), force: bool = False, only: str | None = None) -> int:
+          cleaners: list[Callable[[str, Path], None]] = (), force: bool = False, only: str | None = None,
+          keep: set[str] = frozenset()) -> int:
     """Remove what runs that are over left: their processes, namespaces and files.
 
     A run is over when its lock (held for the run's whole life) can be taken: the kernel
@@ -135,7 +136,8 @@ def sweep(state_root: Path | None = None, report: Callable[[str], None] = print,
     lock: another state directory, an older version, or a foreign name that merely looks
     like ours) is left alone unless `force`. Its processes are those it recorded, those in
     its namespaces and those in cgroups named after it; `cleaners` (from the layers above)
-    remove the rest of what they made for a run id. `only` limits the sweep to one run.
+    remove the rest of what they made for a run id. `only` limits the sweep to one run;
+    the runs in `keep` are left with their state (their hosts are not clean yet).
     """
     root = state_root or STATE_ROOT
     run_dirs = {d.name: d for d in (sorted(root.glob("*")) if root.exists() else []) if RUN_ID.match(d.name)}
@@ -147,7 +149,7 @@ def sweep(state_root: Path | None = None, report: Callable[[str], None] = print,
     cgroups = {m.group(1) for m in (OUR_NETNS.match(d.name) for d in procs.cgroup_dirs("ovl")) if m}
     removed = 0
     for run_id in sorted(set(run_dirs) | set(namespaces) | cgroups):
-        if only is not None and run_id != only:
+        if (only is not None and run_id != only) or run_id in keep:
             continue
         what = ", ".join(namespaces.get(run_id, [])) or ("files only" if run_id in run_dirs else "cgroups only")
         if not may_remove(run_id, root / run_id, force, report, what):

@@ -266,9 +266,9 @@ def clean_hosts(out: Path) -> subprocess.CompletedProcess:
 
 
 def test_clean_removes_what_a_killed_run_left_on_the_hosts(shared_lab, tmp_path, clean_machine):
-    """A killed run's containers, networks and swarm go; but not the swarm on a host a live
-    run holds (it may be using that swarm), nor on a host that is no longer the node the run
-    made it."""
+    """A killed run's containers, networks and swarm go, but nothing on a host a live run
+    holds (it may be using that swarm): the killed run's state here stays, so that once the
+    live run is over a second `clean --topology`, without --force, finishes the job."""
     out, a, b = shared_lab
     output = kill_mid_run(out, b, "libnetwork")
     assert "ovl" in docker_on(b, "ps", "-a", "--format", "{{.Names}}").stdout, output
@@ -280,11 +280,16 @@ def test_clean_removes_what_a_killed_run_left_on_the_hosts(shared_lab, tmp_path,
         holder.kill()
         holder.wait()
     assert "clean: 1 run(s) cleaned" in swept.stdout and "left the swarm it made on B" in swept.stdout, swept.stdout
-    assert re.search(r"host A: in use by another pytest-overlay: run f00d01 .*; its swarm is left as it is", swept.stdout)
+    assert re.search(r"host A: skipped, not touched: in use by another pytest-overlay: run f00d01 ", swept.stdout)
+    assert re.search(r"run \w{6}: its state here is kept for another `clean --topology` \(hosts skipped: A\)",
+                     swept.stdout), swept.stdout
+    states = {h.ssh: docker_on(h, "info", "--format", "{{.Swarm.LocalNodeState}}").stdout.split() for h in (a, b)}
+    assert states == {a.ssh: ["active"], b.ssh: ["inactive"]}
+    again = clean_hosts(out)  # the live run over: A's part, without --force
+    assert "clean: 1 run(s) cleaned" in again.stdout and "left the swarm it made on A" in again.stdout, again.stdout
     states = {h.ssh: docker_on(h, "info", "--format", "{{.Swarm.LocalNodeState}} {{.Containers}}").stdout.split()
               for h in (a, b)}
-    assert states == {a.ssh: ["active", "0"], b.ssh: ["inactive", "0"]}
-    assert docker_on(a, "swarm", "leave", "--force").returncode == 0  # the lab as it was, for the next test
+    assert states == {a.ssh: ["inactive", "0"], b.ssh: ["inactive", "0"]}
 
 
 def test_a_host_whose_docker_api_fails_in_teardown_stops_no_other_step(shared_lab, clean_machine):
@@ -732,6 +737,32 @@ def test_one_machine_is_one_lock_whatever_name_reaches_it(shared_lab, clean_mach
         free.release()
     finally:
         first.release()
+
+
+def test_clean_with_force_leaves_a_live_runs_hosts_alone(shared_lab, tmp_path, clean_machine):
+    """A live run from another controller (its state out of this machine's sight) holds both
+    hosts with a cut on and a container: `clean --topology --force` skips both hosts, naming
+    the holder; the run's chain and container stay, and its own teardown then removes them."""
+    out, a, b = shared_lab
+    bed = RemoteTestbed(topology.load(out), state_root=tmp_path)
+    bed.up()
+    try:
+        cut = bed.topology.links[0]
+        bed.impair({f"{d.src}->{d.dst}": dataclasses.replace(d, loss_pct=100) for d in (cut.forward, cut.reverse)},
+                   hold_s=300)
+        bed.underlay_endpoint("A")
+        rules = {h.ssh: fault_rules(h) for h in (a, b)}
+        swept = subprocess.run([sys.executable, "-m", "pytest_overlay", "clean", "--topology", str(out), "--force"],
+                               cwd=ROOT, capture_output=True, text=True, timeout=180)
+        assert swept.returncode == 0, swept.stderr
+        for site in "AB":
+            assert re.search(rf"host {site}: skipped, not touched: in use by another pytest-overlay: run "
+                             rf"{bed.run_id} ", swept.stdout), swept.stdout
+        assert {h.ssh: fault_rules(h) for h in (a, b)} == rules and rules[a.ssh]
+        assert f"ovl{bed.run_id}-A-host" in docker_on(a, "ps", "--format", "{{.Names}}").stdout
+    finally:
+        bed.down()
+    assert fault_rules(a) == fault_rules(b) == ""
 
 
 def test_the_preflight_refuses_a_host_that_carries_another_runs_fault(shared_lab, tmp_path, clean_machine):
