@@ -8,7 +8,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
 import re
+import signal
 import socket
 import ssl
 import subprocess
@@ -779,3 +781,43 @@ def test_the_preflight_refuses_a_host_that_carries_another_runs_fault(shared_lab
         assert "ovl" not in docker_on(b, "ps", "-a", "--format", "{{.Names}}").stdout
     finally:
         ssh(b, f"iptables -t raw -D PREROUTING -j {chain}; iptables -t raw -X {chain}")
+
+
+# A run holding host A that, on Ctrl-C, takes 5 s over its teardown before it lets go.
+INTERRUPTED = """
+import signal, sys, time
+from pytest_overlay.testbeds import hostlock
+from pytest_overlay.inputs import topology
+lock = hostlock.HostLock(topology.load(sys.argv[1]).sites["A"].host, "f00d05")
+assert lock.acquire() is None
+def teardown(*_):
+    print("tearing down", flush=True)
+    time.sleep(5)
+    lock.release()
+    sys.exit(0)
+signal.signal(signal.SIGINT, teardown)
+print("held", flush=True)
+time.sleep(600)
+"""
+
+
+def test_a_ctrl_c_leaves_the_hosts_held_until_teardown_is_done(shared_lab, clean_machine):
+    """Ctrl-C sends SIGINT to the whole foreground process group: the run's ssh sessions must
+    not be in it, or the hosts are free (and a fault's chain gone) while teardown still runs."""
+    out, a, b = shared_lab
+    run = subprocess.Popen([sys.executable, "-c", INTERRUPTED, str(out)], cwd=ROOT, stdout=subprocess.PIPE,
+                           text=True, start_new_session=True)
+    try:
+        assert run.stdout.readline().strip() == "held"
+        os.killpg(run.pid, signal.SIGINT)  # as a terminal's Ctrl-C does
+        assert run.stdout.readline().strip() == "tearing down"
+        time.sleep(1)
+        assert "run f00d05" in (hostlock.HostLock(a, "f00d06").acquire() or "")
+        assert run.wait(timeout=30) == 0
+    finally:
+        if run.poll() is None:
+            run.kill()
+            run.wait()
+    free = hostlock.HostLock(a, "f00d06")
+    assert free.acquire() is None
+    free.release()
