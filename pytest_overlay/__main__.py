@@ -111,7 +111,8 @@ def _overlays(packages_only: bool) -> int:
     for name in kinds.names():
         kind = kinds.get(name)
         family = f"{kind.family.name} {kind.family.default}, /{kind.family.block} a site" if kind.family else "-"
-        print(f"{name}{' (all)' if kind.in_all else ''}: {kind.label}. {kind.description}\n"
+        groups = "".join(f" ({group})" for group in ("all" if kind.in_all else "", kind.group) if group)
+        print(f"{name}{groups}: {kind.label}. {kind.description}\n"
               f"    range: {family}; packages: {', '.join(kind.packages) or '-'}; "
               f"binaries not in Debian: {', '.join(kind.shipped) or '-'}")
     return 0

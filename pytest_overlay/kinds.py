@@ -76,6 +76,16 @@ def in_all() -> tuple[str, ...]:
     return tuple(name for name in names() if get(name).in_all)
 
 
+def groups() -> dict[str, tuple[str, ...]]:
+    """The groups kinds declare themselves in (`--overlay=meshes`), each with its kinds."""
+    found: dict[str, list[str]] = {}
+    for name in names():
+        group = get(name).group
+        if group:
+            found.setdefault(group, []).append(name)
+    return {group: tuple(members) for group, members in found.items()}
+
+
 def families() -> dict[str, Any]:
     """The address families the kinds give their containers, by `ranges:` key."""
     found: dict[str, Any] = {}

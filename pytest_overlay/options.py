@@ -21,13 +21,12 @@ def parse_overlays(value: str) -> list[str]:
     names = [n.strip() for n in value.split(",") if n.strip()]
     if not names:
         raise argparse.ArgumentTypeError("give at least one overlay name")
-    known = kinds.names()
+    known, groups = kinds.names(), {"all": kinds.in_all(), **kinds.groups()}
     for name in names:
-        if name != "all" and name not in known:
-            raise argparse.ArgumentTypeError(f"unknown overlay {name!r}; allowed: all ({', '.join(kinds.in_all())}), "
-                                             f"{', '.join(known)}")
-    if "all" in names:
-        names = list(kinds.in_all()) + [n for n in names if n != "all"]
+        if name not in groups and name not in known:
+            shown = ", ".join(f"{group} ({', '.join(members)})" for group, members in groups.items())
+            raise argparse.ArgumentTypeError(f"unknown overlay {name!r}; allowed: {shown}, {', '.join(known)}")
+    names = [member for name in names for member in groups.get(name, (name,))]
     if len(set(names)) != len(names):
         raise argparse.ArgumentTypeError(f"overlay named twice in {value!r}")
     # The underlay first: limits relative to it need its records.
@@ -121,8 +120,9 @@ def _add(group, flag: str, default, help: str, **kwargs) -> None:
 def addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("overlay", "pytest-overlay: overlay networks over an emulated WAN")
     _add(group, "--overlay", [kinds.BASELINE], f"Overlays to measure, of: {', '.join(kinds.names())}; or all "
-         f"(the study's: every kind that declares itself part of it). {kinds.BASELINE} is the underlay baseline, "
-         "measured first.", type=parse_overlays, metavar="NAME[,NAME...]")
+         "(the study's: every kind that declares itself part of it); or a group kinds declare themselves in "
+         "(`python -m pytest_overlay overlays` shows each kind's). "
+         f"{kinds.BASELINE} is the underlay baseline, measured first.", type=parse_overlays, metavar="NAME[,NAME...]")
     _add(group, "--topology", "geant", "Topology file, or the name of a bundled one "
          f"({', '.join(BUNDLED_TOPOLOGIES)}).", metavar="PATH|NAME")
     _add(group, "--overlay-circuits", None, "Circuits to measure instead of the topology's (its circuits:, else "

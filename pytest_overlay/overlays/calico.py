@@ -33,7 +33,6 @@ FAMILY = AddressFamily("calico", "10.48.0.0/16", 26, "Calico's pool")
 POOL = ipaddress.ip_network(FAMILY.default)
 BLOCK_PREFIX = 26
 AS_NUMBER = 64512
-GATEWAY = "169.254.1.1"
 TOOLS = {"bird": "bird2", "birdc": "bird2"}
 BINARIES = {"bird": "BIRD, the BGP daemon", "birdc": "BIRD's client"}  # on every real host
 FORWARD_RULES = (["-i", "cali+"], ["-o", "cali+"])  # what felix would allow: workload traffic
@@ -245,27 +244,9 @@ class CalicoOverlay(ContainerOverlay):
 
     # --- workloads --------------------------------------------------------------------------
     def _attach(self, engine: Engine, container) -> str:
-        """Calico's way: a veth, the container's end eth0 with a /32 and a default route via
-        169.254.1.1; the host's end answers ARP for everything (proxy ARP) and holds the /32.
-        The gateway is nobody's address: the host end answers for it (Calico's CNI plugin also
-        writes this neighbour entry, since the site has no route that proxy ARP could use)."""
-        site, pid = engine.site, container.attrs["State"]["Pid"]
-        address = str(next(self.blocks[site].hosts()))
-        host_end = f"cali{container.id[:11]}"
-        inside = f"nsenter --net=/proc/{pid}/ns/net"
-        script = "\n".join([
-            f"ip link add {host_end} type veth peer name eth0 netns {pid}",
-            f"ip link set {host_end} up",
-            f"sysctl -q -w net.ipv4.conf.{host_end}.proxy_arp=1 net.ipv4.neigh.{host_end}.proxy_delay=0",
-            f"ip route add {address}/32 dev {host_end} scope link",
-            f"mac=$(ip -br link show dev {host_end} | awk '{{print $3}}')",
-            f"{inside} ip address add {address}/32 dev eth0",
-            f"{inside} ip link set eth0 up",
-            f"{inside} ip route add {GATEWAY} dev eth0 scope link",
-            f"{inside} ip neigh add {GATEWAY} lladdr $mac dev eth0 nud permanent",
-            f"{inside} ip route add default via {GATEWAY} dev eth0"])
-        self._on_site(site, ["sh", "-ec", script], 60).check()
-        return address
+        """Calico's way: a veth with a /32 on each workload, proxy ARP at the host's end."""
+        address = str(next(self.blocks[engine.site].hosts()))
+        return self._attach_routed(engine, container, address, f"cali{container.id[:11]}")
 
     # --- what the records say ---------------------------------------------------------------
     def _datapath(self, src: str, dst: str) -> dict:

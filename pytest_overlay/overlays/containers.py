@@ -23,6 +23,7 @@ CONTAINER_ATTEMPTS = 3
 # A swarm manager allocates every attachment to its network: twenty at once ran past Docker's
 # deadline ("context deadline exceeded") on a 20-site mesh; in waves of eight none did.
 CONTAINERS_AT_ONCE = 8
+ROUTED_GATEWAY = "169.254.1.1"  # a routed container's next hop: its site's end of the veth answers for it
 PINGS_AT_ONCE = 32  # reachability checks, each a `docker exec` (a 20-site mesh has 380 pairs)
 
 
@@ -189,6 +190,29 @@ class ContainerOverlay(Overlay):
             raise EngineError(f"{self.name}: no answer over the overlay within {timeout:.0f} s from "
                               + ", ".join(f"{a.name} to {b.name} ({b.address})" for a, b in pairs))
         self._progress(f"every container answers every other over the overlay ({time.monotonic() - started:.1f} s)")
+
+    def _attach_routed(self, engine: Engine, container, address: str, host_end: str, mtu: int | None = None) -> str:
+        """A container routed by its site, as Calico's CNI plugin attaches one: a veth, the
+        container's end eth0 with a /32 (and `mtu`) and a default route via 169.254.1.1; the
+        site's end answers ARP for everything (proxy ARP) and holds the /32. The gateway is
+        nobody's address: the site's end answers for it (the plugin also writes this neighbour
+        entry, since the site has no route that proxy ARP could use)."""
+        site, pid = engine.site, container.attrs["State"]["Pid"]
+        inside = f"nsenter --net=/proc/{pid}/ns/net"
+        script = "\n".join([
+            f"ip link add {host_end} type veth peer name eth0 netns {pid}",
+            *([f"ip link set {host_end} mtu {mtu}", f"{inside} ip link set eth0 mtu {mtu}"] if mtu else []),
+            f"ip link set {host_end} up",
+            f"sysctl -q -w net.ipv4.conf.{host_end}.proxy_arp=1 net.ipv4.neigh.{host_end}.proxy_delay=0",
+            f"ip route add {address}/32 dev {host_end} scope link",
+            f"mac=$(ip -br link show dev {host_end} | awk '{{print $3}}')",
+            f"{inside} ip address add {address}/32 dev eth0",
+            f"{inside} ip link set eth0 up",
+            f"{inside} ip route add {ROUTED_GATEWAY} dev eth0 scope link",
+            f"{inside} ip neigh add {ROUTED_GATEWAY} lladdr $mac dev eth0 nud permanent",
+            f"{inside} ip route add default via {ROUTED_GATEWAY} dev eth0"])
+        self._on_site(site, ["sh", "-ec", script], 60).check()
+        return address
 
     @staticmethod
     def _remove_container(engine: Engine, name: str) -> None:
