@@ -33,6 +33,9 @@ BUILTIN = {
     "flannel-udp": "pytest_overlay.overlays.flannel:FlannelUdpOverlay",
     "flannel-host-gw": "pytest_overlay.overlays.flannel:FlannelHostGwOverlay",
     "calico": "pytest_overlay.overlays.calico:CalicoOverlay",
+    "wireguard": "pytest_overlay.overlays.wireguard:WireGuardOverlay",
+    "nebula": "pytest_overlay.overlays.nebula:NebulaOverlay",
+    "tinc": "pytest_overlay.overlays.tinc:TincOverlay",
 }
 
 

@@ -17,9 +17,9 @@ SUITES = str(ROOT / "suites")
 
 
 @pytest.mark.parametrize("option, message", [
-    ("--overlay=foo", "unknown overlay 'foo'; allowed: all (host, libnetwork, weave, flannel, calico), host, "
-                      "libnetwork, libnetwork-encrypted, weave, weave-encrypted, flannel, flannel-udp, "
-                      "flannel-host-gw, calico"),
+    ("--overlay=foo", "unknown overlay 'foo'; allowed: all (host, libnetwork, weave, flannel, calico), meshes "
+                      "(wireguard, nebula, tinc), host, libnetwork, libnetwork-encrypted, weave, weave-encrypted, "
+                      "flannel, flannel-udp, flannel-host-gw, calico, wireguard, nebula, tinc"),
     ("--overlay=all,weave", "overlay named twice"),
     ("--overlay=host,host", "overlay named twice"),
     ("--overlay-emulator=magic", "'magic'; allowed: auto, netem, delayline, none"),

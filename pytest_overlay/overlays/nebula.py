@@ -1,0 +1,137 @@
+"""Nebula between the sites: nebula at every site, one of them its lighthouse (the topology's
+hub or manager, else its first site), which also relays for the others; each site's block an
+unsafe route via that site's Nebula address, signed into its certificate.
+
+A certificate authority is made for the run (`nebula-cert ca`), and a certificate and key per
+site (`nebula-cert sign`), written by nebula-cert into files only root may read: no key is on
+a command line, and the CA's key never leaves this machine. The sites find each other through
+the lighthouse and talk directly; where a direct tunnel fails, they may go through the relay.
+Everything else is Nebula 1.6.1's default (its examples/config.yml): AES-256-GCM, tun MTU 1300.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+
+from .. import procs
+from ..inputs.model import AddressFamily
+from ..testbeds.contract import HostNeeds
+from ..testbeds.hostnet import Footprint
+from .mesh import MeshOverlay
+
+FAMILY = AddressFamily("nebula", "10.66.0.0/16", 24, "Nebula's range")
+PORT = 4242  # examples/config.yml: listen.port
+LIGHTHOUSE_INTERVAL_S = 60  # examples/config.yml: lighthouse.interval
+TOOLS = {"nebula": "nebula", "nebula-cert": "nebula"}
+HOST_NEEDS = HostNeeds(
+    FAMILY,
+    binaries={"nebula": ("Nebula's daemon", "apt-get install nebula")},
+    rivals={"nebula": "another Nebula"},
+    footprint=Footprint("nebula", marks=("nb",), routes_within=FAMILY.default))
+
+
+def configuration(files: dict[str, str], device: str, lighthouse: str | None, lighthouse_at: str,
+                  routes: list[tuple[str, str]]) -> str:
+    """One site's config.yml (as JSON, which YAML reads): its PKI files, the lighthouse (None at
+    the lighthouse itself), and the other sites' blocks as unsafe routes via their Nebula
+    addresses; every other setting Nebula's default."""
+    relay = {"am_relay": True, "use_relays": True} if lighthouse is None else \
+        {"relays": [lighthouse], "use_relays": True}
+    config = {
+        "pki": {"ca": files["ca.crt"], "cert": files["host.crt"], "key": files["host.key"]},
+        "static_host_map": {lighthouse: [f"{lighthouse_at}:{PORT}"]} if lighthouse else {},
+        "lighthouse": {"am_lighthouse": lighthouse is None, "interval": LIGHTHOUSE_INTERVAL_S,
+                       "hosts": [lighthouse] if lighthouse else []},
+        "listen": {"host": "0.0.0.0", "port": PORT},
+        "punchy": {"punch": True},
+        "relay": relay,
+        "tun": {"dev": device, "unsafe_routes": [{"route": route, "via": via} for route, via in routes]},
+        "logging": {"level": "info", "format": "text"},
+        "firewall": {"outbound": [{"port": "any", "proto": "any", "host": "any"}],
+                     "inbound": [{"port": "any", "proto": "any", "host": "any"}]},
+    }
+    return json.dumps(config, indent=1) + "\n"
+
+
+class NebulaOverlay(MeshOverlay):
+    name = "nebula"
+    label = "Nebula"
+    description = "Nebula 1.6 with a lighthouse that relays, unsafe routes to the sites' blocks, UDP 4242"
+    family = FAMILY
+    packages = ("nebula",)
+    host_needs = HOST_NEEDS
+    tools = TOOLS
+    port = PORT
+    device_prefix = "nb"
+    cipher = "AES-256-GCM (Noise IX handshake, Curve25519; Nebula's default cipher)"
+    timers = (
+        ("tunnel test", "after 5 s without traffic back, tested; closed 10 s later without an answer",
+         "nebula 1.6.1 examples/config.yml timers.connection_alive_interval, pending_deletion_interval"),
+        ("handshake", "tried every 100 ms, backing off, 10 tries", "examples/config.yml handshakes.try_interval, "
+                                                                    "retries"),
+        ("lighthouse update", f"{LIGHTHOUSE_INTERVAL_S} s", "examples/config.yml lighthouse.interval"),
+        ("relay", "through the lighthouse where a direct handshake fails", "examples/config.yml relay"),
+    )
+
+    def __init__(self, testbed) -> None:
+        super().__init__(testbed)
+        network = ipaddress.ip_network(self.range)
+        self.nebula_net = list(network.subnets(new_prefix=24))[-1]  # the nodes' own addresses: the last /24
+        self.nodes = {site: str(self.nebula_net[i + 1]) for i, site in enumerate(testbed.sites)}
+        topo = testbed.topology
+        self.lighthouse = topo.hub or topo.manager or next(iter(testbed.sites))
+
+    def mesh_address(self, site: str) -> str:
+        return self.nodes[site]
+
+    def _mesh(self) -> None:
+        self.version = procs.run(["nebula", "-version"], timeout=10).stdout.strip()
+        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        pki = self.state_dir / "pki"
+        pki.mkdir(mode=0o700)
+        procs.run(["nebula-cert", "ca", "-name", f"pytest-overlay run {self.testbed.run_id}", "-out-crt",
+                   str(pki / "ca.crt"), "-out-key", str(pki / "ca.key")], timeout=30).check()
+        for site in self.testbed.sites:
+            procs.run(["nebula-cert", "sign", "-ca-crt", str(pki / "ca.crt"), "-ca-key", str(pki / "ca.key"),
+                       "-name", site, "-ip", f"{self.nodes[site]}/{self.nebula_net.prefixlen}",
+                       "-subnets", str(self.blocks[site]), "-out-crt", str(pki / f"{site}.crt"),
+                       "-out-key", str(pki / f"{site}.key")], timeout=30).check()
+        lighthouse_at = self.testbed.address(self.lighthouse)
+        for site in self.testbed.sites:
+            name = f"nebula-{site}"
+            files = self._site_files(name, site, {"ca.crt": pki / "ca.crt", "host.crt": pki / f"{site}.crt",
+                                                  "host.key": pki / f"{site}.key"})
+            routes = [(str(self.blocks[o]), self.nodes[o]) for o in self.testbed.sites if o != site]
+            config = pki / f"{site}.yml"
+            config.write_text(configuration(files, self.devices[site], None if site == self.lighthouse else
+                                            self.nodes[self.lighthouse], lighthouse_at, routes))
+            placed = self._site_files(name, site, {"config.yml": config})
+            self._start_daemon(name, site, [self._binary("nebula"), "-config", placed["config.yml"]])
+
+    def _route(self) -> None:
+        """Nebula installs its unsafe routes itself; forwarding still needs allowing."""
+        for site, device in self.devices.items():
+            self._on_site(site, ["sh", "-ec", f"iptables -w -I FORWARD -i {device} -j ACCEPT\n"
+                                             f"iptables -w -I FORWARD -o {device} -j ACCEPT"], 30).check()
+
+    def _datapath(self, src: str, dst: str) -> dict:
+        return {**super()._datapath(src, dst), "lighthouse": self.lighthouse, "relay": self.lighthouse,
+                "nebula_addresses": {site: self.nodes[site] for site in (src, dst)}}
+
+    def control_state(self) -> dict[str, str]:
+        """Each site's tunnels as its log last said ("BRA->LJU": "tunnel" once a handshake
+        completed, "closed" once Nebula tore it down, "relayed" through the lighthouse)."""
+        by_address = {address: site for site, address in self.nodes.items()}
+        state = {}
+        for site, daemons in self.site_daemons.items():
+            for line in daemons[0].log_tail(400).splitlines():
+                peer = next((by_address[a] for a in by_address if f'vpnIp={a} ' in line or f"vpnIp={a}\n" in line
+                             or line.endswith(f"vpnIp={a}")), None)
+                if peer is None:
+                    continue
+                if "Handshake message received" in line or "Handshake message sent" in line:
+                    state[f"{site}->{peer}"] = "relayed" if "relay" in line.lower() else "tunnel"
+                elif "Tunnel status" in line and "dead" in line or "Close tunnel" in line:
+                    state[f"{site}->{peer}"] = "closed"
+        return state

@@ -1,0 +1,116 @@
+"""tinc 1.0 between the sites: tincd at every site in router mode, each connecting to every
+other (a full mesh of meta connections), each announcing its site's block as its Subnet.
+
+An RSA key pair per site is made for the run (`tincd -K`, written by tincd itself into a
+directory only root may read); the host files carry the public keys. tinc forwards through
+other nodes when a direct path fails: once a cut meta connection times out, the graph it
+keeps sends the traffic by a node that still reaches both ends. Everything else is tinc
+1.0.36's default, as tinc.conf(5) gives it: Blowfish in CBC mode, HMAC-SHA1 cut to 4 bytes,
+a ping every 60 s and 5 s to answer it.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+from .. import procs
+from ..inputs.model import AddressFamily
+from ..testbeds.contract import HostNeeds
+from ..testbeds.hostnet import Footprint
+from .mesh import MeshOverlay
+
+FAMILY = AddressFamily("tinc", "10.65.0.0/16", 24, "tinc's range")
+PORT = 655  # tinc.conf(5): Port, for the meta connections (TCP) and the data (UDP)
+KEY_BITS = 2048
+TOOLS = {"tincd": "tinc"}
+HOST_NEEDS = HostNeeds(
+    FAMILY,
+    binaries={"tincd": ("tinc's daemon", "apt-get install tinc")},
+    rivals={"tincd": "another tinc"},
+    listens={PORT: ("something listens on tinc's 655/tcp (another tincd?)", "run on hosts without one")},
+    footprint=Footprint("tinc", marks=("tc",), routes_within=FAMILY.default))
+
+
+def node_name(site: str) -> str:
+    """A tinc node's name: letters, digits and '_' only (tinc.conf(5), Name)."""
+    return re.sub(r"[^A-Za-z0-9_]", "_", site)
+
+
+def tinc_conf(site: str, device: str, peers: list[str]) -> str:
+    return "\n".join([f"Name = {node_name(site)}", "Mode = router", f"Interface = {device}",
+                      "Device = /dev/net/tun", "AddressFamily = ipv4",
+                      *(f"ConnectTo = {node_name(peer)}" for peer in peers)]) + "\n"
+
+
+def host_file(address: str, block: str, public_key: str) -> str:
+    return f"Address = {address}\nPort = {PORT}\nSubnet = {block}\n{public_key}"
+
+
+class TincOverlay(MeshOverlay):
+    name = "tinc"
+    label = "tinc 1.0"
+    description = "tinc 1.0 in router mode, full mesh of meta connections, forwarding via other nodes, UDP/TCP 655"
+    family = FAMILY
+    packages = ("tinc",)
+    host_needs = HOST_NEEDS
+    tools = TOOLS
+    port = PORT
+    device_prefix = "tc"
+    cipher = "Blowfish-CBC with HMAC-SHA1 (4-byte MAC), RSA-2048 meta connections (tinc 1.0 defaults)"
+    timers = (
+        ("ping", "every 60 s, 5 s to answer, or the meta connection is closed",
+         "tinc.conf(5) 1.0.36: PingInterval, PingTimeout"),
+        ("reconnect", "5 s, growing by 5 s per failed try up to 900 s", "tinc 1.0.36 src/net_setup.c, "
+                                                                        "tinc.conf(5) MaxTimeout"),
+        ("routing", "through other nodes once the direct meta connection is gone (the graph of edges)",
+         "tinc 1.0.36 src/graph.c"),
+    )
+
+    def _mesh(self) -> None:
+        self.version = procs.run(["tincd", "--version"], timeout=10).stdout.splitlines()[0].strip()
+        sites = list(self.testbed.sites)
+        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        public = {}
+        for site in sites:
+            keys = self.state_dir / f"keys-{site}"
+            (keys / "hosts").mkdir(parents=True, mode=0o700)
+            (keys / "tinc.conf").write_text(f"Name = {node_name(site)}\n")
+            procs.run(["tincd", "-c", str(keys), "-K", str(KEY_BITS)], timeout=60, input="").check()
+            public[site] = (keys / "hosts" / node_name(site)).read_text()
+        for site in sites:
+            name = f"tincd-{site}"
+            made = self.state_dir / f"config-{site}"
+            (made / "hosts").mkdir(parents=True, mode=0o700)
+            (made / "tinc.conf").write_text(tinc_conf(site, self.devices[site], [p for p in sites if p != site]))
+            shutil.copy(self.state_dir / f"keys-{site}" / "rsa_key.priv", made / "rsa_key.priv")
+            for other in sites:
+                (made / "hosts" / node_name(other)).write_text(
+                    host_file(self.testbed.address(other), str(self.blocks[other]), public[other]))
+            files = {str(path.relative_to(made)): path for path in sorted(made.rglob("*")) if path.is_file()}
+            placed = self._site_files(name, site, files)
+            directory = str(Path(placed["tinc.conf"]).parent)
+            self._start_daemon(name, site, [self._binary("tincd"), "-c", directory, "-D", "-d", "1",
+                                            f"--pidfile={self._daemon_dir(name)}/tinc.pid"])
+            shutil.rmtree(self.state_dir / f"keys-{site}")
+
+    def _configure_device(self, site: str) -> None:
+        device = self.devices[site]
+        self._on_site(site, ["sh", "-ec", f"ip address add {self.mesh_address(site)}/32 dev {device}\n"
+                                         f"ip link set {device} up"], 30).check()
+
+    def control_state(self) -> dict[str, str]:
+        """Which nodes each site's tincd has a meta connection with, from its log ("BRA->LJU":
+        "connected" or "closed"), the last word its log has on each peer."""
+        state = {}
+        for site, daemons in self.site_daemons.items():
+            for line in daemons[0].log_tail(400).splitlines():
+                for peer in self.testbed.sites:
+                    if f"Connection with {node_name(peer)} " in line and "activated" in line:
+                        state[f"{site}->{peer}"] = "connected"
+                    elif f"Closing connection with {node_name(peer)} " in line:
+                        state[f"{site}->{peer}"] = "closed"
+        return state
+
+    control_log_noise = ("Got PING", "Got PONG", "Sending PING", "Sending PONG")

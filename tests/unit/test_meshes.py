@@ -1,0 +1,56 @@
+"""The encrypted meshes' configuration, without daemons: what each one's daemon is given (and
+that no key is on a command line), how its control plane is read, and how a run asks for
+them as a group."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from pytest_overlay import kinds, options
+from pytest_overlay.overlays import nebula, tinc, wireguard
+
+
+def test_the_meshes_are_a_group_of_their_own_and_not_in_all():
+    assert kinds.groups()["meshes"] == ("wireguard", "nebula", "tinc")
+    assert not set(kinds.groups()["meshes"]) & set(kinds.in_all())
+    assert options.parse_overlays("host,meshes") == ["host", "wireguard", "nebula", "tinc"]
+    with pytest.raises(Exception, match=r"allowed: all \(.*\), meshes \(wireguard, nebula, tinc\)"):
+        options.parse_overlays("mesh")
+
+
+def test_wireguard_peers_each_site_at_its_endpoint_with_its_block_and_a_keepalive():
+    conf = wireguard.configuration("cHJpdmF0ZQ==", [("cHVibGlj", "198.18.0.2", "10.64.1.0/24")])
+    assert conf.splitlines() == ["[Interface]", "PrivateKey = cHJpdmF0ZQ==", "ListenPort = 51820", "", "[Peer]",
+                                 "PublicKey = cHVibGlj", "Endpoint = 198.18.0.2:51820", "AllowedIPs = 10.64.1.0/24",
+                                 "PersistentKeepalive = 25"]
+
+
+def test_wireguard_sessions_read_from_its_handshake_times():
+    """`wg show DEV latest-handshakes` as wg prints it: a session lasts RejectAfterTime."""
+    shown = "Pb4=\t1764900000\nQx9=\t1764899700\nRz0=\t0\n"
+    assert wireguard.parse_handshakes(shown, now=1764900010) == {"Pb4=": "session", "Qx9=": "no session",
+                                                                  "Rz0=": "no session"}
+
+
+def test_tinc_names_its_nodes_and_connects_to_every_other():
+    assert tinc.node_name("AMS-2") == "AMS_2"
+    conf = tinc.tinc_conf("AMS-2", "tcabc1230", ["MIL", "BRA"])
+    assert "Mode = router" in conf and "ConnectTo = MIL\nConnectTo = BRA" in conf and "Cipher" not in conf
+    assert tinc.host_file("198.18.0.1", "10.65.0.0/24", "-----BEGIN RSA PUBLIC KEY-----\n").startswith(
+        "Address = 198.18.0.1\nPort = 655\nSubnet = 10.65.0.0/24\n-----BEGIN")
+
+
+def test_nebula_sites_find_the_lighthouse_which_relays_and_route_the_blocks_via_their_nodes():
+    files = {"ca.crt": "/d/ca.crt", "host.crt": "/d/host.crt", "host.key": "/d/host.key"}
+    member = json.loads(nebula.configuration(files, "nbabc1231", "10.66.255.1", "198.18.0.1",
+                                             [("10.66.0.0/24", "10.66.255.1")]))
+    assert member["static_host_map"] == {"10.66.255.1": ["198.18.0.1:4242"]}
+    assert member["lighthouse"] == {"am_lighthouse": False, "interval": 60, "hosts": ["10.66.255.1"]}
+    assert member["relay"] == {"relays": ["10.66.255.1"], "use_relays": True}
+    assert member["tun"]["unsafe_routes"] == [{"route": "10.66.0.0/24", "via": "10.66.255.1"}]
+    assert "cipher" not in member  # Nebula's default, AES-256-GCM, as the records say
+    lighthouse = json.loads(nebula.configuration(files, "nbabc1230", None, "198.18.0.1", []))
+    assert lighthouse["lighthouse"]["am_lighthouse"] and lighthouse["relay"]["am_relay"]
+    assert lighthouse["static_host_map"] == {}
