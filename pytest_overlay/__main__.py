@@ -91,7 +91,8 @@ def main(argv: list[str] | None = None) -> int:
                 return 2
             cleaned = hostclean.clean_hosts(hosts, kinds.footprint, report=print, force=args.force)
             print(f"clean: {cleaned.runs} run(s) cleaned on the hosts of {args.topology}")
-        removed = runs.sweep(report=print, cleaners=[engines.remove_run_files, lab.remove_bridge], force=args.force,
+        removed = runs.sweep(report=print, cleaners=[engines.remove_run_files, lab.remove_bridge, _kinds_leftovers],
+                             force=args.force,
                              keep=cleaned.kept if args.topology else set())
         print(f"clean: {removed} namespace(s) of runs that are over removed")
     if args.command == "study":
@@ -116,6 +117,13 @@ def _overlays(packages_only: bool) -> int:
               f"    range: {family}; packages: {', '.join(kind.packages) or '-'}; "
               f"binaries not in Debian: {', '.join(kind.shipped) or '-'}")
     return 0
+
+
+def _kinds_leftovers(run_id: str, run_dir: Path) -> None:
+    """What the overlay kinds' killed daemons left of the run outside its directories."""
+    for path in kinds.leftovers(run_id):
+        path.unlink(missing_ok=True)
+        print(f"removed {path} of run {run_id}")
 
 
 def _study_parts(text: str) -> set[int]:

@@ -89,6 +89,11 @@ def groups() -> dict[str, tuple[str, ...]]:
     return {group: tuple(members) for group, members in found.items()}
 
 
+def leftovers(run_id: str) -> list[Any]:
+    """The files every kind's killed daemons may have left of a run, outside its directories."""
+    return [path for name in names() for path in get(name).leftovers(run_id)]
+
+
 def families() -> dict[str, Any]:
     """The address families the kinds give their containers, by `ranges:` key."""
     found: dict[str, Any] = {}

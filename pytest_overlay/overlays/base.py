@@ -7,6 +7,7 @@ overlay's network; probes only need it to run a command and start a server.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .. import procs
@@ -40,6 +41,12 @@ class Overlay:
 
     # The timers that decide what a WAN fault does to it: (what, default, where it is set).
     timers: tuple[tuple[str, str, str], ...] = ()
+
+    @classmethod
+    def leftovers(cls, run_id: str) -> list[Path]:
+        """Files its daemons keep outside the run's own directories, which a killed daemon leaves
+        behind; `clean` removes them once the run is over."""
+        return []
 
     def __init__(self, testbed: Testbed) -> None:
         self.testbed = testbed

@@ -101,6 +101,14 @@ class MeshOverlay(ContainerOverlay):
             script += [f"iptables -w -I FORWARD -i {device} -j ACCEPT", f"iptables -w -I FORWARD -o {device} -j ACCEPT"]
             self._on_site(site, ["sh", "-ec", "\n".join(script)], 30).check()
 
+    def _wait_reachable(self) -> None:
+        """As every container overlay waits, with the mesh's daemons' own words if it fails."""
+        try:
+            super()._wait_reachable()
+        except EngineError as e:
+            logs = "\n".join(f"--- {d.name}:\n{d.log_tail(12)}" for d in self.daemons)
+            raise EngineError(f"{e}\n{logs}") from None
+
     def _attach(self, engine: Engine, container) -> str:
         return self._attach_routed(engine, container, self.container_address(engine.site),
                                    f"{self.device_prefix}c{container.id[:10]}", self.device_mtu)

@@ -1,5 +1,6 @@
-"""tinc 1.0 between the sites: tincd at every site in router mode, each connecting to every
-other (a full mesh of meta connections), each announcing its site's block as its Subnet.
+"""tinc 1.0 between the sites: tincd at every site in router mode, in a full mesh of meta
+connections (each pair's made by the later site of the pair: when both ends of a pair connect
+at once, tinc 1.0 closes both and can keep doing so), each announcing its block as its Subnet.
 
 An RSA key pair per site is made for the run (`tincd -K`, written by tincd itself into a
 directory only root may read); the host files carry the public keys. tinc forwards through
@@ -30,7 +31,8 @@ HOST_NEEDS = HostNeeds(
     binaries={"tincd": ("tinc's daemon", "apt-get install tinc")},
     rivals={"tincd": "another tinc"},
     listens={PORT: ("something listens on tinc's 655/tcp (another tincd?)", "run on hosts without one")},
-    footprint=Footprint("tinc", marks=("tc",), routes_within=FAMILY.default))
+    footprint=Footprint("tinc", link_prefixes=("tc",), marks=("-i tc", "-o tc"),
+                        routes_within=FAMILY.default))
 
 
 def node_name(site: str) -> str:
@@ -83,7 +85,8 @@ class TincOverlay(MeshOverlay):
             name = f"tincd-{site}"
             made = self.state_dir / f"config-{site}"
             (made / "hosts").mkdir(parents=True, mode=0o700)
-            (made / "tinc.conf").write_text(tinc_conf(site, self.devices[site], [p for p in sites if p != site]))
+            earlier = sites[:sites.index(site)]  # one meta connection a pair, made by its later site
+            (made / "tinc.conf").write_text(tinc_conf(site, self.devices[site], earlier))
             shutil.copy(self.state_dir / f"keys-{site}" / "rsa_key.priv", made / "rsa_key.priv")
             for other in sites:
                 (made / "hosts" / node_name(other)).write_text(
@@ -114,3 +117,26 @@ class TincOverlay(MeshOverlay):
         return state
 
     control_log_noise = ("Got PING", "Got PONG", "Sending PING", "Sending PONG")
+
+    def up(self) -> None:
+        super().up()
+        for way in ("dport", "sport"):
+            self.testbed.count(f"tcp-{way}-{PORT}", ["-p", "tcp", f"--{way}", str(PORT)])
+
+    def wire_counters(self) -> dict[str, int] | None:
+        """tinc's packets on the WAN, UDP and TCP alike: until UDP works between two nodes, and
+        for what it relays, data rides a meta connection (TCP, either way of it)."""
+        counted = [self.testbed.udp_packets(PORT), *(self.testbed.packets(f"tcp-{way}-{PORT}")
+                                                     for way in ("dport", "sport"))]
+        if any(c is None for c in counted):
+            return None
+        return {link: sum(c.get(link, 0) for c in counted) for link in set().union(*counted)}
+
+    def expected_outage_s(self, fault, logs: dict[str, list[str]] | None = None) -> tuple[float, float]:
+        """A cut link: traffic goes round it once the meta connection across it has missed a
+        ping's answer, 5 s after a ping sent up to 60 s after the cut began, unless the cut
+        ends first; a partition leaves no way round."""
+        low, high = super().expected_outage_s(fault, logs)
+        if fault.kind == "cut":
+            return min(5.0, low), high
+        return low, high

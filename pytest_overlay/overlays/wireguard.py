@@ -12,6 +12,7 @@ traffic resumes at the next handshake try after the heal.
 from __future__ import annotations
 
 import time
+from pathlib import Path
 
 from .. import procs
 from ..inputs.model import AddressFamily
@@ -29,7 +30,9 @@ HOST_NEEDS = HostNeeds(
     binaries={"wireguard-go": ("WireGuard in userspace", "apt-get install wireguard-go"),
               "wg": ("WireGuard's configuration tool", "apt-get install wireguard-tools")},
     rivals={"wireguard-go": "another WireGuard in userspace"},
-    footprint=Footprint("wireguard", marks=("wg",), routes_within=FAMILY.default))
+    footprint=Footprint("wireguard", link_prefixes=("wg",), marks=("-i wg", "-o wg"),
+                        routes_within=FAMILY.default))
+UAPI_DIR = Path("/run/wireguard")  # wireguard-go's control sockets, one per device (ipc/uapi_linux.go)
 # Without a handshake within RejectAfterTime a peer's session is gone (device/constants.go).
 REJECT_AFTER_S = 180
 
@@ -76,6 +79,12 @@ class WireGuardOverlay(MeshOverlay):
                                                                        "RejectAfterTime"),
         ("routing", "none: static peers, a cut path is a black hole", "WireGuard's cryptokey routing"),
     )
+
+    @classmethod
+    def leftovers(cls, run_id: str) -> list[Path]:
+        """The control sockets of the run's wireguard-go: it removes its own when it is ended,
+        but not when it is killed."""
+        return sorted(UAPI_DIR.glob(f"{cls.device_prefix}{run_id}*.sock"))
 
     def _key_pair(self) -> tuple[str, str]:
         private = procs.run(["wg", "genkey"], timeout=10).check().stdout.strip()

@@ -34,7 +34,7 @@ def test_wireguard_sessions_read_from_its_handshake_times():
                                                                   "Rz0=": "no session"}
 
 
-def test_tinc_names_its_nodes_and_connects_to_every_other():
+def test_tinc_names_its_nodes_and_connects_to_the_sites_given():
     assert tinc.node_name("AMS-2") == "AMS_2"
     conf = tinc.tinc_conf("AMS-2", "tcabc1230", ["MIL", "BRA"])
     assert "Mode = router" in conf and "ConnectTo = MIL\nConnectTo = BRA" in conf and "Cipher" not in conf
@@ -54,3 +54,12 @@ def test_nebula_sites_find_the_lighthouse_which_relays_and_route_the_blocks_via_
     lighthouse = json.loads(nebula.configuration(files, "nbabc1230", None, "198.18.0.1", []))
     assert lighthouse["lighthouse"]["am_lighthouse"] and lighthouse["relay"]["am_relay"]
     assert lighthouse["static_host_map"] == {}
+
+
+def test_clean_finds_the_control_sockets_a_killed_wireguard_go_left(tmp_path, monkeypatch):
+    """wireguard-go removes its socket when ended, not when killed: the run's are found by
+    the device names it was given, another run's are not."""
+    monkeypatch.setattr(wireguard, "UAPI_DIR", tmp_path)
+    for name in ("wgabc1230.sock", "wgabc12311.sock", "wgfff0000.sock", "wg0.sock"):
+        (tmp_path / name).touch()
+    assert [p.name for p in kinds.leftovers("abc123")] == ["wgabc1230.sock", "wgabc12311.sock"]
