@@ -276,6 +276,8 @@ class WeaveOverlay(ContainerOverlay):
             "weave_datapath": kind,
             "udp_port": FASTDP_PORT if kind == "fastdp" else CONTROL_PORT,
             "encrypted": self.encrypted,
+            **({"cipher": "NaCl secretbox (XSalsa20-Poly1305)" if kind == "sleeve" else "IPsec ESP (AES-GCM)"}
+               if self.encrypted else {}),
             "encryption_reported": self.router.get(src, {}).get("encryption"),
             "peers_authenticated": self.encrypted or self.testbed.shared_network,  # by a password made for the run
             "peer_connections": {site: [{k: c[k] for k in ("address", "state", "info", "mtu", "encrypted")}

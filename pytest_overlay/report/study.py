@@ -8,7 +8,9 @@ Parts, each a pytest run of the suites:
   4. the cut on BRA-LJU through Weave and libnetwork, 20 s and 90 s (past Weave's 60 s
      dead-connection timeout): can a relayed path make the study's Weave BRA-LJU row?
   5. the study's future work, on AMS-MIL: latency under load (RRUL) at the links' buffers and
-     at 5 ms, and the CPU sweep, every overlay.
+     at 5 ms, and the CPU sweep, every overlay;
+  6. and 7. today's encrypted meshes (WireGuard, Nebula, tinc) beside Weave's encrypted sleeve:
+     latency and TCP on AMS-MIL, then the cut on BRA-LJU and LJU's partition.
 Then one report (Markdown and HTML) judged by rules it states.
 """
 
@@ -24,7 +26,7 @@ from pathlib import Path
 
 import yaml
 
-from .. import results
+from .. import kinds, results
 from ..paths import DATA, SUITES
 from ..results import Record, metrics
 from . import page
@@ -37,6 +39,8 @@ OVERHEAD_WITHIN_MS = 0.5  # an overlay's overhead over libnetwork "reproduces" w
 LONG_CUT_S = 90.0  # past Weave's 60 s HeartbeatTimeout (router/network_router.go): long enough to see a relay
 LONG_CUT = "cut-90s-BRA-LJU"
 STRESS_CIRCUIT = "AMS-MIL"  # the load section of geant.yaml names it
+MESH_PEERS = ("weave-encrypted",)  # the study's own encrypted overlay, beside today's meshes
+MESH_CUT, MESH_PARTITION = LONG_CUT, "partition-LJU"  # long enough for a mesh to find its way round
 
 
 @dataclass
@@ -115,6 +119,14 @@ class Study:
                   f"--overlay-cpu={','.join(f'{c:g}' for c in b.cpu_budgets)}", *common,
                   f"--overlay-load-seconds={b.load_seconds:g}"],
                  b.stress_s(5), "stress.json", "stress"),
+            Part("today's encrypted meshes beside Weave's encrypted sleeve on AMS-MIL (latency, TCP)",
+                 ["--topology=geant", f"--overlay=host,{','.join(MESH_PEERS)},meshes", "-m", "latency or tcp",
+                  "-k", STRESS_CIRCUIT, *common], b.ptp_s(5, 1), "meshes.json", "meshes"),
+            Part(f"the {LONG_CUT_S:g} s cut on BRA-LJU and LJU's partition through the meshes and Weave's "
+                 "encrypted sleeve",
+                 [f"--topology={self.out / 'geant-cuts.yaml'}", f"--overlay={','.join(MESH_PEERS)},meshes", "-m",
+                  "faults", f"--overlay-faults={MESH_CUT},{MESH_PARTITION}"],
+                 4 * (b.bringup_s + 2 * 30 + LONG_CUT_S + 20 + 10), "meshes-faults.json", "meshes-faults"),
         ]
 
     def write_topologies(self) -> None:
@@ -364,6 +376,21 @@ def stress_answer(stress: list[Record]) -> str:
     return "\n\n".join(s.replace("\n|", "\n\n|", 1) for s in sections)
 
 
+def meshes_section(out: Path) -> str:
+    """Today's encrypted meshes in a group of their own, after the study's comparison."""
+    from . import meshes
+
+    overlays = [*MESH_PEERS, *kinds.groups().get("meshes", ())]
+    rows = meshes.rows(load_records(out / "meshes.json"), load_records(out / "meshes-faults.json"), overlays,
+                       MESH_CUT, MESH_PARTITION)
+    return ("## Beyond the study: today's encrypted meshes\n\nThe study compared the overlays of 2016. WireGuard, "
+            "Nebula and tinc, each a real daemon per site in userspace, beside Weave's encrypted sleeve: latency "
+            f"and TCP on {STRESS_CIRCUIT} (the CPU is what the sites' daemons and containers used during the TCP "
+            f"run), then {MESH_CUT} (does the mesh find a path round it?) and {MESH_PARTITION} for 20 s (how long "
+            "after the heal until it answers again). See meshes/report.md and meshes-faults/report.md.\n\n"
+            + _table(meshes.HEAD, rows))
+
+
 def _table(head: list[str], rows: list[list[str]]) -> str:
     from tabulate import tabulate
 
@@ -411,6 +438,8 @@ def write_report(out: Path, parts: list[Part], wall_s: float) -> list[str]:
         "and latency and TCP with every site's overlay held to a CPU budget; see stress/report.md and "
         "stress/index.html.\n\n" + stress_answer(load_records(out / "stress.json")),
     ]
+    if (out / "meshes.json").exists() or (out / "meshes-faults.json").exists():
+        sections.append(meshes_section(out))
     streaming = out / "streaming"
     if (streaming / "report.md").exists():
         sections.append("## Streaming (BRA to AMS)\n\nSee streaming/report.md and streaming/index.html: jitter and "

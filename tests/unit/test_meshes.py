@@ -56,6 +56,27 @@ def test_nebula_sites_find_the_lighthouse_which_relays_and_route_the_blocks_via_
     assert lighthouse["static_host_map"] == {}
 
 
+def test_the_meshes_table_sets_each_mesh_beside_weaves_encrypted_sleeve():
+    """From a real run's records (AMS-MIL latency and TCP, then BRA-LJU cut and LJU partition,
+    2026-12-05, trimmed): a row per overlay with its cipher, MTU, RTT over the underlay, TCP,
+    CPU per Gbit/s, and what the faults did; tinc's relayed replies during the cut counted."""
+    from pathlib import Path
+
+    from pytest_overlay.report import meshes
+    from pytest_overlay.report.study import load_records
+
+    records = load_records(Path(__file__).parent / "data" / "meshes-run.json")
+    rows = {row[0]: row for row in meshes.rows(records, records, ["weave-encrypted", "wireguard", "nebula", "tinc"],
+                                               "cut-BRA-LJU", "partition-LJU")}
+    assert list(rows) == ["weave-encrypted", "wireguard", "nebula", "tinc"]
+    assert rows["wireguard"][1:5] == ["ChaCha20-Poly1305 (Noise IK handshake, Curve25519, BLAKE2s)", "1420",
+                                      "+0.42 ±0.02 (n=500)", "204 (n=8)"]
+    assert rows["wireguard"][5] == "4.4"  # 0.89 cores at AMS and MIL for 204 Mbit/s
+    assert rows["nebula"][2] == "1300" and rows["nebula"][6] == "20.0 / black hole"
+    assert rows["tinc"][6] == "18.1 / via a path the WAN counters do not chain (48.7 ms, n=191)"
+    assert rows["tinc"][7] == "0.11" and rows["weave-encrypted"][7] == "0.71"
+
+
 def test_clean_finds_the_control_sockets_a_killed_wireguard_go_left(tmp_path, monkeypatch):
     """wireguard-go removes its socket when ended, not when killed: the run's are found by
     the device names it was given, another run's are not."""

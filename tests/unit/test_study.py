@@ -127,7 +127,7 @@ def test_only_the_parts_asked_for_run_and_the_report_says_which(tmp_path):
     assert study.Study(tmp_path, python="true").run({2, 3}) == 0
     first = (tmp_path / "report.md").read_text().split("\n\n")[2]
     assert re.search(r"part 1: results of an earlier run; part 2: \d+ s; part 3: \d+ s; part 4: not run; "
-                     r"part 5: not run\.", first), first
+                     r"part 5: not run; part 6: not run; part 7: not run\.", first), first
 
 
 def test_the_confidence_section_names_its_units_and_renders_as_a_list():
