@@ -821,3 +821,30 @@ def test_a_ctrl_c_leaves_the_hosts_held_until_teardown_is_done(shared_lab, clean
     free = hostlock.HostLock(a, "f00d06")
     assert free.acquire() is None
     free.release()
+
+
+@pytest.mark.skipif(procs.missing({"wireguard-go": "wireguard-go", "wg": "wireguard-tools", "nebula": "nebula",
+                                   "tincd": "tinc"}) != [], reason="the meshes' daemons (wireguard-go, wg, nebula, "
+                                                                   "tincd) are not installed")
+def test_the_meshes_across_the_lab_hosts(shared_lab, tmp_path, clean_machine):
+    """WireGuard, Nebula and tinc measured over the lab as every other overlay is: their daemons
+    started over ssh, their keys copied through ssh's stdin, each record naming its cipher; and
+    afterwards nothing of theirs on the hosts, a neighbour's network as it was."""
+    out, a, b = shared_lab
+    limits = tmp_path / "limits.yaml"
+    limits.write_text((ROOT / "tests" / "relaxed-thresholds.yaml").read_text() + "overrides:\n" + "".join(
+        f"  - {{metric: latency, overlay: {name}, mean_tolerance_ms: 5}}\n" for name in ("wireguard", "nebula", "tinc")))
+    results = tmp_path / "meshes.json"
+    with neighbour_on(a) as reading:
+        network_before = reading()
+        run = run_suites("suites/", *QUICK, f"--topology={out}", "--overlay=meshes", "-m", "latency",
+                         f"--overlay-thresholds={limits}", f"--overlay-json={results}", timeout=600)
+        run.passed()
+        assert reading() == network_before
+    records = json.loads(results.read_text())["results"]
+    assert {r["overlay"] for r in records} == {"wireguard", "nebula", "tinc"}
+    for record in records:
+        assert record["datapath"]["testbed"] == "remote" and record["datapath"]["cipher"], record["datapath"]
+    for host in (a, b):
+        left = ssh(host, "ip -o link; ip route; iptables -S FORWARD").stdout
+        assert not re.search(r"\b(wg|nb|tc)[0-9a-f]{6}\d|10\.6[456]\.", left), left
