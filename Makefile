@@ -36,7 +36,7 @@ deps:
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null | grep -q '^install ok installed' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:" $$missing; \
-		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $$missing; \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q $(APT_FLAGS) $$missing; \
 	fi
 
 $(VENV)/.installed: setup.cfg pyproject.toml
@@ -46,8 +46,11 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(PY) -m pip install -q -e '.[test]'
 	touch $@
 
+# Without recommends: wireguard-tools recommends WireGuard's kernel module, which apt meets with a
+# whole kernel image; the kinds run wireguard-go, and name every package they use.
 overlay-deps: $(VENV)/.installed
-	@$(MAKE) --no-print-directory deps APT_PACKAGES="$$($(PY) -m pytest_overlay overlays --packages | tr '\n' ' ')"
+	@$(MAKE) --no-print-directory deps APT_FLAGS=--no-install-recommends \
+		APT_PACKAGES="$$($(PY) -m pytest_overlay overlays --packages | tr '\n' ' ')"
 
 venv: deps overlay-deps
 
