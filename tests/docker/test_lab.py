@@ -675,6 +675,13 @@ def start_cut(out: Path, state_root: Path) -> tuple[subprocess.Popen, str]:
     return run, said[1]
 
 
+def cut_the_link(bed: RemoteTestbed, hold_s: float) -> None:
+    """The lab's one link cut both ways, as a cut's first step is applied, held `hold_s` at most."""
+    cut = bed.topology.links[0]
+    bed.impair({f"{d.src}->{d.dst}": dataclasses.replace(d, loss_pct=100) for d in (cut.forward, cut.reverse)},
+               hold_s=hold_s)
+
+
 def test_a_fault_whose_run_is_killed_removes_itself_from_the_hosts(shared_lab, tmp_path, clean_machine):
     """SIGKILL in the middle of a 300 s cut, with no teardown and no `clean`: the lock sessions'
     far ends see their input close and remove the run's chain and its timer, so that A and B
@@ -710,9 +717,7 @@ def test_a_fault_timer_removes_a_fault_whose_controller_vanished(shared_lab, tmp
     bed = RemoteTestbed(topology.load(out), state_root=tmp_path)
     bed.up()
     try:
-        cut = bed.topology.links[0]
-        bed.impair({f"{d.src}->{d.dst}": dataclasses.replace(d, loss_pct=100) for d in (cut.forward, cut.reverse)},
-                   hold_s=2)
+        cut_the_link(bed, hold_s=2)
         assert ssh(a, f"ping -c 1 -W 1 {b.address}").returncode != 0
         deadline = time.monotonic() + 30
         while fault_rules(a) + fault_rules(b) and time.monotonic() < deadline:
@@ -749,9 +754,7 @@ def test_clean_with_force_leaves_a_live_runs_hosts_alone(shared_lab, tmp_path, c
     bed = RemoteTestbed(topology.load(out), state_root=tmp_path)
     bed.up()
     try:
-        cut = bed.topology.links[0]
-        bed.impair({f"{d.src}->{d.dst}": dataclasses.replace(d, loss_pct=100) for d in (cut.forward, cut.reverse)},
-                   hold_s=300)
+        cut_the_link(bed, hold_s=300)
         bed.underlay_endpoint("A")
         rules = {h.ssh: fault_rules(h) for h in (a, b)}
         swept = subprocess.run([sys.executable, "-m", "pytest_overlay", "clean", "--topology", str(out), "--force"],
