@@ -851,3 +851,20 @@ def test_the_meshes_across_the_lab_hosts(shared_lab, tmp_path, clean_machine):
     for host in (a, b):
         left = ssh(host, "ip -o link; ip route; iptables -S FORWARD").stdout
         assert not re.search(r"\b(wg|nb|tc)[0-9a-f]{6}\d|10\.6[456]\.", left), left
+
+
+def test_a_lock_directory_others_may_write_is_refused(shared_lab, clean_machine):
+    """A local user who could write the lock directory could hold every host or stand in for a
+    run: a host whose directory is not root's alone is refused, saying which and how to fix it."""
+    out, a, b = shared_lab
+    assert ssh(a, f"mkdir -p {hostlock.LOCKS} && chmod o+w {hostlock.LOCKS}").returncode == 0
+    try:
+        refused = hostlock.HostLock(a, "f00d07").acquire() or ""
+    finally:
+        ssh(a, f"chmod go-w {hostlock.LOCKS}")
+    assert refused.startswith(f"its lock directory is not root's alone ({hostlock.LOCKS} belongs to root with "
+                              "mode 70"), refused
+    assert "chmod go-w" in refused
+    held = hostlock.HostLock(a, "f00d07")
+    assert held.acquire() is None
+    held.release()

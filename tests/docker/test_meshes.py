@@ -65,11 +65,11 @@ def test_a_run_killed_with_its_meshes_up_leaves_nothing_after_clean(clean_machin
     run.communicate(timeout=30)
     assert any("wireguard: up in" in line for line in seen), "".join(seen[-20:])
     run_id = next(line.split()[2].rstrip(":") for line in seen if line.startswith("[overlay] testbed "))
-    assert [p.name for p in wireguard.UAPI_DIR.glob(f"wg{run_id}*.sock")] == ["wg" + run_id + "0.sock",
-                                                                             "wg" + run_id + "1.sock"]
+    sockets = sorted(p.name for p in wireguard.UAPI_DIR.glob(f"wg{run_id}*.sock"))
     swept = subprocess.run([sys.executable, "-m", "pytest_overlay", "clean"], cwd=ROOT, capture_output=True,
                            text=True, timeout=120)
     assert swept.returncode == 0, swept.stderr
+    assert sockets == [f"wg{run_id}0.sock", f"wg{run_id}1.sock"]
     assert "killed wireguard-A" in swept.stdout, swept.stdout
     assert f"removed {wireguard.UAPI_DIR}/wg{run_id}0.sock of run {run_id}" in swept.stdout, swept.stdout
     assert list(wireguard.UAPI_DIR.glob(f"wg{run_id}*.sock")) == []

@@ -2,7 +2,10 @@
 went wrong (from errors captured against the lab's real daemons)."""
 
 import docker
+import pytest
+
 from pytest_overlay import kinds
+from pytest_overlay.inputs import topology
 from pytest_overlay.inputs.topology import RemoteHost
 from pytest_overlay.paths import KNOWN_HOSTS
 from pytest_overlay.testbeds import hostengine, hosts, preflight, remote
@@ -191,3 +194,18 @@ def test_the_preflight_refuses_a_host_that_still_carries_another_runs_fault():
     assert str(check).startswith("B: still carries run 3f09aa's WAN fault (OVL-FAULT-3f09aa in the raw table")
     assert "clean --topology FILE" in check.fix and "iptables -t raw -X OVL-FAULT-3f09aa" in check.fix
     assert preflight.other_runs_faults("B", saved.replace("OVL-FAULT-3f09aa", "CNI-XYZ")) == []
+
+
+def test_a_teardown_that_could_not_undo_an_overlays_footprint_keeps_the_runs_state(tmp_path):
+    """An overlay's undo failed on a host: the testbed's teardown fails naming it, and keeps
+    the run's state here, so that `clean --topology` finds the run without --force."""
+    topo = topology.parse({"name": "t", "sites": {"A": {"host": {"ssh": "root@192.0.2.1"}},
+                                                  "B": {"host": {"ssh": "root@192.0.2.2"}}},
+                           "links": [{"between": ["A", "B"], "rtt_ms": 10}]}, "t.yaml")
+    bed = remote.RemoteTestbed(topo, state_root=tmp_path)
+    bed.run_dir.mkdir()
+    (bed.run_dir / "state.json").write_text("{}")
+    bed.left_behind("teardown on the hosts: host B: failed: ip link del weave")
+    with pytest.raises(remote.RemoteError, match=r"(?s)state is kept in .*host B: failed: ip link del weave"):
+        bed.down()
+    assert (bed.run_dir / "state.json").exists()
