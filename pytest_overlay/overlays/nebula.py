@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import re
 
 from .. import procs
 from ..inputs.model import AddressFamily
@@ -54,6 +55,38 @@ def configuration(files: dict[str, str], device: str, lighthouse: str | None, li
                      "inbound": [{"port": "any", "proto": "any", "host": "any"}]},
     }
     return json.dumps(config, indent=1) + "\n"
+
+
+_VPN_IP = re.compile(r"\bvpnIp=(\S+)")
+_MSG = re.compile(r'\bmsg="([^"]*)"')
+
+
+def tunnel_states(lines: list[str], by_address: dict[str, str]) -> dict[str, str]:
+    """Each peer's tunnel as Nebula's log last tells it (by_address: Nebula address -> site):
+    "dead" once its tunnel check failed, "handshaking" while a direct handshake is tried,
+    "relaying" while one goes through a relay, "relayed" once a handshake came back without a
+    UDP address of the peer (through the relay) or was sent through one, "direct" once one
+    came with the peer's address or the peer roamed back to it, "closed" once torn down."""
+    states: dict[str, str] = {}
+    for line in lines:
+        address, message = _VPN_IP.search(line), _MSG.search(line)
+        peer = by_address.get(address.group(1)) if address else None
+        if peer is None or message is None:
+            continue
+        said = message.group(1)
+        if said == "Tunnel status" and "state:dead" in line:
+            states[peer] = "dead"
+        elif said in ("Attempt to relay through hosts", "Send handshake via relay"):
+            states[peer] = "relaying"
+        elif said == "Handshake message received":
+            states[peer] = "relayed" if 'udpAddr="<nil>"' in line else "direct"
+        elif said == "Handshake message sent":
+            states[peer] = "relayed" if " relay=" in line else "handshaking"
+        elif said.startswith("Host roamed to new udp ip/port") and 'newAddr="<nil>"' not in line:
+            states[peer] = "direct"
+        elif said == "Close tunnel":
+            states[peer] = "closed"
+    return states
 
 
 class NebulaOverlay(MeshOverlay):
@@ -131,18 +164,8 @@ class NebulaOverlay(MeshOverlay):
                 "nebula_addresses": {site: self.nodes[site] for site in (src, dst)}}
 
     def control_state(self) -> dict[str, str]:
-        """Each site's tunnels as its log last said ("BRA->LJU": "tunnel" once a handshake
-        completed, "closed" once Nebula tore it down, "relayed" through the lighthouse)."""
+        """Each site's tunnel to each peer as its log last said ("BRA->LJU": "dead", "relaying",
+        "relayed", "direct", ...; see tunnel_states)."""
         by_address = {address: site for site, address in self.nodes.items()}
-        state = {}
-        for site, daemons in self.site_daemons.items():
-            for line in daemons[0].log_tail(400).splitlines():
-                peer = next((by_address[a] for a in by_address if f'vpnIp={a} ' in line or f"vpnIp={a}\n" in line
-                             or line.endswith(f"vpnIp={a}")), None)
-                if peer is None:
-                    continue
-                if "Handshake message received" in line or "Handshake message sent" in line:
-                    state[f"{site}->{peer}"] = "relayed" if "relay" in line.lower() else "tunnel"
-                elif "Tunnel status" in line and "dead" in line or "Close tunnel" in line:
-                    state[f"{site}->{peer}"] = "closed"
-        return state
+        return {f"{site}->{peer}": state for site, daemons in self.site_daemons.items()
+                for peer, state in tunnel_states(daemons[0].log_tail(400).splitlines(), by_address).items()}

@@ -5,6 +5,7 @@ them as a group."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 
@@ -60,8 +61,6 @@ def test_the_meshes_table_sets_each_mesh_beside_weaves_encrypted_sleeve():
     """From a real run's records (AMS-MIL latency and TCP, then BRA-LJU cut and LJU partition,
     2026-12-05, trimmed): a row per overlay with its cipher, MTU, RTT over the underlay, TCP,
     CPU per Gbit/s, and what the faults did; tinc's relayed replies during the cut counted."""
-    from pathlib import Path
-
     from pytest_overlay.report import meshes
     from pytest_overlay.report.study import load_records
 
@@ -84,3 +83,17 @@ def test_clean_finds_the_control_sockets_a_killed_wireguard_go_left(tmp_path, mo
     for name in ("wgabc1230.sock", "wgabc12311.sock", "wgfff0000.sock", "wg0.sock"):
         (tmp_path / name).touch()
     assert [p.name for p in kinds.leftovers("abc123")] == ["wgabc1230.sock", "wgabc12311.sock"]
+
+
+def test_nebula_tunnels_read_from_its_log_during_a_cut():
+    """BRA's and LJU's nebula logs during a 90 s cut of BRA-LJU (2026-12-05): BRA's tunnel to
+    LJU found dead, a direct handshake tried, the relay (the lighthouse, AMS) tried and taken;
+    at the heal both roam back to the direct path."""
+    logs = json.loads((Path(__file__).parent / "data" / "nebula-relay.json").read_text())
+    sites = {"10.66.255.2": "BRA", "10.66.255.3": "LJU"}
+    bra, lju = logs["nebula-BRA"], logs["nebula-LJU"]
+    states = [nebula.tunnel_states(bra[:n], sites) for n in range(1, len(bra) + 1)]
+    assert [s["LJU"] for s in states] == ["dead", "handshaking", "relaying", "relaying", "relayed", "direct"]
+    assert nebula.tunnel_states(lju[:3], sites) == {"BRA": "relayed"}
+    assert nebula.tunnel_states(lju, sites) == {"BRA": "direct"}
+    assert nebula.tunnel_states(bra, {}) == {}  # a peer it does not know is left out
