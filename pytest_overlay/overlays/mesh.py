@@ -36,6 +36,12 @@ class MeshOverlay(ContainerOverlay):
     cipher = ""  # what encrypts the data, as its records say it
     runs_in = "userspace"
     wire_what = "mesh packets"
+    owns_device = False  # its daemon addresses its device and routes the blocks itself (Nebula)
+    set_mtu: int | None = None  # the MTU given to its device (None: the daemon's own)
+
+    def __init_subclass__(cls, **kwargs) -> None:
+        super().__init_subclass__(**kwargs)
+        cls.packages = tuple(sorted(set(cls.tools.values())))  # what `make` installs: its tools' packages
 
     def __init__(self, testbed: Testbed) -> None:
         super().__init__(testbed)
@@ -76,8 +82,13 @@ class MeshOverlay(ContainerOverlay):
         """Make the keys and configuration, and start the daemon at every site."""
         raise NotImplementedError
 
-    def _configure_device(self, site: str) -> None:
-        """What the daemon does not do itself to its device at a site (address, MTU, up)."""
+    def _device_commands(self, site: str) -> list[str]:
+        """Shell lines giving the daemon's device at a site what the daemon does not give it:
+        the site's mesh address, the MTU asked for, and up."""
+        if self.owns_device:
+            return []
+        device, mtu = self.devices[site], f" mtu {self.set_mtu}" if self.set_mtu else ""
+        return [f"ip address add {self.mesh_address(site)}/32 dev {device}", f"ip link set {device}{mtu} up"]
 
     def _wait_devices(self) -> None:
         deadline = time.monotonic() + DEVICE_UP_S
@@ -88,7 +99,9 @@ class MeshOverlay(ContainerOverlay):
                     raise EngineError(f"{self.name}: no device {device} at {site} {DEVICE_UP_S:g} s after its daemon "
                                       f"started; its log:\n{self.site_daemons[site][0].log_tail(10)}")
                 time.sleep(0.1)
-            self._configure_device(site)
+            commands = self._device_commands(site)
+            if commands:
+                self._on_site(site, ["sh", "-ec", "\n".join(commands)], 30).check()
         site = next(iter(self.devices))
         shown = self._on_site(site, ["ip", "-o", "link", "show", "dev", self.devices[site]], 10).check().stdout.split()
         self.device_mtu = int(shown[shown.index("mtu") + 1])
@@ -97,7 +110,8 @@ class MeshOverlay(ContainerOverlay):
         """The other sites' blocks into the device; forwarding between it and the containers'
         veths allowed (a site's Docker engine sets FORWARD's policy to drop)."""
         for site, device in self.devices.items():
-            script = [f"ip route replace {block} dev {device}" for other, block in self.blocks.items() if other != site]
+            script = [] if self.owns_device else [f"ip route replace {block} dev {device}"
+                                                  for other, block in self.blocks.items() if other != site]
             script += [f"iptables -w -I FORWARD -i {device} -j ACCEPT", f"iptables -w -I FORWARD -o {device} -j ACCEPT"]
             self._on_site(site, ["sh", "-ec", "\n".join(script)], 30).check()
 

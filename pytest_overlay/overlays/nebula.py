@@ -94,11 +94,11 @@ class NebulaOverlay(MeshOverlay):
     label = "Nebula"
     description = "Nebula 1.6 with a lighthouse that relays, unsafe routes to the sites' blocks, UDP 4242"
     family = FAMILY
-    packages = ("nebula",)
     host_needs = HOST_NEEDS
     tools = TOOLS
     port = PORT
     device_prefix = "nb"
+    owns_device = True
     cipher = "AES-256-GCM (Noise IX handshake, Curve25519; Nebula's default cipher)"
     timers = (
         ("tunnel test", "after 5 s without traffic back, tested; closed 10 s later without an answer",
@@ -152,12 +152,6 @@ class NebulaOverlay(MeshOverlay):
                                             self.nodes[self.lighthouse], lighthouse_at, routes))
             placed = self._site_files(name, site, {"config.yml": config})
             self._start_daemon(name, site, [self._binary("nebula"), "-config", placed["config.yml"]])
-
-    def _route(self) -> None:
-        """Nebula installs its unsafe routes itself; forwarding still needs allowing."""
-        for site, device in self.devices.items():
-            self._on_site(site, ["sh", "-ec", f"iptables -w -I FORWARD -i {device} -j ACCEPT\n"
-                                             f"iptables -w -I FORWARD -o {device} -j ACCEPT"], 30).check()
 
     def _datapath(self, src: str, dst: str) -> dict:
         return {**super()._datapath(src, dst), "lighthouse": self.lighthouse, "relay": self.lighthouse,

@@ -55,7 +55,6 @@ class TincOverlay(MeshOverlay):
     label = "tinc 1.0"
     description = "tinc 1.0 in router mode, full mesh of meta connections, forwarding via other nodes, UDP/TCP 655"
     family = FAMILY
-    packages = ("tinc",)
     host_needs = HOST_NEEDS
     tools = TOOLS
     port = PORT
@@ -97,11 +96,6 @@ class TincOverlay(MeshOverlay):
             self._start_daemon(name, site, [self._binary("tincd"), "-c", directory, "-D", "-d", "1",
                                             f"--pidfile={self._daemon_dir(name)}/tinc.pid"])
             shutil.rmtree(self.state_dir / f"keys-{site}")
-
-    def _configure_device(self, site: str) -> None:
-        device = self.devices[site]
-        self._on_site(site, ["sh", "-ec", f"ip address add {self.mesh_address(site)}/32 dev {device}\n"
-                                         f"ip link set {device} up"], 30).check()
 
     def control_state(self) -> dict[str, str]:
         """Which nodes each site's tincd has a meta connection with, from its log ("BRA->LJU":

@@ -64,11 +64,11 @@ class WireGuardOverlay(MeshOverlay):
     label = "WireGuard (wireguard-go)"
     description = "WireGuard in userspace (wireguard-go), full mesh of static peers, UDP 51820"
     family = FAMILY
-    packages = tuple(sorted(set(TOOLS.values())))
     host_needs = HOST_NEEDS
     tools = TOOLS
     port = PORT
     device_prefix = "wg"
+    set_mtu = MTU
     cipher = "ChaCha20-Poly1305 (Noise IK handshake, Curve25519, BLAKE2s)"
     timers = (
         ("persistent keepalive", f"{KEEPALIVE_S} s", "chosen here, as wg(8) suggests"),
@@ -107,11 +107,8 @@ class WireGuardOverlay(MeshOverlay):
             self.configs[site] = self._site_files(name, site, {"wg.conf": path})["wg.conf"]
             self._start_daemon(name, site, [self._binary("wireguard-go"), "-f", self.devices[site]])
 
-    def _configure_device(self, site: str) -> None:
-        device = self.devices[site]
-        self._on_site(site, ["sh", "-ec", f"wg setconf {device} {self.configs[site]}\n"
-                                         f"ip address add {self.mesh_address(site)}/32 dev {device}\n"
-                                         f"ip link set {device} mtu {MTU} up"], 30).check()
+    def _device_commands(self, site: str) -> list[str]:
+        return [f"wg setconf {self.devices[site]} {self.configs[site]}", *super()._device_commands(site)]
 
     def control_state(self) -> dict[str, str]:
         """Each site's session with each peer ("BRA->LJU": "session" or "no session")."""
