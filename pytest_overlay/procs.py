@@ -345,3 +345,16 @@ def kill_recorded(pid: int, started: int | None) -> bool:
     except ProcessLookupError:
         return False
     return True
+
+
+def pids_where(matches: Callable[[Path], bool]) -> list[int]:
+    """Processes whose /proc entry matches (those that vanish meanwhile are skipped)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if matches(entry):
+                    pids.append(int(entry.name))
+            except OSError:
+                continue
+    return pids

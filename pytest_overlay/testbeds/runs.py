@@ -50,25 +50,12 @@ def netns_inode(name: str) -> int | None:
         return None
 
 
-def _pids_where(matches: Callable[[Path], bool]) -> list[int]:
-    """Processes whose /proc entry matches (those that vanish meanwhile are skipped)."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if matches(entry):
-                    pids.append(int(entry.name))
-            except OSError:
-                continue
-    return pids
-
-
 def pids_in_netns(inode: int) -> list[int]:
-    return _pids_where(lambda proc: os.stat(proc / "ns/net").st_ino == inode)
+    return procs.pids_where(lambda proc: os.stat(proc / "ns/net").st_ino == inode)
 
 
 def _pids_in_cgroup(marker: str) -> list[int]:
-    return _pids_where(lambda proc: marker in (proc / "cgroup").read_text())
+    return procs.pids_where(lambda proc: marker in (proc / "cgroup").read_text())
 
 
 def kill_pids(pids: list[int], why: str, report: Callable[[str], None] | None) -> list[int]:
