@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Protocol
 
 from .. import procs
+from . import runqueue
 
 _ports = itertools.count(20000)
 INTERVAL_S = 0.5
@@ -37,6 +38,9 @@ class Endpoint(Protocol):
     address: str
 
     def run(self, command: list[str], timeout: float | None = 60) -> procs.CommandResult: ...
+
+    def netns_inode(self) -> int | None:
+        """Its network namespace's inode, where it is on this machine (else None)."""
 
     def start(self, name: str, command: list[str], ready: str | None = None) -> procs.Daemon: ...
 
@@ -90,6 +94,14 @@ class Irtt(Probe):
         probe through a longer outage must raise it, or the outage never ends."""
         return ["irtt", "server", "-b", f"{dst.address}:{port}", "-i", "0", "--tstamp=none",
                 *([f"--timeout={idle_s:g}s"] if idle_s else [])]
+
+    def watched(self, src: "Endpoint", dst: "Endpoint", port: int) -> list[runqueue.Side] | None:
+        """The client and the server of a run on `port`, where both run on this machine."""
+        at = tuple(getattr(end, "netns_inode", lambda: None)() for end in (src, dst))  # an older kind's: not
+        if None in at:
+            return None
+        return [runqueue.Side("client", "irtt", f"{dst.address}:{port}", at[0]),
+                runqueue.Side("server", "irtt", f"{dst.address}:{port}", at[1])]
 
     def parse(self, output: str, interval_ms: float, what: str = "irtt") -> "LatencySamples":
         return parse_irtt(output, interval_ms, what)
@@ -157,6 +169,7 @@ class LatencySamples:
     tool: str = "irtt"
     times_ns: list[list[tuple[int, int]]] = field(default_factory=list)  # per round, (send, receive)
     excluded: int = 0
+    waits: runqueue.Waits | None = None  # the probe's processes' waits for a CPU (None: not watched)
 
     @property
     def spans_ns(self) -> list[tuple[int, int]]:
@@ -172,7 +185,7 @@ class LatencySamples:
             times.append([p[1] for p in pairs])
         dropped = sum(map(len, self.rounds_ms)) - sum(map(len, rounds))
         return LatencySamples(rounds, self.sent, self.lost, self.interval_ms, self.warmup, self.tool, times,
-                              self.excluded + dropped)
+                              self.excluded + dropped, self.waits)
 
     @property
     def rtt_ms(self) -> list[float]:
@@ -269,15 +282,19 @@ def iperf3_server(dst: Endpoint) -> tuple[procs.Daemon, int]:
 def latency(src: Endpoint, dst: Endpoint, samples: int, interval_ms: float = 10.0) -> LatencySamples:
     """`samples` UDP request/response round trips from src to dst, one every interval_ms."""
     server, port = irtt_server(dst)
+    sides = LATENCY.watched(src, dst, port)
     try:
         duration = samples * interval_ms / 1000
-        result = src.run(LATENCY.command(src, dst, port, interval_ms, duration), timeout=duration + 30)
+        with runqueue.Watch(sides or []) as watch:
+            result = src.run(LATENCY.command(src, dst, port, interval_ms, duration), timeout=duration + 30)
         if not result.ok:
             raise ProbeError(f"irtt {src.name} -> {dst.name} failed (exit {result.rc}): "
                              f"{(result.stderr or result.stdout).strip()[-500:]}\nserver log: {server.log_tail(5)}")
     finally:
         server.stop()
-    return LATENCY.parse(result.stdout, interval_ms, f"irtt {src.name} -> {dst.name}")
+    parsed = LATENCY.parse(result.stdout, interval_ms, f"irtt {src.name} -> {dst.name}")
+    parsed.waits = watch.waits if sides else None
+    return parsed
 
 
 def parse_irtt(output: str, interval_ms: float, what: str = "irtt") -> LatencySamples:
@@ -303,9 +320,11 @@ def repeated_latency(src: Endpoint, dst: Endpoint, samples: int, interval_ms: fl
                      rounds: int = 1, warmup: int = 0) -> LatencySamples:
     """`rounds` runs of latency(), each dropping its first `warmup` round trips."""
     runs = [latency(src, dst, samples + warmup, interval_ms) for _ in range(rounds)]
+    watched = [run.waits for run in runs]
     return LatencySamples([run.rtt_ms[warmup:] for run in runs], sum(r.sent for r in runs),
                           sum(r.lost for r in runs), interval_ms, warmup,
-                          times_ns=[run.spans_ns[warmup:] for run in runs])
+                          times_ns=[run.spans_ns[warmup:] for run in runs],
+                          waits=None if None in watched else sum(watched[1:], watched[0]))
 
 
 def repeated_throughput(src: Endpoint, dst: Endpoint, protocol: str, duration: float,

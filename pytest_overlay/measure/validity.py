@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from ..emulation.delayline import LATE_LIMIT_S
 from .machine import Window as MachineWindow
 from .probes import probe_of
+from .runqueue import Waits
 
 # The rules themselves are in the thresholds file (section `validity`); a probe says which of
 # them bounds its samples.
@@ -30,7 +31,7 @@ Z95 = 1.645  # one-sided 95 %
 # Causes that come from the machine being busy, not from the overlay: such a measurement may
 # be taken again (--overlay-retries).
 LOAD_CAUSES = ("emulator released", "emulator dropped", "emulator touched", "emulator's timeline",
-               "clients CPU-bound", "sender offered only")
+               "clients CPU-bound", "sender offered only", "probe processes waited")
 
 
 @dataclass(frozen=True)
@@ -44,7 +45,8 @@ class Hop:
 
 @dataclass(frozen=True)
 class Trouble:
-    """One window of the emulator's timeline on one link direction (wall ns)."""
+    """One window of the emulator's timeline on one link direction (wall ns), or (`waited`)
+    one poll window in which a probe's own processes waited for a CPU, `link` naming them."""
 
     link: str
     start_ns: int
@@ -52,6 +54,7 @@ class Trouble:
     late: int
     dropped: int
     max_late_us: float
+    waited: bool = False
 
     @classmethod
     def of(cls, link: str, window: list) -> "Trouble":
@@ -59,6 +62,11 @@ class Trouble:
         return cls(link, int(start), int(end), int(late), int(dropped), float(max_late))
 
     def describe(self) -> str:
+        if self.waited and not self.late:
+            return f"{self.link} not watched for {(self.end_ns - self.start_ns) / 1e6:.1f} ms"
+        if self.waited:
+            return (f"{self.link} waited {self.max_late_us / 1e3:.1f} ms for a CPU within "
+                    f"{(self.end_ns - self.start_ns) / 1e6:.1f} ms")
         what = []
         if self.late:
             what.append(f"{self.late} released late (up to {self.max_late_us / 1e3:.1f} ms)")
@@ -81,11 +89,15 @@ class Accounting:
     kept: list[bool] = field(default_factory=list)
     loss_faults: list[str] = field(default_factory=list)  # UDP: what touches the loss figure only
     late: int | None = None  # streaming: the stream's packets released late (none can be left out)
+    probe_wait: dict | None = None  # round trips: how long the probe's own processes waited for a CPU
+    stalls: list[Trouble] = field(default_factory=list)
 
     def to_json(self) -> dict:
         return {
             "n": self.n, "n_excluded": self.excluded, "rule": self.rule, "path": self.path,
             **({"late": self.late} if self.late is not None else {}),
+            **({"probe_wait": {**self.probe_wait, "windows": [t.describe() for t in self.stalls[:10]]}}
+               if self.probe_wait is not None else {}),
             "windows": [t.describe() for t in self.troubles[:20]] + (
                 [f"... {len(self.troubles) - 20} more"] if len(self.troubles) > 20 else []),
         }
@@ -143,6 +155,34 @@ def round_trip_spans(times_ns: list[tuple[int, int]], there: list[Hop], back: li
             sample.append((hop.link, int(send + cumulative - slack), int(receive - (rtt_ns - cumulative) + slack)))
         out.append(sample)
     return out
+
+
+def probe_moments(times_ns: list[tuple[int, int]], there: list[Hop], back: list[Hop]) -> list[list[tuple[str, int, int]]]:
+    """When each round trip needed its probe's processes: the client as it sent and as it
+    received, the server between the request's earliest arrival and the reply's latest
+    departure."""
+    ahead = sum(h.delay_ms - h.jitter_ms for h in there) * 1e6
+    behind = sum(h.delay_ms - h.jitter_ms for h in back) * 1e6
+    out = []
+    for send, receive in times_ns:
+        lo, hi = int(send + max(ahead, 0)), int(receive - max(behind, 0))
+        out.append([("irtt client", send, send), ("irtt server", min(lo, hi), max(lo, hi)),
+                    ("irtt client", receive, receive)])
+    return out
+
+
+def cpu_stalls(waits: Waits, times_ns: list[tuple[int, int]], limit_ms: float) -> list[Trouble]:
+    """The poll windows in which a side's processes waited over `limit_ms` for a CPU, and
+    for a side watched late (or never), the time before: nothing says what it waited then."""
+    stalls = [Trouble(f"irtt {w.side}", w.start_ns, w.end_ns, 1, 0, w.wait_ns / 1e3, waited=True)
+              for w in waits.windows if w.wait_ns > limit_ms * 1e6]
+    if times_ns:
+        first, last = min(t[0] for t in times_ns), max(t[1] for t in times_ns)
+        for side in ("client", "server"):
+            since = waits.since_ns.get(side, last + 1)
+            if since > first:
+                stalls.append(Trouble(f"irtt {side}", first - MATCH_MARGIN_NS, since, 0, 0, 0.0, waited=True))
+    return stalls
 
 
 def interval_spans(spans_ns: list[tuple[int, int]], hops: list[Hop]) -> list[list[tuple[str, int, int]]]:
@@ -216,6 +256,7 @@ def account(kind: str, accrued: dict[str, dict], there: list[Hop], back: list[Ho
         spans = interval_spans(samples.spans_ns, crossing) if samples.spans_ns else None
     n = len(samples.rtt_ms) if round_trips else len(samples.mbit)
     acc.n = n
+    emulator_hits = 0
     if spans is None or len(spans) != n:
         acc.kept = [not troubles] * n
         acc.rule = "no sample times: any window on the path touches every sample"
@@ -225,6 +266,17 @@ def account(kind: str, accrued: dict[str, dict], there: list[Hop], back: list[Ho
             coarse = [t for t in troubles if t.dropped or t.max_late_us > resolution_ms * 1e3]
             judged = iter(touched([span for span, h in zip(spans, held) if h], coarse))
             hits = [next(judged) if h else hit for hit, h in zip(hits, held)]
+        emulator_hits = hits.count(True)
+        waits = getattr(samples, "waits", None)
+        if waits is not None:
+            limit_ms = resolution_ms if held and any(held) else rules["max_probe_wait_ms"]
+            stalls = cpu_stalls(waits, times, limit_ms)
+            waited = touched(probe_moments(times, there, back), stalls)
+            acc.probe_wait = {"limit_ms": limit_ms, "client_ms": round(waits.total_ms("client"), 3),
+                              "server_ms": round(waits.total_ms("server"), 3), "polls": waits.polls,
+                              "windows_over_limit": len(stalls), "n_excluded": waited.count(True)}
+            acc.stalls = stalls
+            hits = [a or b for a, b in zip(hits, waited)]
         acc.kept = [not hit for hit in hits]
     else:
         # An interval's rate moves by at most the share of its time the emulator spent late.
@@ -241,10 +293,19 @@ def account(kind: str, accrued: dict[str, dict], there: list[Hop], back: list[Ho
                  "late)")
     acc.rule = acc.rule or f"{what} is excluded; INVALID beyond {bound * 100:g} % excluded"
     if n and acc.excluded > bound * n:
-        worst = max(troubles, key=lambda t: (t.late + t.dropped, t.max_late_us))
-        acc.faults.append(
-            f"emulator touched {acc.excluded} of {n} {probe.sample} "
-            f"({acc.excluded / n * 100:.1f} %, bound {bound * 100:g} %) on their path; worst {worst.describe()}" + because)
+        if not round_trips or emulator_hits > bound * n or not acc.stalls:
+            worst = max(troubles, key=lambda t: (t.late + t.dropped, t.max_late_us))
+            acc.faults.append(
+                f"emulator touched {acc.excluded} of {n} {probe.sample} "
+                f"({acc.excluded / n * 100:.1f} %, bound {bound * 100:g} %) on their path; worst {worst.describe()}"
+                + because)
+        else:
+            worst = max(acc.stalls, key=lambda t: t.max_late_us)
+            acc.faults.append(
+                f"probe processes waited for a CPU over {acc.probe_wait['limit_ms']:g} ms around "
+                f"{acc.probe_wait['n_excluded']} of {n} {probe.sample}: with the emulator's {emulator_hits}, "
+                f"{acc.excluded} excluded ({acc.excluded / n * 100:.1f} %, bound {bound * 100:g} %); worst "
+                f"{worst.describe()}" + because)
     dropped = _dropped(troubles)
     if probe.congestion_controlled:
         if dropped:

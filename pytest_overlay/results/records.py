@@ -177,8 +177,10 @@ FIELD_DOCS: dict[str, dict[str, str]] = {
         "compared": "against the saved run: each statistic compared, saved and now, the change, the noise, the "
                     "gate and its verdict",
         "tries": "measurements taken, the earlier ones INVALID for the machine's load",
-        "exclusions": "samples left out because the emulator released late or dropped on their path: n, "
-                      "n_excluded, the rule, the path and its windows",
+        "exclusions": "samples left out because the emulator released late or dropped on their path, or (round "
+                      "trips) a thread of the probe's client or server waited over max_probe_wait_ms for a CPU: n, "
+                      "n_excluded, the rule, the path and its windows; probe_wait: the probe's waits (ms) and the "
+                      "round trips they excluded",
         "measured": "the measurement window (UTC) and the machine's steal, busy and CPU pressure in it",
         "extra": "metric-specific detail (samples, packets, retransmits, rounds, ...)",
     },

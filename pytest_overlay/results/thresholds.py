@@ -40,6 +40,8 @@ SETTINGS[VALIDITY] = {
                            "or dropping on the circuit's path before the flows' summed goodput is its doing (0..1)",
     "max_late_share_interval": "a throughput interval is excluded where the emulator's late or drop windows on its "
                                "path cover more than this share of it (0..1)",
+    "max_probe_wait_ms": "a round trip is excluded where a thread of its irtt client or server waited longer "
+                         "than this for a CPU around the moment it handled it (ms)",
     "max_stall_ms_tcp": "longest late release on a TCP run's path before its congestion control is the "
                         "emulator's doing, not the network's (ms)",
     "max_late_share_stream": "share of the stream's own packets the emulator may release over 1 ms late, judged "

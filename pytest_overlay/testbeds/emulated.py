@@ -84,6 +84,9 @@ class SiteEndpoint:
     def agent(self, name: str) -> str:
         return str(AGENTS / name)
 
+    def netns_inode(self) -> int | None:
+        return netns_inode(self.testbed.netns_of(self.name))
+
     def file(self, path: Path) -> str:
         return str(path)
 

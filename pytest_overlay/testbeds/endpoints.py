@@ -6,12 +6,15 @@ else."""
 from __future__ import annotations
 
 import io
+import os
 import shlex
 import subprocess
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+import docker
 
 from .. import procs
 from ..paths import IMAGE_AGENTS
@@ -41,6 +44,19 @@ class ContainerEndpoint:
 
     def agent(self, name: str) -> str:
         return f"{IMAGE_AGENTS}/{name}"
+
+    def netns_inode(self) -> int | None:
+        """Its namespace's inode where its engine runs on this machine (a real host's: None)."""
+        if not self.engine.local:
+            return None
+        try:
+            pid = self.engine.client.containers.get(self.container).attrs["State"]["Pid"]
+        except docker.errors.DockerException:
+            return None
+        try:
+            return os.stat(f"/proc/{pid}/ns/net").st_ino if pid else None
+        except OSError:
+            return None
 
     def file(self, path: Path) -> str:
         """Copy the file into the container's /tmp (over the Docker API: works on remote hosts too)."""

@@ -19,7 +19,7 @@ import subprocess
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import Callable, ClassVar
 
 import docker
 
@@ -104,6 +104,7 @@ class Engine:
     daemon: procs.Daemon | None = None
     containerd: procs.Daemon | None = None
     client: docker.DockerClient | None = field(default=None, repr=False)
+    local: ClassVar[bool] = True  # its processes are this machine's
 
     @property
     def data_root(self) -> Path:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import dataclass
+from typing import ClassVar
 
 import docker
 
@@ -30,6 +31,7 @@ class RemoteEngine(Engine):
     """A real host's own dockerd, reached over TLS; never started or stopped by this run."""
 
     host: RemoteHost | None = None
+    local: ClassVar[bool] = False
 
     @property
     def url(self) -> str:

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from pytest_overlay.emulation.delayline import MAX_WINDOWS, Queue
-from pytest_overlay.measure import machine, probes, validity
+from pytest_overlay.measure import machine, probes, runqueue, validity
 from pytest_overlay.results import thresholds
 
 DATA = Path(__file__).parent / "data"
@@ -83,6 +83,52 @@ def test_beyond_the_bound_the_record_is_invalid_and_says_why():
     assert "A->B: 9 released late (up to 12.0 ms)" in fault
     assert fault.endswith("the hypervisor took 22 % of the CPUs for 2.0 s")
     assert validity.load_related(acc.faults)
+
+
+def waited(*windows: tuple[str, float, float, float], since_ms: float = -100) -> runqueue.Waits:
+    """Poll windows (side, from ms, to ms, longest thread's wait in ms), both sides watched
+    from `since_ms`."""
+    return runqueue.Waits([runqueue.Wait(side, T0 + int(a * MS), T0 + int(b * MS), int(w * MS), int(w * MS))
+                           for side, a, b, w in windows],
+                          {side: T0 + int(since_ms * MS) for side in ("client", "server")}, len(windows))
+
+
+def test_a_round_trip_whose_probe_waited_for_a_cpu_is_excluded_like_a_late_release():
+    samples = round_trips(100)
+    quiet = {"A->B": {"windows": []}, "B->A": {"windows": []}}
+    # The server waited 3 ms at 500-510 ms: the requests sent at 480-500 ms were due there
+    # then (10 ms on the way), give or take the 1 ms either side any window is matched with.
+    samples.waits = waited(("server", 500, 510, 3.0), ("client", 700, 710, 0.4), ("server", 300, 310, 0.9))
+    acc = validity.account("latency", quiet, THERE, BACK, samples, RULES)
+    assert [i for i, k in enumerate(acc.kept) if not k] == [49, 50], acc.kept
+    assert not acc.faults
+    assert acc.probe_wait["n_excluded"] == 2 and acc.probe_wait["windows_over_limit"] == 1
+    assert acc.to_json()["probe_wait"]["windows"] == ["irtt server waited 3.0 ms for a CPU within 10.0 ms"]
+    # The client waits at its own two moments: as it sends (sent at 800 ms) and as the reply
+    # comes in (sent at 780 ms, back at 800.2 ms).
+    samples.waits = waited(("client", 799.5, 800.5, 2.0))
+    acc = validity.account("latency", quiet, THERE, BACK, samples, RULES)
+    assert [i for i, k in enumerate(acc.kept) if not k] == [78, 80]
+
+
+def test_too_many_round_trips_the_probe_waited_through_make_the_record_invalid_for_the_load():
+    samples = round_trips(100)
+    samples.waits = waited(*[("client", t, t + 10, 4.5) for t in range(200, 300, 10)])
+    acc = validity.account("latency", {"A->B": {"windows": [window(600, 603)]}, "B->A": {"windows": []}},
+                           THERE, BACK, samples, RULES)
+    (fault,) = acc.faults
+    assert fault.startswith("probe processes waited for a CPU over 1 ms around 13 of 100 round trips: with the "
+                            "emulator's 1, 14 excluded (14.0 %, bound 5 %); worst irtt client waited 4.5 ms"), fault
+    assert validity.load_related(acc.faults)
+
+
+def test_a_side_watched_late_cannot_vouch_for_the_round_trips_before():
+    samples = round_trips(100)
+    samples.waits = waited(since_ms=45)
+    acc = validity.account("latency", {"A->B": {"windows": []}, "B->A": {"windows": []}}, THERE, BACK, samples, RULES)
+    # Sent at 0-40 ms (and 1 ms either side): the client's send was not watched.
+    assert [i for i, k in enumerate(acc.kept) if not k] == [0, 1, 2, 3, 4]
+    assert "irtt client not watched for 46.0 ms" in acc.to_json()["probe_wait"]["windows"]
 
 
 def test_a_timeline_that_overflowed_cannot_vouch():

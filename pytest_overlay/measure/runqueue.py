@@ -1,0 +1,128 @@
+"""How long a probe's own processes waited for a CPU while it measured.
+
+A round trip's time includes the moments its client and its server spent runnable but not
+running: on a busy machine (another process on a core, the hypervisor's steal) irtt's
+client sends late, or its server replies late, and the delay line cannot see that. The
+kernel counts each thread's run-queue wait (`/proc/PID/task/TID/schedstat`, second field,
+ns); sampling it every few milliseconds puts those waits on the same wall clock as the
+samples, so a sample the machine delayed is excluded like one the emulator released late.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+
+from .. import procs
+
+POLL_S = 0.01
+
+
+@dataclass(frozen=True)
+class Wait:
+    """Within [start_ns, end_ns], one side's threads waited `total_ns` for a CPU in all, the
+    longest-waiting one `wait_ns`: what delayed the work that thread did, a round trip's
+    send, reply or receive among it. (The sum over the threads bounds it too, but loosely:
+    the Go runtime's idle threads wait as well, and most of that delays no packet.)"""
+
+    side: str
+    start_ns: int
+    end_ns: int
+    wait_ns: int
+    total_ns: int
+
+
+@dataclass(frozen=True)
+class Side:
+    """The processes to watch: named `comm`, with `needle` in their command line, in the
+    network namespace whose inode is `netns`."""
+
+    name: str
+    comm: str
+    needle: str
+    netns: int
+
+
+@dataclass
+class Waits:
+    """What one watch saw: every poll window's wait per side, and from when each side was
+    watched (a sample before that cannot be judged)."""
+
+    windows: list[Wait] = field(default_factory=list)
+    since_ns: dict[str, int] = field(default_factory=dict)
+    polls: int = 0
+
+    def total_ms(self, side: str) -> float:
+        return sum(w.total_ns for w in self.windows if w.side == side) / 1e6
+
+    def __add__(self, other: "Waits") -> "Waits":
+        since = {s: min(t for t in (self.since_ns.get(s), other.since_ns.get(s)) if t is not None)
+                 for s in {*self.since_ns, *other.since_ns}}
+        return Waits(self.windows + other.windows, since, self.polls + other.polls)
+
+
+def find(side: Side) -> list[int]:
+    """The pids of the side's processes now running on this machine."""
+    return procs.pids_where(lambda proc: (proc / "comm").read_text().strip() == side.comm
+                            and side.needle.encode() in (proc / "cmdline").read_bytes()
+                            and os.stat(proc / "ns/net").st_ino == side.netns)
+
+
+def run_delays(pids: list[int]) -> dict[tuple[int, int], int]:
+    """Each thread's run-queue wait so far (ns), by (pid, tid)."""
+    delays = {}
+    for pid in pids:
+        try:
+            tids = os.listdir(f"/proc/{pid}/task")
+        except OSError:
+            continue
+        for tid in tids:
+            try:
+                with open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                    delays[(pid, int(tid))] = int(f.read().split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    return delays
+
+
+class Watch:
+    """Samples the sides' run-queue waits every POLL_S on a thread while the `with` block
+    runs. A thread is counted from its first sample: what it waited before is in no window."""
+
+    def __init__(self, sides: list[Side], poll_s: float = POLL_S) -> None:
+        self.sides = sides
+        self.poll_s = poll_s
+        self.waits = Waits()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="pytest-overlay-runqueue", daemon=True)
+
+    def __enter__(self) -> "Watch":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _loop(self) -> None:
+        pids: dict[str, list[int]] = {side.name: [] for side in self.sides}
+        last: dict[str, tuple[int, dict]] = {}
+        while True:
+            for side in self.sides:
+                if not pids[side.name]:
+                    pids[side.name] = find(side)
+                now = time.time_ns()
+                delays = run_delays(pids[side.name])
+                if side.name in last:
+                    then, before = last[side.name]
+                    waited = [d - before[k] for k, d in delays.items() if k in before and d > before[k]]
+                    self.waits.windows.append(Wait(side.name, then, now, max(waited, default=0), sum(waited)))
+                elif delays:
+                    self.waits.since_ns[side.name] = now
+                if delays:
+                    last[side.name] = (now, delays)
+            self.waits.polls += 1
+            if self._stop.wait(self.poll_s):
+                return

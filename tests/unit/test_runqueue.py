@@ -1,0 +1,68 @@
+"""The probe's own processes' waits for a CPU, read from the kernel's run-queue accounting
+of real processes: two busy loops made to share one CPU wait about half the time each, a
+sleeping one never."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import time
+import uuid
+
+import pytest
+
+from pytest_overlay.measure import runqueue
+
+HERE = os.stat("/proc/self/ns/net").st_ino
+
+
+@pytest.fixture
+def program(tmp_path):
+    """program(binary, *args, cpu=None): a copy of `binary` named `ovlprobe`, started with a
+    marker argument (its needle) and pinned to `cpu`; ended by its pid after the test."""
+    started: list[subprocess.Popen] = []
+
+    def start(binary: str, *args: str, cpu: int | None = None) -> str:
+        copy = tmp_path / "ovlprobe"
+        if not copy.exists():
+            shutil.copy(shutil.which(binary), copy)
+        needle = f"ovl-{uuid.uuid4().hex[:8]}"
+        pin = (lambda: os.sched_setaffinity(0, {cpu})) if cpu is not None else None
+        started.append(subprocess.Popen([str(copy), *args, needle], stdin=subprocess.PIPE,
+                                        stdout=subprocess.DEVNULL, preexec_fn=pin))
+        return needle
+
+    yield start
+    for p in started:
+        p.kill()
+        p.wait()
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/schedstat"), reason="kernel without schedstats")
+def test_two_busy_processes_sharing_a_cpu_each_wait_about_half_the_time(program):
+    cpu = min(os.sched_getaffinity(0))
+    first, second = program("yes", cpu=cpu), program("yes", cpu=cpu)
+    sides = [runqueue.Side("client", "ovlprobe", first, HERE), runqueue.Side("server", "ovlprobe", second, HERE)]
+    began = time.time_ns()
+    with runqueue.Watch(sides) as watch:
+        time.sleep(1.0)
+    watched_ms = (time.time_ns() - began) / 1e6
+    waits = watch.waits
+    assert set(waits.since_ns) == {"client", "server"}
+    for side in ("client", "server"):
+        # Each runs about half the time it is watched; the hypervisor's steal only adds.
+        assert 0.25 * watched_ms < waits.total_ms(side) <= watched_ms + 20, (side, waits.total_ms(side))
+    windows = [w for w in waits.windows if w.side == "client"]
+    assert any(w.wait_ns > 1_000_000 for w in windows)
+    # One thread: its wait in a window is all the side waited there, and no longer than it.
+    assert all(w.wait_ns == w.total_ns <= w.end_ns - w.start_ns + 2_000_000 for w in windows)
+
+
+def test_a_sleeping_process_waits_for_nothing_and_others_are_not_watched(program):
+    needle = program("cat", "-")  # reading a pipe nobody writes
+    elsewhere = runqueue.Side("server", "ovlprobe", needle, HERE + 1)  # another namespace's
+    with runqueue.Watch([runqueue.Side("client", "ovlprobe", needle, HERE), elsewhere]) as watch:
+        time.sleep(0.3)
+    assert watch.waits.total_ms("client") == 0 and "client" in watch.waits.since_ns
+    assert "server" not in watch.waits.since_ns and not [w for w in watch.waits.windows if w.side == "server"]
