@@ -173,13 +173,13 @@ def probe_moments(times_ns: list[tuple[int, int]], there: list[Hop], back: list[
 
 def cpu_stalls(waits: Waits, times_ns: list[tuple[int, int]], limit_ms: float) -> list[Trouble]:
     """The poll windows in which a side's processes waited over `limit_ms` for a CPU, and
-    for a side watched late (or never), the time before: nothing says what it waited then."""
+    for a side watched late, the time before: nothing says what it waited then. (A side
+    never found is not judged at all; the record names it.)"""
     stalls = [Trouble(f"irtt {w.side}", w.start_ns, w.end_ns, 1, 0, w.wait_ns / 1e3, waited=True)
               for w in waits.windows if w.wait_ns > limit_ms * 1e6]
     if times_ns:
-        first, last = min(t[0] for t in times_ns), max(t[1] for t in times_ns)
-        for side in ("client", "server"):
-            since = waits.since_ns.get(side, last + 1)
+        first = min(t[0] for t in times_ns)
+        for side, since in waits.since_ns.items():
             if since > first:
                 stalls.append(Trouble(f"irtt {side}", first - MATCH_MARGIN_NS, since, 0, 0, 0.0, waited=True))
     return stalls
@@ -267,17 +267,8 @@ def account(kind: str, accrued: dict[str, dict], there: list[Hop], back: list[Ho
             judged = iter(touched([span for span, h in zip(spans, held) if h], coarse))
             hits = [next(judged) if h else hit for hit, h in zip(hits, held)]
         emulator_hits = hits.count(True)
-        waits = getattr(samples, "waits", None)
-        if waits is not None:
-            limit_ms = resolution_ms if held and any(held) else rules["max_probe_wait_ms"]
-            stalls = cpu_stalls(waits, times, limit_ms)
-            waited = touched(probe_moments(times, there, back), stalls)
-            acc.probe_wait = {"limit_ms": limit_ms, "client_ms": round(waits.total_ms("client"), 3),
-                              "server_ms": round(waits.total_ms("server"), 3), "polls": waits.polls,
-                              "windows_over_limit": len(stalls), "n_excluded": waited.count(True)}
-            acc.stalls = stalls
-            hits = [a or b for a, b in zip(hits, waited)]
-        acc.kept = [not hit for hit in hits]
+        waited = _probe_waited(acc, getattr(samples, "waits", None), times, there, back, rules["max_probe_wait_ms"])
+        acc.kept = [not (hit or wait) for hit, wait in zip(hits, waited)]
     else:
         # An interval's rate moves by at most the share of its time the emulator spent late.
         interval_ns = int(samples.interval_s * 1e9)
@@ -320,6 +311,24 @@ def account(kind: str, accrued: dict[str, dict], there: list[Hop], back: list[Ho
     if probe.counts_loss and dropped:
         acc.loss_faults.append(f"{dropped}: the loss figure would count them{because}")
     return acc
+
+
+def _probe_waited(acc: Accounting, waits: Waits | None, times: list[tuple[int, int]], there: list[Hop],
+                  back: list[Hop], limit_ms: float) -> list[bool]:
+    """Which round trips the probe's own processes may have delayed over `limit_ms` (none
+    where they were not watched); the waits go on the accounting."""
+    if waits is None:
+        return [False] * len(times)
+    stalls = cpu_stalls(waits, times, limit_ms)
+    waited = touched(probe_moments(times, there, back), stalls)
+    acc.stalls = stalls
+    acc.probe_wait = {"limit_ms": limit_ms, "client_ms": round(waits.total_ms("client"), 3),
+                      "server_ms": round(waits.total_ms("server"), 3), "polls": waits.polls,
+                      "windows_over_limit": sum(1 for t in stalls if t.late), "n_excluded": waited.count(True)}
+    unseen = [side for side in ("client", "server") if side not in waits.since_ns]
+    if unseen:
+        acc.probe_wait["not_found"] = unseen
+    return waited
 
 
 def _dropped(troubles: list[Trouble]) -> str:

@@ -129,6 +129,10 @@ def test_a_side_watched_late_cannot_vouch_for_the_round_trips_before():
     # Sent at 0-40 ms (and 1 ms either side): the client's send was not watched.
     assert [i for i, k in enumerate(acc.kept) if not k] == [0, 1, 2, 3, 4]
     assert "irtt client not watched for 46.0 ms" in acc.to_json()["probe_wait"]["windows"]
+    # A side never found (a run too short to be seen) is not judged, and the record says so.
+    samples.waits = runqueue.Waits([], {"server": T0 - 100 * MS})
+    acc = validity.account("latency", {"A->B": {"windows": []}, "B->A": {"windows": []}}, THERE, BACK, samples, RULES)
+    assert all(acc.kept) and acc.probe_wait["not_found"] == ["client"]
 
 
 def test_a_timeline_that_overflowed_cannot_vouch():
