@@ -59,8 +59,24 @@ def test_two_busy_processes_sharing_a_cpu_each_wait_about_half_the_time(program)
     assert all(w.wait_ns == w.total_ns <= w.end_ns - w.start_ns + 2_000_000 for w in windows)
 
 
+def settled(needle: str, timeout: float = 10.0) -> None:
+    """Until the process has stopped running: its CPU time and run-queue wait hold still for
+    0.2 s (on a busy machine its start-up waits for a CPU too)."""
+    side = runqueue.Side("client", "ovlprobe", needle, HERE)
+    deadline, last = time.monotonic() + timeout, None
+    while time.monotonic() < deadline:
+        pids = runqueue.find(side)
+        now = [open(f"/proc/{pid}/schedstat").read().split()[:2] for pid in pids]
+        if pids and now == last:
+            return
+        last = now
+        time.sleep(0.2)
+    raise AssertionError(f"the process {needle} did not settle in {timeout:g} s")
+
+
 def test_a_sleeping_process_waits_for_nothing_and_others_are_not_watched(program):
     needle = program("cat", "-")  # reading a pipe nobody writes
+    settled(needle)
     elsewhere = runqueue.Side("server", "ovlprobe", needle, HERE + 1)  # another namespace's
     with runqueue.Watch([runqueue.Side("client", "ovlprobe", needle, HERE), elsewhere]) as watch:
         time.sleep(0.3)
