@@ -17,6 +17,8 @@ from pytest_overlay.results import Stats
 from pytest_overlay.results.thresholds import load
 from pytest_overlay.testbeds.emulated import EmulatedTestbed
 
+from ..conftest import STARVED_SKIP
+
 
 def two_sites(**link) -> topology.Topology:
     return topology.parse({"name": "pair", "sites": {"A": {}, "B": {}},
@@ -78,8 +80,9 @@ def test_jitter_spreads_rtt_without_reordering(clean_machine):
     """±2 ms each way on a 10 ms RTT: the round trips spread, and their median stays at the
     RTT (the rule that never reorders holds a packet behind an earlier one due later: with a
     request every 2 ms that lifts the median by about 0.2 ms, by simulation of the rule).
-    Round trips the emulator released late (this VM's steal) are left out, as the product
-    does: the subject is the jitter, not the machine."""
+    Round trips the emulator released late (this VM's steal), or whose probe waited for a
+    CPU, are left out, as the product does: the subject is the jitter, not the machine; too
+    many left out and it skips as starved."""
     with EmulatedTestbed(two_sites(rtt_ms=10, jitter_ms=2)) as bed:
         a, b = HostOverlay(bed).endpoints(["A", "B"])
         before = bed.emulator_counters(reset=True)
@@ -89,6 +92,8 @@ def test_jitter_spreads_rtt_without_reordering(clean_machine):
     accounting = validity.account("latency", accrued, [validity.Hop("A->B", 5.0, 2.0)],
                                   [validity.Hop("B->A", 5.0, 2.0)], samples, load().for_("validity", "host", "A-B"))
     kept = [rtt for rtt, keep in zip(samples.rtt_ms, accounting.kept) if keep]
+    if len(kept) < 200 and validity.load_related(accounting.faults):
+        pytest.skip(f"{STARVED_SKIP}{accounting.faults[0]}")
     assert len(kept) >= 200, accounting.to_json()
     stats = Stats.of(kept)
     assert stats.stdev > 0.5
