@@ -96,8 +96,9 @@ class Irtt(Probe):
                 *([f"--timeout={idle_s:g}s"] if idle_s else [])]
 
     def watched(self, src: "Endpoint", dst: "Endpoint", port: int) -> list[runqueue.Side] | None:
-        """The client and the server of a run on `port`, where both run on this machine."""
-        at = tuple(getattr(end, "netns_inode", lambda: None)() for end in (src, dst))  # an older kind's: not
+        """The client and the server of a run on `port`, where both run on this machine (an
+        endpoint without `netns_inode`, an out-of-tree kind's from before it, is not watched)."""
+        at = tuple(getattr(end, "netns_inode", lambda: None)() for end in (src, dst))
         if None in at:
             return None
         return [runqueue.Side("client", "irtt", f"{dst.address}:{port}", at[0]),

@@ -282,6 +282,9 @@ def account(kind: str, accrued: dict[str, dict], there: list[Hop], back: list[Ho
     if round_trips and held and any(held):
         what += (f" (one the overlay held through the fault: a drop there, or a release over {resolution_ms:g} ms "
                  "late)")
+    if acc.probe_wait is not None:
+        what += (f", or one whose irtt client or server had a thread wait over {acc.probe_wait['limit_ms']:g} ms "
+                 "for a CPU as it handled it,")
     acc.rule = acc.rule or f"{what} is excluded; INVALID beyond {bound * 100:g} % excluded"
     if n and acc.excluded > bound * n:
         if not round_trips or emulator_hits > bound * n or not acc.stalls:
