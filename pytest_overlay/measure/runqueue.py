@@ -47,20 +47,21 @@ class Side:
 
 @dataclass
 class Waits:
-    """What one watch saw: every poll window's wait per side, and from when each side was
-    watched (a sample before that cannot be judged)."""
+    """What watches saw: every poll window's wait per side; per side, the span from a watch's
+    start to its first sample of that side, when nothing says what it waited; and the sides
+    every watch found."""
 
     windows: list[Wait] = field(default_factory=list)
-    since_ns: dict[str, int] = field(default_factory=dict)
+    unwatched: list[Wait] = field(default_factory=list)
+    found: set[str] = field(default_factory=set)
     polls: int = 0
 
     def total_ms(self, side: str) -> float:
         return sum(w.total_ns for w in self.windows if w.side == side) / 1e6
 
     def __add__(self, other: "Waits") -> "Waits":
-        since = {s: min(t for t in (self.since_ns.get(s), other.since_ns.get(s)) if t is not None)
-                 for s in {*self.since_ns, *other.since_ns}}
-        return Waits(self.windows + other.windows, since, self.polls + other.polls)
+        return Waits(self.windows + other.windows, self.unwatched + other.unwatched, self.found & other.found,
+                     self.polls + other.polls)
 
 
 def find(side: Side) -> list[int]:
@@ -109,6 +110,7 @@ class Watch:
     def _loop(self) -> None:
         pids: dict[str, list[int]] = {side.name: [] for side in self.sides}
         last: dict[str, tuple[int, dict]] = {}
+        began = time.time_ns()
         while True:
             for side in self.sides:
                 if not pids[side.name]:
@@ -120,7 +122,8 @@ class Watch:
                     waited = [d - before[k] for k, d in delays.items() if k in before and d > before[k]]
                     self.waits.windows.append(Wait(side.name, then, now, max(waited, default=0), sum(waited)))
                 elif delays:
-                    self.waits.since_ns[side.name] = now
+                    self.waits.unwatched.append(Wait(side.name, began, now, 0, 0))
+                    self.waits.found.add(side.name)
                 if delays:
                     last[side.name] = (now, delays)
             self.waits.polls += 1

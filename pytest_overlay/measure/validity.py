@@ -45,8 +45,7 @@ class Hop:
 
 @dataclass(frozen=True)
 class Trouble:
-    """One window of the emulator's timeline on one link direction (wall ns), or (`waited`)
-    one poll window in which a probe's own processes waited for a CPU, `link` naming them."""
+    """One window of the emulator's timeline on one link direction (wall ns)."""
 
     link: str
     start_ns: int
@@ -54,7 +53,6 @@ class Trouble:
     late: int
     dropped: int
     max_late_us: float
-    waited: bool = False
 
     @classmethod
     def of(cls, link: str, window: list) -> "Trouble":
@@ -62,17 +60,31 @@ class Trouble:
         return cls(link, int(start), int(end), int(late), int(dropped), float(max_late))
 
     def describe(self) -> str:
-        if self.waited and not self.late:
-            return f"{self.link} not watched for {(self.end_ns - self.start_ns) / 1e6:.1f} ms"
-        if self.waited:
-            return (f"{self.link} waited {self.max_late_us / 1e3:.1f} ms for a CPU within "
-                    f"{(self.end_ns - self.start_ns) / 1e6:.1f} ms")
         what = []
         if self.late:
             what.append(f"{self.late} released late (up to {self.max_late_us / 1e3:.1f} ms)")
         if self.dropped:
             what.append(f"{self.dropped} dropped (queue overflow)")
         return f"{self.link}: {', '.join(what)} over {(self.end_ns - self.start_ns) / 1e6:.1f} ms"
+
+
+@dataclass(frozen=True)
+class Stall:
+    """A poll window in which a thread of a probe's side (`link` names it, "irtt client")
+    waited `wait_us` for a CPU, or (wait_us None) a span before the side was found. Matched
+    to the samples as an emulator's window is."""
+
+    link: str
+    start_ns: int
+    end_ns: int
+    wait_us: float | None
+    dropped = 0  # touched() asks it of every window: a stall drops nothing
+
+    def describe(self) -> str:
+        span = (self.end_ns - self.start_ns) / 1e6
+        if self.wait_us is None:
+            return f"{self.link} not watched for {span:.1f} ms"
+        return f"{self.link} waited {self.wait_us / 1e3:.1f} ms for a CPU within {span:.1f} ms"
 
 
 @dataclass
@@ -90,7 +102,7 @@ class Accounting:
     loss_faults: list[str] = field(default_factory=list)  # UDP: what touches the loss figure only
     late: int | None = None  # streaming: the stream's packets released late (none can be left out)
     probe_wait: dict | None = None  # round trips: how long the probe's own processes waited for a CPU
-    stalls: list[Trouble] = field(default_factory=list)
+    stalls: list[Stall] = field(default_factory=list)
 
     def to_json(self) -> dict:
         return {
@@ -114,7 +126,8 @@ def path_troubles(accrued: dict[str, dict], links: list[str]) -> tuple[list[Trou
     return troubles, incomplete
 
 
-def touched(spans: list[list[tuple[str, int, int]]], troubles: list[Trouble], min_overlap_ns: int = 0) -> list[bool]:
+def touched(spans: list[list[tuple[str, int, int]]], troubles: list[Trouble] | list[Stall],
+            min_overlap_ns: int = 0) -> list[bool]:
     """For each sample (a list of (link, from_ns, to_ns): when its packets may have been due
     on that link), whether windows on the same link overlap it: by more than `min_overlap_ns`
     in all, or at all where a window dropped packets."""
@@ -171,17 +184,16 @@ def probe_moments(times_ns: list[tuple[int, int]], there: list[Hop], back: list[
     return out
 
 
-def cpu_stalls(waits: Waits, times_ns: list[tuple[int, int]], limit_ms: float) -> list[Trouble]:
-    """The poll windows in which a side's processes waited over `limit_ms` for a CPU, and
-    for a side watched late, the time before: nothing says what it waited then. (A side
-    never found is not judged at all; the record names it.)"""
-    stalls = [Trouble(f"irtt {w.side}", w.start_ns, w.end_ns, 1, 0, w.wait_ns / 1e3, waited=True)
+def cpu_stalls(waits: Waits, times_ns: list[tuple[int, int]], limit_ms: float) -> list[Stall]:
+    """The poll windows in which a side's thread waited over `limit_ms` for a CPU, and the
+    spans before a side was found that round trips fall in: nothing says what it waited then.
+    (A side never found is not judged at all; the record names it.)"""
+    stalls = [Stall(f"irtt {w.side}", w.start_ns, w.end_ns, w.wait_ns / 1e3)
               for w in waits.windows if w.wait_ns > limit_ms * 1e6]
     if times_ns:
-        first = min(t[0] for t in times_ns)
-        for side, since in waits.since_ns.items():
-            if since > first:
-                stalls.append(Trouble(f"irtt {side}", first - MATCH_MARGIN_NS, since, 0, 0, 0.0, waited=True))
+        first = min(t[0] for t in times_ns) - MATCH_MARGIN_NS
+        stalls += [Stall(f"irtt {w.side}", max(w.start_ns, first), w.end_ns, None)
+                   for w in waits.unwatched if w.end_ns > first]
     return stalls
 
 
@@ -294,7 +306,7 @@ def account(kind: str, accrued: dict[str, dict], there: list[Hop], back: list[Ho
                 f"({acc.excluded / n * 100:.1f} %, bound {bound * 100:g} %) on their path; worst {worst.describe()}"
                 + because)
         else:
-            worst = max(acc.stalls, key=lambda t: t.max_late_us)
+            worst = max(acc.stalls, key=lambda t: t.wait_us or 0.0)
             acc.faults.append(
                 f"probe processes waited for a CPU over {acc.probe_wait['limit_ms']:g} ms around "
                 f"{acc.probe_wait['n_excluded']} of {n} {probe.sample}: with the emulator's {emulator_hits}, "
@@ -327,8 +339,9 @@ def _probe_waited(acc: Accounting, waits: Waits | None, times: list[tuple[int, i
     acc.stalls = stalls
     acc.probe_wait = {"limit_ms": limit_ms, "client_ms": round(waits.total_ms("client"), 3),
                       "server_ms": round(waits.total_ms("server"), 3), "polls": waits.polls,
-                      "windows_over_limit": sum(1 for t in stalls if t.late), "n_excluded": waited.count(True)}
-    unseen = [side for side in ("client", "server") if side not in waits.since_ns]
+                      "windows_over_limit": sum(1 for t in stalls if t.wait_us is not None),
+                      "n_excluded": waited.count(True)}
+    unseen = [side for side in ("client", "server") if side not in waits.found]
     if unseen:
         acc.probe_wait["not_found"] = unseen
     return waited

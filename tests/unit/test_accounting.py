@@ -90,7 +90,9 @@ def waited(*windows: tuple[str, float, float, float], since_ms: float = -100) ->
     from `since_ms`."""
     return runqueue.Waits([runqueue.Wait(side, T0 + int(a * MS), T0 + int(b * MS), int(w * MS), int(w * MS))
                            for side, a, b, w in windows],
-                          {side: T0 + int(since_ms * MS) for side in ("client", "server")}, len(windows))
+                          [runqueue.Wait(side, T0 - 200 * MS, T0 + int(since_ms * MS), 0, 0)
+                           for side in ("client", "server")],
+                          {"client", "server"}, len(windows))
 
 
 def test_a_round_trip_whose_probe_waited_for_a_cpu_is_excluded_like_a_late_release():
@@ -130,7 +132,7 @@ def test_a_side_watched_late_cannot_vouch_for_the_round_trips_before():
     assert [i for i, k in enumerate(acc.kept) if not k] == [0, 1, 2, 3, 4]
     assert "irtt client not watched for 46.0 ms" in acc.to_json()["probe_wait"]["windows"]
     # A side never found (a run too short to be seen) is not judged, and the record says so.
-    samples.waits = runqueue.Waits([], {"server": T0 - 100 * MS})
+    samples.waits = runqueue.Waits([], [runqueue.Wait("server", T0 - 200 * MS, T0 - 100 * MS, 0, 0)], {"server"})
     acc = validity.account("latency", {"A->B": {"windows": []}, "B->A": {"windows": []}}, THERE, BACK, samples, RULES)
     assert all(acc.kept) and acc.probe_wait["not_found"] == ["client"]
 
