@@ -165,8 +165,8 @@ def tables(records: list[Record], topology: Topology, missing: list[Missing] = (
 
 
 def exclusions_line(records: list[Record]) -> str:
-    """How many samples the emulator's accounting left out: the median measurement's share
-    and the worst, named."""
+    """How many samples the accounting left out (the emulator's windows, and the latency
+    probe's own waits for a CPU): the median measurement's share and the worst, named."""
     counted = {}
     for r in records:  # latency and jitter share a run, as do UDP's rate and loss
         if r.exclusions.get("n") and r.concurrency is None:
@@ -178,7 +178,8 @@ def exclusions_line(records: list[Record]) -> str:
     median = shares[len(shares) // 2][0]
     share, worst, e = shares[-1]
     level = f" at {worst.concurrency} clients" if worst.concurrency else ""
-    return (f"Samples the emulator touched (released late or dropped on their own path), left out of the statistics: "
+    return (f"Samples the emulator touched (released late or dropped on their own path) or, round trips, whose probe "
+            "waited for a CPU beyond max_probe_wait_ms, left out of the statistics: "
             f"{sum(e['n_excluded'] for _, _, e in shares)} of {sum(e['n'] for _, _, e in shares)} over "
             f"{len(shares)} measurements; median {median * 100:.2f} %, worst {worst.overlay} {worst.circuit}{level} "
             f"{worst.metric}: {e['n_excluded']} of {e['n']} ({share * 100:.2f} %)")
