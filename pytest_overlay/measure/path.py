@@ -351,14 +351,14 @@ class OverlayPath:
         """UDP received rate (Mbit/s) per interval, and the run's loss (%)."""
         measured = self._throughput("udp")
         s = measured.samples
-        packets, lost = s.extra.get("packets"), s.extra.get("lost_packets")
-        common = {"offered_mbit": s.offered_mbit, "sent_mbit": s.sent_mbit, "packets": packets, "lost_packets": lost,
-                  "iperf3_jitter_ms": s.jitter_ms}
+        common = {"offered_mbit": s.offered_mbit, "sent_mbit": s.sent_mbit, "iperf3_jitter_ms": s.jitter_ms,
+                  **{k: s.extra.get(k) for k in probes.UDP_RECORDED}}
         rate = self.record("udp_throughput", s.mbit, measured,
                            {**common, "interval_s": s.interval_s, "rounds": len(s.round_totals)},
                            s.round_totals, total=s.total_mbit, batch=probes.BATCH_INTERVALS)
-        loss = self.record("udp_loss", [s.lost_pct], measured, common, ci95=loss_interval(lost, packets),
-                           ci95_unit="binomial over the run's datagrams",
+        loss = self.record("udp_loss", [s.lost_pct], measured, common,
+                           ci95=loss_interval(common["lost_packets"], common["packets"]), ci95_unit="binomial over "
+                           "the run's datagrams",
                            faults=measured.accounting.loss_faults if measured.accounting else None)
         return rate, loss
 
