@@ -338,11 +338,15 @@ def repeated_throughput(src: Endpoint, dst: Endpoint, protocol: str, duration: f
         return first
     packets = sum(r.extra.get("packets") or 0 for r in runs)
     lost = sum(r.extra.get("lost_packets") or 0 for r in runs)
+    dropped = [r.extra.get("receiver_socket_dropped") for r in runs]
+    extra = {**first.extra, "packets": packets, "lost_packets": lost}
+    if protocol == "udp":
+        extra["receiver_socket_dropped"] = None if None in dropped else sum(dropped)
     return ThroughputSamples(
         protocol, [m for r in runs for m in r.mbit], statistics.fmean(r.total_mbit for r in runs), first.interval_s,
         retransmits=sum(r.retransmits or 0 for r in runs) if protocol == "tcp" else None,
         lost_pct=lost / packets * 100 if packets else first.lost_pct, jitter_ms=first.jitter_ms,
-        offered_mbit=first.offered_mbit, extra={**first.extra, "packets": packets, "lost_packets": lost},
+        offered_mbit=first.offered_mbit, extra=extra,
         sent_mbit=min((r.sent_mbit for r in runs if r.sent_mbit), default=None),
         round_totals=[r.total_mbit for r in runs],
         offsets_s=[o for r in runs for o in r.offsets_s], spans_ns=[sp for r in runs for sp in r.spans_ns],
@@ -355,15 +359,37 @@ def throughput(src: Endpoint, dst: Endpoint, protocol: str, duration: float,
     probe = PROBES[protocol]
     server, port = iperf3_server(dst)
     try:
+        before = udp_counters(dst) if protocol == "udp" else None
         launched = time.time_ns()
         result = src.run(probe.command(src, dst, port, duration, omit, udp_rate_mbit), timeout=duration + omit + 30)
         exited = time.time_ns()
+        after = udp_counters(dst) if before else None
     finally:
         server.stop()
     samples = probe.parse(result.stdout, udp_rate_mbit, result.rc, result.stderr,
                           f"iperf3 {protocol} {src.name} -> {dst.name}")
     samples.place(launched, exited, duration, omit)
+    if protocol == "udp":
+        samples.extra["receiver_socket_dropped"] = (
+            after["RcvbufErrors"] - before["RcvbufErrors"] if before and after else None)
     return samples
+
+
+def udp_counters(endpoint: Endpoint) -> dict[str, int] | None:
+    """The UDP counters of the endpoint's namespace (None: unreadable). `RcvbufErrors`: datagrams
+    a socket there dropped, its buffer full; each is a gap iperf3 counts as lost on the path."""
+    result = endpoint.run(["cat", "/proc/net/snmp"], timeout=10)
+    return parse_snmp(result.stdout).get("Udp") if result.ok else None
+
+
+def parse_snmp(text: str) -> dict[str, dict[str, int]]:
+    """/proc/net/snmp: per protocol, a line of names, then a line of values."""
+    lines = [line.split() for line in text.splitlines() if ":" in line]
+    table: dict[str, dict[str, int]] = {}
+    for names, values in zip(lines, lines[1:]):
+        if names[0] == values[0] and names[0][:-1] not in table and not names[1].lstrip("-").isdigit():
+            table[names[0][:-1]] = {n: int(v) for n, v in zip(names[1:], values[1:])}
+    return table
 
 
 def parse_iperf3(output: str, protocol: str, udp_rate_mbit: float | None = None, rc: int = 0, stderr: str = "",
@@ -400,7 +426,7 @@ def parse_iperf3(output: str, protocol: str, udp_rate_mbit: float | None = None,
 
 
 # What a UDP record keeps of its run, beside the rates.
-UDP_RECORDED = ("packets", "lost_packets", "read_mbit")
+UDP_RECORDED = ("packets", "lost_packets", "read_mbit", "receiver_socket_dropped")
 
 
 def delivered_mbit(interval: dict, sent_mbit: float | None) -> float:

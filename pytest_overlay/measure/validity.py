@@ -31,7 +31,7 @@ Z95 = 1.645  # one-sided 95 %
 # Causes that come from the machine being busy, not from the overlay: such a measurement may
 # be taken again (--overlay-retries).
 LOAD_CAUSES = ("emulator released", "emulator dropped", "emulator touched", "emulator's timeline",
-               "clients CPU-bound", "sender offered only", "probe processes waited")
+               "clients CPU-bound", "sender offered only", "probe processes waited", "receiver's socket dropped")
 
 
 @dataclass(frozen=True)
@@ -325,7 +325,27 @@ def account(kind: str, accrued: dict[str, dict], there: list[Hop], back: list[Ho
                               "congestion window" + because)
     if probe.counts_loss and dropped:
         acc.loss_faults.append(f"{dropped}: the loss figure would count them{because}")
+    if probe.counts_loss:
+        _receiver_dropped(acc, samples.extra, rules["max_receiver_dropped_share_udp"], because)
     return acc
+
+
+def _receiver_dropped(acc: Accounting, extra: dict, bound: float, because: str) -> None:
+    """Datagrams the receiver's own socket dropped (its buffer full while iperf3 waited for a
+    CPU) are gaps iperf3 counts as lost on the path. Up to as many as it counted lost may be
+    the receiver's: the loss figure cannot be vouched for; the rate, beyond `bound` of the
+    datagrams."""
+    socket, lost, packets = (extra.get(k) for k in ("receiver_socket_dropped", "lost_packets", "packets"))
+    if not (socket and lost and packets):
+        return
+    theirs = min(socket, lost)
+    said = (f"receiver's socket dropped {socket} datagrams, its buffer full while iperf3 waited for a CPU (Udp "
+            f"RcvbufErrors in its namespace), and iperf3 counted {lost} of {packets} lost: up to {theirs} of them "
+            "are the receiver's, not the path's")
+    acc.loss_faults.append(said + because)
+    if theirs > bound * packets:
+        acc.faults.append(f"{said} ({theirs / packets * 100:.1f} %, bound {bound * 100:g} %): the rate is short of "
+                          f"what the path delivered{because}")
 
 
 def _probe_waited(acc: Accounting, waits: Waits | None, times: list[tuple[int, int]], there: list[Hop],

@@ -48,6 +48,9 @@ SETTINGS[VALIDITY] = {
                              "by the lower 95 % bound (0..1)",
     "min_sent_fraction_udp": "share of the offered UDP rate the sender must put on the wire, else the run is the "
                              "sender's limit, not the network's (0..1)",
+    "max_receiver_dropped_share_udp": "share of a UDP run's datagrams the receiver's socket may drop (its buffer "
+                                      "full while iperf3 waited for a CPU) before the rate is the receiver's, not "
+                                      "the path's; any such drop makes the loss figure INVALID (0..1)",
     "max_client_cpu_pct": "CPU share of one core the RTSP clients may use before their delays pass for jitter (%)",
 }
 TOP_KEYS = set(SETTINGS) | {"overrides"}

@@ -178,6 +178,26 @@ def test_udp_drops_spoil_the_loss_figure_and_its_intervals_only():
     assert acc.loss_faults and "40 packets on A->B" in acc.loss_faults[0]
 
 
+@pytest.mark.parametrize("socket, lost, loss_invalid, rate_invalid", [
+    (6620, 6620, True, True),  # the flannel run captured in iperf3-udp-receiver-dropped.json: 4.9 %
+    (917, 917, True, False),  # 0.7 % of the datagrams: the rate moves by as much, the loss figure is wrong
+    (3517, 0, False, False),  # dropped in the warm-up: no gap among the measured datagrams
+    (0, 40, False, False),  # the path's own loss
+    (None, 40, False, False),  # the receiver's counters could not be read (nothing said of them)
+])
+def test_datagrams_the_receivers_socket_dropped_are_not_the_paths_loss(socket, lost, loss_invalid, rate_invalid):
+    s = throughput()
+    s.extra = {"packets": 134_854, "lost_packets": lost, "receiver_socket_dropped": socket}
+    acc = validity.account("udp", {"A->B": {"windows": []}, "B->A": {"windows": []}}, THERE, BACK, s, RULES)
+    assert bool(acc.loss_faults) is loss_invalid and bool(acc.faults) is rate_invalid
+    if loss_invalid:
+        assert f"receiver's socket dropped {socket} datagrams" in acc.loss_faults[0]
+        assert f"up to {min(socket, lost)} of them are the receiver's" in acc.loss_faults[0]
+        assert validity.load_related(acc.faults + acc.loss_faults)
+    if rate_invalid:
+        assert "(4.9 %, bound 1 %): the rate is short of what the path delivered" in acc.faults[0]
+
+
 @pytest.mark.parametrize("late, packets, invalid", [
     (4, 328, False),  # the RTCP direction of the study's 25-client level: a handful
     (57, 36528, False),  # 0.16 %

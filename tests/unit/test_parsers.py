@@ -141,6 +141,16 @@ def test_a_udp_intervals_lost_datagrams_lower_its_rate():
     assert statistics.fmean(samples.mbit) == pytest.approx(samples.total_mbit, rel=0.01)
 
 
+def test_udp_counters_are_read_from_proc_net_snmp():
+    """Captured in a fresh namespace around 200 datagrams sent on loopback to a socket with a
+    4 KB buffer that never read them: the kernel kept 3 and dropped 197."""
+    before, after = (probes.parse_snmp((DATA / f"proc-net-snmp-{when}.txt").read_text())["Udp"]
+                     for when in ("before", "after"))
+    assert after["RcvbufErrors"] - before["RcvbufErrors"] == 197
+    assert after["OutDatagrams"] - before["OutDatagrams"] == 200
+    assert set(probes.parse_snmp((DATA / "proc-net-snmp-after.txt").read_text())) >= {"Ip", "Icmp", "Tcp", "Udp"}
+
+
 def test_iperf3_error_is_reported_with_iperf3s_words():
     with pytest.raises(ProbeError, match="iperf3 tcp A -> B failed .*unable to connect to server: Connection refused"):
         parse_iperf3((DATA / "iperf3-refused.json").read_text(), "tcp", what="iperf3 tcp A -> B")
