@@ -277,7 +277,7 @@ class OverlayPath:
         duration, rounds = self.state.option("overlay_duration"), self.state.option("overlay_rounds")
         rate = self.udp_rate if protocol == "udp" else None
         return self._measure(protocol, lambda: probes.repeated_throughput(
-            self.src, self.dst, protocol, duration, rate, rounds),
+            self.src, self.dst, protocol, duration, rate, rounds, self.overlay.testbed.probe_cpus()),
             lambda s: validity.sender_faults(s.offered_mbit, s.sent_mbit, self.rules["min_sent_fraction_udp"]))
 
     def _stop_if_a_daemon_died(self, kind: str, when: str = "before") -> None:

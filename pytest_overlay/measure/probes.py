@@ -329,9 +329,11 @@ def repeated_latency(src: Endpoint, dst: Endpoint, samples: int, interval_ms: fl
 
 
 def repeated_throughput(src: Endpoint, dst: Endpoint, protocol: str, duration: float,
-                        udp_rate_mbit: float | None = None, rounds: int = 1) -> ThroughputSamples:
+                        udp_rate_mbit: float | None = None, rounds: int = 1,
+                        receiver_cpus: frozenset[int] = frozenset()) -> ThroughputSamples:
     """`rounds` runs of throughput(), pooled: intervals together, totals averaged."""
-    runs = [throughput(src, dst, protocol, duration, udp_rate_mbit) for _ in range(rounds)]
+    runs = [throughput(src, dst, protocol, duration, udp_rate_mbit, receiver_cpus=receiver_cpus)
+            for _ in range(rounds)]
     first = runs[0]
     if rounds == 1:
         first.round_totals = [first.total_mbit]
@@ -354,11 +356,16 @@ def repeated_throughput(src: Endpoint, dst: Endpoint, protocol: str, duration: f
 
 
 def throughput(src: Endpoint, dst: Endpoint, protocol: str, duration: float,
-               udp_rate_mbit: float | None = None, omit: float = 1.0) -> ThroughputSamples:
-    """iperf3 from src to dst for `duration` seconds after `omit` seconds of warm-up."""
+               udp_rate_mbit: float | None = None, omit: float = 1.0,
+               receiver_cpus: frozenset[int] = frozenset()) -> ThroughputSamples:
+    """iperf3 from src to dst for `duration` seconds after `omit` seconds of warm-up; a UDP
+    receiver running on this machine is kept to `receiver_cpus` (if any)."""
     probe = PROBES[protocol]
     server, port = iperf3_server(dst)
+    held = None
     try:
+        if protocol == "udp" and receiver_cpus and (inode := dst.netns_inode()) is not None:
+            held = bool(runqueue.hold(runqueue.Side("server", "iperf3", f"-p\0{port}\0", inode), receiver_cpus))
         before = udp_counters(dst) if protocol == "udp" else None
         launched = time.time_ns()
         result = src.run(probe.command(src, dst, port, duration, omit, udp_rate_mbit), timeout=duration + omit + 30)
@@ -372,6 +379,7 @@ def throughput(src: Endpoint, dst: Endpoint, protocol: str, duration: float,
     if protocol == "udp":
         samples.extra["receiver_socket_dropped"] = (
             after["RcvbufErrors"] - before["RcvbufErrors"] if before and after else None)
+        samples.extra["receiver_cpus"] = sorted(receiver_cpus) if held else None
     return samples
 
 
@@ -426,7 +434,7 @@ def parse_iperf3(output: str, protocol: str, udp_rate_mbit: float | None = None,
 
 
 # What a UDP record keeps of its run, beside the rates.
-UDP_RECORDED = ("packets", "lost_packets", "read_mbit", "receiver_socket_dropped")
+UDP_RECORDED = ("packets", "lost_packets", "read_mbit", "receiver_socket_dropped", "receiver_cpus")
 
 
 def delivered_mbit(interval: dict, sent_mbit: float | None) -> float:

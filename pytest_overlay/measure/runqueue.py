@@ -71,6 +71,19 @@ def find(side: Side) -> list[int]:
                             and os.stat(proc / "ns/net").st_ino == side.netns)
 
 
+def hold(side: Side, cpus: frozenset[int]) -> list[int]:
+    """Keep the side's processes (every thread) to `cpus`; the pids it held."""
+    held = []
+    for pid in find(side):
+        try:
+            for tid in os.listdir(f"/proc/{pid}/task"):
+                os.sched_setaffinity(int(tid), cpus)
+        except (ProcessLookupError, FileNotFoundError):  # it ended meanwhile
+            continue
+        held.append(pid)
+    return held
+
+
 def run_delays(pids: list[int]) -> dict[tuple[int, int], int]:
     """Each thread's run-queue wait so far (ns), by (pid, tid)."""
     delays = {}

@@ -172,6 +172,11 @@ class Testbed:
         `since` (ns) or the last reset: {} where the WAN is not emulated."""
         raise NotImplementedError
 
+    def probe_cpus(self) -> frozenset[int]:
+        """The CPUs a probe's receiver is kept to on this machine, away from the emulator's;
+        empty where it may run anywhere (real hosts: their probes are theirs)."""
+        return frozenset()
+
     def count(self, label: str, match: list[str]) -> None:
         raise NotImplementedError
 

@@ -307,6 +307,11 @@ class EmulatedTestbed(Testbed):
         `since` (wall ns) adds its late and drop windows from then on."""
         return self.emulator.counters(reset, since) if self.emulator else {}
 
+    def probe_cpus(self) -> frozenset[int]:
+        if self.emulator is None or not self.emulator.cpus:
+            return frozenset()
+        return frozenset(os.sched_getaffinity(0)) - self.emulator.cpus
+
     def count(self, label: str, match: list[str]) -> None:
         """Count forwarded packets that match (iptables match arguments) on every link
         direction, under `label`; counting the same label again changes nothing."""

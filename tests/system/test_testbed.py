@@ -3,7 +3,10 @@ emulator's delay, loss, rate and counters, and a teardown that leaves nothing.""
 
 from __future__ import annotations
 
+import os
 import re
+import signal
+import threading
 import time
 
 import pytest
@@ -11,7 +14,7 @@ import pytest
 from pytest_overlay import procs
 from pytest_overlay.emulation import emulator
 from pytest_overlay.inputs import topology
-from pytest_overlay.measure import probes, validity
+from pytest_overlay.measure import probes, runqueue, validity
 from pytest_overlay.overlays.host import HostOverlay
 from pytest_overlay.results import Stats
 from pytest_overlay.results.thresholds import load
@@ -116,6 +119,42 @@ def test_overflow_is_counted_and_makes_the_measurement_invalid(clean_machine, mo
     accounting = validity.account("udp", accrued, [validity.Hop("A->B", 20.0)], [validity.Hop("B->A", 20.0)],
                                   samples, load().for_("validity", "host", "A-B"))
     assert accounting.excluded >= 1 and accounting.loss_faults and "queue overflow" in accounting.loss_faults[0]
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="one CPU: the delay line cannot have one of its own")
+def test_a_udp_receiver_is_kept_off_the_delay_lines_cpu_and_its_own_drops_are_not_the_paths(clean_machine):
+    """The delay line holds a CPU of its own and the UDP receiver is kept to the others. A
+    receiver that stops reading (stopped by signal for 1 s of a 200 Mbit/s flow) makes its
+    socket drop datagrams: counted in its namespace, and the loss figure says they are its."""
+    with EmulatedTestbed(two_sites(rtt_ms=10), emulator="delayline") as bed:
+        a, b = HostOverlay(bed).endpoints(["A", "B"])
+        delay_line = bed.emulator.daemons[0].popen.pid
+        assert os.sched_getaffinity(delay_line) == bed.emulator.cpus and len(bed.emulator.cpus) == 1
+        cpus = bed.probe_cpus()
+        assert cpus and not cpus & bed.emulator.cpus
+        quiet = probes.throughput(a, b, "udp", 1, udp_rate_mbit=100, receiver_cpus=cpus)
+        assert quiet.extra["receiver_cpus"] == sorted(cpus) and quiet.extra["receiver_socket_dropped"] >= 0
+
+        def stop_the_receiver() -> None:
+            time.sleep(1.5)  # the warm-up's second, and into the measured part
+            server = runqueue.Side("server", "iperf3", "-s", b.netns_inode())
+            pids = runqueue.find(server)
+            for pid in pids:
+                os.kill(pid, signal.SIGSTOP)
+            time.sleep(1.0)
+            for pid in pids:
+                os.kill(pid, signal.SIGCONT)
+
+        stopper = threading.Thread(target=stop_the_receiver)
+        stopper.start()
+        samples = probes.throughput(a, b, "udp", 3, udp_rate_mbit=200, receiver_cpus=cpus)
+        stopper.join()
+    assert samples.extra["receiver_socket_dropped"] > 1000 and samples.extra["lost_packets"] > 1000
+    accounting = validity.account("udp", {"A->B": {"windows": []}, "B->A": {"windows": []}},
+                                  [validity.Hop("A->B", 5.0)], [validity.Hop("B->A", 5.0)], samples,
+                                  load().for_("validity", "host", "A-B"))
+    assert accounting.loss_faults and "receiver's socket dropped" in accounting.loss_faults[0]
+    assert accounting.faults and validity.load_related(accounting.faults + accounting.loss_faults)
 
 
 def test_netem_where_the_kernel_has_it(clean_machine):
