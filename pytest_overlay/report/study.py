@@ -67,10 +67,13 @@ class Budget:
     bringup_s: float = 10.0  # measured: 5-10 s per container overlay on 4 sites, the image's layers linked
     load_seconds: float = 10.0
     cpu_budgets: tuple[float, ...] = (0.1, 0.25, 0.5, 1.0)
+    # Latency of two circuits whose paths share no link at once (--overlay-parallel): geant's
+    # six pair off, and two irtt flows of 100 packets/s load nothing.
+    parallel: int = 2
 
     def ptp_s(self, overlays: int, circuits: int) -> float:
-        per_circuit = (self.samples + 10) * self.interval_ms / 1000 + 2 * (self.duration_s + 3.5)
-        return (overlays - 1) * self.bringup_s + overlays * circuits * per_circuit
+        latency = (self.samples + 10) * self.interval_ms / 1000 * math.ceil(circuits / self.parallel)
+        return (overlays - 1) * self.bringup_s + overlays * (latency + circuits * 2 * (self.duration_s + 3.5))
 
     def stream_s(self, overlays: int) -> float:
         per_level = self.stream_seconds + 6
@@ -99,7 +102,7 @@ class Study:
         return [
             Part("point-to-point on geant (latency, jitter, TCP, UDP; host, libnetwork, weave, flannel, calico)",
                  ["--topology=geant", "--overlay=all", "-m", "latency or jitter or throughput", *common,
-                  "--overlay-save=study-ptp", f"--benchmark-storage=file://{self.out / 'saved'}"],
+                  f"--overlay-parallel={b.parallel}", "--overlay-save=study-ptp", f"--benchmark-storage=file://{self.out / 'saved'}"],
                  b.ptp_s(5, 6), "ptp.json", "ptp"),
             Part("TCP with Docker's default container buffers (libnetwork on geant)",
                  ["--topology=geant", "--overlay=libnetwork", "-m", "tcp", "--overlay-container-buffers=docker",
