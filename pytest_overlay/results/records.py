@@ -30,9 +30,12 @@ VERSIONS = (
     "7: stats.ci95_unit and stats.ci95_n, what the mean's interval was made of (rounds, batch means of intervals, "
     "samples, or a binomial count) and how many of them; run.verdicts (tests regressed, and those that could not "
     "be judged, with why).",
+    "8: a udp_throughput's total and intervals are the sender's rate times the share of its datagrams that "
+    "arrived (by sequence number), no longer what the receiver read (extra.read_mbit); a UDP record's extra adds "
+    "receiver_socket_dropped (Udp RcvbufErrors in the receiver's namespace over the run) and receiver_cpus.",
 )
-SCHEMA_VERSION = 7
-READABLE_VERSIONS = (1, 2, 3, 4, 5, 6, 7)
+SCHEMA_VERSION = 8
+READABLE_VERSIONS = (1, 2, 3, 4, 5, 6, 7, 8)
 BOOTSTRAP_RESAMPLES = 200
 
 # Two-sided 95 % Student t quantiles for small samples; 1.96 beyond.
