@@ -24,8 +24,9 @@ POLL_S = 0.01
 class Wait:
     """Within [start_ns, end_ns], one side's threads waited `total_ns` for a CPU in all, the
     longest-waiting one `wait_ns`: what delayed the work that thread did, a round trip's
-    send, reply or receive among it. (The sum over the threads bounds it too, but loosely:
-    the Go runtime's idle threads wait as well, and most of that delays no packet.)"""
+    send, reply or receive among it; the window reaches back to where that wait began. (The
+    sum over the threads bounds it too, but loosely: the Go runtime's idle threads wait as
+    well, and most of that delays no packet.)"""
 
     side: str
     start_ns: int
@@ -128,17 +129,22 @@ class Watch:
             for side in self.sides:
                 if not pids[side.name]:
                     pids[side.name] = find(side)
-                now = time.time_ns()
+                # The kernel adds a wait to the count when it ends: a window runs from before
+                # the last reading, or from where its longest wait began if earlier, to after
+                # this one (this thread may itself wait while it reads).
+                reading = time.time_ns()
                 delays = run_delays(pids[side.name])
+                read = time.time_ns()
                 if side.name in last:
                     then, before = last[side.name]
                     waited = [d - before[k] for k, d in delays.items() if k in before and d > before[k]]
-                    self.waits.windows.append(Wait(side.name, then, now, max(waited, default=0), sum(waited)))
+                    longest = max(waited, default=0)
+                    self.waits.windows.append(Wait(side.name, min(then, read - longest), read, longest, sum(waited)))
                 elif delays:
-                    self.waits.unwatched.append(Wait(side.name, began, now, 0, 0))
+                    self.waits.unwatched.append(Wait(side.name, began, read, 0, 0))
                     self.waits.found.add(side.name)
                 if delays:
-                    last[side.name] = (now, delays)
+                    last[side.name] = (reading, delays)
             self.waits.polls += 1
             if self._stop.wait(self.poll_s):
                 return
