@@ -357,8 +357,8 @@ class OverlayPath:
                            {**common, "interval_s": s.interval_s, "rounds": len(s.round_totals)},
                            s.round_totals, total=s.total_mbit, batch=probes.BATCH_INTERVALS)
         loss = self.record("udp_loss", [s.lost_pct], measured, common,
-                           ci95=loss_interval(common["lost_packets"], common["packets"]), ci95_unit="binomial over "
-                           "the run's datagrams",
+                           ci95=loss_interval(common["lost_packets"], common["packets"]),
+                           ci95_unit="binomial over the run's datagrams",
                            faults=measured.accounting.loss_faults if measured.accounting else None)
         return rate, loss
 

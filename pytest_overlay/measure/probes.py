@@ -433,7 +433,6 @@ def parse_iperf3(output: str, protocol: str, udp_rate_mbit: float | None = None,
     )
 
 
-# What a UDP record keeps of its run, beside the rates.
 UDP_RECORDED = ("packets", "lost_packets", "read_mbit", "receiver_socket_dropped", "receiver_cpus")
 
 
@@ -443,9 +442,10 @@ def delivered_mbit(interval: dict, sent_mbit: float | None) -> float:
     iperf3's receiver counts an interval's bytes when it reads them, so a receiver kept from
     its CPU for about 35 ms moves 17 Mbit from one half-second to the next: 466 then 535
     Mbit/s of a steady 500, with no datagram lost (captured through Calico under the
-    machine's load: tests/unit/data/iperf3-udp-reading-lag.json). Its `packets` are the sequence numbers the
-    interval covered and `lost_packets` the gaps among them, both fixed when the datagrams
-    were sent; so the share that arrived, at the sender's rate, is the path's own."""
+    machine's load: tests/unit/data/iperf3-udp-reading-lag.json). Its `packets` are the
+    sequence numbers the interval covered and `lost_packets` the gaps among them, both fixed
+    when the datagrams were sent; so the share that arrived, at the sender's rate, is the
+    path's own."""
     packets = interval.get("packets")
     if not sent_mbit or not packets:
         return interval["bits_per_second"] / 1e6

@@ -102,7 +102,8 @@ class Study:
         return [
             Part("point-to-point on geant (latency, jitter, TCP, UDP; host, libnetwork, weave, flannel, calico)",
                  ["--topology=geant", "--overlay=all", "-m", "latency or jitter or throughput", *common,
-                  f"--overlay-parallel={b.parallel}", "--overlay-save=study-ptp", f"--benchmark-storage=file://{self.out / 'saved'}"],
+                  f"--overlay-parallel={b.parallel}", "--overlay-save=study-ptp",
+                  f"--benchmark-storage=file://{self.out / 'saved'}"],
                  b.ptp_s(5, 6), "ptp.json", "ptp"),
             Part("TCP with Docker's default container buffers (libnetwork on geant)",
                  ["--topology=geant", "--overlay=libnetwork", "-m", "tcp", "--overlay-container-buffers=docker",
