@@ -424,8 +424,9 @@ def parse_iperf3(output: str, protocol: str, udp_rate_mbit: float | None = None,
     sent_mbit = (end.get("sum_sent") or {}).get("bits_per_second", 0) / 1e6 or None
     read_mbit = total["bits_per_second"] / 1e6
     return ThroughputSamples(
-        "udp", [delivered_mbit(i, sent_mbit) for i in intervals],
-        delivered_mbit({"packets": packets, "lost_packets": lost, "bits_per_second": read_mbit * 1e6}, sent_mbit),
+        "udp", [delivered_mbit(i.get("packets"), i.get("lost_packets", 0), sent_mbit, i["bits_per_second"] / 1e6)
+                for i in intervals],
+        delivered_mbit(packets, lost, sent_mbit, read_mbit),
         INTERVAL_S, lost_pct=100 * lost / packets if packets else 0.0, jitter_ms=total.get("jitter_ms"),
         offered_mbit=udp_rate_mbit, sent_mbit=sent_mbit,
         extra={"packets": packets, "lost_packets": lost, "socket_buffer": UDP_BUFFER, "read_mbit": read_mbit},
@@ -436,20 +437,18 @@ def parse_iperf3(output: str, protocol: str, udp_rate_mbit: float | None = None,
 UDP_RECORDED = ("packets", "lost_packets", "read_mbit", "receiver_socket_dropped", "receiver_cpus")
 
 
-def delivered_mbit(interval: dict, sent_mbit: float | None) -> float:
-    """A UDP interval's (or run's) rate as the path delivered it, not as the receiver read it.
+def delivered_mbit(packets: int | None, lost: int, sent_mbit: float | None, read_mbit: float) -> float:
+    """A UDP interval's (or run's) rate as the path delivered it, not as the receiver read it
+    (`read_mbit`, kept where the sequence numbers or the sender's rate are missing).
 
     iperf3's receiver counts an interval's bytes when it reads them, so a receiver kept from
     its CPU for about 35 ms moves 17 Mbit from one half-second to the next: 466 then 535
     Mbit/s of a steady 500, with no datagram lost (captured through Calico under the
-    machine's load: tests/unit/data/iperf3-udp-reading-lag.json). Its `packets` are the
-    sequence numbers the interval covered and `lost_packets` the gaps among them, both fixed
+    machine's load: tests/unit/data/iperf3-udp-reading-lag.json). `packets` are the
+    sequence numbers the interval covered and `lost` the gaps among them, both fixed
     when the datagrams were sent; so the share that arrived, at the sender's rate, is the
     path's own."""
-    packets = interval.get("packets")
-    if not sent_mbit or not packets:
-        return interval["bits_per_second"] / 1e6
-    return sent_mbit * (packets - interval.get("lost_packets", 0)) / packets
+    return sent_mbit * (packets - lost) / packets if sent_mbit and packets else read_mbit
 
 
 def measured_intervals(received: list[dict]) -> list[dict]:
