@@ -107,6 +107,16 @@ def bounded(kind: type, low: float, high: float) -> Callable[[str], float]:
     return parse
 
 
+def parse_cpu_latency(value: str) -> int | None:
+    """--overlay-cpu-latency: microseconds, or off."""
+    if value == "off":
+        return None
+    return bounded(int, 0, 2_000_000)(value)
+
+
+# A run whose every test passed or was skipped, but some could not be judged: not green.
+UNDECIDED_STATUS = 6
+
 # dest -> default, already parsed (argparse passes only strings through type=)
 DEFAULTS: dict[str, object] = {}
 
@@ -143,10 +153,17 @@ def addoption(parser: pytest.Parser) -> None:
     _add(group, "--overlay-json", None, "Write the run's results as versioned JSON to PATH.", metavar="PATH")
     _add(group, "--overlay-rounds", 1, "Repeat every probe N times; with N >= 2 the 95 %% confidence intervals "
          "come from the rounds (with one, a throughput's from 1 s batch means of its intervals).", type=bounded(int, 1, 1000), metavar="N")
-    _add(group, "--overlay-retries", 2, "Measure again, up to N times, a result invalid only because the machine "
-         "was busy (the emulator touched too many samples, clients or sender CPU-bound); the record says how many "
-         "tries it took, and the summary how many were repeated and why.",
-         type=bounded(int, 0, 10), metavar="N")
+    _add(group, "--overlay-topup-budget", 3.0, "Latency and throughput go on until they hold the clean samples "
+         "asked for (round trips; whole rounds of a flow): a run the machine spoiled is replaced by another, for up "
+         "to FACTOR times the measurement's nominal time; only one still short then is INVALID. The record says "
+         "how many samples were replaced, in how many runs, and why.", type=bounded(float, 1, 100), metavar="FACTOR")
+    _add(group, "--overlay-cpu-latency", 0, "While a probe runs, ask (PM QoS, /dev/cpu_dma_latency) that no CPU "
+         "take longer than US microseconds to wake, so that a CPU waking from a deep idle state is not part of a "
+         "round trip; off makes no request.", type=parse_cpu_latency, metavar="US|off")
+    _add(group, "--overlay-retries", 2, "Measure again, up to N times, a streaming level, a WAN fault or a load "
+         "test (each judged whole) that is invalid only because the machine was busy (the emulator touched too "
+         "many samples, clients CPU-bound); the record says how many tries it took, and the summary how many were "
+         "repeated and why.", type=bounded(int, 0, 10), metavar="N")
     _add(group, "--overlay-parallel", 1, "Probe the latency of up to N circuits at once where their paths share no "
          "link (each judged on its own path's emulator windows); 1 probes one circuit at a time.",
          type=bounded(int, 1, 64), metavar="N")
@@ -162,10 +179,10 @@ def addoption(parser: pytest.Parser) -> None:
     _add(group, "--overlay-compare-strict", False, "Fail a test whose gated change is beyond its limit but within "
          "the comparison's noise (inconclusive); without it, such a test is skipped with the change named.",
          action="store_true")
-    _add(group, "--overlay-undecided-status", 0, "Exit status of a run with no failure where some test could not "
-         "be judged (a gate inconclusive, a measurement INVALID for the machine's load); pytest's own status "
-         "otherwise. 0 keeps such a run green, with the count in the summary.", type=bounded(int, 0, 255),
-         metavar="STATUS")
+    _add(group, "--overlay-undecided-status", UNDECIDED_STATUS, "Exit status of a run with no failure where some "
+         "test could not be judged (a gate inconclusive, a measurement INVALID for the machine's load, a limit "
+         "relative to an INVALID underlay); pytest's own status otherwise. The summary names each such test and "
+         "why; 0 keeps such a run green.", type=bounded(int, 0, 255), metavar="STATUS")
     _add(group, "--overlay-concurrency", [1, 5, 10, 25, 50], "Concurrent RTSP clients per streaming level.",
          type=parse_concurrency, metavar="N,N,...")
     _add(group, "--overlay-stream-kbit", 1000, "Bitrate of the H.264 clip the RTSP server streams, kbit/s.",

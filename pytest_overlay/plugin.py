@@ -176,7 +176,7 @@ def _undecided(state: session.OverlaySession, nodeid: str, records: list, report
         return None
     first = invalid[0]
     return (f"{first.overlay} {first.circuit} {first.metric} INVALID for the machine's load after {first.tries} "
-            f"tries: {first.invalid_reasons[0]}")
+            f"runs: {first.invalid_reasons[0]}")
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
@@ -189,9 +189,11 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
     for line in report.tables(state.records, state.topology, state.missing()).splitlines():
         terminalreporter.write_line(line)
     terminalreporter.write_line(_verdicts_line(state))
+    for nodeid, why in state.undecided.items():
+        terminalreporter.write_line(f"  could not judge {nodeid}: {why}")
     if state.repeated:
-        terminalreporter.write_line(f"{len(state.repeated)} measurement(s) taken again (--overlay-retries), why: "
-                                    + "; ".join(state.repeated))
+        terminalreporter.write_line(f"{len(state.repeated)} measurement(s) topped up or taken again for the machine "
+                                    "(--overlay-topup-budget, --overlay-retries): " + "; ".join(state.repeated))
     path = config.getoption("overlay_json")
     if path:
         terminalreporter.write_line(f"results written to {path}")
@@ -202,7 +204,8 @@ def _verdicts_line(state: session.OverlaySession) -> str:
     load = len(state.undecided) - inconclusive
     return (f"pytest-overlay verdicts: {len(state.regressed)} regressed (a gate failed), {inconclusive} inconclusive "
             f"(a gate's change within its noise), {load} INVALID for the machine's load (could not judge); "
-            "the last two end as skips, not failures")
+            "the last two end as skips, and the run with --overlay-undecided-status "
+            f"({state.option('overlay_undecided_status')})")
 
 
 @pytest.hookimpl(trylast=True)

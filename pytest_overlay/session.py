@@ -24,7 +24,8 @@ class OverlaySession:
     overlays: list[str]
     testbed: object | None = None  # the EmulatedTestbed, once up
     records: list[Record] = field(default_factory=list)
-    cache: dict = field(default_factory=dict)
+    cache: dict = field(default_factory=dict)  # MeasureKey -> Measured, or a fault's records
+    started: dict = field(default_factory=dict)  # MeasureKey -> (first run, its seconds), taken beside others
     run: dict = field(default_factory=dict)
     saved: SavedRun | None = None
     # What each collected suite test is to measure, and why it did not where it did not.

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from pytest_overlay.options import UNDECIDED_STATUS
 from pytest_overlay.paths import DATA_ROOT, STATE_ROOT
 from pytest_overlay.procs import cgroup_dirs
 from pytest_overlay.testbeds.hostlock import LOCKS as HOST_LOCKS
@@ -83,10 +84,11 @@ class Run:
                               f"{r['invalid_reasons'][0]}")
         return "; ".join(causes.values())
 
-    def skip_if_starved(self) -> None:
+    def skip_if_starved(self, *tests: str) -> None:
         """For a test that expects its child run to fail for another reason (a threshold, a
-        gate): where a measurement of it is INVALID only for the machine's load, that reason
-        cannot be checked, so the test skips with the cause."""
+        gate): where a measurement it asserts on (of the child's `tests`, by their node ids'
+        ends) is INVALID only for the machine's load, that reason cannot be checked, so the
+        test skips with the cause. Another record's INVALID is no reason to skip."""
         if self.results is None or not self.results.exists():
             return
         import json
@@ -94,6 +96,8 @@ class Run:
         from pytest_overlay.measure import validity
 
         for r in json.loads(self.results.read_text()).get("results", []):
+            if not r["test"].endswith(tests):
+                continue
             if not r["valid"] and validity.load_related(r["invalid_reasons"]):
                 pytest.skip(f"{STARVED_SKIP}{r['overlay']} {r['src']}-{r['dst']} {r['metric']} INVALID "
                             f"{r['tries']} times: {r['invalid_reasons'][0]}")
@@ -110,10 +114,11 @@ class Run:
     def passed(self) -> None:
         """The child run passed; or, where only the machine's load failed it, this test is
         skipped with that cause (its subject is the plumbing, not the emulator's timing)."""
-        load = {n: why for n, why in self.undecided().items() if "for the machine's load" in why}
-        if self.rc == 0 and load:
+        undecided = self.undecided()
+        load = {n: why for n, why in undecided.items() if "for the machine's load" in why}
+        if self.rc in (0, UNDECIDED_STATUS) and load:
             pytest.skip(f"{STARVED_SKIP}{'; '.join(load.values())}")
-        if self.rc == 0:
+        if self.rc == 0 or (self.rc == UNDECIDED_STATUS and undecided):
             return
         cause = self.starved()
         if cause:

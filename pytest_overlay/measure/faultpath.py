@@ -9,8 +9,10 @@ import time
 from ..emulation import emulator as emu
 from ..inputs.model import Fault
 from ..results import Record
-from . import faults, machine, probes, validity
+from . import faults, machine, validity
+from .measured import MeasureKey
 from .path import Measured, OverlayPath, counts_only
+from .samples import LatencySamples
 
 
 class FaultPath(OverlayPath):
@@ -21,10 +23,14 @@ class FaultPath(OverlayPath):
         super().__init__(overlay, fault.probe, state, test)
         self.fault = fault
 
+    @property
+    def fault_key(self) -> MeasureKey:
+        return MeasureKey(self.overlay.name, self.circuit, f"fault-{self.fault.name}")
+
     def run(self) -> dict[str, Record]:
         """The scenario's records by metric (detour_rtt only where replies came while the
         fault was on; fault_goodput only for a loss burst, which runs a TCP transfer)."""
-        cached = self.state.cache.get((self.overlay.name, self.fault.name))
+        cached = self.state.cache.get(self.fault_key)
         if cached is not None:
             return cached
         testbed = self.overlay.testbed
@@ -42,7 +48,7 @@ class FaultPath(OverlayPath):
         outcome = faults.analyse(run.trips, run.steps, bound_s=self.state.option("overlay_fault_bound"),
                                  calm_until_ns=run.calm_until_ns)
         replies = [t for t in run.trips if t.rtt_ms is not None]
-        samples = probes.LatencySamples([[t.rtt_ms for t in replies]], len(run.trips), len(run.trips) - len(replies),
+        samples = LatencySamples([[t.rtt_ms for t in replies]], len(run.trips), len(run.trips) - len(replies),
                                         faults.INTERVAL_MS, times_ns=[[(t.send_ns, t.receive_ns) for t in replies]])
         there, back = self.hops()
         rules = {**self.rules, "max_excluded_share_latency": self.rules["max_excluded_share_faults"]}
@@ -57,7 +63,7 @@ class FaultPath(OverlayPath):
         counts_only(accrued)
         measured = Measured(samples, problems, accrued, None, accounting=accounting, machine=window)
         records = self._records(run, outcome, measured)
-        self.state.cache[(self.overlay.name, self.fault.name)] = records
+        self.state.cache[self.fault_key] = records
         return records
 
     def _records(self, run: faults.FaultRun, outcome: faults.Outcome, measured: Measured) -> dict[str, Record]:

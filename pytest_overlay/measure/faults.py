@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 from ..inputs.model import Fault
 from . import probes
+from .samples import ThroughputSamples
 
 INTERVAL_MS = 10.0  # one round trip every 10 ms: outage and recovery resolve to 10 ms
 BEFORE_S = 5.0  # probing before the fault: the RTT's level
@@ -333,7 +334,7 @@ class FaultRun:
     ended_ns: int
     wire_during: dict[str, int] | None = None  # the overlay's packets per link direction while the fault was on
     calm_until_ns: int | None = None  # when the loss burst's TCP transfer began (the RTT's level is from before)
-    tcp: probes.ThroughputSamples | None = None
+    tcp: ThroughputSamples | None = None
     restore_error: str | None = None
     notes: list[str] = field(default_factory=list)
 

@@ -37,7 +37,7 @@ class LoadPath(OverlayPath):
             self.state.progress(f"{self.overlay.name} {self.circuit.id}: link buffers set to {self.queue_ms:g} ms "
                                 f"on {', '.join(self.expected['queue_ms'])}")
         try:
-            measured = self._measure(kind, lambda: None, once=self._load_once)
+            measured = self._measure(kind, lambda _: None, once=self._load_once)
         finally:
             if self.queue_ms is not None:
                 testbed.rebuffer(self.state.topology.with_queue(self.circuit, None))
@@ -97,7 +97,7 @@ class LoadPath(OverlayPath):
         up, down = run.flows["up"], run.flows["down"]
         sums = [a + b for a, b in zip(up.sums.mbit, down.sums.mbit)]
         goodput_measured = Measured(run, measured.faults, measured.emulator, measured.wire, measured.tries,
-                                    measured.earlier_faults, _merged(measured.parts), measured.machine,
+                                    measured.earlier_faults, validity.merged(list(measured.parts.values()), "tcp"), measured.machine,
                                     cpu_used=measured.cpu_used)
         goodput = self.record("load_goodput", sums, goodput_measured, {
             **common,
@@ -118,15 +118,3 @@ def _p99(values: list[float]) -> float:
 
 def _mean(values: list[float]) -> float:
     return statistics.fmean(values) if values else math.nan
-
-
-def _merged(accountings: dict[str, validity.Accounting]) -> validity.Accounting:
-    """The accountings of several flow groups (one per direction) as one record's exclusions."""
-    parts = list(accountings.values())
-    merged = validity.Accounting("tcp", list(dict.fromkeys(link for a in parts for link in a.path)))
-    merged.n = sum(a.n for a in parts)
-    merged.excluded = sum(a.excluded for a in parts)
-    merged.rule = parts[0].rule if parts else ""
-    merged.troubles = [t for a in parts for t in a.troubles]
-    merged.faults = [f for a in parts for f in a.faults]
-    return merged

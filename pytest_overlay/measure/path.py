@@ -8,56 +8,21 @@ import concurrent.futures
 import contextlib
 import math
 import time
-from dataclasses import dataclass, field
 from typing import Callable
 
 import pytest
 
-from .. import kinds, results
 from ..emulation import emulator as emu
 from ..inputs.model import Circuit
-from ..kinds import BASELINE
 from ..overlays import Overlay
-from ..results import Record, Stats, gates, metrics
+from ..results import Record, Stats, metrics
 from ..results.thresholds import VALIDITY
 from ..session import OverlaySession
-from . import machine, probes, streaming, validity
+from . import machine, probes, streaming, topup, validity
+from .measured import Bracket, Measured, MeasureKey, merged_emulator, merged_wire
+from .judging import Judging
 from .noise import Neighbour, Noise
-
-
-@dataclass
-class Bracket:
-    """A probe's samples and what happened around them while it ran."""
-
-    samples: object
-    accrued: dict  # what the emulator accrued, with its late windows
-    wire: dict[str, int] | None  # packets the overlay put on each hop of the path
-    window: machine.Window
-    cpu_used: dict  # by site: the overlay's cgroup
-    noise_used: dict  # by site: the neighbour's hog
-    faults: list[str]  # a neighbour that was not there throughout
-
-
-@dataclass
-class Measured:
-    """What one probe run gave, and why it may not be vouched for."""
-
-    samples: object  # what the statistics are made of: the samples the emulator did not touch
-    faults: list[str]
-    emulator: dict
-    wire: dict[str, int] | None
-    tries: int = 1
-    earlier_faults: list[str] = field(default_factory=list)  # why the tries before this one were invalid
-    accounting: validity.Accounting | None = None
-    machine: machine.Window | None = None
-    parts: dict[str, validity.Accounting] = field(default_factory=dict)  # a probe of several flows: each one's
-    cpu_used: dict = field(default_factory=dict)  # by site: CPU its overlay's cgroup used, and was throttled
-    noise_used: dict = field(default_factory=dict)  # by site: CPU the neighbour's hog used
-    beside: list[str] = field(default_factory=list)  # circuits probed at the same time (--overlay-parallel)
-
-    @property
-    def exclusions(self) -> dict:
-        return self.accounting.to_json() if self.accounting else {}
+from .samples import BATCH_INTERVALS, UDP_RECORDED, LatencySamples, pooled
 
 
 MAKERS: dict[str, tuple[Callable, int | None]] = {}  # metric -> (the path method, which of its records)
@@ -75,7 +40,7 @@ def makes(*names: str) -> Callable:
     return mark
 
 
-class OverlayPath:
+class OverlayPath(Judging):
     def __init__(self, overlay: Overlay, circuit: Circuit, state: OverlaySession, test: str,
                  cpu: float | None = None, noise: Noise | None = None) -> None:
         self.overlay, self.circuit, self.state, self.test = overlay, circuit, state, test
@@ -93,37 +58,84 @@ class OverlayPath:
     def rules(self) -> dict[str, float]:
         return self.state.thresholds.for_(VALIDITY, self.overlay.name, self.circuit.id)
 
-    def _measure(self, kind: str, probe: Callable[[], object],
+    def on(self, overlay: Overlay) -> "OverlayPath":
+        """The same circuit through another overlay (the underlay, for a relative limit)."""
+        return OverlayPath(overlay, self.circuit, self.state, test=self.test)
+
+    def key(self, kind: str) -> MeasureKey:
+        return MeasureKey(self.overlay.name, self.circuit, kind, self.cpu, self.noise)
+
+    def _measure(self, kind: str, probe: Callable[[int | None], object],
                  check: Callable[[object], list[str]] = lambda samples: [],
-                 once: Callable[[], Measured] | None = None) -> Measured:
-        """Run a probe once per session, with the emulator's and the overlay's counters
-        around it (or `once`, which does). A run invalid only for the machine's load is taken
-        again, up to --overlay-retries times; the record says how many tries it took."""
-        key = (self.overlay.name, self.circuit, kind, self.cpu, self.noise)
-        if key not in self.state.cache and kind == "latency" and once is None:
+                 once: Callable[[], Measured] | None = None, want: topup.Want | None = None) -> Measured:
+        """Measure once per session. Given `want`, run the probe (`probe(None)` the nominal
+        run, `probe(n)` about n units more) until its clean samples are in (topup.top_up);
+        else run `once`, a measurement judged whole, taken again up to --overlay-retries times
+        where only the machine's load spoiled it. The record says how many runs it took."""
+        key = self.key(kind)
+        if key not in self.state.cache and kind == "latency" and want is not None:
             self._latency_beside_others()
-        if key not in self.state.cache:
-            retries = self.state.option("overlay_retries")
-            earlier: list[str] = []
-            for attempt in range(1, retries + 2):
-                measured = once() if once else self._once(kind, probe, check)
-                measured.tries, measured.earlier_faults = attempt, list(earlier)
-                faults = measured.faults + (measured.accounting.loss_faults if measured.accounting else [])
-                if attempt > retries or not validity.load_related(faults):
-                    break
-                earlier += [f"try {attempt}: {f}" for f in faults]
-                self.state.repeated.append(f"{self.overlay.name} {self.circuit.id} {kind}: {faults[0]}")
-                self.state.progress(f"{self.overlay.name} {self.circuit.id} {kind}: invalid ({faults[0]}); "
-                                    f"measuring again ({attempt}/{retries})")
-                waited, quiet = machine.monitor().wait_quiet()
-                if waited >= 0.5 or not quiet:
-                    self.state.progress(
-                        f"{self.overlay.name} {self.circuit.id} {kind}: " +
-                        (f"waited {waited:.1f} s for the hypervisor to take under {machine.STEAL_BURST_PCT:g} % "
-                         f"of the CPUs for {machine.QUIET_S:g} s" if quiet else
-                         f"the hypervisor still took CPU time after {waited:.0f} s: measuring all the same"))
-            self.state.cache[key] = measured
-        return self.state.cache[key]
+        if key in self.state.cache:
+            return self.state.cache[key]
+        if want is not None:
+            measured = self._topped_up(kind, probe, check, want, *self.state.started.pop(key, (None, None)))
+        else:
+            measured = self._retried(kind, once)
+        self.state.cache[key] = measured
+        return measured
+
+    def _topped_up(self, kind: str, probe: Callable[[int | None], object], check: Callable[[object], list[str]],
+                   want: topup.Want, first: Measured | None, first_s: float | None) -> Measured:
+        def say(message: str) -> None:
+            self.state.progress(f"{self.overlay.name} {self.circuit.id} {kind}: {message}")
+
+        outcome = topup.top_up(lambda size: self._once(kind, lambda: probe(size), check), want, first=first,
+                               first_s=first_s, quiet=machine.monitor().wait_quiet, progress=say)
+        if outcome.why or outcome.runs > 1:
+            self.state.repeated.append(f"{self.overlay.name} {self.circuit.id} {kind}: {outcome.runs} runs, "
+                                       f"{outcome.samples_replaced} samples replaced" +
+                                       (f" ({outcome.why[0]})" if outcome.why else ""))
+        measured = self._merged(kind, outcome.kept or [outcome.last])
+        measured.faults = outcome.faults or measured.faults
+        measured.tries, measured.earlier_faults = outcome.runs, outcome.why
+        measured.replaced = {"samples": outcome.samples_replaced, "runs_added": outcome.runs - 1,
+                             "unit": want.unit, "why": outcome.why[:10]}
+        return measured
+
+    def _merged(self, kind: str, runs: list[Measured]) -> Measured:
+        """The kept runs of one measurement as one."""
+        if len(runs) == 1:
+            return runs[0]
+        first = runs[0]
+        samples = (LatencySamples.merged if kind == "latency" else pooled)([m.samples for m in runs])
+        windows = [m.machine for m in runs if m.machine]
+        window = machine.monitor().window(windows[0].start_ns, windows[-1].end_ns) if windows else None
+        return Measured(samples, [f for m in runs for f in m.faults], merged_emulator([m.emulator for m in runs]),
+                        merged_wire([m.wire for m in runs]),
+                        accounting=validity.merged([m.accounting for m in runs if m.accounting], kind),
+                        machine=window, cpu_used=first.cpu_used, noise_used=first.noise_used, beside=first.beside)
+
+    def _retried(self, kind: str, once: Callable[[], Measured]) -> Measured:
+        retries = self.state.option("overlay_retries")
+        earlier: list[str] = []
+        for attempt in range(1, retries + 2):
+            measured = once()
+            measured.tries, measured.earlier_faults = attempt, list(earlier)
+            faults = measured.load_faults
+            if attempt > retries or not validity.load_related(faults):
+                return measured
+            earlier += [f"try {attempt}: {f}" for f in faults]
+            self.state.repeated.append(f"{self.overlay.name} {self.circuit.id} {kind}: {faults[0]}")
+            self.state.progress(f"{self.overlay.name} {self.circuit.id} {kind}: invalid ({faults[0]}); "
+                                f"measuring again ({attempt}/{retries})")
+            waited, quiet = machine.monitor().wait_quiet()
+            if waited >= 0.5 or not quiet:
+                self.state.progress(
+                    f"{self.overlay.name} {self.circuit.id} {kind}: " +
+                    (f"waited {waited:.1f} s for the hypervisor to take under {machine.STEAL_BURST_PCT:g} % "
+                     f"of the CPUs for {machine.QUIET_S:g} s" if quiet else
+                     f"the hypervisor still took CPU time after {waited:.0f} s: measuring all the same"))
+        return measured
 
     @property
     def circuit_sites(self) -> set[str]:
@@ -174,7 +186,8 @@ class OverlayPath:
                 before, wire_before = testbed.emulator_counters(reset=True), self.overlay.wire_counters()
                 cpu_before = self.overlay.cpu_usage()
                 try:
-                    samples = probe()
+                    with machine.awake(self.state.option("overlay_cpu_latency")):
+                        samples = probe()
                 except Exception:
                     self._stop_if_a_daemon_died(kind)  # the cause, rather than the probe's own error
                     raise
@@ -204,13 +217,20 @@ class OverlayPath:
     def _wire_faults(self, wire: dict | None) -> list[str]:
         return [] if wire is None else validity.wire_faults(self.overlay.name, wire, self.overlay.wire_what)
 
-    def _latency_probe(self) -> probes.LatencySamples:
+    def _latency_probe(self, more: int | None = None) -> LatencySamples:
+        """The nominal run (every round), or `more` round trips in one run beside it."""
         samples, interval, rounds, warmup = (self.state.option(o) for o in (
             "overlay_samples", "overlay_interval", "overlay_rounds", "overlay_warmup"))
+        if more is not None:
+            samples, rounds = more, 1
         return probes.repeated_latency(self.src, self.dst, samples, interval, rounds, warmup)
 
+    def _latency_want(self) -> topup.Want:
+        return topup.Want(self.state.option("overlay_samples") * self.state.option("overlay_rounds"), "round trips",
+                          self.state.option("overlay_topup_budget"))
+
     def _latency(self) -> Measured:
-        return self._measure("latency", self._latency_probe)
+        return self._measure("latency", self._latency_probe, want=self._latency_want())
 
     def _links(self) -> set[frozenset[str]]:
         sites = self.state.topology.path_between(self.circuit.src, self.circuit.dst)
@@ -220,8 +240,9 @@ class OverlayPath:
         """With --overlay-parallel N: probe this circuit's latency together with up to N - 1
         circuits still to be measured whose paths share no link with it or each other, one
         emulator bracket around them all; each is judged on its own path's windows, so a
-        circuit the others disturbed is excluded or INVALID like any other. A result invalid
-        only for the machine's load is not kept: its circuit is measured again alone."""
+        circuit the others disturbed is excluded like any other. Each result is the first run
+        of its circuit's measurement, which goes on alone where it is short of clean round
+        trips or the machine spoiled it."""
         at_once = self.state.option("overlay_parallel")
         if at_once < 2 or self.cpu is not None or self.noise is not None:
             return
@@ -232,7 +253,8 @@ class OverlayPath:
         for circuit in (c for c in self.state.topology.circuits if c in wanted):
             if len(batch) == at_once:
                 break
-            if (self.overlay.name, circuit, "latency", None, None) in self.state.cache or circuit == self.circuit:
+            key = MeasureKey(self.overlay.name, circuit, "latency")
+            if key in self.state.cache or key in self.state.started or circuit == self.circuit:
                 continue
             other = OverlayPath(self.overlay, circuit, self.state, "")
             if not other._links() & used:
@@ -247,7 +269,8 @@ class OverlayPath:
         monitor = machine.monitor()
         started = time.time_ns()
         before, wire_before = testbed.emulator_counters(reset=True), self.overlay.wire_counters()
-        with concurrent.futures.ThreadPoolExecutor(len(batch)) as pool:
+        with machine.awake(self.state.option("overlay_cpu_latency")), \
+                concurrent.futures.ThreadPoolExecutor(len(batch)) as pool:
             results = list(pool.map(lambda path: path._latency_probe(), batch))
         ended = time.time_ns()
         self._stop_if_a_daemon_died("latency", "during")
@@ -266,19 +289,18 @@ class OverlayPath:
                                 beside=[p.circuit.id for p in batch if p is not path])
             judged.append((path, measured))
         counts_only(accrued)
+        seconds = (ended - started) / 1e9
         for path, measured in judged:
-            faults = measured.faults + measured.accounting.loss_faults
-            if validity.load_related(faults):
-                self.state.repeated.append(f"{self.overlay.name} {path.circuit.id} latency (beside others): {faults[0]}")
-                continue
-            self.state.cache[(self.overlay.name, path.circuit, "latency", None, None)] = measured
+            # Each goes on alone from here: topped up where the machine spoiled round trips.
+            self.state.started[path.key("latency")] = (measured, seconds)
 
     def _throughput(self, protocol: str) -> Measured:
         duration, rounds = self.state.option("overlay_duration"), self.state.option("overlay_rounds")
         rate = self.udp_rate if protocol == "udp" else None
-        return self._measure(protocol, lambda: probes.repeated_throughput(
-            self.src, self.dst, protocol, duration, rate, rounds, self.overlay.testbed.probe_cpus()),
-            lambda s: validity.sender_faults(s.offered_mbit, s.sent_mbit, self.rules["min_sent_fraction_udp"]))
+        return self._measure(protocol, lambda _: probes.throughput(
+            self.src, self.dst, protocol, duration, rate, receiver_cpus=self.overlay.testbed.probe_cpus()),
+            lambda s: validity.sender_faults(s.offered_mbit, s.sent_mbit, self.rules["min_sent_fraction_udp"]),
+            want=topup.Want(rounds, "rounds", self.state.option("overlay_topup_budget"), per_round=True))
 
     def _stop_if_a_daemon_died(self, kind: str, when: str = "before") -> None:
         """A daemon of the run died (the emulator, an engine, an overlay's): nothing measured
@@ -344,7 +366,7 @@ class OverlayPath:
         s = measured.samples
         return self.record("tcp_throughput", s.mbit, measured,
                            {"retransmits": s.retransmits, "interval_s": s.interval_s, "rounds": len(s.round_totals)},
-                           s.round_totals, total=s.total_mbit, batch=probes.BATCH_INTERVALS)
+                           s.round_totals, total=s.total_mbit, batch=BATCH_INTERVALS)
 
     @makes("udp_throughput", "udp_loss")
     def udp(self) -> tuple[Record, Record]:
@@ -352,99 +374,15 @@ class OverlayPath:
         measured = self._throughput("udp")
         s = measured.samples
         common = {"offered_mbit": s.offered_mbit, "sent_mbit": s.sent_mbit, "iperf3_jitter_ms": s.jitter_ms,
-                  **{k: s.extra.get(k) for k in probes.UDP_RECORDED}}
+                  **{k: s.extra.get(k) for k in UDP_RECORDED}}
         rate = self.record("udp_throughput", s.mbit, measured,
                            {**common, "interval_s": s.interval_s, "rounds": len(s.round_totals)},
-                           s.round_totals, total=s.total_mbit, batch=probes.BATCH_INTERVALS)
+                           s.round_totals, total=s.total_mbit, batch=BATCH_INTERVALS)
         loss = self.record("udp_loss", [s.lost_pct], measured, common,
                            ci95=loss_interval(common["lost_packets"], common["packets"]),
                            ci95_unit="binomial over the run's datagrams",
                            faults=measured.accounting.loss_faults if measured.accounting else None)
         return rate, loss
-
-    def judge(self, record: Record, description: str, passed: bool, **limit: float) -> None:
-        """Record a threshold and its verdict on the record (the test asserts it)."""
-        record.threshold = {"description": description, **limit}
-        record.verdict = "invalid" if not record.valid else "pass" if passed else "fail"
-
-    def why(self, record: Record, failed: str, key: str, metric: str | None = None) -> str:
-        """A failed threshold, said so that a broken testbed and an overlay's cost can be told
-        apart: what failed, the limit with the file and key it came from, and for an overlay
-        what it added over the underlay on the same circuit in this run, with its datapath."""
-        metric = metric or record.metric
-        limit = self.limits(metric).get(key)
-        source = self.state.thresholds.source(metric, key, self.overlay.name, self.circuit.id)
-        text = f"{failed} [limit {key} = {limit:g}: {source}]"
-        if record.overlay == BASELINE:
-            return text + "; this is the underlay itself: the testbed, not an overlay, missed the limit"
-        datapath = record.datapath
-        how = ", ".join(str(part) for part in (datapath.get("kind"), f"MTU {datapath['mtu']}" if datapath.get("mtu")
-                                               else None) if part)
-        base = results.baseline(self.state.records, record)
-        unit = record.unit
-        if base is None:
-            added = "the underlay was not measured in this run (add host to --overlay to see what the overlay adds)"
-        elif not base.valid:
-            added = f"what it added is unknown: the underlay's record is INVALID ({base.invalid_reasons[0]})"
-        elif record.total is not None and base.total:
-            added = (f"it carried {record.total:.0f} {unit}, {record.total / base.total:.2f} × the underlay's "
-                     f"{base.total:.0f} {unit} on {record.circuit} in this run")
-        else:
-            diff, half = results.difference(record, base) or (math.nan, math.nan)
-            added = (f"it added {diff:+.3f} ±{half:.3f} {unit} (95 %) to the mean over the underlay's "
-                     f"{base.stats.mean:.3f} {unit} on {record.circuit} in this run (n = {record.stats.n} and "
-                     f"{base.stats.n})")
-        return f"{text}; {record.overlay} ({how}): {added}"
-
-    def limits(self, metric: str) -> dict[str, float]:
-        return self.state.thresholds.for_(metric, self.overlay.name, self.circuit.id)
-
-    def gate_failures(self, record: Record) -> list[str]:
-        """Limits relative to the underlay and to the compared run that this record breaks.
-
-        Where a relative limit needs the underlay's record and its test has not run (it was
-        deselected, or runs later), the underlay is measured now, on the same circuit.
-        """
-        limits = self.limits(record.metric)
-        failures = []
-        if record.overlay != BASELINE and gates.needs_host(limits):
-            base = results.baseline(self.state.records, record)
-            if base is None or not base.valid:
-                base = self._measure_underlay(record, again=base is not None)
-            if base.valid:
-                failures += gates.relative_failures(record, base, limits)
-            else:
-                record.vs_host = {"stat": metrics.get(record.metric).headline, "host": None, "now": None,
-                                  "unknown": f"the underlay's record is INVALID ({base.invalid_reasons[0]}), "
-                                             "measured twice: the overlay's difference from it cannot be told"}
-        if self.state.saved is not None:
-            judged = gates.regression_failures(record, self.state.saved.get(record), self.state.saved.path.name,
-                                               self.state.option("overlay_compare_fail"), limits)
-            failures += judged.regressed
-            if judged.regressed:
-                self.state.regressed.add(record.test)
-            if self.state.option("overlay_compare_strict"):
-                failures += judged.inconclusive
-            else:
-                self.state.inconclusive.setdefault(record.test, []).extend(judged.inconclusive)
-        if failures and record.verdict != "invalid":
-            record.verdict = "fail"
-        return failures
-
-    def _measure_underlay(self, record: Record, again: bool = False) -> Record:
-        """The underlay's record on the same circuit, measured now: first, or `again`
-        where the one measured is INVALID (an overhead needs a valid baseline)."""
-        kind = metrics.get(record.metric).probe
-        if again:
-            self.state.cache.pop((BASELINE, self.circuit, kind), None)
-            self.state.repeated.append(f"{BASELINE} {record.circuit} {kind}: measured again as the baseline of "
-                                       f"{record.overlay}, its record was INVALID")
-        self.state.progress(f"measuring the underlay's {record.metric} on {record.circuit} "
-                            f"{'again' if again else 'first'}: a limit of {record.overlay}'s is relative to it")
-        host = OverlayPath(kinds.get(BASELINE)(self.overlay.testbed), self.circuit, self.state, test="")
-        made = host.measure(record.metric)
-        made.verdict = "measured as the baseline of a relative limit"
-        return made
 
 
 def counts_only(accrued: dict[str, dict]) -> None:
@@ -479,10 +417,11 @@ class StreamPath(OverlayPath):
 
     def stream(self) -> tuple[Record, Record, Record, Record]:
         seconds = self.state.option("overlay_stream_seconds")
-        measured = self._measure(
-            f"stream-{self.transport}-{self.concurrency}",
-            lambda: streaming.watch(self.dst, self.server, self.concurrency, seconds, self.transport),
-            lambda data: validity.cpu_faults(data.cpu_pct, self.concurrency, self.rules["max_client_cpu_pct"]))
+        kind = f"stream-{self.transport}-{self.concurrency}"
+        # A level is judged whole (its statistic is each client's jitter over the whole run): taken again, not topped up.
+        measured = self._measure(kind, lambda _: None, once=lambda: self._once(
+            kind, lambda: streaming.watch(self.dst, self.server, self.concurrency, seconds, self.transport),
+            lambda data: validity.cpu_faults(data.cpu_pct, self.concurrency, self.rules["max_client_cpu_pct"])))
         data = measured.samples
         reports = data.reports
         common = {"nominal_kbit": self.nominal_kbit, "client_cpu_pct": data.cpu_pct, "clients": len(reports),

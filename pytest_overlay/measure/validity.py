@@ -31,7 +31,8 @@ Z95 = 1.645  # one-sided 95 %
 # Causes that come from the machine being busy, not from the overlay: such a measurement may
 # be taken again (--overlay-retries).
 LOAD_CAUSES = ("emulator released", "emulator dropped", "emulator touched", "emulator's timeline",
-               "clients CPU-bound", "sender offered only", "probe processes waited", "receiver's socket dropped")
+               "clients CPU-bound", "sender offered only", "probe processes waited", "receiver's socket dropped",
+               "too few clean")
 
 
 @dataclass(frozen=True)
@@ -113,6 +114,30 @@ class Accounting:
             "windows": [t.describe() for t in self.troubles[:20]] + (
                 [f"... {len(self.troubles) - 20} more"] if len(self.troubles) > 20 else []),
         }
+
+
+def merged(parts: list[Accounting], kind: str | None = None) -> Accounting:
+    """Several accountings (the runs of one measurement, or its flow groups) as one record's
+    exclusions: counts summed, windows and stalls together, the probe's waits added up."""
+    acc = Accounting(kind or (parts[0].kind if parts else ""), list(dict.fromkeys(l for a in parts for l in a.path)))
+    acc.n, acc.excluded = sum(a.n for a in parts), sum(a.excluded for a in parts)
+    acc.rule = parts[0].rule if parts else ""
+    acc.troubles = [t for a in parts for t in a.troubles]
+    acc.stalls = [t for a in parts for t in a.stalls]
+    acc.faults = [f for a in parts for f in a.faults]
+    acc.loss_faults = [f for a in parts for f in a.loss_faults]
+    acc.kept = [k for a in parts for k in a.kept]
+    lates = [a.late for a in parts if a.late is not None]
+    acc.late = sum(lates) if lates else None
+    waits = [a.probe_wait for a in parts if a.probe_wait is not None]
+    if waits:
+        acc.probe_wait = {**waits[0], **{k: round(sum(w.get(k, 0) for w in waits), 3) for k in
+                                         ("client_ms", "server_ms", "polls", "windows_over_limit", "n_excluded",
+                                          "threads_preceded")}}
+        unseen = sorted({side for w in waits for side in w.get("not_found", [])})
+        if unseen:
+            acc.probe_wait["not_found"] = unseen
+    return acc
 
 
 def path_troubles(accrued: dict[str, dict], links: list[str]) -> tuple[list[Trouble], list[str]]:
@@ -360,7 +385,8 @@ def _probe_waited(acc: Accounting, waits: Waits | None, times: list[tuple[int, i
     acc.probe_wait = {"limit_ms": limit_ms, "client_ms": round(waits.total_ms("client"), 3),
                       "server_ms": round(waits.total_ms("server"), 3), "polls": waits.polls,
                       "windows_over_limit": sum(1 for t in stalls if t.wait_us is not None),
-                      "n_excluded": waited.count(True)}
+                      "n_excluded": waited.count(True),
+                      "threads_preceded": len(waits.preceded)}
     unseen = [side for side in ("client", "server") if side not in waits.found]
     if unseen:
         acc.probe_wait["not_found"] = unseen

@@ -30,7 +30,8 @@ SETTINGS: dict[str, dict[str, str]] = {name: metric.limits() for name, metric in
 # When a measurement cannot be vouched for (INVALID), per kind of probe.
 VALIDITY = "validity"
 SETTINGS[VALIDITY] = {
-    "max_excluded_share_latency": "share of round trips that may be excluded because the emulator released late or "
+    "max_excluded_share_latency": "share of a latency run's round trips that may be excluded (and are replaced by "
+                                  "more) because the emulator released late or "
                                   "dropped on their path while they crossed it (0..1)",
     "max_excluded_share_throughput": "... of throughput intervals (0..1)",
     "max_excluded_share_faults": "... of a WAN fault scenario's round trips, whose figures are gaps and times at "

@@ -120,7 +120,7 @@ def test_threshold_relative_to_the_underlay_measures_the_underlay_first(tmp_path
     # The subject is the plumbing of a relative limit, not the emulator: links without delay.
     run = run_suites("suites/", *QUICK, "--overlay=libnetwork", "-m", "tcp", f"--overlay-thresholds={limits}",
                      f"--overlay-json={out}", "--overlay-emulator=none", "-rA")
-    run.skip_if_starved()
+    run.skip_if_starved("test_tcp_throughput[libnetwork-A-B]")
     assert run.rc == 1, run.output
     assert "measuring the underlay's tcp_throughput on A-B first" in run.output
     assert "FAILED suites/test_throughput.py::test_tcp_throughput[libnetwork-A-B]" in run.output

@@ -156,7 +156,7 @@ def test_registry_is_the_one_list_of_metrics():
 def test_validity_rules_are_strict_by_default_and_can_be_set_per_overlay(tmp_path):
     bundled = thresholds.load()
     assert bundled.for_("validity", "host", "A-B") == {
-        "max_excluded_share_latency": 0.05, "max_excluded_share_throughput": 0.25, "max_late_share_interval": 0.02,
+        "max_excluded_share_latency": 0.5, "max_excluded_share_throughput": 0.25, "max_late_share_interval": 0.02,
         "max_excluded_share_faults": 0.2, "max_excluded_share_load": 0.2, "max_late_share_load": 0.05,
         "max_probe_wait_ms": 1.0, "max_stall_ms_tcp": 200,
         "max_late_share_stream": 0.01, "min_sent_fraction_udp": 0.9, "max_client_cpu_pct": 80,
@@ -164,7 +164,7 @@ def test_validity_rules_are_strict_by_default_and_can_be_set_per_overlay(tmp_pat
     path = tmp_path / "limits.yaml"
     path.write_text("overrides:\n  - {metric: validity, overlay: weave, max_excluded_share_latency: 0.2}\n")
     assert thresholds.load(path).for_("validity", "weave", "A-B")["max_excluded_share_latency"] == 0.2
-    assert thresholds.load(path).for_("validity", "host", "A-B")["max_excluded_share_latency"] == 0.05
+    assert thresholds.load(path).for_("validity", "host", "A-B")["max_excluded_share_latency"] == 0.5
 
 
 def test_an_override_must_name_a_circuit_of_the_topology(tmp_path):

@@ -13,6 +13,7 @@ from pytest_overlay.measure import probes
 from pytest_overlay.measure.probes import INTERVAL_S, ProbeError, parse_iperf3, parse_irtt
 from pytest_overlay.results import metrics, thresholds
 from pytest_overlay.results.records import Stats
+from pytest_overlay.measure.samples import BATCH_INTERVALS, measured_intervals, parse_snmp
 
 DATA = Path(__file__).parent / "data"
 
@@ -117,15 +118,15 @@ def test_a_udp_intervals_rate_is_what_the_path_delivered_not_when_the_receiver_r
     read, the 1 s batches' interval is over 5 % of the rate; by the sequence numbers each
     interval covered, every interval is the sender's rate."""
     output = (DATA / "iperf3-udp-reading-lag.json").read_text()
-    measured = probes.measured_intervals([i["sum"] for i in json.loads(output)["server_output_json"]["intervals"]])
+    measured = measured_intervals([i["sum"] for i in json.loads(output)["server_output_json"]["intervals"]])
     read = [i["bits_per_second"] / 1e6 for i in measured]
     assert min(read) < 470 and max(read) > 530 and sum(i["lost_packets"] for i in measured) == 0
     samples = parse_iperf3(output, "udp", 500)
     assert samples.mbit == pytest.approx([samples.sent_mbit] * len(read))
     assert statistics.fmean(samples.mbit) == pytest.approx(samples.total_mbit, rel=0.01)
-    stats = Stats.of(samples.mbit, [samples.total_mbit], batch=probes.BATCH_INTERVALS)
+    stats = Stats.of(samples.mbit, [samples.total_mbit], batch=BATCH_INTERVALS)
     assert stats.ci95 < 0.01 * samples.total_mbit
-    assert Stats.of(read, [samples.total_mbit], batch=probes.BATCH_INTERVALS).ci95 > 0.05 * samples.total_mbit
+    assert Stats.of(read, [samples.total_mbit], batch=BATCH_INTERVALS).ci95 > 0.05 * samples.total_mbit
 
 
 def test_a_udp_intervals_lost_datagrams_lower_its_rate():
@@ -134,7 +135,7 @@ def test_a_udp_intervals_lost_datagrams_lower_its_rate():
     the share that arrived."""
     output = (DATA / "iperf3-udp-receiver-dropped.json").read_text()
     samples = parse_iperf3(output, "udp", 500)
-    intervals = probes.measured_intervals([i["sum"] for i in json.loads(output)["server_output_json"]["intervals"]])
+    intervals = measured_intervals([i["sum"] for i in json.loads(output)["server_output_json"]["intervals"]])
     assert samples.extra["lost_packets"] == 6620
     assert samples.mbit == pytest.approx([samples.sent_mbit * (1 - i["lost_packets"] / i["packets"]) for i in intervals])
     assert min(samples.mbit) < 0.95 * samples.sent_mbit
@@ -144,11 +145,11 @@ def test_a_udp_intervals_lost_datagrams_lower_its_rate():
 def test_udp_counters_are_read_from_proc_net_snmp():
     """Captured in a fresh namespace around 200 datagrams sent on loopback to a socket with a
     4 KB buffer that never read them: the kernel kept 3 and dropped 197."""
-    before, after = (probes.parse_snmp((DATA / f"proc-net-snmp-{when}.txt").read_text())["Udp"]
+    before, after = (parse_snmp((DATA / f"proc-net-snmp-{when}.txt").read_text())["Udp"]
                      for when in ("before", "after"))
     assert after["RcvbufErrors"] - before["RcvbufErrors"] == 197
     assert after["OutDatagrams"] - before["OutDatagrams"] == 200
-    assert set(probes.parse_snmp((DATA / "proc-net-snmp-after.txt").read_text())) >= {"Ip", "Icmp", "Tcp", "Udp"}
+    assert set(parse_snmp((DATA / "proc-net-snmp-after.txt").read_text())) >= {"Ip", "Icmp", "Tcp", "Udp"}
 
 
 def test_iperf3_error_is_reported_with_iperf3s_words():

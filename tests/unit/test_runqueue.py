@@ -46,7 +46,7 @@ def test_two_busy_processes_sharing_a_cpu_each_wait_about_half_the_time(program)
     first, second = program("yes", cpu=cpu), program("yes", cpu=cpu)
     sides = [runqueue.Side("client", "ovlprobe", first, HERE), runqueue.Side("server", "ovlprobe", second, HERE)]
     began = time.time_ns()
-    with runqueue.Watch(sides) as watch:
+    with runqueue.Watch(sides, precede=False) as watch:  # in the probes' class, one would starve the other
         time.sleep(1.0)
     watched_ms = (time.time_ns() - began) / 1e6
     waits = watch.waits
@@ -83,3 +83,16 @@ def test_a_sleeping_process_waits_for_nothing_and_others_are_not_watched(program
         time.sleep(0.3)
     assert watch.waits.total_ms("client") == 0 and "client" in watch.waits.found
     assert "server" not in watch.waits.found and not [w for w in watch.waits.windows if w.side == "server"]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a real-time scheduling class needs root")
+def test_the_watched_probes_threads_and_only_theirs_are_put_before_the_machines_other_work(program):
+    watched, other = program("cat", "-"), program("cat", "-")  # each reading a pipe nobody writes
+    with runqueue.Watch([runqueue.Side("client", "ovlprobe", watched, HERE)]) as watch:
+        time.sleep(0.2)
+    pids = {pid for pid, _ in watch.waits.preceded}
+    assert len(pids) == 1 and watch.waits.preceded
+    (pid,) = pids
+    assert all(os.sched_getscheduler(int(tid)) == os.SCHED_FIFO for tid in os.listdir(f"/proc/{pid}/task"))
+    (bystander,) = runqueue.find(runqueue.Side("client", "ovlprobe", other, HERE))
+    assert os.sched_getscheduler(bystander) == os.SCHED_OTHER
