@@ -27,7 +27,12 @@ def test_fault(fault_path):
                     else f"{record.stats.max:.0f} ms")
             broken.append(fault_path.why(record, f"{record.metric} {seen} exceeds {limit:g} ms", "max_ms"))
     goodput = records.get("fault_goodput")
-    if goodput is not None and goodput.extra["before_mbit"]:
+    if goodput is not None and not goodput.extra["before_mbit"]:
+        fault_path.judge(goodput, "goodput before the fault to compare with", False)
+        broken.append(f"{goodput.overlay} {goodput.circuit} fault_goodput: the TCP transfer carried nothing in "
+                      f"the {goodput.extra['before_n']} intervals before the fault, so its goodput during the fault "
+                      "has nothing to be a share of: the transfer never got going")
+    elif goodput is not None:
         share = fault_path.limits("fault_goodput")["min_fraction_of_before"]
         floor = goodput.extra["before_mbit"] * share
         ok = goodput.stats.mean >= floor

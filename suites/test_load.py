@@ -21,7 +21,7 @@ def test_load(load_path):
                                     "max_induced_over_buffer_ms"))
     limits = load_path.limits("load_goodput")
     rate = load_path.expected["rate_mbit"]
-    floor = limits["min_fraction_of_rate"] * rate if rate else 0.0
+    floor = limits["min_fraction_of_rate"] * rate if rate else limits["min_mbit"]
     by_direction = goodput.extra["direction_mbit"]
     fair = goodput.extra["fairness"]
     ok = all(v >= floor for v in by_direction.values()) and all(f >= limits["min_fairness"] for f in fair.values())
@@ -30,7 +30,7 @@ def test_load(load_path):
     for direction, mbit in by_direction.items():
         if mbit < floor:
             broken.append(load_path.why(goodput, f"{direction} flows carried {mbit:.1f} Mbit/s in all, under "
-                                                 f"{floor:.3g} Mbit/s", "min_fraction_of_rate"))
+                                                 f"{floor:.3g} Mbit/s", "min_fraction_of_rate" if rate else "min_mbit"))
         if fair[direction] < limits["min_fairness"]:
             broken.append(load_path.why(goodput, f"{direction} flows' Jain's index {fair[direction]:.2f} (flows: "
                                                  f"{goodput.extra['per_flow_mbit'][direction]} Mbit/s) is under "

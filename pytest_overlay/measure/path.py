@@ -15,7 +15,7 @@ import pytest
 from ..emulation import emulator as emu
 from ..inputs.model import Circuit
 from ..overlays import Overlay
-from ..results import Record, Stats, metrics
+from ..results import Record, Stats, gates, metrics
 from ..results.thresholds import VALIDITY
 from ..session import OverlaySession
 from . import machine, probes, streaming, topup, validity
@@ -335,6 +335,11 @@ class OverlayPath(Judging):
                    **({"measured_beside": measured.beside} if measured.beside else {})},
             cpu=self.cpu, noise=self.noise.label if self.noise else None, **fields,
         )
+        if record.unit == "ms":
+            emulator = gates.instrument_ms(record)
+            wait = (record.exclusions.get("probe_wait") or {}).get("typical_ms", 0.0)
+            record.instrument = {"emulator_ms": round(emulator, 4), "probe_wait_ms": wait,
+                                 "ms": round(emulator + wait, 4)}
         return self.state.add(record)
 
     def measure(self, metric: str) -> Record:
@@ -349,8 +354,10 @@ class OverlayPath(Judging):
         measured = self._latency()
         s = measured.samples
         return self.record("latency", s.rtt_ms, measured,
-                           {"sent": s.sent, "lost": s.lost, "interval_ms": s.interval_ms, "rounds": len(s.rounds_ms),
-                            "warmup_discarded": s.warmup, "samples": [round(x, 4) for x in s.rtt_ms]},
+                           {"sent": s.sent, "lost": s.lost, "interval_ms": s.interval_ms,
+                            "rounds": len(set(s.round_of)) if s.round_of else len(s.rounds_ms),
+                            "warmup_discarded": s.warmup, "samples": [round(x, 4) for x in s.rtt_ms],
+                            "excluded_samples": [round(x, 4) for x in s.excluded_ms]},
                            s.round_means)
 
     @makes("jitter")

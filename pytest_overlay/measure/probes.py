@@ -225,8 +225,13 @@ def throughput(src: Endpoint, dst: Endpoint, protocol: str, duration: float,
         if protocol == "udp" and receiver_cpus and (inode := dst.netns_inode()) is not None:
             held = bool(runqueue.hold(runqueue.Side("server", "iperf3", f"-p\0{port}\0", inode), receiver_cpus))
         before = udp_counters(dst) if protocol == "udp" else None
+        at = tuple(getattr(end, "netns_inode", lambda: None)() for end in (src, dst))
+        sides = [runqueue.Side(name, "iperf3", f"-p\0{port}\0", inode)
+                 for name, inode in zip(("client", "server"), at) if inode is not None]
         launched = time.time_ns()
-        result = src.run(probe.command(src, dst, port, duration, omit, udp_rate_mbit), timeout=duration + omit + 30)
+        with runqueue.Boost(sides) as boost:
+            result = src.run(probe.command(src, dst, port, duration, omit, udp_rate_mbit),
+                             timeout=duration + omit + 30)
         exited = time.time_ns()
         after = udp_counters(dst) if before else None
     finally:
@@ -234,6 +239,7 @@ def throughput(src: Endpoint, dst: Endpoint, protocol: str, duration: float,
     samples = probe.parse(result.stdout, udp_rate_mbit, result.rc, result.stderr,
                           f"iperf3 {protocol} {src.name} -> {dst.name}")
     samples.place(launched, exited, duration, omit)
+    samples.extra["threads_niced"] = len(boost.boosted)
     if protocol == "udp":
         samples.extra["receiver_socket_dropped"] = (
             after["RcvbufErrors"] - before["RcvbufErrors"] if before and after else None)

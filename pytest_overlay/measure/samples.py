@@ -43,6 +43,7 @@ class LatencySamples:
     excluded: int = 0
     waits: runqueue.Waits | None = None  # the probe's processes' waits for a CPU (None: not watched)
     round_of: list[int] = field(default_factory=list)  # the round each list of rounds_ms counts in ([]: its own)
+    excluded_ms: list[float] = field(default_factory=list)  # the round trips left out, kept aside to show what they were
 
     @property
     def spans_ns(self) -> list[tuple[int, int]]:
@@ -57,8 +58,9 @@ class LatencySamples:
             rounds.append([p[0] for p in pairs])
             times.append([p[1] for p in pairs])
         dropped = sum(map(len, self.rounds_ms)) - sum(map(len, rounds))
+        left = [rtt for rtt, k in zip(self.rtt_ms, kept) if not k]
         return LatencySamples(rounds, self.sent, self.lost, self.interval_ms, self.warmup, self.tool, times,
-                              self.excluded + dropped, self.waits, self.round_of)
+                              self.excluded + dropped, self.waits, self.round_of, self.excluded_ms + left)
 
     @classmethod
     def merged(cls, runs: list["LatencySamples"]) -> "LatencySamples":
@@ -78,7 +80,8 @@ class LatencySamples:
         return LatencySamples(rounds, sum(r.sent for r in runs), sum(r.lost for r in runs), first.interval_ms,
                               first.warmup, first.tool, [list(t) for run in runs for t in run.times_ns],
                               sum(r.excluded for r in runs),
-                              None if None in watched else sum(watched[1:], watched[0]), of)
+                              None if None in watched else sum(watched[1:], watched[0]), of,
+                              [x for r in runs for x in r.excluded_ms])
 
     @property
     def rtt_ms(self) -> list[float]:

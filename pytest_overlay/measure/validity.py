@@ -134,6 +134,7 @@ def merged(parts: list[Accounting], kind: str | None = None) -> Accounting:
         acc.probe_wait = {**waits[0], **{k: round(sum(w.get(k, 0) for w in waits), 3) for k in
                                          ("client_ms", "server_ms", "polls", "windows_over_limit", "n_excluded",
                                           "threads_preceded")}}
+        acc.probe_wait["typical_ms"] = max(w.get("typical_ms", 0.0) for w in waits)
         unseen = sorted({side for w in waits for side in w.get("not_found", [])})
         if unseen:
             acc.probe_wait["not_found"] = unseen
@@ -386,11 +387,24 @@ def _probe_waited(acc: Accounting, waits: Waits | None, times: list[tuple[int, i
                       "server_ms": round(waits.total_ms("server"), 3), "polls": waits.polls,
                       "windows_over_limit": sum(1 for t in stalls if t.wait_us is not None),
                       "n_excluded": waited.count(True),
-                      "threads_preceded": len(waits.preceded)}
+                      "threads_preceded": len(waits.preceded),
+                      "typical_ms": round(typical_wait_ms(waits, limit_ms), 4)}
     unseen = [side for side in ("client", "server") if side not in waits.found]
     if unseen:
         acc.probe_wait["not_found"] = unseen
     return waited
+
+
+def typical_wait_ms(waits: Waits, limit_ms: float) -> float:
+    """What the probe's own waits may add to a round trip kept (its every moment under the
+    limit): the mean longest wait of a poll window under the limit, the client's twice (it
+    sends and receives) and the server's once. An estimate from above: a moment in a window
+    meets at most its longest wait."""
+    def mean(side: str) -> float:
+        under = [w.wait_ns for w in waits.windows if w.side == side and w.wait_ns <= limit_ms * 1e6]
+        return sum(under) / len(under) / 1e6 if under else 0.0
+
+    return 2 * mean("client") + mean("server")
 
 
 def _dropped(troubles: list[Trouble]) -> str:

@@ -67,8 +67,10 @@ def latency_cdf(records: list[Record], path: Path) -> bool:
     for ax, circuit in zip(axes.flat, circuits):
         for r in (r for r in latency if r.circuit == circuit):
             xs = sorted(r.extra["samples"])
+            # An INVALID record's curve is drawn apart (dotted, grey, named): its tail may be the machine's.
             ax.step(xs, [(i + 1) / len(xs) for i in range(len(xs))], where="post",
-                    label=f"{r.overlay} (n={len(xs)})")
+                    **({} if r.valid else {"linestyle": ":", "color": "0.6"}),
+                    label=f"{r.overlay} (n={len(xs)})" + ("" if r.valid else " INVALID"))
         ax.set_title(f"{circuit.replace('-', ' – ')}")
         ax.set_xlabel("round-trip time (ms)")
         ax.set_ylabel("fraction of round trips ≤ x")

@@ -50,13 +50,16 @@ def _latency_section(v: View) -> list[str]:
     for r in v.by_metric["latency"]:
         base = results.baseline(v.records, r)
         row = [circuit_cell(r), who(r), number(r.stats.min), number(r.stats.mean), number(r.stats.p99),
-               number(r.stats.ci95, 3), r.stats.n, number(r.expected["rtt_ms"], 1)]
+               number(r.stats.ci95, 3), number((r.instrument or {}).get("ms"), 3), r.stats.n,
+               number(r.expected["rtt_ms"], 1)]
         if v.compare:
             row.append("" if r.overlay == BASELINE or base is None else difference_cell(r, base))
         rows.append(row + [status_cell(r, v.notes)])
-    head = ["Circuit", "Overlay", "Min", "Mean", "99th %", "±95% CI", "n", "Topology RTT"]
+    head = ["Circuit", "Overlay", "Min", "Mean", "99th %", "±95% CI", "± instrument", "n", "Topology RTT"]
     head += ["Δ mean vs host ±95% CI"] if v.compare else []
-    return [titled_table("Latency: round-trip time in ms (irtt request/response; n = round trips)", head + ["Verdict"], rows)]
+    return [titled_table("Latency: round-trip time in ms (irtt request/response; n = round trips; ± instrument = "
+                         "the emulator's release error on the path plus the probe's typical wait for a CPU)",
+                         head + ["Verdict"], rows)]
 
 
 def _jitter_section(v: View) -> list[str]:

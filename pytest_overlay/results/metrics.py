@@ -116,6 +116,7 @@ LOAD_METRICS = [
     }, zero_base=0.001, load=True),
     Metric("load_goodput", "Mbit/s", "TCP goodput of the flows under load, summed", "total", False, {
         "min_fraction_of_rate": "each direction's summed goodput at least this share of the circuit's rate (0..1)",
+        "min_mbit": "where the circuit has no rate: each direction's summed goodput at least this (Mbit/s)",
         "min_fairness": "Jain's fairness index of the flows of each direction at least this (1/n..1)",
     }, load=True),
 ]

@@ -33,9 +33,13 @@ VERSIONS = (
     "8: a udp_throughput's total and intervals are the sender's rate times the share of its datagrams that "
     "arrived (by sequence number), no longer what the receiver read (extra.read_mbit); a UDP record's extra adds "
     "receiver_socket_dropped (Udp RcvbufErrors in the receiver's namespace over the run) and receiver_cpus.",
+    "9: `instrument`, the instrument's own error on a time the record measured (ms: the emulator's release "
+    "error on the path and the probe's typical wait for a CPU); tries counts the probe's runs, and "
+    "exclusions.replaced says how many samples further runs replaced, and why; a latency record's extra adds "
+    "excluded_samples (the round trips left out).",
 )
-SCHEMA_VERSION = 8
-READABLE_VERSIONS = (1, 2, 3, 4, 5, 6, 7, 8)
+SCHEMA_VERSION = 9
+READABLE_VERSIONS = (1, 2, 3, 4, 5, 6, 7, 8, 9)
 BOOTSTRAP_RESAMPLES = 200
 
 # Two-sided 95 % Student t quantiles for small samples; 1.96 beyond.
@@ -179,7 +183,10 @@ FIELD_DOCS: dict[str, dict[str, str]] = {
         "vs_host": "the underlay's value of the headline statistic, for a limit relative to it",
         "compared": "against the saved run: each statistic compared, saved and now, the change, the noise, the "
                     "gate and its verdict",
-        "tries": "measurements taken, the earlier ones INVALID for the machine's load",
+        "tries": "runs of the probe the measurement took: top-ups, or tries taken again for the machine's load",
+        "instrument": "the instrument's own error on a time (ms), beside the 95 % interval: emulator_ms (the "
+                      "release error's p99 on each direction of the path, summed), probe_wait_ms (what the probe's "
+                      "own waits for a CPU may add to a round trip kept) and their sum, ms",
         "exclusions": "samples left out because the emulator released late or dropped on their path, or (round "
                       "trips) a thread of the probe's client or server waited over max_probe_wait_ms for a CPU: n, "
                       "n_excluded, the rule, the path and its windows; probe_wait: the probe's waits (ms) and the "
@@ -218,7 +225,8 @@ class Record:
     noise: str | None = None  # the noisy neighbour beside it, kind:cores per site (None: alone)
     vs_host: dict | None = None  # the underlay's value of the headline statistic
     compared: list[dict] = field(default_factory=list)  # against the saved run
-    tries: int = 1  # measurements taken, the earlier ones invalid for the machine's load
+    tries: int = 1  # runs of the probe it took
+    instrument: dict | None = None  # the instrument's own error on a time (ms), beside the 95 % interval
     # Samples left out because the emulator released late or dropped on their path while
     # they crossed it: n (before), n_excluded, the rule, the path and its windows.
     exclusions: dict = field(default_factory=dict)

@@ -22,7 +22,7 @@ def _latency(overlay: str, base: float, **fields):
 
 def test_latency_table_with_the_difference_from_the_underlay():
     text = report.tables([_latency("host", 20.0), _latency("libnetwork", 20.3)], TOPOLOGY)
-    assert "Latency: round-trip time in ms (irtt request/response; n = round trips)" in text
+    assert "Latency: round-trip time in ms (irtt request/response; n = round trips; ± instrument = " in text
     lines = text.splitlines()
     head = next(line for line in lines if line.startswith("| Circuit"))
     assert [c.strip() for c in head.strip("|").split("|")] == [
@@ -107,3 +107,18 @@ def test_a_metric_added_to_the_registry_without_a_section_still_prints(monkeypat
     assert "TCP handshake time in ms (headline: p50; n = samples)" in text
     row = next(line for line in text.splitlines() if "weave" in line)
     assert [c.strip() for c in row.strip("|").split("|")] == ["A – B", "weave", "2.50", "1.00", "4.00", "4", "pass"]
+
+
+def test_an_invalid_latency_curve_is_drawn_apart_and_named(tmp_path, monkeypatch):
+    from pytest_overlay.report import plots
+
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, path: figures.append(fig))
+    rtts = [36.5 + i / 1000 for i in range(100)]
+    made = [record("latency", rtts, "host", extra={"samples": rtts}),
+            record("latency", rtts + [38.5] * 5, "libnetwork", valid=False, invalid_reasons=["x"],
+                   extra={"samples": rtts + [38.5] * 5})]
+    assert plots.latency_cdf(made, tmp_path / "cdf.png")
+    (line_host, line_invalid) = figures[0].axes[0].get_lines()
+    assert line_host.get_label() == "host (n=100)" and line_host.get_linestyle() == "-"
+    assert line_invalid.get_label() == "libnetwork (n=105) INVALID" and line_invalid.get_linestyle() == ":"

@@ -96,3 +96,16 @@ def test_the_watched_probes_threads_and_only_theirs_are_put_before_the_machines_
     assert all(os.sched_getscheduler(int(tid)) == os.SCHED_FIFO for tid in os.listdir(f"/proc/{pid}/task"))
     (bystander,) = runqueue.find(runqueue.Side("client", "ovlprobe", other, HERE))
     assert os.sched_getscheduler(bystander) == os.SCHED_OTHER
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a negative nice needs root")
+def test_a_flows_processes_and_only_theirs_are_given_weight(program):
+    flow, other = program("cat", "-"), program("cat", "-")
+    with runqueue.Boost([runqueue.Side("client", "ovlprobe", flow, HERE)]) as boost:
+        deadline = time.monotonic() + 5
+        while not boost.boosted and time.monotonic() < deadline:
+            time.sleep(0.01)
+    (pid,) = runqueue.find(runqueue.Side("client", "ovlprobe", flow, HERE))
+    assert boost.boosted == {pid} and os.getpriority(os.PRIO_PROCESS, pid) == runqueue.FLOW_NICE
+    (bystander,) = runqueue.find(runqueue.Side("client", "ovlprobe", other, HERE))
+    assert os.getpriority(os.PRIO_PROCESS, bystander) == 0
