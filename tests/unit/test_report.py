@@ -26,7 +26,8 @@ def test_latency_table_with_the_difference_from_the_underlay():
     lines = text.splitlines()
     head = next(line for line in lines if line.startswith("| Circuit"))
     assert [c.strip() for c in head.strip("|").split("|")] == [
-        "Circuit", "Overlay", "Min", "Mean", "99th %", "±95% CI", "n", "Topology RTT", "Δ mean vs host ±95% CI",
+        "Circuit", "Overlay", "Min", "Mean", "99th %", "±95% CI", "± instrument", "n", "Topology RTT",
+        "Δ mean vs host ±95% CI",
         "Verdict"]
     row = next(line for line in lines if "libnetwork" in line)
     assert "| +0.30 ±" in row and "| 100 " in row and "| 20.0 " in row
