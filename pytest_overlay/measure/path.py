@@ -227,7 +227,7 @@ class OverlayPath(Judging):
 
     def _latency_want(self) -> topup.Want:
         return topup.Want(self.state.option("overlay_samples") * self.state.option("overlay_rounds"), "round trips",
-                          self.state.option("overlay_topup_budget"))
+                          self.state.option("overlay_topup_budget"), least=topup.MIN_ROUND_TRIPS)
 
     def _latency(self) -> Measured:
         return self._measure("latency", self._latency_probe, want=self._latency_want())
@@ -296,11 +296,18 @@ class OverlayPath(Judging):
 
     def _throughput(self, protocol: str) -> Measured:
         duration, rounds = self.state.option("overlay_duration"), self.state.option("overlay_rounds")
-        rate = self.udp_rate if protocol == "udp" else None
-        return self._measure(protocol, lambda _: probes.throughput(
-            self.src, self.dst, protocol, duration, rate, receiver_cpus=self.overlay.testbed.probe_cpus()),
-            lambda s: validity.sender_faults(s.offered_mbit, s.sent_mbit, self.rules["min_sent_fraction_udp"]),
-            want=topup.Want(rounds, "rounds", self.state.option("overlay_topup_budget"), per_round=True))
+        rate, cpus = self.udp_rate if protocol == "udp" else None, self.overlay.testbed.probe_cpus()
+        budget = self.state.option("overlay_topup_budget")
+        check = lambda s: validity.sender_faults(s.offered_mbit, s.sent_mbit, self.rules["min_sent_fraction_udp"])
+        if protocol == "tcp":
+            # A stall slows a TCP flow after it too: a round is judged whole, and replaced whole.
+            return self._measure(protocol, lambda _: probes.throughput(
+                self.src, self.dst, protocol, duration, rate, receiver_cpus=cpus), check,
+                want=topup.Want(rounds, "rounds", budget, per_round=True))
+        # A paced UDP sender does not slow for a stall: its intervals left out are replaced by more.
+        return self._measure(protocol, lambda more: probes.repeated_throughput(
+            self.src, self.dst, protocol, duration if more is None else max(1.0, (more + 1) * probes.INTERVAL_S),
+            rate, rounds if more is None else 1, cpus), check, want=topup.Want(None, "intervals", budget))
 
     def _stop_if_a_daemon_died(self, kind: str, when: str = "before") -> None:
         """A daemon of the run died (the emulator, an engine, an overlay's): nothing measured

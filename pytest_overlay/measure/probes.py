@@ -123,7 +123,7 @@ TCP = Iperf3("tcp", {"iperf3": "iperf3"}, both_ways=True, sample="intervals",
              excluded_setting="max_excluded_share_throughput", congestion_controlled=True)
 # UDP's rate is what arrives: the way back carries nothing the statistic is made of.
 UDP = Iperf3("udp", {"iperf3": "iperf3"}, both_ways=False, sample="intervals",
-             excluded_setting="max_excluded_share_throughput", counts_loss=True)
+             excluded_setting="max_excluded_share_udp", counts_loss=True)
 # Each client's whole-run jitter from one RTSP server's RTP packets: judged on the stream's own
 # direction as a whole (streaming.py runs it).
 STREAM = Probe("stream", {"gst-launch-1.0": "gstreamer1.0-tools"}, both_ways=False, sample="packets",

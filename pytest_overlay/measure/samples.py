@@ -164,6 +164,14 @@ def _wall(trip: dict, which: str) -> int:
     return int(((trip.get("timestamps") or {}).get("client") or {}).get(which, {}).get("wall", 0))
 
 
+def _weighted_total(runs: list[ThroughputSamples]) -> float:
+    """The runs' totals, each weighing as many intervals as it measured (a top-up is short)."""
+    weights = [len(r.mbit) for r in runs]
+    if not sum(weights):
+        return statistics.fmean(r.total_mbit for r in runs)
+    return sum(r.total_mbit * w for r, w in zip(runs, weights)) / sum(weights)
+
+
 def pooled(runs: list[ThroughputSamples]) -> ThroughputSamples:
     """Several rounds of one flow as one measurement: intervals together, totals averaged."""
     first, protocol = runs[0], runs[0].protocol
@@ -177,7 +185,7 @@ def pooled(runs: list[ThroughputSamples]) -> ThroughputSamples:
     if protocol == "udp":
         extra["receiver_socket_dropped"] = None if None in dropped else sum(dropped)
     return ThroughputSamples(
-        protocol, [m for r in runs for m in r.mbit], statistics.fmean(r.total_mbit for r in runs), first.interval_s,
+        protocol, [m for r in runs for m in r.mbit], _weighted_total(runs), first.interval_s,
         retransmits=sum(r.retransmits or 0 for r in runs) if protocol == "tcp" else None,
         lost_pct=lost / packets * 100 if packets else first.lost_pct, jitter_ms=first.jitter_ms,
         offered_mbit=first.offered_mbit, extra=extra,

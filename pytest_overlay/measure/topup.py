@@ -24,18 +24,19 @@ from . import validity
 from .measured import Measured
 
 TOO_FEW = "too few clean"  # how the fault of a measurement that ran out of budget begins (a load cause)
-MIN_TOP_UP = 20  # round trips: a run shorter than this costs more in its server's start than it gives
+MIN_ROUND_TRIPS = 20  # a latency run shorter than this costs more in its server's start than it gives
 
 
 @dataclass(frozen=True)
 class Want:
-    """What a measurement must hold: `count` clean units (round trips, rounds), within
-    `budget` times the nominal time of measuring them."""
+    """What a measurement must hold: `count` clean units (round trips, rounds; None: as many
+    as its nominal run measured), within `budget` times the nominal time of measuring them."""
 
-    count: int
+    count: int | None
     unit: str
     budget: float
     per_round: bool = False  # a unit is a whole run (a round), not a sample within it
+    least: int = 1  # the smallest run worth its start (a server started, a warm-up)
 
 
 @dataclass
@@ -85,6 +86,7 @@ def top_up(run: Callable[[int | None], Measured], want: Want, *, first: Measured
         asked = measured.accounting.n if measured.accounting and not want.per_round else 1
         if unit_s is None:
             unit_s = took / max(asked, 1)
+            wanted = want.count if want.count is not None else asked
         faults = measured.load_faults
         if faults and not validity.load_related(faults):
             return Outcome(kept + [measured], measured, why, runs, replaced, list(measured.faults))
@@ -96,16 +98,16 @@ def top_up(run: Callable[[int | None], Measured], want: Want, *, first: Measured
             have += clean(measured, want)
             if measured.accounting and not want.per_round:
                 replaced += measured.accounting.excluded
-        if have >= want.count:
+        if have >= wanted:
             return Outcome(kept, measured, why, runs, replaced, [])
-        short = want.count - have
-        size = 1 if want.per_round else max(MIN_TOP_UP, math.ceil(short * _spoiled_ratio(kept, runs)))
-        budget_s = want.budget * unit_s * want.count
+        short = wanted - have
+        size = 1 if want.per_round else max(want.least, math.ceil(short * _spoiled_ratio(kept, runs)))
+        budget_s = want.budget * unit_s * wanted
         if spent + unit_s * size > budget_s:
             cause = f" (last: {why[-1]})" if why else ""
             return Outcome(kept, measured, why, runs, replaced, [
-                f"{TOO_FEW} {want.unit}: {have} of {want.count} within {want.budget:g} × the nominal "
-                f"{unit_s * want.count:.1f} s, in {runs} runs{cause}"])
+                f"{TOO_FEW} {want.unit}: {have} of {wanted} within {want.budget:g} × the nominal "
+                f"{unit_s * wanted:.1f} s, in {runs} runs{cause}"])
         waited, calm = quiet() if measured.machine is not None and measured.machine.steal_burst else (0.0, True)
         progress(f"{short} {want.unit} short: measuring {size} more" + (
             f" after waiting {waited:.1f} s for the hypervisor's burst of steal to pass" if waited >= 0.5 and calm

@@ -33,7 +33,9 @@ SETTINGS[VALIDITY] = {
     "max_excluded_share_latency": "share of a latency run's round trips that may be excluded (and are replaced by "
                                   "more) because the emulator released late or "
                                   "dropped on their path while they crossed it (0..1)",
-    "max_excluded_share_throughput": "... of throughput intervals (0..1)",
+    "max_excluded_share_throughput": "... of a TCP round's intervals; beyond, the round is replaced whole (0..1)",
+    "max_excluded_share_udp": "... of a UDP run's intervals; below, they are replaced by more, beyond, the run whole "
+                              "(0..1)",
     "max_excluded_share_faults": "... of a WAN fault scenario's round trips, whose figures are gaps and times at "
                                  "the probe's 10 ms resolution (0..1)",
     "max_excluded_share_load": "... of a latency-under-load run's round trips, whose headline is the median (0..1)",

@@ -156,7 +156,8 @@ def test_registry_is_the_one_list_of_metrics():
 def test_validity_rules_are_strict_by_default_and_can_be_set_per_overlay(tmp_path):
     bundled = thresholds.load()
     assert bundled.for_("validity", "host", "A-B") == {
-        "max_excluded_share_latency": 0.5, "max_excluded_share_throughput": 0.25, "max_late_share_interval": 0.02,
+        "max_excluded_share_latency": 0.5, "max_excluded_share_throughput": 0.25, "max_excluded_share_udp": 0.5,
+        "max_late_share_interval": 0.02,
         "max_excluded_share_faults": 0.2, "max_excluded_share_load": 0.2, "max_late_share_load": 0.05,
         "max_probe_wait_ms": 1.0, "max_stall_ms_tcp": 200,
         "max_late_share_stream": 0.01, "min_sent_fraction_udp": 0.9, "max_client_cpu_pct": 80,

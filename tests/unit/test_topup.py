@@ -54,7 +54,7 @@ def runner(runs: list[Measured], clock: Clock, per_unit_s: float = 0.01):
 def test_round_trips_the_machine_spoiled_are_replaced_until_the_count_is_in():
     clock = Clock()
     run, asked = runner([run_of(500, 40), run_of(60, 5)], clock)
-    out = topup.top_up(run, topup.Want(500, "round trips", 3.0), clock=clock)
+    out = topup.top_up(run, topup.Want(500, "round trips", 3.0, least=topup.MIN_ROUND_TRIPS), clock=clock)
     assert asked[0] is None and asked[1] >= 40  # the nominal run, then at least what it lacked
     assert not out.faults and out.runs == 2 and len(out.kept) == 2
     assert sum(topup.clean(m, topup.Want(500, "", 3)) for m in out.kept) == 515
@@ -64,7 +64,7 @@ def test_round_trips_the_machine_spoiled_are_replaced_until_the_count_is_in():
 def test_a_run_beyond_its_bound_for_the_machine_is_replaced_whole():
     clock = Clock()
     run, asked = runner([run_of(500, 300, [WAITED]), run_of(625, 10)], clock)
-    out = topup.top_up(run, topup.Want(500, "round trips", 3.0), clock=clock)
+    out = topup.top_up(run, topup.Want(500, "round trips", 3.0, least=topup.MIN_ROUND_TRIPS), clock=clock)
     assert asked == [None, 625]  # what was lacked, and a quarter more for what the next may lose
     assert len(out.kept) == 1 and out.kept[0].accounting.excluded == 10
     assert out.why == [f"run 1: {WAITED}"] and out.samples_replaced == 500 + 10
@@ -74,7 +74,7 @@ def test_a_fault_that_is_not_the_machine_ends_it_at_once():
     clock = Clock()
     bypass = "no libnetwork encapsulated packets crossed A->B: the probe's traffic did not go through the overlay"
     run, asked = runner([run_of(500, 0, [bypass]), run_of(500)], clock)
-    out = topup.top_up(run, topup.Want(500, "round trips", 3.0), clock=clock)
+    out = topup.top_up(run, topup.Want(500, "round trips", 3.0, least=topup.MIN_ROUND_TRIPS), clock=clock)
     assert out.faults == [bypass] and out.runs == 1 and asked == [None]
 
 
@@ -82,7 +82,7 @@ def test_short_when_the_budget_is_spent_is_invalid_for_the_machine_with_the_coun
     clock = Clock()
     runs = [run_of(500, 400, [WAITED])] + [run_of(200, 150, [WAITED]) for _ in range(5)]
     run, asked = runner(runs, clock)
-    out = topup.top_up(run, topup.Want(500, "round trips", 3.0), clock=clock)
+    out = topup.top_up(run, topup.Want(500, "round trips", 3.0, least=topup.MIN_ROUND_TRIPS), clock=clock)
     assert out.faults and out.faults[0].startswith(topup.TOO_FEW) and "0 of 500" in out.faults[0]
     assert validity.load_related(out.faults)  # a skip that names the machine, never a failure
     assert clock.now <= 3.0 * 500 * 0.01 + 1e-9  # never past 3 × the nominal 5 s
@@ -100,7 +100,7 @@ def test_throughput_counts_whole_rounds_and_replaces_a_spoiled_round():
 def test_a_burst_of_steal_is_waited_out_before_the_next_run():
     clock, waits = Clock(), []
     run, _ = runner([run_of(500, 100, [WAITED], burst=True), run_of(500)], clock)
-    topup.top_up(run, topup.Want(500, "round trips", 3.0), quiet=lambda: waits.append(1) or (4.0, True),
+    topup.top_up(run, topup.Want(500, "round trips", 3.0, least=topup.MIN_ROUND_TRIPS), quiet=lambda: waits.append(1) or (4.0, True),
                  clock=clock)
     assert waits == [1]
 
@@ -108,8 +108,8 @@ def test_a_burst_of_steal_is_waited_out_before_the_next_run():
 def test_a_first_run_taken_beside_others_is_the_start():
     clock = Clock()
     run, asked = runner([run_of(50)], clock)
-    out = topup.top_up(run, topup.Want(500, "round trips", 3.0), first=run_of(480), first_s=4.8, clock=clock)
-    assert asked == [topup.MIN_TOP_UP] and not out.faults and out.runs == 2
+    out = topup.top_up(run, topup.Want(500, "round trips", 3.0, least=topup.MIN_ROUND_TRIPS), first=run_of(480), first_s=4.8, clock=clock)
+    assert asked == [topup.MIN_ROUND_TRIPS] and not out.faults and out.runs == 2
 
 
 def test_merged_runs_keep_their_rounds_for_the_interval_and_their_pairs_for_ipdv():
@@ -160,3 +160,11 @@ def test_an_invalid_underlay_baseline_is_measured_again(monkeypatch):
     made = Path(state)._measure_underlay(record, again=True)
     assert made is not invalid and made.valid
     assert state.repeated and "measured again as the baseline of libnetwork" in state.repeated[0]
+
+
+def test_intervals_of_a_paced_flow_are_replaced_up_to_what_its_nominal_run_measured():
+    clock = Clock()
+    runs = [run_of(10, 3), run_of(4, 0)]  # UDP: 3 of 10 intervals touched; a short run gives 4 more
+    run, asked = runner(runs, clock, per_unit_s=0.6)
+    out = topup.top_up(run, topup.Want(None, "intervals", 3.0), clock=clock)
+    assert asked[0] is None and asked[1] >= 3 and not out.faults and out.samples_replaced == 3
