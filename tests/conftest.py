@@ -4,6 +4,7 @@ folder: unit (nothing), system (root and namespaces), docker (engines), package 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import subprocess
@@ -54,6 +55,48 @@ QUICK = ["--topology=local", "--overlay-samples=60", "--overlay-interval=5", "--
 # the summary, never passed silently and never failed.
 STARVED: list[str] = []
 STARVED_SKIP = "machine starved: "
+
+
+def wait_for(condition, what: str, timeout: float = 30.0, every: float = 0.05):
+    """Poll `condition` until it returns something true (returned), instead of sleeping for a
+    time that a loaded machine may overrun; fails naming `what` after `timeout` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = condition()
+        if found:
+            return found
+        time.sleep(every)
+    raise AssertionError(f"{what}: not within {timeout:g} s")
+
+
+@contextlib.contextmanager
+def on_the_machines_time():
+    """For assertions on times or rates the machine keeps (a fault's length, a shaped rate, a
+    CPU quota's share): one that fails while the hypervisor took the CPUs in a burst (steal,
+    /proc/stat) skips with that cause, the one thing outside the code under test; any other
+    failure stands, a busy neighbour's included."""
+    from pytest_overlay.measure import machine
+
+    monitor = machine.monitor()
+    began = time.time_ns()
+    try:
+        yield
+    except AssertionError:
+        window = monitor.window(began, time.time_ns())
+        if window.steal_burst:
+            pytest.skip(f"{STARVED_SKIP}{window.cause()}")
+        raise
+
+
+def steal_during(*records: dict) -> str:
+    """The hypervisor's burst of steal while any of these results (JSON) was measured, in
+    words ("" where none was)."""
+    for r in records:
+        burst = (r.get("measured") or {}).get("steal_burst")
+        if burst:
+            return f"{r['overlay']} {r['src']}-{r['dst']} {r['metric']}: the hypervisor took {burst['pct']:.0f} % of " \
+                   f"the CPUs for {burst['seconds']:.1f} s"
+    return ""
 
 
 @dataclass

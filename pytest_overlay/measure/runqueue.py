@@ -122,20 +122,18 @@ def precede(tids: list[tuple[int, int]], policy: tuple[int, int] = PRECEDENCE) -
     return done
 
 
-class Watch:
-    """Samples the sides' run-queue waits every POLL_S on a thread while the `with` block
-    runs. A thread is counted from its first sample: what it waited before is in no window.
-    With `precede`, every thread found is put in the probes' scheduling class first."""
+class Poller:
+    """Calls `poll()` at once and then every `poll_s`, on a thread of its own, while the
+    `with` block runs."""
 
-    def __init__(self, sides: list[Side], poll_s: float = POLL_S, precede: bool = True) -> None:
-        self.sides = sides
+    name = "pytest-overlay-poller"
+
+    def __init__(self, poll_s: float = POLL_S) -> None:
         self.poll_s = poll_s
-        self.precede = precede
-        self.waits = Waits()
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="pytest-overlay-runqueue", daemon=True)
+        self._thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
 
-    def __enter__(self) -> "Watch":
+    def __enter__(self):
         self._thread.start()
         return self
 
@@ -143,35 +141,56 @@ class Watch:
         self._stop.set()
         self._thread.join()
 
+    def poll(self) -> None:
+        raise NotImplementedError
+
     def _loop(self) -> None:
-        pids: dict[str, list[int]] = {side.name: [] for side in self.sides}
-        last: dict[str, tuple[int, dict]] = {}
-        began = time.time_ns()
         while True:
-            for side in self.sides:
-                if not pids[side.name]:
-                    pids[side.name] = find(side)
-                # The kernel adds a wait to the count when it ends: a window runs from before
-                # the last reading, or from where its longest wait began if earlier, to after
-                # this one (this thread may itself wait while it reads).
-                reading = time.time_ns()
-                delays = run_delays(pids[side.name])
-                read = time.time_ns()
-                if self.precede:
-                    self.waits.preceded.update(precede([k for k in delays if k not in self.waits.preceded]))
-                if side.name in last:
-                    then, before = last[side.name]
-                    waited = [d - before[k] for k, d in delays.items() if k in before and d > before[k]]
-                    longest = max(waited, default=0)
-                    self.waits.windows.append(Wait(side.name, min(then, read - longest), read, longest, sum(waited)))
-                elif delays:
-                    self.waits.unwatched.append(Wait(side.name, began, read, 0, 0))
-                    self.waits.found.add(side.name)
-                if delays:
-                    last[side.name] = (reading, delays)
-            self.waits.polls += 1
+            self.poll()
             if self._stop.wait(self.poll_s):
                 return
+
+
+class Watch(Poller):
+    """Samples the sides' run-queue waits every POLL_S while the `with` block runs. A thread
+    is counted from its first sample: what it waited before is in no window. With `precede`,
+    every thread found is put in the probes' scheduling class first."""
+
+    name = "pytest-overlay-runqueue"
+
+    def __init__(self, sides: list[Side], poll_s: float = POLL_S, precede: bool = True) -> None:
+        super().__init__(poll_s)
+        self.sides = sides
+        self.precede = precede
+        self.waits = Waits()
+        self._pids: dict[str, list[int]] = {side.name: [] for side in sides}
+        self._last: dict[str, tuple[int, dict]] = {}
+        self._began = time.time_ns()
+
+    def poll(self) -> None:
+        pids, last = self._pids, self._last
+        for side in self.sides:
+            if not pids[side.name]:
+                pids[side.name] = find(side)
+            # The kernel adds a wait to the count when it ends: a window runs from before
+            # the last reading, or from where its longest wait began if earlier, to after
+            # this one (this thread may itself wait while it reads).
+            reading = time.time_ns()
+            delays = run_delays(pids[side.name])
+            read = time.time_ns()
+            if self.precede:
+                self.waits.preceded.update(precede([k for k in delays if k not in self.waits.preceded]))
+            if side.name in last:
+                then, before = last[side.name]
+                waited = [d - before[k] for k, d in delays.items() if k in before and d > before[k]]
+                longest = max(waited, default=0)
+                self.waits.windows.append(Wait(side.name, min(then, read - longest), read, longest, sum(waited)))
+            elif delays:
+                self.waits.unwatched.append(Wait(side.name, self._began, read, 0, 0))
+                self.waits.found.add(side.name)
+            if delays:
+                last[side.name] = (reading, delays)
+        self.waits.polls += 1
 
 
 # A flow's sender and receiver are CPU-bound, so no real-time class for them: a weight instead.
@@ -180,41 +199,30 @@ class Watch:
 FLOW_NICE = -15
 
 
-class Boost:
+class Boost(Poller):
     """While the `with` block runs, find the sides' processes every POLL_S and give each of
     their threads `nice`: a probe that moves data gets the CPU before the machine's other work
     without starving it."""
 
+    name = "pytest-overlay-boost"
+
     def __init__(self, sides: list[Side], nice: int = FLOW_NICE, poll_s: float = POLL_S) -> None:
-        self.sides, self.nice, self.poll_s = sides, nice, poll_s
+        super().__init__(poll_s)
+        self.sides, self.nice = sides, nice
         self.boosted: set[int] = set()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="pytest-overlay-boost", daemon=True)
 
-    def __enter__(self) -> "Boost":
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def _loop(self) -> None:
-        while True:
-            for side in self.sides:
-                for pid in find(side):
-                    try:
-                        tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
-                    except OSError:
+    def poll(self) -> None:
+        for side in self.sides:
+            for pid in find(side):
+                try:
+                    tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+                except OSError:
+                    continue
+                for tid in tids:
+                    if tid in self.boosted:
                         continue
-                    for tid in tids:
-                        if tid in self.boosted:
-                            continue
-                        try:
-                            os.setpriority(os.PRIO_PROCESS, tid, self.nice)
-                            self.boosted.add(tid)
-                        except (ProcessLookupError, PermissionError):
-                            continue
-            if self._stop.wait(self.poll_s):
-                return
-
+                    try:
+                        os.setpriority(os.PRIO_PROCESS, tid, self.nice)
+                        self.boosted.add(tid)
+                    except (ProcessLookupError, PermissionError):
+                        continue

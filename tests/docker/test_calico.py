@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from pytest_overlay.overlays import calico
 
-from ..conftest import QUICK, ROOT, run_suites
+from ..conftest import QUICK, ROOT, STARVED_SKIP, run_suites, steal_during
 
 
 def test_bird_config_announces_the_block_to_every_peer():
@@ -46,6 +48,9 @@ def test_calico_next_to_the_underlay_in_a_pool_the_topology_moved(tmp_path, clea
         assert "proto bird" in path["routes_learned"][src][path["blocks"][dst]]
         hops = [f"{a}->{b}" for a, b in zip(path["path"], path["path"][1:])]
         assert all(path["workload_packets_on_wan"][hop] > 0 for hop in hops)
-    tcp = {r["overlay"]: r["total"] for r in json.loads(out.read_text())["results"]
+    tcp = {r["overlay"]: r for r in json.loads(out.read_text())["results"]
            if r["metric"] == "tcp_throughput" and r["dst"] == "AMS"}
-    assert tcp["calico"] > 0.9 * tcp["host"]  # no encapsulation, no userspace: the underlay's rate
+    near = tcp["calico"]["total"] > 0.9 * tcp["host"]["total"]  # no encapsulation, no userspace: the underlay's rate
+    if not near and steal_during(tcp["calico"], tcp["host"]):
+        pytest.skip(STARVED_SKIP + steal_during(tcp["calico"], tcp["host"]))
+    assert near, (tcp["calico"]["total"], tcp["host"]["total"])

@@ -20,6 +20,8 @@ from pytest_overlay.overlays.host import HostOverlay
 from pytest_overlay.testbeds.emulated import EmulatedTestbed
 from pytest_overlay.testbeds.runs import netns_inode, pids_in_netns
 
+from ..conftest import on_the_machines_time
+
 TRIANGLE = {
     "name": "triangle", "sites": {"A": {}, "B": {}, "C": {}},
     "links": [{"between": ["A", "B"], "rtt_ms": 20}, {"between": ["B", "C"], "rtt_ms": 10},
@@ -47,20 +49,21 @@ def rtt_min(bed: EmulatedTestbed, src: str, dst: str) -> float:
 
 def test_a_cut_lasts_as_long_as_it_was_made_and_is_undone(clean_machine, quick):
     topo = topology.parse(TRIANGLE, "<test>")
-    with EmulatedTestbed(topo, emulator="delayline") as bed:
-        run = faults.run(HostOverlay(bed), topo.faults["cut"])
-        outcome = faults.analyse(run.trips, run.steps)
-        watch = faults.analyse(run.watch_trips, run.steps)
-        after = rtt_min(bed, "A", "B")
-    applied = run.steps[1].at_ns - run.steps[0].at_ns
-    assert abs(applied / 1e6 - 1000) < 50, run.steps  # the emulator says when; the sleep only aims
-    assert applied / 1e6 - 10 <= outcome.outage_ms <= applied / 1e6 + 60, outcome
-    assert 90 <= outcome.lost_during <= 105 and outcome.sent_during >= outcome.lost_during
-    assert outcome.first_reply_ms is not None and outcome.first_reply_ms < 100
-    assert outcome.back_to_level_ms is not None and outcome.back_to_level_ms < 500
-    assert 19.5 <= outcome.level_ms < 22
-    assert run.fault.watch.id == "B-C" and watch.outage_ms < 100 and watch.lost_during == 0
-    assert 20 <= after < 21  # healed: the link is back at its topology's delay
+    with on_the_machines_time():
+        with EmulatedTestbed(topo, emulator="delayline") as bed:
+            run = faults.run(HostOverlay(bed), topo.faults["cut"])
+            outcome = faults.analyse(run.trips, run.steps)
+            watch = faults.analyse(run.watch_trips, run.steps)
+            after = rtt_min(bed, "A", "B")
+        applied = run.steps[1].at_ns - run.steps[0].at_ns
+        assert abs(applied / 1e6 - 1000) < 50, run.steps  # the emulator says when; the sleep only aims
+        assert applied / 1e6 - 10 <= outcome.outage_ms <= applied / 1e6 + 60, outcome
+        assert 90 <= outcome.lost_during <= 105 and outcome.sent_during >= outcome.lost_during
+        assert outcome.first_reply_ms is not None and outcome.first_reply_ms < 100
+        assert outcome.back_to_level_ms is not None and outcome.back_to_level_ms < 500
+        assert 19.5 <= outcome.level_ms < 22
+        assert run.fault.watch.id == "B-C" and watch.outage_ms < 100 and watch.lost_during == 0
+        assert 20 <= after < 21  # healed: the link is back at its topology's delay
 
 
 def test_the_probe_server_keeps_its_client_through_the_whole_fault(clean_machine, quick, monkeypatch):
@@ -74,13 +77,14 @@ def test_the_probe_server_keeps_its_client_through_the_whole_fault(clean_machine
     def replies_after_heal(run: faults.FaultRun) -> int:
         return sum(t.rtt_ms is not None and t.send_ns >= run.steps[-1].at_ns for t in run.trips)
 
-    with EmulatedTestbed(topo, emulator="delayline") as bed:
-        overlay = HostOverlay(bed)
-        kept = faults.run(overlay, topo.faults["long"], bound_s=3)
-        monkeypatch.setattr(faults, "server_idle_s", lambda seconds: 1.0)
-        forgot = faults.run(overlay, topo.faults["long"], bound_s=3)
-    outcome = faults.analyse(kept.trips, kept.steps, bound_s=3)
-    assert outcome.back_to_level_ms is not None and 9990 <= outcome.outage_ms < 10_100, outcome
+    with on_the_machines_time():
+        with EmulatedTestbed(topo, emulator="delayline") as bed:
+            overlay = HostOverlay(bed)
+            kept = faults.run(overlay, topo.faults["long"], bound_s=3)
+            monkeypatch.setattr(faults, "server_idle_s", lambda seconds: 1.0)
+            forgot = faults.run(overlay, topo.faults["long"], bound_s=3)
+        outcome = faults.analyse(kept.trips, kept.steps, bound_s=3)
+        assert outcome.back_to_level_ms is not None and 9990 <= outcome.outage_ms < 10_100, outcome
     assert replies_after_heal(kept) >= faults.LEVEL_RUN
     # Forgotten: the first request after the heal is answered, and nothing after it.
     assert faults.analyse(forgot.trips, forgot.steps, bound_s=3).back_to_level_ms is None

@@ -21,7 +21,7 @@ from pytest_overlay.measure import noise
 from pytest_overlay.testbeds import budget
 from pytest_overlay.testbeds.emulated import EmulatedTestbed
 
-from ..conftest import RELAXED, run_suites, two_sites
+from ..conftest import RELAXED, run_suites, two_sites, wait_for
 
 pytestmark = pytest.mark.skipif(bool(budget.unavailable()), reason=f"CPU budgets unavailable: {budget.unavailable()}")
 
@@ -43,17 +43,19 @@ def _quota(name: str) -> str:
 def test_the_hog_runs_in_the_sites_namespace_under_its_quota_and_goes_after(tmp_path):
     with EmulatedTestbed(topology.load(two_sites(tmp_path, 2))) as bed:
         neighbour = noise.Neighbour(noise.Noise("cpu", 0.2), bed.prefix, {"A": bed.netns_of("A")}, tmp_path)
+        def running() -> list[int] | None:
+            tree = procs.process_tree(neighbour.hogs["A"].pid)
+            return tree if len(tree) >= 2 else None  # stress-ng and its worker
+
         with neighbour:
-            time.sleep(0.5)
-            assert len(procs.process_tree(neighbour.hogs["A"].pid)) >= 2  # stress-ng and its worker
-            hogs = procs.process_tree(neighbour.hogs["A"].pid)
+            hogs = wait_for(running, "stress-ng and its worker running")
             site_ns = os.stat(f"/run/netns/{bed.netns_of('A')}").st_ino
             assert {os.stat(f"/proc/{pid}/ns/net").st_ino for pid in hogs} == {site_ns}
             assert all(f"/{bed.prefix}-noise-A/{budget.DAEMONS}" in Path(f"/proc/{pid}/cgroup").read_text()
                        for pid in hogs)
             assert _quota(f"{bed.prefix}-noise-A") == str(int(0.2 * budget.PERIOD_US))
             assert neighbour.dead() == []
-            assert neighbour.used()["A"]["cpu_s"] > 0
+            wait_for(lambda: neighbour.used()["A"]["cpu_s"] > 0, "the hog used CPU time", timeout=10)
         assert not any(_alive(pid) for pid in hogs)
         assert procs.cgroup_dirs(f"{bed.prefix}-noise-") == []
         assert "successful run completed" in (tmp_path / "noise-A.log").read_text()

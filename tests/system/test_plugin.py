@@ -28,7 +28,7 @@ def test_suites_pass_on_local_and_report(tmp_path, clean_machine):
                     "test_throughput.py::test_udp_throughput[host-A-B]", "test_streaming.py::test_streaming[host-udp-1]",
                     "test_streaming.py::test_streaming[host-udp-5]"):
         assert f"PASSED suites/{test_id}" in run.output
-    assert "Latency: round-trip time in ms (irtt request/response; n = round trips)" in run.output
+    assert "Latency: round-trip time in ms (irtt request/response; n = round trips; ± instrument = " in run.output
     assert "TCP throughput in Mbit/s received (iperf3; Total = the whole run;" in run.output
     assert "| Circuit   | Overlay   | Min   | Mean   | 99th %" in run.output
     assert run.output.index(f"written before teardown: JSON {out}") < re.search(

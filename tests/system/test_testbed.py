@@ -20,7 +20,7 @@ from pytest_overlay.results import Stats
 from pytest_overlay.results.thresholds import load
 from pytest_overlay.testbeds.emulated import EmulatedTestbed
 
-from ..conftest import STARVED_SKIP
+from ..conftest import STARVED_SKIP, on_the_machines_time, wait_for
 
 
 def two_sites(**link) -> topology.Topology:
@@ -73,10 +73,11 @@ def test_loss_is_emulated_counted_and_not_a_fault(clean_machine):
 
 
 def test_rate_is_shaped(clean_machine):
-    with EmulatedTestbed(two_sites(rtt_ms=4, rate_mbit=50)) as bed:
-        a, b = HostOverlay(bed).endpoints(["A", "B"])
-        tcp = probes.throughput(a, b, "tcp", 2)
-    assert 35 < tcp.total_mbit < 52
+    with on_the_machines_time():
+        with EmulatedTestbed(two_sites(rtt_ms=4, rate_mbit=50)) as bed:
+            a, b = HostOverlay(bed).endpoints(["A", "B"])
+            tcp = probes.throughput(a, b, "tcp", 2)
+        assert 35 < tcp.total_mbit < 52
 
 
 def test_jitter_spreads_rtt_without_reordering(clean_machine):
@@ -136,7 +137,9 @@ def test_a_udp_receiver_is_kept_off_the_delay_lines_cpu_and_its_own_drops_are_no
         assert quiet.extra["receiver_cpus"] == sorted(cpus) and quiet.extra["receiver_socket_dropped"] >= 0
 
         def stop_the_receiver() -> None:
-            time.sleep(1.5)  # the warm-up's second, and into the measured part
+            client = runqueue.Side("client", "iperf3", "-c", a.netns_inode())
+            wait_for(lambda: runqueue.find(client), "the iperf3 client started", timeout=20, every=0.01)
+            time.sleep(1.5)  # from the client's start: its warm-up second, and into the measured part
             server = runqueue.Side("server", "iperf3", "-s", b.netns_inode())
             pids = runqueue.find(server)
             for pid in pids:
