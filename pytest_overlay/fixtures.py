@@ -22,7 +22,8 @@ from .measure import noise as noise_tools
 from .measure.faultpath import FaultPath
 from .measure.loadpath import LoadPath
 from .measure.noise import Noise
-from .measure.path import OverlayPath, StreamPath
+from .measure.path import OverlayPath
+from .measure.streampath import StreamPath
 from .session import OverlaySession
 
 

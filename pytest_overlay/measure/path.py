@@ -8,7 +8,7 @@ import concurrent.futures
 import contextlib
 import math
 import time
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import pytest
 
@@ -17,12 +17,14 @@ from ..inputs.model import Circuit
 from ..overlays import Overlay
 from ..results import Record, Stats, gates, metrics
 from ..results.thresholds import VALIDITY
-from ..session import OverlaySession
-from . import machine, probes, streaming, topup, validity
+from . import machine, probes, topup, validity
 from .measured import Bracket, Measured, MeasureKey, merged_emulator, merged_wire
 from .judging import Judging
 from .noise import Neighbour, Noise
 from .samples import BATCH_INTERVALS, UDP_RECORDED, LatencySamples, pooled
+
+if TYPE_CHECKING:  # the run's state is the layer above's; a path is handed it
+    from ..session import OverlaySession
 
 
 MAKERS: dict[str, tuple[Callable, int | None]] = {}  # metric -> (the path method, which of its records)
@@ -41,7 +43,7 @@ def makes(*names: str) -> Callable:
 
 
 class OverlayPath(Judging):
-    def __init__(self, overlay: Overlay, circuit: Circuit, state: OverlaySession, test: str,
+    def __init__(self, overlay: Overlay, circuit: Circuit, state: "OverlaySession", test: str,
                  cpu: float | None = None, noise: Noise | None = None) -> None:
         self.overlay, self.circuit, self.state, self.test = overlay, circuit, state, test
         self.cpu = cpu  # the CPU budget (cores) every site's overlay is held to while probing
@@ -415,39 +417,3 @@ def loss_interval(lost: int | None, packets: int | None) -> float:
     if p == 0:
         return 3 / packets * 100
     return 1.96 * math.sqrt(p * (1 - p) / packets) * 100
-
-
-class StreamPath(OverlayPath):
-    """One streaming level: N clients at the circuit's destination, the server at its source."""
-
-    def __init__(self, overlay, circuit, state, test, server: streaming.StreamServer, concurrency: int,
-                 transport: str) -> None:
-        super().__init__(overlay, circuit, state, test)
-        self.server, self.concurrency, self.transport = server, concurrency, transport
-
-    @property
-    def nominal_kbit(self) -> float:
-        return self.server.clip.kbit
-
-    def stream(self) -> tuple[Record, Record, Record, Record]:
-        seconds = self.state.option("overlay_stream_seconds")
-        kind = f"stream-{self.transport}-{self.concurrency}"
-        # A level is judged whole (its statistic is each client's jitter over the whole run): taken again, not topped up.
-        measured = self._measure(kind, lambda _: None, once=lambda: self._once(
-            kind, lambda: streaming.watch(self.dst, self.server, self.concurrency, seconds, self.transport),
-            lambda data: validity.cpu_faults(data.cpu_pct, self.concurrency, self.rules["max_client_cpu_pct"])))
-        data = measured.samples
-        reports = data.reports
-        common = {"nominal_kbit": self.nominal_kbit, "client_cpu_pct": data.cpu_pct, "clients": len(reports),
-                  "seconds": data.seconds, "reordered": sum(r["reordered"] for r in reports), "url": self.server.url}
-        level = {"concurrency": self.concurrency, "transport": self.transport}
-        ttffs = [r["ttff_ms"] for r in reports if r["ttff_ms"] is not None] or [float("nan")]
-        return (
-            self.record("stream_jitter", [r["jitter_ms"] for r in reports], measured,
-                        {**common, "definition": "RFC 3550 interarrival jitter at the end of the run, per client"},
-                        **level),
-            self.record("stream_bitrate", [r["bitrate_kbit"] for r in reports], measured, common, **level),
-            self.record("stream_loss", [r["loss_pct"] for r in reports], measured, common, **level),
-            self.record("stream_ttff", ttffs, measured, {**common, "definition": "PLAY to the first frame's last packet"},
-                        **level),
-        )

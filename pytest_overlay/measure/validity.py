@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from ..emulation.delayline import LATE_LIMIT_S
 from .machine import Window as MachineWindow
 from .probes import probe_of
+from .probewait import Stall, cpu_stalls, probe_moments, typical_wait_ms
 from .runqueue import Waits
 
 # The rules themselves are in the thresholds file (section `validity`); a probe says which of
@@ -67,25 +68,6 @@ class Trouble:
         if self.dropped:
             what.append(f"{self.dropped} dropped (queue overflow)")
         return f"{self.link}: {', '.join(what)} over {(self.end_ns - self.start_ns) / 1e6:.1f} ms"
-
-
-@dataclass(frozen=True)
-class Stall:
-    """A poll window in which a thread of a probe's side (`link` names it, "irtt client")
-    waited `wait_us` for a CPU, or (wait_us None) a span before the side was found. Matched
-    to the samples as an emulator's window is."""
-
-    link: str
-    start_ns: int
-    end_ns: int
-    wait_us: float | None
-    dropped = 0  # touched() asks it of every window: a stall drops nothing
-
-    def describe(self) -> str:
-        span = (self.end_ns - self.start_ns) / 1e6
-        if self.wait_us is None:
-            return f"{self.link} not watched for {span:.1f} ms"
-        return f"{self.link} waited {self.wait_us / 1e3:.1f} ms for a CPU within {span:.1f} ms"
 
 
 @dataclass
@@ -194,33 +176,6 @@ def round_trip_spans(times_ns: list[tuple[int, int]], there: list[Hop], back: li
             sample.append((hop.link, int(send + cumulative - slack), int(receive - (rtt_ns - cumulative) + slack)))
         out.append(sample)
     return out
-
-
-def probe_moments(times_ns: list[tuple[int, int]], there: list[Hop], back: list[Hop]) -> list[list[tuple[str, int, int]]]:
-    """When each round trip needed its probe's processes: the client as it sent and as it
-    received, the server between the request's earliest arrival and the reply's latest
-    departure."""
-    ahead = sum(h.delay_ms - h.jitter_ms for h in there) * 1e6
-    behind = sum(h.delay_ms - h.jitter_ms for h in back) * 1e6
-    out = []
-    for send, receive in times_ns:
-        lo, hi = int(send + max(ahead, 0)), int(receive - max(behind, 0))
-        out.append([("irtt client", send, send), ("irtt server", min(lo, hi), max(lo, hi)),
-                    ("irtt client", receive, receive)])
-    return out
-
-
-def cpu_stalls(waits: Waits, times_ns: list[tuple[int, int]], limit_ms: float) -> list[Stall]:
-    """The poll windows in which a side's thread waited over `limit_ms` for a CPU, and the
-    spans before a side was found that round trips fall in: nothing says what it waited then.
-    (A side never found is not judged at all; the record names it.)"""
-    stalls = [Stall(f"irtt {w.side}", w.start_ns, w.end_ns, w.wait_ns / 1e3)
-              for w in waits.windows if w.wait_ns > limit_ms * 1e6]
-    if times_ns:
-        first = min(t[0] for t in times_ns) - MATCH_MARGIN_NS
-        stalls += [Stall(f"irtt {w.side}", max(w.start_ns, first), w.end_ns, None)
-                   for w in waits.unwatched if w.end_ns > first]
-    return stalls
 
 
 def interval_spans(spans_ns: list[tuple[int, int]], hops: list[Hop]) -> list[list[tuple[str, int, int]]]:
@@ -380,7 +335,7 @@ def _probe_waited(acc: Accounting, waits: Waits | None, times: list[tuple[int, i
     where they were not watched); the waits go on the accounting."""
     if waits is None:
         return [False] * len(times)
-    stalls = cpu_stalls(waits, times, limit_ms)
+    stalls = cpu_stalls(waits, times, limit_ms, MATCH_MARGIN_NS)
     waited = touched(probe_moments(times, there, back), stalls)
     acc.stalls = stalls
     acc.probe_wait = {"limit_ms": limit_ms, "client_ms": round(waits.total_ms("client"), 3),
@@ -393,18 +348,6 @@ def _probe_waited(acc: Accounting, waits: Waits | None, times: list[tuple[int, i
     if unseen:
         acc.probe_wait["not_found"] = unseen
     return waited
-
-
-def typical_wait_ms(waits: Waits, limit_ms: float) -> float:
-    """What the probe's own waits may add to a round trip kept (its every moment under the
-    limit): the mean longest wait of a poll window under the limit, the client's twice (it
-    sends and receives) and the server's once. An estimate from above: a moment in a window
-    meets at most its longest wait."""
-    def mean(side: str) -> float:
-        under = [w.wait_ns for w in waits.windows if w.side == side and w.wait_ns <= limit_ms * 1e6]
-        return sum(under) / len(under) / 1e6 if under else 0.0
-
-    return 2 * mean("client") + mean("server")
 
 
 def _dropped(troubles: list[Trouble]) -> str:
