@@ -89,7 +89,7 @@ def overlay_testbed(overlay_session: OverlaySession):
         try:
             bed.__enter__()
         except Exception as e:  # noqa: BLE001
-            if bed.backend == "remote":  # a host not ready: say which, what and how to fix, and stop
+            if bed.bringup_failure_is_input:  # a host not ready: say which, what and how to fix, and stop
                 pytest.exit(str(e), returncode=pytest.ExitCode.USAGE_ERROR)
             raise
         try:
@@ -138,7 +138,7 @@ def overlay(request: pytest.FixtureRequest, overlay_testbed, overlay_session: Ov
 
     name = request.param
     unsupported = overlays.get(name).remote_unsupported
-    if overlay_testbed.backend == "remote" and unsupported:
+    if not overlay_testbed.own_sites and unsupported:
         pytest.skip(f"{name} across real hosts is not supported in this version: {unsupported}")
     for attempt in range(1, BRINGUP_ATTEMPTS + 1):
         instance = overlays.get(name)(overlay_testbed)
@@ -199,19 +199,13 @@ def overlay_path(overlay, circuit: topology.Circuit, cpu_budget: float | None, n
     the neighbour costs the emulated WAN itself).
     """
     if cpu_budget is not None:
-        from .testbeds import budget
-
-        why = budget.unavailable() or ("the underlay runs no overlay process: a CPU budget caps nothing (its "
-                                       "unbudgeted record is every budget's baseline)" if overlay.name == kinds.BASELINE else
-                                       "CPU budgets on real hosts are not built in this version"
-                                       if overlay.testbed.backend != "embedded" else "")
+        why = overlay.testbed.budgets_unavailable() or (
+            "the underlay runs no overlay process: a CPU budget caps nothing (its unbudgeted record is every "
+            "budget's baseline)" if overlay.name == kinds.BASELINE else "")
         if why:
             pytest.skip(f"CPU budget {cpu_budget:g} cores: {why}")
     if noise is not None:
-        from .testbeds import budget
-
-        why = budget.unavailable() or ("noisy neighbours on real hosts are not built in this version"
-                                       if overlay.testbed.backend != "embedded" else "")
+        why = overlay.testbed.budgets_unavailable()
         if why:
             pytest.skip(f"neighbour {noise.label}: {why}")
     return OverlayPath(overlay, circuit, overlay_session, request.node.nodeid, cpu=cpu_budget, noise=noise)
@@ -284,9 +278,7 @@ def load_path(overlay, load_level: tuple[topology.Circuit, float | None], overla
     Latency under load on one circuit through one overlay; skipped, saying why, where the
     testbed cannot set the link buffer asked for."""
     circuit, queue_ms = load_level
-    bed = overlay.testbed
-    if queue_ms is not None and (bed.backend != "embedded" or bed.emulator is None or bed.emulator.kind == "none"):
-        pytest.skip(f"a link buffer of {queue_ms:g} ms needs the embedded testbed's link emulator; this run has the "
-                    f"{bed.backend} testbed" + (" without one (--overlay-emulator=none)" if bed.backend == "embedded"
-                                                else ", whose buffers are the hosts' own"))
+    why = overlay.testbed.buffers_unavailable() if queue_ms is not None else ""
+    if why:
+        pytest.skip(f"a link buffer of {queue_ms:g} ms needs the embedded testbed's link emulator: {why}")
     return LoadPath(overlay, circuit, queue_ms, overlay_session, request.node.nodeid)

@@ -94,8 +94,8 @@ class Judging:
         host = self.on(kinds.get(BASELINE)(self.overlay.testbed))
         if again:
             self.state.cache.pop(host.key(metrics.get(record.metric).probe), None)
-            self.state.repeated.append(f"{BASELINE} {record.circuit} {record.metric}: measured again as the baseline of "
-                                       f"{record.overlay}, its record was INVALID")
+            self.state.repeated.append(f"{BASELINE} {record.circuit} {record.metric}: measured again as the "
+                                       f"baseline of {record.overlay}, its record was INVALID")
         self.state.progress(f"measuring the underlay's {record.metric} on {record.circuit} "
                             f"{'again' if again else 'first'}: a limit of {record.overlay}'s is relative to it")
         made = host.measure(record.metric)

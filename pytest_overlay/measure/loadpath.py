@@ -97,7 +97,8 @@ class LoadPath(OverlayPath):
         up, down = run.flows["up"], run.flows["down"]
         sums = [a + b for a, b in zip(up.sums.mbit, down.sums.mbit)]
         goodput_measured = Measured(run, measured.faults, measured.emulator, measured.wire, measured.tries,
-                                    measured.earlier_faults, validity.merged(list(measured.parts.values()), "tcp"), measured.machine,
+                                    measured.earlier_faults, validity.merged(list(measured.parts.values()), "tcp"),
+                                    measured.machine,
                                     cpu_used=measured.cpu_used)
         goodput = self.record("load_goodput", sums, goodput_measured, {
             **common,

@@ -47,7 +47,7 @@ class ContainerOverlay(Overlay):
         # Interfaces each site had before this overlay: what it adds (docker0, weave's bridge,
         # flannel.1, ...) goes when it goes, so the next overlay of the run starts clean.
         self.network_before = {site: self._site_network(site) for site in testbed.sites} \
-            if testbed.backend == "embedded" else {}
+            if testbed.own_sites else {}
         self.state_dir = testbed.run_dir / self.name  # the overlay's own files (configs, keys, logs)
         self.ops = testbed.site_ops(self.name, self.state_dir, self.family)
 
@@ -72,7 +72,8 @@ class ContainerOverlay(Overlay):
 
     @property
     def remote(self) -> bool:
-        return self.testbed.backend == "remote"
+        """Its daemons run on hosts the run does not own (over ssh), not in sites it made."""
+        return not self.testbed.own_sites
 
     def _daemon_dir(self, name: str) -> Path:
         """A daemon's own directory (log, pid file, what it keeps), where it runs."""

@@ -112,15 +112,13 @@ class Comparison:
 
 
 def instrument_ms(record: Record) -> float:
-    """The instrument's own error on a time the record measured: the record's own where it
-    states one (schema 9: with the probe's waits), else the link emulator's: how late it
-    released packets on the link directions of the record's path (each direction's 99th
-    percentile, a histogram bucket's upper edge, summed over the path). Run to run it moves a
-    mean RTT by up to that much whatever the overlay does: a same-commit run on this machine
-    moved a 10 ms circuit's mean by 0.12 ms as the delay line's p99 went from 50 to 100 us
-    per direction."""
-    if record.instrument:
-        return record.instrument["ms"]
+    """The link emulator's own error on a time the record measured: how late it released
+    packets on the link directions of the record's path (each direction's 99th percentile, a
+    histogram bucket's upper edge, summed over the path). Run to run it moves a mean RTT by up
+    to that much whatever the overlay does: a same-commit run on this machine moved a 10 ms
+    circuit's mean by 0.12 ms as the delay line's p99 went from 50 to 100 us per direction.
+    (A record's `instrument` adds the probe's typical wait for a CPU: a bias from above that
+    both runs of a comparison carry, so a gate's noise leaves it out.)"""
     path = record.exclusions.get("path") or []
     return sum((record.emulator.get(direction) or {}).get("p99_late_us") or 0.0 for direction in path) / 1000
 

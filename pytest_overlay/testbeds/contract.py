@@ -120,6 +120,21 @@ class Testbed:
     # (Flannel's --bip), and stops it with the overlay. Real hosts' engines are theirs: used
     # as they are and left running.
     own_engines = True
+    # The sites are network namespaces this run made: an overlay may read a site's whole
+    # network and put it back as it was, and the probes' processes can be watched. Real hosts'
+    # networks are their owners': an overlay undoes only what it did there.
+    own_sites = True
+    # A bring-up that fails is a host that is not ready (the preflight's findings): the run
+    # stops as bad input, saying what to fix, rather than failing each test.
+    bringup_failure_is_input = False
+
+    def budgets_unavailable(self) -> str:
+        """Why CPU budgets and noisy neighbours cannot be placed at the sites ("" where they can)."""
+        return f"not built on the {getattr(self, 'backend', '?')} testbed in this version"
+
+    def buffers_unavailable(self) -> str:
+        """Why a link's buffer cannot be set for a test ("" where it can)."""
+        return f"the {getattr(self, 'backend', '?')} testbed's buffers are the hosts' own"
 
     def up(self) -> None:
         raise NotImplementedError

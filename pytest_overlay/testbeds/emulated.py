@@ -97,6 +97,16 @@ class EmulatedTestbed(Testbed):
     kind = "emulated"
     backend = "embedded"
 
+    def budgets_unavailable(self) -> str:
+        from . import budget
+
+        return budget.unavailable() or ""
+
+    def buffers_unavailable(self) -> str:
+        if self.emulator is None or self.emulator.kind == "none":
+            return "the testbed has no link emulator (--overlay-emulator=none)"
+        return ""
+
     def __init__(self, topology: Topology, emulator: str = "auto", run_id: str | None = None,
                  progress: Callable[[str], None] | None = None, state_root: Path | None = None) -> None:
         self.topology = topology

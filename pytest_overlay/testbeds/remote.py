@@ -84,6 +84,8 @@ class RemoteTestbed(Testbed):
     backend = "remote"
     shared_network = True
     own_engines = False
+    own_sites = False
+    bringup_failure_is_input = True
 
     def __init__(self, topology: Topology, progress: Callable[[str], None] | None = None,
                  state_root: Path | None = None, needs: list[HostNeeds] = ()) -> None:
