@@ -141,9 +141,9 @@ def overlay(request: pytest.FixtureRequest, overlay_testbed, overlay_session: Ov
     if not overlay_testbed.own_sites and unsupported:
         pytest.skip(f"{name} across real hosts is not supported in this version: {unsupported}")
     for attempt in range(1, BRINGUP_ATTEMPTS + 1):
-        instance = overlays.get(name)(overlay_testbed)
-        instance.container_buffers = overlay_session.option("overlay_container_buffers")
-        instance.converge_s = overlay_session.option("overlay_converge")
+        instance = overlays.get(name)(overlay_testbed,
+                                      container_buffers=overlay_session.option("overlay_container_buffers"),
+                                      converge_s=overlay_session.option("overlay_converge"))
         try:
             instance.up()  # tears down what it made if it fails
             break

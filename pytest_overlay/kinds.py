@@ -71,6 +71,11 @@ def get(name: str) -> type:
         raise KindError(f"overlay kind {name!r} ({module}:{attribute}) cannot be loaded: {e}") from e
     if getattr(kind, "name", None) != name:
         raise KindError(f"overlay kind {name!r} ({module}:{attribute}) calls itself {getattr(kind, 'name', None)!r}")
+    missing = sorted(getattr(kind, "__abstractmethods__", ())) + [
+        part for part in getattr(kind, "REQUIRED", ()) if not getattr(kind, part, None)]
+    if missing:
+        raise KindError(f"overlay kind {name!r} ({module}:{attribute}) leaves out {', '.join(missing)}: an overlay "
+                        "kind declares these (pytest_overlay/overlays/base.py)")
     return kind
 
 

@@ -7,6 +7,7 @@ overlay's network; probes only need it to run a command and start a server.
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -17,10 +18,14 @@ if TYPE_CHECKING:
     from ..testbeds.contract import HostNeeds, Testbed
 
 
-class Overlay:
+class Overlay(ABC):
     """One overlay kind. Its class attributes declare everything other layers know of it:
     the registry (kinds.py), the topology's `ranges:`, the Makefile's packages, the lab's
-    binaries, the real-host preflight and clean, and the reports read them here."""
+    binaries, the real-host preflight and clean, and the reports read them here. `up`,
+    `down`, `endpoint` and `datapath` are its contract: the registry refuses a kind that
+    leaves one out, naming it, before anything is made."""
+
+    REQUIRED = ("name", "label", "description")  # declared, not empty: the registry checks them
 
     name = ""  # what --overlay calls it; the registry's key
     label = ""  # how reports name it: "Weave Net"
@@ -36,8 +41,6 @@ class Overlay:
     # What wire_counters() counts, as the records name it and as an INVALID reason says it.
     wire_key = "encapsulated_packets_on_wan"
     wire_what = "encapsulated packets"
-    container_buffers = "tuned"  # or "docker": containers keep Docker's default TCP buffers
-    converge_s: float | None = None  # how long every container has to answer every other (None: from the RTT)
 
     # The timers that decide what a WAN fault does to it: (what, default, where it is set).
     timers: tuple[tuple[str, str, str], ...] = ()
@@ -48,8 +51,13 @@ class Overlay:
         behind; `clean` removes them once the run is over."""
         return []
 
-    def __init__(self, testbed: Testbed) -> None:
+    def __init__(self, testbed: Testbed, container_buffers: str = "tuned", converge_s: float | None = None) -> None:
+        """`container_buffers`: "tuned" (the site's TCP buffers, sized for the path) or "docker"
+        (Docker's defaults, as the study ran); `converge_s`: how long every container has to
+        answer every other once up (None: from the topology's RTT). A kind's own __init__
+        takes `**settings` and passes them on."""
         self.testbed = testbed
+        self.container_buffers, self.converge_s = container_buffers, converge_s
         self.timings: dict[str, float] = {}
 
     def expected_outage_s(self, fault, logs: dict[str, list[str]] | None = None) -> tuple[float, float]:
@@ -59,21 +67,24 @@ class Overlay:
         down = fault.seconds if fault.kind in ("cut", "partition", "flap") else 0.0
         return down, down + 1.0
 
+    @abstractmethod
     def up(self) -> None:
         """Build the overlay network and its endpoints."""
 
+    @abstractmethod
     def down(self) -> None:
         """Remove what up() made; safe to call twice."""
 
+    @abstractmethod
     def endpoint(self, site: str):
-        raise NotImplementedError
+        """Where the probes run at a site (measure.probes.Endpoint)."""
 
     def endpoints(self, sites: list[str]) -> list:
         return [self.endpoint(s) for s in sites]
 
+    @abstractmethod
     def datapath(self, src: str, dst: str) -> dict:
         """How traffic from src to dst travels: recorded with every result."""
-        raise NotImplementedError
 
     def control_state(self) -> dict[str, str]:
         """What the overlay's control plane says now, one state per peering ("BRA->LJU":

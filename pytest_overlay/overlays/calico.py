@@ -145,8 +145,8 @@ class CalicoOverlay(ContainerOverlay):
     wire_key = "workload_packets_on_wan"
     wire_what = "unencapsulated packets from workload addresses"
 
-    def __init__(self, testbed: Testbed) -> None:
-        super().__init__(testbed)
+    def __init__(self, testbed: Testbed, **settings) -> None:
+        super().__init__(testbed, **settings)
         self.pool = ipaddress.ip_network(testbed.topology.range_of(FAMILY))
         self.blocks = {site: block(i, self.pool) for i, site in enumerate(testbed.sites)}
         self.sessions: dict[str, dict[str, str]] = {}  # site -> peer -> BGP state

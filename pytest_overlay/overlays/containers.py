@@ -36,8 +36,8 @@ class ContainerOverlay(Overlay):
     # with the overlay, so that a bring-up tried again can make it anew.
     network: str | None = None
 
-    def __init__(self, testbed: Testbed) -> None:
-        super().__init__(testbed)
+    def __init__(self, testbed: Testbed, **settings) -> None:
+        super().__init__(testbed, **settings)
         self.engines: dict[str, Engine] = {}
         self.containers: dict[str, ContainerEndpoint] = {}
         self.daemons: list[procs.Daemon] = []  # the overlay's own daemons, besides the engines

@@ -77,8 +77,8 @@ class FlannelOverlay(ContainerOverlay):
         ("VXLAN forwarding", "static per lease: a cut changes no route, ARP or FDB entry", "flannel backend/vxlan"),
     )
 
-    def __init__(self, testbed: Testbed) -> None:
-        super().__init__(testbed)
+    def __init__(self, testbed: Testbed, **settings) -> None:
+        super().__init__(testbed, **settings)
         self.kv = testbed.topology.kv_site
         self.leases: dict[str, dict[str, str]] = {}  # site -> FLANNEL_SUBNET, FLANNEL_MTU, ...
         self.routes: dict[str, dict[str, str]] = {}  # site -> lease -> the route to it

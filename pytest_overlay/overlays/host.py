@@ -14,6 +14,12 @@ class HostOverlay(Overlay):
     description = "underlay, no overlay: site namespace to site namespace"
     timers = (("routing", "static: traffic waits for its link to come back", "the testbed's routes"),)
 
+    def up(self) -> None:
+        """Nothing to build: the sites' own namespaces and the WAN are the testbed's."""
+
+    def down(self) -> None:
+        """Nothing to remove."""
+
     def endpoint(self, site: str):
         """The site's namespace; on a real host, a measurement container in the host's network."""
         return self.testbed.underlay_endpoint(site)

@@ -42,8 +42,8 @@ class LibnetworkOverlay(ContainerOverlay):
     # a loaded machine or a long WAN can exceed.
     transient = ("attaching to network failed", "context deadline exceeded")
 
-    def __init__(self, testbed: Testbed) -> None:
-        super().__init__(testbed)
+    def __init__(self, testbed: Testbed, **settings) -> None:
+        super().__init__(testbed, **settings)
         self.network = f"ovl{testbed.run_id}-{self.name}"
         self.vni: str | None = None
         self._swarm_manager: Engine | None = None  # on real hosts, the existing swarm's manager

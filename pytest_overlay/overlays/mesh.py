@@ -17,10 +17,18 @@ import itertools
 import time
 
 from .. import procs
-from ..testbeds.contract import Testbed
+from ..inputs.model import AddressFamily
+from ..testbeds.contract import HostNeeds, Testbed
 from ..testbeds.engines import Engine, EngineError
 from .base import OverlayUnavailable
 from .containers import ContainerOverlay
+
+def host_needs(family: AddressFamily, tools: dict[str, str], on_hosts: dict[str, str], **more) -> HostNeeds:
+    """What a mesh needs on a real host, each fact said once: `tools` (binary -> its Debian
+    package) are the kind's; `on_hosts` names those every host must have, with what each is."""
+    return HostNeeds(family, binaries={binary: (what, f"apt-get install {tools[binary]}")
+                                       for binary, what in on_hosts.items()}, **more)
+
 
 BLOCK_PREFIX = 24
 DEVICE_UP_S = 20.0  # a daemon that has not made its device by then has failed
@@ -43,8 +51,8 @@ class MeshOverlay(ContainerOverlay):
         super().__init_subclass__(**kwargs)
         cls.packages = tuple(sorted(set(cls.tools.values())))  # what `make` installs: its tools' packages
 
-    def __init__(self, testbed: Testbed) -> None:
-        super().__init__(testbed)
+    def __init__(self, testbed: Testbed, **settings) -> None:
+        super().__init__(testbed, **settings)
         self.range = ipaddress.ip_network(testbed.topology.range_of(self.family))
         blocks = self.range.subnets(new_prefix=BLOCK_PREFIX)
         self.blocks = dict(zip(testbed.sites, itertools.islice(blocks, len(testbed.sites))))

@@ -17,18 +17,16 @@ import re
 
 from .. import procs
 from ..inputs.model import AddressFamily
-from ..testbeds.contract import HostNeeds
 from ..testbeds.hostnet import Footprint
-from .mesh import MeshOverlay
+from .mesh import MeshOverlay, host_needs
 
 FAMILY = AddressFamily("nebula", "10.66.0.0/16", 24, "Nebula's range")
 PORT = 4242  # examples/config.yml: listen.port
 LIGHTHOUSE_INTERVAL_S = 60  # examples/config.yml: lighthouse.interval
 DEAD_TUNNEL_S = 5 + 10  # examples/config.yml: connection_alive_interval, then pending_deletion_interval
 TOOLS = {"nebula": "nebula", "nebula-cert": "nebula"}
-HOST_NEEDS = HostNeeds(
-    FAMILY,
-    binaries={"nebula": ("Nebula's daemon", "apt-get install nebula")},
+HOST_NEEDS = host_needs(
+    FAMILY, TOOLS, {"nebula": "Nebula's daemon"},  # its certificates are made where the run is controlled
     rivals={"nebula": "another Nebula"},
     footprint=Footprint("nebula", link_prefixes=("nb",), marks=("-i nb", "-o nb"),
                         routes_within=FAMILY.default))
@@ -109,8 +107,8 @@ class NebulaOverlay(MeshOverlay):
         ("relay", "through the lighthouse where a direct handshake fails", "examples/config.yml relay"),
     )
 
-    def __init__(self, testbed) -> None:
-        super().__init__(testbed)
+    def __init__(self, testbed, **settings) -> None:
+        super().__init__(testbed, **settings)
         network = ipaddress.ip_network(self.range)
         self.nebula_net = list(network.subnets(new_prefix=24))[-1]  # the nodes' own addresses: the last /24
         self.nodes = {site: str(self.nebula_net[i + 1]) for i, site in enumerate(testbed.sites)}

@@ -18,9 +18,8 @@ from pathlib import Path
 
 from .. import procs
 from ..inputs.model import AddressFamily
-from ..testbeds.contract import HostNeeds
 from ..testbeds.hostnet import Footprint
-from .mesh import MeshOverlay
+from .mesh import MeshOverlay, host_needs
 
 FAMILY = AddressFamily("tinc", "10.65.0.0/16", 24, "tinc's range")
 PORT = 655  # tinc.conf(5): Port, for the meta connections (TCP) and the data (UDP)
@@ -32,9 +31,8 @@ PORT = 655  # tinc.conf(5): Port, for the meta connections (TCP) and the data (U
 MTU = 1400
 KEY_BITS = 2048
 TOOLS = {"tincd": "tinc"}
-HOST_NEEDS = HostNeeds(
-    FAMILY,
-    binaries={"tincd": ("tinc's daemon", "apt-get install tinc")},
+HOST_NEEDS = host_needs(
+    FAMILY, TOOLS, {"tincd": "tinc's daemon"},
     rivals={"tincd": "another tinc"},
     listens={PORT: ("something listens on tinc's 655/tcp (another tincd?)", "run on hosts without one")},
     footprint=Footprint("tinc", link_prefixes=("tc",), marks=("-i tc", "-o tc"),

@@ -96,8 +96,8 @@ class WeaveOverlay(ContainerOverlay):
     host_needs = HOST_NEEDS
     encrypted = False
 
-    def __init__(self, testbed: Testbed) -> None:
-        super().__init__(testbed)
+    def __init__(self, testbed: Testbed, **settings) -> None:
+        super().__init__(testbed, **settings)
         self.ipalloc_range = testbed.topology.range_of(FAMILY)
         self.connections: dict[str, list[dict]] = {}
         self.router: dict[str, dict] = {}

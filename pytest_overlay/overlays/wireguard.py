@@ -16,19 +16,16 @@ from pathlib import Path
 
 from .. import procs
 from ..inputs.model import AddressFamily
-from ..testbeds.contract import HostNeeds
 from ..testbeds.hostnet import Footprint
-from .mesh import MeshOverlay
+from .mesh import MeshOverlay, host_needs
 
 FAMILY = AddressFamily("wireguard", "10.64.0.0/16", 24, "WireGuard's range")
 PORT = 51820  # wg(8)'s example, and wg-quick's
 KEEPALIVE_S = 25  # wg(8): "a sensible interval that works with a wide variety of firewalls is 25 seconds"
 MTU = 1420  # wg-quick(8): 1500 less WireGuard's 80 bytes over IPv6, the worst case
 TOOLS = {"wireguard-go": "wireguard-go", "wg": "wireguard-tools"}
-HOST_NEEDS = HostNeeds(
-    FAMILY,
-    binaries={"wireguard-go": ("WireGuard in userspace", "apt-get install wireguard-go"),
-              "wg": ("WireGuard's configuration tool", "apt-get install wireguard-tools")},
+HOST_NEEDS = host_needs(
+    FAMILY, TOOLS, {"wireguard-go": "WireGuard in userspace", "wg": "WireGuard's configuration tool"},
     rivals={"wireguard-go": "another WireGuard in userspace"},
     footprint=Footprint("wireguard", link_prefixes=("wg",), marks=("-i wg", "-o wg"),
                         routes_within=FAMILY.default))

@@ -11,13 +11,16 @@ import pytest
 
 from pytest_overlay import kinds, options
 from pytest_overlay.overlays import nebula, tinc, wireguard
+from pytest_overlay.overlays.mesh import MeshOverlay
 
 
 def test_the_meshes_are_a_group_of_their_own_and_not_in_all():
-    assert kinds.groups()["meshes"] == ("wireguard", "nebula", "tinc")
-    assert not set(kinds.groups()["meshes"]) & set(kinds.in_all())
-    assert options.parse_overlays("host,meshes") == ["host", "wireguard", "nebula", "tinc"]
-    with pytest.raises(Exception, match=r"allowed: all \(.*\), meshes \(wireguard, nebula, tinc\)"):
+    meshes = kinds.groups()["meshes"]
+    assert {"wireguard", "nebula", "tinc"} <= set(meshes)
+    assert all(issubclass(kinds.get(name), MeshOverlay) for name in meshes)
+    assert not set(meshes) & set(kinds.in_all())
+    assert options.parse_overlays("host,meshes") == ["host", *meshes]
+    with pytest.raises(Exception, match=rf"allowed: all \(.*\), meshes \({', '.join(meshes)}\)"):
         options.parse_overlays("mesh")
 
 

@@ -7,6 +7,7 @@ import pytest
 
 from pytest_overlay import kinds
 from pytest_overlay.measure import path, probes
+from pytest_overlay.overlays.base import Overlay
 from pytest_overlay.results import metrics
 
 
@@ -32,6 +33,34 @@ def test_an_unknown_or_misnamed_kind_is_refused_with_what_is_known(monkeypatch):
             kinds.get("impostor")
     finally:
         kinds.get.cache_clear()
+
+
+class HalfAKind(Overlay):
+    """A kind that forgot its teardown and its label."""
+
+    name = "half"
+    description = "brings a network up and never down"
+
+    def up(self) -> None:
+        pass
+
+    def endpoint(self, site: str):
+        return None
+
+    def datapath(self, src: str, dst: str) -> dict:
+        return {}
+
+
+def test_a_kind_that_leaves_out_a_part_of_the_contract_is_refused_naming_it(monkeypatch):
+    monkeypatch.setitem(kinds._table(), "half", f"{__name__}:HalfAKind")
+    kinds.get.cache_clear()
+    try:
+        with pytest.raises(kinds.KindError, match=r"'half' .* leaves out down, label: an overlay kind declares"):
+            kinds.get("half")
+    finally:
+        kinds.get.cache_clear()
+    with pytest.raises(TypeError, match="abstract"):
+        HalfAKind(None)  # nor can it be made past the registry
 
 
 def test_every_metric_names_its_probe_and_a_path_method_makes_it():
