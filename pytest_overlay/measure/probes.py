@@ -10,33 +10,14 @@ from __future__ import annotations
 import itertools
 import time
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Protocol
 
 from .. import procs
+from ..testbeds.contract import Endpoint
 from . import runqueue
 from .samples import (INTERVAL_S, UDP_BUFFER, LatencySamples, ProbeError, ThroughputSamples, parse_iperf3,
                       parse_irtt, parse_snmp, pooled)
 
 _ports = itertools.count(20000)
-
-
-class Endpoint(Protocol):
-    name: str
-    address: str
-
-    def run(self, command: list[str], timeout: float | None = 60) -> procs.CommandResult: ...
-
-    def netns_inode(self) -> int | None:
-        """Its network namespace's inode, where it is on this machine (else None)."""
-
-    def start(self, name: str, command: list[str], ready: str | None = None) -> procs.Daemon: ...
-
-    def agent(self, name: str) -> str:
-        """Where one of the package's agents (programs run inside sites) is, at the endpoint."""
-
-    def file(self, path: Path) -> str:
-        """Make a file of this machine readable at the endpoint; its path there."""
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from .. import procs
 
 if TYPE_CHECKING:
     from ..inputs.model import AddressFamily
-    from ..testbeds.contract import HostNeeds, Testbed
+    from ..testbeds.contract import Endpoint, HostNeeds, Testbed
 
 
 class Overlay(ABC):
@@ -76,10 +76,10 @@ class Overlay(ABC):
         """Remove what up() made; safe to call twice."""
 
     @abstractmethod
-    def endpoint(self, site: str):
-        """Where the probes run at a site (measure.probes.Endpoint)."""
+    def endpoint(self, site: str) -> Endpoint:
+        """Where the probes run at a site."""
 
-    def endpoints(self, sites: list[str]) -> list:
+    def endpoints(self, sites: list[str]) -> list[Endpoint]:
         return [self.endpoint(s) for s in sites]
 
     @abstractmethod

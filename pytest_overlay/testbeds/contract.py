@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Callable, Protocol
 
 from .. import procs
 from ..emulation.emulator import DEFAULT_RATE_MBIT
@@ -49,6 +49,28 @@ def tcp_sysctls(topology: Topology, site: str) -> dict[str, str]:
 
 def _pairs(topology: Topology, site: str) -> list[Circuit]:
     return [Circuit(site, other) for other in topology.sites if other != site]
+
+
+class Endpoint(Protocol):
+    """Where a probe runs and its traffic ends: a site's namespace (the underlay), a measurement
+    container on an overlay's network, a container on a real host. An overlay hands these out
+    (Overlay.endpoint); the probes need nothing else of it."""
+
+    name: str
+    address: str
+
+    def run(self, command: list[str], timeout: float | None = 60) -> procs.CommandResult: ...
+
+    def netns_inode(self) -> int | None:
+        """Its network namespace's inode, where it is on this machine (else None)."""
+
+    def start(self, name: str, command: list[str], ready: str | None = None) -> procs.Daemon: ...
+
+    def agent(self, name: str) -> str:
+        """Where one of the package's agents (programs run inside sites) is, at the endpoint."""
+
+    def file(self, path: Path) -> str:
+        """Make a file of this machine readable at the endpoint; its path there."""
 
 
 @dataclass(frozen=True)
