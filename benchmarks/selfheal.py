@@ -21,7 +21,7 @@ ROOT = Path(__file__).resolve().parent.parent
 CUTTER = """
 import dataclasses, sys, time
 from pytest_overlay.inputs import topology
-from pytest_overlay.testbeds.remote import RemoteTestbed
+from pytest_overlay.testbeds.real.remote import RemoteTestbed
 topo = topology.load(sys.argv[1])
 bed = RemoteTestbed(topo)
 bed.up()
@@ -42,7 +42,7 @@ def main() -> int:
     parser.add_argument("--tries", type=int, default=5, help="runs killed mid-cut. Default: %(default)r")
     args = parser.parse_args()
     from pytest_overlay.inputs import topology
-    from pytest_overlay.testbeds import hosts
+    from pytest_overlay.testbeds.real import hosts
 
     with tempfile.TemporaryDirectory() as work:
         lab = Path(work) / "lab.yaml"

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from . import kinds
 from .inputs import topology
-from .testbeds import engines, lab, runs
+from .testbeds import engines, runs
+from .testbeds.real import lab
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     if args.command == "clean":
         if args.topology:
-            from .testbeds import hostclean
+            from .testbeds.real import hostclean
 
             try:
                 hosts = topology.load(args.topology)

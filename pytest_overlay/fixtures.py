@@ -70,7 +70,7 @@ def overlay_testbed(overlay_session: OverlaySession):
     machine.monitor()  # steal and CPU pressure from now on, for every record's window
     topology = overlay_session.topology
     if any(site.host for site in topology.sites.values()):
-        from .testbeds.remote import RemoteTestbed
+        from .testbeds.real.remote import RemoteTestbed
 
         bed = RemoteTestbed(topology, progress=overlay_session.progress,
                             needs=kinds.host_needs(overlay_session.overlays))

@@ -20,8 +20,8 @@ import pytest
 from pytest_overlay.options import UNDECIDED_STATUS
 from pytest_overlay.paths import DATA_ROOT, STATE_ROOT
 from pytest_overlay.procs import cgroup_dirs
-from pytest_overlay.testbeds.hostlock import LOCKS as HOST_LOCKS
-from pytest_overlay.testbeds.hosts import HOST_STATE
+from pytest_overlay.testbeds.real.hostlock import LOCKS as HOST_LOCKS
+from pytest_overlay.testbeds.real.hosts import HOST_STATE
 
 LOCKS, HOST_ROOT = Path(HOST_LOCKS), Path(HOST_STATE)
 

@@ -16,7 +16,7 @@ from ..testbeds import budget, engines, hostnet
 from ..testbeds.contract import Testbed
 from ..testbeds.endpoints import ContainerEndpoint
 from ..testbeds.engines import LABEL, Engine, EngineError
-from ..testbeds.hosts import end_host_daemons, remove_networks
+from ..testbeds.real.hosts import end_host_daemons, remove_networks
 from .base import Overlay
 
 CONTAINER_ATTEMPTS = 3

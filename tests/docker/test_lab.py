@@ -25,8 +25,9 @@ from pytest_overlay import overlays, procs
 from pytest_overlay.inputs import topology
 from pytest_overlay.overlays import weave
 from pytest_overlay.paths import STATE_ROOT, find_binary
-from pytest_overlay.testbeds import hostlinks, hostlock, hostnet, hosts, remote, runs
-from pytest_overlay.testbeds.remote import RemoteTestbed
+from pytest_overlay.testbeds import hostnet, runs
+from pytest_overlay.testbeds.real import hostlinks, hostlock, hosts, remote
+from pytest_overlay.testbeds.real.remote import RemoteTestbed
 
 from ..conftest import PYTEST, QUICK, ROOT, run_suites
 
@@ -90,7 +91,7 @@ def docker_on(host: topology.RemoteHost, *args: str) -> subprocess.CompletedProc
 # Another run's hold on host A: the product's own lock, taken by a process of its own.
 HOLDER = """
 import sys, time
-from pytest_overlay.testbeds import hostlock
+from pytest_overlay.testbeds.real import hostlock
 from pytest_overlay.inputs import topology
 lock = hostlock.HostLock(topology.load(sys.argv[1]).sites["A"].host, "f00d01")
 assert lock.acquire() is None
@@ -643,7 +644,7 @@ CUTTER = """
 import dataclasses, sys, time
 from pathlib import Path
 from pytest_overlay.inputs import topology
-from pytest_overlay.testbeds.remote import RemoteTestbed
+from pytest_overlay.testbeds.real.remote import RemoteTestbed
 topo = topology.load(sys.argv[1])
 bed = RemoteTestbed(topo, state_root=Path(sys.argv[2]))
 bed.up()
@@ -794,7 +795,7 @@ def test_the_preflight_refuses_a_host_that_carries_another_runs_fault(shared_lab
 # A run holding host A that, on Ctrl-C, takes 5 s over its teardown before it lets go.
 INTERRUPTED = """
 import signal, sys, time
-from pytest_overlay.testbeds import hostlock
+from pytest_overlay.testbeds.real import hostlock
 from pytest_overlay.inputs import topology
 lock = hostlock.HostLock(topology.load(sys.argv[1]).sites["A"].host, "f00d05")
 assert lock.acquire() is None

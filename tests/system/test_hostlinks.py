@@ -14,7 +14,7 @@ import pytest
 
 from pytest_overlay import procs
 from pytest_overlay.inputs import topology
-from pytest_overlay.testbeds import hostlinks
+from pytest_overlay.testbeds.real import hostlinks
 
 TOPOLOGY = """\
 name: pair

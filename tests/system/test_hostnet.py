@@ -114,7 +114,7 @@ def test_each_overlay_of_a_run_keeps_its_own_reading_of_the_host(namespace, tmp_
     same host after it. Flannel's reading is still there, and undoing by it leaves the host as
     it was before Flannel; Weave's stays for its own teardown. (The host is the namespace.)"""
     from pytest_overlay.overlays.weave import HOST_FOOTPRINT as WEAVE
-    from pytest_overlay.testbeds import hosts
+    from pytest_overlay.testbeds.real import hosts
 
     monkeypatch.setattr(hosts, "HOST_STATE", str(tmp_path))
     monkeypatch.setattr(hosts, "host_run", lambda host, script, timeout=60, input=None: procs.run(

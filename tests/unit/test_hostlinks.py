@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from pytest_overlay.inputs import topology
-from pytest_overlay.testbeds import hostlinks, hosts, remote
+from pytest_overlay.testbeds.real import hostlinks, hosts, remote
 
 # A line A - B - C (no A-C link: A and C talk across B's links, as the emulator routes them).
 LINE = """\

@@ -8,7 +8,7 @@ from pytest_overlay import kinds
 from pytest_overlay.inputs import topology
 from pytest_overlay.inputs.topology import RemoteHost
 from pytest_overlay.paths import KNOWN_HOSTS
-from pytest_overlay.testbeds import hostengine, hosts, preflight, remote
+from pytest_overlay.testbeds.real import hostengine, hosts, preflight, remote
 
 HOST = RemoteHost("198.18.0.1", ssh="ops@192.0.2.1:2222", docker="tcp://192.0.2.1:2376",
                   tls={"ca": "/k/ca.pem", "cert": "/k/cert.pem", "key": "/k/key.pem"},

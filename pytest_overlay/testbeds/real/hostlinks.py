@@ -32,7 +32,7 @@ import shlex
 from dataclasses import dataclass
 from typing import Callable
 
-from ..inputs.model import Direction, RemoteHost, Topology
+from ...inputs.model import Direction, RemoteHost, Topology
 from .hosts import HOST_IDENTITY, HOST_STATE, as_root, ssh_run
 
 DEFAULT_QDISCS = {"noqueue", "pfifo_fast", "fq_codel", "fq", "mq", "pfifo"}  # what a kernel sets up itself

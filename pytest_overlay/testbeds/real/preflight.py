@@ -14,10 +14,11 @@ import subprocess
 import time
 from dataclasses import dataclass
 
-from ..inputs.model import RemoteHost, Topology
-from ..paths import AGENTS
-from . import hostlinks, hostnet
-from .contract import HostNeeds
+from ...inputs.model import RemoteHost, Topology
+from ...paths import AGENTS
+from .. import hostnet
+from ..contract import HostNeeds
+from . import hostlinks
 from .hosts import HOST_PATH, as_root, ssh_command, ssh_options, ssh_run
 
 MAX_CLOCK_SKEW_S = 1.0

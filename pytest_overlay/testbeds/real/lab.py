@@ -29,13 +29,13 @@ from pathlib import Path
 
 import yaml
 
-from .. import kinds, procs
-from ..emulation import emulator
-from ..inputs import topology
-from ..paths import find_binary
-from . import emulated, engines, runs
-from .engines import Engine, remove_run_files
-from .pki import PKI
+from ... import kinds, procs
+from ...emulation import emulator
+from ...inputs import topology
+from ...paths import find_binary
+from .. import emulated, engines, runs
+from ..engines import Engine, remove_run_files
+from ..pki import PKI
 
 TOOLS = {"dropbear": "dropbear-bin", "dropbearkey": "dropbear-bin", "ssh-keygen": "openssh-client",
          "ssh": "openssh-client", "dockerd": "docker.io", "openssl": "openssl", "bridge": "iproute2",

@@ -11,8 +11,8 @@ from typing import ClassVar
 
 import docker
 
-from ..inputs.model import RemoteHost
-from .engines import LABEL, Engine
+from ...inputs.model import RemoteHost
+from ..engines import LABEL, Engine
 from .hosts import remove_networks
 
 MIN_DOCKER = (20, 10)

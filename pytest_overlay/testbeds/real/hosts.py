@@ -17,11 +17,11 @@ from typing import Callable
 
 import docker
 
-from .. import procs
-from ..inputs.model import RemoteHost
-from ..paths import KNOWN_HOSTS
-from . import hostnet
-from .engines import LABEL
+from ... import procs
+from ...inputs.model import RemoteHost
+from ...paths import KNOWN_HOSTS
+from .. import hostnet
+from ..engines import LABEL
 
 # A host's own record of the runs on it (daemons, readings, fault timers, the lock), apart from
 # a controller's STATE_ROOT: where one machine is both (the lab), neither's clean takes the other's.

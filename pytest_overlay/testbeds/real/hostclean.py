@@ -10,14 +10,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-from ..inputs.model import Topology
-from ..paths import STATE_ROOT
+from ...inputs.model import Topology
+from ...paths import STATE_ROOT
+from ..engines import LABEL
+from ..runs import RUN_ID, may_remove
 from . import hostlinks
-from .engines import LABEL
 from .hostengine import RemoteEngine, remove_run, tls_reason
 from .hostlock import HostLock
 from .hosts import HOST_STATE, FootprintOf, end_host_daemons, host_run
-from .runs import RUN_ID, may_remove
 
 
 @dataclass

@@ -11,10 +11,10 @@ import socket
 import subprocess
 import time
 
-from ..inputs.model import RemoteHost
+from ...inputs.model import RemoteHost
+from ..runs import RUN_ID
 from . import hostlinks
 from .hosts import HOST_IDENTITY, HOST_STATE, as_root, ssh_command
-from .runs import RUN_ID
 
 LOCKS = f"{HOST_STATE}/locks"
 

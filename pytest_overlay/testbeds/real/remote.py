@@ -21,13 +21,14 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from .. import procs
-from ..inputs.model import AddressFamily, Direction, Topology
-from ..paths import KNOWN_HOSTS, STATE_ROOT
+from ... import procs
+from ...inputs.model import AddressFamily, Direction, Topology
+from ...paths import KNOWN_HOSTS, STATE_ROOT
+from ..contract import HostNeeds, SiteHandle, SiteOps, Testbed, tcp_sysctls
+from ..endpoints import ContainerEndpoint
+from ..engines import LABEL, build_image_tar, import_image
+from ..runs import hold_lock, new_run_id
 from . import hostlinks, preflight
-from .contract import HostNeeds, SiteHandle, SiteOps, Testbed, tcp_sysctls
-from .endpoints import ContainerEndpoint
-from .engines import LABEL, build_image_tar, import_image
 from .hostengine import GWBRIDGE, MIN_DOCKER, RemoteEngine, RemoteError, remove_run, tls_reason
 from .hostlock import HostLock
 from .hosts import (
@@ -41,7 +42,6 @@ from .hosts import (
     ssh_run,
 )
 from .preflight import Check
-from .runs import hold_lock, new_run_id
 
 
 class HostSiteOps(SiteOps):
