@@ -5,6 +5,7 @@ pays nothing for it."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from .inputs import topology
+from .measure.settings import Settings
 from .results import Missing, Record, finite, metrics, thresholds
 from .results.storage import SavedRun, Storage
 
@@ -38,6 +40,11 @@ class OverlaySession:
     inconclusive: dict[str, list[str]] = field(default_factory=dict)
     undecided: dict[str, str] = field(default_factory=dict)  # nodeid -> why it ended as a skip
     regressed: set[str] = field(default_factory=set)  # nodeids a gate failed
+
+    @functools.cached_property
+    def settings(self) -> Settings:
+        """What the measurements are asked for, read once from the options."""
+        return Settings.of(self.option)
 
     def request(self, items: list[pytest.Item]) -> None:
         """Note what every collected suite test is to measure (before -m/-k deselect any)."""

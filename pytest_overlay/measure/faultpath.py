@@ -41,11 +41,11 @@ class FaultPath(OverlayPath):
         self.state.progress(f"{self.overlay.name} {self.fault.name}: probing {self.fault.probe.id} and "
                             f"{self.fault.watch.id if self.fault.watch else 'no other circuit'}; "
                             f"{self.fault.kind} for {self.fault.duration_s:g} s after {faults.BEFORE_S:g} s")
-        run = faults.run(self.overlay, self.fault, self.state.option("overlay_fault_bound"),
+        run = faults.run(self.overlay, self.fault, self.state.settings.fault_bound_s,
                          tcp=self.fault.kind == "loss", progress=self.state.progress)
         self._stop_if_a_daemon_died(f"fault {self.fault.name}", "during")
         accrued = emu.delta(before, testbed.emulator_counters(since=started))
-        outcome = faults.analyse(run.trips, run.steps, bound_s=self.state.option("overlay_fault_bound"),
+        outcome = faults.analyse(run.trips, run.steps, bound_s=self.state.settings.fault_bound_s,
                                  calm_until_ns=run.calm_until_ns)
         replies = [t for t in run.trips if t.rtt_ms is not None]
         samples = LatencySamples([[t.rtt_ms for t in replies]], len(run.trips), len(run.trips) - len(replies),

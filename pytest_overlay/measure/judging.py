@@ -49,6 +49,18 @@ class Judging:
                      f"{base.stats.n})")
         return f"{text}; {record.overlay} ({how}): {added}"
 
+    def conclude(self, records: list[Record], broken: list[str]) -> None:
+        """How every suite test ends: each record's gates judged (relative to the underlay,
+        against a compared run), then the test fails where a record is INVALID (its reasons
+        first: a limit broken by a figure no one can vouch for says nothing), else where a
+        limit in `broken` (each said by `why`) or a gate is."""
+        gate_failures = [failure for record in records for failure in self.gate_failures(record)]
+        invalid = [record for record in records if not record.valid]
+        if invalid:
+            raise AssertionError(f"measurement invalid: {'; '.join(invalid[0].invalid_reasons)}")
+        if broken or gate_failures:
+            raise AssertionError("\n".join(broken + gate_failures))
+
     def limits(self, metric: str) -> dict[str, float]:
         return self.state.thresholds.for_(metric, self.overlay.name, self.circuit.id)
 
@@ -76,11 +88,11 @@ class Judging:
                     f"checked: {unknown}")
         if self.state.saved is not None:
             judged = gates.regression_failures(record, self.state.saved.get(record), self.state.saved.path.name,
-                                               self.state.option("overlay_compare_fail"), limits)
+                                               list(self.state.settings.compare_fail), limits)
             failures += judged.regressed
             if judged.regressed:
                 self.state.regressed.add(record.test)
-            if self.state.option("overlay_compare_strict"):
+            if self.state.settings.compare_strict:
                 failures += judged.inconclusive
             else:
                 self.state.inconclusive.setdefault(record.test, []).extend(judged.inconclusive)

@@ -44,7 +44,7 @@ class LoadPath(OverlayPath):
         return self._records(measured)
 
     def _load_once(self) -> Measured:
-        seconds, flows = self.state.option("overlay_load_seconds"), self.state.option("overlay_load_flows")
+        seconds, flows = self.state.settings.load_seconds, self.state.settings.load_flows
         b = self._bracketed("load", lambda: load.run(self.src, self.dst, seconds, flows, self.state.progress))
         run, accrued, wire, window = b.samples, b.accrued, b.wire, b.window
         there, back = self.hops()
@@ -76,10 +76,10 @@ class LoadPath(OverlayPath):
     def _records(self, measured: Measured) -> dict[str, Record]:
         run: load.LoadRun = measured.samples
         idle, loaded = run.idle.rtt_ms, run.loaded.rtt_ms
-        common = {"seconds": self.state.option("overlay_load_seconds"), "flows_each_way": len(run.flows["up"].per_flow_mbit),
+        common = {"seconds": self.state.settings.load_seconds, "flows_each_way": len(run.flows["up"].per_flow_mbit),
                   "buffer_ms": self.expected["queue_ms"], "buffers_both_ways_ms": self.buffer_ms,
                   "warmup_s": load.WARMUP_S,
-                  "idle_s": load.idle_seconds(self.state.option("overlay_load_seconds"))}
+                  "idle_s": load.idle_seconds(self.state.settings.load_seconds)}
         icmp = {"idle_p50": load.median(run.icmp_idle_ms), "idle_p99": _p99(run.icmp_idle_ms), "idle_n": len(run.icmp_idle_ms),
                 "loaded_p50": load.median(run.icmp_loaded_ms), "loaded_p99": _p99(run.icmp_loaded_ms),
                 "loaded_n": len(run.icmp_loaded_ms)}

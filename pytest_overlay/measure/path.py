@@ -53,7 +53,7 @@ class OverlayPath(Judging):
 
     @property
     def udp_rate(self) -> float:
-        offered = self.state.option("overlay_udp_rate")
+        offered = self.state.settings.udp_rate_mbit
         return min(offered, self.expected["rate_mbit"]) if self.expected["rate_mbit"] else offered
 
     @property
@@ -110,6 +110,8 @@ class OverlayPath(Judging):
             return runs[0]
         first = runs[0]
         samples = (LatencySamples.merged if kind == "latency" else pooled)([m.samples for m in runs])
+        if kind == "udp" and self.state.settings.rounds == 1:
+            samples.round_totals = [samples.total_mbit]  # a top-up is no round: the interval comes from batches
         windows = [m.machine for m in runs if m.machine]
         window = machine.monitor().window(windows[0].start_ns, windows[-1].end_ns) if windows else None
         return Measured(samples, [f for m in runs for f in m.faults], merged_emulator([m.emulator for m in runs]),
@@ -118,7 +120,7 @@ class OverlayPath(Judging):
                         machine=window, cpu_used=first.cpu_used, noise_used=first.noise_used, beside=first.beside)
 
     def _retried(self, kind: str, once: Callable[[], Measured]) -> Measured:
-        retries = self.state.option("overlay_retries")
+        retries = self.state.settings.retries
         earlier: list[str] = []
         for attempt in range(1, retries + 2):
             measured = once()
@@ -188,7 +190,7 @@ class OverlayPath(Judging):
                 before, wire_before = testbed.emulator_counters(reset=True), self.overlay.wire_counters()
                 cpu_before = self.overlay.cpu_usage()
                 try:
-                    with machine.awake(self.state.option("overlay_cpu_latency")):
+                    with machine.awake(self.state.settings.cpu_latency_us):
                         samples = probe()
                 except Exception:
                     self._stop_if_a_daemon_died(kind)  # the cause, rather than the probe's own error
@@ -221,15 +223,15 @@ class OverlayPath(Judging):
 
     def _latency_probe(self, more: int | None = None) -> LatencySamples:
         """The nominal run (every round), or `more` round trips in one run beside it."""
-        samples, interval, rounds, warmup = (self.state.option(o) for o in (
-            "overlay_samples", "overlay_interval", "overlay_rounds", "overlay_warmup"))
+        s = self.state.settings
+        samples, interval, rounds, warmup = s.samples, s.interval_ms, s.rounds, s.warmup
         if more is not None:
             samples, rounds = more, 1
         return probes.repeated_latency(self.src, self.dst, samples, interval, rounds, warmup)
 
     def _latency_want(self) -> topup.Want:
-        return topup.Want(self.state.option("overlay_samples") * self.state.option("overlay_rounds"), "round trips",
-                          self.state.option("overlay_topup_budget"), least=topup.MIN_ROUND_TRIPS)
+        s = self.state.settings
+        return topup.Want(s.samples * s.rounds, "round trips", s.topup_budget, least=topup.MIN_ROUND_TRIPS)
 
     def _latency(self) -> Measured:
         return self._measure("latency", self._latency_probe, want=self._latency_want())
@@ -245,7 +247,7 @@ class OverlayPath(Judging):
         circuit the others disturbed is excluded like any other. Each result is the first run
         of its circuit's measurement, which goes on alone where it is short of clean round
         trips or the machine spoiled it."""
-        at_once = self.state.option("overlay_parallel")
+        at_once = self.state.settings.parallel
         if at_once < 2 or self.cpu is not None or self.noise is not None:
             return
         wanted = {Circuit(m.src, m.dst) for nodeid, asked in self.state.requested.items()
@@ -271,7 +273,7 @@ class OverlayPath(Judging):
         monitor = machine.monitor()
         started = time.time_ns()
         before, wire_before = testbed.emulator_counters(reset=True), self.overlay.wire_counters()
-        with machine.awake(self.state.option("overlay_cpu_latency")), \
+        with machine.awake(self.state.settings.cpu_latency_us), \
                 concurrent.futures.ThreadPoolExecutor(len(batch)) as pool:
             results = list(pool.map(lambda path: path._latency_probe(), batch))
         ended = time.time_ns()
@@ -297,9 +299,9 @@ class OverlayPath(Judging):
             self.state.started[path.key("latency")] = (measured, seconds)
 
     def _throughput(self, protocol: str) -> Measured:
-        duration, rounds = self.state.option("overlay_duration"), self.state.option("overlay_rounds")
+        duration, rounds = self.state.settings.duration_s, self.state.settings.rounds
         rate, cpus = self.udp_rate if protocol == "udp" else None, self.overlay.testbed.probe_cpus()
-        budget = self.state.option("overlay_topup_budget")
+        budget = self.state.settings.topup_budget
         check = lambda s: validity.sender_faults(s.offered_mbit, s.sent_mbit, self.rules["min_sent_fraction_udp"])
         if protocol == "tcp":
             # A stall slows a TCP flow after it too: a round is judged whole, and replaced whole.

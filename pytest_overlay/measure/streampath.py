@@ -21,7 +21,7 @@ class StreamPath(OverlayPath):
         return self.server.clip.kbit
 
     def stream(self) -> tuple[Record, Record, Record, Record]:
-        seconds = self.state.option("overlay_stream_seconds")
+        seconds = self.state.settings.stream_seconds
         kind = f"stream-{self.transport}-{self.concurrency}"
         # A level is judged whole (its statistic is each client's jitter over the whole run): taken again, not topped up.
         measured = self._measure(kind, lambda _: None, once=lambda: self._once(
