@@ -23,7 +23,7 @@ from .. import procs
 from ..inputs.model import Direction
 from ..paths import CACHE
 from .control import query_stats, set_queues
-from .delayline import HIST_EDGES_US, LATE_LIMIT_S
+from .linkqueue import HIST_EDGES_US, LATE_LIMIT_S
 
 KINDS = ("auto", "netem", "delayline", "none")
 MTU = 1500

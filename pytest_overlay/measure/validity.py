@@ -17,7 +17,7 @@ import bisect
 import math
 from dataclasses import dataclass, field
 
-from ..emulation.delayline import LATE_LIMIT_S
+from ..emulation.linkqueue import LATE_LIMIT_S
 from .machine import Window as MachineWindow
 from .probes import probe_of
 from .probewait import Stall, cpu_stalls, probe_moments, typical_wait_ms

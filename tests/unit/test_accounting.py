@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_overlay.emulation.delayline import MAX_WINDOWS, Queue
+from pytest_overlay.emulation.linkqueue import MAX_WINDOWS, Queue
 from pytest_overlay.measure import machine, runqueue, validity
 from pytest_overlay.results import thresholds
 from pytest_overlay.measure.samples import LatencySamples, ThroughputSamples, parse_iperf3, parse_irtt

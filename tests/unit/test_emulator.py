@@ -5,7 +5,7 @@ import re
 import subprocess
 
 from pytest_overlay.emulation import emulator
-from pytest_overlay.emulation.delayline import HIST_EDGES_US, Queue
+from pytest_overlay.emulation.linkqueue import HIST_EDGES_US, Queue
 
 
 def test_compiled_and_portable_cores_share_histogram_edges():

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from pytest_overlay import report
-from pytest_overlay.inputs import topology
+from pytest_overlay.inputs import scenarios, topology
 from pytest_overlay.inputs.topology import Circuit, InputError
 from pytest_overlay.measure import faults
 from pytest_overlay.measure.faults import Step, Trip
@@ -42,7 +42,7 @@ def test_bundled_geant_has_every_kind_of_fault_with_an_untouched_watch():
     assert {f.kind for f in geant.faults.values()} == set(topology.FAULT_KINDS)
     for fault in geant.faults.values():
         assert fault.watch is not None and fault.watch != fault.probe
-        assert topology._untouched(geant, fault, fault.watch)
+        assert scenarios.untouched(geant, fault, fault.watch)
     cut = geant.faults["cut-BRA-LJU"]
     assert (cut.probe, cut.seconds, cut.duration_s) == (Circuit("BRA", "LJU"), 20.0, 20.0)
     flap = geant.faults["flap-AMS-BRA"]

@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from pytest_overlay.inputs import topology
-from pytest_overlay.testbeds.real import hostlinks, hosts, remote
+from pytest_overlay.testbeds.real import hostfaults, hostlinks, hosts, remote
 
 # A line A - B - C (no A-C link: A and C talk across B's links, as the emulator routes them).
 LINE = """\
@@ -108,7 +108,8 @@ class Calls:
 def test_a_remote_testbed_applies_a_fault_and_heals_it_host_by_host(line, tmp_path, monkeypatch):
     calls = Calls()
     monkeypatch.setattr(remote, "host_run", calls)
-    monkeypatch.setattr(remote, "controller_path", lambda host: ("198.51.100.7", None))
+    monkeypatch.setattr(hostfaults, "host_run", calls)
+    monkeypatch.setattr(hostfaults, "controller_path", lambda host: ("198.51.100.7", None))
     bed = remote.RemoteTestbed(line, state_root=tmp_path)
     bed.run_dir.mkdir()
     fault = line.faults["cut-A-B"]
@@ -133,7 +134,8 @@ def test_a_remote_testbed_applies_a_fault_and_heals_it_host_by_host(line, tmp_pa
 def test_a_delay_step_changes_the_netem_of_the_emulating_hosts(line, tmp_path, monkeypatch):
     calls = Calls()
     monkeypatch.setattr(remote, "host_run", calls)
-    monkeypatch.setattr(remote, "controller_path", lambda host: ("198.51.100.7", None))
+    monkeypatch.setattr(hostfaults, "host_run", calls)
+    monkeypatch.setattr(hostfaults, "controller_path", lambda host: ("198.51.100.7", None))
     bed = remote.RemoteTestbed(line, state_root=tmp_path)
     bed.run_dir.mkdir()
     with pytest.raises(remote.RemoteError, match="from B to A"):  # B does not emulate
@@ -201,8 +203,9 @@ def test_a_fault_that_would_cut_this_machines_own_path_to_a_host_is_refused(line
     host is touched, naming the address or the route. A cut elsewhere goes ahead."""
     calls = Calls()
     monkeypatch.setattr(remote, "host_run", calls)
+    monkeypatch.setattr(hostfaults, "host_run", calls)
     paths = {"192.0.2.1": ("192.0.2.1", None), "192.0.2.2": ("192.0.2.1", None), "192.0.2.3": ("192.0.2.1", None)}
-    monkeypatch.setattr(remote, "controller_path", lambda host: paths[host.address])
+    monkeypatch.setattr(hostfaults, "controller_path", lambda host: paths[host.address])
     bed = remote.RemoteTestbed(line, state_root=tmp_path)
     bed.run_dir.mkdir()
     cut = line.faults["cut-A-B"].faulty()
@@ -230,6 +233,7 @@ def test_a_host_that_fails_a_fault_step_still_gets_the_heals_netem(line, tmp_pat
         return remote.procs.CommandResult(["ssh"], 255, "", "Connection reset") if host.address in failing else done
 
     monkeypatch.setattr(remote, "host_run", flaky)
+    monkeypatch.setattr(hostfaults, "host_run", flaky)
     bed = remote.RemoteTestbed(line, state_root=tmp_path)
     bed.run_dir.mkdir()
     reroute = line.faults["reroute-B-C"]

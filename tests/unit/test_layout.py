@@ -1,5 +1,5 @@
 """The house as CONTRIBUTING.md draws it: folders by layer, a layer importing only those
-below it, few modules at the top, none over 500 lines, and no code outside overlays/ that
+below it, few modules at the top, none over 450 lines, and no code outside overlays/ that
 names a particular overlay kind."""
 
 from __future__ import annotations
@@ -13,13 +13,14 @@ from pytest_overlay import kinds
 from ..conftest import ROOT
 
 PACKAGE = ROOT / "pytest_overlay"
-# The registry's own table, and the study's list of what it runs and compares.
-MAY_NAME_KINDS = {PACKAGE / "kinds.py", PACKAGE / "report" / "study.py"}
+# The registry's own table, and the study's list of what it runs and compares (and answers).
+MAY_NAME_KINDS = {PACKAGE / "kinds.py", PACKAGE / "report" / "study.py", PACKAGE / "report" / "answers.py"}
 
 
-def test_no_module_is_over_500_lines_and_the_top_stays_small():
+def test_no_module_is_over_450_lines_and_the_top_stays_small():
+    """Past 450 lines a module holds two concerns: split it by concern (never rewrap to fit)."""
     sizes = {p.relative_to(ROOT): len(p.read_text().splitlines()) for p in PACKAGE.rglob("*.py")}
-    assert not {p: n for p, n in sizes.items() if n > 500}
+    assert not {p: n for p, n in sizes.items() if n > 450}
     assert len(list(PACKAGE.glob("*.py"))) <= 12
     assert len([d for d in PACKAGE.iterdir() if (d / "__init__.py").exists()]) >= 4
 
