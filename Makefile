@@ -7,9 +7,9 @@ PY := $(VENV)/bin/python
 # The real Weave Net and Flannel binaries, where the checkout has them beside it.
 SHARED_BIN := $(abspath ../shared/bin)
 export PATH := $(if $(wildcard $(SHARED_BIN)),$(SHARED_BIN):,)$(PATH)
-# What the testbed, the probes and the tests need; the overlay kinds' own packages are theirs to
-# declare (python -m pytest_overlay overlays --packages), installed by overlay-deps.
-APT_PACKAGES := iperf3 irtt iptables iproute2 iputils-ping util-linux procps docker.io mmdebstrap openssl gcc libc6-dev \
+# What the testbed and the tests need; the overlay kinds' packages and the probes' tools are theirs
+# to declare (python -m pytest_overlay overlays --packages), installed by overlay-deps.
+APT_PACKAGES := iptables iproute2 iputils-ping util-linux procps docker.io mmdebstrap openssl gcc libc6-dev \
 	stress-ng dropbear-bin openssh-client \
 	gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad \
 	gstreamer1.0-plugins-ugly gir1.2-gst-rtsp-server-1.0 python3-gi python3-venv python3-pip \
@@ -47,7 +47,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	touch $@
 
 # Without recommends: wireguard-tools recommends WireGuard's kernel module, which apt meets with a
-# whole kernel image; the kinds run wireguard-go, and name every package they use.
+# whole kernel image; the kinds run wireguard-go, and name every package they use, as the probes do.
 overlay-deps: $(VENV)/.installed
 	@$(MAKE) --no-print-directory deps APT_FLAGS=--no-install-recommends \
 		APT_PACKAGES="$$($(PY) -m pytest_overlay overlays --packages | tr '\n' ' ')"

@@ -55,8 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     listed = commands.add_parser("overlays", help="list the overlay kinds (built in and from other distributions), "
                                                   "each with what it declares")
     listed.add_argument("--packages", action="store_true",
-                        help="print only the Debian packages their daemons need here, one a line (the Makefile "
-                             "installs them)")
+                        help="print only the Debian packages their daemons and the probes' tools need here, one a "
+                             "line (the Makefile installs them)")
     pages = commands.add_parser("docs", help="write the documentation pages made from the code (docs/options.md, "
                                              "docs/results-schema.md)")
     pages.add_argument("--out", type=Path, default=Path("docs"), help="their folder. Default: %(default)r")
@@ -108,7 +108,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def _overlays(packages_only: bool) -> int:
     if packages_only:
-        print("\n".join(kinds.packages()))
+        from .measure import probes
+
+        print("\n".join(sorted({*kinds.packages(), *probes.packages()})))
         return 0
     for name in kinds.names():
         kind = kinds.get(name)

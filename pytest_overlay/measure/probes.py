@@ -36,6 +36,7 @@ class Probe:
     shape: str = "interval"
     congestion_controlled: bool = False  # a drop or a long stall the emulator made changes the flow itself
     counts_loss: bool = False  # the probe reports loss: a drop the emulator made would be counted in it
+    checked_first: bool = True  # its tools are checked before any traffic starts (else with its server)
 
     def check(self) -> list[str]:
         """What this machine lacks to run the probe, with the package to install."""
@@ -108,7 +109,7 @@ UDP = Iperf3("udp", {"iperf3": "iperf3"}, both_ways=False, sample="intervals",
 # Each client's whole-run jitter from one RTSP server's RTP packets: judged on the stream's own
 # direction as a whole (streaming.py runs it).
 STREAM = Probe("stream", {"gst-launch-1.0": "gstreamer1.0-tools"}, both_ways=False, sample="packets",
-               shape="stream")
+               shape="stream", checked_first=False)
 PROBES: dict[str, Probe] = {p.kind: p for p in (LATENCY, TCP, UDP, STREAM)}
 
 
@@ -118,8 +119,14 @@ def probe_of(kind: str) -> Probe:
 
 
 def traffic_tools() -> dict[str, str]:
-    """Every tool the traffic probes need (the stream's are checked with its RTSP server)."""
-    return {tool: package for probe in (LATENCY, TCP, UDP) for tool, package in probe.tools.items()}
+    """Every tool the probes checked before any traffic need (the stream's are checked with
+    its RTSP server)."""
+    return {tool: package for probe in PROBES.values() if probe.checked_first for tool, package in probe.tools.items()}
+
+
+def packages() -> list[str]:
+    """The Debian packages every probe's tools come in on this machine (the Makefile installs them)."""
+    return sorted({package for probe in PROBES.values() for package in probe.tools.values()})
 
 
 def wait_listening(endpoint: Endpoint, port: int, proto: str, timeout: float = 5.0) -> None:
