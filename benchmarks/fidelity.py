@@ -35,7 +35,7 @@ def ping_mean(bed: EmulatedTestbed, count: int) -> tuple[float, int]:
 def latency(args) -> None:
     with EmulatedTestbed(two_sites(0), emulator="none") as bed:
         a, b = HostOverlay(bed).endpoints(["A", "B"])
-        base = Stats.of(probes.latency(a, b, args.samples, 5).rtt_ms)
+        base = Stats.of(probes.LATENCY.run(a, b, args.samples, 5).rtt_ms)
         base_ping, _ = ping_mean(bed, args.samples)
     print(f"path with no emulator: irtt mean {base.mean:.3f} ms, p99-min {base.p99 - base.min:.3f} ms (n={base.n}); "
           f"ping mean {base_ping:.3f} ms (n={args.samples})")
@@ -44,7 +44,7 @@ def latency(args) -> None:
     for rtt in (5, 20, 60, 150):
         with EmulatedTestbed(two_sites(rtt)) as bed:
             a, b = HostOverlay(bed).endpoints(["A", "B"])
-            s = Stats.of(probes.latency(a, b, args.samples, 5).rtt_ms)
+            s = Stats.of(probes.LATENCY.run(a, b, args.samples, 5).rtt_ms)
             pinged, received = ping_mean(bed, args.samples)
         print(f"{rtt:>10} {s.n:>5} {s.min:8.3f} {s.mean:8.3f} {s.p99:8.3f} {s.mean - rtt:+9.3f} "
               f"{s.mean - rtt - base.mean:+10.3f} {s.p99 - s.min:8.3f} {received:>6} {pinged - rtt:+9.3f}")
@@ -57,8 +57,8 @@ def throughput(args) -> None:
         with EmulatedTestbed(two_sites(rtt), emulator=kind) as bed:
             a, b = HostOverlay(bed).endpoints(["A", "B"])
             before = bed.emulator_counters(reset=True)
-            tcp = probes.throughput(a, b, "tcp", args.duration)
-            udp = probes.throughput(a, b, "udp", args.duration, udp_rate_mbit=args.udp_rate)
+            tcp = probes.TCP.run(a, b, args.duration)
+            udp = probes.UDP.run(a, b, args.duration, udp_rate_mbit=args.udp_rate)
             accrued = emulator.delta(before, bed.emulator_counters())
         dropped = sum(c.get("dropped", 0) for c in accrued.values())
         late = sum(c.get("late", 0) for c in accrued.values())

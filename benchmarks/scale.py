@@ -44,7 +44,7 @@ def measure(bed: EmulatedTestbed, overlay, pairs: list[topology.Circuit], sample
         src, dst = overlay.endpoints([circuit.src, circuit.dst])
         t0 = time.time_ns()
         before = bed.emulator_counters(reset=True)
-        result = probes.repeated_latency(src, dst, samples, 10.0, 1, 10)
+        result = probes.LATENCY.run(src, dst, samples, 10.0, 1, 10)
         accrued = emu.delta(before, bed.emulator_counters(since=t0))
         there = bed.topology.path_between(circuit.src, circuit.dst)
 

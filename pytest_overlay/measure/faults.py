@@ -222,7 +222,7 @@ class LiveProbe:
     def __init__(self, src, dst, seconds: float, interval_ms: float = INTERVAL_MS) -> None:
         self.src, self.dst, self.interval_ms = src, dst, interval_ms
         self._read, self._replies = 0, []
-        self.server, port = probes.irtt_server(dst, idle_s=server_idle_s(seconds))
+        self.server, port = probes.LATENCY.serve(dst, idle_s=server_idle_s(seconds))
         self.output = f"/tmp/pytest-overlay-irtt-{port}.json"
         try:
             self.client = src.start(f"irtt-client-{port}", probes.LATENCY.command(
@@ -378,7 +378,7 @@ def run(overlay, fault: Fault, bound_s: float = BOUND_S, tcp: bool = False,
         if tcp:  # from the RTT's level (idle) to the heal: the queue it builds drains as the fault ends
             def transfer() -> None:
                 try:
-                    tcp_result["samples"] = probes.throughput(src, dst, "tcp", TCP_LEAD_S - 1 + fault.duration_s)
+                    tcp_result["samples"] = probes.TCP.run(src, dst, TCP_LEAD_S - 1 + fault.duration_s)
                 except Exception as e:  # noqa: BLE001  (reported on the record)
                     tcp_result["error"] = f"{type(e).__name__}: {e}"
             time.sleep(max(0.0, begin - TCP_LEAD_S - time.monotonic()))

@@ -131,7 +131,7 @@ def run(src: Endpoint, dst: Endpoint, seconds: float, flows: int,
     throughout; every server ended, every client waited for, whatever fails."""
     idle_s = idle_seconds(seconds)
     total = idle_s + WARMUP_S + seconds + TAIL_S
-    irtt, irtt_port = probes.irtt_server(dst)
+    irtt, irtt_port = probes.LATENCY.serve(dst)
     servers: dict[str, tuple[procs.Daemon, int]] = {}
     results: dict[str, object] = {}
     errors: list[str] = []
@@ -148,7 +148,7 @@ def run(src: Endpoint, dst: Endpoint, seconds: float, flows: int,
 
     try:
         for direction in DIRECTIONS:
-            servers[direction] = probes.iperf3_server(dst)
+            servers[direction] = probes.TCP.serve(dst)
         count = int(total * 1000 / INTERVAL_MS)
         started = time.time_ns()
         probing = [

@@ -227,7 +227,7 @@ class OverlayPath(Judging):
         samples, interval, rounds, warmup = s.samples, s.interval_ms, s.rounds, s.warmup
         if more is not None:
             samples, rounds = more, 1
-        return probes.repeated_latency(self.src, self.dst, samples, interval, rounds, warmup)
+        return probes.LATENCY.run(self.src, self.dst, samples, interval, rounds, warmup)
 
     def _latency_want(self) -> topup.Want:
         s = self.state.settings
@@ -305,13 +305,12 @@ class OverlayPath(Judging):
         check = lambda s: validity.sender_faults(s.offered_mbit, s.sent_mbit, self.rules["min_sent_fraction_udp"])
         if protocol == "tcp":
             # A stall slows a TCP flow after it too: a round is judged whole, and replaced whole.
-            return self._measure(protocol, lambda _: probes.throughput(
-                self.src, self.dst, protocol, duration, rate, receiver_cpus=cpus), check,
-                want=topup.Want(rounds, "rounds", budget, per_round=True))
+            return self._measure(protocol, lambda _: probes.TCP.run(self.src, self.dst, duration, receiver_cpus=cpus),
+                                 check, want=topup.Want(rounds, "rounds", budget, per_round=True))
         # A paced UDP sender does not slow for a stall: its intervals left out are replaced by more.
-        return self._measure(protocol, lambda more: probes.repeated_throughput(
-            self.src, self.dst, protocol, duration if more is None else max(1.0, (more + 1) * probes.INTERVAL_S),
-            rate, rounds if more is None else 1, cpus), check, want=topup.Want(None, "intervals", budget))
+        return self._measure(protocol, lambda more: probes.UDP.run(
+            self.src, self.dst, duration if more is None else max(1.0, (more + 1) * probes.INTERVAL_S),
+            rate, rounds if more is None else 1, receiver_cpus=cpus), check, want=topup.Want(None, "intervals", budget))
 
     def _stop_if_a_daemon_died(self, kind: str, when: str = "before") -> None:
         """A daemon of the run died (the emulator, an engine, an overlay's): nothing measured

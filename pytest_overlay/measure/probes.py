@@ -37,10 +37,21 @@ class Probe:
     congestion_controlled: bool = False  # a drop or a long stall the emulator made changes the flow itself
     counts_loss: bool = False  # the probe reports loss: a drop the emulator made would be counted in it
     checked_first: bool = True  # its tools are checked before any traffic starts (else with its server)
+    version: tuple[str, ...] = ()  # the command that prints its tool's version, for the run's metadata
 
     def check(self) -> list[str]:
         """What this machine lacks to run the probe, with the package to install."""
         return procs.missing(self.tools)
+
+    def _listening(self, dst: "Endpoint", name: str, command: list[str], port: int, proto: str) -> procs.Daemon:
+        """A server of this probe's at dst, started and already listening on `port`."""
+        server = dst.start(f"{name}-{port}", command)
+        try:
+            wait_listening(dst, port, proto)
+        except BaseException:
+            server.stop()
+            raise
+        return server
 
 
 @dataclass(frozen=True)
@@ -60,6 +71,43 @@ class Irtt(Probe):
         probe through a longer outage must raise it, or the outage never ends."""
         return ["irtt", "server", "-b", f"{dst.address}:{port}", "-i", "0", "--tstamp=none",
                 *([f"--timeout={idle_s:g}s"] if idle_s else [])]
+
+    def serve(self, dst: "Endpoint", idle_s: float | None = None) -> tuple[procs.Daemon, int]:
+        """An irtt server at dst, already listening: its daemon and its port."""
+        port = next(_ports)
+        return self._listening(dst, "irtt", self.server(dst, port, idle_s), port, "udp"), port
+
+    def run(self, src: "Endpoint", dst: "Endpoint", samples: int, interval_ms: float = 10.0, rounds: int = 1,
+            warmup: int = 0) -> "LatencySamples":
+        """`rounds` runs of request/response round trips from src to dst, one every
+        `interval_ms`, each dropping its first `warmup` and keeping `samples` of the rest. irtt
+        sends for a duration, and its count falls a round trip or two short as often as not:
+        each run asks for 2 % more, so that a measurement is not topped up (a further run) for
+        that alone."""
+        spare = max(2, samples // 50)
+        runs = [self._once(src, dst, samples + warmup + spare, interval_ms) for _ in range(rounds)]
+        watched = [run.waits for run in runs]
+        end = warmup + samples
+        return LatencySamples([run.rtt_ms[warmup:end] for run in runs], sum(r.sent for r in runs),
+                              sum(r.lost for r in runs), interval_ms, warmup,
+                              times_ns=[run.spans_ns[warmup:end] for run in runs],
+                              waits=None if None in watched else sum(watched[1:], watched[0]))
+
+    def _once(self, src: "Endpoint", dst: "Endpoint", samples: int, interval_ms: float) -> "LatencySamples":
+        server, port = self.serve(dst)
+        sides = self.watched(src, dst, port)
+        try:
+            duration = samples * interval_ms / 1000
+            with runqueue.Watch(sides or []) as watch:
+                result = src.run(self.command(src, dst, port, interval_ms, duration), timeout=duration + 30)
+            if not result.ok:
+                raise ProbeError(f"irtt {src.name} -> {dst.name} failed (exit {result.rc}): "
+                                 f"{(result.stderr or result.stdout).strip()[-500:]}\nserver log: {server.log_tail(5)}")
+        finally:
+            server.stop()
+        parsed = self.parse(result.stdout, interval_ms, f"irtt {src.name} -> {dst.name}")
+        parsed.waits = watch.waits if sides else None
+        return parsed
 
     def watched(self, src: "Endpoint", dst: "Endpoint", port: int) -> list[runqueue.Side] | None:
         """The client and the server of a run on `port`, where both run on this machine (an
@@ -97,15 +145,58 @@ class Iperf3(Probe):
               what: str = "iperf3") -> "ThroughputSamples":
         return parse_iperf3(output, self.kind, udp_rate_mbit, rc, stderr, what)
 
+    def serve(self, dst: "Endpoint") -> tuple[procs.Daemon, int]:
+        """An iperf3 server at dst for one test, already listening: its daemon and its port."""
+        port = next(_ports)
+        return self._listening(dst, "iperf3", self.server(dst, port), port, "tcp"), port
+
+    def run(self, src: "Endpoint", dst: "Endpoint", duration: float, udp_rate_mbit: float | None = None,
+            rounds: int = 1, omit: float = 1.0, receiver_cpus: frozenset[int] = frozenset()) -> "ThroughputSamples":
+        """`rounds` flows from src to dst, each for `duration` seconds after `omit` seconds of
+        warm-up, pooled: intervals together, totals averaged. A UDP receiver running on this
+        machine is kept to `receiver_cpus` (if any); the flows' own threads get their weight
+        (runqueue.Boost)."""
+        return pooled([self._once(src, dst, duration, udp_rate_mbit, omit, receiver_cpus) for _ in range(rounds)])
+
+    def _once(self, src: "Endpoint", dst: "Endpoint", duration: float, udp_rate_mbit: float | None, omit: float,
+              receiver_cpus: frozenset[int]) -> "ThroughputSamples":
+        server, port = self.serve(dst)
+        held, udp = None, self.kind == "udp"
+        try:
+            if udp and receiver_cpus and (inode := dst.netns_inode()) is not None:
+                held = bool(runqueue.hold(runqueue.Side("server", "iperf3", f"-p\0{port}\0", inode), receiver_cpus))
+            before = udp_counters(dst) if udp else None
+            at = tuple(getattr(end, "netns_inode", lambda: None)() for end in (src, dst))
+            sides = [runqueue.Side(name, "iperf3", f"-p\0{port}\0", inode)
+                     for name, inode in zip(("client", "server"), at) if inode is not None]
+            launched = time.time_ns()
+            with runqueue.Boost(sides) as boost:
+                result = src.run(self.command(src, dst, port, duration, omit, udp_rate_mbit),
+                                 timeout=duration + omit + 30)
+            exited = time.time_ns()
+            after = udp_counters(dst) if before else None
+        finally:
+            server.stop()
+        samples = self.parse(result.stdout, udp_rate_mbit, result.rc, result.stderr,
+                             f"iperf3 {self.kind} {src.name} -> {dst.name}")
+        samples.place(launched, exited, duration, omit)
+        samples.extra["threads_niced"] = len(boost.boosted)
+        if udp:
+            samples.extra["receiver_socket_dropped"] = (
+                after["RcvbufErrors"] - before["RcvbufErrors"] if before and after else None)
+            samples.extra["receiver_cpus"] = sorted(receiver_cpus) if held else None
+        return samples
+
 
 SHAPES = ("round_trip", "interval", "stream")
 LATENCY = Irtt("latency", {"irtt": "irtt"}, both_ways=True, sample="round trips",
-               excluded_setting="max_excluded_share_latency", shape="round_trip")
+               excluded_setting="max_excluded_share_latency", shape="round_trip", version=("irtt", "version"))
 TCP = Iperf3("tcp", {"iperf3": "iperf3"}, both_ways=True, sample="intervals",
-             excluded_setting="max_excluded_share_throughput", congestion_controlled=True)
+             excluded_setting="max_excluded_share_throughput", congestion_controlled=True,
+             version=("iperf3", "--version"))
 # UDP's rate is what arrives: the way back carries nothing the statistic is made of.
 UDP = Iperf3("udp", {"iperf3": "iperf3"}, both_ways=False, sample="intervals",
-             excluded_setting="max_excluded_share_udp", counts_loss=True)
+             excluded_setting="max_excluded_share_udp", counts_loss=True, version=("iperf3", "--version"))
 # Each client's whole-run jitter from one RTSP server's RTP packets: judged on the stream's own
 # direction as a whole (streaming.py runs it).
 STREAM = Probe("stream", {"gst-launch-1.0": "gstreamer1.0-tools"}, both_ways=False, sample="packets",
@@ -140,106 +231,6 @@ def wait_listening(endpoint: Endpoint, port: int, proto: str, timeout: float = 5
     raise ProbeError(f"server on {endpoint.name} port {port}/{proto} did not start listening within {timeout:g} s")
 
 
-def irtt_server(dst: Endpoint, idle_s: float | None = None) -> tuple[procs.Daemon, int]:
-    """An irtt server at dst, already listening: its daemon and its port."""
-    port = next(_ports)
-    server = dst.start(f"irtt-{port}", LATENCY.server(dst, port, idle_s))
-    try:
-        wait_listening(dst, port, "udp")
-    except BaseException:
-        server.stop()
-        raise
-    return server, port
-
-
-def iperf3_server(dst: Endpoint) -> tuple[procs.Daemon, int]:
-    """An iperf3 server at dst for one test, already listening: its daemon and its port."""
-    port = next(_ports)
-    server = dst.start(f"iperf3-{port}", TCP.server(dst, port))
-    try:
-        wait_listening(dst, port, "tcp")
-    except BaseException:
-        server.stop()
-        raise
-    return server, port
-
-
-def latency(src: Endpoint, dst: Endpoint, samples: int, interval_ms: float = 10.0) -> LatencySamples:
-    """`samples` UDP request/response round trips from src to dst, one every interval_ms."""
-    server, port = irtt_server(dst)
-    sides = LATENCY.watched(src, dst, port)
-    try:
-        duration = samples * interval_ms / 1000
-        with runqueue.Watch(sides or []) as watch:
-            result = src.run(LATENCY.command(src, dst, port, interval_ms, duration), timeout=duration + 30)
-        if not result.ok:
-            raise ProbeError(f"irtt {src.name} -> {dst.name} failed (exit {result.rc}): "
-                             f"{(result.stderr or result.stdout).strip()[-500:]}\nserver log: {server.log_tail(5)}")
-    finally:
-        server.stop()
-    parsed = LATENCY.parse(result.stdout, interval_ms, f"irtt {src.name} -> {dst.name}")
-    parsed.waits = watch.waits if sides else None
-    return parsed
-
-
-def repeated_latency(src: Endpoint, dst: Endpoint, samples: int, interval_ms: float,
-                     rounds: int = 1, warmup: int = 0) -> LatencySamples:
-    """`rounds` runs of latency(), each dropping its first `warmup` round trips and keeping
-    `samples` of the rest. irtt sends for a duration, and its count falls a round trip or two
-    short as often as not: each run asks for 2 % more, so that a measurement is not topped up
-    (a further run) for that alone."""
-    spare = max(2, samples // 50)
-    runs = [latency(src, dst, samples + warmup + spare, interval_ms) for _ in range(rounds)]
-    watched = [run.waits for run in runs]
-    end = warmup + samples
-    return LatencySamples([run.rtt_ms[warmup:end] for run in runs], sum(r.sent for r in runs),
-                          sum(r.lost for r in runs), interval_ms, warmup,
-                          times_ns=[run.spans_ns[warmup:end] for run in runs],
-                          waits=None if None in watched else sum(watched[1:], watched[0]))
-
-
-def repeated_throughput(src: Endpoint, dst: Endpoint, protocol: str, duration: float,
-                        udp_rate_mbit: float | None = None, rounds: int = 1,
-                        receiver_cpus: frozenset[int] = frozenset()) -> ThroughputSamples:
-    """`rounds` runs of throughput(), pooled: intervals together, totals averaged."""
-    return pooled([throughput(src, dst, protocol, duration, udp_rate_mbit, receiver_cpus=receiver_cpus)
-                   for _ in range(rounds)])
-
-
-def throughput(src: Endpoint, dst: Endpoint, protocol: str, duration: float,
-               udp_rate_mbit: float | None = None, omit: float = 1.0,
-               receiver_cpus: frozenset[int] = frozenset()) -> ThroughputSamples:
-    """iperf3 from src to dst for `duration` seconds after `omit` seconds of warm-up; a UDP
-    receiver running on this machine is kept to `receiver_cpus` (if any)."""
-    probe = PROBES[protocol]
-    server, port = iperf3_server(dst)
-    held = None
-    try:
-        if protocol == "udp" and receiver_cpus and (inode := dst.netns_inode()) is not None:
-            held = bool(runqueue.hold(runqueue.Side("server", "iperf3", f"-p\0{port}\0", inode), receiver_cpus))
-        before = udp_counters(dst) if protocol == "udp" else None
-        at = tuple(getattr(end, "netns_inode", lambda: None)() for end in (src, dst))
-        sides = [runqueue.Side(name, "iperf3", f"-p\0{port}\0", inode)
-                 for name, inode in zip(("client", "server"), at) if inode is not None]
-        launched = time.time_ns()
-        with runqueue.Boost(sides) as boost:
-            result = src.run(probe.command(src, dst, port, duration, omit, udp_rate_mbit),
-                             timeout=duration + omit + 30)
-        exited = time.time_ns()
-        after = udp_counters(dst) if before else None
-    finally:
-        server.stop()
-    samples = probe.parse(result.stdout, udp_rate_mbit, result.rc, result.stderr,
-                          f"iperf3 {protocol} {src.name} -> {dst.name}")
-    samples.place(launched, exited, duration, omit)
-    samples.extra["threads_niced"] = len(boost.boosted)
-    if protocol == "udp":
-        samples.extra["receiver_socket_dropped"] = (
-            after["RcvbufErrors"] - before["RcvbufErrors"] if before and after else None)
-        samples.extra["receiver_cpus"] = sorted(receiver_cpus) if held else None
-    return samples
-
-
 def udp_counters(endpoint: Endpoint) -> dict[str, int] | None:
     """The UDP counters of the endpoint's namespace (None: unreadable). `RcvbufErrors`: datagrams
     a socket there dropped, its buffer full; each is a gap iperf3 counts as lost on the path."""
@@ -248,9 +239,11 @@ def udp_counters(endpoint: Endpoint) -> dict[str, int] | None:
 
 
 def versions() -> dict[str, str]:
-    """Versions of the measuring tools, for the run's metadata."""
+    """Versions of the probes' tools, for the run's metadata."""
     out = {}
-    for tool, command in (("irtt", ["irtt", "version"]), ("iperf3", ["iperf3", "--version"])):
-        result = procs.run(command, timeout=10)
-        out[tool] = (result.stdout or result.stderr).strip().splitlines()[0] if result.ok else "missing"
+    for probe in PROBES.values():
+        tool = probe.version[0] if probe.version else None
+        if tool and tool not in out:
+            result = procs.run(list(probe.version), timeout=10)
+            out[tool] = (result.stdout or result.stderr).strip().splitlines()[0] if result.ok else "missing"
     return out

@@ -64,7 +64,7 @@ def test_loss_is_emulated_counted_and_not_a_fault(clean_machine):
     with EmulatedTestbed(two_sites(rtt_ms=2, loss_pct=20)) as bed:
         a, b = HostOverlay(bed).endpoints(["A", "B"])
         before = bed.emulator_counters(reset=True)
-        samples = probes.latency(a, b, 300, 2)
+        samples = probes.LATENCY.run(a, b, 300, 2)
         accrued = emulator.delta(before, bed.emulator_counters())
     # Each round trip crosses two lossy directions: 1 - 0.8 ** 2 = 36 % lost.
     assert 0.25 < samples.lost / samples.sent < 0.47
@@ -76,7 +76,7 @@ def test_rate_is_shaped(clean_machine):
     with on_the_machines_time():
         with EmulatedTestbed(two_sites(rtt_ms=4, rate_mbit=50)) as bed:
             a, b = HostOverlay(bed).endpoints(["A", "B"])
-            tcp = probes.throughput(a, b, "tcp", 2)
+            tcp = probes.TCP.run(a, b, 2)
         assert 35 < tcp.total_mbit < 52
 
 
@@ -91,7 +91,7 @@ def test_jitter_spreads_rtt_without_reordering(clean_machine):
         a, b = HostOverlay(bed).endpoints(["A", "B"])
         before = bed.emulator_counters(reset=True)
         started = time.time_ns()
-        samples = probes.latency(a, b, 300, 2)
+        samples = probes.LATENCY.run(a, b, 300, 2)
         accrued = emulator.delta(before, bed.emulator_counters(since=started))
     accounting = validity.account("latency", accrued, [validity.Hop("A->B", 5.0, 2.0)],
                                   [validity.Hop("B->A", 5.0, 2.0)], samples, load().for_("validity", "host", "A-B"))
@@ -110,7 +110,7 @@ def test_overflow_is_counted_and_makes_the_measurement_invalid(clean_machine, mo
         a, b = HostOverlay(bed).endpoints(["A", "B"])
         before = bed.emulator_counters(reset=True)
         started = time.time_ns()
-        samples = probes.throughput(a, b, "udp", 1, udp_rate_mbit=200)
+        samples = probes.UDP.run(a, b, 1, udp_rate_mbit=200)
         accrued = emulator.delta(before, bed.emulator_counters(since=started))
     assert accrued["A->B"]["dropped"] > 0
     assert any("queue overflow" in fault for fault in emulator.faults(accrued))
@@ -133,7 +133,7 @@ def test_a_udp_receiver_is_kept_off_the_delay_lines_cpu_and_its_own_drops_are_no
         assert os.sched_getaffinity(delay_line) == bed.emulator.cpus and len(bed.emulator.cpus) == 1
         cpus = bed.probe_cpus()
         assert cpus and not cpus & bed.emulator.cpus
-        quiet = probes.throughput(a, b, "udp", 1, udp_rate_mbit=100, receiver_cpus=cpus)
+        quiet = probes.UDP.run(a, b, 1, udp_rate_mbit=100, receiver_cpus=cpus)
         assert quiet.extra["receiver_cpus"] == sorted(cpus) and quiet.extra["receiver_socket_dropped"] >= 0
 
         def stop_the_receiver() -> None:
@@ -150,7 +150,7 @@ def test_a_udp_receiver_is_kept_off_the_delay_lines_cpu_and_its_own_drops_are_no
 
         stopper = threading.Thread(target=stop_the_receiver)
         stopper.start()
-        samples = probes.throughput(a, b, "udp", 3, udp_rate_mbit=200, receiver_cpus=cpus)
+        samples = probes.UDP.run(a, b, 3, udp_rate_mbit=200, receiver_cpus=cpus)
         stopper.join()
     assert samples.extra["receiver_socket_dropped"] > 1000 and samples.extra["lost_packets"] > 1000
     accounting = validity.account("udp", {"A->B": {"windows": []}, "B->A": {"windows": []}},

@@ -47,7 +47,7 @@ def test_a_stalled_delay_line_makes_the_measurement_invalid(clean_machine, monke
         staller = threading.Thread(target=stall)
         started = time.time_ns()
         staller.start()
-        samples = probes.latency(a, b, 300, 5)
+        samples = probes.LATENCY.run(a, b, 300, 5)
         staller.join()
         accrued = emulator.delta(before, bed.emulator_counters(since=started))
     there = [validity.Hop("A->B", 10.0)]
