@@ -15,12 +15,12 @@ def test_streaming(stream_path):
     stream_path.judge(jitter, f"p99 of clients' jitter <= {max_jitter:g} ms", jitter_ok, max_p99_ms=max_jitter)
     stream_path.judge(bitrate, f"every client >= {min_bitrate:.0f} kbit/s", bitrate_ok, min_kbit=min_bitrate)
     stream_path.judge(loss, f"every client's loss <= {max_loss:g} %", loss_ok, max_pct=max_loss)
-    broken = [] if jitter_ok else [stream_path.why(
+    broken = [] if jitter_ok else [lambda: stream_path.why(
         jitter, f"p99 jitter {jitter.stats.p99:.2f} ms over {jitter.stats.n} clients exceeds {max_jitter:g} ms",
         "max_p99_ms")]
-    broken += [] if bitrate_ok else [stream_path.why(
+    broken += [] if bitrate_ok else [lambda: stream_path.why(
         bitrate, f"slowest of {bitrate.stats.n} clients got {bitrate.stats.min:.0f} kbit/s, below "
                  f"{min_bitrate:.0f} of the clip's {stream_path.nominal_kbit:.0f}", "min_fraction_of_nominal")]
-    broken += [] if loss_ok else [stream_path.why(
+    broken += [] if loss_ok else [lambda: stream_path.why(
         loss, f"worst of {loss.stats.n} clients lost {loss.stats.max:.2f} %, over {max_loss:g} %", "max_pct")]
     stream_path.conclude([jitter, bitrate, loss], broken)

@@ -12,9 +12,9 @@ def test_tcp_throughput(overlay_path):
     floor = rate * limits["min_fraction_of_rate"] if rate else limits["min_mbit"]
     ok = tcp.total >= floor
     overlay_path.judge(tcp, f"total received >= {floor:g} Mbit/s", ok, min_mbit=floor)
-    broken = [] if ok else [overlay_path.why(tcp, f"TCP received {tcp.total:.0f} Mbit/s over the run (intervals: "
-                                                  f"mean {tcp.stats.mean:.0f}, n={tcp.stats.n}), below {floor:g} "
-                                                  "Mbit/s", "min_fraction_of_rate" if rate else "min_mbit")]
+    broken = [] if ok else [lambda: overlay_path.why(
+        tcp, f"TCP received {tcp.total:.0f} Mbit/s over the run (intervals: mean {tcp.stats.mean:.0f}, "
+             f"n={tcp.stats.n}), below {floor:g} Mbit/s", "min_fraction_of_rate" if rate else "min_mbit")]
     overlay_path.conclude([tcp], broken)
 
 
@@ -29,11 +29,11 @@ def test_udp_throughput(overlay_path):
     loss_ok = loss.stats.mean <= max_loss
     overlay_path.judge(rate, f"total received >= {floor:g} Mbit/s", rate_ok, min_mbit=floor)
     overlay_path.judge(loss, f"loss <= {max_loss:g} %", loss_ok, max_pct=max_loss)
-    broken = [] if rate_ok else [overlay_path.why(
+    broken = [] if rate_ok else [lambda: overlay_path.why(
         rate, f"UDP received {rate.total:.0f} Mbit/s over the run (intervals: mean {rate.stats.mean:.0f}, "
               f"n={rate.stats.n}), below {floor:g} Mbit/s of {overlay_path.udp_rate:g} offered",
         "min_fraction_of_offered")]
-    broken += [] if loss_ok else [overlay_path.why(
+    broken += [] if loss_ok else [lambda: overlay_path.why(
         loss, f"UDP loss {loss.stats.mean:.3f} % of {loss.extra['packets']} packets exceeds {max_loss:g} %",
         "max_loss_pct", "udp_throughput")]
     overlay_path.conclude([rate, loss], broken)

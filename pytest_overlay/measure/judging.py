@@ -5,6 +5,7 @@ relative to the underlay and to a compared run."""
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 from .. import kinds, results
 from ..kinds import BASELINE
@@ -49,17 +50,20 @@ class Judging:
                      f"{base.stats.n})")
         return f"{text}; {record.overlay} ({how}): {added}"
 
-    def conclude(self, records: list[Record], broken: list[str]) -> None:
+    def conclude(self, records: list[Record], broken: list[str | Callable[[], str]]) -> None:
         """How every suite test ends: each record's gates judged (relative to the underlay,
-        against a compared run), then the test fails where a record is INVALID (its reasons
-        first: a limit broken by a figure no one can vouch for says nothing), else where a
-        limit in `broken` (each said by `why`) or a gate is."""
+        against a compared run: the underlay measured first where a limit needs it), then
+        the test fails where a record is INVALID (its reasons first: a limit broken by a
+        figure no one can vouch for says nothing), else where a limit is (each of `broken`
+        says it, by `why`; one that says what the overlay added over the underlay is given as
+        a callable, said once a relative limit has had the underlay measured) or a gate is."""
         gate_failures = [failure for record in records for failure in self.gate_failures(record)]
         invalid = [record for record in records if not record.valid]
         if invalid:
             raise AssertionError(f"measurement invalid: {'; '.join(invalid[0].invalid_reasons)}")
-        if broken or gate_failures:
-            raise AssertionError("\n".join(broken + gate_failures))
+        said = [say() if callable(say) else say for say in broken]
+        if said or gate_failures:
+            raise AssertionError("\n".join(said + gate_failures))
 
     def limits(self, metric: str) -> dict[str, float]:
         return self.state.thresholds.for_(metric, self.overlay.name, self.circuit.id)
