@@ -37,6 +37,10 @@ class Probe:
     congestion_controlled: bool = False  # a drop or a long stall the emulator made changes the flow itself
     counts_loss: bool = False  # the probe reports loss: a drop the emulator made would be counted in it
     checked_first: bool = True  # its tools are checked before any traffic starts (else with its server)
+    # A late release can move its statistic. Not so a UDP interval's rate: it is the sender's rate
+    # times the share of the interval's sequence numbers that arrived (samples.delivered_mbit),
+    # which a packet held a few ms and then delivered does not change; only a drop does.
+    timing_matters: bool = True
     version: tuple[str, ...] = ()  # the command that prints its tool's version, for the run's metadata
 
     def check(self) -> list[str]:
@@ -196,7 +200,8 @@ TCP = Iperf3("tcp", {"iperf3": "iperf3"}, both_ways=True, sample="intervals",
              version=("iperf3", "--version"))
 # UDP's rate is what arrives: the way back carries nothing the statistic is made of.
 UDP = Iperf3("udp", {"iperf3": "iperf3"}, both_ways=False, sample="intervals",
-             excluded_setting="max_excluded_share_udp", counts_loss=True, version=("iperf3", "--version"))
+             excluded_setting="max_excluded_share_udp", counts_loss=True, version=("iperf3", "--version"),
+             timing_matters=False)
 # Each client's whole-run jitter from one RTSP server's RTP packets: judged on the stream's own
 # direction as a whole (streaming.py runs it).
 STREAM = Probe("stream", {"gst-launch-1.0": "gstreamer1.0-tools"}, both_ways=False, sample="packets",

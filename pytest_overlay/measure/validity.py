@@ -263,9 +263,11 @@ def account(kind: str, accrued: dict[str, dict], there: list[Hop], back: list[Ho
         waited = _probe_waited(acc, getattr(samples, "waits", None), times, there, back, rules["max_probe_wait_ms"])
         acc.kept = [not (hit or wait) for hit, wait in zip(hits, waited)]
     else:
-        # An interval's rate moves by at most the share of its time the emulator spent late.
+        # An interval's rate moves by at most the share of its time the emulator spent late (not
+        # at all where its timing does not matter: then only a drop touches it).
         interval_ns = int(samples.interval_s * 1e9)
-        acc.kept = [not hit for hit in touched(spans, troubles, int(rules["max_late_share_interval"] * interval_ns))]
+        matched = troubles if probe.timing_matters else [t for t in troubles if t.dropped]
+        acc.kept = [not hit for hit in touched(spans, matched, int(rules["max_late_share_interval"] * interval_ns))]
     acc.excluded = acc.kept.count(False)
     bound = rules[probe.excluded_setting]
     what = ("a round trip whose packets were due on a link of its path while the emulator released late or dropped "

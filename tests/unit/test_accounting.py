@@ -174,6 +174,16 @@ def test_tcp_is_invalid_after_a_drop_or_a_long_stall_on_its_path():
     assert "300 ms late" in validity.account("tcp", stall, THERE, BACK, throughput(), RULES).faults[-1]
 
 
+def test_udp_intervals_are_left_out_for_the_emulators_drops_not_its_lateness():
+    """A UDP interval's rate is counted by sequence number: a release 30 ms late moves no
+    datagram out of its interval's count, a drop does."""
+    s = throughput()
+    late = {"A->B": {"windows": [window(5800, 5830), window(3000, 3400)]}, "B->A": {"windows": []}}
+    acc = validity.account("udp", late, THERE, BACK, s, RULES)
+    assert all(acc.kept) and not acc.faults and not acc.loss_faults and len(acc.troubles) == 2
+    assert not all(validity.account("tcp", late, THERE, BACK, s, RULES).kept)  # TCP's rate is moved
+
+
 def test_udp_drops_spoil_the_loss_figure_and_its_intervals_only():
     s = throughput()
     drop = {"A->B": {"windows": [window(3000, 3020, late=0, dropped=40)]}, "B->A": {"windows": [window(0, 9000)]}}
