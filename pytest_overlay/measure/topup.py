@@ -4,10 +4,10 @@ A sample the machine spoiled (the emulator released late around it, the probe's 
 process waited for a CPU) is left out of the statistics. Judging a record whole by how
 many were left out threw good measurements away: the round trips kept were as good as a
 quiet machine's (benchmarks/exclusions.py). So a measurement goes on, run after run of its
-probe, until it holds the clean samples it was asked for: round trips for latency (a
-stall of the machine is independent of the path, so the round trips around it are
-unbiased); whole rounds for throughput (a flow a stall slowed keeps running slower, so a
-round is judged whole, by its bounds, and one beyond them is replaced by another). A run
+probe, until it holds the clean samples it was asked for: round trips for latency and
+intervals for a paced UDP flow (a stall of the machine is independent of the path, so the
+samples around it are unbiased); whole rounds for TCP (a flow a stall slowed keeps running
+slower, so a round is judged whole, by its bounds, and one beyond them is replaced). A run
 spoiled for the machine is replaced, and the record says how many samples were, in how
 many runs, and why. Only a measurement that cannot reach its clean samples within its
 budget (a multiple of its nominal time) is INVALID.
@@ -23,7 +23,7 @@ from typing import Callable
 from . import validity
 from .measured import Measured
 
-TOO_FEW = "too few clean"  # how the fault of a measurement that ran out of budget begins (a load cause)
+TOO_FEW = validity.TOO_FEW  # how the fault of a measurement that ran out of budget begins
 MIN_ROUND_TRIPS = 20  # a latency run shorter than this costs more in its server's start than it gives
 
 

@@ -34,6 +34,7 @@ Z95 = 1.645  # one-sided 95 %
 LOAD_CAUSES = ("emulator released", "emulator dropped", "emulator touched", "emulator's timeline",
                "clients CPU-bound", "sender offered only", "probe processes waited", "receiver's socket dropped",
                "too few clean")
+TOO_FEW = LOAD_CAUSES[-1]  # a measurement whose runs the machine spoiled past its budget (topup.py)
 
 
 @dataclass(frozen=True)
