@@ -91,7 +91,8 @@ class OverlayPath(Judging):
         def say(message: str) -> None:
             self.state.progress(f"{self.overlay.name} {self.circuit.id} {kind}: {message}")
 
-        outcome = topup.top_up(lambda size: self._once(kind, lambda: probe(size), check), want, first=first,
+        outcome = topup.top_up(lambda size: self._once(kind, lambda: probe(size), check, replaced=True), want,
+                               first=first,
                                first_s=first_s, quiet=machine.monitor().wait_quiet, progress=say)
         if outcome.why or outcome.runs > 1:
             self.state.repeated.append(f"{self.overlay.name} {self.circuit.id} {kind}: {outcome.runs} runs, "
@@ -102,6 +103,9 @@ class OverlayPath(Judging):
         measured.tries, measured.earlier_faults = outcome.runs, outcome.why
         measured.replaced = {"samples": outcome.samples_replaced, "runs_added": outcome.runs - 1,
                              "unit": want.unit, "why": outcome.why[:10]}
+        if measured.accounting:
+            measured.accounting.rule += (f"; INVALID only if still short of its clean {want.unit} after "
+                                         f"{want.budget:g} × its nominal time")
         return measured
 
     def _merged(self, kind: str, runs: list[Measured]) -> Measured:
@@ -151,11 +155,14 @@ class OverlayPath(Judging):
         return tuple([validity.Hop(f"{d.src}->{d.dst}", d.delay_ms, d.jitter_ms) for d in topology.directions(a, b)]
                      for a, b in ((c.src, c.dst), (c.dst, c.src)))
 
-    def _once(self, kind: str, probe: Callable[[], object], check: Callable[[object], list[str]]) -> Measured:
+    def _once(self, kind: str, probe: Callable[[], object], check: Callable[[object], list[str]],
+              replaced: bool = False) -> Measured:
+        """One run of the probe, bracketed and judged on its own path (`replaced`: one of a
+        measurement's runs, replaced whole past its bound)."""
         b = self._bracketed(kind, probe)
         samples = b.samples
         there, back = self.hops()
-        accounting = validity.account(kind, b.accrued, there, back, samples, self.rules, b.window)
+        accounting = validity.account(kind, b.accrued, there, back, samples, self.rules, b.window, replaced=replaced)
         if accounting.kept and hasattr(samples, "keep"):
             samples = samples.keep(accounting.kept)
         faults = accounting.faults + check(samples) + self._wire_faults(b.wire) + b.faults

@@ -214,14 +214,15 @@ def wilson_lower(k: int, n: int, z: float = Z95) -> float:
 
 def account(kind: str, accrued: dict[str, dict], there: list[Hop], back: list[Hop], samples: object,
             rules: dict[str, float], machine: MachineWindow | None = None, held: list[bool] | None = None,
-            resolution_ms: float = 0.0) -> Accounting:
+            resolution_ms: float = 0.0, replaced: bool = False) -> Accounting:
     """Judge one probe run (kind: latency, tcp, udp, stream-...) on its own path.
 
     `there` are the hops from the probe's source to its destination, `back` the way back;
     which of them count depends on what the probe's statistic is made of. `held` marks round
     trips an overlay held through a WAN fault: they last seconds and say only when the
     overlay let them go, so only a window that dropped or was late by more than
-    `resolution_ms` can change them.
+    `resolution_ms` can change them. `replaced`: the run is one of a measurement's runs
+    (topup.py), which a fault of the machine's load replaces whole; its rule says so.
     """
     probe = probe_of(kind)
     crossing = there + back if probe.both_ways else there
@@ -281,7 +282,8 @@ def account(kind: str, accrued: dict[str, dict], there: list[Hop], back: list[Ho
     if acc.probe_wait is not None:
         what += (f", or one whose irtt client or server had a thread wait over {acc.probe_wait['limit_ms']:g} ms "
                  "for a CPU as it handled it,")
-    acc.rule = acc.rule or f"{what} is excluded; INVALID beyond {bound * 100:g} % excluded"
+    acc.rule = acc.rule or f"{what} is excluded; {'a run is replaced' if replaced else 'INVALID'} beyond " \
+                           f"{bound * 100:g} % excluded"
     if n and acc.excluded > bound * n:
         if not round_trips or emulator_hits > bound * n or not acc.stalls:
             worst = max(troubles, key=lambda t: (t.late + t.dropped, t.max_late_us))
