@@ -204,8 +204,8 @@ def _verdicts_line(state: session.OverlaySession) -> str:
     load = len(state.undecided) - inconclusive
     return (f"pytest-overlay verdicts: {len(state.regressed)} regressed (a gate failed), {inconclusive} inconclusive "
             f"(a gate's change within its noise), {load} INVALID for the machine's load (could not judge); "
-            "the last two end as skips, and the run with --overlay-undecided-status "
-            f"({state.option('overlay_undecided_status')})")
+            f"the last two end as skips, and make the run exit {state.option('overlay_undecided_status')} "
+            "(--overlay-undecided-status)")
 
 
 @pytest.hookimpl(trylast=True)
