@@ -95,7 +95,7 @@ class Irtt(Probe):
         return LatencySamples([run.rtt_ms[warmup:end] for run in runs], sum(r.sent for r in runs),
                               sum(r.lost for r in runs), interval_ms, warmup,
                               times_ns=[run.spans_ns[warmup:end] for run in runs],
-                              waits=None if None in watched else sum(watched[1:], watched[0]))
+                              waits=runqueue.Waits.of(watched))
 
     def _once(self, src: "Endpoint", dst: "Endpoint", samples: int, interval_ms: float) -> "LatencySamples":
         server, port = self.serve(dst)

@@ -61,6 +61,11 @@ class Waits:
     def total_ms(self, side: str) -> float:
         return sum(w.total_ns for w in self.windows if w.side == side) / 1e6
 
+    @staticmethod
+    def of(runs: list["Waits | None"]) -> "Waits | None":
+        """Several runs' waits as one (None where any run was not watched)."""
+        return None if not runs or None in runs else sum(runs[1:], runs[0])
+
     def __add__(self, other: "Waits") -> "Waits":
         return Waits(self.windows + other.windows, self.unwatched + other.unwatched, self.found & other.found,
                      self.polls + other.polls, self.preceded | other.preceded)

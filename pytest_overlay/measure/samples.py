@@ -80,7 +80,7 @@ class LatencySamples:
         return LatencySamples(rounds, sum(r.sent for r in runs), sum(r.lost for r in runs), first.interval_ms,
                               first.warmup, first.tool, [list(t) for run in runs for t in run.times_ns],
                               sum(r.excluded for r in runs),
-                              None if None in watched else sum(watched[1:], watched[0]), of,
+                              runqueue.Waits.of(watched), of,
                               [x for r in runs for x in r.excluded_ms])
 
     @property

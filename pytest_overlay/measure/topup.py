@@ -52,9 +52,11 @@ class Outcome:
 
 
 def clean(measured: Measured, want: Want) -> int:
-    """The clean units a usable run brings."""
-    return 1 if want.per_round else measured.accounting.n - measured.accounting.excluded \
-        if measured.accounting else len(measured.samples.rtt_ms)
+    """The clean units a usable run brings: one, where a unit is a whole run; else its
+    samples less those excluded."""
+    if want.per_round:
+        return 1
+    return measured.accounting.n - measured.accounting.excluded
 
 
 def top_up(run: Callable[[int | None], Measured], want: Want, *, first: Measured | None = None,
