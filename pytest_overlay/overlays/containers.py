@@ -173,6 +173,10 @@ class ContainerOverlay(Overlay):
         self.mtu = int(first.run(["cat", "/sys/class/net/eth0/mtu"]).check().stdout.strip())
         self._wait_reachable()
 
+    # A datapath that learns the path's MTU after it first answers (tinc 1.0) has to carry a
+    # full-size packet, DF set, between every two containers before anything is measured.
+    full_size_first = False
+
     def _wait_reachable(self) -> None:
         """Every container answers every other over the overlay before anything is measured:
         a datapath that has only just come up (Weave learning where a container is, a VXLAN
@@ -181,16 +185,22 @@ class ContainerOverlay(Overlay):
         timeout = self.converge_s or 30 + self._worst_rtt_s() * 100
         pairs = [(a, b) for a in self.containers.values() for b in self.containers.values() if a is not b]
 
-        def answered(pair: tuple[ContainerEndpoint, ContainerEndpoint]) -> bool:
-            return pair[0].run(["ping", "-n", "-q", "-c", "1", "-W", "1", pair[1].address], timeout=15).ok
+        sizes = [[], ["-M", "do", "-s", str(self.mtu - 28)]] if self.full_size_first else [[]]
+        for size in sizes:
+            def answered(pair: tuple[ContainerEndpoint, ContainerEndpoint]) -> bool:
+                return pair[0].run(["ping", "-n", "-q", "-c", "1", "-W", "1", *size, pair[1].address], timeout=15).ok
 
-        with concurrent.futures.ThreadPoolExecutor(max(1, min(PINGS_AT_ONCE, len(pairs)))) as pool:
-            while pairs and time.monotonic() - started < timeout:
-                pairs = [pair for pair, ok in zip(pairs, pool.map(answered, pairs)) if not ok]
-        if pairs:
-            raise EngineError(f"{self.name}: no answer over the overlay within {timeout:.0f} s from "
-                              + ", ".join(f"{a.name} to {b.name} ({b.address})" for a, b in pairs))
-        self._progress(f"every container answers every other over the overlay ({time.monotonic() - started:.1f} s)")
+            left = list(pairs)
+            with concurrent.futures.ThreadPoolExecutor(max(1, min(PINGS_AT_ONCE, len(left)))) as pool:
+                while left and time.monotonic() - started < timeout:
+                    left = [pair for pair, ok in zip(left, pool.map(answered, left)) if not ok]
+            if left:
+                what = f"a full-size packet ({self.mtu} bytes, DF)" if size else "an answer"
+                raise EngineError(f"{self.name}: no {what} over the overlay within {timeout:.0f} s from "
+                                  + ", ".join(f"{a.name} to {b.name} ({b.address})" for a, b in left))
+        self._progress(f"every container answers every other over the overlay"
+                       f"{' with full-size packets' if self.full_size_first else ''} "
+                       f"({time.monotonic() - started:.1f} s)")
 
     def _attach_routed(self, engine: Engine, container, address: str, host_end: str, mtu: int | None = None) -> str:
         """A container routed by its site, as Calico's CNI plugin attaches one: a veth, the
