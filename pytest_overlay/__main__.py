@@ -119,6 +119,8 @@ def _overlays(packages_only: bool) -> int:
         print(f"{name}{groups}: {kind.label}. {kind.description}\n"
               f"    range: {family}; packages: {', '.join(kind.packages) or '-'}; "
               f"binaries not in Debian: {', '.join(kind.shipped) or '-'}")
+        for setting in kind.settings:
+            print(f"    setting (--overlay-ab={name}[{setting.name}=...]): {setting.what}; {setting.allowed()}")
     return 0
 
 

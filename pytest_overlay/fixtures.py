@@ -19,6 +19,7 @@ import pytest
 from . import kinds, options, procs, results, session
 from .inputs import topology
 from .measure import noise as noise_tools
+from .measure.abrun import ABPath, ABRun
 from .measure.faultpath import FaultPath
 from .measure.loadpath import LoadPath
 from .measure.noise import Noise
@@ -140,10 +141,29 @@ def overlay(request: pytest.FixtureRequest, overlay_testbed, overlay_session: Ov
     unsupported = overlays.get(name).remote_unsupported
     if not overlay_testbed.own_sites and unsupported:
         pytest.skip(f"{name} across real hosts is not supported in this version: {unsupported}")
+    instance = bring_up(name, lambda: overlays.get(name)(overlay_testbed, **_overlay_options(overlay_session)),
+                        overlay_session)
+    try:
+        yield instance
+    finally:
+        instance.down()
+        overlay_session.run.setdefault("overlays", {})[instance.name] = {
+            "description": instance.description, "timings": dict(instance.timings)}
+
+
+def _overlay_options(state: OverlaySession) -> dict:
+    return {"container_buffers": state.option("overlay_container_buffers"),
+            "converge_s": state.option("overlay_converge")}
+
+
+def bring_up(name: str, make, state: OverlaySession):
+    """An overlay made by `make`, up. Skips, with the overlay's own reason, where this
+    machine cannot run it; a bring-up that fails (the environment, not a measurement) is torn
+    down and retried once, then fails the tests with the cause and the daemons' last lines."""
+    from . import overlays
+
     for attempt in range(1, BRINGUP_ATTEMPTS + 1):
-        instance = overlays.get(name)(overlay_testbed,
-                                      container_buffers=overlay_session.option("overlay_container_buffers"),
-                                      converge_s=overlay_session.option("overlay_converge"))
+        instance = make()
         try:
             instance.up()  # tears down what it made if it fails
             break
@@ -152,20 +172,56 @@ def overlay(request: pytest.FixtureRequest, overlay_testbed, overlay_session: Ov
         except Exception as e:  # noqa: BLE001  (any failure of the environment: reported, retried once)
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
             if attempt < BRINGUP_ATTEMPTS:
-                overlay_session.progress(f"{name}: bring-up attempt {attempt} failed ({first}); tearing down and "
-                                         "trying again")
+                state.progress(f"{name}: bring-up attempt {attempt} failed ({first}); tearing down and trying again")
                 continue
-            overlay_session.bringup_failures[name] = (
-                f"{name} did not come up ({BRINGUP_ATTEMPTS} attempts); the last one failed with "
-                f"{type(e).__name__}: {e}")
-            pytest.fail(overlay_session.bringup_failures[name], pytrace=False)
+            state.bringup_failures[name] = (f"{name} did not come up ({BRINGUP_ATTEMPTS} attempts); the last one "
+                                            f"failed with {type(e).__name__}: {e}")
+            pytest.fail(state.bringup_failures[name], pytrace=False)
     instance.timings["attempts"] = attempt
-    try:
-        yield instance
-    finally:
-        instance.down()
-        overlay_session.run.setdefault("overlays", {})[instance.name] = {
-            "description": instance.description, "timings": dict(instance.timings)}
+    return instance
+
+
+@pytest.fixture(scope="session")
+def overlay_ab(overlay_testbed, overlay_session: OverlaySession, request: pytest.FixtureRequest) -> ABRun:
+    """Name: overlay_ab. Scope: session. Depends on: overlay_testbed.
+
+    The A/B run of --overlay-ab: its two variants brought up on the testbed (alternately,
+    or beside the underlay) and measured in interleaved pairs of rounds, at the first test
+    that asks, for every metric and circuit the selected A/B tests compare. Skipped, with
+    the variant's own reason, where one cannot run here."""
+    from .measure.abrun import ABRun, ab_test_metrics
+
+    wanted: dict[topology.Circuit, list[str]] = {}
+    for item in request.session.items:
+        params = getattr(getattr(item, "callspec", None), "params", {})
+        if "ab_path" in getattr(item, "fixturenames", ()) and "circuit" in params:
+            chosen = wanted.setdefault(params["circuit"], [])
+            chosen += [m for m in ab_test_metrics(item.originalname) if m not in chosen]
+    variants = overlay_session.settings.ab
+    for variant in variants:
+        unsupported = kinds.get(variant.kind).remote_unsupported
+        if not overlay_testbed.own_sites and unsupported:
+            pytest.skip(f"{variant.kind} across real hosts is not supported in this version: {unsupported}")
+
+    def up(variant: kinds.Variant):
+        overlay_session.progress(f"A/B: bringing up {variant.label}")
+        instance = bring_up(variant.label, lambda: variant.make(overlay_testbed, **_overlay_options(overlay_session)),
+                            overlay_session)
+        overlay_session.run.setdefault("ab_bringups", []).append(
+            {"variant": variant.label, "timings": dict(instance.timings)})
+        return instance
+
+    hook = request.config.hook.pytest_overlay_ab_round
+    return ABRun(overlay_session, variants, wanted, up, lambda variant, overlay: hook(variant=variant, overlay=overlay))
+
+
+@pytest.fixture
+def ab_path(overlay_ab, circuit: topology.Circuit, overlay_session: OverlaySession,
+            request: pytest.FixtureRequest) -> ABPath:
+    """Name: ab_path. Scope: function (cheap). Depends on: overlay_ab, circuit.
+
+    One A/B test on one circuit: its metrics' verdicts, B against A, and its gates."""
+    return ABPath(overlay_ab, circuit, overlay_session, request.node.nodeid, request.node.originalname)
 
 
 @pytest.fixture

@@ -11,6 +11,8 @@ a kind; its module is imported the first time it is asked for.
 from __future__ import annotations
 
 import importlib
+import re
+from dataclasses import dataclass
 from functools import cache
 from importlib.metadata import entry_points
 from typing import Any
@@ -136,3 +138,63 @@ def footprint(name: str) -> Any:
     kind), for undoing it after a run that is over."""
     needs = get(name).host_needs if name in _table() else None
     return needs.footprint if needs else None
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A kind with values for some of the settings it declares (`wireguard[mtu=1380]`): one
+    side of an A/B comparison. `role` is "A" or "B"."""
+
+    role: str
+    kind: str
+    chosen: tuple[tuple[str, int | str], ...] = ()
+
+    def __str__(self) -> str:
+        inside = ",".join(f"{name}={value}" for name, value in self.chosen)
+        return f"{self.kind}[{inside}]" if inside else self.kind
+
+    @property
+    def label(self) -> str:
+        return f"{self.role}: {self}"
+
+    def make(self, testbed: Any, **options: Any) -> Any:
+        """The overlay of this variant on `testbed` (not up yet)."""
+        return get(self.kind)(testbed, chosen=dict(self.chosen), **options)
+
+
+def parse_variant(text: str, role: str) -> Variant:
+    """KIND or KIND[NAME=VALUE,...]; ValueError naming the kinds or the settings allowed."""
+    match = re.fullmatch(r"\s*([A-Za-z0-9_.-]+)\s*(?:\[(.*)\])?\s*", text)
+    if not match:
+        raise ValueError(f"{text!r}: give KIND or KIND[NAME=VALUE,...], e.g. wireguard[mtu=1380]")
+    name, inside = match.groups()
+    kind = get(name)
+    declared = {setting.name: setting for setting in kind.settings}
+    chosen: dict[str, int | str] = {}
+    for part in [p for p in (inside or "").split(",") if p.strip()]:
+        key, equals, value = (x.strip() for x in part.partition("="))
+        if key not in declared or not equals:
+            takes = "; ".join(f"{s.name} ({s.what}): {s.allowed()}" for s in declared.values()) or "no setting"
+            raise ValueError(f"{text!r}: {name} takes {takes}")
+        if key in chosen:
+            raise ValueError(f"{text!r}: {key} set twice")
+        try:
+            chosen[key] = declared[key].parse(value)
+        except ValueError as e:
+            raise ValueError(f"{text!r}: {e}") from None
+    return Variant(role, name, tuple(sorted(chosen.items())))
+
+
+def parse_pair(text: str) -> tuple[Variant, Variant]:
+    """A,B: two variants, split at the commas outside brackets."""
+    parts, depth, start = [], 0, 0
+    for i, char in enumerate(text):
+        depth += {"[": 1, "]": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            parts.append(text[start:i])
+            start = i + 1
+    parts.append(text[start:])
+    if len(parts) != 2 or not all(p.strip() for p in parts):
+        raise ValueError(f"{text!r}: give two variants, A,B, e.g. flannel,flannel-udp or "
+                         "wireguard[mtu=1380],wireguard")
+    return parse_variant(parts[0], "A"), parse_variant(parts[1], "B")

@@ -11,7 +11,7 @@ import pytest
 
 from . import kinds
 from .measure import noise
-from .results import gates
+from .results import ab, gates
 
 EMULATORS = ("auto", "netem", "delayline", "none")
 BUNDLED_TOPOLOGIES = ("geant", "geant-star", "local", "geant.dsl")
@@ -114,6 +114,24 @@ def parse_cpu_latency(value: str) -> int | None:
     return bounded(int, 0, 2_000_000)(value)
 
 
+def parse_ab(value: str) -> tuple:
+    """--overlay-ab=A,B: two variants (kinds.Variant)."""
+    try:
+        return kinds.parse_pair(value)
+    except (ValueError, kinds.KindError) as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def parse_pairs(value: str) -> tuple[int, int]:
+    """--overlay-ab-pairs MIN[:MAX]."""
+    low, _, high = value.partition(":")
+    if low.isdigit() and (not high or high.isdigit()):
+        least, most = int(low), int(high or low)
+        if 2 <= least <= most <= 200:
+            return least, most
+    raise argparse.ArgumentTypeError(f"{value!r}: give MIN[:MAX] pairs, 2 <= MIN <= MAX <= 200, e.g. 6:20")
+
+
 # A run whose every test passed or was skipped, but some could not be judged: not green.
 UNDECIDED_STATUS = 6
 
@@ -183,6 +201,21 @@ def addoption(parser: pytest.Parser) -> None:
          "test could not be judged (a gate inconclusive, a measurement INVALID for the machine's load, a limit "
          "relative to an INVALID underlay); pytest's own status otherwise. The summary names each such test and "
          "why; 0 keeps such a run green.", type=bounded(int, 0, 255), metavar="STATUS")
+    _add(group, "--overlay-ab", None, "Compare two variants in one run, instead of --overlay: each an overlay kind, "
+         "or a kind with settings it declares (KIND[NAME=VALUE,...]; `python -m pytest_overlay overlays` lists "
+         "them), e.g. flannel,flannel-udp or wireguard[mtu=1380],wireguard. Both are measured on one testbed in "
+         "interleaved rounds on each circuit (A B or B A, in random order), and every metric gets a paired verdict: "
+         "same, different or unknown (suites/test_ab.py; docs/ab.md).", type=parse_ab, metavar="A,B")
+    _add(group, "--overlay-ab-pairs", (6, 20), "Pairs of A and B rounds taken at least, and at most while a "
+         "verdict is unknown.", type=parse_pairs, metavar="MIN[:MAX]")
+    _add(group, "--overlay-ab-margin", [], "The change too small to matter, for a verdict of same (default: the "
+         "metric's own, e.g. latency:0.25%%). Repeatable.", type=ab.parse_margin, action="append",
+         metavar="METRIC:MARGIN[%]")
+    _add(group, "--overlay-ab-fail", [], "Fail a test where B is worse than A beyond LIMIT and the verdict is "
+         "different; unknown is undecided. E.g. latency:0.5%%. Repeatable.", type=ab.parse_fail, action="append",
+         metavar="METRIC:LIMIT[%]")
+    _add(group, "--overlay-ab-seed", None, "Seed of the rounds' random order (default: drawn, and recorded).",
+         type=bounded(int, 0, 2**32 - 1), metavar="N")
     _add(group, "--overlay-concurrency", [1, 5, 10, 25, 50], "Concurrent RTSP clients per streaming level.",
          type=parse_concurrency, metavar="N,N,...")
     _add(group, "--overlay-stream-kbit", 1000, "Bitrate of the H.264 clip the RTSP server streams, kbit/s.",
@@ -229,5 +262,7 @@ def recorded(config: pytest.Config) -> dict:
             return [plain(v) for v in value]
         return value.label if isinstance(value, noise.Noise) else value
 
-    return {dest: plain(config.getoption(dest)) for dest in DEFAULTS if dest != "overlay_compare_fail"} | {
-        "overlay_compare_fail": [str(g) for g in config.getoption("overlay_compare_fail")]}
+    gated = ("overlay_compare_fail", "overlay_ab_fail")
+    return {dest: plain(config.getoption(dest)) for dest in DEFAULTS if dest not in (*gated, "overlay_ab")} | {
+        dest: [str(g) for g in config.getoption(dest)] for dest in gated} | {
+        "overlay_ab": [str(v) for v in config.getoption("overlay_ab") or ()]}

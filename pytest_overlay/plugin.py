@@ -12,11 +12,13 @@ import pytest
 
 from . import options, session
 from .fixtures import (  # noqa: F401  (fixtures are found on the plugin module)
+    ab_path,
     cpu_budget,
     fault_path,
     load_path,
     noise,
     overlay,
+    overlay_ab,
     overlay_path,
     overlay_session,
     overlay_testbed,
@@ -48,6 +50,21 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     options.addoption(parser)
 
 
+class Hooks:
+    """Hooks other plugins and conftest files may implement."""
+
+    @staticmethod
+    def pytest_overlay_ab_round(variant, overlay) -> None:
+        """Called before each round of an A/B run (--overlay-ab), with the round's variant
+        (kinds.Variant: role, kind and settings) and its overlay, up: a place to switch
+        something that is not an overlay setting between A's rounds and B's, or to inject a
+        known change when measuring the method's power (benchmarks/ab.py)."""
+
+
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    pluginmanager.add_hookspecs(Hooks)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     for name, description in MARKERS.items():
         config.addinivalue_line("markers", f"{name}: {description}")
@@ -60,12 +77,16 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
     test that takes ``stream_path`` over overlay × transport × concurrency.
 
     Only the overlay is a session-scoped parameter, so pytest runs every test of one overlay
-    before it builds the next; circuits are cheap.
+    before it builds the next; circuits are cheap. An A/B test (``ab_path``) is parametrized
+    over the circuits alone: its run brings up both variants itself.
     """
     names = metafunc.fixturenames
-    if not {"overlay_path", "stream_path", "fault_path", "load_path"} & set(names):
+    if not {"overlay_path", "stream_path", "fault_path", "load_path", "ab_path"} & set(names):
         return
     state = session.get(metafunc.config)
+    if "ab_path" in names:
+        metafunc.parametrize("circuit", state.topology.circuits, ids=lambda c: c.id)
+        return
     metafunc.parametrize("overlay", state.overlays, indirect=True, scope="session")
     if "load_path" in names:
         metafunc.parametrize("load_level", state.topology.load.levels(),
@@ -95,9 +116,28 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         from .results import benchmark
 
         benchmark.mark(items)
+        _one_kind_of_run(config, items)
         state.request(items)
         for marker in HELD_BACK:
             _hold_back(config, items, marker)
+
+
+def _one_kind_of_run(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """An A/B run (--overlay-ab) runs the A/B tests and no other suite test; any other run,
+    the other way round. What is left out is said in one line."""
+    ab = config.getoption("overlay_ab") is not None
+    wanted = {"overlay_path", "stream_path", "fault_path", "load_path"} if ab else {"ab_path"}
+    left = [item for item in items if wanted & set(getattr(item, "fixturenames", ()))]
+    if not left:
+        return
+    config.hook.pytest_deselected(items=left)
+    items[:] = [item for item in items if item not in left]
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(
+            f"pytest-overlay: {len(left)} per-overlay suite test(s) not run: --overlay-ab compares its two variants "
+            "(suites/test_ab.py)" if ab else
+            f"pytest-overlay: {len(left)} A/B test(s) not run; run them with --overlay-ab=A,B")
 
 
 def _hold_back(config: pytest.Config, items: list[pytest.Item], marker: str) -> None:
@@ -142,6 +182,7 @@ def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
         records = [r for r in state.records if r.test == item.nodeid]
         # JUnit XML writes the properties of the teardown's report, made from the item's.
         item.user_properties.extend(junit.properties(records))
+        item.user_properties.extend(junit.ab_properties(state.ab_by_test.get(item.nodeid, [])))
         why = _undecided(state, item.nodeid, records, report, call)
         if why:
             state.undecided[item.nodeid] = why
@@ -181,12 +222,13 @@ def _undecided(state: session.OverlaySession, nodeid: str, records: list, report
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
     state = session.existing(config)
-    if state is None or not (state.records or state.requested) or config.option.collectonly:
+    if state is None or not (state.records or state.requested or state.comparisons) or config.option.collectonly:
         return
     from . import report
 
     terminalreporter.section("pytest-overlay results")
-    for line in report.tables(state.records, state.topology, state.missing()).splitlines():
+    for line in report.tables(state.records, state.topology, state.missing(), state.comparisons,
+                              state.run.get("ab")).splitlines():
         terminalreporter.write_line(line)
     terminalreporter.write_line(_verdicts_line(state))
     for nodeid, why in state.undecided.items():

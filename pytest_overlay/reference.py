@@ -9,7 +9,7 @@ import dataclasses
 from pathlib import Path
 
 from . import options
-from .results import records
+from .results import ab, records
 
 PAGES = {"options.md": "options", "results-schema.md": "schema"}
 PIPE = "\\|"  # a | inside a Markdown table's cell
@@ -55,10 +55,10 @@ def options_page() -> str:
     return "\n".join(lines) + "\n"
 
 
-def _fields(cls) -> list[str]:
+def _fields(cls, docs: dict | None = None) -> list[str]:
     """A row per field: its name, its type as the class declares it, what it is."""
-    return [f"| `{f.name}` | `{str(f.type).replace('|', 'or')}` | {records.FIELD_DOCS[cls.__name__][f.name]} |"
-            for f in dataclasses.fields(cls)]
+    docs = docs or records.FIELD_DOCS[cls.__name__]
+    return [f"| `{f.name}` | `{str(f.type).replace('|', 'or')}` | {docs[f.name]} |" for f in dataclasses.fields(cls)]
 
 
 def schema_page() -> str:
@@ -69,9 +69,12 @@ def schema_page() -> str:
              f"`schema` is `{records.SCHEMA}`, `version` is `{records.SCHEMA_VERSION}` (files of versions "
              f"{', '.join(map(str, records.READABLE_VERSIONS))} are read), `run` holds the run's metadata "
              "(machine, kernel, tools, options, the overlays' bring-up timings, the verdicts), `results` one "
-             "record per measured metric, and `missing` what was asked for and not measured, with why.", "",
+             "record per measured metric, `missing` what was asked for and not measured, with why, and "
+             "`comparisons` the verdicts of an A/B run (`--overlay-ab`; [docs/ab.md](ab.md)).", "",
              "## A record", "", "| field | type | what it is |", "|---|---|---|", *_fields(records.Record), "",
              "## `stats`", "", "| field | type | what it is |", "|---|---|---|", *_fields(records.Stats), "",
+             "## A comparison (A/B)", "", "| field | type | what it is |", "|---|---|---|",
+             *_fields(ab.ABComparison, ab.FIELD_DOCS), "",
              "## Versions", "", *[f"- {line}" for line in records.VERSIONS]]
     return "\n".join(lines) + "\n"
 

@@ -40,6 +40,8 @@ class OverlaySession:
     inconclusive: dict[str, list[str]] = field(default_factory=dict)
     undecided: dict[str, str] = field(default_factory=dict)  # nodeid -> why it ended as a skip
     regressed: set[str] = field(default_factory=set)  # nodeids a gate failed
+    comparisons: list = field(default_factory=list)  # A/B verdicts (results.ab.ABComparison)
+    ab_by_test: dict[str, list] = field(default_factory=dict)  # nodeid -> its A/B verdicts
 
     @functools.cached_property
     def settings(self) -> Settings:
@@ -115,25 +117,26 @@ class OverlaySession:
         written and what could not be."""
         from . import report, results
 
-        if not (self.records or self.requested) or self.config.option.collectonly:
+        if not (self.records or self.requested or self.comparisons) or self.config.option.collectonly:
             return [], []
         missing = self.missing()
         self.run["verdicts"] = {"regressed": sorted(self.regressed), "undecided": dict(self.undecided)}
         outputs = []
         path = self.option("overlay_json")
         if path:
-            outputs.append((f"JSON {path}", lambda: results.write_json(path, self.run, self.records, missing)))
+            outputs.append((f"JSON {path}", lambda: results.write_json(path, self.run, self.records, missing,
+                                                                       self.comparisons)))
         name = self.option("overlay_save")
         if name:
             def save() -> str:
                 self.saved_to = storage(self.config).save(
-                    name, results.document(self.run, self.records, missing), self.saved_to)
+                    name, results.document(self.run, self.records, missing, self.comparisons), self.saved_to)
                 return f"saved run {self.saved_to}"
             outputs.append((f"saved run {name}", save))
         directory = self.option("overlay_report")
         if directory:
             outputs.append((f"report {directory}", lambda: f"report in {directory}: " + ", ".join(
-                report.write_files(directory, self.records, self.topology, self.run, missing))))
+                report.write_files(directory, self.records, self.topology, self.run, missing, self.comparisons))))
         written, failed = [], []
         for what, write in outputs:
             try:
@@ -171,6 +174,7 @@ def get(config: pytest.Config) -> OverlaySession:
     if config.getoption("overlay_compare_fail") and which is None:
         raise pytest.UsageError("--overlay-compare-fail needs a run to compare with: add --overlay-compare "
                                 "(the latest saved run) or --overlay-compare=NUM|NAME")
+    _check_ab(config)
     try:
         topo = topology.load(config.getoption("topology"))
         chosen = config.getoption("overlay_circuits")
@@ -185,6 +189,7 @@ def get(config: pytest.Config) -> OverlaySession:
         raise pytest.UsageError(
             f"--overlay-faults: no scenario {', '.join(unknown)} in {topo.path}; "
             + (f"its scenarios: {', '.join(topo.faults)}" if topo.faults else "it has no faults: section"))
+    _check_binaries(config, topo)
     state = OverlaySession(config, topo, limits, list(config.getoption("overlay")))
     if which is not None:
         try:
@@ -193,6 +198,38 @@ def get(config: pytest.Config) -> OverlaySession:
             raise pytest.UsageError(f"--overlay-compare: {e}") from None
     config.stash[_key] = state
     return state
+
+
+def _check_ab(config: pytest.Config) -> None:
+    """--overlay-ab against the options it cannot go with, each said with what to do instead."""
+    if config.getoption("overlay_ab") is None:
+        for flag in ("overlay_ab_fail", "overlay_ab_margin", "overlay_ab_seed"):
+            if config.getoption(flag):
+                raise pytest.UsageError(f"--{flag.replace('_', '-')} is for an A/B run: add --overlay-ab=A,B")
+        return
+    from .kinds import BASELINE
+
+    clashes = {"overlay": config.getoption("overlay") != [BASELINE], "overlay_cpu": config.getoption("overlay_cpu"),
+               "overlay_noise": config.getoption("overlay_noise"),
+               "overlay_compare": config.getoption("overlay_compare") is not None}
+    given = [f"--{flag.replace('_', '-')}" for flag, clash in clashes.items() if clash]
+    if given:
+        raise pytest.UsageError(f"--overlay-ab measures its two variants against each other; it does not go with "
+                                f"{', '.join(given)}: run those in a run of their own")
+
+
+def _check_binaries(config: pytest.Config, topo: topology.Topology) -> None:
+    """A variant's binary (`flannel[bin=PATH]`) must be there before anything is made; on
+    real hosts it is each host's, which the preflight checks."""
+    import os
+
+    if any(site.host for site in topo.sites.values()):
+        return
+    for variant in config.getoption("overlay_ab") or ():
+        for name, value in variant.chosen:
+            if name == "bin" and not (os.path.isfile(value) and os.access(value, os.X_OK)):
+                raise pytest.UsageError(f"--overlay-ab: {variant}: {value} is not an executable file on this "
+                                        "machine, where the embedded testbed's sites run it")
 
 
 def _circuits(topo: topology.Topology, how: str, count: int, seed: int) -> list[topology.Circuit]:

@@ -43,6 +43,8 @@ def makes(*names: str) -> Callable:
 
 
 class OverlayPath(Judging):
+    adds = True  # its records join the run's (an A/B round's do not: its comparison holds them)
+
     def __init__(self, overlay: Overlay, circuit: Circuit, state: "OverlaySession", test: str,
                  cpu: float | None = None, noise: Noise | None = None) -> None:
         self.overlay, self.circuit, self.state, self.test = overlay, circuit, state, test
@@ -334,6 +336,8 @@ class OverlayPath(Judging):
                     "hosts": [testbed.host_of(self.circuit.src), testbed.host_of(self.circuit.dst)]}
         if measured.wire is not None:
             datapath[self.overlay.wire_key] = measured.wire
+        if self.overlay.chosen:
+            datapath["settings"] = dict(self.overlay.chosen)
         ci95, ci95_unit = fields.pop("ci95", None), fields.pop("ci95_unit", "given")
         batch = fields.pop("batch", 0)
         faults = measured.faults + (faults or [])
@@ -357,7 +361,7 @@ class OverlayPath(Judging):
             wait = (record.exclusions.get("probe_wait") or {}).get("typical_ms", 0.0)
             record.instrument = {"emulator_ms": round(emulator, 4), "probe_wait_ms": wait,
                                  "ms": round(emulator + wait, 4)}
-        return self.state.add(record)
+        return self.state.add(record) if self.adds else record
 
     def measure(self, metric: str) -> Record:
         """The record of `metric` on this circuit, by the method that makes it."""

@@ -25,6 +25,11 @@ class Settings:
     fault_bound_s: float  # after a heal, within which recovery must be seen
     compare_fail: tuple  # the gates against a saved run (results.gates.Gate)
     compare_strict: bool  # an inconclusive gate fails
+    ab: tuple  # the two variants of --overlay-ab (kinds.Variant), or ()
+    ab_pairs: tuple[int, int]  # pairs of rounds taken at least, and at most while a verdict is unknown
+    ab_fail: tuple  # the gates on B against A (results.gates.Gate)
+    ab_margins: tuple  # equivalence margins given: (metric, value, percent)
+    ab_seed: int | None  # of the rounds' order (None: drawn, and recorded)
 
     @classmethod
     def of(cls, option: Callable[[str], object]) -> "Settings":
@@ -37,4 +42,6 @@ class Settings:
             cpu_latency_us=option("overlay_cpu_latency"), stream_seconds=option("overlay_stream_seconds"),
             load_seconds=option("overlay_load_seconds"), load_flows=option("overlay_load_flows"),
             fault_bound_s=option("overlay_fault_bound"), compare_fail=tuple(option("overlay_compare_fail")),
-            compare_strict=option("overlay_compare_strict"))
+            compare_strict=option("overlay_compare_strict"), ab=tuple(option("overlay_ab") or ()),
+            ab_pairs=option("overlay_ab_pairs"), ab_fail=tuple(option("overlay_ab_fail")),
+            ab_margins=tuple(option("overlay_ab_margin")), ab_seed=option("overlay_ab_seed"))

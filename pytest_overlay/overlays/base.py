@@ -7,7 +7,9 @@ overlay's network; probes only need it to run a command and start a server.
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,6 +18,36 @@ from .. import procs
 if TYPE_CHECKING:
     from ..inputs.model import AddressFamily
     from ..testbeds.contract import Endpoint, HostNeeds, Testbed
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One setting a kind takes as a variant (`--overlay-ab=wireguard[mtu=1380],wireguard`):
+    its name, what it sets, and the values it allows. `binary` names the daemon a path
+    setting replaces."""
+
+    name: str
+    what: str
+    low: int | None = None  # an integer from low to high
+    high: int | None = None
+    binary: str | None = None  # an absolute path to run instead of this binary
+
+    def allowed(self) -> str:
+        return (f"an integer from {self.low} to {self.high}" if self.low is not None else
+                f"the absolute path of an executable {self.binary}")
+
+    def parse(self, text: str) -> int | str:
+        """The value of `text`; ValueError saying the allowed values."""
+        if self.low is not None:
+            if not re.fullmatch(r"\d+", text) or not self.low <= int(text) <= self.high:
+                raise ValueError(f"{self.name}={text!r}; allowed: {self.allowed()}")
+            return int(text)
+        if not text.startswith("/") or "," in text:
+            raise ValueError(f"{self.name}={text!r}; allowed: {self.allowed()}")
+        return text
+
+
+MTU_SETTING = Setting("mtu", "the MTU of its device at every site", 576, 9000)
 
 
 class Overlay(ABC):
@@ -38,6 +70,7 @@ class Overlay(ABC):
     # On real hosts: None when it runs no daemon there; `remote_unsupported` says why it cannot run there.
     host_needs: HostNeeds | None = None
     remote_unsupported: str | None = None
+    settings: tuple[Setting, ...] = ()  # what a variant of it may set (kinds.Variant)
     # What wire_counters() counts, as the records name it and as an INVALID reason says it.
     wire_key = "encapsulated_packets_on_wan"
     wire_what = "encapsulated packets"
@@ -51,13 +84,21 @@ class Overlay(ABC):
         behind; `clean` removes them once the run is over."""
         return []
 
-    def __init__(self, testbed: Testbed, container_buffers: str = "tuned", converge_s: float | None = None) -> None:
+    def __init__(self, testbed: Testbed, container_buffers: str = "tuned", converge_s: float | None = None,
+                 chosen: dict[str, int | str] | None = None) -> None:
         """`container_buffers`: "tuned" (the site's TCP buffers, sized for the path) or "docker"
         (Docker's defaults, as the study ran); `converge_s`: how long every container has to
-        answer every other once up (None: from the topology's RTT). A kind's own __init__
-        takes `**settings` and passes them on."""
+        answer every other once up (None: from the topology's RTT); `chosen`: values of its
+        declared `settings`, already parsed (kinds.Variant). A kind's own __init__ takes
+        `**settings` and passes them on."""
         self.testbed = testbed
         self.container_buffers, self.converge_s = container_buffers, converge_s
+        declared = {s.name for s in self.settings}
+        unknown = sorted(set(chosen or {}) - declared)
+        if unknown:
+            raise ValueError(f"{self.name} takes no setting {', '.join(unknown)}; it takes: "
+                             f"{', '.join(sorted(declared)) or 'none'}")
+        self.chosen = dict(chosen or {})
         self.timings: dict[str, float] = {}
 
     def expected_outage_s(self, fault, logs: dict[str, list[str]] | None = None) -> tuple[float, float]:

@@ -112,8 +112,10 @@ class ContainerOverlay(Overlay):
         return self.ops.files(site, name, files)
 
     def _binary(self, name: str) -> str:
-        """How a daemon's binary is named where it runs."""
-        return self.ops.binary(name)
+        """How a daemon's binary is named where it runs: the path a variant chose for it
+        (`flannel[bin=/opt/next/flanneld]`), else the one the sites have."""
+        chosen = next((self.chosen[s.name] for s in self.settings if s.binary == name and s.name in self.chosen), None)
+        return str(chosen) if chosen else self.ops.binary(name)
 
     def _on_site(self, site: str, command: list[str], timeout: float, input: str | None = None) -> procs.CommandResult:
         """`command` where the site's daemons run."""

@@ -95,7 +95,8 @@ class MeshOverlay(ContainerOverlay):
         the site's mesh address, the MTU asked for, and up."""
         if self.owns_device:
             return []
-        device, mtu = self.devices[site], f" mtu {self.set_mtu}" if self.set_mtu else ""
+        wanted = self.chosen.get("mtu", self.set_mtu)
+        device, mtu = self.devices[site], f" mtu {wanted}" if wanted else ""
         return [f"ip address add {self.mesh_address(site)}/32 dev {device}", f"ip link set {device}{mtu} up"]
 
     def _wait_devices(self) -> None:

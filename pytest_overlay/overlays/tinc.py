@@ -19,6 +19,7 @@ from pathlib import Path
 from .. import procs
 from ..inputs.model import AddressFamily
 from ..testbeds.hostnet import Footprint
+from .base import MTU_SETTING
 from .mesh import MeshOverlay, host_needs
 
 FAMILY = AddressFamily("tinc", "10.65.0.0/16", 24, "tinc's range")
@@ -66,6 +67,7 @@ class TincOverlay(MeshOverlay):
     port = PORT
     device_prefix = "tc"
     set_mtu = MTU
+    settings = (MTU_SETTING,)
     full_size_first = True
     cipher = "Blowfish-CBC with HMAC-SHA1 (4-byte MAC), RSA-2048 meta connections (tinc 1.0 defaults)"
     timers = (

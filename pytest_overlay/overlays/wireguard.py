@@ -17,6 +17,7 @@ from pathlib import Path
 from .. import procs
 from ..inputs.model import AddressFamily
 from ..testbeds.hostnet import Footprint
+from .base import MTU_SETTING
 from .mesh import MeshOverlay, host_needs
 
 FAMILY = AddressFamily("wireguard", "10.64.0.0/16", 24, "WireGuard's range")
@@ -66,6 +67,7 @@ class WireGuardOverlay(MeshOverlay):
     port = PORT
     device_prefix = "wg"
     set_mtu = MTU
+    settings = (MTU_SETTING,)
     cipher = "ChaCha20-Poly1305 (Noise IK handshake, Curve25519, BLAKE2s)"
     timers = (
         ("persistent keepalive", f"{KEEPALIVE_S} s", "chosen here, as wg(8) suggests"),

@@ -7,6 +7,6 @@ What the plugin and the command line call is handed on here.
 
 from .experiments import stress_sections
 from .files import write_files
-from .tables import SECTIONS, exclusions_line, tables
+from .tables import SECTIONS, ab_table, exclusions_line, tables
 
-__all__ = ["SECTIONS", "exclusions_line", "stress_sections", "tables", "write_files"]
+__all__ = ["SECTIONS", "ab_table", "exclusions_line", "stress_sections", "tables", "write_files"]

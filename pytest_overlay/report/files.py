@@ -17,14 +17,14 @@ CSV_FIELDS = ("overlay", "metric", "src", "dst", "unit", "min", "mean", "p50", "
 
 
 def write_files(directory: str | Path, records: list[Record], topology: Topology, run: dict,
-                missing: list[Missing] = ()) -> list[str]:
+                missing: list[Missing] = (), comparisons: list = ()) -> list[str]:
     """Markdown, CSV, JSON, plots and one HTML page that shows them all."""
     out = Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     written = []
     from . import plots  # matplotlib: only when pictures are asked for
 
-    results.write_json(out / "results.json", run, records, missing)
+    results.write_json(out / "results.json", run, records, missing, comparisons)
     written.append("results.json")
     with open(out / "results.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, CSV_FIELDS)
@@ -34,7 +34,7 @@ def write_files(directory: str | Path, records: list[Record], topology: Topology
                              **{k: v for k, v in r.stats.rounded().items() if k in CSV_FIELDS}, "total": "" if r.total is None else r.total,
                              "invalid_reasons": "; ".join(r.invalid_reasons)})
     written.append("results.csv")
-    text = tables(records, topology, missing)
+    text = tables(records, topology, missing, comparisons, run.get("ab"))
     header = (f"# pytest-overlay results: {topology.name}\n\n"
               f"Run {run.get('testbed', {}).get('run_id', '?')} on {run.get('host', '?')} ({run.get('kernel', '?')}, "
               f"{run.get('cpus', '?')} CPUs), emulator {run.get('testbed', {}).get('emulator', {}).get('kind', '?')}, "

@@ -130,7 +130,29 @@ SECTIONS: list[tuple[tuple[str, ...], Callable[[View], list[str]]]] = [
 ]
 
 
-def tables(records: list[Record], topology: Topology, missing: list[Missing] = ()) -> str:
+def tables(records: list[Record], topology: Topology, missing: list[Missing] = (), comparisons: list = (),
+           ab_run: dict | None = None) -> str:
+    out = [ab_table(comparisons, ab_run or {})] if comparisons else []
+    return "\n\n".join(out + ([_record_tables(records, topology, missing)] if records or missing else []))
+
+
+def ab_table(comparisons: list, run: dict) -> str:
+    """The A/B verdicts (results.ab.ABComparison), one row per metric and circuit."""
+    first = comparisons[0]
+    rows = [[c.circuit, c.metric, c.stat, f"{c.a_mean:.3f}", f"{c.b_mean:.3f}", c.unit,
+             f"{c.difference:+.3f} ±{c.ci95:.3f}", f"{c.change_pct:+.2f} [{c.change_pct_interval[0]:+.2f}, "
+             f"{c.change_pct_interval[1]:+.2f}]", f"±{c.margin:.3g}", str(c.n_pairs), c.verdict.upper()]
+            for c in comparisons]
+    how = (f"{run.get('pairs', '?')} pairs in random order (seed {run.get('seed', '?')}), {run.get('how', '')}; "
+           f"{run.get('bringups', '?')} bring-ups, {run.get('seconds', '?')} s") if run else ""
+    return titled_table(
+        f"A/B: A = {first.a}, B = {first.b}. B - A with its 95 % interval over the pairs of rounds (paired t); "
+        f"same: the interval within the margin, different: wholly beyond it, unknown: across its edge. {how}",
+        ["Circuit", "Metric", "Stat", "A", "B", "Unit", "B - A (95 %)", "Change % [95 %]", "Margin", "Pairs",
+         "Verdict"], rows)
+
+
+def _record_tables(records: list[Record], topology: Topology, missing: list[Missing]) -> str:
     by_metric: dict[str, list[Record]] = {}
     for r in _order(records, topology):
         by_metric.setdefault(r.metric, []).append(r)

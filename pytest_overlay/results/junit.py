@@ -38,3 +38,11 @@ def properties(records: list[Record]) -> list[tuple[str, str]]:
                         f"{_number(compared['now'])}, change {_number(change, 1)} %, noise ±{_number(compared['noise'])}"
                         f", gate {compared.get('gate') or '-'}: {compared.get('verdict') or 'not gated'}"))
     return out
+
+
+def ab_properties(comparisons: list) -> list[tuple[str, str]]:
+    """An A/B test's verdicts (results.ab.ABComparison), a property each metric."""
+    return [(f"overlay.ab.{c.metric}",
+             f"{c.circuit}: A {c.a} {_number(c.a_mean)} {c.unit}, B {c.b} {_number(c.b_mean)} {c.unit}, B - A "
+             f"{_number(c.difference)} ±{_number(c.ci95)} (95 %, {c.n_pairs} pairs), change {_number(c.change_pct, 2)} "
+             f"%, margin ±{_number(c.margin)}: {c.verdict}") for c in comparisons]

@@ -35,6 +35,9 @@ class Metric:
     load: bool = False  # measured under load (the latency-under-load suite)
     test: str = ""  # the suite's test function that measures it
     probe: str = ""  # the kind of probe whose run makes it (probes.PROBES), where one run does
+    # A/B (--overlay-ab): the change of its headline too small to matter, the equivalence margin
+    # ("0.25%" of A's value, or "0.05" in its unit); "" where A/B does not compare it.
+    ab_margin: str = ""
 
     def __post_init__(self) -> None:
         if not self.test:
@@ -67,19 +70,20 @@ _ALL = [
         "mean_tolerance_ms": "mean RTT within this of the topology's RTT (ms)",
         "mean_tolerance_pct": "... or within this share of it (%), whichever is larger",
         "p99_over_rtt_ms": "99th percentile RTT at most the topology's RTT plus this (ms)",
-    }, zero_base=0.001, probe="latency"),
+    }, zero_base=0.001, probe="latency", ab_margin="0.25%"),
     Metric("jitter", "ms", "IPDV |RTT[i] - RTT[i-1]|", "mean", True, {
         "mean_over_topology_ms": "mean IPDV at most the topology's jitter plus this (ms)",
-    }, zero_base=0.001, probe="latency"),
+    }, zero_base=0.001, probe="latency", ab_margin="0.05"),
     Metric("tcp_throughput", "Mbit/s", "TCP throughput received", "total", False, {
         "min_fraction_of_rate": "received at least this share of the circuit's rate (0..1)",
         "min_mbit": "received at least this (Mbit/s) where the circuit has no rate",
-    }, probe="tcp"),
+    }, probe="tcp", ab_margin="1%"),
     Metric("udp_throughput", "Mbit/s", "UDP throughput received", "total", False, {
         "min_fraction_of_offered": "received rate at least this share of the offered rate (0..1)",
         "max_loss_pct": "loss at most the circuit's emulated loss plus this (%)",
-    }, probe="udp"),
-    Metric("udp_loss", "%", "UDP packets lost", "mean", True, test="test_udp_throughput", probe="udp"),
+    }, probe="udp", ab_margin="1%"),
+    Metric("udp_loss", "%", "UDP packets lost", "mean", True, test="test_udp_throughput", probe="udp",
+           ab_margin="0.5"),
     Metric("stream_jitter", "ms", "RFC 3550 interarrival jitter per client", "p99", True, {
         "max_p99_ms": "99th percentile of the clients' RFC 3550 jitter at most this (ms)",
     }, zero_base=0.001, streaming=True, probe="stream"),

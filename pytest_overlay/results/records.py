@@ -37,9 +37,12 @@ VERSIONS = (
     "error on the path and the probe's typical wait for a CPU); tries counts the probe's runs, and "
     "exclusions.replaced says how many samples further runs replaced, and why; a latency record's extra adds "
     "excluded_samples (the round trips left out).",
+    "10: `comparisons`, the A/B verdicts of --overlay-ab (one per metric and circuit: the variants, B - A with "
+    "its 95 % interval, change_pct, the margin, verdict same, different or unknown, and the pairs); run.ab, how "
+    "the A/B run went (seed, orders, bring-ups, seconds); a record's datapath.settings, a variant's settings.",
 )
-SCHEMA_VERSION = 9
-READABLE_VERSIONS = (1, 2, 3, 4, 5, 6, 7, 8, 9)
+SCHEMA_VERSION = 10
+READABLE_VERSIONS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10)
 BOOTSTRAP_RESAMPLES = 200
 
 # Two-sided 95 % Student t quantiles for small samples; 1.96 beyond.
@@ -47,7 +50,7 @@ _T95 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8
         10: 2.228, 12: 2.179, 15: 2.131, 20: 2.086, 25: 2.060, 30: 2.042}
 
 
-def _t95(dof: int) -> float:
+def t95(dof: int) -> float:
     if dof >= 40:
         return 1.96
     return _T95[max(k for k in _T95 if k <= dof)] if dof >= 1 else math.inf
@@ -101,7 +104,7 @@ class Stats:
             units, unit = list(round_values), "rounds"
         elif len(batches) >= 3:
             units, unit = batches, f"batches of {batch} intervals"
-        mean_ci = _t95(len(units) - 1) * statistics.stdev(units) / math.sqrt(len(units)) if len(units) > 1 else math.inf
+        mean_ci = t95(len(units) - 1) * statistics.stdev(units) / math.sqrt(len(units)) if len(units) > 1 else math.inf
         if ci95 is not None:
             mean_ci, unit = ci95, ci95_unit
         return cls(
@@ -347,13 +350,14 @@ def run_metadata(topology, testbed_description: dict, options: dict, tools: dict
     }
 
 
-def document(run: dict, records: list[Record], missing: list[Missing] = ()) -> dict:
+def document(run: dict, records: list[Record], missing: list[Missing] = (), comparisons: list = ()) -> dict:
     return {
         "schema": SCHEMA,
         "version": SCHEMA_VERSION,
         "run": {**run, "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")},
         "results": [r.to_json() for r in records],
         "missing": [asdict(m) for m in missing],
+        "comparisons": [c.to_json() for c in comparisons],
     }
 
 
@@ -382,5 +386,6 @@ def write_atomic(path: str | Path, text: str) -> Path:
     return path
 
 
-def write_json(path: str | Path, run: dict, records: list[Record], missing: list[Missing] = ()) -> None:
-    write_atomic(path, dumps(document(run, records, missing)))
+def write_json(path: str | Path, run: dict, records: list[Record], missing: list[Missing] = (),
+               comparisons: list = ()) -> None:
+    write_atomic(path, dumps(document(run, records, missing, comparisons)))
