@@ -159,12 +159,18 @@ def regression_failures(record: Record, saved: Record | None, run_name: str, gat
     Each comparison is kept on the record, with whether it is within noise and its verdict.
     """
     judged = Judged([], [])
-    if saved is None:
-        return judged
     metric = metrics.get(record.metric)
     gates = [g for g in gates if g.metric == record.metric]
     if not gates and REGRESSION_PCT in limits:
         gates = [Gate(record.metric, metric.headline, limits[REGRESSION_PCT], True)]
+    unusable = ("has no record of it" if saved is None else
+                f"holds it INVALID ({saved.invalid_reasons[0] if saved.invalid_reasons else 'no reason given'})"
+                if not saved.valid else "")
+    if unusable:
+        # A gate never passes for want of a baseline: it says it could not compare.
+        judged.inconclusive += [f"not compared against {gate}: the saved run {run_name} {unusable} "
+                                f"({record.metric} on {record.circuit} through {record.overlay})" for gate in gates]
+        return judged
     for gate in gates or [None]:
         comparison = Comparison.of(saved, record, gate.stat if gate else metric.headline)
         record.compared.append(comparison.to_json(run_name, gate))

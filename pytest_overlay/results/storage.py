@@ -39,13 +39,14 @@ class Storage:
         return write_atomic(target, dumps(document))
 
     def find(self, which: str | None) -> Path:
-        """The latest run, or the one whose number or name is `which`."""
+        """The latest run, or the one whose number or name is `which` (of several saved under
+        one name, the newest: a branch's baseline saved again replaces the one compared)."""
         runs = self.runs()
         if not runs:
             raise FileNotFoundError(f"no saved overlay runs in {self.path}; save one with --overlay-save NAME")
         if not which:
             return runs[-1]
-        for run in runs:
+        for run in reversed(runs):
             number, _, name = run.stem.partition("_")
             if which in (number, run.stem, name) or (which.isdigit() and int(which) == int(number)):
                 return run

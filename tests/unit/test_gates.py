@@ -228,3 +228,14 @@ def test_the_emulators_release_error_on_the_path_is_part_of_the_noise():
     assert Comparison.of(saved, again, "mean").verdict(gate) == gates.INCONCLUSIVE
     slower = run([10.139 + 0.3 + 0.05 + (i % 7) * 0.002 for i in range(300)], 100.0)
     assert Comparison.of(saved, slower, "mean").verdict(gate) == gates.REGRESSED
+
+
+@pytest.mark.parametrize("saved, said", [
+    (None, "the saved run 0001_base.json has no record of it"),
+    (record("latency", [10.0], valid=False, invalid_reasons=["too few clean round trips"]),
+     "holds it INVALID (too few clean round trips)"),
+])
+def test_a_missing_or_invalid_baseline_is_undecided_never_a_pass(saved, said):
+    now = record("latency", [30.0])
+    judged = gates.regression_failures(now, saved, "0001_base.json", [gates.parse_gate("latency:1%")], {})
+    assert judged.regressed == [] and len(judged.inconclusive) == 1 and said in judged.inconclusive[0]

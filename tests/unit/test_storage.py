@@ -49,3 +49,12 @@ def test_version_1_run_is_still_compared(tmp_path):
     path.write_text(json.dumps(v1))
     saved = SavedRun.load(path).get(record("tcp_throughput", [1.0]))
     assert saved.value("total") == 901.0
+
+
+def test_of_two_runs_saved_under_one_name_the_newer_is_compared(tmp_path):
+    storage = Storage(f"file://{tmp_path}")
+    document = results.document({"host": "h"}, [record("latency", [1.0])])
+    storage.save("base", document)
+    storage.save("other", document)
+    newer = storage.save("base", document)
+    assert newer.name == "0003_base.json" and storage.find("base") == newer
