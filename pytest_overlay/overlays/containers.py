@@ -197,7 +197,7 @@ class ContainerOverlay(Overlay):
                 while left and time.monotonic() - started < timeout:
                     left = [pair for pair, ok in zip(left, pool.map(answered, left)) if not ok]
             if left:
-                what = f"a full-size packet ({self.mtu} bytes, DF)" if size else "an answer"
+                what = f"full-size packet ({self.mtu} bytes, DF)" if size else "answer"
                 raise EngineError(f"{self.name}: no {what} over the overlay within {timeout:.0f} s from "
                                   + ", ".join(f"{a.name} to {b.name} ({b.address})" for a, b in left))
         self._progress(f"every container answers every other over the overlay"
