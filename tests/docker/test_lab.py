@@ -94,7 +94,12 @@ import sys, time
 from pytest_overlay.testbeds.real import hostlock
 from pytest_overlay.inputs import topology
 lock = hostlock.HostLock(topology.load(sys.argv[1]).sites["A"].host, "f00d01")
-assert lock.acquire() is None
+refused = lock.acquire()
+wait = lock.expired_for(refused or "")  # a killed run's lease: the host frees itself after its delay
+if wait is not None:
+    time.sleep(wait + 1)
+    refused = lock.acquire()
+assert refused is None, refused
 print("held", flush=True)
 time.sleep(600)
 """
@@ -473,11 +478,15 @@ def test_weave_refused_or_killed_across_the_lab_hosts(shared_lab, tmp_path, clea
     assert refused.rc == pytest.ExitCode.USAGE_ERROR, refused.output
     assert "A: route 'blackhole 10.32.9.0/24' lies inside Weave Net's IPAM range 10.32.0.0/12" in refused.output
 
-    # Killed mid-run: the weavers run on, until `clean --topology` ends them and resets the hosts.
+    # Killed mid-run: the hosts end the weavers themselves; `clean --topology` resets the hosts.
     output = kill_mid_run(out, b, "weave")
-    assert ssh(a, "ip link show weave").returncode == 0, output
+    assert ssh(a, "ip link show weave").returncode == 0, output  # its devices outlive the daemon
+    deadline = time.monotonic() + 30
+    while ssh(a, "pgrep -x weaver").returncode == 0 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert ssh(a, "pgrep -x weaver").returncode != 0 and ssh(b, "pgrep -x weaver").returncode != 0
     swept = clean_hosts(out)
-    assert "host A: ended weaver-A of run" in swept.stdout and "host B: ended weaver-B of run" in swept.stdout
+    assert re.search(r"run \w{6}: its lease on the hosts lapsed, so it is over", swept.stdout), swept.stdout
     assert_no_weave_on(a, b)
 
 
@@ -596,20 +605,27 @@ def test_what_a_run_puts_on_a_host_is_for_root_only(shared_lab, tmp_path, clean_
     alone, whatever the copied file's own mode was."""
     out, a, b = shared_lab
     bed = RemoteTestbed(topology.load(out))
+    held = hostlock.HostLock(a, bed.run_id, "A")  # what a run changes on a host, it changes holding it
+    assert held.acquire() is None
     key = tmp_path / "key.pem"
     key.write_text("not a real key")
     key.chmod(0o644)
     files = f"{hosts.HOST_STATE}/{bed.run_id}/host/files-A"
-    bed.put_files("A", files, {"key.pem": key})
-    # A daemon's command line names its folder (so only it is ever signalled): this one too.
-    daemon = hosts.HostDaemon.start("sleeper-A", a, bed.host_dir("sleeper-A"),
-                                     ["python3", "-c", "import time; time.sleep(30)", bed.host_dir("sleeper-A") + "/"])
+    try:
+        bed.put_files("A", files, {"key.pem": key})
+        # A daemon's command line names its folder (so only it is ever signalled): this one too.
+        daemon = hosts.HostDaemon.start("sleeper-A", a, bed.host_dir("sleeper-A"), [
+            "python3", "-c", "import time; time.sleep(30)", bed.host_dir("sleeper-A") + "/"], fenced=bed.run_id)
+    except BaseException:
+        held.release()
+        raise
     try:
         paths = [files, f"{files}/key.pem", daemon.directory, f"{daemon.directory}/log", f"{daemon.directory}/pid"]
         modes = ssh(a, "stat -c %a " + " ".join(paths)).stdout.split()
         assert modes == ["700", "600", "700", "600", "600"], dict(zip(paths, modes))
     finally:
         daemon.stop()
+        held.release()
         ssh(a, f"rm -rf {hosts.HOST_STATE}/{bed.run_id}")
 
 
@@ -627,9 +643,12 @@ def test_clean_removes_a_killed_runs_fault_rules(shared_lab, clean_machine):
                                                                 "hosts": {"A": a.docker, "B": b.docker}}))
     cut = topo.links[0]
     changes = {f"{d.src}->{d.dst}": dataclasses.replace(d, loss_pct=100) for d in (cut.forward, cut.reverse)}
-    for site, host in (("A", a), ("B", b)):
+    for site, host in (("A", a), ("B", b)):  # held by the run, whose lock then vanishes without a word
+        hosts.host_run(host, f'mkdir -p {hosts.LOCKS}; echo "run {run_id} from nowhere" > "{hosts.lock_file()}"',
+                       60).check()
         script, restore = hostlinks.apply_script(run_id, hostlinks.rules(topo, site, changes, run_id), hold_s=300)
         hosts.host_run(host, script, 60, input=restore).check()
+        hosts.host_run(host, f'rm -f "{hosts.lock_file()}"', 60).check()
     assert ssh(a, f"ping -c 1 -W 1 {b.address}").returncode != 0
     assert f"-A PREROUTING -j OVL-FAULT-{run_id}" in fault_rules(a) and fault_rules(b)
     swept = clean_hosts(out)
@@ -646,7 +665,9 @@ from pathlib import Path
 from pytest_overlay.inputs import topology
 from pytest_overlay.testbeds.real.remote import RemoteTestbed
 topo = topology.load(sys.argv[1])
-bed = RemoteTestbed(topo, state_root=Path(sys.argv[2]))
+lease = {"lease_s": float(sys.argv[3]), "lock_delay_s": float(sys.argv[4])} if len(sys.argv) > 3 else {}
+bed = RemoteTestbed(topo, state_root=Path(sys.argv[2]), progress=lambda m: print(m, flush=True) if " lost" in m else 0,
+                    **lease)
 bed.up()
 cut = topo.links[0]
 bed.impair({f"{d.src}->{d.dst}": dataclasses.replace(d, loss_pct=100) for d in (cut.forward, cut.reverse)},
@@ -670,9 +691,10 @@ def firewall(host: topology.RemoteHost) -> dict[str, list[str]]:
     return tables
 
 
-def start_cut(out: Path, state_root: Path) -> tuple[subprocess.Popen, str]:
-    """A run holding a cut between the lab's hosts: its process and its run id."""
-    run = subprocess.Popen([sys.executable, "-c", CUTTER, str(out), str(state_root)], cwd=ROOT,
+def start_cut(out: Path, state_root: Path, *lease: float) -> tuple[subprocess.Popen, str]:
+    """A run holding a cut between the lab's hosts (`lease`: its lease and lock delay, in
+    seconds, if not the product's): its process and its run id."""
+    run = subprocess.Popen([sys.executable, "-c", CUTTER, str(out), str(state_root), *map(str, lease)], cwd=ROOT,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     said = run.stdout.readline().split()
     if said[:1] != ["cut"]:
@@ -714,6 +736,40 @@ def test_a_fault_whose_run_is_killed_removes_itself_from_the_hosts(shared_lab, t
     clean_hosts(out)
     assert {h.ssh: firewall(h) for h in (a, b)} == before
     print(f"reached each other again {took:.1f} s after SIGKILL")
+
+
+def test_a_controller_that_vanishes_mid_cut_loses_its_hosts_which_heal_themselves(shared_lab, tmp_path,
+                                                                                   clean_machine):
+    """SIGSTOP in the middle of a 330 s cut (a suspended laptop; its ssh sessions stay up): the
+    renewals stop, and one lease later (4 s here, the product's is hostlock.LEASE_S) each host
+    removes the run's chain, so A and B reach each other, and marks the lock expired: another run
+    is refused for the lock delay (10 s here), then free. Resumed, the controller finds both
+    hosts lost and names them. One `clean --topology`, without --force, then leaves both hosts'
+    firewalls as they were."""
+    out, a, b = shared_lab
+    before = {h.ssh: firewall(h) for h in (a, b)}
+    run, run_id = start_cut(out, tmp_path, 4, 10)
+    try:
+        assert ssh(a, f"ping -c 1 -W 1 {b.address}").returncode != 0
+        run.send_signal(signal.SIGSTOP)
+        stopped = time.monotonic()
+        while ssh(a, f"ping -c 1 -W 1 {b.address}").returncode != 0 and time.monotonic() - stopped < 60:
+            time.sleep(0.2)
+        healed = time.monotonic() - stopped
+        assert healed < 30 and fault_rules(a) == fault_rules(b) == ""
+        refused = hostlock.HostLock(a, "f00d05").acquire() or ""
+        assert f"expired: run {run_id} lost its controller (lapsed)" in refused, refused
+        run.send_signal(signal.SIGCONT)
+        said, _ = run.communicate(timeout=60)
+        assert re.search(r"host [AB] lost: no renewal of its lease acknowledged for \d+ s", said), said
+    finally:
+        run.kill()
+        run.wait()
+    swept = clean_hosts(out)
+    assert f"run {run_id}: its lease on the hosts lapsed, so it is over" in swept.stdout, swept.stdout
+    assert {h.ssh: firewall(h) for h in (a, b)} == before
+    assert ssh(a, f"ls -d {hosts.HOST_STATE}/{run_id}").returncode != 0
+    print(f"the hosts healed {healed:.1f} s after the controller stopped")
 
 
 def test_a_fault_timer_removes_a_fault_whose_controller_vanished(shared_lab, tmp_path, clean_machine):

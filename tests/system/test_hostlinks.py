@@ -15,6 +15,7 @@ import pytest
 from pytest_overlay import procs
 from pytest_overlay.inputs import topology
 from pytest_overlay.testbeds.real import hostlinks
+from pytest_overlay.testbeds.real import hosts as hosts_module
 
 TOPOLOGY = """\
 name: pair
@@ -64,10 +65,18 @@ def hosts(tmp_path):
             procs.run(command, netns).check()
         path = tmp_path / "pair.yaml"
         path.write_text(TOPOLOGY)
+        hold(b, "run abc123 from this test")  # the run holds B: its steps are not fenced
         yield topology.load(path), names
     finally:
+        procs.run(["sh", "-c", f'rm -f "{hosts_module.lock_file()}"'], b)
         for name in names.values():
             procs.run(["ip", "netns", "del", name])
+
+
+def hold(netns: str, holder: str) -> None:
+    """Write the host's lock file (hostlock.py) as its holder would."""
+    procs.run(["sh", "-ec", f'umask 077; mkdir -p {hosts_module.LOCKS}; echo "$0" > "{hosts_module.lock_file()}"',
+               holder], netns).check()
 
 
 def rules_of(netns: str) -> str:
@@ -111,6 +120,33 @@ def test_a_cut_stops_what_arrives_from_the_far_host_and_goes_without_a_trace(hos
     assert replies(ns["a"], "192.0.2.2") == 3 and replies(ns["w"], "10.99.0.1") == 3
     again = procs.run(["sh", "-ec", hostlinks.remove_script("abc123")], ns["b"])
     assert again.ok and again.stdout == ""  # nothing left to remove, and no failure for it
+
+
+def test_a_step_that_arrives_after_the_host_let_the_run_go_changes_nothing(hosts, clean_machine):
+    """Fencing: once the lock says the run's lease lapsed, a fault step of that run (one in
+    flight when the controller vanished) is refused under the fault mutex, exit FENCED, and
+    leaves the host's firewall as it was."""
+    topo, ns = hosts
+    before = rules_of(ns["b"])
+    hold(ns["b"], "expired: run abc123 lost its controller (lapsed) at 2026-12-07T23:00:00Z")
+    lines = hostlinks.rules(topo, "B", topo.faults["cut-A-B"].faulty(), "abc123", {})
+    script, restore = hostlinks.apply_script("abc123", lines)
+    done = procs.run(["sh", "-ec", script], ns["b"], input=restore)
+    assert done.rc == hosts_module.FENCED and "fenced: run abc123 no longer holds this host" in done.stderr
+    assert rules_of(ns["b"]) == before
+    procs.run(["sh", "-ec", hostlinks.remove_script("abc123")], ns["b"]).check()  # its mutex file goes too
+
+
+def test_a_fault_timer_does_not_hold_the_fault_mutex(hosts, clean_machine):
+    """A step held 300 s leaves a timer running in the background; removing the chain takes
+    the mutex at once all the same (the timer closed it), and ends the timer."""
+    topo, ns = hosts
+    lines = hostlinks.rules(topo, "B", topo.faults["cut-A-B"].faulty(), "abc123", {})
+    script, restore = hostlinks.apply_script("abc123", lines, hold_s=300)
+    procs.run(["sh", "-ec", script], ns["b"], input=restore).check()
+    removed = procs.run(["sh", "-ec", hostlinks.remove_script("abc123")], ns["b"], timeout=10)
+    assert removed.ok and removed.stdout.strip() == "removed", (removed.stdout, removed.stderr)
+    assert hostlinks.runs_in(procs.run(["iptables-save", "-t", "raw"], ns["b"]).stdout) == set()
 
 
 def test_a_loss_burst_drops_about_its_share(hosts, clean_machine):

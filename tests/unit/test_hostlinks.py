@@ -77,7 +77,7 @@ def test_a_delay_step_needs_netem_on_every_sending_host_it_touches(line):
 def test_scripts_apply_exactly_the_lines_jump_first_and_remove_only_the_runs_chain():
     script, restore = hostlinks.apply_script("abc123", [["-A", "OVL-FAULT-abc123", "-s", "192.0.2.2/32", "-j", "DROP"]])
     assert restore == "*raw\n:OVL-FAULT-abc123 - [0:0]\n-A OVL-FAULT-abc123 -s 192.0.2.2/32 -j DROP\nCOMMIT\n"
-    assert script.splitlines() == [
+    assert script.splitlines()[-3:] == [
         "iptables-restore -w --noflush",
         "iptables -w -t raw -C PREROUTING -j OVL-FAULT-abc123 2>/dev/null || "
         "iptables -w -t raw -I PREROUTING 1 -j OVL-FAULT-abc123",
@@ -87,6 +87,10 @@ def test_scripts_apply_exactly_the_lines_jump_first_and_remove_only_the_runs_cha
     heal = hostlinks.heal_script("abc123").splitlines()  # stamped as the jump goes, printed last
     assert heal[0] == "iptables -w -t raw -D PREROUTING -j OVL-FAULT-abc123 2>/dev/null; healed=$(date +%s%N)"
     assert heal[1:-1] == removal.splitlines() and heal[-1] == "echo $healed"
+    # Applying and removing take the run's fault mutex; a step applies only while the run holds the host.
+    mutex = 'exec 8>>"/run/pytest-overlay-host/abc123/fault-mutex-$('
+    assert mutex in script and mutex in removal and script.index("flock 8") < script.index("fenced: run abc123")
+    assert script.index("fenced: run abc123") < script.index("iptables-restore")
     saved = ("*raw\n:PREROUTING ACCEPT [0:0]\n:OVL-FAULT-abc123 - [0:0]\n:OVL-FAULT-0f0f0f - [0:0]\n"
              ":OVL-FAULT-nothex - [0:0]\n:CNI-RAW - [0:0]\n-A PREROUTING -j OVL-FAULT-abc123\nCOMMIT\n")
     assert hostlinks.runs_in(saved) == {"abc123", "0f0f0f"}
@@ -97,11 +101,13 @@ class Calls:
 
     def __init__(self) -> None:
         self.made: list[tuple[str, str, str | None]] = []
+        self.fences: list[tuple[str, str | None]] = []  # each script, and the run id fencing it
         self.clock = 1_000
 
-    def __call__(self, host, script, timeout=60, input=None):
+    def __call__(self, host, script, timeout=60, input=None, fenced=None):
         self.clock += 1
         self.made.append((host.address, script, input))
+        self.fences.append((script, fenced))
         return remote.procs.CommandResult(["ssh"], 0, f"{self.clock}\n", "")
 
 
@@ -117,11 +123,14 @@ def test_a_remote_testbed_applies_a_fault_and_heals_it_host_by_host(line, tmp_pa
     assert sorted(a for a, s, _ in calls.made if s.startswith("iptables -w -t raw -S PREROUTING")) == [
         "192.0.2.1", "192.0.2.2", "192.0.2.3"]  # each receiver asked once
     calls.made.clear()
+    probed = len(calls.fences)
     at = bed.impair(fault.faulty())
     assert at == calls.clock - 2 and sorted(a for a, _, _ in calls.made) == ["192.0.2.1", "192.0.2.2", "192.0.2.3"]
     on_b = next(i for a, _, i in calls.made if a == "192.0.2.2")
     assert on_b.splitlines()[2:4] == ["-A OVL-FAULT-%s -s 192.0.2.1/32 -j DROP" % bed.run_id, "COMMIT"]
     assert sorted(bed.faulted) == ["A", "B", "C"] and '"faulted"' in (bed.run_dir / "state.json").read_text()
+    changes = [fenced for _, fenced in calls.fences[probed:]]
+    assert changes and set(changes) == {bed.run_id}  # every change the run makes on a host is fenced
     calls.made.clear()
     assert bed.impair(fault.healthy()) == calls.clock  # a cut begins at the first host, heals at the last
     assert all(f"-X OVL-FAULT-{bed.run_id}" in s for _, s, _ in calls.made) and len(calls.made) == 3
@@ -228,8 +237,8 @@ def test_a_host_that_fails_a_fault_step_still_gets_the_heals_netem(line, tmp_pat
     calls = Calls()
     failing = {"192.0.2.3"}
 
-    def flaky(host, script, timeout=60, input=None):
-        done = calls(host, script, timeout, input)
+    def flaky(host, script, timeout=60, input=None, fenced=None):
+        done = calls(host, script, timeout, input, fenced)
         return remote.procs.CommandResult(["ssh"], 255, "", "Connection reset") if host.address in failing else done
 
     monkeypatch.setattr(remote, "host_run", flaky)
@@ -253,6 +262,6 @@ def test_a_fault_step_asks_the_host_to_remove_it_by_itself_after_its_hold():
     last step's, its pid kept where the heal and the lock's far end find it."""
     script, _ = hostlinks.apply_script("abc123", [["-A", "OVL-FAULT-abc123", "-j", "DROP"]], hold_s=42.4)
     assert "setsid sh -c 'sleep 42; while iptables -w -t raw -D PREROUTING -j OVL-FAULT-abc123" in script
-    assert "ovl-fault-timer-abc123 >/dev/null 2>&1 </dev/null &" in script
+    assert "ovl-fault-timer-abc123 >/dev/null 2>&1 </dev/null 8>&- &" in script
     assert script.index("kill -- -$p") < script.index("setsid")  # the last step's timer goes first
     assert "kill -- -$p" in hostlinks.remove_script("abc123") and "kill" not in hostlinks.apply_script("abc123", [])[0]

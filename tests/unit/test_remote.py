@@ -132,15 +132,18 @@ def test_a_hosts_network_is_read_before_the_overlays_first_daemon_there(tmp_path
     monkeypatch.setattr(remote, "record_host_network",
                         lambda host, run_id, site, overlay, addresses: done.append(("read", site, overlay, addresses)))
     monkeypatch.setattr(remote.HostDaemon, "start", classmethod(
-        lambda cls, name, host, directory, command, env=None: done.append(("start", name, command[0], directory))))
+        lambda cls, name, host, directory, command, env=None, fenced=None: done.append(
+            ("start", name, command[0], directory, fenced))))
     ops = bed.site_ops("flannel-udp", tmp_path, kinds.families()["flannel"])
     ops.start("A", "etcd-A", ["etcd"])
     ops.start("A", "flanneld-A", ["flanneld"], own_pid_namespace=True)
     ops.start("B", "flanneld-B", ["flanneld"])
     run = f"/run/pytest-overlay-host/{bed.run_id}/host"
-    assert done == [("read", "A", "flannel-udp", "10.200.0.0/16"), ("start", "etcd-A", "etcd", f"{run}/etcd-A"),
-                    ("start", "flanneld-A", "unshare", f"{run}/flanneld-A"),
-                    ("read", "B", "flannel-udp", "10.200.0.0/16"), ("start", "flanneld-B", "flanneld", f"{run}/flanneld-B")]
+    fenced = bed.run_id  # a daemon starts only while the run holds the host
+    assert done == [("read", "A", "flannel-udp", "10.200.0.0/16"), ("start", "etcd-A", "etcd", f"{run}/etcd-A", fenced),
+                    ("start", "flanneld-A", "unshare", f"{run}/flanneld-A", fenced),
+                    ("read", "B", "flannel-udp", "10.200.0.0/16"),
+                    ("start", "flanneld-B", "flanneld", f"{run}/flanneld-B", fenced)]
     done.clear()
     bed.site_ops("libnetwork", tmp_path).start("A", "x-A", ["x"])  # an overlay with nothing of its own on hosts
     assert [d[0] for d in done] == ["start"]
@@ -209,3 +212,53 @@ def test_a_teardown_that_could_not_undo_an_overlays_footprint_keeps_the_runs_sta
     with pytest.raises(remote.RemoteError, match=r"(?s)state is kept in .*host B: failed: ip link del weave"):
         bed.down()
     assert (bed.run_dir / "state.json").exists()
+
+
+def test_a_lease_is_lost_when_its_renewals_go_unanswered_or_its_session_ends(monkeypatch):
+    """The controller's side of the lease (hostlock.py), with a stand-in for the ssh session:
+    held while acknowledged, lost once silent past the lease (the cause named even after the
+    session ended), or once the session ends; the first answer is kept."""
+    import subprocess
+
+    from pytest_overlay.inputs.model import RemoteHost
+    from pytest_overlay.testbeds.real import hostlock
+
+    lock = hostlock.HostLock(RemoteHost(address="192.0.2.1", ssh="root@192.0.2.1"), "abc123", "A", lease_s=20)
+    lock.session = subprocess.Popen(["sleep", "30"])
+    try:
+        lock.acknowledged = hostlock.time.monotonic() - 5
+        assert lock.lost() is None
+        lock.acknowledged = hostlock.time.monotonic() - 25
+        lock.session.kill()
+        lock.session.wait()
+        said = lock.lost()
+        assert said.startswith("no renewal of its lease acknowledged for 25 s, at ") and said == lock.lost()
+        other = hostlock.HostLock(RemoteHost(address="192.0.2.2", ssh="root@192.0.2.2"), "abc123", "B")
+        other.session, other.acknowledged = lock.session, hostlock.time.monotonic()
+        assert other.lost().startswith("its lock session ended (ssh exit -9)")
+    finally:
+        lock.session.kill()
+
+
+def test_the_watchdog_names_a_lost_host_once_stops_the_run_and_never_acts_on_it_again(tmp_path, monkeypatch):
+    from pytest_overlay.inputs import topology
+
+    path = tmp_path / "t.yaml"
+    path.write_text("name: t\nsites:\n  A: {host: {ssh: root@192.0.2.1}}\n  B: {host: {ssh: root@192.0.2.2}}\n"
+                    "links:\n  - {between: [A, B], rtt_ms: 20}\n")
+    said, signals = [], []
+    bed = remote.RemoteTestbed(topology.load(path), state_root=tmp_path, progress=said.append)
+
+    class Lock:
+        def __init__(self, site: str, lost: str | None) -> None:
+            self.site, self.why = site, lost
+
+        def lost(self) -> str | None:
+            return self.why
+
+    bed.host_locks = [Lock("A", None), Lock("B", "no renewal of its lease acknowledged for 21 s")]
+    monkeypatch.setattr(remote.os, "kill", lambda pid, sig: (signals.append(sig), bed.host_locks.clear()))
+    bed._watch_leases()
+    assert bed.lost == {"B": "no renewal of its lease acknowledged for 21 s"} and signals == [remote.signal.SIGINT]
+    assert said == ["host B lost: no renewal of its lease acknowledged for 21 s; stopping the run"]
+    assert bed.dead_daemons() == ["host B lost: no renewal of its lease acknowledged for 21 s"]

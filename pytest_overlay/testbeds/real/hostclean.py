@@ -6,6 +6,7 @@ found on the hosts by the run id and removed once this machine proves the run ov
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -16,8 +17,8 @@ from ..engines import LABEL
 from ..runs import RUN_ID, may_remove
 from . import hostlinks
 from .hostengine import RemoteEngine, remove_run, tls_reason
-from .hostlock import HostLock
-from .hosts import HOST_STATE, FootprintOf, end_host_daemons, host_run
+from .hostlock import LOCK_DELAY_S, HostLock
+from .hosts import HOST_IDENTITY, HOST_STATE, FootprintOf, end_host_daemons, host_run
 
 
 @dataclass
@@ -68,6 +69,11 @@ def clean_hosts(topology: Topology, footprint_of: FootprintOf, report: Callable[
             continue
         lock = HostLock(site.host, "clean")
         refused = lock.acquire()
+        wait = lock.expired_for(refused or "")
+        if wait is not None and wait <= LOCK_DELAY_S:  # a lapsed lease frees the host by itself: wait for it
+            report(f"host {name}: its run's lease lapsed; waiting {wait:.0f} s for its lock delay")
+            time.sleep(wait + 1)
+            refused = lock.acquire()
         if refused is None:
             locks.append(lock)
         else:
@@ -103,6 +109,11 @@ def _clean_free_hosts(topology: Topology, footprint_of: FootprintOf, report: Cal
         listed = host_run(host, f"ls -d {HOST_STATE}/*/host/*/pid {HOST_STATE}/*/host/net-*.before 2>/dev/null "
                                 "|| true", 60)
         found |= {run for path in listed.stdout.split() if RUN_ID.match(run := path[len(HOST_STATE) + 1:][:6])}
+    lapsed: set[str] = set()  # runs whose lease lapsed on a host: over, whichever controller ran them
+    for name, host in ssh_hosts.items():
+        listed = host_run(host, f"ls -d {HOST_STATE}/*/lapsed-* 2>/dev/null || true", 60)
+        lapsed |= {run for path in listed.stdout.split() if RUN_ID.match(run := path[len(HOST_STATE) + 1:][:6])}
+    found |= lapsed
     fault_chains: dict[str, list[str]] = {}  # run id -> hosts holding its WAN fault's chain
     for name, host in ssh_hosts.items():
         saved = host_run(host, f"iptables-save -t {hostlinks.TABLE} 2>/dev/null || true", 60).stdout
@@ -119,7 +130,9 @@ def _clean_free_hosts(topology: Topology, footprint_of: FootprintOf, report: Cal
             found.add(state_file.parent.name)
     done = Cleaned()
     for run_id in sorted(r for r in found if r):
-        if not may_remove(run_id, root / run_id, force, report, "on the hosts"):
+        if run_id in lapsed:
+            report(f"run {run_id}: its lease on the hosts lapsed, so it is over")
+        elif not may_remove(run_id, root / run_id, force, report, "on the hosts"):
             continue
         try:
             state = json.loads((root / run_id / "state.json").read_text())
@@ -139,6 +152,9 @@ def _clean_free_hosts(topology: Topology, footprint_of: FootprintOf, report: Cal
                               f"{(removed.stderr or removed.stdout).strip()[-200:]}")
         ended, undone = end_host_daemons(ssh_hosts, run_id, footprint_of)
         failed += undone
+        marks = f'{HOST_STATE}/{run_id}/lapsed-$({HOST_IDENTITY}) "{hostlinks.emulated_file(run_id)}"'
+        for host in ssh_hosts.values():  # the marks a lapsed lease left: the run is cleaned now
+            host_run(host, f"rm -f {marks}; rmdir {HOST_STATE}/{run_id} 2>/dev/null || true", 60)
         for name, daemons in ended.items():
             for daemon in daemons:
                 report(f"host {name}: ended {daemon} of run {run_id}")

@@ -15,8 +15,9 @@ from .hosts import controller_path, host_run
 
 class HostFaults:
     """The fault half of RemoteTestbed: it keeps `topology`, `hosts`, `run_id`, `faulted`
-    (hosts holding the run's chain), `impaired` (the directions a fault changed), and the
-    hosts' answers (`_iptables`, `_paths`), and saves its state (`_save_state`)."""
+    (hosts holding the run's chain), `impaired` (the directions a fault changed), `lost` (hosts
+    whose lease the run lost), and the hosts' answers (`_iptables`, `_paths`), and saves its
+    state (`_save_state`)."""
 
     def fault_unsupported(self, changes: dict[str, Direction]) -> str | None:
         """Why a fault's changes cannot be applied across these hosts, found by asking each
@@ -84,7 +85,7 @@ class HostFaults:
         def apply(site: str) -> int:
             at = 0
             for script, stdin in scripts[site]:
-                done = host_run(self.hosts[site], script, 60, input=stdin)
+                done = host_run(self.hosts[site], script, 60, input=stdin, fenced=self.run_id)
                 if not done.ok:
                     raise RemoteError(f"host {site}: the fault's step failed (exit {done.rc}): "
                                       f"{(done.stderr or done.stdout).strip()[-300:]}")
@@ -103,8 +104,8 @@ class HostFaults:
 
     def _remove_fault_rules(self) -> list[str]:
         errors = []
-        for site in list(self.faulted):
-            done = host_run(self.hosts[site], hostlinks.remove_script(self.run_id), 60)
+        for site in [s for s in self.faulted if s not in self.lost]:  # a lost host removed it itself
+            done = host_run(self.hosts[site], hostlinks.remove_script(self.run_id), 60, fenced=self.run_id)
             if done.ok:
                 self.faulted.remove(site)
             else:

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import Callable
 
 from ...inputs.model import Direction, RemoteHost, Topology
-from .hosts import HOST_IDENTITY, HOST_STATE, as_root, ssh_run
+from .hosts import HOST_IDENTITY, HOST_STATE, as_root, fence, ssh_run
 
 DEFAULT_QDISCS = {"noqueue", "pfifo_fast", "fq_codel", "fq", "mq", "pfifo"}  # what a kernel sets up itself
 UNSHAPED = "100gbit"
@@ -216,20 +216,31 @@ def _stop_timer(run_id: str) -> str:
             'rm -f "$t"; fi')
 
 
+def _mutex(run_id: str) -> str:
+    """Shell holding the run's fault mutex on the host until the shell ends: applying a step
+    and removing the chain (the lease's far end among them) never interleave. What it starts
+    in the background must close fd 8, or it holds the mutex as long as it runs."""
+    return (f"(umask 077; mkdir -p {HOST_STATE}/{run_id})\n"
+            f'exec 8>>"{HOST_STATE}/{run_id}/fault-mutex-$({HOST_IDENTITY})"\nflock 8')
+
+
 def apply_script(run_id: str, lines: list[list[str]], hold_s: float | None = None) -> tuple[str, str]:
     """Shell (run as root on the host) giving the fault chain exactly `lines`, jumped to
     first from the hook, and printing the host's wall clock (ns) once it holds; and the
     iptables-restore input it reads from stdin. With `hold_s`, the host removes the chain by
-    itself that many seconds later unless a later step replaces this one's timer."""
+    itself that many seconds later unless a later step replaces this one's timer. It runs
+    under the run's fault mutex, and only while the run still holds the host: a step that
+    arrives after the host let the run go recreates nothing."""
     name = chain(run_id)
     restore = f"*{TABLE}\n:{name} - [0:0]\n" + "".join(shlex.join(line) + "\n" for line in lines) + "COMMIT\n"
-    script = (f"iptables-restore -w --noflush\niptables -w -t {TABLE} -C {HOOK} -j {name} 2>/dev/null || "
+    script = (f"{_mutex(run_id)}\n{fence(run_id)}\n"
+              f"iptables-restore -w --noflush\niptables -w -t {TABLE} -C {HOOK} -j {name} 2>/dev/null || "
               f"iptables -w -t {TABLE} -I {HOOK} 1 -j {name}\n")
     if hold_s is not None:
         expire = (f"sleep {max(1, round(hold_s))}; {_remove_chain(run_id)}\n"
                   f'rm -f "{_timer_file(run_id)}"; rmdir {HOST_STATE}/{run_id} 2>/dev/null')
         script += (f"{_stop_timer(run_id)}\n(umask 077; mkdir -p {HOST_STATE}/{run_id})\n"
-                   f"setsid sh -c {shlex.quote(expire)} {_timer_marker(run_id)} >/dev/null 2>&1 </dev/null &\n"
+                   f"setsid sh -c {shlex.quote(expire)} {_timer_marker(run_id)} >/dev/null 2>&1 </dev/null 8>&- &\n"
                    'echo $! > "$t"\n')
     return script + "date +%s%N", restore
 
@@ -251,9 +262,11 @@ def _remove_chain(run_id: str) -> str:
 
 def remove_script(run_id: str) -> str:
     """Shell removing the run's fault chain, its jump and its timer from a host (and the run's
-    directory there, once empty); says `removed` if there was a chain. Safe to run twice, and
-    where there never was one."""
-    return f"{_stop_timer(run_id)}\nrmdir {HOST_STATE}/{run_id} 2>/dev/null || :\n{_remove_chain(run_id)}"
+    directory there, once empty), under the run's fault mutex; says `removed` if there was a
+    chain. Safe to run twice, and where there never was one."""
+    return (f"{_mutex(run_id)}\n{_stop_timer(run_id)}\n{_remove_chain(run_id)}\n"
+            f'rm -f "{HOST_STATE}/{run_id}/fault-mutex-$({HOST_IDENTITY})"; exec 8>&-\n'
+            f"rmdir {HOST_STATE}/{run_id} 2>/dev/null || :")
 
 
 def heal_script(run_id: str) -> str:
@@ -271,6 +284,16 @@ def qdisc_handle(run_id: str) -> str:
     `clean` remove a root qdisc only while it is still the run's own. Always 0x1000 or more:
     the netem under its classes take majors from 10 (hex) up, one per other site (netem_class)."""
     return f"{0x1000 + int(run_id[:3], 16):x}"
+
+
+def emulated_file(run_id: str) -> str:
+    """Where a host records, before the run's link emulation goes on, the interface it goes
+    on: the lease's far end and `clean` from any controller find it there."""
+    return f"{HOST_STATE}/{run_id}/emulated-$({HOST_IDENTITY})"
+
+
+def record_emulation_script(run_id: str, dev: str) -> str:
+    return f'umask 077; mkdir -p {HOST_STATE}/{run_id} && echo {shlex.quote(dev)} > "{emulated_file(run_id)}"'
 
 
 def remove_netem_script(dev: str, handle: str) -> str:

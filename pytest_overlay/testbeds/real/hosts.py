@@ -31,6 +31,20 @@ HOST_STATE = "/run/pytest-overlay-host"
 HOST_IDENTITY = ("echo $(cat /etc/machine-id 2>/dev/null || cat /proc/sys/kernel/random/boot_id)-"
                  "$(stat -L -c %i /proc/self/ns/net)")
 HOST_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+LOCKS = f"{HOST_STATE}/locks"
+FENCED = 97  # the exit status of a host command refused because the run no longer holds the host
+
+
+def lock_file() -> str:
+    """Shell naming the host's lock file (hostlock.py): one per machine, whatever name reached it."""
+    return f"{LOCKS}/$({HOST_IDENTITY}).lock"
+
+
+def fence(run_id: str) -> str:
+    """Shell that lets a run's change go ahead only while the run holds the host's lock: after
+    its lease lapsed, or once another run took the host, the command is refused (exit FENCED)."""
+    return (f'case "$(head -c 80 "{lock_file()}" 2>/dev/null)" in "run {run_id} "*) ;; '
+            f'*) echo "fenced: run {run_id} no longer holds this host" >&2; exit {FENCED} ;; esac')
 
 
 def ssh_options(host: RemoteHost) -> list[str]:
@@ -77,9 +91,12 @@ def ssh_run(host: RemoteHost, command: str, timeout: float = 30) -> procs.Comman
     return procs.run(ssh_command(host, command), timeout=timeout)
 
 
-def host_run(host: RemoteHost, script: str, timeout: float | None = 60, input: str | None = None) -> procs.CommandResult:
-    """`script` as root on the host, with binaries installed by hand (/usr/local) on PATH."""
-    return procs.run(ssh_command(host, as_root(f"PATH={HOST_PATH}; export PATH\n{script}")), timeout=timeout,
+def host_run(host: RemoteHost, script: str, timeout: float | None = 60, input: str | None = None,
+             fenced: str | None = None) -> procs.CommandResult:
+    """`script` as root on the host, with binaries installed by hand (/usr/local) on PATH;
+    `fenced`: a run id, and the script runs only while that run holds the host."""
+    guard = f"{fence(fenced)}\n" if fenced else ""
+    return procs.run(ssh_command(host, as_root(f"PATH={HOST_PATH}; export PATH\n{guard}{script}")), timeout=timeout,
                      input=input)
 
 
@@ -111,14 +128,15 @@ class HostDaemon:
 
     @classmethod
     def start(cls, name: str, host: RemoteHost, directory: str, command: list[str],
-              env: dict[str, str] | None = None) -> HostDaemon:
-        """Start `command` in `directory` (created) on the host. `env` goes over ssh's stdin,
-        never onto a command line (secrets are among it)."""
+              env: dict[str, str] | None = None, fenced: str | None = None) -> HostDaemon:
+        """Start `command` in `directory` (created) on the host, only while the run `fenced`
+        holds it. `env` goes over ssh's stdin, never onto a command line (secrets are among it)."""
         env = env or {}
         read = "".join(f"IFS= read -r {key}; export {key}\n" for key in env)
         script = (f"umask 077 && mkdir -p {shlex.quote(directory)} && cd {shlex.quote(directory)}\n{read}"
                   f"setsid {shlex.join(command)} > log 2>&1 < /dev/null &\necho $! > pid")
-        host_run(host, script, 60, input="".join(f"{value}\n" for value in env.values()) if env else None).check()
+        host_run(host, script, 60, input="".join(f"{value}\n" for value in env.values()) if env else None,
+                 fenced=fenced).check()
         return cls(name, host, directory)
 
     def _signal(self, signal_name: str) -> str:

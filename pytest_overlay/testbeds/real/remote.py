@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import base64
 import io
+import os
 import shlex
 import shutil
+import signal
 import tarfile
 import threading
 import time
@@ -30,15 +32,13 @@ from ..runs import hold_lock, new_run_id
 from . import hostlinks, preflight
 from .hostengine import GWBRIDGE, MIN_DOCKER, RemoteEngine, RemoteError, remove_run, tls_reason
 from .hostfaults import HostFaults
-from .hostlock import HostLock
+from .hostlock import LEASE_S, LOCK_DELAY_S, HostLock
 from .hosts import (
     HOST_STATE,
     HostDaemon,
-    as_root,
     host_run,
     record_host_network,
     recorded_key,
-    ssh_run,
 )
 from .preflight import Check
 
@@ -61,7 +61,7 @@ class HostSiteOps(SiteOps):
             record_host_network(bed.hosts[site], bed.run_id, site, self.overlay, bed.topology.range_of(self.family))
             self.read.add(site)
         command = [*procs.OWN_PID_NAMESPACE, *command] if own_pid_namespace else command
-        return HostDaemon.start(name, bed.hosts[site], bed.host_dir(name), command, env)
+        return HostDaemon.start(name, bed.hosts[site], bed.host_dir(name), command, env, fenced=bed.run_id)
 
     def directory(self, name):
         return Path(self.testbed.host_dir(name))
@@ -87,8 +87,12 @@ class RemoteTestbed(HostFaults, Testbed):
     bringup_failure_is_input = True
 
     def __init__(self, topology: Topology, progress: Callable[[str], None] | None = None,
-                 state_root: Path | None = None, needs: list[HostNeeds] = ()) -> None:
+                 state_root: Path | None = None, needs: list[HostNeeds] = (), lease_s: float = LEASE_S,
+                 lock_delay_s: float = LOCK_DELAY_S) -> None:
+        """`lease_s`, `lock_delay_s`: the hosts' hold on the run (hostlock.py), shorter only in
+        the lab's tests."""
         self.topology = topology
+        self.lease_s, self.lock_delay_s = lease_s, lock_delay_s
         self.needs = list(needs)  # what the run's overlays need on a host: checked on every host
         self.run_id = new_run_id()
         self.run_dir = (state_root or STATE_ROOT) / self.run_id  # this machine's logs of the run
@@ -115,6 +119,7 @@ class RemoteTestbed(HostFaults, Testbed):
         self._iptables: dict[str, str | None] = {}  # per host: why it cannot take a fault's rules
         self._paths: dict[str, tuple[str | None, str | None]] = {}  # per host: how this machine reaches it
         self.left_on_hosts: list[str] = []  # what the overlays' teardown could not undo there
+        self.lost: dict[str, str] = {}  # hosts whose lease the run lost, and why: never acted on again
 
     # --- bring-up -------------------------------------------------------------------------
     def up(self) -> None:
@@ -148,13 +153,29 @@ class RemoteTestbed(HostFaults, Testbed):
         for name, host in self.hosts.items():
             if not host.ssh:
                 continue  # check() names it
-            lock = HostLock(host, self.run_id)
+            lock = HostLock(host, self.run_id, name, self.lease_s, self.lock_delay_s)
             refused = lock.acquire()
             if refused:
                 problems.append(Check(name, refused, "wait for that run to end, or run against other hosts"))
             else:
                 self.host_locks.append(lock)
+        if self.host_locks and not problems:
+            threading.Thread(target=self._watch_leases, daemon=True, name=f"leases-{self.run_id}").start()
         return problems
+
+    def _watch_leases(self) -> None:
+        """The watchdog: a host whose lease is lost is named, once, and at the first such host
+        the run is stopped (SIGINT, as Ctrl-C: teardown runs, and leaves the lost hosts alone)."""
+        while self.host_locks:
+            for lock in list(self.host_locks):
+                site, why = lock.site, lock.lost()
+                if why and site not in self.lost:
+                    first = not self.lost  # one stop: a second loss must not break the teardown under way
+                    self.lost[site] = why
+                    self.progress(f"host {site} lost: {why}" + ("; stopping the run" if first else ""))
+                    if first:
+                        os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(1.0)
 
     def check(self) -> list[Check]:
         """Every host's prerequisites, all of them, before anything is created."""
@@ -191,8 +212,9 @@ class RemoteTestbed(HostFaults, Testbed):
             if host.emulate:
                 self.emulated.append(name)  # recorded first: a kill from here on leaves it to `clean`
                 self._save_state()
-                script = "\n".join(shlex.join(c) for c in hostlinks.netem_commands(self.topology, name, host, handle))
-                applied = ssh_run(host, as_root(script), 60)
+                script = "\n".join([hostlinks.record_emulation_script(self.run_id, host.interface),
+                                    *(shlex.join(c) for c in hostlinks.netem_commands(self.topology, name, host, handle))])
+                applied = self.host_run(name, script, 60)
                 if not applied.ok:  # down() (from __enter__) removes what was applied, this host's part too
                     raise RemoteError(f"host {name}: netem on {host.interface} failed (exit {applied.rc}): "
                                       f"{(applied.stderr or applied.stdout).strip()[-300:]}")
@@ -267,7 +289,8 @@ class RemoteTestbed(HostFaults, Testbed):
 
     def host_run(self, site: str, script: str, timeout: float | None = 60,
                  input: str | None = None) -> procs.CommandResult:
-        return host_run(self.hosts[site], script, timeout, input)
+        """`script` as root on the site's host, only while this run holds it (fenced)."""
+        return host_run(self.hosts[site], script, timeout, input, fenced=self.run_id)
 
     def put_files(self, site: str, directory: str, files: dict[str, Path]) -> dict[str, str]:
         """Copy files (keys among them) into `directory` on the site's host, readable by root
@@ -330,8 +353,10 @@ class RemoteTestbed(HostFaults, Testbed):
         pass
 
     def dead_daemons(self) -> list[str]:
-        dead = []
+        dead = [f"host {name} lost: {why}" for name, why in self.lost.items()]
         for name, engine in self.engines.items():
+            if name in self.lost:
+                continue
             try:
                 engine.client.ping()
             except Exception as e:  # noqa: BLE001
@@ -352,10 +377,17 @@ class RemoteTestbed(HostFaults, Testbed):
         """Remove what the run made on every host (containers, networks, a swarm it made);
         best effort: every host is visited even when one fails."""
         started = time.monotonic()
-        errors = remove_run(self.engines, self.run_id, set(self.engines) if self.swarm_created else set(),
-                            set(self.gwbridge_made))
+        for lock in getattr(self, "host_locks", []):
+            lock.lost()  # a lease lost since the watchdog last looked counts now
+        for site, why in self.lost.items():
+            self.progress(f"host {site}: not touched in teardown, its lease was lost ({why}); once it is "
+                          "reachable, `python -m pytest_overlay clean --topology FILE` removes the run's containers")
+        engines = {n: e for n, e in self.engines.items() if n not in self.lost}
+        errors = remove_run(engines, self.run_id, set(engines) if self.swarm_created else set(),
+                            set(self.gwbridge_made) - set(self.lost))
         errors += self.left_on_hosts + self._remove_fault_rules()
-        errors += hostlinks.remove_netem({n: self.hosts[n] for n in self.emulated}, self.run_id, report=lambda m: None)
+        errors += hostlinks.remove_netem({n: self.hosts[n] for n in self.emulated if n not in self.lost}, self.run_id,
+                                         report=lambda m: None)
         self.emulated = []
         for engine in self.engines.values():
             if engine.client is not None:
