@@ -257,8 +257,24 @@ def test_the_watchdog_names_a_lost_host_once_stops_the_run_and_never_acts_on_it_
             return self.why
 
     bed.host_locks = [Lock("A", None), Lock("B", "no renewal of its lease acknowledged for 21 s")]
+    bed._stopper = remote.signal.SIG_DFL  # ours is set (by _lock_hosts, in the main thread)
     monkeypatch.setattr(remote.os, "kill", lambda pid, sig: (signals.append(sig), bed.host_locks.clear()))
     bed._watch_leases()
-    assert bed.lost == {"B": "no renewal of its lease acknowledged for 21 s"} and signals == [remote.signal.SIGINT]
+    assert bed.lost == {"B": "no renewal of its lease acknowledged for 21 s"} and signals == [remote.STOP_SIGNAL]
     assert said == ["host B lost: no renewal of its lease acknowledged for 21 s; stopping the run"]
     assert bed.dead_daemons() == ["host B lost: no renewal of its lease acknowledged for 21 s"]
+
+
+def test_the_watchdogs_stop_raises_as_ctrl_c_does_even_where_sigint_is_ignored():
+    """A run started in the background (`cmd &` in a script) ignores SIGINT; the watchdog's
+    own signal still ends the run as Ctrl-C would."""
+    import signal
+
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    before = signal.signal(remote.STOP_SIGNAL, remote._stop_for_a_lost_host)
+    try:
+        with pytest.raises(KeyboardInterrupt, match="a host's lease was lost"):
+            signal.raise_signal(remote.STOP_SIGNAL)
+    finally:
+        signal.signal(remote.STOP_SIGNAL, before)
+        signal.signal(signal.SIGINT, previous)

@@ -11,6 +11,7 @@ that existed is used and left as it was.
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import os
 import shlex
@@ -41,6 +42,14 @@ from .hosts import (
     recorded_key,
 )
 from .preflight import Check
+
+
+# The watchdog's stop, as Ctrl-C's: pytest tears down and reports.
+STOP_SIGNAL = signal.SIGUSR2
+
+
+def _stop_for_a_lost_host(signum, frame):
+    raise KeyboardInterrupt("pytest-overlay: a host's lease was lost (the watchdog named it above)")
 
 
 class HostSiteOps(SiteOps):
@@ -120,6 +129,7 @@ class RemoteTestbed(HostFaults, Testbed):
         self._paths: dict[str, tuple[str | None, str | None]] = {}  # per host: how this machine reaches it
         self.left_on_hosts: list[str] = []  # what the overlays' teardown could not undo there
         self.lost: dict[str, str] = {}  # hosts whose lease the run lost, and why: never acted on again
+        self._stopper = None  # STOP_SIGNAL's handler before ours, while ours is set
 
     # --- bring-up -------------------------------------------------------------------------
     def up(self) -> None:
@@ -160,12 +170,15 @@ class RemoteTestbed(HostFaults, Testbed):
             else:
                 self.host_locks.append(lock)
         if self.host_locks and not problems:
+            with contextlib.suppress(ValueError):  # a testbed run from another thread has no signal: it flags only
+                self._stopper = signal.signal(STOP_SIGNAL, _stop_for_a_lost_host)
             threading.Thread(target=self._watch_leases, daemon=True, name=f"leases-{self.run_id}").start()
         return problems
 
     def _watch_leases(self) -> None:
         """The watchdog: a host whose lease is lost is named, once, and at the first such host
-        the run is stopped (SIGINT, as Ctrl-C: teardown runs, and leaves the lost hosts alone)."""
+        the run is stopped as by Ctrl-C (teardown runs, and leaves the lost hosts alone). The
+        stop is a signal of its own: a run started in the background ignores SIGINT."""
         while self.host_locks:
             for lock in list(self.host_locks):
                 site, why = lock.site, lock.lost()
@@ -173,8 +186,8 @@ class RemoteTestbed(HostFaults, Testbed):
                     first = not self.lost  # one stop: a second loss must not break the teardown under way
                     self.lost[site] = why
                     self.progress(f"host {site} lost: {why}" + ("; stopping the run" if first else ""))
-                    if first:
-                        os.kill(os.getpid(), signal.SIGINT)
+                    if first and self._stopper is not None:
+                        os.kill(os.getpid(), STOP_SIGNAL)
             time.sleep(1.0)
 
     def check(self) -> list[Check]:
@@ -396,6 +409,9 @@ class RemoteTestbed(HostFaults, Testbed):
         for host_lock in getattr(self, "host_locks", []):
             host_lock.release()
         self.host_locks = []
+        if self._stopper is not None:
+            signal.signal(STOP_SIGNAL, self._stopper)
+            self._stopper = None
         lock = getattr(self, "_lock", None)
         if lock is not None:
             lock.close()
