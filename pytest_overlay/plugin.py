@@ -54,7 +54,7 @@ class Hooks:
     """Hooks other plugins and conftest files may implement."""
 
     @staticmethod
-    def pytest_overlay_ab_round(variant, overlay) -> None:
+    def pytest_overlay_ab_round(variant, overlay) -> None:  # noqa: F811  (the hook names it so)
         """Called before each round of an A/B run (--overlay-ab), with the round's variant
         (kinds.Variant: role, kind and settings) and its overlay, up: a place to switch
         something that is not an overlay setting between A's rounds and B's, or to inject a
