@@ -41,7 +41,8 @@ def run(work: Path, name: str, change: dict[str, str], samples: int, metric: str
     document = json.loads(out.read_text())
     (comparison,) = [c for c in document["comparisons"] if c["metric"] in ("latency", "tcp_throughput")]
     return {"name": name, "seconds": round(time.monotonic() - started, 1), "exit": done.returncode,
-            "unit": comparison["unit"], "verdict": comparison["verdict"], "difference": comparison["difference"], "ci95": comparison["ci95"],
+            "unit": comparison["unit"], "verdict": comparison["verdict"], "difference": comparison["difference"],
+            "ci95": comparison["ci95"],
             "n_pairs": comparison["n_pairs"], "metric": comparison["metric"], "circuit": comparison["circuit"],
             "pairs": [[p["order"], p["a"], p["b"], p["why"]] for p in comparison["pairs"]]}
 

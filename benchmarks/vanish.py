@@ -54,7 +54,8 @@ FINGERPRINT = (
     "iptables-save | grep -v '^#' | sed 's/ \\[[0-9]*:[0-9]*\\]$//'; ip6tables-save | grep -v '^#' | "
     "sed 's/ \\[[0-9]*:[0-9]*\\]$//'; ipset list -n 2>/dev/null; ip -d -o link | sed 's/ link\\/.*//'; "
     "ip -4 route show table all; ip -6 route show table all; ip rule; ip -6 rule; tc -j qdisc show; "
-    "sysctl -a --pattern '^net\\.' 2>/dev/null | grep -v -e conntrack_count -e '\\.stable_secret' -e '^net.core.random'; "
+    "sysctl -a --pattern '^net\\.' 2>/dev/null | grep -v -e conntrack_count -e '\\.stable_secret' "
+    "-e '^net.core.random'; "
     f"ss -Hltnu | sort; ls -R {hosts.HOST_STATE} 2>/dev/null | grep -v '^locks'")
 
 

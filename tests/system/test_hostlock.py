@@ -39,7 +39,8 @@ def host():
 
 
 def far_end(netns: str, lease_s: float, lock_delay_s: float) -> subprocess.Popen:
-    lock = hostlock.HostLock(RemoteHost(address="192.0.2.9", ssh="root@192.0.2.9"), RUN, "A", lease_s=lease_s, lock_delay_s=lock_delay_s)
+    lock = hostlock.HostLock(RemoteHost(address="192.0.2.9", ssh="root@192.0.2.9"), RUN, "A", lease_s=lease_s,
+                             lock_delay_s=lock_delay_s)
     end = subprocess.Popen(["ip", "netns", "exec", netns, "sh", "-ec", lock.script(f"run {RUN} from a test")],
                            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     assert end.stdout.readline().strip() == "locked", end.stderr.read()

@@ -41,14 +41,13 @@ RENEW, BYE = "r", "b"  # what the controller writes: a renewal, and the run's or
 
 
 class HostLock:
-    """The run's hold on a host for as long as this process lives: an flock on a file named
-    after the machine (HOST_IDENTITY: an address and a hostname reach the same lock) in a
-    directory only root may write, held by a `cat` at the far end of an ssh session whose
-    stdin is ours. The session has a process group of its own, so a Ctrl-C reaches pytest but
-    not it: the lock is held until teardown releases it. When this process ends, even by
-    SIGKILL, the session's input closes: the far end removes the run's WAN fault chain (a
-    fault never outlives its controller) and the lock goes. A second run is refused with the
-    holder named (the file says which run, where, since when)."""
+    """The run's hold on a host: an flock on a file named after the machine (HOST_IDENTITY: an
+    address and a hostname reach the same lock) in a directory only root may write, held by a
+    shell at the far end of an ssh session whose stdin is ours. The session has a process group
+    of its own, so a Ctrl-C reaches pytest but not it: the lock is held until teardown releases
+    it. The controller renews the hold over that stdin, and `lost()` says when the host stopped
+    acknowledging. A second run is refused with the holder named (the file says which run,
+    where, since when), or with when an expired lock frees itself."""
 
     def __init__(self, host: RemoteHost, run_id: str, site: str = "", lease_s: float = LEASE_S,
                  lock_delay_s: float = LOCK_DELAY_S) -> None:
@@ -57,13 +56,14 @@ class HostLock:
         self.session: subprocess.Popen | None = None
         self.acknowledged = 0.0  # monotonic time of the host's last acknowledgement
         self.lost_at: float | None = None  # wall clock at which the host was found lost
+        self.why_lost = ""
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
 
     def script(self, holder: str) -> str:
         """The far end: say which of its tools the host lacks, refuse a lock directory anyone
-        but root may write, take the machine's lock or name its holder; then acknowledge each renewal until the controller says bye.
-        On a bye or a closed input it removes the run's fault chain, as it always did; on a
+        but root may write, take the machine's lock or name its holder; then acknowledge each
+        renewal until the controller says bye. On any end it removes the run's fault chain; on a
         closed input or a lapse it also removes what else the run put there (lapse_script),
         marks the lock expired and keeps it a while more: RENEW_S after a closed input (the
         controller's process is gone), `lock_delay_s` after a lapse. The lock's file goes while
@@ -88,8 +88,8 @@ class HostLock:
                 f'{{\n{removal}\n}} >/dev/null 2>&1 || true\n'
                 # Closed: the controller's process is gone, and its commands in flight are fenced.
                 # Lapsed: it may be only suspended or cut off, and may still send: the full delay.
-                f'case "$ended" in closed) delay={RENEW_S:.0f} ;; lapsed) delay={self.lock_delay_s:.0f} ;; *) delay= ;; '
-                'esac\n'
+                f'case "$ended" in closed) delay={RENEW_S:.0f} ;; lapsed) delay={self.lock_delay_s:.0f} ;; '
+                '*) delay= ;; esac\n'
                 'if [ -n "$delay" ]; then\n'
                 f'  echo "expired: run {self.run_id} lost its controller ($ended) at $(date -u +%FT%TZ); taken until '
                 '$(date -u -d @$(($(date +%s) + delay)) +%FT%TZ)" > "$f"\n'
@@ -178,8 +178,8 @@ class HostLock:
             else:
                 return None
             self.lost_at = time.time()
-        return (f"{self.why_lost}, at {time.strftime('%H:%M:%S', time.gmtime(self.lost_at))} UTC: the host has let "
-                f"the run go and removed its fault and link emulation")
+        return (f"{self.why_lost}, at {time.strftime('%H:%M:%S', time.gmtime(self.lost_at))} UTC: the host lets the "
+                "run go by itself within its lease, removing its fault, link emulation and daemons")
 
     def release(self) -> None:
         if self.session is None:

@@ -225,8 +225,9 @@ class RemoteTestbed(HostFaults, Testbed):
             if host.emulate:
                 self.emulated.append(name)  # recorded first: a kill from here on leaves it to `clean`
                 self._save_state()
+                commands = hostlinks.netem_commands(self.topology, name, host, handle)
                 script = "\n".join([hostlinks.record_emulation_script(self.run_id, host.interface),
-                                    *(shlex.join(c) for c in hostlinks.netem_commands(self.topology, name, host, handle))])
+                                    *(shlex.join(c) for c in commands)])
                 applied = self.host_run(name, script, 60)
                 if not applied.ok:  # down() (from __enter__) removes what was applied, this host's part too
                     raise RemoteError(f"host {name}: netem on {host.interface} failed (exit {applied.rc}): "
