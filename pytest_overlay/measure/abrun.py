@@ -37,6 +37,9 @@ class Rounds:
 
 
 class ABRun:
+    """The campaign: pairs of rounds until the verdicts are known or MAX pairs are taken; the
+    variants' overlays up only while it runs."""
+
     def __init__(self, state: "OverlaySession", variants: tuple[Variant, Variant],
                  wanted: dict[Circuit, list[str]], bring_up: Callable[[Variant], Overlay],
                  before_round: Callable[[Variant, Overlay], None] = lambda variant, overlay: None) -> None:
