@@ -13,6 +13,7 @@ from __future__ import annotations
 import os
 import signal
 import warnings
+from typing import TYPE_CHECKING, Callable
 
 import pytest
 
@@ -26,6 +27,9 @@ from .measure.noise import Noise
 from .measure.path import OverlayPath
 from .measure.streampath import StreamPath
 from .session import OverlaySession
+
+if TYPE_CHECKING:
+    from .overlays import Overlay
 
 
 @pytest.fixture(scope="session")
@@ -156,7 +160,7 @@ def _overlay_options(state: OverlaySession) -> dict:
             "converge_s": state.option("overlay_converge")}
 
 
-def bring_up(name: str, make, state: OverlaySession):
+def bring_up(name: str, make: Callable[[], Overlay], state: OverlaySession) -> Overlay:
     """An overlay made by `make`, up. Skips, with the overlay's own reason, where this
     machine cannot run it; a bring-up that fails (the environment, not a measurement) is torn
     down and retried once, then fails the tests with the cause and the daemons' last lines."""

@@ -219,16 +219,21 @@ def _check_ab(config: pytest.Config) -> None:
 
 
 def _check_binaries(config: pytest.Config, topo: topology.Topology) -> None:
-    """A variant's binary (`flannel[bin=PATH]`) must be there before anything is made; on
-    real hosts it is each host's, which the preflight checks."""
+    """A variant's binary (`flannel[bin=PATH]`) must be there before anything is made. On real
+    hosts the path is each host's: one missing there keeps its daemon from starting, and the
+    bring-up says so."""
     import os
+
+    from . import kinds
 
     if any(site.host for site in topo.sites.values()):
         return
     for variant in config.getoption("overlay_ab") or ():
-        for name, value in variant.chosen:
-            if name == "bin" and not (os.path.isfile(value) and os.access(value, os.X_OK)):
-                raise pytest.UsageError(f"--overlay-ab: {variant}: {value} is not an executable file on this "
+        chosen = dict(variant.chosen)
+        for setting in kinds.get(variant.kind).settings:
+            path = chosen.get(setting.name) if setting.binary else None
+            if path and not (os.path.isfile(path) and os.access(path, os.X_OK)):
+                raise pytest.UsageError(f"--overlay-ab: {variant}: {path} is not an executable file on this "
                                         "machine, where the embedded testbed's sites run it")
 
 

@@ -258,9 +258,11 @@ def test_the_watchdog_names_a_lost_host_once_stops_the_run_and_never_acts_on_it_
 
     bed.host_locks = [Lock("A", None), Lock("B", "no renewal of its lease acknowledged for 21 s")]
     bed._stopper = remote.signal.SIG_DFL  # ours is set (by _lock_hosts, in the main thread)
-    monkeypatch.setattr(remote.os, "kill", lambda pid, sig: (signals.append(sig), bed.host_locks.clear()))
+    monkeypatch.setattr(remote.signal, "pthread_kill", lambda thread, sig: (signals.append((thread, sig)),
+                                                                             bed.host_locks.clear()))
     bed._watch_leases()
-    assert bed.lost == {"B": "no renewal of its lease acknowledged for 21 s"} and signals == [remote.STOP_SIGNAL]
+    assert bed.lost == {"B": "no renewal of its lease acknowledged for 21 s"}
+    assert signals == [(remote.threading.main_thread().ident, remote.STOP_SIGNAL)]  # to the main thread itself
     assert said == ["host B lost: no renewal of its lease acknowledged for 21 s; stopping the run"]
     assert bed.dead_daemons() == ["host B lost: no renewal of its lease acknowledged for 21 s"]
 
@@ -278,3 +280,36 @@ def test_the_watchdogs_stop_raises_as_ctrl_c_does_even_where_sigint_is_ignored()
     finally:
         signal.signal(remote.STOP_SIGNAL, before)
         signal.signal(signal.SIGINT, previous)
+
+
+def test_the_watchdog_wakes_a_main_thread_blocked_in_a_call(tmp_path):
+    """The stop is sent to the main thread itself: taken by another thread, it would wait for
+    the main thread's blocking call (here a 30 s sleep) to return."""
+    import signal
+    import threading
+    import time
+
+    from pytest_overlay.inputs import topology
+
+    path = tmp_path / "t.yaml"
+    path.write_text("name: t\nsites:\n  A: {host: {ssh: root@192.0.2.1}}\n  B: {host: {ssh: root@192.0.2.2}}\n"
+                    "links:\n  - {between: [A, B], rtt_ms: 20}\n")
+    bed = remote.RemoteTestbed(topology.load(path), state_root=tmp_path)
+
+    class Lost:
+        site = "A"
+
+        def lost(self) -> str:
+            bed.host_locks = []  # the watchdog's last look
+            return "its lock session ended (ssh exit 255)"
+
+    bed.host_locks = [Lost()]
+    bed._stopper = signal.signal(remote.STOP_SIGNAL, remote._stop_for_a_lost_host)
+    try:
+        threading.Timer(0.2, bed._watch_leases).start()
+        started = time.monotonic()
+        with pytest.raises(KeyboardInterrupt, match="a host's lease was lost"):
+            time.sleep(30)
+        assert time.monotonic() - started < 5
+    finally:
+        signal.signal(remote.STOP_SIGNAL, bed._stopper)

@@ -13,7 +13,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import io
-import os
 import shlex
 import shutil
 import signal
@@ -187,7 +186,9 @@ class RemoteTestbed(HostFaults, Testbed):
                     self.lost[site] = why
                     self.progress(f"host {site} lost: {why}" + ("; stopping the run" if first else ""))
                     if first and self._stopper is not None:
-                        os.kill(os.getpid(), STOP_SIGNAL)
+                        # To the main thread itself: a signal another thread takes would not wake
+                        # the main thread from a blocking call until that call returns.
+                        signal.pthread_kill(threading.main_thread().ident, STOP_SIGNAL)
             time.sleep(1.0)
 
     def check(self) -> list[Check]:
