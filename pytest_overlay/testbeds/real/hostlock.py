@@ -27,7 +27,7 @@ import time
 from ...inputs.model import RemoteHost
 from ..runs import RUN_ID
 from . import hostlinks
-from .hosts import HOST_IDENTITY, HOST_STATE, LOCKS, as_root, lock_file, ssh_command
+from .hosts import HOST_IDENTITY, HOST_STATE, LOCKS, as_root, end_daemons_script, lock_file, ssh_command
 
 RENEW_S = 5.0  # the controller renews its lease on a host this often
 LEASE_S = 20.0  # a host that hears no renewal for this long lets the run go: four renewals missed
@@ -205,14 +205,12 @@ def lapse_script(run_id: str, site: str) -> str:
     mark that the run is over, for `clean` from any controller."""
     directory = f"{HOST_STATE}/{run_id}"
     handle = hostlinks.qdisc_handle(run_id)
-    # Its own variable names: it runs inside the lock's shell, whose $f is the lock's file.
+    # Its own variable names (and a subshell for the daemons): it runs inside the lock's shell,
+    # whose $f is the lock's file.
     return (f'lapse_e="{hostlinks.emulated_file(run_id)}"\n'
             'if [ -f "$lapse_e" ]; then lapse_dev=$(cat "$lapse_e")\n'
             f'  case "$(tc qdisc show dev "$lapse_dev" root)" in "qdisc htb {handle}: root"*) '
             'tc qdisc del dev "$lapse_dev" root ;; esac\n  rm -f "$lapse_e"\nfi\n'
-            f'for lapse_pf in {directory}/host/*-{site}/pid; do [ -f "$lapse_pf" ] || continue\n'
-            f'  lapse_p=$(cat "$lapse_pf"); grep -qaF -- "{directory}/" /proc/$lapse_p/cmdline 2>/dev/null && '
-            'kill -KILL $lapse_p\n'
-            'done\n'
+            f'{end_daemons_script(run_id, site)}\n'
             # Marked over where the run left anything of its own on the host; a bare lock leaves nothing.
             f'if [ -d {directory} ]; then date -u +%FT%TZ > {directory}/lapsed-$({HOST_IDENTITY}); fi')

@@ -247,6 +247,25 @@ def _undo_reading(host: RemoteHost, path: str, footprint_of: FootprintOf) -> lis
     return failed
 
 
+def end_daemons_script(run_id: str, site: str) -> str:
+    """Shell killing a site's daemons of a run (the lab's hosts share one file system), each by
+    its pid file and only while that pid still runs from the run's directory, naming each one;
+    it returns once each has exited (gone, or a zombie its parent has not reaped), at most
+    10 s: a SIGKILLed weaver on a busy host still ran a second later. A subshell: its
+    variables never touch the caller's (the lease's far end keeps its lock file in $f)."""
+    return (f"(\nd={HOST_STATE}/{run_id}\nkilled=\n"
+            f'for f in "$d"/host/*-{site}/pid; do [ -f "$f" ] || continue\n'
+            '  p=$(cat "$f"); n=$(basename "$(dirname "$f")")\n'
+            '  if grep -qaF -- "$d/" /proc/$p/cmdline 2>/dev/null; then kill -KILL $p; killed="$killed $p"; '
+            'echo "$n"; fi\n'
+            'done\n'
+            'for i in $(seq 100); do running=\n'
+            '  for p in $killed; do [ -d /proc/$p ] && ! grep -q "^State:.*Z" /proc/$p/status 2>/dev/null && '
+            'running=1; done\n'
+            '  [ -z "$running" ] && break; sleep 0.1\n'
+            'done\n)')
+
+
 def end_host_daemons(hosts: dict[str, RemoteHost], run_id: str, footprint_of: FootprintOf,
                      overlay: str = "*") -> tuple[dict[str, list[str]], list[str]]:
     """Kill the daemons a run started on the hosts (each by its pid file, and only while that
@@ -256,22 +275,7 @@ def end_host_daemons(hosts: dict[str, RemoteHost], run_id: str, footprint_of: Fo
     finish the job. Returns the daemons ended and what failed."""
     directory = f"{HOST_STATE}/{run_id}"
 
-    def end(site: str) -> str:  # a site's own daemons only: the lab's hosts share one file system
-        # Returns once each killed one has exited (gone, or a zombie its parent has not reaped),
-        # at most 10 s: a SIGKILLed weaver on a busy host still ran a second later.
-        return (f"d={directory}\nkilled=\n"
-                f'for f in "$d"/host/*-{site}/pid; do [ -f "$f" ] || continue\n'
-                '  p=$(cat "$f"); n=$(basename "$(dirname "$f")")\n'
-                '  if grep -qaF -- "$d/" /proc/$p/cmdline 2>/dev/null; then kill -KILL $p; killed="$killed $p"; '
-                'echo "$n"; fi\n'
-                'done\n'
-                'for i in $(seq 100); do running=\n'
-                '  for p in $killed; do [ -d /proc/$p ] && ! grep -q "^State:.*Z" /proc/$p/status 2>/dev/null && '
-                'running=1; done\n'
-                '  [ -z "$running" ] && break; sleep 0.1\n'
-                'done\n')
-
-    ended = {name: host_run(host, end(name), 120).stdout.split() for name, host in hosts.items()}
+    ended = {name: host_run(host, end_daemons_script(run_id, name), 120).stdout.split() for name, host in hosts.items()}
     if any(ended.values()):
         time.sleep(0.5)  # the killed daemons' own devices and sockets go with them first
     failed = []
