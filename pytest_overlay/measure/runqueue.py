@@ -111,8 +111,11 @@ def run_delays(pids: list[int]) -> dict[tuple[int, int], int]:
 # The probes' threads run in this real-time class while watched: they then wait for no other
 # process of the machine's (the sites' engines and daemons, pytest, a neighbour's load), only
 # for the kernel's own work and the hypervisor. irtt uses a few % of a core, so nothing
-# starves (and the kernel's RT throttling would stop it if it spun).
-PRECEDENCE = (os.SCHED_FIFO, 1)
+# starves (and the kernel's RT throttling would stop it if it spun). Round-robin, not FIFO:
+# Go's runtime spins on one thread while another of the same process finishes its turn, and
+# under FIFO that other thread never gets its turn (irtt servers ran at 94 % of both cores
+# for minutes, three probes at once beside `stress-ng --cpu 2`); RR's time slice ends it.
+PRECEDENCE = (os.SCHED_RR, 1)
 
 
 def precede(tids: list[tuple[int, int]], policy: tuple[int, int] = PRECEDENCE) -> list[tuple[int, int]]:

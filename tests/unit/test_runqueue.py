@@ -93,7 +93,7 @@ def test_the_watched_probes_threads_and_only_theirs_are_put_before_the_machines_
     pids = {pid for pid, _ in watch.waits.preceded}
     assert len(pids) == 1 and watch.waits.preceded
     (pid,) = pids
-    assert all(os.sched_getscheduler(int(tid)) == os.SCHED_FIFO for tid in os.listdir(f"/proc/{pid}/task"))
+    assert all(os.sched_getscheduler(int(tid)) == os.SCHED_RR for tid in os.listdir(f"/proc/{pid}/task"))
     (bystander,) = runqueue.find(runqueue.Side("client", "ovlprobe", other, HERE))
     assert os.sched_getscheduler(bystander) == os.SCHED_OTHER
 
