@@ -189,6 +189,11 @@ class DelayLine:
                 queue.lost += 1
                 self._verdict(NFQNL_MSG_VERDICT, queue.num, NF_DROP, packet_id)
                 continue
+            # Reordering as netem's: sent on at once, ahead of every packet still held.
+            if queue.reorder and queue.pending and rnd() < queue.reorder:
+                queue.reordered += 1
+                self._verdict(NFQNL_MSG_VERDICT, queue.num, NF_ACCEPT, packet_id)
+                continue
             due = arrival + queue.delay_s
             if queue.jitter_s:
                 due += (2 * rnd() - 1) * queue.jitter_s
@@ -350,6 +355,7 @@ def main(argv: list[str]) -> int:
             jitter_s=q.get("jitter_ms", 0.0) / 1e3,
             loss=q.get("loss_pct", 0.0) / 100.0,
             maxlen=q.get("maxlen", DEFAULT_MAXLEN),
+            reorder=q.get("reorder_pct", 0.0) / 100.0,
         )
         for q in config["queues"]
     ]

@@ -136,6 +136,8 @@ def _netem(port: Port, d: Direction) -> list[str]:
         command += [f"{d.jitter_ms}ms"]
     if d.loss_pct:
         command += ["loss", f"{d.loss_pct}%"]
+    if d.reorder_pct:
+        command += ["reorder", f"{d.reorder_pct}%"]
     if d.rate_mbit:
         command += ["rate", f"{d.rate_mbit}mbit"]
     return command
@@ -215,14 +217,15 @@ class DelayLine(Emulator):
             for p in self.ports:
                 d = p.direction
                 command += ["--queue", f"{p.queue}:{d.delay_ms * 1e3:g}:{d.jitter_ms * 1e3:g}:"
-                                       f"{d.loss_pct * 1e4:g}:{queue_packets(d)}"]
+                                       f"{d.loss_pct * 1e4:g}:{queue_packets(d)}:{d.reorder_pct * 1e4:g}"]
             return command
         config = {
             "control": str(self.control),
             "seed": 1,
             "queues": [
                 {"num": p.queue, "delay_ms": p.direction.delay_ms, "jitter_ms": p.direction.jitter_ms,
-                 "loss_pct": p.direction.loss_pct, "maxlen": queue_packets(p.direction)}
+                 "loss_pct": p.direction.loss_pct, "maxlen": queue_packets(p.direction),
+                 "reorder_pct": p.direction.reorder_pct}
                 for p in self.ports
             ],
         }
@@ -251,6 +254,7 @@ class DelayLine(Emulator):
             out[port.name] = {
                 "packets": q.get("queued", 0),
                 "lost": q.get("lost", 0),
+                "reordered": q.get("reordered", 0),
                 "dropped": q.get("kernel_dropped", 0) + q.get("kernel_user_dropped", 0),
                 "late": q.get("late", 0),
                 "max_late_us": q.get("window_max_late_us", 0.0),

@@ -28,11 +28,13 @@ class Queue:
     jitter_s: float
     loss: float
     maxlen: int = DEFAULT_MAXLEN
+    reorder: float = 0.0  # the share of packets sent on at once, ahead of those still held
     pending: collections.deque = field(default_factory=collections.deque)
     last_due: float = 0.0
     queued: int = 0
     released: int = 0
     lost: int = 0
+    reordered: int = 0
     late: int = 0
     max_late_s: float = 0.0
     window_max_late_s: float = 0.0
@@ -66,6 +68,7 @@ class Queue:
             "queued": self.queued,
             "released": self.released,
             "lost": self.lost,
+            "reordered": self.reordered,
             "late": self.late,
             "max_late_us": round(self.max_late_s * 1e6, 1),
             "window_max_late_us": round(self.window_max_late_s * 1e6, 1),

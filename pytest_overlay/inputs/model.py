@@ -48,6 +48,9 @@ class Direction:
     loss_pct: float = 0.0
     rate_mbit: float | None = None
     queue_ms: float | None = None  # the buffer in front of the rate limit; None: DEFAULT_QUEUE
+    mtu: int | None = None  # the largest packet it forwards (bytes, IP); None: the wire's 1500
+    icmp_drop: bool = False  # its "fragmentation needed" never reaches the sender: a path MTU black hole
+    reorder_pct: float = 0.0  # packets sent on at once, ahead of those the link still holds
 
     @property
     def buffer_ms(self) -> float | None:
@@ -60,6 +63,8 @@ class Direction:
 
 
 DEFAULT_QUEUE_EXTRA_MS = 10.0
+WIRE_MTU = 1500  # what every link carries unless the topology gives its `mtu`
+MTU_RANGE = (576, 9000)  # IPv4's minimum datagram every host must take, to a jumbo frame
 
 
 @dataclass(frozen=True)
@@ -242,7 +247,8 @@ class Topology:
         return [self.link_between(a, b).direction(a) for a, b in zip(hops, hops[1:])]
 
     def expected(self, circuit: Circuit) -> dict[str, float | None]:
-        """What the emulated WAN should show on a circuit: RTT, jitter, loss and rate."""
+        """What the emulated WAN should show on a circuit: RTT, jitter, loss and rate, the
+        path's MTU each way, where it drops ICMP "fragmentation needed", and its reordering."""
         there, back = self.directions(circuit.src, circuit.dst), self.directions(circuit.dst, circuit.src)
         rates = [d.rate_mbit for d in there if d.rate_mbit]
         delivered = 1.0
@@ -254,6 +260,10 @@ class Topology:
             "loss_pct": (1 - delivered) * 100,
             "rate_mbit": min(rates) if rates else None,
             "queue_ms": {f"{d.src}->{d.dst}": d.buffer_ms for d in there + back if d.buffer_ms is not None},
+            "mtu": min(d.mtu or WIRE_MTU for d in there),
+            "mtu_back": min(d.mtu or WIRE_MTU for d in back),
+            "icmp_dropped": [f"{d.src}->{d.dst}" for d in there + back if d.icmp_drop],
+            "reorder_pct": (1 - math.prod(1 - d.reorder_pct / 100 for d in there)) * 100,
         } | ({"rtt_source": {f"{d.src}-{d.dst}": self.rtt_sources.get(f"{d.src}-{d.dst}") or
                              self.rtt_sources.get(f"{d.dst}-{d.src}", "") for d in there}} if self.rtt_sources else {})
 

@@ -15,9 +15,10 @@ tcp://address:2376, tls: {ca, cert, key}}``, optionally ``emulate: true`` with
 ``interface``): see RemoteHost.
 
 A ``between`` link is symmetric: ``rtt_ms`` is split evenly (or give ``delay_ms``, one way),
-and jitter, loss and rate apply to each direction. A link given as ``{from: A, to: B,
-delay_ms: ...}`` is one direction; its reverse must be given the same way. Every error names
-the file, the line and the field.
+and jitter, loss, rate, ``mtu`` (576..9000 bytes), ``icmp: drop`` (its "fragmentation needed"
+never reaches the sender) and ``reorder_pct`` apply to each direction. A link given as
+``{from: A, to: B, delay_ms: ...}`` is one direction; its reverse must be given the same way.
+Every error names the file, the line and the field.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ from .hostspec import parse_host
 from .model import (
     FAULT_KINDS,
     MAX_LINKS,
+    MTU_RANGE,
     RESERVED_SITE_NAMES,
     SITE_NAME,
     AddressFamily,
@@ -54,7 +56,11 @@ TESTBED_ADDRESSES = ipaddress.ip_network("198.18.0.0/15")  # the sites' and the 
 # Bounds a topology cannot pass: beyond them it would only exhaust a host, never describe a WAN.
 MAX_RATE_MBIT = 400_000  # the fastest Ethernet there is
 SITE_KEYS = {"location", "host"}
-LINK_KEYS = {"between", "from", "to", "rtt_ms", "delay_ms", "jitter_ms", "loss_pct", "rate_mbit", "queue_ms"}
+LINK_KEYS = {"between", "from", "to", "rtt_ms", "delay_ms", "jitter_ms", "loss_pct", "rate_mbit", "queue_ms", "mtu",
+             "icmp", "reorder_pct"}
+ICMP_POLICIES = {"pass": "the link's routers send \"fragmentation needed\" back to the sender (the default)",
+                 "drop": "they are dropped on the way: a path MTU black hole"}
+EMBEDDED_ONLY = ("mtu", "icmp", "reorder_pct")  # what the embedded WAN's router does; a real host's path is its own
 
 
 def resolve_path(spec: str) -> Path:
@@ -143,6 +149,12 @@ def parse(data: Any, path: str | Path) -> Topology:
             directions[(d.src, d.dst)] = (d, line)
             pairs_seen.setdefault(frozenset((d.src, d.dst)), line)
 
+    shaped = next(((d, line) for d, line in directions.values()
+                   if d.mtu or d.icmp_drop or d.reorder_pct), None)
+    if remote and shaped:
+        raise InputError(path, shaped[1], "links", f"{'/'.join(EMBEDDED_ONLY)} on {shaped[0].src}->{shaped[0].dst}: "
+                                                    "across real hosts the path between them is the hosts' own; "
+                                                    "remove them")
     buffered = next(((d, line) for d, line in directions.values() if d.queue_ms is not None), None)
     if remote and buffered:
         raise InputError(path, buffered[1], "links", f"queue_ms on {buffered[0].src}->{buffered[0].dst}: across real "
@@ -237,6 +249,17 @@ def _parse_link(check: Checker, item: LineDict, where: str, sites: dict[str, Sit
         rate_mbit=check.number(item, "rate_mbit", f"{where}.rate_mbit", None, positive=True, maximum=MAX_RATE_MBIT),
         queue_ms=check.number(item, "queue_ms", f"{where}.queue_ms", None, positive=True, maximum=10_000),
     )
+    mtu = check.number(item, "mtu", f"{where}.mtu", None, minimum=MTU_RANGE[0], maximum=MTU_RANGE[1])
+    if mtu is not None and mtu != int(mtu):
+        raise check.fail(item, "mtu", f"{where}.mtu", f"must be a whole number of bytes, got {item['mtu']!r}")
+    icmp = item.get("icmp", "pass")
+    if not isinstance(icmp, str) or icmp not in ICMP_POLICIES:
+        raise check.fail(item, "icmp", f"{where}.icmp", f"must be one of {', '.join(ICMP_POLICIES)}, got {icmp!r}")
+    if icmp == "drop" and mtu is None:
+        raise check.fail(item, "icmp", f"{where}.icmp", "a link drops \"fragmentation needed\" only where a packet "
+                                                         "can be too big for it: give mtu too")
+    common.update(mtu=None if mtu is None else int(mtu), icmp_drop=icmp == "drop",
+                  reorder_pct=check.number(item, "reorder_pct", f"{where}.reorder_pct", 0.0, maximum=100))
     if common["queue_ms"] is not None and common["rate_mbit"] is None:
         raise check.fail(item, "queue_ms", f"{where}.queue_ms", "a buffer fills only behind a rate limit: give "
                                                                   "rate_mbit too, or drop queue_ms")

@@ -34,6 +34,9 @@ from .runs import LOCK, hold_lock, kill_pids, netns_inode, new_run_id, pids_in_n
 TOOLS = {"nsenter": "util-linux", "tc": "iproute2", "iptables-restore": "iptables", "sysctl": "procps"}
 
 BASE_ADDRESS = ipaddress.IPv4Address("198.18.0.0")
+# The wan's own interfaces, one address each: where a link's "fragmentation needed" comes from
+# (icmp_errors_use_inbound_ifaddr), so that a link that drops them can be told by it.
+ROUTER_ADDRESS = ipaddress.IPv4Address("198.19.0.0")
 WIRE_CHAIN = "OVL-WIRE"
 
 
@@ -180,15 +183,21 @@ class EmulatedTestbed(Testbed):
         site_cmds = {name: ["link set lo up", f"address add {h.address}/32 dev lo"] for name, h in self.sites.items()}
         # (site, peer) -> (site-side ifname, its MAC, wan-side ifname facing site, its MAC)
         ends: dict[tuple[str, str], tuple[str, str, str, str]] = {}
+        icmp_rules: list[str] = []
         for link in topo.links:
+            # A jumbo link's veths carry its MTU; the limit itself is each direction's route's.
+            wire = max(emu.MTU, link.forward.mtu or 0, link.reverse.mtu or 0)
             for n, (site, peer) in enumerate(((link.a, link.b), (link.b, link.a))):
                 tag = "ab"[n]
                 wan_if, site_if = f"{self.prefix}w{link.index}{tag}", f"{self.prefix}s{link.index}"
                 wan_mac, site_mac = self._mac(link.index, 2 * n), self._mac(link.index, 2 * n + 1)
                 ends[(site, peer)] = (site_if, site_mac, wan_if, wan_mac)
-                wan_cmds += [f"link add {wan_if} address {wan_mac} type veth peer name {site_if} "
-                             f"netns {self.sites[site].netns} address {site_mac}",
-                             f"link set {wan_if} up"]
+                router = ROUTER_ADDRESS + 2 * link.index + n + 1
+                wan_cmds += [f"link add {wan_if} address {wan_mac} mtu {wire} type veth peer name {site_if} "
+                             f"netns {self.sites[site].netns} address {site_mac} mtu {wire}",
+                             f"link set {wan_if} up", f"address add {router}/32 dev {wan_if}"]
+                if link.direction(site).icmp_drop:
+                    icmp_rules.append(f"-A OUTPUT -s {router} -p icmp --icmp-type fragmentation-needed -j DROP")
             for n, (src, dst) in enumerate(((link.a, link.b), (link.b, link.a))):
                 ports.append(emu.Port(link.direction(src), 2 * link.index + n, ends[(src, dst)][2], ends[(dst, src)][2]))
         for (site, peer), (site_if, _, wan_if, wan_mac) in ends.items():
@@ -199,9 +208,17 @@ class EmulatedTestbed(Testbed):
             # Whatever enters the wan from `site` on this link leaves toward `peer`.
             out_if, out_mac = ends[(peer, site)][2], ends[(peer, site)][1]
             table = 1000 + len(wan_cmds)
-            wan_cmds += [f"route add default via {peer_address} dev {out_if} onlink table {table}",
+            mtu = topo.link_between(site, peer).direction(site).mtu
+            wan_cmds += [f"route add default via {peer_address} dev {out_if} onlink table {table}"
+                         + (f" mtu lock {mtu}" if mtu else ""),
                          f"neigh replace {peer_address} lladdr {out_mac} dev {out_if} nud permanent",
                          f"rule add iif {wan_if} table {table} pref 100"]
+        # What the wan sends itself (a link's ICMP errors) goes straight to the site it is for.
+        facing: dict[str, str] = {}
+        for (site, _), (_, _, wan_if, _) in ends.items():
+            facing.setdefault(site, wan_if)
+        wan_cmds += [f"route add {self.sites[site].address}/32 via {self.sites[site].address} dev {wan_if} onlink"
+                     for site, wan_if in facing.items()]
         for name, handle in self.sites.items():
             for other, other_handle in self.sites.items():
                 if other != name:
@@ -213,6 +230,9 @@ class EmulatedTestbed(Testbed):
             jobs = [(self.wan, [c for c in wan_cmds if not c.startswith("link")])]
             jobs += [(self.sites[n].netns, cmds) for n, cmds in site_cmds.items()]
             list(pool.map(lambda job: self._batch(*job), jobs))
+        if icmp_rules:
+            procs.run(["iptables-restore", "-w", "--noflush"], self.wan,
+                      input="\n".join(["*filter", *icmp_rules, "COMMIT", ""])).check()
         return ports
 
     @staticmethod
@@ -220,7 +240,10 @@ class EmulatedTestbed(Testbed):
         procs.run(["ip", "-n", netns, "-batch", "-"], input="\n".join(commands) + "\n").check()
 
     def _set_sysctls(self) -> None:
+        # A link's ICMP errors: from the interface the packet came in by, and never held back
+        # by the kernel's rate limit (a router of the path would send each).
         wan = {"net.ipv4.ip_forward": "1", "net.ipv4.conf.all.rp_filter": "0",
+               "net.ipv4.icmp_errors_use_inbound_ifaddr": "1", "net.ipv4.icmp_ratelimit": "0",
                "net.ipv4.conf.default.rp_filter": "0", "net.ipv6.conf.all.disable_ipv6": "1"}
         jobs = {self.wan: wan}
         for name, handle in self.sites.items():

@@ -2,7 +2,7 @@
  * Python's per-packet cost (which took a third of a core at 50k packets/s and made the
  * release loop late under load).
  *
- *   delayline-core --control PATH --seed N --queue NUM:DELAY_US:JITTER_US:LOSS_PPM:MAXLEN ...
+ *   delayline-core --control PATH --seed N --queue NUM:DELAY_US:JITTER_US:LOSS_PPM:MAXLEN[:REORDER_PPM] ...
  *
  * Prints "ready" once every queue is bound. A datagram "stats" on the control socket is
  * answered with the counters as JSON ("stats reset" also restarts the window maximum;
@@ -61,11 +61,11 @@ struct window { int64_t start, end, max_late; uint32_t late, dropped; };
 struct queue {
     uint16_t num;
     int64_t delay, jitter;
-    uint32_t loss_ppm, cap;
+    uint32_t loss_ppm, reorder_ppm, cap;
     struct slot *ring;
     uint32_t head, len;
     int64_t last_due;
-    uint64_t queued, released, lost, late, hist[HIST_BUCKETS];
+    uint64_t queued, released, lost, reordered, late, hist[HIST_BUCKETS];
     int64_t max_late, window_max_late, total_late;
     struct window windows[MAX_WINDOWS];
     uint32_t whead, wlen;
@@ -219,6 +219,13 @@ static void receive(int64_t now, int budget) {
             verdict(NFQNL_MSG_VERDICT, q->num, NF_DROP, id);
             continue;
         }
+        /* Reordering as netem's: a packet picked is sent on at once, ahead of every packet the
+         * link still holds; counted only where it did overtake one. */
+        if (q->reorder_ppm && q->len && rnd() < q->reorder_ppm / 1e6) {
+            q->reordered++;
+            verdict(NFQNL_MSG_VERDICT, q->num, NF_ACCEPT, id);
+            continue;
+        }
         int64_t due = arrival + q->delay;
         if (q->jitter) due += (int64_t)((2 * rnd() - 1) * q->jitter);
         if (due < q->last_due) due = q->last_due; /* never reorder */
@@ -338,11 +345,11 @@ static int stats_json(char *out, size_t size, int reset, int64_t since) {
     for (int i = 0; i < nqueues && (size_t)n < size; i++) {
         struct queue *q = &queues[i];
         n += snprintf(out + n, size - n,
-                      "%s\"%u\": {\"kernel_dropped\": %llu, \"kernel_user_dropped\": %llu, \"queued\": %llu, \"released\": %llu, \"lost\": %llu, \"late\": %llu, "
+                      "%s\"%u\": {\"kernel_dropped\": %llu, \"kernel_user_dropped\": %llu, \"queued\": %llu, \"released\": %llu, \"lost\": %llu, \"reordered\": %llu, \"late\": %llu, "
                       "\"max_late_us\": %.1f, \"window_max_late_us\": %.1f, \"mean_late_us\": %.1f, "
                       "\"pending\": %u, \"late_hist\": [",
                       i ? ", " : "", q->num, q->kernel_dropped, q->kernel_user_dropped, (unsigned long long)q->queued, (unsigned long long)q->released,
-                      (unsigned long long)q->lost, (unsigned long long)q->late, q->max_late / 1e3,
+                      (unsigned long long)q->lost, (unsigned long long)q->reordered, (unsigned long long)q->late, q->max_late / 1e3,
                       q->window_max_late / 1e3, q->released ? q->total_late / 1e3 / q->released : 0.0, q->len);
         for (int b = 0; b < HIST_BUCKETS && (size_t)n < size; b++)
             n += snprintf(out + n, size - n, "%s%llu", b ? ", " : "", (unsigned long long)q->hist[b]);
@@ -485,9 +492,10 @@ int main(int argc, char **argv) {
             rng_state = strtoull(argv[++i], NULL, 10) * 0x9E3779B97F4A7C15ULL | 1;
         } else if (!strcmp(argv[i], "--queue") && i + 1 < argc && nqueues < MAX_QUEUES) {
             unsigned num, maxlen;
-            double delay_us, jitter_us, loss_ppm;
-            if (sscanf(argv[++i], "%u:%lf:%lf:%lf:%u", &num, &delay_us, &jitter_us, &loss_ppm, &maxlen) != 5
-                || num > 65535 || maxlen == 0 || queue_of[num])
+            double delay_us, jitter_us, loss_ppm, reorder_ppm = 0;
+            int got = sscanf(argv[++i], "%u:%lf:%lf:%lf:%u:%lf", &num, &delay_us, &jitter_us, &loss_ppm, &maxlen,
+                             &reorder_ppm);
+            if (got < 5 || num > 65535 || maxlen == 0 || queue_of[num] || reorder_ppm < 0 || reorder_ppm > 1e6)
                 usage();
             struct queue *q = &queues[nqueues++];
             queue_of[num] = (int16_t)nqueues;
@@ -495,6 +503,7 @@ int main(int argc, char **argv) {
             q->delay = (int64_t)(delay_us * 1000);
             q->jitter = (int64_t)(jitter_us * 1000);
             q->loss_ppm = (uint32_t)loss_ppm;
+            q->reorder_ppm = (uint32_t)reorder_ppm;
             q->cap = maxlen;
             q->ring = calloc(maxlen, sizeof(struct slot));
             if (!q->ring) { perror("calloc"); return 1; }

@@ -1,0 +1,72 @@
+"""Link MTUs, ICMP black holes and reordering as the embedded WAN makes them, on this
+machine's kernel: the router says "fragmentation needed" from the link's own address, a link
+that drops it is a black hole the path MTU suite calls so (and ends in bounded time), and
+every packet the delay line sends on ahead is counted, exactly as a receiver counts it."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from pytest_overlay.emulation import emulator
+from pytest_overlay.inputs import topology
+from pytest_overlay.measure import pmtu
+from pytest_overlay.testbeds.emulated import ROUTER_ADDRESS, EmulatedTestbed
+
+from ..conftest import on_the_machines_time
+
+TRIANGLE = {
+    "name": "mtus", "sites": {"A": {}, "B": {}, "C": {}},
+    "links": [{"between": ["A", "B"], "rtt_ms": 4, "rate_mbit": 200, "mtu": 1400},
+              {"between": ["B", "C"], "rtt_ms": 4, "rate_mbit": 200, "mtu": 1400, "icmp": "drop"},
+              {"between": ["A", "C"], "rtt_ms": 10, "reorder_pct": 2}],
+}
+
+# Numbered datagrams, 1 ms apart; the receiver writes the order they came in.
+SEND = ("import socket, sys, time\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+        "for i in range(int(sys.argv[2])):\n    s.sendto(i.to_bytes(4, 'big'), (sys.argv[1], 9000)); time.sleep(0.001)\n")
+RECEIVE = ("import socket, sys\ns = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\ns.bind((sys.argv[1], 9000))\n"
+           "s.settimeout(2)\nprint('ready', flush=True)\nseen = []\n"
+           "while True:\n    try:\n        seen.append(int.from_bytes(s.recv(64), 'big'))\n"
+           "    except socket.timeout:\n        break\nopen(sys.argv[2], 'w').write(str(seen))\n")
+
+
+def test_a_smaller_link_tells_the_sender_and_one_that_drops_icmp_is_a_black_hole(clean_machine):
+    topo = topology.parse(TRIANGLE, "<test>")
+    with on_the_machines_time(), EmulatedTestbed(topo, emulator="delayline") as bed:
+        a, b, c = (bed.underlay_endpoint(site) for site in "ABC")
+        first = bed.run("A", ["ping", "-n", "-M", "do", "-s", "1472", "-c", "1", "-W", "1", bed.address("B")])
+        told = pmtu.measure(a, b, 200)
+        started = time.monotonic()
+        hole = pmtu.measure(b, c, 200)
+        hole_s = time.monotonic() - started
+    router = str(ROUTER_ADDRESS + 1)  # A's end of link 0: where A's packets to B come in
+    assert (told.largest, told.discovery, told.told_mtu) == (1400, "told", 1400)
+    assert f"From {router} icmp_seq=1 Frag needed and DF set (mtu = 1400)" in first.stdout, first
+    assert told.tcp in ("full speed", "slowed")
+    assert told.tcp_detail["pmtu"] == 1400 and told.tcp_detail["bytes_acked"] > 1_000_000
+    assert (hole.largest, hole.discovery, hole.told_mtu, hole.tcp) == (1400, "silent", None, "black hole")
+    assert hole.tcp_detail["connected"] and hole.tcp_detail["bytes_acked"] <= 1
+    assert hole_s < 60, hole_s  # bounded: the transfer, then a bisection of 1 s pings
+
+
+def test_every_packet_sent_on_ahead_is_counted_as_the_receiver_sees_it(clean_machine, tmp_path):
+    topo = topology.parse(TRIANGLE, "<test>")
+    send, receive = tmp_path / "send.py", tmp_path / "receive.py"
+    send.write_text(SEND)
+    receive.write_text(RECEIVE)
+    with on_the_machines_time(), EmulatedTestbed(topo, emulator="delayline") as bed:
+        sink = bed.start("C", "receive", ["python3", str(receive), bed.address("C"), str(tmp_path / "seen")],
+                         ready="ready")
+        before = bed.emulator_counters()["A->C"]
+        bed.run("A", ["python3", str(send), bed.address("C"), "2000"]).check()
+        sink.popen.wait(30)
+        seen = json.loads((tmp_path / "seen").read_text())
+        accrued = emulator.delta({"A->C": before}, {"A->C": bed.emulator_counters()["A->C"]})["A->C"]
+    assert sorted(seen) == list(range(2000))  # none lost, none doubled
+    early, lowest = 0, float("inf")
+    for number in reversed(seen):  # a packet is early where one sent before it arrived after it
+        early += number > lowest
+        lowest = min(lowest, number)
+    assert early == accrued["reordered"]
+    assert 10 <= early <= 80, early  # 2 % of 2000, with a 5-sigma margin either way
