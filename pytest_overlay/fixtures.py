@@ -25,6 +25,7 @@ from .measure.faultpath import FaultPath
 from .measure.loadpath import LoadPath
 from .measure.noise import Noise
 from .measure.path import OverlayPath
+from .measure.pmtu import path_mtu  # noqa: F401  (its maker joins the paths' makers)
 from .measure.streampath import StreamPath
 from .session import OverlaySession
 

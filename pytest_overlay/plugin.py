@@ -38,12 +38,16 @@ MARKERS = {
     "streaming": "RTSP streaming under concurrency",
     "faults": "WAN faults (cut, partition, flap, loss burst, reroute): outage and recovery through each overlay; "
               "runs only when selected (-m faults) or named (--overlay-faults)",
+    "pmtu": "path MTU: the largest packet carried end to end, whether the sender learns the limit, and a bulk "
+            "TCP transfer's outcome (full speed, slowed, black hole)",
     "load": "latency under load (flent's RRUL): RTT idle and beside TCP flows both ways, and the flows' goodput; "
             "runs only when selected (-m load)",
 }
-# Suites that take minutes per overlay: they run only when -m names them (or, for faults,
-# --overlay-faults picks scenarios), never in a plain `pytest suites/`.
-HELD_BACK = {"faults": "WAN fault test(s)", "load": "latency-under-load test(s)"}
+# Suites that take minutes per overlay, or ask a question of their own (path MTU): they run
+# only when -m names them (or, for faults, --overlay-faults picks scenarios), never in a plain
+# `pytest suites/`.
+HELD_BACK = {"faults": ("WAN fault test(s)", "minutes each"), "load": ("latency-under-load test(s)", "minutes each"),
+             "pmtu": ("path MTU test(s)", "a bulk transfer and a bisection each")}
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -153,7 +157,8 @@ def _hold_back(config: pytest.Config, items: list[pytest.Item], marker: str) -> 
     reporter = config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None:
         named = " or --overlay-faults NAME,..." if marker == "faults" else ""
-        reporter.write_line(f"pytest-overlay: {len(held)} {HELD_BACK[marker]} not run (minutes each); run them with "
+        what, why = HELD_BACK[marker]
+        reporter.write_line(f"pytest-overlay: {len(held)} {what} not run ({why}); run them with "
                             f"-m {marker}{named}")
 
 

@@ -206,7 +206,15 @@ UDP = Iperf3("udp", {"iperf3": "iperf3"}, both_ways=False, sample="intervals",
 # direction as a whole (streaming.py runs it).
 STREAM = Probe("stream", {"gst-launch-1.0": "gstreamer1.0-tools"}, both_ways=False, sample="packets",
                shape="stream", checked_first=False)
-PROBES: dict[str, Probe] = {p.kind: p for p in (LATENCY, TCP, UDP, STREAM)}
+# The path MTU search and its bulk transfer (pmtu.py): judged on the path as a whole, both ways
+# (an ICMP error and TCP's acknowledgements come back).
+PMTU = Probe("pmtu", {"ping": "iputils-ping"}, both_ways=True, sample="packet sizes tried", shape="stream")
+PROBES: dict[str, Probe] = {p.kind: p for p in (LATENCY, TCP, UDP, STREAM, PMTU)}
+
+
+def next_port() -> int:
+    """A port no other probe of this run has used."""
+    return next(_ports)
 
 
 def probe_of(kind: str) -> Probe:

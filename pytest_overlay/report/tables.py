@@ -116,6 +116,41 @@ def _plain_section(v: View, name: str) -> list[str]:
                    ["Circuit", "Overlay", metric.headline.capitalize(), "Min", "Max", "n", "Verdict"], rows)]
 
 
+def _condition(r: Record) -> str:
+    """What the circuit's path does to big or ordered packets, as the topology says."""
+    e = r.expected
+    said = [f"MTU {e['mtu']}" + (" without ICMP" if e.get("icmp_dropped") else " with ICMP")] \
+        if e.get("mtu", 1500) < 1500 or e.get("icmp_dropped") else []
+    said += [f"reorder {e['reorder_pct']:g} %"] if e.get("reorder_pct") else []
+    return ", ".join(said) or "1500, clean"
+
+
+def _pmtu_section(v: View) -> list[str]:
+    rows, breaks = [], {}
+    for r in v.by_metric["path_mtu"]:
+        p = r.extra.get("pmtu", {})
+        tcp = p.get("tcp_detail", {})
+        rows.append([circuit_cell(r), who(r), _condition(r), p.get("interface_mtu"), number(r.stats.min, 0),
+                     p.get("discovery"), p.get("told_mtu") or "-", p.get("tcp"), number(p.get("tcp_mbit"), 0),
+                     tcp.get("total_retrans"), number(tcp.get("first_ack_ms"), 0), status_cell(r, v.notes)])
+        cell = "INVALID" if not r.valid else f"{p.get('tcp')} ({r.stats.min:.0f} B)"
+        breaks.setdefault(who(r), {})[_condition(r)] = cell
+    tables_ = [titled_table(
+        "Path MTU: the largest IP packet carried end to end with DF set, in bytes (one bisection per circuit, "
+        "exact to the byte); discovery: carried, told (the sender learned the limit) or silent (a black hole); "
+        "a bulk TCP transfer of a few seconds: full speed, slowed or black hole, its Mbit/s acknowledged, "
+        "retransmissions and first acknowledged segment (ms)",
+        ["Circuit", "Overlay", "Path", "Interface MTU", "Largest", "Discovery", "Told MTU", "Bulk TCP", "Mbit/s",
+         "Retrans", "First ack ms", "Verdict"], rows)]
+    conditions = sorted({c for by in breaks.values() for c in by})
+    if len(conditions) > 1:
+        tables_.append(titled_table(
+            "What breaks: each overlay's bulk TCP transfer (and largest packet) on each kind of path "
+            "(one circuit each)", ["Overlay", *conditions],
+            [[overlay, *(by.get(c, "-") for c in conditions)] for overlay, by in breaks.items()]))
+    return tables_
+
+
 # Each section of the tables and the metrics it shows, in the order they print. A registered
 # metric in none of them still prints, as a plain table (_plain_section).
 SECTIONS: list[tuple[tuple[str, ...], Callable[[View], list[str]]]] = [
@@ -127,6 +162,7 @@ SECTIONS: list[tuple[tuple[str, ...], Callable[[View], list[str]]]] = [
      lambda v: [streaming_table(v.records, v.notes)] if "stream_jitter" in v.by_metric else []),
     (tuple(m.name for m in metrics.FAULT_METRICS), lambda v: faults_tables(v.records, v.notes)),
     (tuple(m.name for m in metrics.LOAD_METRICS), lambda v: load_tables(v.records, v.notes)),
+    (("path_mtu",), _pmtu_section),
 ]
 
 

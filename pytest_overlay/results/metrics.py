@@ -125,6 +125,13 @@ LOAD_METRICS = [
     }, load=True),
 ]
 _ALL += LOAD_METRICS
+PMTU_METRICS = [
+    Metric("path_mtu", "bytes", "largest IP packet carried end to end with DF set", "min", False, {
+        "min_bytes": "the largest packet carried at least this (bytes); a bulk TCP transfer that black-holes "
+                     "fails whatever its size",
+    }, zero_base=1.0, probe="pmtu", test="test_path_mtu"),
+]
+_ALL += PMTU_METRICS
 METRICS: dict[str, Metric] = {m.name: m for m in _ALL}
 
 

@@ -41,8 +41,8 @@ VERSIONS = (
     "its 95 % interval, change_pct, the margin, verdict same, different or unknown, and the pairs); run.ab, how "
     "the A/B run went (seed, orders, bring-ups, seconds); a record's datapath.settings, a variant's settings.",
 )
-SCHEMA_VERSION = 10
-READABLE_VERSIONS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10)
+SCHEMA_VERSION = 11
+READABLE_VERSIONS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11)
 BOOTSTRAP_RESAMPLES = 200
 
 # Two-sided 95 % Student t quantiles for small samples; 1.96 beyond.
@@ -174,7 +174,8 @@ FIELD_DOCS: dict[str, dict[str, str]] = {
         "stats": "its statistics (below)", "valid": "false: INVALID, the tool cannot vouch for it",
         "invalid_reasons": "why it is INVALID", "threshold": "the limit it was held to, with its source",
         "verdict": "pass, fail, invalid, or not judged", "test": "the pytest node that measured it",
-        "expected": "what the topology promises on the circuit (RTT, jitter, loss, rate, buffers)",
+        "expected": "what the topology promises on the circuit (RTT, jitter, loss, rate, buffers, the path's MTU "
+                    "each way, where it drops ICMP \"fragmentation needed\", reordering)",
         "datapath": "how the overlay carried it (encapsulation, MTU, port, cipher, control-plane state)",
         "emulator": "the link emulator's counters during the probe", "tool": "the probe's tool and version",
         "total": "the whole run's value, where the metric has one (throughput)",

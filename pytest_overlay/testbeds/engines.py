@@ -32,7 +32,7 @@ IMAGE_SUITE = "bookworm"
 # docker/Dockerfile in step: it describes the same image for hosts with a registry.
 IMAGE_PACKAGES = ("iperf3", "irtt", "iputils-ping", "iproute2", "procps", "python3-minimal", "python3-gi",
                   "gir1.2-gst-rtsp-server-1.0", "gstreamer1.0-plugins-good")
-AGENT_FILES = ("rtsp_server.py", "rtsp_client.py")
+AGENT_FILES = ("rtsp_server.py", "rtsp_client.py", "bulk.py")
 # Files no probe uses, pulled in by GStreamer's dependencies (GL drivers and the compiler
 # behind them, documentation): left out, the image is smaller and imports faster. (Icon
 # themes stay: their packages' scripts need them.)
