@@ -118,7 +118,8 @@ def _overlays(packages_only: bool) -> int:
         groups = "".join(f" ({group})" for group in ("all" if kind.in_all else "", kind.group) if group)
         print(f"{name}{groups}: {kind.label}. {kind.description}\n"
               f"    range: {family}; packages: {', '.join(kind.packages) or '-'}; "
-              f"binaries not in Debian: {', '.join(kind.shipped) or '-'}")
+              f"binaries not in Debian: {', '.join(kind.shipped) or '-'}\n"
+              f"    over an IPv6 underlay: {'runs' if not kind.ipv6_unsupported else 'no: ' + kind.ipv6_unsupported}")
         for setting in kind.settings:
             print(f"    setting (--overlay-ab={name}[{setting.name}=...]): {setting.what}; {setting.allowed()}")
     return 0

@@ -146,6 +146,8 @@ def overlay(request: pytest.FixtureRequest, overlay_testbed, overlay_session: Ov
     unsupported = overlays.get(name).remote_unsupported
     if not overlay_testbed.own_sites and unsupported:
         pytest.skip(f"{name} across real hosts is not supported in this version: {unsupported}")
+    if overlay_testbed.topology.families[0] == 6 and overlays.get(name).ipv6_unsupported:
+        pytest.skip(f"{name} over an IPv6 underlay: {overlays.get(name).ipv6_unsupported}")
     instance = bring_up(name, lambda: overlays.get(name)(overlay_testbed, **_overlay_options(overlay_session)),
                         overlay_session)
     try:

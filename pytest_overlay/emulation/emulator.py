@@ -243,7 +243,8 @@ class DelayLine(Emulator):
             "delayline", self.command(), self.run_dir / "delayline.log", self.netns, ready="ready",
             preexec=(lambda: os.sched_setaffinity(0, self.cpus)) if self.cpus else None,
         ))
-        procs.run(["iptables-restore", "-w", "--noflush"], self.netns, input="\n".join(rules)).check()
+        for restore in ("iptables-restore", "ip6tables-restore"):  # whichever family the sites' addresses are
+            procs.run([restore, "-w", "--noflush"], self.netns, input="\n".join(rules)).check()
         _tc_batch(self.netns, [_tbf(port.direction, port.egress) for port in self.ports if port.direction.rate_mbit])
 
     def counters(self, reset: bool = False, since: int | None = None) -> dict[str, dict]:

@@ -63,6 +63,8 @@ class Direction:
 
 
 DEFAULT_QUEUE_EXTRA_MS = 10.0
+# The sites' own address families, by `underlay:`; the first is what overlays and probes use.
+UNDERLAYS = {"ipv4": (4,), "ipv6": (6,), "dual-stack": (4, 6)}
 WIRE_MTU = 1500  # what every link carries unless the topology gives its `mtu`
 MTU_RANGE = (576, 9000)  # IPv4's minimum datagram every host must take, to a jumbo frame
 
@@ -174,6 +176,7 @@ class Topology:
     load: "Load" = field(default_factory=lambda: Load([], ()))
     ranges: dict[str, str] = field(default_factory=dict)  # `ranges:`: family -> CIDR, where the file moves one
     rtt_sources: dict[str, str] = field(default_factory=dict)  # "A-B" -> where its RTT came from (a GTS file's)
+    underlay: str = "ipv4"  # the sites' own addresses: a key of UNDERLAYS
     _routes: dict = field(default_factory=dict, repr=False)
 
     def stream_circuit(self) -> "Circuit":
@@ -184,6 +187,11 @@ class Topology:
             if hub in (c.src, c.dst):
                 return Circuit(hub, c.dst if c.src == hub else c.src)
         return Circuit(hub, next(s for s in self.sites if s != hub))
+
+    @property
+    def families(self) -> tuple[int, ...]:
+        """The IP versions the sites hold addresses of; the first is the one overlays use."""
+        return UNDERLAYS[self.underlay]
 
     @property
     def kv_site(self) -> str:
@@ -263,7 +271,8 @@ class Topology:
             "mtu": min(d.mtu or WIRE_MTU for d in there),
             "mtu_back": min(d.mtu or WIRE_MTU for d in back),
             "icmp_dropped": [f"{d.src}->{d.dst}" for d in there + back if d.icmp_drop],
-            "reorder_pct": (1 - math.prod(1 - d.reorder_pct / 100 for d in there)) * 100,
+            "reorder_pct": round((1 - math.prod(1 - d.reorder_pct / 100 for d in there)) * 100, 6),
+            "underlay": self.underlay,
         } | ({"rtt_source": {f"{d.src}-{d.dst}": self.rtt_sources.get(f"{d.src}-{d.dst}") or
                              self.rtt_sources.get(f"{d.dst}-{d.src}", "") for d in there}} if self.rtt_sources else {})
 

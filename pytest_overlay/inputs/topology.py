@@ -19,6 +19,9 @@ and jitter, loss, rate, ``mtu`` (576..9000 bytes), ``icmp: drop`` (its "fragment
 never reaches the sender) and ``reorder_pct`` apply to each direction. A link given as
 ``{from: A, to: B, delay_ms: ...}`` is one direction; its reverse must be given the same way.
 Every error names the file, the line and the field.
+
+``underlay: ipv6`` gives the sites IPv6 addresses only (in 2001:2::/48, the benchmarking
+range's IPv6 twin), ``dual-stack`` both (overlays then use IPv4); ``ipv4`` is the default.
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ from .model import (
     MTU_RANGE,
     RESERVED_SITE_NAMES,
     SITE_NAME,
+    UNDERLAYS,
     AddressFamily,
     Circuit,
     Direction,
@@ -51,7 +55,7 @@ from .model import (
 from .yamlfile import Checker, InputError, LineDict, kind_of, line_of, load_yaml
 
 TOP_KEYS = {"name", "sites", "links", "circuits", "hub", "manager", "kv", "description", "faults", "load", "ranges",
-            "gts", "rtts"}
+            "gts", "rtts", "underlay"}
 TESTBED_ADDRESSES = ipaddress.ip_network("198.18.0.0/15")  # the sites' and the lab's own (RFC 2544)
 # Bounds a topology cannot pass: beyond them it would only exhaust a host, never describe a WAN.
 MAX_RATE_MBIT = 400_000  # the fastest Ethernet there is
@@ -180,7 +184,13 @@ def parse(data: Any, path: str | Path) -> Topology:
     if unreachable:
         raise check.fail(data, "links", "links", f"sites {', '.join(unreachable)} cannot be reached from "
                                                   f"{next(iter(sites))}: the links form separate networks")
-    topo = Topology(name=name, path=str(path), sites=sites, links=links, circuits=[])
+    underlay = data.get("underlay", "ipv4")
+    if not isinstance(underlay, str) or underlay not in UNDERLAYS:
+        raise check.fail(data, "underlay", "underlay", f"must be one of {', '.join(UNDERLAYS)}, got {underlay!r}")
+    if remote and underlay != "ipv4":
+        raise check.fail(data, "underlay", "underlay", "across real hosts the underlay is the hosts' own addresses: "
+                                                       "remove underlay")
+    topo = Topology(name=name, path=str(path), sites=sites, links=links, circuits=[], underlay=underlay)
     for key in ("hub", "manager", "kv"):
         if key in data:
             if not isinstance(data[key], str) or data[key] not in sites:

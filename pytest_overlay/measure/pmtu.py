@@ -23,8 +23,9 @@ from .path import OverlayPath, counts_only, makes
 from .samples import ProbeError
 from .streaming import SYSTEM_PYTHON
 
-MIN_PACKET = 576  # every IPv4 host takes it; below, the search does not go
-IP_ICMP_HEADERS = 28  # ping -s counts the ICMP payload: the packet is 28 bytes more
+MIN_PACKET = 576  # every IPv4 host takes it (IPv6's 1280 too); below, the search does not go
+# ping -s counts the ICMP payload: the packet is its IP and ICMP headers more.
+HEADERS = {4: 20 + 8, 6: 40 + 8}
 BULK_S = 4.0  # the bulk transfer: long enough for slow start to reach a 1 Gbit/s, 30 ms path
 STALL_MS = 1000.0  # a first acknowledged segment later than this is a path that stalled, then found its way
 FULL_SPEED_SHARE = 0.7  # of the path's rate: "full speed"
@@ -34,7 +35,7 @@ DISCOVERY = {
     "told": "the sender was told the limit (ICMP \"fragmentation needed\", or its own route's MTU)",
     "silent": "a full-size packet with DF set vanished and nothing told the sender: a black hole",
 }
-_TOLD = re.compile(r"mtu ?= ?(\d+)")
+_TOLD = re.compile(r"mtu ?[=:] ?(\d+)")  # "(mtu = 1400)", "mtu=1400", and IPv6's local "mtu: 1400"
 
 
 @dataclass
@@ -97,7 +98,8 @@ def interface_mtu(src: Endpoint, dst: Endpoint) -> int:
 
 def ping(src: Endpoint, dst: Endpoint, size: int) -> PingOutcome:
     """Two packets of `size` bytes with DF set, each given 1 s to come back."""
-    result = src.run(["ping", "-n", "-M", "do", "-s", str(size - IP_ICMP_HEADERS), "-c", "2", "-i", "0.2",
+    headers = HEADERS[6 if ":" in dst.address else 4]
+    result = src.run(["ping", "-n", "-M", "do", "-s", str(size - headers), "-c", "2", "-i", "0.2",
                       "-W", "1", dst.address], timeout=10)
     return parse_ping(result.stdout + result.stderr, size)
 

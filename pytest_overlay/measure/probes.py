@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 
 from .. import procs
-from ..testbeds.contract import Endpoint
+from ..testbeds.contract import Endpoint, host_port
 from . import runqueue
 from .samples import (INTERVAL_S, UDP_BUFFER, LatencySamples, ProbeError, ThroughputSamples, parse_iperf3,
                       parse_irtt, parse_snmp, pooled)
@@ -67,13 +67,14 @@ class Irtt(Probe):
         """The client; its JSON goes to stdout, or to `output` (written when it ends or is
         interrupted), for a run read while it goes."""
         return ["irtt", "client", *(["-Q"] if output == "-" else []), "-o", output, "-i", f"{interval_ms:g}ms",
-                "-d", f"{seconds:g}s", "--tstamp=none", f"--local={src.address}:0", f"{dst.address}:{port}"]
+                "-d", f"{seconds:g}s", "--tstamp=none", f"--local={host_port(src.address, 0)}",
+                host_port(dst.address, port)]
 
     def server(self, dst: "Endpoint", port: int, idle_s: float | None = None) -> list[str]:
         """`idle_s`: how long a client may go unheard before the server forgets it (irtt's
         --timeout, 1 min by default). A forgotten client gets one more reply, then none: a
         probe through a longer outage must raise it, or the outage never ends."""
-        return ["irtt", "server", "-b", f"{dst.address}:{port}", "-i", "0", "--tstamp=none",
+        return ["irtt", "server", "-b", host_port(dst.address, port), "-i", "0", "--tstamp=none",
                 *([f"--timeout={idle_s:g}s"] if idle_s else [])]
 
     def serve(self, dst: "Endpoint", idle_s: float | None = None) -> tuple[procs.Daemon, int]:
@@ -119,8 +120,8 @@ class Irtt(Probe):
         at = tuple(getattr(end, "netns_inode", lambda: None)() for end in (src, dst))
         if None in at:
             return None
-        return [runqueue.Side("client", "irtt", f"{dst.address}:{port}", at[0]),
-                runqueue.Side("server", "irtt", f"{dst.address}:{port}", at[1])]
+        return [runqueue.Side("client", "irtt", host_port(dst.address, port), at[0]),
+                runqueue.Side("server", "irtt", host_port(dst.address, port), at[1])]
 
     def parse(self, output: str, interval_ms: float, what: str = "irtt") -> "LatencySamples":
         return parse_irtt(output, interval_ms, what)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from .. import procs
 from ..paths import CACHE
+from ..testbeds.contract import host_port
 from .probes import STREAM, Endpoint, ProbeError
 
 SYSTEM_PYTHON = "/usr/bin/python3"  # python3-gi lives there, not in the virtualenv
@@ -85,7 +86,7 @@ def start_server(endpoint: Endpoint, clip: Clip) -> StreamServer:
                                             endpoint.file(clip.path), "--address", endpoint.address,
                                             "--port", str(PORT)], ready="ready",
                             timeout=SERVER_READY_S)
-    return StreamServer(daemon, f"rtsp://{endpoint.address}:{PORT}/stream", endpoint.name, clip)
+    return StreamServer(daemon, f"rtsp://{host_port(endpoint.address, PORT)}/stream", endpoint.name, clip)
 
 
 def watch(endpoint: Endpoint, server: StreamServer, clients: int, seconds: float, transport: str) -> StreamSamples:

@@ -70,6 +70,9 @@ class Overlay(ABC):
     # On real hosts: None when it runs no daemon there; `remote_unsupported` says why it cannot run there.
     host_needs: HostNeeds | None = None
     remote_unsupported: str | None = None
+    # Over an IPv6 underlay (a topology's `underlay: ipv6`): None where it runs, else why not, as
+    # a trial of it here showed.
+    ipv6_unsupported: str | None = None
     settings: tuple[Setting, ...] = ()  # what a variant of it may set (kinds.Variant)
     # What wire_counters() counts, as the records name it and as an INVALID reason says it.
     wire_key = "encapsulated_packets_on_wan"

@@ -136,6 +136,9 @@ def bird_query(control: str, command: str, timeout: float = 5.0) -> str:
 
 class CalicoOverlay(ContainerOverlay):
     name = "calico"
+    ipv6_unsupported = ("the BIRD configuration it writes names an IPv4 router id and IPv4 peers: given IPv6 ones BIRD "
+                        "stops with \"syntax error, unexpected IP6\" (tried here); an IPv4 pool over IPv6 peers needs "
+                        "BGP's extended next hop, not built")
     label = "Calico (model)"
     in_all = True
     family = FAMILY

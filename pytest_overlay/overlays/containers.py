@@ -176,7 +176,9 @@ class ContainerOverlay(Overlay):
         self._wait_reachable()
 
     # A datapath that learns the path's MTU after it first answers (tinc 1.0) has to carry a
-    # full-size packet, DF set, between every two containers before anything is measured.
+    # full-size packet, DF set, between every two containers before anything is measured, or
+    # say it cannot ("Frag needed", where the path's own MTU is smaller): only silence is a
+    # datapath not yet settled.
     full_size_first = False
 
     def _wait_reachable(self) -> None:
@@ -190,7 +192,8 @@ class ContainerOverlay(Overlay):
         sizes = [[], ["-M", "do", "-s", str(self.mtu - 28)]] if self.full_size_first else [[]]
         for size in sizes:
             def answered(pair: tuple[ContainerEndpoint, ContainerEndpoint]) -> bool:
-                return pair[0].run(["ping", "-n", "-q", "-c", "1", "-W", "1", *size, pair[1].address], timeout=15).ok
+                result = pair[0].run(["ping", "-n", "-c", "1", "-W", "1", *size, pair[1].address], timeout=15)
+                return result.ok or bool(size and "mtu" in (result.stdout + result.stderr).lower())
 
             left = list(pairs)
             with concurrent.futures.ThreadPoolExecutor(max(1, min(PINGS_AT_ONCE, len(left)))) as pool:

@@ -17,6 +17,7 @@ import re
 
 from .. import procs
 from ..inputs.model import AddressFamily
+from ..testbeds.contract import host_port
 from ..testbeds.hostnet import Footprint
 from .mesh import MeshOverlay, host_needs
 
@@ -41,10 +42,10 @@ def configuration(files: dict[str, str], device: str, lighthouse: str | None, li
         {"relays": [lighthouse], "use_relays": True}
     config = {
         "pki": {"ca": files["ca.crt"], "cert": files["host.crt"], "key": files["host.key"]},
-        "static_host_map": {lighthouse: [f"{lighthouse_at}:{PORT}"]} if lighthouse else {},
+        "static_host_map": {lighthouse: [host_port(lighthouse_at, PORT)]} if lighthouse else {},
         "lighthouse": {"am_lighthouse": lighthouse is None, "interval": LIGHTHOUSE_INTERVAL_S,
                        "hosts": [lighthouse] if lighthouse else []},
-        "listen": {"host": "0.0.0.0", "port": PORT},
+        "listen": {"host": "[::]" if ":" in lighthouse_at else "0.0.0.0", "port": PORT},
         "punchy": {"punch": True},
         "relay": relay,
         "tun": {"dev": device, "unsafe_routes": [{"route": route, "via": via} for route, via in routes]},

@@ -47,9 +47,9 @@ def node_name(site: str) -> str:
     return re.sub(r"[^A-Za-z0-9_]", "_", site)
 
 
-def tinc_conf(site: str, device: str, peers: list[str]) -> str:
+def tinc_conf(site: str, device: str, peers: list[str], family: str = "ipv4") -> str:
     return "\n".join([f"Name = {node_name(site)}", "Mode = router", f"Interface = {device}",
-                      "Device = /dev/net/tun", "AddressFamily = ipv4",
+                      "Device = /dev/net/tun", f"AddressFamily = {family}",
                       *(f"ConnectTo = {node_name(peer)}" for peer in peers)]) + "\n"
 
 
@@ -95,7 +95,8 @@ class TincOverlay(MeshOverlay):
             made = self.state_dir / f"config-{site}"
             (made / "hosts").mkdir(parents=True, mode=0o700)
             earlier = sites[:sites.index(site)]  # one meta connection a pair, made by its later site
-            (made / "tinc.conf").write_text(tinc_conf(site, self.devices[site], earlier))
+            family = "ipv6" if self.testbed.topology.families[0] == 6 else "ipv4"
+            (made / "tinc.conf").write_text(tinc_conf(site, self.devices[site], earlier, family))
             shutil.copy(self.state_dir / f"keys-{site}" / "rsa_key.priv", made / "rsa_key.priv")
             for other in sites:
                 (made / "hosts" / node_name(other)).write_text(

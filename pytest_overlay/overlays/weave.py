@@ -87,6 +87,9 @@ def parse_report(report: dict) -> tuple[dict, list[dict]]:
 
 class WeaveOverlay(ContainerOverlay):
     name = "weave"
+    ipv6_unsupported = ("Weave Net 2.8.1 takes its peers over IPv4 only: given a site's IPv6 address it stops with "
+                        "\"too many colons in address\", and given it in brackets with \"no suitable address found\" "
+                        "(tried here)")
     label = "Weave Net"
     in_all = True
     family = FAMILY

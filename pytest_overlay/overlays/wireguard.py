@@ -16,6 +16,7 @@ from pathlib import Path
 
 from .. import procs
 from ..inputs.model import AddressFamily
+from ..testbeds.contract import host_port
 from ..testbeds.hostnet import Footprint
 from .base import MTU_SETTING
 from .mesh import MeshOverlay, host_needs
@@ -40,7 +41,7 @@ def configuration(private_key: str, peers: list[tuple[str, str, str]]) -> str:
     allowed IPs) a keepalive."""
     lines = ["[Interface]", f"PrivateKey = {private_key}", f"ListenPort = {PORT}"]
     for public_key, endpoint, allowed in peers:
-        lines += ["", "[Peer]", f"PublicKey = {public_key}", f"Endpoint = {endpoint}:{PORT}",
+        lines += ["", "[Peer]", f"PublicKey = {public_key}", f"Endpoint = {host_port(endpoint, PORT)}",
                   f"AllowedIPs = {allowed}", f"PersistentKeepalive = {KEEPALIVE_S}"]
     return "\n".join(lines) + "\n"
 

@@ -40,6 +40,10 @@ VERSIONS = (
     "10: `comparisons`, the A/B verdicts of --overlay-ab (one per metric and circuit: the variants, B - A with "
     "its 95 % interval, change_pct, the margin, verdict same, different or unknown, and the pairs); run.ab, how "
     "the A/B run went (seed, orders, bring-ups, seconds); a record's datapath.settings, a variant's settings.",
+    "11: expected.mtu and expected.mtu_back (the path's smallest link MTU each way), expected.icmp_dropped (the "
+    "link directions that drop ICMP \"fragmentation needed\"), expected.reorder_pct, expected.underlay (the "
+    "sites' address family: ipv4, ipv6 or dual-stack); the emulator's counters add `reordered`; the metric "
+    "path_mtu, with extra.pmtu (interface_mtu, largest, discovery, told_mtu, tcp, tcp_mbit, tcp_detail, pings).",
 )
 SCHEMA_VERSION = 11
 READABLE_VERSIONS = (1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11)
@@ -175,7 +179,7 @@ FIELD_DOCS: dict[str, dict[str, str]] = {
         "invalid_reasons": "why it is INVALID", "threshold": "the limit it was held to, with its source",
         "verdict": "pass, fail, invalid, or not judged", "test": "the pytest node that measured it",
         "expected": "what the topology promises on the circuit (RTT, jitter, loss, rate, buffers, the path's MTU "
-                    "each way, where it drops ICMP \"fragmentation needed\", reordering)",
+                    "each way, where it drops ICMP \"fragmentation needed\", reordering, the underlay's family)",
         "datapath": "how the overlay carried it (encapsulation, MTU, port, cipher, control-plane state)",
         "emulator": "the link emulator's counters during the probe", "tool": "the probe's tool and version",
         "total": "the whole run's value, where the metric has one (throughput)",

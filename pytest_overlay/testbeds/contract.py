@@ -32,8 +32,14 @@ def tcp_buffer_max(rtt_ms: float, rate_mbit: float | None) -> int:
 class SiteHandle:
     name: str
     netns: str
-    address: str
+    address: str  # the underlay's: what overlays and probes use
     sysctls: dict[str, str] = field(default_factory=dict)
+    addresses: dict[int, str] = field(default_factory=dict)  # by IP version, where the testbed gives several
+
+
+def host_port(address: str, port: int | str) -> str:
+    """`address:port`, an IPv6 address in brackets (RFC 3986), as every tool here reads it."""
+    return f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
 
 
 class TestbedError(RuntimeError):

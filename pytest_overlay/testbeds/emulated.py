@@ -34,9 +34,15 @@ from .runs import LOCK, hold_lock, kill_pids, netns_inode, new_run_id, pids_in_n
 TOOLS = {"nsenter": "util-linux", "tc": "iproute2", "iptables-restore": "iptables", "sysctl": "procps"}
 
 BASE_ADDRESS = ipaddress.IPv4Address("198.18.0.0")
-# The wan's own interfaces, one address each: where a link's "fragmentation needed" comes from
-# (icmp_errors_use_inbound_ifaddr), so that a link that drops them can be told by it.
-ROUTER_ADDRESS = ipaddress.IPv4Address("198.19.0.0")
+BASE_ADDRESS6 = ipaddress.IPv6Address("2001:2::")  # the benchmarking range's IPv6 twin (RFC 5180)
+# The wan's own interfaces, one address each: where a link's "fragmentation needed" or
+# "packet too big" comes from (icmp_errors_use_inbound_ifaddr; IPv6 picks by the route back).
+ROUTER_ADDRESSES = {4: ipaddress.IPv4Address("198.19.0.0"), 6: ipaddress.IPv6Address("2001:2:0:1::")}
+ROUTER_ADDRESS = ROUTER_ADDRESSES[4]
+# Packets entering a link direction that drops ICMP carry this mark, and so do the errors the
+# wan answers them with (fwmark_reflect): OUTPUT drops those.
+ICMP_DROP_MARK = 0x4F56
+IPTABLES_RESTORE = {4: "iptables-restore", 6: "ip6tables-restore"}
 WIRE_CHAIN = "OVL-WIRE"
 
 
@@ -120,8 +126,9 @@ class EmulatedTestbed(Testbed):
         self.progress = progress or (lambda message: None)
         self.wan = f"{self.prefix}-wan"
         self.sites = {
-            name: SiteHandle(name, f"{self.prefix}-{name}", str(BASE_ADDRESS + site.index + 1))
+            name: SiteHandle(name, f"{self.prefix}-{name}", addresses[topology.families[0]], addresses=addresses)
             for name, site in topology.sites.items()
+            for addresses in [{4: str(BASE_ADDRESS + site.index + 1), 6: str(BASE_ADDRESS6 + site.index + 1)}]
         }
         self.emulator: emu.Emulator | None = None
         self.tracked: list[procs.Daemon] = []
@@ -179,11 +186,11 @@ class EmulatedTestbed(Testbed):
         """
         topo = self.topology
         ports: list[emu.Port] = []
-        wan_cmds = ["link set lo up"]
-        site_cmds = {name: ["link set lo up", f"address add {h.address}/32 dev lo"] for name, h in self.sites.items()}
+        links = ["link set lo up"]
         # (site, peer) -> (site-side ifname, its MAC, wan-side ifname facing site, its MAC)
         ends: dict[tuple[str, str], tuple[str, str, str, str]] = {}
-        icmp_rules: list[str] = []
+        marks: list[str] = []  # a direction that drops ICMP marks what enters it; its errors carry the mark
+        self._router_of: dict[str, int] = {}  # wan interface -> its address's offset in ROUTER_ADDRESSES
         for link in topo.links:
             # A jumbo link's veths carry its MTU; the limit itself is each direction's route's.
             wire = max(emu.MTU, link.forward.mtu or 0, link.reverse.mtu or 0)
@@ -192,65 +199,84 @@ class EmulatedTestbed(Testbed):
                 wan_if, site_if = f"{self.prefix}w{link.index}{tag}", f"{self.prefix}s{link.index}"
                 wan_mac, site_mac = self._mac(link.index, 2 * n), self._mac(link.index, 2 * n + 1)
                 ends[(site, peer)] = (site_if, site_mac, wan_if, wan_mac)
-                router = ROUTER_ADDRESS + 2 * link.index + n + 1
-                wan_cmds += [f"link add {wan_if} address {wan_mac} mtu {wire} type veth peer name {site_if} "
-                             f"netns {self.sites[site].netns} address {site_mac} mtu {wire}",
-                             f"link set {wan_if} up", f"address add {router}/32 dev {wan_if}"]
+                self._router_of[wan_if] = 2 * link.index + n + 1
+                links += [f"link add {wan_if} address {wan_mac} mtu {wire} type veth peer name {site_if} "
+                          f"netns {self.sites[site].netns} address {site_mac} mtu {wire}", f"link set {wan_if} up"]
                 if link.direction(site).icmp_drop:
-                    icmp_rules.append(f"-A OUTPUT -s {router} -p icmp --icmp-type fragmentation-needed -j DROP")
+                    marks.append(f"-A PREROUTING -i {wan_if} -j MARK --set-mark {ICMP_DROP_MARK:#x}")
             for n, (src, dst) in enumerate(((link.a, link.b), (link.b, link.a))):
                 ports.append(emu.Port(link.direction(src), 2 * link.index + n, ends[(src, dst)][2], ends[(dst, src)][2]))
+        self._batch(self.wan, links)
+        jobs = []
+        for version in topo.families:
+            wan_cmds, site_cmds = self._routes(version, ends)
+            jobs += [(self.wan, wan_cmds, version)] + [(self.sites[n].netns, c, version) for n, c in site_cmds.items()]
+        with concurrent.futures.ThreadPoolExecutor(min(len(jobs), 32)) as pool:
+            list(pool.map(lambda job: self._batch(*job), jobs))
+        for version in topo.families if marks else ():
+            drop = ("-p icmp --icmp-type fragmentation-needed" if version == 4 else
+                    "-p ipv6-icmp --icmpv6-type packet-too-big")
+            rules = ["*mangle", *marks, "COMMIT", "*filter", f"-A OUTPUT -m mark --mark {ICMP_DROP_MARK:#x} {drop} -j DROP",
+                     "COMMIT", ""]
+            procs.run([IPTABLES_RESTORE[version], "-w", "--noflush"], self.wan, input="\n".join(rules)).check()
+        return ports
+
+    def _routes(self, version: int, ends: dict) -> tuple[list[str], dict[str, list[str]]]:
+        """One IP version's addresses, static neighbours and routes: the wan's and each site's."""
+        topo, bits = self.topology, 32 if version == 4 else 128
+        address = {name: handle.addresses[version] for name, handle in self.sites.items()}
+        nodad = "" if version == 4 else " nodad"
+        wan_cmds: list[str] = []
+        site_cmds = {name: [f"address add {address[name]}/{bits} dev lo{nodad}"] for name in self.sites}
         for (site, peer), (site_if, _, wan_if, wan_mac) in ends.items():
-            peer_address = self.sites[peer].address
-            # The wan end answers for the peer: no ARP on emulated links.
+            # The wan end answers for the peer: no ARP or neighbour discovery on emulated links.
             site_cmds[site] += [f"link set {site_if} up",
-                                f"neigh add {peer_address} lladdr {wan_mac} dev {site_if} nud permanent"]
+                                f"neigh add {address[peer]} lladdr {wan_mac} dev {site_if} nud permanent"]
             # Whatever enters the wan from `site` on this link leaves toward `peer`.
             out_if, out_mac = ends[(peer, site)][2], ends[(peer, site)][1]
             table = 1000 + len(wan_cmds)
             mtu = topo.link_between(site, peer).direction(site).mtu
-            wan_cmds += [f"route add default via {peer_address} dev {out_if} onlink table {table}"
+            router = ROUTER_ADDRESSES[version] + self._router_of[wan_if]
+            wan_cmds += [f"address add {router}/{bits} dev {wan_if}{nodad}",
+                         f"route add default via {address[peer]} dev {out_if} onlink table {table}"
                          + (f" mtu lock {mtu}" if mtu else ""),
-                         f"neigh replace {peer_address} lladdr {out_mac} dev {out_if} nud permanent",
+                         f"neigh replace {address[peer]} lladdr {out_mac} dev {out_if} nud permanent",
                          f"rule add iif {wan_if} table {table} pref 100"]
         # What the wan sends itself (a link's ICMP errors) goes straight to the site it is for.
         facing: dict[str, str] = {}
         for (site, _), (_, _, wan_if, _) in ends.items():
             facing.setdefault(site, wan_if)
-        wan_cmds += [f"route add {self.sites[site].address}/32 via {self.sites[site].address} dev {wan_if} onlink"
+        wan_cmds += [f"route add {address[site]}/{bits} via {address[site]} dev {wan_if} onlink"
                      for site, wan_if in facing.items()]
-        for name, handle in self.sites.items():
-            for other, other_handle in self.sites.items():
+        for name in self.sites:
+            for other in self.sites:
                 if other != name:
                     hop = topo.path_between(name, other)[1]
-                    site_cmds[name].append(f"route add {other_handle.address}/32 via {self.sites[hop].address} "
-                                           f"dev {ends[(name, hop)][0]} onlink src {handle.address}")
-        self._batch(self.wan, wan_cmds[:1] + [c for c in wan_cmds if c.startswith("link")])
-        with concurrent.futures.ThreadPoolExecutor(len(self.sites) + 1) as pool:
-            jobs = [(self.wan, [c for c in wan_cmds if not c.startswith("link")])]
-            jobs += [(self.sites[n].netns, cmds) for n, cmds in site_cmds.items()]
-            list(pool.map(lambda job: self._batch(*job), jobs))
-        if icmp_rules:
-            procs.run(["iptables-restore", "-w", "--noflush"], self.wan,
-                      input="\n".join(["*filter", *icmp_rules, "COMMIT", ""])).check()
-        return ports
+                    site_cmds[name].append(f"route add {address[other]}/{bits} via {address[hop]} "
+                                           f"dev {ends[(name, hop)][0]} onlink src {address[name]}")
+        return wan_cmds, site_cmds
 
     @staticmethod
-    def _batch(netns: str, commands: list[str]) -> None:
-        procs.run(["ip", "-n", netns, "-batch", "-"], input="\n".join(commands) + "\n").check()
+    def _batch(netns: str, commands: list[str], version: int = 4) -> None:
+        procs.run(["ip", f"-{version}", "-n", netns, "-batch", "-"], input="\n".join(commands) + "\n").check()
 
     def _set_sysctls(self) -> None:
-        # A link's ICMP errors: from the interface the packet came in by, and never held back
-        # by the kernel's rate limit (a router of the path would send each).
+        six = 6 in self.topology.families
+        ip6 = ({"net.ipv6.conf.all.disable_ipv6": "0", "net.ipv6.conf.all.forwarding": "1"} if six else
+               {"net.ipv6.conf.all.disable_ipv6": "1"})
+        # A link's ICMP errors: from the interface the packet came in by, carrying the mark of
+        # the packet they answer, and never held back by the kernel's rate limit (a router of
+        # the path would send each).
         wan = {"net.ipv4.ip_forward": "1", "net.ipv4.conf.all.rp_filter": "0",
                "net.ipv4.icmp_errors_use_inbound_ifaddr": "1", "net.ipv4.icmp_ratelimit": "0",
-               "net.ipv4.conf.default.rp_filter": "0", "net.ipv6.conf.all.disable_ipv6": "1"}
+               "net.ipv4.fwmark_reflect": "1", "net.ipv4.conf.default.rp_filter": "0", **ip6,
+               **({"net.ipv6.fwmark_reflect": "1", "net.ipv6.icmp.ratelimit": "0"} if six else {})}
         jobs = {self.wan: wan}
         for name, handle in self.sites.items():
             handle.sysctls = {
                 "net.ipv4.ip_forward": "1",
                 "net.ipv4.conf.all.rp_filter": "0",
-                "net.ipv6.conf.all.disable_ipv6": "1",
+                **ip6,
                 **tcp_sysctls(self.topology, name),
             }
             jobs[handle.netns] = handle.sysctls
@@ -353,18 +379,21 @@ class EmulatedTestbed(Testbed):
         chain = f"{WIRE_CHAIN}-{label}"
         rules = ["*filter", f":{chain} - [0:0]", f"-A FORWARD -j {chain}"]
         rules += [f'-A {chain} -i {p.ingress} {" ".join(match)} -m comment --comment "{p.name}"' for p in self.ports]
-        procs.run(["iptables-restore", "-w", "--noflush"], self.wan, input="\n".join(rules + ["COMMIT", ""])).check()
+        for version in self.topology.families:
+            procs.run([IPTABLES_RESTORE[version], "-w", "--noflush"], self.wan,
+                      input="\n".join(rules + ["COMMIT", ""])).check()
         self.counted.add(label)
 
     def packets(self, label: str) -> dict[str, int]:
         """Packets counted under `label` by count(), per link direction."""
-        shown = procs.run(["iptables", "-w", "-t", "filter", "-n", "-v", "-x", "-L", f"{WIRE_CHAIN}-{label}"],
-                          self.wan).check()
-        counts = {}
-        for line in shown.stdout.splitlines():
-            match = re.match(r"\s*(\d+)\s+\d+\s.*/\* (\S+) \*/", line)
-            if match:
-                counts[match.group(2)] = int(match.group(1))
+        counts: dict[str, int] = {}
+        for version in self.topology.families:
+            shown = procs.run([IPTABLES_RESTORE[version].replace("-restore", ""), "-w", "-t", "filter", "-n", "-v",
+                               "-x", "-L", f"{WIRE_CHAIN}-{label}"], self.wan).check()
+            for line in shown.stdout.splitlines():
+                match = re.match(r"\s*(\d+)\s+\d+\s.*/\* (\S+) \*/", line)
+                if match:
+                    counts[match.group(2)] = counts.get(match.group(2), 0) + int(match.group(1))
         return counts
 
     def describe(self) -> dict:

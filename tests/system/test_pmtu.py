@@ -8,10 +8,12 @@ from __future__ import annotations
 import json
 import time
 
+import pytest
+
 from pytest_overlay.emulation import emulator
 from pytest_overlay.inputs import topology
 from pytest_overlay.measure import pmtu
-from pytest_overlay.testbeds.emulated import ROUTER_ADDRESS, EmulatedTestbed
+from pytest_overlay.testbeds.emulated import ROUTER_ADDRESSES, EmulatedTestbed
 
 from ..conftest import on_the_machines_time
 
@@ -31,23 +33,40 @@ RECEIVE = ("import socket, sys\ns = socket.socket(socket.AF_INET, socket.SOCK_DG
            "    except socket.timeout:\n        break\nopen(sys.argv[2], 'w').write(str(seen))\n")
 
 
-def test_a_smaller_link_tells_the_sender_and_one_that_drops_icmp_is_a_black_hole(clean_machine):
-    topo = topology.parse(TRIANGLE, "<test>")
+@pytest.mark.parametrize("underlay", ["ipv4", "ipv6"])
+def test_a_smaller_link_tells_the_sender_and_one_that_drops_icmp_is_a_black_hole(clean_machine, underlay):
+    topo = topology.parse({**TRIANGLE, "underlay": underlay}, "<test>")
+    version = topo.families[0]
     with on_the_machines_time(), EmulatedTestbed(topo, emulator="delayline") as bed:
         a, b, c = (bed.underlay_endpoint(site) for site in "ABC")
-        first = bed.run("A", ["ping", "-n", "-M", "do", "-s", "1472", "-c", "1", "-W", "1", bed.address("B")])
+        first = bed.run("A", ["ping", "-n", "-M", "do", "-s", str(1500 - pmtu.HEADERS[version]), "-c", "1", "-W",
+                              "1", bed.address("B")])
         told = pmtu.measure(a, b, 200)
         started = time.monotonic()
         hole = pmtu.measure(b, c, 200)
         hole_s = time.monotonic() - started
-    router = str(ROUTER_ADDRESS + 1)  # A's end of link 0: where A's packets to B come in
+    router = str(ROUTER_ADDRESSES[version] + 1)  # A's end of link 0: where A's packets to B come in
+    assert ":" in a.address if version == 6 else "." in a.address
     assert (told.largest, told.discovery, told.told_mtu) == (1400, "told", 1400)
-    assert f"From {router} icmp_seq=1 Frag needed and DF set (mtu = 1400)" in first.stdout, first
+    said = "Frag needed and DF set (mtu = 1400)" if version == 4 else "Packet too big: mtu=1400"
+    assert f"From {router} icmp_seq=1 {said}" in first.stdout, first
     assert told.tcp in ("full speed", "slowed")
     assert told.tcp_detail["pmtu"] == 1400 and told.tcp_detail["bytes_acked"] > 1_000_000
     assert (hole.largest, hole.discovery, hole.told_mtu, hole.tcp) == (1400, "silent", None, "black hole")
     assert hole.tcp_detail["connected"] and hole.tcp_detail["bytes_acked"] <= 1
     assert hole_s < 60, hole_s  # bounded: the transfer, then a bisection of 1 s pings
+
+
+def test_a_dual_stack_testbed_routes_both_families_and_overlays_use_ipv4(clean_machine):
+    topo = topology.parse({**TRIANGLE, "underlay": "dual-stack"}, "<test>")
+    with on_the_machines_time(), EmulatedTestbed(topo, emulator="delayline") as bed:
+        handle = bed.sites["C"]
+        assert bed.address("C") == handle.addresses[4]
+        for version in (4, 6):  # over their own 10 ms link, each family
+            answer = bed.run("A", ["ping", f"-{version}", "-n", "-c", "1", "-W", "2", handle.addresses[version]])
+            assert answer.ok and "time=1" in answer.stdout, answer
+        counted = bed.emulator_counters()
+    assert counted["A->C"]["packets"] == 2 and counted["C->A"]["packets"] == 2
 
 
 def test_every_packet_sent_on_ahead_is_counted_as_the_receiver_sees_it(clean_machine, tmp_path):

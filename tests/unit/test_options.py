@@ -42,7 +42,7 @@ def test_bad_option_is_a_usage_error(pytester, option, message):
 @pytest.mark.parametrize("args, message", [
     (["--overlay-compare-fail=latency:5%"], "--overlay-compare-fail needs a run to compare with"),
     (["--overlay-compare", "--overlay-compare-fail=latency:5%"], "no saved overlay runs in"),
-    (["--topology=atlantis"], "no such topology file; bundled topologies: geant, geant-star, geant.dsl, local, pmtu"),
+    (["--topology=atlantis"], "no such topology file; bundled topologies: geant, geant-star, geant.dsl, local, pmtu, pmtu-ipv6"),
 ])
 def test_bad_combination_is_a_usage_error(pytester, tmp_path, args, message):
     result = pytester.runpytest_inprocess(SUITES, "--collect-only", f"--benchmark-storage=file://{tmp_path}", *args)

@@ -27,6 +27,10 @@ SENT = json.loads((DATA / "bulk_sent.json").read_text())
     ("local", False, 1400),     # the sender's own route has learned it: "message too long, mtu=1400"
     ("silent", False, None),    # the black hole: nothing came back, nothing was said
     ("answered", True, None),
+    ("told6", False, 1400),     # ICMPv6 "Packet too big: mtu=1400"
+    ("local6", False, 1400),    # "message too long, mtu: 1400"
+    ("silent6", False, None),
+    ("answered6", True, None),
 ])
 def test_ping_with_df_tells_answered_told_and_silent_apart(case, answered, told):
     outcome = pmtu.parse_ping(PINGS[case], 1500)
@@ -99,3 +103,31 @@ def test_what_breaks_sets_each_overlay_against_each_kind_of_path():
     assert "| wireguard | slowed (1420 B)      | black hole (1328 B)     |" in text
     assert "| host      | -                    | black hole (1400 B)     |" in text
     assert "MTU 1400 without ICMP" in text and "MTU 1400 with ICMP" in text
+
+
+def test_an_underlay_family_is_one_of_three_and_only_on_the_embedded_wan(tmp_path):
+    path = tmp_path / "t.yaml"
+    path.write_text("underlay: ipv5\nsites: {A: {}, B: {}}\nlinks: [{between: [A, B], rtt_ms: 10}]\n")
+    with pytest.raises(InputError, match="t.yaml:1: underlay: must be one of ipv4, ipv6, dual-stack, got 'ipv5'"):
+        topology.load(path)
+    path.write_text("underlay: ipv6\nsites: {A: {host: {ssh: root@192.0.2.1}}, B: {host: {ssh: root@192.0.2.2}}}\n"
+                    "links: [{between: [A, B], rtt_ms: 10}]\n")
+    with pytest.raises(InputError, match="underlay: across real hosts the underlay is the hosts' own addresses"):
+        topology.load(path)
+    six = topology.load("pmtu-ipv6")
+    assert six.families == (6,) and six.expected(six.circuits[0])["underlay"] == "ipv6"
+
+
+def test_an_address_and_port_are_written_as_every_tool_reads_them():
+    from pytest_overlay.testbeds.contract import host_port
+
+    assert host_port("198.18.0.1", 655) == "198.18.0.1:655"
+    assert host_port("2001:2::1", 655) == "[2001:2::1]:655"
+
+
+def test_every_kind_either_runs_over_ipv6_or_says_what_its_trial_showed():
+    from pytest_overlay import kinds
+
+    said = {name: kinds.get(name).ipv6_unsupported for name in kinds.names()}
+    assert {name for name, why in said.items() if not why} >= {"host", "wireguard", "tinc", "nebula"}
+    assert all("tried here" in why for why in said.values() if why), said

@@ -123,7 +123,7 @@ def test_a_file_larger_than_any_topology_is_refused_unread(tmp_path):
 
 
 def test_missing_topology_lists_bundled_ones():
-    with pytest.raises(InputError, match="bundled topologies: geant, geant-star, geant.dsl, local, pmtu"):
+    with pytest.raises(InputError, match="bundled topologies: geant, geant-star, geant.dsl, local, pmtu, pmtu-ipv6"):
         topology.load("atlantis")
 
 
