@@ -4,6 +4,7 @@ Docker API with TLS, checked field by field like the rest of the topology."""
 from __future__ import annotations
 
 import ipaddress
+import socket
 import re
 from pathlib import Path
 
@@ -15,6 +16,21 @@ TLS_KEYS = ("ca", "cert", "key")
 SSH_TARGET = re.compile(r"^(?P<user>[a-z_][a-z0-9_.-]{0,31})@(?P<address>[A-Za-z0-9.-]+|\[[0-9A-Fa-f:]+\])(?::(?P<port>\d{1,5}))?$")
 DOCKER_TARGET = re.compile(r"^tcp://(?P<address>[A-Za-z0-9.-]+|\[[0-9A-Fa-f:]+\]):(?P<port>\d{1,5})$")
 INTERFACE = re.compile(r"^[A-Za-z0-9_.@-]{1,15}$")
+
+
+def _resolved(check: Checker, raw: LineDict, key: str, field_name: str, name: str) -> str:
+    """The IP address a host name stands for, now: rules, routes and the controller's own path
+    are compared by address, and a name never matches one."""
+    try:
+        return str(ipaddress.ip_address(name))
+    except ValueError:
+        pass
+    try:
+        found = socket.getaddrinfo(name, None, socket.AF_INET, socket.SOCK_STREAM)
+    except OSError as e:
+        raise check.fail(raw, key, field_name, f"host name {name!r} does not resolve here ({e.strerror or e}); give "
+                                               "its IP address") from None
+    return found[0][4][0]
 
 
 def parse_host(check: Checker, spec: LineDict, where: str, base: Path) -> RemoteHost:
@@ -33,7 +49,7 @@ def parse_host(check: Checker, spec: LineDict, where: str, base: Path) -> Remote
             raise check.fail(raw, key, f"{where}.{key}", f"must be {example}, got {raw[key]!r}")
         if match.group("port") and not 0 < int(match.group("port")) < 65536:
             raise check.fail(raw, key, f"{where}.{key}", f"port must be 1..65535, got {match.group('port')}")
-        addresses.append(match.group("address").strip("[]"))
+        addresses.append(_resolved(check, raw, key, f"{where}.{key}", match.group("address").strip("[]")))
     if "address" in raw:
         try:
             addresses.insert(0, str(ipaddress.ip_address(raw["address"])))

@@ -60,6 +60,7 @@ class FaultPath(OverlayPath):
                                                                     faults.INTERVAL_MS)
         if run.restore_error:
             problems.append(f"the fault could not be healed ({run.restore_error}): what followed is not a recovery")
+        problems += timer_healed(run.sent)
         counts_only(accrued)
         measured = Measured(samples, problems, accrued, None, accounting=accounting, machine=window)
         records = self._records(run, outcome, measured)
@@ -129,3 +130,15 @@ class FaultPath(OverlayPath):
                 {"before_mbit": statistics.fmean(before) if before else None, "before_n": len(before),
                  "retransmits": run.tcp.retransmits, "interval_s": run.tcp.interval_s}, **level)
         return out
+
+
+def timer_healed(sent: list[tuple[str, float, float, float | None]]) -> list[str]:
+    """Why the fault did not last as planned, where a step was sent after the hosts' own timer
+    could have removed the one before (real hosts: a step held that long heals by itself); `sent`
+    is (what, planned, sent at, hold_s) per step, in seconds from the fault's start."""
+    for (_, _, at, hold_s), (what, planned, next_at, _) in zip(sent, sent[1:]):
+        if hold_s is not None and next_at > at + max(1, round(hold_s)):
+            return [f"the {what} planned at +{planned:g} s was sent at +{next_at:.1f} s, after the hosts' own timer "
+                    f"had removed the fault (+{at + max(1, round(hold_s)):.1f} s at the latest): the fault did not "
+                    "last as planned"]
+    return []

@@ -337,6 +337,7 @@ class FaultRun:
     tcp: ThroughputSamples | None = None
     restore_error: str | None = None
     notes: list[str] = field(default_factory=list)
+    sent: list[tuple] = field(default_factory=list)  # per step: (what, planned, sent at, the host's own hold_s)
 
     @property
     def origin_ns(self) -> int:
@@ -365,9 +366,7 @@ def run(overlay, fault: Fault, bound_s: float = BOUND_S, tcp: bool = False,
     steps: list[Step] = []
     watcher = ControlWatch(overlay)
     tcp_result: dict = {}
-    tcp_thread = None
-    calm_until = None
-    restore_error = None
+    tcp_thread, calm_until, restore_error, sent = None, None, None, []
     started = time.time_ns()
     try:
         if fault.watch:
@@ -397,6 +396,7 @@ def run(overlay, fault: Fault, bound_s: float = BOUND_S, tcp: bool = False,
                     after = overlay.wire_counters() or {}
                     wire_during = {k: v - wire_before.get(k, 0) for k, v in after.items() if v - wire_before.get(k, 0)}
                 hold_s = fault.duration_s - planned + SELF_HEAL_MARGIN_S
+                sent.append((what, planned, time.monotonic() - begin, hold_s if testbed.heals_itself else None))
                 steps.append(Step(what, planned, testbed.impair(changes, overlay.routed(), hold_s=hold_s)))
                 progress(f"{overlay.name} {fault.name}: {what} at +{planned:g} s")
         finally:
@@ -423,7 +423,7 @@ def run(overlay, fault: Fault, bound_s: float = BOUND_S, tcp: bool = False,
         logs = watcher.finish()
     result = FaultRun(fault, steps, trips, watch_trips, watcher.events, watcher.initial, logs, started, time.time_ns(),
                       wire_during=wire_during, calm_until_ns=calm_until, tcp=tcp_result.get("samples"),
-                      restore_error=restore_error)
+                      restore_error=restore_error, sent=sent)
     if "error" in tcp_result:
         result.notes.append(f"TCP transfer failed: {tcp_result['error']}")
     return result

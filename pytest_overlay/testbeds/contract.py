@@ -141,6 +141,7 @@ class Testbed:
     run_dir: Path
     sites: dict[str, SiteHandle]
     progress: Callable[[str], None]
+    heals_itself = False  # a fault's step goes by itself on the hosts once held past its hold_s
     # The sites' addresses are on a network others share (real hosts): an overlay's peers must
     # prove they belong to the run. Here only the testbed's namespaces reach them.
     shared_network = False

@@ -4,7 +4,7 @@ went wrong (from errors captured against the lab's real daemons)."""
 import docker
 import pytest
 
-from pytest_overlay import kinds
+from pytest_overlay import kinds, procs
 from pytest_overlay.inputs import topology
 from pytest_overlay.inputs.topology import RemoteHost
 from pytest_overlay.paths import KNOWN_HOSTS
@@ -313,3 +313,32 @@ def test_the_watchdog_wakes_a_main_thread_blocked_in_a_call(tmp_path):
         assert time.monotonic() - started < 5
     finally:
         signal.signal(remote.STOP_SIGNAL, bed._stopper)
+
+
+def test_a_fault_step_applied_with_no_planned_end_still_goes_by_itself(tmp_path, monkeypatch):
+    """impair() without hold_s: the hosts' chain gets the unplanned hold's timer, never none."""
+    from pytest_overlay.inputs.model import Direction
+    from pytest_overlay.testbeds.real import hostfaults
+
+    topo = topology.parse({"name": "t", "sites": {"A": {"host": {"ssh": "root@192.0.2.1"}},
+                                                  "B": {"host": {"ssh": "root@192.0.2.2"}}},
+                           "links": [{"between": ["A", "B"], "rtt_ms": 10}]}, "t.yaml")
+    bed = remote.RemoteTestbed(topo, state_root=tmp_path)
+    bed.run_dir.mkdir()
+    sent = []
+    monkeypatch.setattr(hostfaults, "host_run", lambda host, script, timeout, input=None, fenced=None: (
+        sent.append(script), procs.CommandResult([], 0, "1700000000000000000\n", ""))[1])
+    monkeypatch.setattr(bed, "_controller_cut", lambda changes: [])
+    bed.impair({"A->B": Direction("A", "B", 5.0, loss_pct=100.0)})
+    assert sent and all(f"sleep {round(hostfaults.UNPLANNED_HOLD_S)};" in script for script in sent)
+
+
+def test_a_step_sent_after_the_hosts_own_timer_makes_the_fault_invalid():
+    from pytest_overlay.measure.faultpath import timer_healed
+
+    on_time = [("apply", 0.0, 0.02, 50.0), ("heal", 20.0, 20.03, None)]
+    assert timer_healed(on_time) == []
+    late = [("apply", 0.0, 0.02, 50.0), ("heal", 20.0, 71.4, None)]
+    (said,) = timer_healed(late)
+    assert said.startswith("the heal planned at +20 s was sent at +71.4 s, after the hosts' own timer had removed")
+    assert timer_healed([("apply", 0.0, 0.0, None), ("heal", 20.0, 500.0, None)]) == []  # the WAN here: no timer

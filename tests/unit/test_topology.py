@@ -271,3 +271,16 @@ def test_bad_overlay_range_names_its_line(tmp_path, ranges, field, message):
         topology.load(path)
     assert (error.value.line, error.value.field) == (10, field)
     assert message in error.value.message
+
+
+def test_a_host_given_by_name_is_resolved_when_the_topology_is_loaded(tmp_path):
+    """Rules, routes and the controller's own path are compared by address: a name is resolved
+    at load (localhost, from /etc/hosts), and one that does not resolve is refused there."""
+    path = tmp_path / "t.yaml"
+    path.write_text("sites:\n  A: {host: {ssh: root@localhost}}\n  B: {host: {ssh: root@192.0.2.2}}\n"
+                    "links: [{between: [A, B], rtt_ms: 10}]\n")
+    assert topology.load(path).sites["A"].host.address == "127.0.0.1"
+    path.write_text(path.read_text().replace("root@localhost", "root@no-such-host.invalid"))
+    with pytest.raises(InputError, match=r"t.yaml:2: sites.A.host.ssh: host name 'no-such-host.invalid' does not "
+                                         r"resolve here \(.*\); give its IP address"):
+        topology.load(path)

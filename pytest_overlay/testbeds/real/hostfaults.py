@@ -13,6 +13,9 @@ from .hostengine import RemoteError
 from .hosts import controller_path, host_run
 
 
+UNPLANNED_HOLD_S = 600.0  # a step applied with no planned end still goes by itself this long after
+
+
 class HostFaults:
     """The fault half of RemoteTestbed: it keeps `topology`, `hosts`, `run_id`, `faulted`
     (hosts holding the run's chain), `impaired` (the directions a fault changed), `lost` (hosts
@@ -49,7 +52,8 @@ class HostFaults:
                hold_s: float | None = None) -> int:
         """Apply a fault's step between the hosts: the run's iptables chain on each receiving
         host drops what the fault's loss asks for, from the far host's address and the
-        overlay's unencapsulated ranges there (`routed`), and goes by itself after `hold_s`; a
+        overlay's unencapsulated ranges there (`routed`), and goes by itself after `hold_s` (by
+        UNPLANNED_HOLD_S where none is given: no chain outlives its controller for good); a
         delay step changes the sending host's netem. Returns when it took effect, by the hosts'
         clocks: the first host to hold a step that impairs more, the last to hold one that heals."""
         after = {k: d for k, d in {**self.impaired, **changes}.items()
@@ -70,7 +74,7 @@ class HostFaults:
                     self._save_state()
                 if not lines:
                     healed.append(site)
-                scripts[site] = [hostlinks.apply_script(self.run_id, lines, hold_s) if lines else
+                scripts[site] = [hostlinks.apply_script(self.run_id, lines, hold_s or UNPLANNED_HOLD_S) if lines else
                                  (hostlinks.heal_script(self.run_id), None)]
         handle = hostlinks.qdisc_handle(self.run_id)
         for src, dst in set(old) | set(new):

@@ -90,6 +90,7 @@ class RemoteTestbed(HostFaults, Testbed):
     kind = "remote"
     backend = "remote"
     shared_network = True
+    heals_itself = True
     own_engines = False
     own_sites = False
     bringup_failure_is_input = True
