@@ -184,6 +184,8 @@ def pooled(runs: list[ThroughputSamples]) -> ThroughputSamples:
     extra = {**first.extra, "packets": packets, "lost_packets": lost}
     if protocol == "udp":
         extra["receiver_socket_dropped"] = None if None in dropped else sum(dropped)
+        disordered = [r.extra.get("out_of_order") for r in runs]
+        extra["out_of_order"] = None if None in disordered else sum(disordered)
     return ThroughputSamples(
         protocol, [m for r in runs for m in r.mbit], _weighted_total(runs), first.interval_s,
         retransmits=sum(r.retransmits or 0 for r in runs) if protocol == "tcp" else None,
@@ -235,12 +237,13 @@ def parse_iperf3(output: str, protocol: str, udp_rate_mbit: float | None = None,
         delivered_mbit(packets, lost, sent_mbit, read_mbit),
         INTERVAL_S, lost_pct=100 * lost / packets if packets else 0.0, jitter_ms=total.get("jitter_ms"),
         offered_mbit=udp_rate_mbit, sent_mbit=sent_mbit,
-        extra={"packets": packets, "lost_packets": lost, "socket_buffer": UDP_BUFFER, "read_mbit": read_mbit},
+        extra={"packets": packets, "lost_packets": lost, "socket_buffer": UDP_BUFFER, "read_mbit": read_mbit,
+               "out_of_order": _out_of_order(data)},
         offsets_s=offsets,
     )
 
 
-UDP_RECORDED = ("packets", "lost_packets", "read_mbit", "receiver_socket_dropped", "receiver_cpus")
+UDP_RECORDED = ("packets", "lost_packets", "out_of_order", "read_mbit", "receiver_socket_dropped", "receiver_cpus")
 
 
 def delivered_mbit(packets: int | None, lost: int, sent_mbit: float | None, read_mbit: float) -> float:
@@ -279,6 +282,14 @@ def _spans_the_warmup(interval: dict) -> bool:
 # second of a flow spans 16 to 77 round trips on the study's paths, so its mean depends
 # little on the window the batch before it left.
 BATCH_INTERVALS = 2
+
+
+def _out_of_order(data: dict) -> int | None:
+    """Datagrams the receiver got after a later one (iperf3's per-stream count, the whole run's,
+    warm-up included): what a reordering path did. None where iperf3 does not say."""
+    ends = (data.get("server_output_json") or data).get("end", {}).get("streams") or []
+    counts = [(stream.get("udp") or {}).get("out_of_order") for stream in ends]
+    return None if not counts or None in counts else sum(counts)
 
 
 def _udp_loss(received: list[dict], total: dict) -> tuple[int, int]:

@@ -9,7 +9,7 @@ import time
 
 from .. import procs
 from ..testbeds.contract import Testbed, host_port
-from ..testbeds.engines import LABEL, Engine, EngineError
+from ..testbeds.engines import LABEL, SWARM_LABEL, Engine, EngineError
 from .base import OverlayUnavailable
 from .containers import ContainerOverlay
 
@@ -81,7 +81,8 @@ class LibnetworkOverlay(ContainerOverlay):
             self._swarm_manager = manager
             self._progress(f"using the hosts' swarm (manager {manager.site}); it is left as it was")
             return
-        manager.client.swarm.init(advertise_addr=manager.address, listen_addr=host_port(manager.address, 2377))
+        manager.client.swarm.init(advertise_addr=manager.address, listen_addr=host_port(manager.address, 2377),
+                                  labels={SWARM_LABEL: self.testbed.run_id})
         self.testbed.swarm_member(manager.site, manager.client.info()["Swarm"]["NodeID"],
                                   manager.client.swarm.attrs["ID"])
         token = manager.client.swarm.attrs["JoinTokens"]["Worker"]

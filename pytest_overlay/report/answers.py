@@ -161,6 +161,19 @@ def meshes_section(out: Path) -> str:
             + markdown_table(meshes.HEAD, rows))
 
 
+def what_breaks_section(out: Path) -> str:
+    """The path MTU part: each overlay against each kind of path, in the future-work group."""
+    from .tables import what_breaks
+
+    records = [r for r in load_records(out / "pmtu.json") if r.metric == "path_mtu"]
+    conditions, rows = what_breaks(records)
+    return ("## Beyond the study: what breaks\n\nOverlays between sites break on packet size more often than on "
+            "delay. On the pmtu triangle (1400-byte links; MIL–LJU drops ICMP \"fragmentation needed\", a path MTU "
+            "black hole; AMS–LJU reorders 1 %), a bulk TCP transfer through each overlay: full speed, slowed (below "
+            "70 % of the link's rate, or after a stall) or black hole, with the largest packet carried end to end. "
+            "See pmtu/report.md and docs/pmtu.md.\n\n" + markdown_table(["Overlay", *conditions], rows))
+
+
 def markdown_table(head: list[str], rows: list[list[str]]) -> str:
     from tabulate import tabulate
 

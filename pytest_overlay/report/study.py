@@ -10,7 +10,9 @@ Parts, each a pytest run of the suites:
   5. the study's future work, on AMS-MIL: latency under load (RRUL) at the links' buffers and
      at 5 ms, and the CPU sweep, every overlay;
   6. and 7. today's encrypted meshes (WireGuard, Nebula, tinc) beside Weave's encrypted sleeve:
-     latency and TCP on AMS-MIL, then the cut on BRA-LJU and LJU's partition.
+     latency and TCP on AMS-MIL, then the cut on BRA-LJU and LJU's partition;
+  8. what breaks: path MTU on the pmtu triangle (1400-byte links, one dropping ICMP, one
+     reordering), every overlay and mesh.
 Then one report (Markdown and HTML) judged by rules it states.
 """
 
@@ -31,6 +33,7 @@ from ..results import Record
 from . import page
 from .answers import (LONG_CUT, MESH_CUT, MESH_PARTITION, MESH_PEERS, STRESS_CIRCUIT, confidence, cut_answer,
                       figure, find_record, flannel_answer, load_records, markdown_table, meshes_section, stress_answer,
+                      what_breaks_section,
                       weave_answer)
 
 REFERENCE = DATA / "reference" / "hermans-deniet-2016.yaml"
@@ -129,6 +132,10 @@ class Study:
                  [f"--topology={self.out / 'geant-cuts.yaml'}", f"--overlay={','.join(MESH_PEERS)},meshes", "-m",
                   "faults", f"--overlay-faults={MESH_CUT},{MESH_PARTITION}"],
                  4 * (b.bringup_s + 2 * 30 + LONG_CUT_S + 20 + 10), "meshes-faults.json", "meshes-faults"),
+            Part("what breaks: path MTU on the pmtu triangle (1400-byte links, one dropping ICMP, one reordering); "
+                 "every overlay and mesh",
+                 ["--topology=pmtu", "--overlay=all,meshes", "-m", "pmtu", "--overlay-retries=2"],
+                 8 * (b.bringup_s + 3 * 15), "pmtu.json", "pmtu"),
         ]
 
     def write_topologies(self) -> None:
@@ -290,6 +297,8 @@ def write_report(out: Path, parts: list[Part], wall_s: float) -> list[str]:
     ]
     if (out / "meshes.json").exists() or (out / "meshes-faults.json").exists():
         sections.append(meshes_section(out))
+    if (out / "pmtu.json").exists():
+        sections.append(what_breaks_section(out))
     streaming = out / "streaming"
     if (streaming / "report.md").exists():
         sections.append("## Streaming (BRA to AMS)\n\nSee streaming/report.md and streaming/index.html: jitter and "

@@ -125,16 +125,25 @@ def _condition(r: Record) -> str:
     return ", ".join(said) or "1500, clean"
 
 
+def what_breaks(records: list[Record]) -> tuple[list[str], list[list[str]]]:
+    """Each overlay's bulk TCP outcome (and largest packet) on each kind of path: the kinds, and
+    a row per overlay."""
+    breaks: dict[str, dict[str, str]] = {}
+    for r in records:
+        cell = "INVALID" if not r.valid else f"{r.extra.get('pmtu', {}).get('tcp')} ({r.stats.min:.0f} B)"
+        breaks.setdefault(who(r), {})[_condition(r)] = cell
+    conditions = sorted({c for by in breaks.values() for c in by})
+    return conditions, [[overlay, *(by.get(c, "-") for c in conditions)] for overlay, by in breaks.items()]
+
+
 def _pmtu_section(v: View) -> list[str]:
-    rows, breaks = [], {}
+    rows = []
     for r in v.by_metric["path_mtu"]:
         p = r.extra.get("pmtu", {})
         tcp = p.get("tcp_detail", {})
         rows.append([circuit_cell(r), who(r), _condition(r), p.get("interface_mtu"), number(r.stats.min, 0),
                      p.get("discovery"), p.get("told_mtu") or "-", p.get("tcp"), number(p.get("tcp_mbit"), 0),
                      tcp.get("total_retrans"), number(tcp.get("first_ack_ms"), 0), status_cell(r, v.notes)])
-        cell = "INVALID" if not r.valid else f"{p.get('tcp')} ({r.stats.min:.0f} B)"
-        breaks.setdefault(who(r), {})[_condition(r)] = cell
     tables_ = [titled_table(
         "Path MTU: the largest IP packet carried end to end with DF set, in bytes (one bisection per circuit, "
         "exact to the byte); discovery: carried, told (the sender learned the limit) or silent (a black hole); "
@@ -142,12 +151,11 @@ def _pmtu_section(v: View) -> list[str]:
         "retransmissions and first acknowledged segment (ms)",
         ["Circuit", "Overlay", "Path", "Interface MTU", "Largest", "Discovery", "Told MTU", "Bulk TCP", "Mbit/s",
          "Retrans", "First ack ms", "Verdict"], rows)]
-    conditions = sorted({c for by in breaks.values() for c in by})
+    conditions, pivot = what_breaks(v.by_metric["path_mtu"])
     if len(conditions) > 1:
         tables_.append(titled_table(
             "What breaks: each overlay's bulk TCP transfer (and largest packet) on each kind of path "
-            "(one circuit each)", ["Overlay", *conditions],
-            [[overlay, *(by.get(c, "-") for c in conditions)] for overlay, by in breaks.items()]))
+            "(one circuit each)", ["Overlay", *conditions], pivot))
     return tables_
 
 

@@ -40,6 +40,9 @@ IMAGE_EXCLUDED = ("/usr/share/doc/*", "/usr/share/man/*", "/usr/share/info/*", "
                   "/usr/lib/x86_64-linux-gnu/dri/*", "/usr/lib/x86_64-linux-gnu/libLLVM*",
                   "/usr/lib/x86_64-linux-gnu/libz3.so*")
 LABEL = "pytest-overlay.run"
+# A swarm a run makes carries the run's id in its spec's labels from its first moment: a run
+# killed before it recorded its nodes still leaves a swarm `clean` can tell is its own.
+SWARM_LABEL = LABEL
 TOOLS = {"dockerd": "docker.io", "containerd": "containerd", "runc": "runc", "docker": "docker.io",
          "mmdebstrap": "mmdebstrap"}
 

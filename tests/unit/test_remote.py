@@ -342,3 +342,45 @@ def test_a_step_sent_after_the_hosts_own_timer_makes_the_fault_invalid():
     (said,) = timer_healed(late)
     assert said.startswith("the heal planned at +20 s was sent at +71.4 s, after the hosts' own timer had removed")
     assert timer_healed([("apply", 0.0, 0.0, None), ("heal", 20.0, 500.0, None)]) == []  # the WAN here: no timer
+
+
+class _SwarmEngine:
+    """A host's engine as `clean` reads it: `docker info`'s Swarm part, and `docker swarm
+    inspect` where it is a manager."""
+
+    def __init__(self, swarm: dict, spec_labels: dict | None = None) -> None:
+        engine = self
+
+        class Swarm:
+            attrs: dict = {}
+
+            def reload(self) -> None:
+                if spec_labels is None:
+                    raise docker.errors.APIError("This node is not a swarm manager.")
+                self.attrs = {"Spec": {"Labels": spec_labels}}
+
+        class Client:
+            swarm = Swarm()
+
+            def info(self) -> dict:
+                return {"Swarm": engine.state}
+
+        self.state, self.client = swarm, Client()
+
+
+def test_a_swarm_made_by_a_run_killed_before_it_recorded_its_nodes_is_still_found_as_its_own():
+    """Killed between `swarm init`/`join` and recording the node ids: the manager's swarm carries
+    the run's id in its labels, and a worker's managers are that swarm's; another swarm stays."""
+    from pytest_overlay.testbeds.real.hostclean import swarm_to_leave
+
+    state = {"run_id": "c0ffee", "swarm_created": True, "swarm": {}}
+    manager = {"NodeID": "m1", "ControlAvailable": True, "RemoteManagers": [{"NodeID": "m1"}]}
+    worker = {"NodeID": "w1", "ControlAvailable": False, "RemoteManagers": [{"NodeID": "m1"}]}
+    stranger = {"NodeID": "x1", "ControlAvailable": False, "RemoteManagers": [{"NodeID": "x0"}]}
+    said = []
+    engines = {"A": _SwarmEngine(manager, {"pytest-overlay.run": "c0ffee"}), "B": _SwarmEngine(worker),
+               "C": _SwarmEngine(stranger)}
+    assert swarm_to_leave(engines, state, said.append) == {"A", "B"}
+    assert said == ["host C: its swarm node x1 is not the one run c0ffee made (none recorded); left as it is"]
+    engines["A"] = _SwarmEngine(manager, {"pytest-overlay.run": "another"})  # a swarm some other run made
+    assert swarm_to_leave(engines, state, said.append) == set()

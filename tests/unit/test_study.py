@@ -127,7 +127,7 @@ def test_only_the_parts_asked_for_run_and_the_report_says_which(tmp_path):
     assert study.Study(tmp_path, python="true").run({2, 3}) == 0
     first = (tmp_path / "report.md").read_text().split("\n\n")[2]
     assert re.search(r"part 1: results of an earlier run; part 2: \d+ s; part 3: \d+ s; part 4: not run; "
-                     r"part 5: not run; part 6: not run; part 7: not run\.", first), first
+                     r"part 5: not run; part 6: not run; part 7: not run; part 8: not run\.", first), first
 
 
 def test_the_confidence_section_names_its_units_and_renders_as_a_list():
@@ -145,3 +145,16 @@ def test_the_confidence_section_names_its_units_and_renders_as_a_list():
     assert "% of the value" in text
     html = "".join(page.markdown("## Confidence\n\n" + text))
     assert "<h2>Confidence</h2><ul><li>TCP total: ±" in html and "<p>" not in html
+
+
+def test_the_what_breaks_part_sets_each_overlay_against_each_kind_of_path(tmp_path):
+    """Part 8's records (the pmtu triangle, measured here) make the "What breaks" section."""
+    import shutil
+    from pathlib import Path
+
+    shutil.copy(Path(__file__).parent / "data" / "pmtu-records.json", tmp_path / "pmtu.json")
+    study.write_report(tmp_path, [study.Part("x", [], 1.0, "x.json")], 60.0)
+    section = (tmp_path / "report.md").read_text().split("## Beyond the study: what breaks")[1]
+    assert "| Overlay    | MTU 1400 with ICMP   | MTU 1400 with ICMP, reorder 1 %   | MTU 1400 without ICMP   |" in section
+    assert "| wireguard  | slowed (1420 B)      | slowed (1420 B)                   | black hole (1328 B)     |" in section
+    assert "| libnetwork | full speed (1350 B)  | full speed (1350 B)               | INVALID                 |" in section

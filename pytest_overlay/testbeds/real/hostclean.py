@@ -13,7 +13,7 @@ from typing import Callable
 
 from ...inputs.model import Topology
 from ...paths import STATE_ROOT
-from ..engines import LABEL
+from ..engines import LABEL, SWARM_LABEL
 from ..runs import RUN_ID, may_remove
 from . import hostlinks
 from .hostengine import RemoteEngine, remove_run, tls_reason
@@ -33,25 +33,43 @@ class Cleaned:
 
 def swarm_to_leave(engines: dict[str, RemoteEngine], state: dict, report: Callable[[str], None]) -> set[str]:
     """The hosts a killed run's swarm may be left on: those still the very node the run made
-    them (their node id as recorded)."""
+    them (their node id as recorded); and, where the run was killed between making or joining
+    the swarm and recording the node, a manager of a swarm labelled with the run's id, or a
+    worker whose managers are such a swarm's."""
     if not state.get("swarm_created"):
         return set()
     nodes = (state.get("swarm") or {}).get("nodes", {})
-    leave = set()
+    infos: dict[str, dict] = {}
     for name, engine in engines.items():
         try:
-            node = engine.client.info().get("Swarm", {}).get("NodeID") or ""
+            infos[name] = engine.client.info().get("Swarm", {})
         except Exception as e:  # noqa: BLE001
             report(f"host {name}: swarm state unknown ({tls_reason(e)}); left as it is")
-            continue
+    ours = {info.get("NodeID") for name, info in infos.items()
+            if info.get("NodeID") and info.get("ControlAvailable") and _labelled(engines[name], state.get("run_id"))}
+    ours |= set(nodes.values())
+    leave = set()
+    for name, info in infos.items():
+        node = info.get("NodeID") or ""
         if not node:
             continue
-        if nodes.get(name) == node:
+        managers = {m.get("NodeID") for m in info.get("RemoteManagers") or []}
+        if nodes.get(name) == node or node in ours or (not info.get("ControlAvailable") and managers & ours):
             leave.add(name)
         else:
             report(f"host {name}: its swarm node {node[:12]} is not the one run {state.get('run_id')} made "
-                   f"({(nodes.get(name) or 'none recorded')[:12]}); left as it is")
+                   f"({(nodes.get(name) or '')[:12] or 'none recorded'}); left as it is")
     return leave
+
+
+def _labelled(engine: RemoteEngine, run_id: str | None) -> bool:
+    """Whether the swarm this manager belongs to carries the run's id (SWARM_LABEL, set at init)."""
+    try:
+        engine.client.swarm.reload()
+        labels = (engine.client.swarm.attrs.get("Spec") or {}).get("Labels") or {}
+    except Exception:  # noqa: BLE001  (not a manager after all, or unreachable: not known to be ours)
+        return False
+    return bool(run_id) and labels.get(SWARM_LABEL) == run_id
 
 
 def clean_hosts(topology: Topology, footprint_of: FootprintOf, report: Callable[[str], None] = print,
