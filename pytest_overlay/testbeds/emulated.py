@@ -216,8 +216,8 @@ class EmulatedTestbed(Testbed):
         for version in topo.families if marks else ():
             drop = ("-p icmp --icmp-type fragmentation-needed" if version == 4 else
                     "-p ipv6-icmp --icmpv6-type packet-too-big")
-            rules = ["*mangle", *marks, "COMMIT", "*filter", f"-A OUTPUT -m mark --mark {ICMP_DROP_MARK:#x} {drop} -j DROP",
-                     "COMMIT", ""]
+            rules = ["*mangle", *marks, "COMMIT",
+                     "*filter", f"-A OUTPUT -m mark --mark {ICMP_DROP_MARK:#x} {drop} -j DROP", "COMMIT", ""]
             procs.run([IPTABLES_RESTORE[version], "-w", "--noflush"], self.wan, input="\n".join(rules)).check()
         return ports
 
@@ -227,7 +227,8 @@ class EmulatedTestbed(Testbed):
         address = {name: handle.addresses[version] for name, handle in self.sites.items()}
         nodad = "" if version == 4 else " nodad"
         wan_cmds: list[str] = []
-        site_cmds = {name: [f"address add {address[name]}/{bits} dev lo{nodad}"] for name in self.sites}
+        site_cmds = {name: ["link set lo up", f"address add {address[name]}/{bits} dev lo{nodad}"]
+                     for name in self.sites}
         for (site, peer), (site_if, _, wan_if, wan_mac) in ends.items():
             # The wan end answers for the peer: no ARP or neighbour discovery on emulated links.
             site_cmds[site] += [f"link set {site_if} up",

@@ -186,3 +186,13 @@ def test_failed_command_shows_command_exit_code_and_output():
         result.check()
     message = str(error.value)
     assert "exit 1" in message and "ip link show no-such-device-here" in message and "does not exist" in message
+
+
+def test_every_site_has_its_loopback_up_for_the_daemons_that_listen_there(clean_machine):
+    """etcd's peer URL and Weave's HTTP control listen on 127.0.0.1 in the site's namespace."""
+    from pytest_overlay.inputs import topology as topologies
+    from pytest_overlay.testbeds.emulated import EmulatedTestbed
+
+    with EmulatedTestbed(topologies.load("local"), emulator="none") as bed:
+        shown = bed.run("A", ["ip", "-o", "-4", "address", "show", "dev", "lo"]).check().stdout
+    assert "inet 127.0.0.1/8" in shown and f"inet {bed.address('A')}/32" in shown, shown
