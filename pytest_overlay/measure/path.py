@@ -317,9 +317,11 @@ class OverlayPath(Judging):
             return self._measure(protocol, lambda _: probes.TCP.run(self.src, self.dst, duration, receiver_cpus=cpus),
                                  check, want=topup.Want(rounds, "rounds", budget, per_round=True))
         # A paced UDP sender does not slow for a stall: its intervals left out are replaced by more.
+        datagram = probes.udp_datagram(self.expected.get("mtu", 1500), self.dst.address)
         return self._measure(protocol, lambda more: probes.UDP.run(
             self.src, self.dst, duration if more is None else max(1.0, (more + 1) * probes.INTERVAL_S),
-            rate, rounds if more is None else 1, receiver_cpus=cpus), check, want=topup.Want(None, "intervals", budget))
+            rate, rounds if more is None else 1, receiver_cpus=cpus, datagram=datagram), check,
+            want=topup.Want(None, "intervals", budget))
 
     def _stop_if_a_daemon_died(self, kind: str, when: str = "before") -> None:
         """A daemon of the run died (the emulator, an engine, an overlay's): nothing measured

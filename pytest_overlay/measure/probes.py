@@ -18,6 +18,14 @@ from .samples import (INTERVAL_S, UDP_BUFFER, LatencySamples, ProbeError, Throug
                       parse_irtt, parse_snmp, pooled)
 
 _ports = itertools.count(20000)
+# A UDP flow's datagrams (payload bytes): full size on a 1500-byte path; a path with a smaller
+# MTU is given ones that fit it (udp_datagram), as iperf3 stops at the first EMSGSIZE.
+UDP_DATAGRAM = 1400
+
+
+def udp_datagram(path_mtu: int, address: str) -> int:
+    """The largest datagram up to UDP_DATAGRAM that crosses a path of `path_mtu` unfragmented."""
+    return min(UDP_DATAGRAM, path_mtu - (48 if ":" in address else 28))
 
 
 @dataclass(frozen=True)
@@ -132,15 +140,17 @@ class Iperf3(Probe):
     """A TCP or UDP flow (iperf3), rated per interval at the receiver."""
 
     def command(self, src: "Endpoint", dst: "Endpoint", port: int, seconds: float, omit: float,
-                udp_rate_mbit: float | None = None, flows: int = 1, reverse: bool = False) -> list[str]:
-        """The client: `flows` parallel flows, from dst to src where `reverse`."""
+                udp_rate_mbit: float | None = None, flows: int = 1, reverse: bool = False,
+                datagram: int = UDP_DATAGRAM) -> list[str]:
+        """The client: `flows` parallel flows, from dst to src where `reverse`; UDP datagrams of
+        `datagram` bytes of payload."""
         command = ["iperf3", "-c", dst.address, "-B", src.address, "-p", str(port), "-J", "--get-server-output",
                    "-t", f"{seconds:g}", "-O", f"{omit:g}", "-i", f"{INTERVAL_S:g}",
                    *(["-P", str(flows)] if flows > 1 else []), *(["-R"] if reverse else [])]
         if self.kind == "udp":
             # A receive buffer the size of the kernel's cap: at hundreds of Mbit/s the
             # default one overflows whenever iperf3 is not scheduled for a few ms.
-            command += ["-u", "-b", f"{udp_rate_mbit}M", "-l", "1400", "-w", str(UDP_BUFFER)]
+            command += ["-u", "-b", f"{udp_rate_mbit}M", "-l", str(datagram), "-w", str(UDP_BUFFER)]
         return command
 
     def server(self, dst: "Endpoint", port: int) -> list[str]:
@@ -156,15 +166,17 @@ class Iperf3(Probe):
         return self._listening(dst, "iperf3", self.server(dst, port), port, "tcp"), port
 
     def run(self, src: "Endpoint", dst: "Endpoint", duration: float, udp_rate_mbit: float | None = None,
-            rounds: int = 1, omit: float = 1.0, receiver_cpus: frozenset[int] = frozenset()) -> "ThroughputSamples":
+            rounds: int = 1, omit: float = 1.0, receiver_cpus: frozenset[int] = frozenset(),
+            datagram: int = UDP_DATAGRAM) -> "ThroughputSamples":
         """`rounds` flows from src to dst, each for `duration` seconds after `omit` seconds of
         warm-up, pooled: intervals together, totals averaged. A UDP receiver running on this
         machine is kept to `receiver_cpus` (if any); the flows' own threads get their weight
         (runqueue.Boost)."""
-        return pooled([self._once(src, dst, duration, udp_rate_mbit, omit, receiver_cpus) for _ in range(rounds)])
+        return pooled([self._once(src, dst, duration, udp_rate_mbit, omit, receiver_cpus, datagram)
+                       for _ in range(rounds)])
 
     def _once(self, src: "Endpoint", dst: "Endpoint", duration: float, udp_rate_mbit: float | None, omit: float,
-              receiver_cpus: frozenset[int]) -> "ThroughputSamples":
+              receiver_cpus: frozenset[int], datagram: int = UDP_DATAGRAM) -> "ThroughputSamples":
         server, port = self.serve(dst)
         held, udp = None, self.kind == "udp"
         try:
@@ -176,7 +188,7 @@ class Iperf3(Probe):
                      for name, inode in zip(("client", "server"), at) if inode is not None]
             launched = time.time_ns()
             with runqueue.Boost(sides) as boost:
-                result = src.run(self.command(src, dst, port, duration, omit, udp_rate_mbit),
+                result = src.run(self.command(src, dst, port, duration, omit, udp_rate_mbit, datagram=datagram),
                                  timeout=duration + omit + 30)
             exited = time.time_ns()
             after = udp_counters(dst) if before else None

@@ -228,7 +228,7 @@ def parse_iperf3(output: str, protocol: str, udp_rate_mbit: float | None = None,
             retransmits=end["sum_sent"].get("retransmits"), offsets_s=offsets,
         )
     total = end.get("sum_received", end["sum"])
-    packets, lost = _udp_loss(received, total)
+    packets, lost = _udp_loss(received, total, (data.get("server_output_json") or {}).get("end", {}).get("sum"))
     sent_mbit = (end.get("sum_sent") or {}).get("bits_per_second", 0) / 1e6 or None
     read_mbit = total["bits_per_second"] / 1e6
     return ThroughputSamples(
@@ -292,8 +292,12 @@ def _out_of_order(data: dict) -> int | None:
     return None if not counts or None in counts else sum(counts)
 
 
-def _udp_loss(received: list[dict], total: dict) -> tuple[int, int]:
+def _udp_loss(received: list[dict], total: dict, receiver_total: dict | None = None) -> tuple[int, int]:
     """Datagrams expected and lost after the warm-up, summed over the receiver's own intervals.
+
+    Where datagrams arrive out of order, iperf3 counts the ones overtaken as lost in one interval
+    and takes them back in the next, and 3.12 writes a negative count as 2^64 less it, as a
+    float that no longer says which (1.8e19): the receiver's whole-run total is used then.
 
     The client's ``sum_received`` is not used: with ``--omit`` and an offered rate above what
     the path carries, iperf3 3.12 counts the warm-up's losses in it but not its datagrams
@@ -302,6 +306,8 @@ def _udp_loss(received: list[dict], total: dict) -> tuple[int, int]:
     """
     kept = [i["sum"] for i in received
             if not i["sum"].get("omitted") and not _spans_the_warmup(i["sum"]) and "packets" in i["sum"]]
+    if any(i.get("lost_packets", 0) >= 2**63 for i in kept) and receiver_total and "packets" in receiver_total:
+        return receiver_total["packets"], receiver_total.get("lost_packets") or 0
     if kept:
         return sum(i["packets"] for i in kept), sum(i.get("lost_packets", 0) for i in kept)
     return total.get("packets") or 0, total.get("lost_packets") or 0
