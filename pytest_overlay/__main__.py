@@ -27,8 +27,9 @@ def main(argv: list[str] | None = None) -> int:
                        help="also remove what looks like ours but cannot be proven over (no lock to ask)")
     clean.add_argument("--topology", help="also clean the real hosts this topology names (what runs that are over "
                                           "left there: containers, networks, a swarm they made)")
-    study = commands.add_parser("study", help="run the study's point-to-point and streaming experiments on the "
-                                              "embedded testbed and report beside the published figures")
+    study = commands.add_parser("study", help="run the study in its eight parts (its point-to-point and streaming "
+                                              "experiments, and ours beyond them) on the embedded testbed and report "
+                                              "beside the published figures")
     study.add_argument("--out", default="study", help="directory for the results and the report. Default: %(default)r")
     study.add_argument("--report-only", action="store_true", help="rewrite the report from the results in --out")
     study.add_argument("--parts", type=_study_parts, default=None,

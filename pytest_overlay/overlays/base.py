@@ -62,7 +62,7 @@ class Overlay(ABC):
     name = ""  # what --overlay calls it; the registry's key
     label = ""  # how reports name it: "Weave Net"
     description = ""  # its datapath in one line
-    in_all = False  # whether --overlay=all measures it (the study's five)
+    in_all = False  # whether --overlay=all measures it (the study's three, host and Calico)
     group: str | None = None  # a name --overlay also takes for it and its kin ("meshes"); reports group by it
     family: AddressFamily | None = None  # the range its containers take (None: Docker's own IPAM)
     packages: tuple[str, ...] = ()  # Debian packages its daemons need here

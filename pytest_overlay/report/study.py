@@ -1,5 +1,6 @@
-"""The study, reproduced: run its two experiments on the embedded testbed and set our figures
-beside the published ones (``python -m pytest_overlay study``, ``make study``).
+"""The study, reproduced: run its experiments, and ours beyond it, on the embedded testbed in
+eight parts and set our figures beside the published ones (``.venv/bin/python -m pytest_overlay
+study``, ``make study``).
 
 Parts, each a pytest run of the suites:
   1. point-to-point on geant.yaml: latency, jitter, TCP and UDP, every circuit, every overlay;
