@@ -9,7 +9,7 @@ SHARED_BIN := $(abspath ../shared/bin)
 export PATH := $(if $(wildcard $(SHARED_BIN)),$(SHARED_BIN):,)$(PATH)
 # What the testbed and the tests need; the overlay kinds' packages and the probes' tools are theirs
 # to declare (python -m pytest_overlay overlays --packages), installed by overlay-deps.
-APT_PACKAGES := iptables iproute2 iputils-ping util-linux procps docker.io mmdebstrap openssl gcc libc6-dev \
+APT_PACKAGES := iptables nftables iproute2 iputils-ping util-linux procps docker.io mmdebstrap openssl gcc libc6-dev \
 	stress-ng dropbear-bin openssh-client \
 	gstreamer1.0-tools gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad \
 	gstreamer1.0-plugins-ugly gir1.2-gst-rtsp-server-1.0 python3-gi python3-venv python3-pip \

@@ -16,10 +16,11 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .. import procs
+from . import duplicate
 from ..inputs.model import Direction
 from ..paths import CACHE
 from .control import query_stats, set_queues
@@ -38,6 +39,8 @@ class Port:
     queue: int
     ingress: str
     egress: str
+    # The far site's address by IP version: where a duplicated packet's copy is sent.
+    next_hops: dict[int, str] = field(default_factory=dict, compare=False, hash=False)
 
     @property
     def name(self) -> str:
@@ -138,6 +141,8 @@ def _netem(port: Port, d: Direction) -> list[str]:
         command += ["loss", f"{d.loss_pct}%"]
     if d.reorder_pct:
         command += ["reorder", f"{d.reorder_pct}%"]
+    if d.duplicate_pct:
+        command += ["duplicate", f"{d.duplicate_pct}%"]
     if d.rate_mbit:
         command += ["rate", f"{d.rate_mbit}mbit"]
     return command
@@ -245,10 +250,12 @@ class DelayLine(Emulator):
         ))
         for restore in ("iptables-restore", "ip6tables-restore"):  # whichever family the sites' addresses are
             procs.run([restore, "-w", "--noflush"], self.netns, input="\n".join(rules)).check()
+        duplicate.install(self.netns, self.ports)
         _tc_batch(self.netns, [_tbf(port.direction, port.egress) for port in self.ports if port.direction.rate_mbit])
 
     def counters(self, reset: bool = False, since: int | None = None) -> dict[str, dict]:
         stats = query_stats(str(self.control), reset=reset, since=since)
+        copies = duplicate.counts(self.netns, self.ports)
         out = {}
         for port in self.ports:
             q = stats["queues"].get(str(port.queue), {})
@@ -256,6 +263,7 @@ class DelayLine(Emulator):
                 "packets": q.get("queued", 0),
                 "lost": q.get("lost", 0),
                 "reordered": q.get("reordered", 0),
+                "duplicated": copies.get(port.name, 0),
                 "dropped": q.get("kernel_dropped", 0) + q.get("kernel_user_dropped", 0),
                 "late": q.get("late", 0),
                 "max_late_us": q.get("window_max_late_us", 0.0),

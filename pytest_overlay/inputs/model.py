@@ -51,6 +51,7 @@ class Direction:
     mtu: int | None = None  # the largest packet it forwards (bytes, IP); None: the wire's 1500
     icmp_drop: bool = False  # its "fragmentation needed" never reaches the sender: a path MTU black hole
     reorder_pct: float = 0.0  # packets sent on at once, ahead of those the link still holds
+    duplicate_pct: float = 0.0  # packets delivered twice
 
     @property
     def buffer_ms(self) -> float | None:
@@ -272,6 +273,7 @@ class Topology:
             "mtu_back": min(d.mtu or WIRE_MTU for d in back),
             "icmp_dropped": [f"{d.src}->{d.dst}" for d in there + back if d.icmp_drop],
             "reorder_pct": round((1 - math.prod(1 - d.reorder_pct / 100 for d in there)) * 100, 6),
+            "duplicate_pct": round((math.prod(1 + d.duplicate_pct / 100 for d in there) - 1) * 100, 6),
             "underlay": self.underlay,
         } | ({"rtt_source": {f"{d.src}-{d.dst}": self.rtt_sources.get(f"{d.src}-{d.dst}") or
                              self.rtt_sources.get(f"{d.dst}-{d.src}", "") for d in there}} if self.rtt_sources else {})

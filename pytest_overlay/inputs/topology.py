@@ -16,7 +16,7 @@ tcp://address:2376, tls: {ca, cert, key}}``, optionally ``emulate: true`` with
 
 A ``between`` link is symmetric: ``rtt_ms`` is split evenly (or give ``delay_ms``, one way),
 and jitter, loss, rate, ``mtu`` (576..9000 bytes), ``icmp: drop`` (its "fragmentation needed"
-never reaches the sender) and ``reorder_pct`` apply to each direction. A link given as
+never reaches the sender), ``reorder_pct`` and ``duplicate_pct`` apply to each direction. A link given as
 ``{from: A, to: B, delay_ms: ...}`` is one direction; its reverse must be given the same way.
 Every error names the file, the line and the field.
 
@@ -61,10 +61,10 @@ TESTBED_ADDRESSES = ipaddress.ip_network("198.18.0.0/15")  # the sites' and the 
 MAX_RATE_MBIT = 400_000  # the fastest Ethernet there is
 SITE_KEYS = {"location", "host"}
 LINK_KEYS = {"between", "from", "to", "rtt_ms", "delay_ms", "jitter_ms", "loss_pct", "rate_mbit", "queue_ms", "mtu",
-             "icmp", "reorder_pct"}
+             "icmp", "reorder_pct", "duplicate_pct"}
 ICMP_POLICIES = {"pass": "the link's routers send \"fragmentation needed\" back to the sender (the default)",
                  "drop": "they are dropped on the way: a path MTU black hole"}
-EMBEDDED_ONLY = ("mtu", "icmp", "reorder_pct")  # what the embedded WAN's router does; a real host's path is its own
+EMBEDDED_ONLY = ("mtu", "icmp", "reorder_pct", "duplicate_pct")  # what the embedded WAN's router does; a real host's path is its own
 
 
 def resolve_path(spec: str) -> Path:
@@ -154,7 +154,7 @@ def parse(data: Any, path: str | Path) -> Topology:
             pairs_seen.setdefault(frozenset((d.src, d.dst)), line)
 
     shaped = next(((d, line) for d, line in directions.values()
-                   if d.mtu or d.icmp_drop or d.reorder_pct), None)
+                   if d.mtu or d.icmp_drop or d.reorder_pct or d.duplicate_pct), None)
     if remote and shaped:
         raise InputError(path, shaped[1], "links", f"{'/'.join(EMBEDDED_ONLY)} on {shaped[0].src}->{shaped[0].dst}: "
                                                     "across real hosts the path between them is the hosts' own; "
@@ -269,7 +269,8 @@ def _parse_link(check: Checker, item: LineDict, where: str, sites: dict[str, Sit
         raise check.fail(item, "icmp", f"{where}.icmp", "a link drops \"fragmentation needed\" only where a packet "
                                                          "can be too big for it: give mtu too")
     common.update(mtu=None if mtu is None else int(mtu), icmp_drop=icmp == "drop",
-                  reorder_pct=check.number(item, "reorder_pct", f"{where}.reorder_pct", 0.0, maximum=100))
+                  reorder_pct=check.number(item, "reorder_pct", f"{where}.reorder_pct", 0.0, maximum=100),
+                  duplicate_pct=check.number(item, "duplicate_pct", f"{where}.duplicate_pct", 0.0, maximum=100))
     if common["queue_ms"] is not None and common["rate_mbit"] is None:
         raise check.fail(item, "queue_ms", f"{where}.queue_ms", "a buffer fills only behind a rate limit: give "
                                                                   "rate_mbit too, or drop queue_ms")

@@ -122,6 +122,7 @@ def _condition(r: Record) -> str:
     said = [f"MTU {e['mtu']}" + (" without ICMP" if e.get("icmp_dropped") else " with ICMP")] \
         if e.get("mtu", 1500) < 1500 or e.get("icmp_dropped") else []
     said += [f"reorder {e['reorder_pct']:g} %"] if e.get("reorder_pct") else []
+    said += [f"duplicate {e['duplicate_pct']:g} %"] if e.get("duplicate_pct") else []
     return ", ".join(said) or "1500, clean"
 
 

@@ -41,8 +41,9 @@ VERSIONS = (
     "its 95 % interval, change_pct, the margin, verdict same, different or unknown, and the pairs); run.ab, how "
     "the A/B run went (seed, orders, bring-ups, seconds); a record's datapath.settings, a variant's settings.",
     "11: expected.mtu and expected.mtu_back (the path's smallest link MTU each way), expected.icmp_dropped (the "
-    "link directions that drop ICMP \"fragmentation needed\"), expected.reorder_pct, expected.underlay (the "
-    "sites' address family: ipv4, ipv6 or dual-stack); the emulator's counters add `reordered`; the metric "
+    "link directions that drop ICMP \"fragmentation needed\"), expected.reorder_pct, expected.duplicate_pct, "
+    "expected.underlay (the sites' address family: ipv4, ipv6 or dual-stack); the emulator's counters add "
+    "`reordered` and `duplicated`; a UDP record's extra adds out_of_order; the metric "
     "path_mtu, with extra.pmtu (interface_mtu, largest, discovery, told_mtu, tcp, tcp_mbit, tcp_detail, pings).",
 )
 SCHEMA_VERSION = 11

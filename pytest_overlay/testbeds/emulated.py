@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Callable
 
 from .. import procs
+from ..emulation import duplicate
 from ..emulation import emulator as emu
 from ..inputs.model import AddressFamily, Direction, Topology
 from ..paths import AGENTS, STATE_ROOT, find_binary
@@ -31,7 +32,8 @@ from .contract import SiteHandle, SiteOps, Testbed, TestbedError, tcp_sysctls
 from .runs import LOCK, hold_lock, kill_pids, netns_inode, new_run_id, pids_in_netns, remove_netns, remove_run_dir
 
 # What the embedded testbed runs itself, beside the probes' tools.
-TOOLS = {"nsenter": "util-linux", "tc": "iproute2", "iptables-restore": "iptables", "sysctl": "procps"}
+TOOLS = {"nsenter": "util-linux", "tc": "iproute2", "iptables-restore": "iptables", "sysctl": "procps",
+         **duplicate.TOOLS}
 
 BASE_ADDRESS = ipaddress.IPv4Address("198.18.0.0")
 BASE_ADDRESS6 = ipaddress.IPv6Address("2001:2::")  # the benchmarking range's IPv6 twin (RFC 5180)
@@ -205,7 +207,8 @@ class EmulatedTestbed(Testbed):
                 if link.direction(site).icmp_drop:
                     marks.append(f"-A PREROUTING -i {wan_if} -j MARK --set-mark {ICMP_DROP_MARK:#x}")
             for n, (src, dst) in enumerate(((link.a, link.b), (link.b, link.a))):
-                ports.append(emu.Port(link.direction(src), 2 * link.index + n, ends[(src, dst)][2], ends[(dst, src)][2]))
+                ports.append(emu.Port(link.direction(src), 2 * link.index + n, ends[(src, dst)][2], ends[(dst, src)][2],
+                                      {v: self.sites[dst].addresses[v] for v in topo.families}))
         self._batch(self.wan, links)
         jobs = []
         for version in topo.families:

@@ -1,7 +1,8 @@
-"""Link MTUs, ICMP black holes and reordering as the embedded WAN makes them, on this
-machine's kernel: the router says "fragmentation needed" from the link's own address, a link
-that drops it is a black hole the path MTU suite calls so (and ends in bounded time), and
-every packet the delay line sends on ahead is counted, exactly as a receiver counts it."""
+"""Link MTUs, ICMP black holes, reordering and duplication as the embedded WAN makes them, on
+this machine's kernel: the router says "fragmentation needed" from the link's own address, a
+link that drops it is a black hole the path MTU suite calls so (and ends in bounded time), and
+every packet the delay line sends on ahead, and every copy it makes, is counted, exactly as a
+receiver counts it."""
 
 from __future__ import annotations
 
@@ -69,18 +70,36 @@ def test_a_dual_stack_testbed_routes_both_families_and_overlays_use_ipv4(clean_m
     assert counted["A->C"]["packets"] == 2 and counted["C->A"]["packets"] == 2
 
 
-def test_every_packet_sent_on_ahead_is_counted_as_the_receiver_sees_it(clean_machine, tmp_path):
-    topo = topology.parse(TRIANGLE, "<test>")
+def _numbered(bed: EmulatedTestbed, src: str, dst: str, count: int, tmp_path) -> list[int]:
+    """The numbers of `count` datagrams sent from src to dst 1 ms apart, in the order they came."""
     send, receive = tmp_path / "send.py", tmp_path / "receive.py"
     send.write_text(SEND)
     receive.write_text(RECEIVE)
+    sink = bed.start(dst, "receive", ["python3", str(receive), bed.address(dst), str(tmp_path / "seen")],
+                     ready="ready")
+    bed.run(src, ["python3", str(send), bed.address(dst), str(count)]).check()
+    sink.popen.wait(30)
+    return json.loads((tmp_path / "seen").read_text())
+
+
+def test_every_copy_a_duplicating_link_makes_is_counted_as_the_receiver_sees_it(clean_machine, tmp_path):
+    topo = topology.parse({"name": "dup", "sites": {"A": {}, "B": {}},
+                           "links": [{"between": ["A", "B"], "rtt_ms": 4, "duplicate_pct": 3}]}, "<test>")
     with on_the_machines_time(), EmulatedTestbed(topo, emulator="delayline") as bed:
-        sink = bed.start("C", "receive", ["python3", str(receive), bed.address("C"), str(tmp_path / "seen")],
-                         ready="ready")
+        before = bed.emulator_counters()["A->B"]
+        seen = _numbered(bed, "A", "B", 2000, tmp_path)
+        accrued = emulator.delta({"A->B": before}, {"A->B": bed.emulator_counters()["A->B"]})["A->B"]
+    assert sorted(set(seen)) == list(range(2000))  # none lost
+    copies = len(seen) - 2000
+    assert copies == accrued["duplicated"]
+    assert 25 <= copies <= 100, copies  # 3 % of 2000, with a 5-sigma margin either way
+
+
+def test_every_packet_sent_on_ahead_is_counted_as_the_receiver_sees_it(clean_machine, tmp_path):
+    topo = topology.parse(TRIANGLE, "<test>")
+    with on_the_machines_time(), EmulatedTestbed(topo, emulator="delayline") as bed:
         before = bed.emulator_counters()["A->C"]
-        bed.run("A", ["python3", str(send), bed.address("C"), "2000"]).check()
-        sink.popen.wait(30)
-        seen = json.loads((tmp_path / "seen").read_text())
+        seen = _numbered(bed, "A", "C", 2000, tmp_path)
         accrued = emulator.delta({"A->C": before}, {"A->C": bed.emulator_counters()["A->C"]})["A->C"]
     assert sorted(seen) == list(range(2000))  # none lost, none doubled
     early, lowest = 0, float("inf")

@@ -75,6 +75,7 @@ def _load(tmp_path, link: str, hosts: tuple[str, str] = ("", "")) -> topology.To
     ("icmp: block", "links[0].icmp: must be one of pass, drop, got 'block'"),
     ("icmp: drop", "links[0].icmp: a link drops \"fragmentation needed\" only where a packet can be too big for it"),
     ("reorder_pct: -1", "links[0].reorder_pct: must be >= 0 and <= 100, got -1"),
+    ("duplicate_pct: 101", "links[0].duplicate_pct: must be >= 0 and <= 100, got 101"),
 ])
 def test_a_bad_mtu_icmp_or_reorder_field_is_refused_with_its_file_line_and_field(tmp_path, link, said):
     with pytest.raises(InputError) as error:
@@ -83,8 +84,8 @@ def test_a_bad_mtu_icmp_or_reorder_field_is_refused_with_its_file_line_and_field
 
 
 def test_real_hosts_refuse_what_only_the_embedded_wan_can_do(tmp_path):
-    with pytest.raises(InputError, match="mtu/icmp/reorder_pct on A->B: across real hosts the path between them "
-                                         "is the hosts' own"):
+    with pytest.raises(InputError, match="mtu/icmp/reorder_pct/duplicate_pct on A->B: across real hosts the path "
+                                         "between them is the hosts' own"):
         _load(tmp_path, "mtu: 1400", ("host: {ssh: root@192.0.2.10}", "host: {ssh: root@192.0.2.11}"))
 
 

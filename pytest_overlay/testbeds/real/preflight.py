@@ -177,36 +177,52 @@ def emulation(name: str, host: RemoteHost, tested, root: bool) -> list[Check]:
     return problems
 
 
+# A port found taken is looked at again this many times, this far apart, before it is called
+# in use: Docker lets go of a swarm's ports a moment after `swarm leave` returns, and a run
+# that follows one (a test after a test, a run after a run) may look in that moment.
+BUSY_TRIES, BUSY_WAIT_S = 5, 2.0
+
+
 def swarm_ports(hosts: dict[str, RemoteHost], run_id: str) -> list[Check]:
     """2377/tcp, 7946/tcp+udp and 4789/udp, from every site to every other: each host listens
     in turn while every other sends it a token of the run's."""
-    script = (AGENTS / "portcheck.py").read_text()
     problems = []
     for dst, dst_host in hosts.items():
-        listener = subprocess.Popen(
-            ssh_command(dst_host, f"python3 -c {shlex.quote(script)} listen {dst_host.address} {PORT_CHECK_S}"),
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        if listener.stdout.readline().strip() != "ready":
-            listener.kill()
-            problems.append(Check(dst, f"could not listen on the swarm ports: {listener.communicate()[1][-200:]}",
-                                  "check ssh access and python3"))
+        for attempt in range(BUSY_TRIES):
+            found = _swarm_ports_of(hosts, dst, dst_host, run_id)
+            busy = [check for check in found if "already in use" in check.problem]
+            if not busy or attempt == BUSY_TRIES - 1:
+                break
+            time.sleep(BUSY_WAIT_S)
+        problems += found
+    return problems
+
+
+def _swarm_ports_of(hosts: dict[str, RemoteHost], dst: str, dst_host: RemoteHost, run_id: str) -> list[Check]:
+    """One host's swarm ports: free, and reached from every other host."""
+    script = (AGENTS / "portcheck.py").read_text()
+    listener = subprocess.Popen(
+        ssh_command(dst_host, f"python3 -c {shlex.quote(script)} listen {dst_host.address} {PORT_CHECK_S}"),
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    if listener.stdout.readline().strip() != "ready":
+        listener.kill()
+        return [Check(dst, f"could not listen on the swarm ports: {listener.communicate()[1][-200:]}",
+                      "check ssh access and python3")]
+    tokens = {}
+    for src, src_host in hosts.items():
+        if src == dst:
             continue
-        tokens = {}
-        for src, src_host in hosts.items():
-            if src == dst:
-                continue
-            tokens[src] = f"{run_id}-{src}"
-            ssh_run(src_host, f"python3 -c {shlex.quote(script)} probe {dst_host.address} {tokens[src]}", 60)
-        out, _ = listener.communicate("\n", timeout=PORT_CHECK_S + 30)
-        report = json.loads(out.strip().splitlines()[-1])
-        for port in report["busy"]:
-            problems.append(Check(dst, f"port {port} is already in use",
-                                  "stop what holds it (a swarm port must be free for Docker)"))
-        for src, token in tokens.items():
-            closed = [port for port in SWARM_PORTS
-                      if port not in report["busy"] and token not in report["received"].get(port, [])]
-            if closed:
-                problems.append(Check(dst, f"swarm port(s) {', '.join(closed)} not reachable from {src} "
-                                           f"({hosts[src].address} -> {dst_host.address})",
-                                      "open them in the firewalls between the sites"))
+        tokens[src] = f"{run_id}-{src}"
+        ssh_run(src_host, f"python3 -c {shlex.quote(script)} probe {dst_host.address} {tokens[src]}", 60)
+    out, _ = listener.communicate("\n", timeout=PORT_CHECK_S + 30)
+    report = json.loads(out.strip().splitlines()[-1])
+    problems = [Check(dst, f"port {port} is already in use",
+                      "stop what holds it (a swarm port must be free for Docker)") for port in report["busy"]]
+    for src, token in tokens.items():
+        closed = [port for port in SWARM_PORTS
+                  if port not in report["busy"] and token not in report["received"].get(port, [])]
+        if closed:
+            problems.append(Check(dst, f"swarm port(s) {', '.join(closed)} not reachable from {src} "
+                                       f"({hosts[src].address} -> {dst_host.address})",
+                                  "open them in the firewalls between the sites"))
     return problems
