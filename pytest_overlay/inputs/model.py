@@ -102,6 +102,8 @@ FAULT_KINDS = {
     "flap": "the link goes down for `seconds` and up for `up_s`, `times` times",
     "loss": "the link loses `loss_pct` % of packets each way for `seconds`",
     "reroute": "the link's RTT steps up by `add_rtt_ms` for `seconds`, as when a provider moves a circuit",
+    "mtu": "the link's MTU drops to `mtu` for `seconds`, as when a path moves onto a tunnel (`icmp: drop`: and its "
+           "\"fragmentation needed\" never reaches the sender)",
 }
 
 
@@ -120,6 +122,8 @@ class Fault:
     times: int = 1
     loss_pct: float = 100.0
     add_rtt_ms: float = 0.0
+    mtu: int | None = None  # an mtu fault: the link's MTU while it is on
+    icmp_drop: bool = False  # ... and whether the link's "fragmentation needed" is dropped meanwhile
 
     @property
     def duration_s(self) -> float:
@@ -133,6 +137,8 @@ class Fault:
             for d in (link.forward, link.reverse):
                 if self.kind == "reroute":
                     out[f"{d.src}->{d.dst}"] = replace(d, delay_ms=d.delay_ms + self.add_rtt_ms / 2)
+                elif self.kind == "mtu":
+                    out[f"{d.src}->{d.dst}"] = replace(d, mtu=self.mtu, icmp_drop=self.icmp_drop)
                 else:
                     out[f"{d.src}->{d.dst}"] = replace(d, loss_pct=self.loss_pct)
         return out

@@ -8,11 +8,12 @@ import math
 import re
 from dataclasses import replace
 
-from .model import FAULT_KINDS, Circuit, Fault, Load, Topology
+from .model import FAULT_KINDS, MTU_RANGE, Circuit, Fault, Load, Topology
 from .yamlfile import Checker, LineDict
 
 LOAD_KEYS = {"circuits", "queue_ms"}
-FAULT_KEYS = {"kind", "link", "site", "seconds", "up_s", "times", "loss_pct", "add_rtt_ms", "probe", "watch"}
+FAULT_KEYS = {"kind", "link", "site", "seconds", "up_s", "times", "loss_pct", "add_rtt_ms", "probe", "watch", "mtu",
+              "icmp"}
 FAULT_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,39}$")
 MAX_FAULTS = 64
 MAX_FAULT_S = 3600.0  # one scenario, every flap and gap of it
@@ -40,9 +41,9 @@ def parse_faults(check: Checker, data: LineDict, topo: Topology) -> dict[str, Fa
             raise check.fail(spec, "kind" if "kind" in spec else None, f"{where}.kind",
                              f"must be one of {', '.join(FAULT_KINDS)}, got {kind!r}")
         flap = kind == "flap"
-        for key, kinds in (("link", {"cut", "flap", "loss", "reroute"}), ("site", {"partition"}),
+        for key, kinds in (("link", {"cut", "flap", "loss", "reroute", "mtu"}), ("site", {"partition"}),
                            ("up_s", {"flap"}), ("times", {"flap"}), ("loss_pct", {"loss"}),
-                           ("add_rtt_ms", {"reroute"})):
+                           ("add_rtt_ms", {"reroute"}), ("mtu", {"mtu"}), ("icmp", {"mtu"})):
             if key in spec and kind not in kinds:
                 raise check.fail(spec, key, f"{where}.{key}", f"a {kind} fault takes no {key} (it is for "
                                                                f"{', '.join(sorted(kinds))})")
@@ -77,6 +78,7 @@ def parse_faults(check: Checker, data: LineDict, topo: Topology) -> dict[str, Fa
             if kind == "loss" else 100.0,
             add_rtt_ms=check.number(spec, "add_rtt_ms", f"{where}.add_rtt_ms", 20.0, positive=True,
                                     maximum=10_000) if kind == "reroute" else 0.0,
+            **(_mtu_fault(check, spec, where) if kind == "mtu" else {}),
         )
         if "times" in spec and spec["times"] != int(spec["times"]):
             raise check.fail(spec, "times", f"{where}.times", f"must be a whole number, got {spec['times']!r}")
@@ -132,6 +134,18 @@ def parse_load(check: Checker, data: LineDict, topo: Topology) -> Load:
             raise check.fail(raw, "queue_ms", "load.queue_ms", f"circuit {bare.id} has no rate_mbit on its path: "
                                                                 "no buffer fills there")
     return Load(circuits, tuple(queues))
+
+
+def _mtu_fault(check: Checker, spec: LineDict, where: str) -> dict:
+    """An mtu fault's `mtu` (576..9000 bytes, default 1380: a path moved onto a tunnel) and
+    `icmp` (pass, or drop: a black hole meanwhile)."""
+    mtu = check.number(spec, "mtu", f"{where}.mtu", 1380, minimum=MTU_RANGE[0], maximum=MTU_RANGE[1])
+    if mtu != int(mtu):
+        raise check.fail(spec, "mtu", f"{where}.mtu", f"must be a whole number of bytes, got {spec['mtu']!r}")
+    icmp = spec.get("icmp", "pass")
+    if not isinstance(icmp, str) or icmp not in ("pass", "drop"):
+        raise check.fail(spec, "icmp", f"{where}.icmp", f"must be one of pass, drop, got {icmp!r}")
+    return {"mtu": int(mtu), "icmp_drop": icmp == "drop"}
 
 
 def _fault_circuit(check: Checker, spec: LineDict, key: str, where: str, topo: Topology) -> Circuit | None:

@@ -42,7 +42,7 @@ class FaultPath(OverlayPath):
                             f"{self.fault.watch.id if self.fault.watch else 'no other circuit'}; "
                             f"{self.fault.kind} for {self.fault.duration_s:g} s after {faults.BEFORE_S:g} s")
         run = faults.run(self.overlay, self.fault, self.state.settings.fault_bound_s,
-                         tcp=self.fault.kind == "loss", progress=self.state.progress)
+                         tcp=self.fault.kind in ("loss", "mtu"), progress=self.state.progress)
         self._stop_if_a_daemon_died(f"fault {self.fault.name}", "during")
         accrued = emu.delta(before, testbed.emulator_counters(since=started))
         outcome = faults.analyse(run.trips, run.steps, bound_s=self.state.settings.fault_bound_s,
@@ -80,7 +80,8 @@ class FaultPath(OverlayPath):
         common = {
             "fault": {"kind": fault.kind, "links": [f"{link.a}-{link.b}" for link in fault.links], "site": fault.site,
                       "seconds": fault.seconds, "up_s": fault.up_s, "times": fault.times, "loss_pct": fault.loss_pct,
-                      "add_rtt_ms": fault.add_rtt_ms},
+                      "add_rtt_ms": fault.add_rtt_ms,
+                      **({"mtu": fault.mtu, "icmp": "drop" if fault.icmp_drop else "pass"} if fault.kind == "mtu" else {})},
             "steps": [{"what": st.what, "planned_s": st.planned_s, "at_ns": st.at_ns,
                        "offset_ms": round((st.at_ns - origin) / 1e6, 3)} for st in run.steps],
             "outcome": outcome.to_json(),
@@ -125,10 +126,13 @@ class FaultPath(OverlayPath):
             windows = faults.fault_windows(run.steps)
             during = [m for m, sp in zip(run.tcp.mbit, spans) if any(a <= sp[0] and sp[1] <= b for a, b in windows)]
             before = [m for m, sp in zip(run.tcp.mbit, spans) if sp[1] <= windows[0][0]]
+            level_mbit = statistics.fmean(before) if before else None
             out["fault_goodput"] = self.record(
                 "fault_goodput", during, measured,
-                {"before_mbit": statistics.fmean(before) if before else None, "before_n": len(before),
-                 "retransmits": run.tcp.retransmits, "interval_s": run.tcp.interval_s}, **level)
+                {"before_mbit": level_mbit, "before_n": len(before),
+                 "retransmits": run.tcp.retransmits, "interval_s": run.tcp.interval_s,
+                 **({"flowing_after_ms": flowing_after_ms(run.tcp.mbit, spans, windows, level_mbit)}
+                    if fault.kind == "mtu" else {})}, **level)
         return out
 
 
@@ -142,3 +146,15 @@ def timer_healed(sent: list[tuple[str, float, float, float | None]]) -> list[str
                     f"had removed the fault (+{at + max(1, round(hold_s)):.1f} s at the latest): the fault did not "
                     "last as planned"]
     return []
+
+
+def flowing_after_ms(mbit: list[float], spans: list[tuple[int, int]], windows: list[tuple[int, int]],
+                     level_mbit: float | None) -> float | None:
+    """An mtu fault: from its start to the start of the first TCP interval within it carrying
+    half the goodput of before (full-size traffic flowing again, at the smaller size); None
+    where none did while the fault was on (the intervals are 0.5 s: that is its resolution)."""
+    if not level_mbit or not windows:
+        return None
+    start, end = windows[0]
+    return next(((sp[0] - start) / 1e6 for m, sp in zip(mbit, spans)
+                 if start <= sp[0] and sp[1] <= end and m >= level_mbit / 2), None)

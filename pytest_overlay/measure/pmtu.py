@@ -120,9 +120,10 @@ def bulk(src: Endpoint, dst: Endpoint, seconds: float = BULK_S) -> dict:
     return json.loads(sent.stdout.strip().splitlines()[-1])
 
 
-def measure(src: Endpoint, dst: Endpoint, rate_mbit: float | None) -> PathMTU:
-    """The transfer, then the pings: one at the interface's MTU, then a bisection below it."""
-    sent = bulk(src, dst)
+def measure(src: Endpoint, dst: Endpoint, rate_mbit: float | None, bulk_s: float = BULK_S) -> PathMTU:
+    """The transfer (`bulk_s` long), then the pings: one at the interface's MTU, then a
+    bisection below it."""
+    sent = bulk(src, dst, bulk_s)
     verdict, mbit = tcp_verdict(sent, rate_mbit)
     top = interface_mtu(src, dst)
     first = ping(src, dst, top)

@@ -32,6 +32,14 @@ def streaming_table(records: list[Record], notes: list[str]) -> str:
                           "Clip kbit/s", "Loss % mean", "Loss % max", "TTFF mean", "Client CPU %", "Verdict"], rows)
 
 
+def _flowing(extra: dict) -> str:
+    """An mtu fault's time until the flow carried half its goodput again, or that it never did."""
+    if "flowing_after_ms" not in extra:
+        return ""
+    after = extra["flowing_after_ms"]
+    return "; never flowed during it" if after is None else f"; flowing after {after / 1e3:.1f} s"
+
+
 def faults_tables(records: list[Record], notes: list[str]) -> list[str]:
     """A table per WAN fault scenario: a row per overlay."""
     scenarios: dict[str, dict[str, dict[str, Record]]] = {}
@@ -66,7 +74,7 @@ def faults_tables(records: list[Record], notes: list[str]) -> list[str]:
                                if e["outcome"].get("held") else "0"),
                 millis(m.get("recovery_ms")), millis(m.get("recovery_level_ms")),
                 f"{goodput.stats.mean:.0f} of {goodput.extra['before_mbit']:.0f} (n={goodput.stats.n})"
-                if goodput and goodput.extra.get("before_mbit") else "-",
+                + _flowing(goodput.extra) if goodput and goodput.extra.get("before_mbit") else "-",
                 f"{watch['outage_ms']:.0f}" if watch else "-",
                 f"{low:g}-{high:g} s: {'agrees' if e.get('agrees_with_timers') else 'DISAGREES'}"
                 if low is not None else "-",
@@ -82,7 +90,11 @@ def faults_tables(records: list[Record], notes: list[str]) -> list[str]:
                 "loss": f"link {', '.join(fault['links'])} loses {fault['loss_pct']:g} % each way for "
                         f"{fault['seconds']:g} s, a TCP transfer through it",
                 "reroute": f"link {', '.join(fault['links'])} RTT +{fault['add_rtt_ms']:g} ms for "
-                           f"{fault['seconds']:g} s"}[fault["kind"]]
+                           f"{fault['seconds']:g} s",
+                "mtu": f"link {', '.join(fault['links'])} carries at most {fault.get('mtu')} bytes for "
+                       f"{fault['seconds']:g} s, its \"fragmentation needed\" "
+                       f"{'dropped' if fault.get('icmp') == 'drop' else 'sent back'}, a TCP transfer through it",
+                }[fault["kind"]]
         watched = e["watch"]["circuit"] if e.get("watch") else "none"
         by = ("firewall rules between the hosts (by their clocks)" if (first.datapath or {}).get("testbed") == "remote"
               else "the link emulator")

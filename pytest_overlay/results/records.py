@@ -43,7 +43,8 @@ VERSIONS = (
     "11: expected.mtu and expected.mtu_back (the path's smallest link MTU each way), expected.icmp_dropped (the "
     "link directions that drop ICMP \"fragmentation needed\"), expected.reorder_pct, expected.duplicate_pct, "
     "expected.underlay (the sites' address family: ipv4, ipv6 or dual-stack); the emulator's counters add "
-    "`reordered` and `duplicated`; a UDP record's extra adds out_of_order; the metric "
+    "`reordered` and `duplicated`; a UDP record's extra adds out_of_order; an mtu fault's fault_goodput adds "
+    "extra.flowing_after_ms; the metric "
     "path_mtu, with extra.pmtu (interface_mtu, largest, discovery, told_mtu, tcp, tcp_mbit, tcp_detail, pings).",
 )
 SCHEMA_VERSION = 11

@@ -27,24 +27,16 @@ from ..emulation import duplicate
 from ..emulation import emulator as emu
 from ..inputs.model import AddressFamily, Direction, Topology
 from ..paths import AGENTS, STATE_ROOT, find_binary
-from . import engines
+from . import engines, wanpaths
 from .contract import SiteHandle, SiteOps, Testbed, TestbedError, tcp_sysctls
 from .runs import LOCK, hold_lock, kill_pids, netns_inode, new_run_id, pids_in_netns, remove_netns, remove_run_dir
+from .wanpaths import BASE_ADDRESS6, ICMP_DROP_MARK, IPTABLES_RESTORE
 
 # What the embedded testbed runs itself, beside the probes' tools.
 TOOLS = {"nsenter": "util-linux", "tc": "iproute2", "iptables-restore": "iptables", "sysctl": "procps",
          **duplicate.TOOLS}
 
 BASE_ADDRESS = ipaddress.IPv4Address("198.18.0.0")
-BASE_ADDRESS6 = ipaddress.IPv6Address("2001:2::")  # the benchmarking range's IPv6 twin (RFC 5180)
-# The wan's own interfaces, one address each: where a link's "fragmentation needed" or
-# "packet too big" comes from (icmp_errors_use_inbound_ifaddr; IPv6 picks by the route back).
-ROUTER_ADDRESSES = {4: ipaddress.IPv4Address("198.19.0.0"), 6: ipaddress.IPv6Address("2001:2:0:1::")}
-ROUTER_ADDRESS = ROUTER_ADDRESSES[4]
-# Packets entering a link direction that drops ICMP carry this mark, and so do the errors the
-# wan answers them with (fwmark_reflect): OUTPUT drops those.
-ICMP_DROP_MARK = 0x4F56
-IPTABLES_RESTORE = {4: "iptables-restore", 6: "ip6tables-restore"}
 WIRE_CHAIN = "OVL-WIRE"
 
 
@@ -138,6 +130,9 @@ class EmulatedTestbed(Testbed):
         self.emulator_reason = ""
         self.created: list[str] = []
         self.counted: set[str] = set()
+        self.wan_routes: dict[tuple[str, str, int], str] = {}  # (site, peer, IP version) -> its wan route, unlimited
+        self.link_ends: dict = {}  # (site, peer) -> (site ifname, its MAC, wan ifname facing site, its MAC)
+        self.sizes: dict[tuple[str, str], tuple[int | None, bool]] = {}  # a direction's MTU and ICMP drop, as changed
         self.owner = os.getpid()
         self.timings: dict[str, float] = {}
 
@@ -192,7 +187,7 @@ class EmulatedTestbed(Testbed):
         # (site, peer) -> (site-side ifname, its MAC, wan-side ifname facing site, its MAC)
         ends: dict[tuple[str, str], tuple[str, str, str, str]] = {}
         marks: list[str] = []  # a direction that drops ICMP marks what enters it; its errors carry the mark
-        self._router_of: dict[str, int] = {}  # wan interface -> its address's offset in ROUTER_ADDRESSES
+        self.router_of: dict[str, int] = {}  # wan interface -> its address's offset in ROUTER_ADDRESSES
         for link in topo.links:
             # A jumbo link's veths carry its MTU; the limit itself is each direction's route's.
             wire = max(emu.MTU, link.forward.mtu or 0, link.reverse.mtu or 0)
@@ -201,7 +196,7 @@ class EmulatedTestbed(Testbed):
                 wan_if, site_if = f"{self.prefix}w{link.index}{tag}", f"{self.prefix}s{link.index}"
                 wan_mac, site_mac = self._mac(link.index, 2 * n), self._mac(link.index, 2 * n + 1)
                 ends[(site, peer)] = (site_if, site_mac, wan_if, wan_mac)
-                self._router_of[wan_if] = 2 * link.index + n + 1
+                self.router_of[wan_if] = 2 * link.index + n + 1
                 links += [f"link add {wan_if} address {wan_mac} mtu {wire} type veth peer name {site_if} "
                           f"netns {self.sites[site].netns} address {site_mac} mtu {wire}", f"link set {wan_if} up"]
                 if link.direction(site).icmp_drop:
@@ -212,53 +207,20 @@ class EmulatedTestbed(Testbed):
         self._batch(self.wan, links)
         jobs = []
         for version in topo.families:
-            wan_cmds, site_cmds = self._routes(version, ends)
+            wan_cmds, site_cmds = wanpaths.routes(self, version, ends)
             jobs += [(self.wan, wan_cmds, version)] + [(self.sites[n].netns, c, version) for n, c in site_cmds.items()]
         with concurrent.futures.ThreadPoolExecutor(min(len(jobs), 32)) as pool:
             list(pool.map(lambda job: self._batch(*job), jobs))
-        for version in topo.families if marks else ():
+        # One rule per family drops the errors of whatever is marked: a link direction that drops
+        # them marks what enters it (here, or later when an mtu fault says so).
+        for version in topo.families:
             drop = ("-p icmp --icmp-type fragmentation-needed" if version == 4 else
                     "-p ipv6-icmp --icmpv6-type packet-too-big")
             rules = ["*mangle", *marks, "COMMIT",
                      "*filter", f"-A OUTPUT -m mark --mark {ICMP_DROP_MARK:#x} {drop} -j DROP", "COMMIT", ""]
             procs.run([IPTABLES_RESTORE[version], "-w", "--noflush"], self.wan, input="\n".join(rules)).check()
+        self.link_ends = ends
         return ports
-
-    def _routes(self, version: int, ends: dict) -> tuple[list[str], dict[str, list[str]]]:
-        """One IP version's addresses, static neighbours and routes: the wan's and each site's."""
-        topo, bits = self.topology, 32 if version == 4 else 128
-        address = {name: handle.addresses[version] for name, handle in self.sites.items()}
-        nodad = "" if version == 4 else " nodad"
-        wan_cmds: list[str] = []
-        site_cmds = {name: ["link set lo up", f"address add {address[name]}/{bits} dev lo{nodad}"]
-                     for name in self.sites}
-        for (site, peer), (site_if, _, wan_if, wan_mac) in ends.items():
-            # The wan end answers for the peer: no ARP or neighbour discovery on emulated links.
-            site_cmds[site] += [f"link set {site_if} up",
-                                f"neigh add {address[peer]} lladdr {wan_mac} dev {site_if} nud permanent"]
-            # Whatever enters the wan from `site` on this link leaves toward `peer`.
-            out_if, out_mac = ends[(peer, site)][2], ends[(peer, site)][1]
-            table = 1000 + len(wan_cmds)
-            mtu = topo.link_between(site, peer).direction(site).mtu
-            router = ROUTER_ADDRESSES[version] + self._router_of[wan_if]
-            wan_cmds += [f"address add {router}/{bits} dev {wan_if}{nodad}",
-                         f"route add default via {address[peer]} dev {out_if} onlink table {table}"
-                         + (f" mtu lock {mtu}" if mtu else ""),
-                         f"neigh replace {address[peer]} lladdr {out_mac} dev {out_if} nud permanent",
-                         f"rule add iif {wan_if} table {table} pref 100"]
-        # What the wan sends itself (a link's ICMP errors) goes straight to the site it is for.
-        facing: dict[str, str] = {}
-        for (site, _), (_, _, wan_if, _) in ends.items():
-            facing.setdefault(site, wan_if)
-        wan_cmds += [f"route add {address[site]}/{bits} via {address[site]} dev {wan_if} onlink"
-                     for site, wan_if in facing.items()]
-        for name in self.sites:
-            for other in self.sites:
-                if other != name:
-                    hop = topo.path_between(name, other)[1]
-                    site_cmds[name].append(f"route add {address[other]}/{bits} via {address[hop]} "
-                                           f"dev {ends[(name, hop)][0]} onlink src {address[name]}")
-        return wan_cmds, site_cmds
 
     @staticmethod
     def _batch(netns: str, commands: list[str], version: int = 4) -> None:
@@ -358,7 +320,8 @@ class EmulatedTestbed(Testbed):
         why = self.fault_unsupported(changes)
         if why:
             raise NotImplementedError(why)
-        return self.emulator.impair(changes)  # on the links themselves; the emulator goes with the run
+        applied = self.emulator.impair(changes)  # on the links themselves; the emulator goes with the run
+        return max(applied, wanpaths.resize(self, changes))
 
     def rebuffer(self, directions: list[Direction]) -> None:
         if self.emulator is None or self.emulator.kind == "none":

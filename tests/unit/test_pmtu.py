@@ -5,6 +5,7 @@ captured on the pmtu topology), the topology's MTU, ICMP and reordering fields, 
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -132,3 +133,32 @@ def test_every_kind_either_runs_over_ipv6_or_says_what_its_trial_showed():
     said = {name: kinds.get(name).ipv6_unsupported for name in kinds.names()}
     assert {name for name, why in said.items() if not why} >= {"host", "wireguard", "tinc", "nebula"}
     assert all("tried here" in why for why in said.values() if why), said
+
+
+def test_an_mtu_fault_is_read_with_its_size_and_icmp_and_refused_when_wrong(tmp_path):
+    base = "sites: {A: {}, B: {}}\nlinks: [{between: [A, B], rtt_ms: 10}]\nfaults:\n  tun: {kind: mtu, link: [A, B]"
+    path = tmp_path / "t.yaml"
+    path.write_text(base + ", seconds: 6, icmp: drop}\n")
+    fault = topology.load(path).faults["tun"]
+    (_, what, changes), (_, healed, back) = fault.steps()
+    assert (what, fault.mtu, fault.icmp_drop) == ("fault", 1380, True)
+    assert {d.mtu for d in changes.values()} == {1380} and all(d.icmp_drop for d in changes.values())
+    assert healed == "heal" and {d.mtu for d in back.values()} == {None}
+    for bad, said in ((", mtu: 100}", "faults.tun.mtu: must be >= 576 and <= 9000, got 100"),
+                      (", icmp: [drop]}", "faults.tun.icmp: must be one of pass, drop, got ['drop']"),
+                      (", loss_pct: 5}", "faults.tun.loss_pct: a mtu fault takes no loss_pct")):
+        path.write_text(base + bad + "\n")
+        with pytest.raises(InputError, match=re.escape(said)):
+            topology.load(path)
+
+
+def test_the_time_until_a_flow_carries_half_its_goodput_again_is_read_from_its_intervals():
+    from pytest_overlay.measure.faultpath import flowing_after_ms
+
+    s = 1_000_000_000
+    spans = [(i * s // 2, (i + 1) * s // 2) for i in range(12)]  # 0.5 s intervals from t = 0
+    windows = [(2 * s, 5 * s)]
+    told = [180, 180, 180, 180, 10, 20, 150, 170, 175, 180, 180, 180]
+    assert flowing_after_ms(told, spans, windows, 180.0) == 1000.0  # the interval from 3.0 s
+    hole = [180, 180, 180, 180, 0, 0, 0, 0, 0, 0, 170, 180]
+    assert flowing_after_ms(hole, spans, windows, 180.0) is None  # not while the fault was on

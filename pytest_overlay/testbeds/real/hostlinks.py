@@ -136,6 +136,10 @@ def topology_direction(topology: Topology, name: str) -> Direction:
 def unsupported(topology: Topology, changed: dict[str, Direction]) -> list[str]:
     """Why these changes cannot be applied across the topology's hosts (empty: they can)."""
     problems = []
+    for name, d in changed.items():
+        if (d.mtu, d.icmp_drop) != ((given := topology_direction(topology, name)).mtu, given.icmp_drop):
+            problems.append(f"the fault changes {name}'s MTU: across real hosts the path is the hosts' own; run an mtu "
+                            "fault on the embedded WAN")
     for pair in plan(topology, changed):
         receiver, sender = topology.sites[pair.dst].host, topology.sites[pair.src].host
         if pair.drop > 0 and (receiver is None or not receiver.ssh):
