@@ -29,12 +29,6 @@ HEADERS = {4: 20 + 8, 6: 40 + 8}
 BULK_S = 4.0  # the bulk transfer: long enough for slow start to reach a 1 Gbit/s, 30 ms path
 STALL_MS = 1000.0  # a first acknowledged segment later than this is a path that stalled, then found its way
 FULL_SPEED_SHARE = 0.7  # of the path's rate: "full speed"
-TCP_VERDICTS = ("full speed", "slowed", "black hole", "no connection")
-DISCOVERY = {
-    "carried": "a full-size packet crossed with DF set (it fits, or the overlay fragments or clamps it)",
-    "told": "the sender was told the limit (ICMP \"fragmentation needed\", or its own route's MTU)",
-    "silent": "a full-size packet with DF set vanished and nothing told the sender: a black hole",
-}
 _TOLD = re.compile(r"mtu ?[=:] ?(\d+)")  # "(mtu = 1400)", "mtu=1400", and IPv6's local "mtu: 1400"
 
 
@@ -47,9 +41,8 @@ class PingOutcome:
 
 def parse_ping(output: str, size: int) -> PingOutcome:
     """iputils ping's output for one size with DF set (-M do)."""
-    told = _TOLD.search(output)
-    answered = bool(re.search(r"(\d+) received", output)) and int(re.search(r"(\d+) received", output)[1]) > 0
-    return PingOutcome(size, answered, int(told[1]) if told else None)
+    told, received = _TOLD.search(output), re.search(r"(\d+) received", output)
+    return PingOutcome(size, bool(received) and int(received[1]) > 0, int(told[1]) if told else None)
 
 
 @dataclass
@@ -58,9 +51,11 @@ class PathMTU:
 
     interface_mtu: int  # the sender's interface toward dst: where the search starts
     largest: int  # the largest IP packet that crossed with DF set (0: not even MIN_PACKET)
-    discovery: str  # a key of DISCOVERY
+    # carried (a full-size packet crossed with DF set: it fits, or the overlay fragments or clamps
+    # it), told (the sender learned the limit) or silent (it vanished and nothing said so)
+    discovery: str
     told_mtu: int | None
-    tcp: str  # one of TCP_VERDICTS
+    tcp: str  # full speed, slowed, black hole, or no connection
     tcp_mbit: float
     tcp_detail: dict  # the sender's TCP_INFO: bytes acknowledged, retransmissions, first ack, its MSS and PMTU
     pings: list[PingOutcome] = field(default_factory=list)
